@@ -1,0 +1,87 @@
+"""The ``tunesmith`` command line: one table of commands, one thin module per command.
+
+Each command module in :mod:`tunesmith.commands` defines ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Modules import torch and friends only
+inside ``run`` so that ``tunesmith --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from tunesmith.errors import TunesmithError
+
+# name -> module; the order is the order ``--help`` lists them.
+COMMANDS: dict[str, str] = {
+    "plan": "tunesmith.commands.plan",
+    "clean": "tunesmith.commands.clean",
+    "data": "tunesmith.commands.data",
+    "train": "tunesmith.commands.train",
+    "eval": "tunesmith.commands.eval",
+    "chat": "tunesmith.commands.chat",
+    "merge": "tunesmith.commands.merge",
+    "export": "tunesmith.commands.export",
+    "compare": "tunesmith.commands.compare",
+    "methods": "tunesmith.commands.methods",
+    "bench": "tunesmith.commands.bench",
+    "report": "tunesmith.commands.report",
+}
+
+
+def _available_commands() -> dict[str, object]:
+    mods = {}
+    for name, path in COMMANDS.items():
+        try:
+            mods[name] = importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            # A command whose module is not in this build is simply not offered.
+            if exc.name != path:
+                raise
+    return mods
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunesmith",
+        description="Fine-tune LLMs with parameter-efficient methods on the hardware you have.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, mod in _available_commands().items():
+        p = sub.add_parser(
+            name,
+            help=mod.HELP,
+            description=(mod.__doc__ or mod.HELP).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(args._run(args) or 0)
+    except TunesmithError as exc:
+        if args.debug:
+            raise
+        print(f"tunesmith {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"tunesmith {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

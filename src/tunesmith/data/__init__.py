@@ -1,0 +1,1 @@
+"""Data stage: read any common instruction format, validate, clean, render with chat templates."""

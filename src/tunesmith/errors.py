@@ -1,0 +1,43 @@
+"""Error types that map to the CLI's exit codes.
+
+Exit codes (DESIGN.md): 0 success, 1 the work failed (a check did not pass, training
+diverged), 2 bad input or usage. Library calls raise these; the CLI turns them into one
+readable line on stderr (a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+
+class TunesmithError(Exception):
+    """Base class; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class UserInputError(TunesmithError):
+    """Bad input: a missing file, a malformed record, an invalid config value. Exit 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserInputError):
+    """A config key or flag has a value that is not allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"config '{key}': {value!r} is not allowed; expected {allowed}")
+
+
+class DataError(UserInputError):
+    """A data file cannot be used; names the file and, where known, the line and field."""
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None):
+        self.file, self.line = file, line
+        where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
+        super().__init__(f"{where}{message}")
+
+
+class WorkFailed(TunesmithError):
+    """The work ran but failed: a verification did not pass, training diverged. Exit 1."""
+
+    exit_code = 1
