@@ -1,0 +1,185 @@
+"""The training configuration: one typed, validated model feeding YAML files and CLI flags.
+
+YAML keys equal the long CLI flags (``max-steps``; ``max_steps`` is accepted too). Every
+field's description is its ``--help`` text, so the two never drift apart. Validation happens
+before any model loads and names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tunesmith.errors import ConfigError, UserInputError
+
+METHODS = (
+    "lora", "qlora", "dora", "rslora", "houlsby", "pfeiffer", "parallel",
+    "prefix", "prompt", "ia3", "mam", "freeze", "full",
+)  # fmt: skip
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs; written out in full as the run's ``config.yaml``."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=_kebab, populate_by_name=True, validate_assignment=True
+    )
+
+    model: str = Field(
+        "embedded",
+        description="base model: 'embedded' (SmolLM2-135M-Instruct), a hub id, a local dir or a .gguf file",
+    )
+    data: list[str] = Field(
+        default_factory=list,
+        description="training data file(s); default: the bundled clinic text-to-SQL demo",
+    )
+    eval_data: str | None = Field(
+        None,
+        description="held-out eval file; default: split from --data (demo: its own held-out set)",
+    )
+    method: Literal[METHODS] = Field("lora", description="PEFT method (see `tunesmith methods`)")  # type: ignore[valid-type]
+    target: str = Field(
+        "attn-qv",
+        description="target modules: preset attn-qv|attn|mlp|all-linear, or a comma list of module names",
+    )
+    rank: int = Field(8, ge=1, le=4096, description="LoRA rank r")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha/r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="adapter dropout")
+    output: str | None = Field(
+        None, description="run directory (default runs/<method>-<timestamp>)"
+    )
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (overrides --epochs)")
+    epochs: float = Field(1.0, gt=0, description="passes over the training data")
+    batch_size: int = Field(
+        8, ge=1, le=4096, description="micro-batch size (examples per forward pass)"
+    )
+    grad_accum: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0, le=1.0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps with linear warm-up")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="learning-rate schedule after warm-up"
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    seq_len: int = Field(
+        512,
+        ge=8,
+        le=1_048_576,
+        description="maximum tokens per example (longer ones are dropped by clean)",
+    )
+    seed: int = Field(42, description="random seed (init, data order, dropout)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="compute precision; auto = bf16 where the hardware has it"
+    )
+    train_on_prompt: bool = Field(False, description="also compute loss on prompt tokens")
+    eval_limit: int | None = Field(
+        None, ge=1, description="evaluate on at most this many held-out examples"
+    )
+    eval_batch_size: int = Field(32, ge=1, description="batch size for evaluation generation")
+    max_new_tokens: int = Field(96, ge=1, description="generation limit at evaluation")
+    skip_base_eval: bool = Field(False, description="do not evaluate the base model (saves time)")
+    logging_steps: int = Field(5, ge=1, description="write a metrics row every N steps")
+    save_steps: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
+    num_virtual_tokens: int = Field(20, ge=1, description="prefix/prompt tuning: virtual tokens")
+    bottleneck: int = Field(64, ge=1, description="bottleneck adapters: hidden size")
+    freeze_top_k: int = Field(2, ge=1, description="freeze: number of top blocks to train")
+    trust_remote_code: bool = Field(False, description="allow model code from the model repository")
+    allow_pickle: bool = Field(
+        False, description="allow pickled .bin weights (default: safetensors only)"
+    )
+    force: bool = Field(False, description="train even when the memory plan says it will not fit")
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        return [v] if isinstance(v, str) else v
+
+
+def _format_error(err: ValidationError) -> ConfigError:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    key = _kebab(key)
+    value = first.get("input")
+    allowed = first["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        allowed = "a known key: " + ", ".join(_kebab(k) for k in TrainConfig.model_fields)
+    return ConfigError(key, value, allowed)
+
+
+def make_config(values: dict[str, Any]) -> TrainConfig:
+    """Validate a dict (YAML + flags) into a :class:`TrainConfig`, with a readable error."""
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as err:
+        raise _format_error(err) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: a config file must be a mapping of keys to values")
+    return {_kebab(k): v for k, v in data.items()}
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(by_alias=True), sort_keys=False, allow_unicode=True)
+
+
+def _base_type(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0]
+    return annotation
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per config field, help text from the field description.
+
+    Defaults are ``SUPPRESS`` so that only flags the user typed override the YAML file.
+    """
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + _kebab(name)
+        ann = _base_type(field.annotation)
+        default = field.default if field.default_factory is None else field.default_factory()
+        help_text = f"{field.description} (default: {default})"
+        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        if ann is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(ann) is Literal:
+            parser.add_argument(flag, choices=typing.get_args(ann), **kw)
+        elif typing.get_origin(ann) is list:
+            parser.add_argument(flag, nargs="+", metavar="FILE", **kw)
+        else:
+            parser.add_argument(
+                flag, type=ann if ann in (int, float) else str, metavar=name.upper(), **kw
+            )
+
+
+def config_from_args(args: argparse.Namespace, config_file: str | None) -> TrainConfig:
+    """YAML file values, overridden by the flags the user typed."""
+    values = load_yaml(config_file) if config_file else {}
+    for name in TrainConfig.model_fields:
+        if hasattr(args, name):
+            values[_kebab(name)] = getattr(args, name)
+    return make_config(values)

@@ -1,0 +1,110 @@
+"""Resumable checkpoints: adapter (or trainable weights), optimizer, scheduler, RNG, position.
+
+Each checkpoint is a directory written atomically (temp dir, then rename) with a manifest
+of SHA-256 checksums; a checkpoint whose files do not match its manifest is skipped in
+favour of the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tunesmith.atomic import atomic_dir
+
+MANIFEST = "manifest.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {
+        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def save_checkpoint(
+    root: Path, step: int, model, optimizer, scheduler, extra: dict[str, Any], keep: int = 2
+) -> Path:
+    """Write ``root/step-N`` atomically and keep only the newest ``keep`` checkpoints."""
+    from safetensors.torch import save_file
+
+    target = root / f"step-{step}"
+    with atomic_dir(target) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        torch.save(rng, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
+    for old in list_checkpoints(root)[:-keep]:
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def verify_checkpoint(path: Path) -> bool:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        return all(_sha256(path / name) == digest for name, digest in manifest["files"].items())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def latest_valid_checkpoint(root: Path) -> tuple[Path | None, list[Path]]:
+    """The newest checkpoint that verifies, and the ones skipped because they did not."""
+    skipped = []
+    for path in reversed(list_checkpoints(root)):
+        if verify_checkpoint(path):
+            return path, skipped
+        skipped.append(path)
+    return None, skipped
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+    """Restore everything saved by :func:`save_checkpoint`; returns ``state.json``."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=False)  # our own file, verified by checksum
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / "state.json").read_text())

@@ -1,0 +1,269 @@
+"""The training loop: setup -> train -> checkpoint, on top of accelerate for device placement.
+
+One micro-batch plan per epoch (:func:`tunesmith.data.dataset.batch_plan`) and a global step
+counter fully determine which examples a step sees, so resuming at step N replays nothing and
+skips nothing. The loss of a step is the sum of token losses over all its micro-batches
+divided by the step's total trained tokens, so gradient accumulation does not reweight
+examples by micro-batch length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tunesmith.data.dataset import Batch, batch_plan, collate
+from tunesmith.data.render import Rendered
+from tunesmith.errors import TunesmithError, WorkFailed
+from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.loss import fast_path_eligible, loss_sum
+from tunesmith.train.metrics import MetricsLog
+
+
+class Interrupted(TunesmithError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved at the step boundary."""
+
+    exit_code = 130
+
+
+@dataclass
+class LoopSettings:
+    max_steps: int
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    logging_steps: int = 5
+    save_steps: int = 0
+    seed: int = 42
+    autocast_dtype: torch.dtype | None = (
+        None  # set when trainable weights stay fp32 under bf16 compute
+    )
+    fast_loss: bool = True
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    trained_tokens: int = 0
+    elapsed_s: float = 0.0
+    resumed_from: int | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.trained_tokens / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def steps_for_epochs(n_examples: int, batch_size: int, grad_accum: int, epochs: float) -> int:
+    per_epoch = math.ceil(n_examples / batch_size)
+    return max(1, math.ceil(per_epoch * epochs / grad_accum))
+
+
+class TrainLoop:
+    """Trains the parameters of ``model`` that require grad on pre-tokenized examples."""
+
+    def __init__(
+        self,
+        model,
+        examples: list[Rendered],
+        pad_id: int,
+        settings: LoopSettings,
+        run_dir: Path,
+        device: torch.device,
+        on_log: Callable[[dict], None] | None = None,
+    ):
+        self.model = model
+        self.examples = examples
+        self.pad_id = pad_id
+        self.s = settings
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.on_log = on_log
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise WorkFailed("the method left no trainable parameter")
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True
+        )
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(
+            settings.lr_scheduler
+            if settings.lr_scheduler != "constant"
+            else "constant_with_warmup",
+            self.optimizer,
+            num_warmup_steps=int(settings.warmup_ratio * settings.max_steps),
+            num_training_steps=settings.max_steps,
+        )
+        self.fast = settings.fast_loss and fast_path_eligible(model)
+        self._lengths = [len(e.input_ids) for e in examples]
+        self._stop_requested = False
+
+    # -- data --------------------------------------------------------------------------
+    def micro_batches(self, step: int) -> list[Batch]:
+        """The micro-batches of optimizer step ``step`` (0-based), derived, not iterated."""
+        plans: dict[int, list[list[int]]] = {}
+        per_epoch = math.ceil(len(self.examples) / self.s.batch_size)
+        out = []
+        for k in range(step * self.s.grad_accum, (step + 1) * self.s.grad_accum):
+            epoch, idx = divmod(k, per_epoch)
+            if epoch not in plans:
+                plans[epoch] = batch_plan(self._lengths, self.s.batch_size, self.s.seed, epoch)
+            out.append(collate([self.examples[i] for i in plans[epoch][idx]], self.pad_id))
+        return out
+
+    # -- signals -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _graceful_signals(self) -> Iterator[None]:
+        def handler(signum, frame):
+            self._stop_requested = True
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread
+                previous[sig] = signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+    # -- the loop ----------------------------------------------------------------------
+    def train(self, resume_from: Path | None = None, progress=None) -> TrainResult:
+        start_step = 0
+        result = TrainResult(steps=self.s.max_steps)
+        if resume_from is not None:
+            state = ckpt.load_checkpoint(resume_from, self.model, self.optimizer, self.scheduler)
+            start_step = state["step"]
+            result.losses = list(state.get("losses", []))
+            result.trained_tokens = state.get("trained_tokens", 0)
+            result.resumed_from = start_step
+        log = MetricsLog(
+            self.run_dir / "metrics.jsonl", resume_step=start_step if resume_from else None
+        )
+        self.model.train()
+        t0 = time.perf_counter()
+        elapsed_before = state.get("elapsed_s", 0.0) if resume_from is not None else 0.0
+        window_tokens, window_t = 0, time.perf_counter()
+        with self._graceful_signals():
+            for step in range(start_step, self.s.max_steps):
+                loss, n_tok, grad_norm = self._step(step)
+                result.losses.append(loss)
+                result.trained_tokens += n_tok
+                window_tokens += n_tok
+                done = step + 1
+                if done % self.s.logging_steps == 0 or done == self.s.max_steps:
+                    now = time.perf_counter()
+                    row = {
+                        "step": done,
+                        "epoch": round(
+                            done * self.s.grad_accum * self.s.batch_size / len(self.examples), 4
+                        ),
+                        "loss": round(
+                            sum(result.losses[-self.s.logging_steps :])
+                            / len(result.losses[-self.s.logging_steps :]),
+                            6,
+                        ),
+                        "grad_norm": round(grad_norm, 6),
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "tokens_per_s": round(window_tokens / max(now - window_t, 1e-9), 2),
+                        "peak_mem_bytes": peak_memory_bytes(self.device),
+                        "elapsed_s": round(elapsed_before + now - t0, 3),
+                    }
+                    log.write(row)
+                    if self.on_log:
+                        self.on_log(row)
+                    window_tokens, window_t = 0, now
+                if progress is not None:
+                    progress(done, loss)
+                last = done == self.s.max_steps
+                if self._stop_requested or (
+                    self.s.save_steps and done % self.s.save_steps == 0 and not last
+                ):
+                    self.save(done, result, elapsed_before + time.perf_counter() - t0)
+                if self._stop_requested:
+                    raise Interrupted(
+                        f"stopped at step {done}; checkpoint saved. Continue with: "
+                        f"tunesmith train --resume {self.run_dir}"
+                    )
+        result.elapsed_s = elapsed_before + time.perf_counter() - t0
+        return result
+
+    def _step(self, step: int) -> tuple[float, int, float]:
+        batches = [b.to(self.device) for b in self.micro_batches(step)]
+        total = sum(b.num_trained for b in batches)
+        loss_value = 0.0
+        for b in batches:
+            ctx = (
+                torch.autocast(self.device.type, dtype=self.s.autocast_dtype)
+                if self.s.autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with ctx:
+                loss = loss_sum(self.model, b, fast=self.fast) / max(total, 1)
+            loss.backward()
+            loss_value += float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise WorkFailed(
+                f"training diverged at step {step + 1}: loss is {loss_value}; lower --lr or use "
+                "--precision fp32 (the last saved checkpoint is kept)"
+            )
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            raise WorkFailed(f"gradient norm is {grad_norm} at step {step + 1}; lower --lr")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, total, grad_norm
+
+    def save(self, step: int, result: TrainResult, elapsed_s: float) -> Path:
+        return ckpt.save_checkpoint(
+            self.run_dir / "checkpoints",
+            step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            {
+                "losses": result.losses,
+                "trained_tokens": result.trained_tokens,
+                "elapsed_s": elapsed_s,
+            },
+        )
+
+    @torch.no_grad()
+    def eval_loss(self, examples: list[Rendered], batch_size: int = 16) -> float:
+        """Mean token loss on held-out examples (one micro-batch of logits at a time)."""
+        self.model.eval()
+        total, n = 0.0, 0
+        for i in range(0, len(examples), batch_size):
+            b = collate(examples[i : i + batch_size], self.pad_id).to(self.device)
+            ctx = (
+                torch.autocast(self.device.type, dtype=self.s.autocast_dtype)
+                if self.s.autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with ctx:
+                total += float(loss_sum(self.model, b, fast=self.fast))
+            n += b.num_trained
+        self.model.train()
+        return total / max(n, 1)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: max allocated; CPU: the process's peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,0 +1,58 @@
+"""The causal-LM loss, summed over trained tokens.
+
+Fast path: run the transformer body, then apply the vocabulary projection only at positions
+whose next token is trained. Prompt tokens need no logits, and the (B, T, V) logits tensor is
+the largest activation of a small model (SmolLM2: V = 49152 vs hidden 576), so this saves
+both time and memory. Eligible only when the model is a plain causal LM whose body is
+``.model`` and head ``.lm_head`` (true for Llama/Qwen2/Mistral/Gemma, incl. peft's
+LoRA-style injection); prompt-learning methods (prefix, prompt) change the forward and use the
+reference path, which is ``model(..., labels=...)`` as transformers defines it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tunesmith.data.dataset import Batch
+from tunesmith.data.render import IGNORE_INDEX
+
+
+def _causal_lm(model):
+    """The ``*ForCausalLM`` module under any peft wrapper, or None if the fast path is not eligible."""
+    from peft import PeftModel
+
+    inner = model
+    if isinstance(model, PeftModel):
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            return None
+        inner = model.get_base_model()
+    # Soft-capped logits (Gemma-2) are computed differently inside the model's own forward.
+    if getattr(inner.config, "final_logit_softcapping", None):
+        return None
+    if hasattr(inner, "model") and hasattr(inner, "lm_head"):
+        return inner
+    return None
+
+
+def fast_path_eligible(model) -> bool:
+    return _causal_lm(model) is not None
+
+
+def loss_sum(model, batch: Batch, fast: bool = True) -> torch.Tensor:
+    """Sum of token cross-entropies over trained positions (fp32). Divide by the token count."""
+    lm = _causal_lm(model) if fast else None
+    if lm is None:
+        out = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+        )
+        # transformers returns the mean over trained tokens; turn it back into a sum.
+        return out.loss.float() * batch.num_trained
+    hidden = lm.model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+    ).last_hidden_state  # (B, T, C)
+    targets = batch.labels[:, 1:]  # (B, T-1)
+    keep = targets != IGNORE_INDEX
+    h = hidden[:, :-1][keep]  # (N, C): only positions whose next token is trained
+    logits = lm.lm_head(h).float()  # (N, V), fp32 for a stable log-softmax
+    return F.cross_entropy(logits, targets[keep], reduction="sum")
