@@ -107,7 +107,7 @@ def test_report_has_plots_eval_table_config_and_plan(tmp_path):
 
     # Eval table: each metric with base, adapted and a delta coloured by direction.
     assert "execution_accuracy" in html
-    assert re.search(r"0\.125</td>.*?0\.625</td>.*?better\">\+0\.5 \(\+400\.0%\)", html, re.S)
+    assert re.search(r"0\.125</td>.*?0\.625</td>.*?better\">\+0\.5 \(\+50\.0 pts\)", html, re.S)
     assert re.search(r"9\.5</td>.*?3\.8</td>.*?better\">-5\.7 \(-60\.0%\)", html, re.S)
     # Samples are escaped: model output cannot inject markup into the page.
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -168,6 +168,36 @@ def test_formatting():
     assert fmt_value("peak_mem_bytes", 2**30) == "1.0 GiB"
     assert fmt_value("tokens_per_s", 1234.6) == "1235"
     assert fmt_value("train_time_s", 90) == "1 min 30 s"
+    assert fmt_value("trainable_share", 0.0034) == "0.34%"
     assert fmt_delta("perplexity", 10.0, 12.0) == ("+2 (+20.0%)", "worse")
-    assert fmt_delta("rouge_l", 0.5, 0.5) == ("+0 (+0.0%)", "same")
+    assert fmt_delta("rouge_l", 0.5, 0.5) == ("+0 (+0.0 pts)", "same")
+    assert fmt_delta("execution_accuracy", 0.1, 0.35) == ("+0.25 (+25.0 pts)", "better")
+    assert fmt_delta("n_errors", 4, 1) == ("-3 (-75.0%)", "better")
+    assert fmt_delta("eval_loss", 0.8, 0.4) == ("-0.4 (-50.0%)", "better")
     assert fmt_delta("rouge_l", None, 0.5) == ("—", "same")
+
+
+def test_report_shows_compare_table_and_plot(tmp_path):
+    run = make_run_dir(tmp_path / "compare")
+    rows = [
+        {
+            "method": "lora",
+            "trainable_params": 460_800,
+            "execution_accuracy": 0.6,
+            "peak_mem_bytes": 3 * 2**30,
+        },
+        {
+            "method": "full",
+            "trainable_params": 134_515_008,
+            "execution_accuracy": 0.62,
+            "train_time_s": 95,
+        },
+    ]
+    (run / "compare.json").write_text(json.dumps({"steps": 60, "rows": rows}))
+    fake_plot = _images(write_report(make_run_dir(tmp_path / "other")).read_text())[0]
+    (run / "compare.png").write_bytes(fake_plot)
+    html = write_report(run).read_text(encoding="utf-8")
+    assert "Method comparison" in html
+    assert "<td>lora</td>" in html and "460,800" in html and "134,515,008" in html
+    assert "3.0 GiB" in html and "1 min 35 s" in html and "—" in html  # absent cells
+    assert len(_images(html)) == 5 and fake_plot in _images(html)

@@ -17,7 +17,11 @@ _LOWER_IS_BETTER = (
     "time",
     "mem",
     "bytes",
+    "error",
 )
+# Substrings of metrics whose base value may be 0 or near it, and whose change is best read in
+# percentage points (execution accuracy 0.12 -> 0.62 is "+50 pts", not "+400%").
+_NOT_A_SHARE = ("loss", "perplexity", "ppl")
 
 
 def lower_is_better(name: str) -> bool:
@@ -63,6 +67,8 @@ def fmt_value(key: str, v: Any) -> str:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         if key.endswith("bytes") or key in ("peak_mem", "peak_memory"):
             return fmt_bytes(v)
+        if "share" in key:
+            return f"{v:.2%}"
         if key.endswith("_s") and not key.endswith("per_s"):
             return fmt_seconds(v)
         return fmt_number(v)
@@ -78,7 +84,10 @@ def fmt_delta(name: str, base: Any, adapted: Any) -> tuple[str, str]:
         return "—", "same"
     delta = adapted - base
     text = f"{delta:+.4g}"
-    if base:
+    is_share = 0 <= base <= 1 and 0 <= adapted <= 1 and not any(p in name for p in _NOT_A_SHARE)
+    if is_share:
+        text += f" ({delta * 100:+.1f} pts)"
+    elif base:
         text += f" ({delta / abs(base):+.1%})"
     if delta == 0:
         return text, "same"

@@ -15,7 +15,14 @@ from datetime import datetime, timezone
 from html import escape
 from typing import Any
 
-from tunesmith.report.format import fmt_bytes, fmt_delta, fmt_number, fmt_seconds, fmt_value
+from tunesmith.report.format import (
+    fmt_bytes,
+    fmt_delta,
+    fmt_number,
+    fmt_seconds,
+    fmt_value,
+    lower_is_better,
+)
 from tunesmith.report.plots import PLOTS, series
 from tunesmith.report.rundir import RunData
 
@@ -153,6 +160,13 @@ def _section_plots(plots: Mapping[str, bytes]) -> str:
     return _section("Training curves", f'<div class="plots">{imgs}</div>')
 
 
+def _direction(name: str) -> str:
+    """A muted arrow after a metric name: which way is an improvement."""
+    lower = lower_is_better(name)
+    title = "lower is better" if lower else "higher is better"
+    return f'<span class="same" title="{title}">{"↓" if lower else "↑"}</span>'
+
+
 def _section_eval(ev: Mapping[str, Any] | None) -> str:
     if ev is None:
         return ""
@@ -163,13 +177,14 @@ def _section_eval(ev: Mapping[str, Any] | None) -> str:
         for k in ("task", "n", "model", "adapter")
         if k in ev
     )
+
     rows = []
     for name in dict.fromkeys([*base, *adapted]):  # union, first-seen order
         b, a = base.get(name), adapted.get(name)
         delta, cls = fmt_delta(name, b, a)
         rows.append(
             (
-                f"<code>{escape(name)}</code>",
+                f"<code>{escape(name)}</code> {_direction(name)}",
                 escape(fmt_value(name, b)),
                 escape(fmt_value(name, a)),
                 f'<span class="{cls}">{escape(delta)}</span>',
@@ -177,7 +192,7 @@ def _section_eval(ev: Mapping[str, Any] | None) -> str:
         )
     table = _table(["metric", "base", "adapted", "Δ (adapted − base)"], rows, num={1, 2, 3})
     body = f'<p class="meta">{meta}</p>' + (table if rows else '<p class="meta">No metrics.</p>')
-    return _section("Evaluation", body) + _section_samples(ev.get("samples") or [], len(rows) > 0)
+    return _section("Evaluation", body) + _section_samples(ev.get("samples") or [])
 
 
 def _text(v: Any) -> str:
@@ -186,7 +201,7 @@ def _text(v: Any) -> str:
     return fmt_value("", v)
 
 
-def _section_samples(samples: Sequence[Any], _has_table: bool = True) -> str:
+def _section_samples(samples: Sequence[Any]) -> str:
     samples = [s for s in samples if isinstance(s, Mapping)][:MAX_SAMPLES]
     if not samples:
         return ""
