@@ -1,0 +1,234 @@
+"""The demo's train/eval conversations and the deliberately dirty raw training file.
+
+The split holds out whole slot fillings: every phrasing of a held-out filling shares its
+SQL, so none of them may appear in training. Eval takes one phrasing per held-out filling
+and covers every template; training samples the remaining fillings in all phrasings.
+
+The raw file (messages format, ``meta`` kept) is the clean training split plus planted
+dirt for ``tunesmith clean`` to find: ~3% exact duplicates, ~2% near duplicates (an extra
+space, a case change or one word swapped for a synonym in the question) and eight broken records.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tunesmith.atomic import write_jsonl, write_text
+from tunesmith.data.records import Conversation, Turn
+from tunesmith.demo.questions import Example, instances, round_robin
+from tunesmith.eval.sql import normalize_sql
+
+SYSTEM_PROMPT = "Translate the question into one SQLite query over the clinic database."
+TASK = "clinic-sql"
+EXACT_DUP_RATE = 0.03
+NEAR_DUP_RATE = 0.02
+# At most this share of a template's fillings is held out, so training keeps most of them.
+MAX_HELD_OUT_SHARE = 0.25
+
+
+def normalize_question(text: str) -> str:
+    """Lower case, punctuation dropped, whitespace collapsed: the form leak checks compare."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def to_conversation(ex: Example, db_seed: int, source: str) -> Conversation:
+    """system + user(question) + assistant(SQL), with the meta the SQL scorer needs."""
+    return Conversation(
+        turns=(
+            Turn("system", SYSTEM_PROMPT),
+            Turn("user", ex.question),
+            Turn("assistant", ex.sql),
+        ),
+        source=source,
+        meta={"task": TASK, "db_seed": db_seed, "template": ex.template},
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _split(seed: int, n_train: int, n_eval: int) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    rng = random.Random(f"split-{seed}")
+    held: list[list[list[Example]]] = []  # per template: held-out fillings
+    kept: list[list[list[Example]]] = []  # per template: fillings left for training
+    for fillings in instances(seed).values():
+        fillings = list(fillings)
+        rng.shuffle(fillings)
+        cap = max(1, int(len(fillings) * MAX_HELD_OUT_SHARE))
+        held.append(fillings[:cap])  # candidates; only those eval takes are withheld
+        kept.append(fillings[cap:])
+    # Round-robin over templates so eval covers all of them before any gets a second one.
+    taken = [0] * len(held)
+    eval_ex: list[Example] = []
+    while len(eval_ex) < n_eval and any(t < len(h) for t, h in zip(taken, held, strict=True)):
+        for i, h in enumerate(held):
+            if taken[i] < len(h) and len(eval_ex) < n_eval:
+                eval_ex.append(rng.choice(h[taken[i]]))
+                taken[i] += 1
+    # Candidates eval did not need go back to training.
+    for i, h in enumerate(held):
+        kept[i].extend(h[taken[i] :])
+    eval_q = {normalize_question(e.question) for e in eval_ex}
+    eval_sql = {normalize_sql(e.sql) for e in eval_ex}
+    pools = []
+    for fillings in kept:
+        flat = [
+            ex
+            for filling in fillings
+            for ex in filling
+            # Guard against two templates producing the same text or query.
+            if normalize_question(ex.question) not in eval_q
+            and normalize_sql(ex.sql) not in eval_sql
+        ]
+        rng.shuffle(flat)
+        pools.append(flat)
+    train_ex = list(round_robin(pools, n_train))
+    rng.shuffle(train_ex)
+    return tuple(train_ex), tuple(eval_ex)
+
+
+def demo_splits(
+    seed: int = 0, n_train: int = 3000, n_eval: int = 200
+) -> tuple[list[Conversation], list[Conversation]]:
+    """The clean demo train and eval conversations, deterministic per seed.
+
+    Args:
+        seed: Seeds the clinic database (``meta["db_seed"]``) and all sampling.
+        n_train: Training conversations (fewer if the templates run out).
+        n_eval: Held-out conversations; every template is represented.
+
+    Returns:
+        ``(train, eval)``; no question (after :func:`normalize_question`) and no SQL (after
+        ``normalize_sql``) of eval occurs in train.
+    """
+    train_ex, eval_ex = _split(seed, n_train, n_eval)
+    train = [to_conversation(e, seed, f"clinic-demo-train:{i + 1}") for i, e in enumerate(train_ex)]
+    evals = [to_conversation(e, seed, f"clinic-demo-eval:{i + 1}") for i, e in enumerate(eval_ex)]
+    return train, evals
+
+
+# One-word synonyms: swapping the first of these in a question keeps its meaning (and its
+# SQL); used for word-level near duplicates.
+_SYNONYMS = {
+    "List": "Show", "Show": "List", "Find": "Show", "Name": "List", "Count": "Tally",
+    "Give": "Provide", "Sum": "Add", "Break": "Split", "Which": "What", "visits": "appointments",
+    "visit": "appointment", "doctors": "physicians", "average": "mean", "mean": "average",
+    "number": "count", "different": "distinct", "distinct": "different", "patients": "people",
+    "prescriptions": "orders", "prescribed": "given", "covered": "insured", "mg": "milligrams",
+}  # fmt: skip
+
+
+def _near_duplicate(question: str, kind: int, rng: random.Random) -> str:
+    """A perturbed question: 0 = an extra space, 1 = case change, 2 = one word swapped."""
+    words = question.split(" ")
+    if kind == 0:
+        i = rng.randrange(1, len(words))
+        return " ".join(words[:i]) + "  " + " ".join(words[i:])
+    cores = [w.rstrip("?.,") for w in words]
+    swap = next((i for i, w in enumerate(cores) if w in _SYNONYMS), None)
+    if kind == 1 or swap is None:
+        return question.lower()
+    words[swap] = words[swap].replace(cores[swap], _SYNONYMS[cores[swap]], 1)
+    return " ".join(words)
+
+
+class RawDemo(NamedTuple):
+    """The raw file's lines and, for tests and reports, where the dirt was planted.
+
+    Line numbers are 1-based. ``exact_duplicates`` and ``near_duplicates`` list the later
+    copy of each pair (the first occurrence is the one a cleaner keeps).
+    """
+
+    lines: list[str]
+    exact_duplicates: list[int]
+    near_duplicates: list[int]
+    broken: dict[int, str]  # line -> what is wrong with it
+
+
+def _broken_records(rng: random.Random, good: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Eight broken lines built from real records, each with the reason a validator should give."""
+    a, b, c, d, e, f, g, h = (json.loads(json.dumps(rng.choice(good))) for _ in range(8))
+    text_a = json.dumps(a, ensure_ascii=False)
+    c["messages"] = c["messages"][:2]
+    d["messages"] = [m for m in d["messages"] if m["role"] != "assistant"] + [{"role": "user"}]
+    e["messages"][-1]["content"] = ""
+    f["messages"][-1]["content"] = "   "
+    g["messages"][-1]["content"] = 42
+    h["messages"] = "SELECT COUNT(*) FROM patients"
+    return [
+        (text_a[: len(text_a) // 2], "invalid JSON (truncated line)"),
+        (repr(b), "invalid JSON (Python dict syntax)"),
+        (json.dumps(c), "missing answer (no assistant turn)"),
+        (json.dumps(d), "missing field (a turn without content)"),
+        (json.dumps(e), "empty answer"),
+        (json.dumps(f), "empty answer (whitespace only)"),
+        (json.dumps(g), "wrong type (content is a number)"),
+        (json.dumps(h), "wrong type (messages is a string)"),
+    ]
+
+
+def raw_demo(seed: int = 0, n_train: int = 3000) -> RawDemo:
+    """Build the raw training file in memory; see :func:`write_raw_demo`."""
+    rng = random.Random(f"raw-{seed}")
+    train, _ = demo_splits(seed, n_train=n_train)
+    good = [c.to_json() for c in train]
+    picks = rng.sample(range(len(good)), round(len(good) * (EXACT_DUP_RATE + NEAR_DUP_RATE)))
+    n_exact = round(len(good) * EXACT_DUP_RATE)
+    questions = {r["messages"][1]["content"] for r in good}
+    # (record, kind) where kind is "exact", "near" or a broken reason; each extra is
+    # inserted after its original so the original stays the first occurrence.
+    extras: list[tuple[int, str, str]] = []  # (after index, line, kind)
+    for j, idx in enumerate(picks):
+        row = good[idx]
+        if j < n_exact:
+            extras.append((idx, json.dumps(row, ensure_ascii=False), "exact"))
+            continue
+        near = json.loads(json.dumps(row))
+        q = _near_duplicate(row["messages"][1]["content"], j % 3, rng)
+        if q in questions:  # a "near" copy that equals another record would be exact
+            q = q.lower()
+        near["messages"][1]["content"] = q
+        questions.add(q)
+        extras.append((idx, json.dumps(near, ensure_ascii=False), "near"))
+    for line, reason in _broken_records(rng, good):
+        extras.append((rng.randrange(len(good)), line, reason))
+    # Insert each extra at a random later position, so duplicates are not adjacent.
+    slots: dict[int, list[tuple[str, str]]] = {}
+    for after, line, kind in extras:
+        slots.setdefault(rng.randrange(after, len(good)), []).append((line, kind))
+    lines: list[str] = []
+    out = RawDemo(lines, [], [], {})
+    for i, row in enumerate(good):
+        lines.append(json.dumps(row, ensure_ascii=False))
+        for line, kind in slots.get(i, []):
+            lines.append(line)
+            if kind == "exact":
+                out.exact_duplicates.append(len(lines))
+            elif kind == "near":
+                out.near_duplicates.append(len(lines))
+            else:
+                out.broken[len(lines)] = kind
+    return out
+
+
+def write_raw_demo(path: str | Path, seed: int = 0, n_train: int = 3000) -> Path:
+    """Write the raw (dirty) demo training file as JSONL in messages format, atomically.
+
+    Args:
+        path: Target file.
+        seed: Seeds the database and every choice; equal seeds give identical bytes.
+        n_train: Clean records before the planted duplicates and broken lines.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    return write_text(path, "\n".join(raw_demo(seed, n_train).lines) + "\n")
+
+
+def write_demo_eval(path: str | Path, seed: int = 0, n_eval: int = 200) -> Path:
+    """Write the clean held-out eval conversations (messages format with meta), atomically."""
+    _, evals = demo_splits(seed, n_eval=n_eval)
+    return write_jsonl(path, (c.to_json() for c in evals))
