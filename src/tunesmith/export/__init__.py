@@ -1,0 +1,24 @@
+"""Verified merge and export: PEFT adapter, merged safetensors checkpoint, GGUF for llama.cpp.
+
+Every output is reloaded by a different loader and compared with the unmerged adapted model
+before it is published; a failed check raises :class:`~tunesmith.errors.WorkFailed`.
+"""
+
+from tunesmith.export.formats import FORMATS, ExportResult, export
+from tunesmith.export.merge import MergeResult, merge
+from tunesmith.export.source import AdapterSource, resolve_source
+from tunesmith.export.verify import TOLERANCES, Tolerance, VerificationFailed, VerifyReport
+
+__all__ = [
+    "FORMATS",
+    "ExportResult",
+    "export",
+    "TOLERANCES",
+    "AdapterSource",
+    "MergeResult",
+    "Tolerance",
+    "VerificationFailed",
+    "VerifyReport",
+    "merge",
+    "resolve_source",
+]

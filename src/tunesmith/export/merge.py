@@ -1,0 +1,169 @@
+"""``merge``: fold a LoRA-family adapter into its base and save a stock HF checkpoint.
+
+LoRA (Hu et al., 2022, arXiv:2106.09685, Eq. 3) and rsLoRA (Kalajdzievski, 2023,
+arXiv:2312.03732) fold as W' = W + s·B·A with s = alpha/r or alpha/sqrt(r); DoRA (Liu et al.,
+2024, arXiv:2402.09353, Eq. 5) as W' = m ⊙ (W + s·B·A) / ||W + s·B·A||_c; IA3 (Liu et al.,
+2022, arXiv:2205.05638) as W' = W ⊙ l. peft implements all four; we call its
+``merge_and_unload(safe_merge=True)`` and check the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.atomic import atomic_dir, write_json
+from tunesmith.errors import UserInputError
+from tunesmith.export.loading import (
+    base_identity,
+    checkpoint_dtype,
+    dtype_label,
+    load_adapted,
+    load_merged,
+    torch_dtype,
+)
+from tunesmith.export.source import (
+    AdapterSource,
+    adapter_identity,
+    require_mergeable,
+    resolve_source,
+)
+from tunesmith.export.verify import (
+    DEFAULT_PROMPTS,
+    VerificationFailed,
+    VerifyReport,
+    capture_reference,
+    compare,
+    tolerance_for,
+)
+
+MERGE_RECORD = "tunesmith_merge.json"
+# Shards small enough for any filesystem and for parallel downloads; stock transformers
+# writes the index file that ties them together.
+MAX_SHARD_SIZE = "2GB"
+
+
+@dataclass
+class MergeResult:
+    """A merged checkpoint and how it was made and checked."""
+
+    out: Path
+    method: str
+    dtype: str
+    base: dict[str, Any]
+    adapter: dict[str, Any]
+    verification: VerifyReport | None = None
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "method": self.method,
+            "dtype": self.dtype,
+            "base": self.base,
+            "adapter": self.adapter,
+            "files": self.files,
+            "verification": self.verification.to_dict() if self.verification else None,
+        }
+
+
+def check_output_path(out: str | Path, source: AdapterSource) -> Path:
+    """Refuse outputs that would overwrite the input."""
+    out = Path(out).expanduser()
+    src, dst = source.path.resolve(), out.resolve()
+    if dst == src or dst == source.adapter_dir.resolve() or src.is_relative_to(dst):
+        raise UserInputError(f"output {out} would overwrite the input {source.path}")
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"output {out} exists and is not a directory")
+    return out
+
+
+def resolve_out_dtype(dtype: str | None, source: AdapterSource):
+    """The requested dtype, else the base checkpoint's own (never a silent fp32 upcast)."""
+    import torch
+
+    if dtype not in (None, "auto"):
+        return torch_dtype(dtype)
+    found = checkpoint_dtype(source.base_model)
+    return found if found is not None else torch.float32
+
+
+def save_checkpoint(model, tokenizer, out: Path) -> None:
+    """Write weights (sharded safetensors), config, generation config, tokenizer + template."""
+    model.save_pretrained(out, max_shard_size=MAX_SHARD_SIZE)
+    tokenizer.save_pretrained(out)
+
+
+def reference_for(source: AdapterSource, prompts: tuple[str, ...] = DEFAULT_PROMPTS):
+    """Run the unmerged adapted model once and free it."""
+    model, tokenizer = load_adapted(source)
+    ref = capture_reference(model, tokenizer, prompts)
+    del model
+    return ref
+
+
+def verify_checkpoint(path: Path, ref, dtype, quantized_base: bool = False) -> VerifyReport:
+    """Reload with stock ``AutoModelForCausalLM``/``AutoTokenizer`` and compare."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return compare(
+        model,
+        ref,
+        tolerance_for(dtype_label(dtype), quantized_base),
+        loader="transformers AutoModelForCausalLM",
+        candidate_tokenizer=tokenizer,
+        expected_dtype=dtype,
+    )
+
+
+def merge(
+    source: str | Path | AdapterSource,
+    out: str | Path,
+    *,
+    dtype: str | None = None,
+    verify: bool = True,
+) -> MergeResult:
+    """Fold the adapter of ``source`` into its base and write a verified HF checkpoint.
+
+    Args:
+        source: a run directory, an adapter directory, or a resolved :class:`AdapterSource`.
+        out: output directory; written atomically, published only after verification passes.
+        dtype: ``auto`` (default: the base checkpoint's dtype), ``bf16``, ``fp16`` or ``fp32``.
+        verify: reload the output with stock transformers and compare it with the unmerged
+            adapted model (on by default; the CLI always verifies).
+
+    Returns:
+        A :class:`MergeResult` with the base/adapter identity and the verification report.
+
+    Raises:
+        UserInputError: bad input or a method that cannot be merged (exit 2).
+        WorkFailed: NaN in the merged weights, or verification failed (exit 1).
+    """
+    src = source if isinstance(source, AdapterSource) else resolve_source(source)
+    require_mergeable(src)
+    out = check_output_path(out, src)
+    out_dtype = resolve_out_dtype(dtype, src)
+    ref = reference_for(src) if verify else None
+    merged, tokenizer = load_merged(src, out_dtype)
+    result = MergeResult(
+        out=out,
+        method=src.method,
+        dtype=dtype_label(out_dtype),
+        base=base_identity(src.base_model, merged),
+        adapter=adapter_identity(src),
+    )
+    with atomic_dir(out) as tmp:
+        save_checkpoint(merged, tokenizer, tmp)
+        del merged
+        if ref is not None:
+            result.verification = verify_checkpoint(tmp, ref, out_dtype, src.quantized_base)
+            if not result.verification.passed:
+                raise VerificationFailed(result.verification)
+        record = {k: v for k, v in result.to_dict().items() if k not in ("out", "files")}
+        record["quantized_base"] = "nf4, dequantized before merging" if src.quantized_base else None
+        write_json(tmp / MERGE_RECORD, record)
+        result.files = sorted(p.name for p in tmp.iterdir())
+    return result

@@ -1,0 +1,301 @@
+"""Check an exported model against the adapted model it came from.
+
+The reference is the adapted model exactly as training left it: the base plus the *unmerged*
+adapter, computed in fp32 (for QLoRA: the 4-bit base, dequantized on the fly as in training).
+The candidate is the export reloaded by a *different* loader (stock transformers, stock peft,
+transformers' own GGUF reader), so a bug shared by our writer and our reader cannot hide.
+
+Three measurements on a few chat prompts:
+
+* logits: max and mean absolute difference over every position of the prompt plus the
+  reference's greedy continuation (teacher forcing, so both models see the same tokens);
+* decisive agreement: at every generated position where the reference's top-1 beats its
+  top-2 by more than twice the tolerance, the candidate must pick the same token. Positions
+  closer than that are ties *within the format's precision* and may legitimately flip;
+* free-running greedy agreement: the candidate generates on its own; we report how many
+  continuations match exactly and the share of tokens before the first divergence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tunesmith.errors import WorkFailed
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "How many patients live in Lyon?",
+    "List the names of all doctors, ordered by name.",
+    "Which drug was prescribed most often in 2024?",
+    "Write one short sentence about the sea.",
+)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed max |Δlogit|, relative to the reference's logit scale max(1, max|logit|)."""
+
+    label: str
+    logit_rel: float
+    why: str
+
+
+# Stated per format; the numbers measured on SmolLM2-135M and the tiny test models sit well
+# inside them (see tests/export/ and the merge/export reports).
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(
+        "fp32",
+        1e-4,
+        "only float re-association: W·x + s·B·A·x vs (W + s·B·A)·x differ by ~1e-6 relative",
+    ),
+    "fp16": Tolerance(
+        "fp16",
+        2e-2,
+        "each weight rounded to an 11-bit mantissa (2^-11 ≈ 5e-4 relative), accumulated over layers",
+    ),
+    "bf16": Tolerance(
+        "bf16",
+        8e-2,
+        "each weight rounded to an 8-bit mantissa (2^-8 ≈ 4e-3 relative), accumulated over layers",
+    ),
+    # QLoRA's reference runs the 4-bit base through bitsandbytes, whose kernels dequantize
+    # each NF4 block to the quant-state dtype (bf16 on CPU) inside the matmul, while the merge
+    # folds into the dequantized weights: the two differ by that on-the-fly rounding.
+    "nf4": Tolerance(
+        "nf4",
+        8e-2,
+        "the 4-bit reference dequantizes NF4 blocks to bf16 inside its matmuls (2^-8 relative)",
+    ),
+    "q8_0": Tolerance(
+        "q8_0",
+        1.5e-1,
+        "int8 with one fp16 scale per block of 32 weights: error ≤ block max / 254 per weight",
+    ),
+}
+
+
+def tolerance_for(label: str, quantized_base: bool = False) -> Tolerance:
+    """Tolerance by output dtype (fp32/fp16/bf16) or GGUF type (f32/f16/bf16/q8_0).
+
+    With a 4-bit (QLoRA) reference the looser of the format's and the ``nf4`` tolerance holds.
+    """
+    tol = TOLERANCES[{"f32": "fp32", "f16": "fp16"}.get(label, label)]
+    if quantized_base and TOLERANCES["nf4"].logit_rel > tol.logit_rel:
+        return TOLERANCES["nf4"]
+    return tol
+
+
+@dataclass
+class Reference:
+    """What the adapted model did on the verification prompts (all on CPU, fp32 logits)."""
+
+    prompts: tuple[str, ...]
+    sequences: list[Any]  # each (1, T): prompt ids + greedy continuation
+    prompt_lens: list[int]
+    logits: list[Any]  # each (T, V) float32
+    eos_token_id: Any
+    pad_token_id: int | None
+    max_new_tokens: int
+    chat_template: str | None
+    prompt_ids: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of one verification; ``passed`` is False when any entry of ``failures`` exists."""
+
+    loader: str
+    tolerance: str
+    max_abs_diff: float
+    mean_abs_diff: float
+    limit_abs: float
+    logit_scale: float
+    decisive_agreement: float
+    decisive_positions: int
+    greedy_exact: float
+    greedy_token_agreement: float
+    n_prompts: int
+    dtype: str | None = None
+    tokenizer_agreement: float | None = None
+    chat_template_preserved: bool | None = None
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+class VerificationFailed(WorkFailed):
+    """The export did not reproduce the adapted model within its tolerance (exit 1)."""
+
+    def __init__(self, report: VerifyReport):
+        self.report = report
+        super().__init__("verification failed: " + "; ".join(report.failures))
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Render ``prompt`` as a user turn with the model's chat template (plain text without one)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def _greedy(model, ids, ref: Reference):
+    import torch
+    from transformers import GenerationConfig
+
+    # An explicit config so neither model's own generation_config (sampling flags) leaks in.
+    gen = GenerationConfig(
+        max_new_tokens=ref.max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=ref.eos_token_id,
+        pad_token_id=ref.pad_token_id,
+    )
+    with torch.inference_mode():
+        return model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen
+        )
+
+
+def _logits(model, seq):
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=seq).logits[0].float()  # (T, V)
+
+
+def capture_reference(
+    model, tokenizer, prompts: tuple[str, ...] = DEFAULT_PROMPTS, max_new_tokens: int = 16
+) -> Reference:
+    """Run the adapted model once: greedy continuations and their teacher-forced logits."""
+    import torch
+
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ref = Reference(
+        prompts=tuple(prompts),
+        sequences=[],
+        prompt_lens=[],
+        logits=[],
+        eos_token_id=eos,
+        pad_token_id=pad,
+        max_new_tokens=max_new_tokens,
+        chat_template=getattr(tokenizer, "chat_template", None),
+    )
+    for prompt in prompts:
+        ids = encode_prompt(tokenizer, prompt)
+        seq = _greedy(model, torch.tensor([ids]), ref)
+        ref.prompt_ids.append(ids)
+        ref.prompt_lens.append(len(ids))
+        ref.sequences.append(seq)
+        ref.logits.append(_logits(model, seq))
+    return ref
+
+
+def compare(
+    candidate,
+    ref: Reference,
+    tolerance: Tolerance,
+    *,
+    loader: str,
+    candidate_tokenizer=None,
+    expected_dtype: Any = None,
+) -> VerifyReport:
+    """Measure ``candidate`` against ``ref``; the report lists every failed check."""
+    import torch
+
+    scale = max(1.0, max(float(lg.abs().max()) for lg in ref.logits))
+    limit = tolerance.logit_rel * scale
+    max_abs, abs_sum, count = 0.0, 0.0, 0
+    decisive, decisive_ok, exact, agree_tokens, gen_tokens = 0, 0, 0, 0, 0
+    for seq, plen, ref_logits in zip(ref.sequences, ref.prompt_lens, ref.logits, strict=True):
+        cand_logits = _logits(candidate, seq)
+        diff = (cand_logits - ref_logits).abs()
+        max_abs = max(max_abs, float(diff.max()))
+        abs_sum, count = abs_sum + float(diff.double().sum()), count + diff.numel()
+        # Positions plen-1 .. T-2 predict the generated tokens.
+        step_ref = ref_logits[plen - 1 : seq.shape[1] - 1]
+        top2 = step_ref.topk(2, dim=-1).values
+        mask = (top2[:, 0] - top2[:, 1]) > 2 * limit
+        same = step_ref.argmax(-1) == cand_logits[plen - 1 : seq.shape[1] - 1].argmax(-1)
+        decisive += int(mask.sum())
+        decisive_ok += int((same & mask).sum())
+        # Free-running greedy from the prompt alone.
+        free = _greedy(candidate, seq[:, :plen], ref)
+        exact += int(torch.equal(free, seq))
+        ref_new, cand_new = seq[0, plen:].tolist(), free[0, plen:].tolist()
+        prefix = 0
+        for a, b in zip(ref_new, cand_new, strict=False):
+            if a != b:
+                break
+            prefix += 1
+        agree_tokens += prefix
+        gen_tokens += max(len(ref_new), 1)
+    n = len(ref.sequences)
+    report = VerifyReport(
+        loader=loader,
+        tolerance=tolerance.label,
+        max_abs_diff=max_abs,
+        mean_abs_diff=abs_sum / max(count, 1),
+        limit_abs=limit,
+        logit_scale=scale,
+        decisive_agreement=decisive_ok / decisive if decisive else 1.0,
+        decisive_positions=decisive,
+        greedy_exact=exact / n if n else 1.0,
+        greedy_token_agreement=agree_tokens / gen_tokens if gen_tokens else 1.0,
+        n_prompts=n,
+    )
+    _check_logits(report, tolerance)
+    _check_dtype(report, candidate, expected_dtype)
+    if candidate_tokenizer is not None:
+        _check_tokenizer(report, candidate_tokenizer, ref)
+    return report
+
+
+def _check_logits(report: VerifyReport, tolerance: Tolerance) -> None:
+    if not report.max_abs_diff <= report.limit_abs:  # also catches NaN
+        report.failures.append(
+            f"max |Δlogit| {report.max_abs_diff:.3g} exceeds the {tolerance.label} limit "
+            f"{report.limit_abs:.3g} ({tolerance.logit_rel:g} × logit scale {report.logit_scale:.3g})"
+        )
+    if report.decisive_agreement < 1.0:
+        report.failures.append(
+            f"greedy choice differs at {report.decisive_positions - round(report.decisive_agreement * report.decisive_positions)}"
+            f" of {report.decisive_positions} positions where the adapted model is decisive"
+        )
+
+
+def _check_dtype(report: VerifyReport, candidate, expected_dtype) -> None:
+    dtype = next((p.dtype for p in candidate.parameters() if p.is_floating_point()), None)
+    report.dtype = str(dtype).replace("torch.", "") if dtype is not None else None
+    if expected_dtype is not None and dtype != expected_dtype:
+        report.failures.append(f"weights reload as {dtype}, expected {expected_dtype}")
+
+
+def _check_tokenizer(report: VerifyReport, tokenizer, ref: Reference) -> None:
+    template = getattr(tokenizer, "chat_template", None)
+    report.chat_template_preserved = template == ref.chat_template
+    if ref.chat_template and not report.chat_template_preserved:
+        report.failures.append("the chat template did not survive the export")
+    same = sum(
+        encode_prompt(tokenizer, p) == ids
+        for p, ids in zip(ref.prompts, ref.prompt_ids, strict=True)
+    )
+    report.tokenizer_agreement = same / len(ref.prompts) if ref.prompts else 1.0
+    if report.tokenizer_agreement < 1.0:
+        # Reported, not failed: a reader may rebuild the pre-tokenizer differently from the
+        # source (transformers' GGUF reader knows fewer `tokenizer.ggml.pre` names than llama.cpp).
+        report.notes.append(
+            f"the reloaded tokenizer encodes {len(ref.prompts) - same} of {len(ref.prompts)} "
+            "prompts differently from the source tokenizer"
+        )
