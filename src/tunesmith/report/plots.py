@@ -55,7 +55,7 @@ def _figure(title: str, ylabel: str) -> tuple[Any, Any]:
 
     fig = Figure(figsize=(6.4, 3.6), layout="constrained")
     ax = fig.subplots()
-    ax.set_title(title, loc="left", fontsize=12, fontweight="semibold")
+    ax.set_title(title, loc="left", fontsize=12, fontweight="bold")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.grid(True, color="#e2e8f0", linewidth=0.8)
