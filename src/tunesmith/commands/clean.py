@@ -69,20 +69,15 @@ def _summary(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tunesmith.data.clean import DROP_REASONS
+
     table = Table(title="tunesmith clean")
     table.add_column("records")
     table.add_column("count", justify="right")
     table.add_row("input", str(report["input_records"]))
     for kind, n in report["invalid_by_kind"].items():
         table.add_row(f"invalid: {kind}", str(n))
-    for reason in (
-        "too_short",
-        "too_long",
-        "repetitive",
-        "exact_duplicates",
-        "near_duplicates",
-        "eval_leaks",
-    ):
+    for reason in DROP_REASONS:
         if report[reason]:
             table.add_row(reason.replace("_", " "), str(report[reason]))
     table.add_row("kept (train)", str(report["kept"]), style="bold")

@@ -1,0 +1,108 @@
+"""MinHash signatures against datasketch, Jaccard estimates against exact Jaccard, LSH recall."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from datasketch import MinHash
+
+from tunesmith.data import dedup
+from tunesmith.data.dedup import MinHasher, NearDupIndex, lsh_params
+from tunesmith.data.normalize import words
+
+TEXT = (
+    "the clinic keeps a record of every visit with the doctor who saw the patient and the "
+    "prescriptions written that day so that a later question about which drug was given can be answered"
+)
+
+
+def test_signature_is_datasketch_minhash():
+    hasher = MinHasher(num_perm=64, seed=3)
+    sh = hasher.shingle_hashes(words(TEXT))
+    ref = MinHash(num_perm=64, seed=3, hashfunc=int)
+    ref.update_batch([int(x) for x in sh])
+    np.testing.assert_array_equal(hasher.signatures([sh])[0], ref.hashvalues)
+    assert hasher.lean(hasher.signatures([sh])[0]).jaccard(ref) == 1.0
+
+
+def test_batched_signatures_equal_single(monkeypatch):
+    hasher = MinHasher(num_perm=32)
+    sets = [hasher.shingle_hashes(words(TEXT)[i:]) for i in range(0, 30, 3)]
+    one_by_one = np.stack([hasher.signatures([s])[0] for s in sets])
+    monkeypatch.setattr(dedup, "_MAX_SHINGLES_PER_STEP", 50)  # force several chunks
+    np.testing.assert_array_equal(hasher.signatures(sets), one_by_one)
+
+
+def test_shingles_are_word_trigrams():
+    hasher = MinHasher(shingle=3)
+    toks = ["a", "b", "c", "a", "b", "c", "d"]
+    # distinct trigrams: abc, bca, cab, bcd
+    assert len(hasher.shingle_hashes(toks)) == 4
+    assert len(hasher.shingle_hashes(["a", "b"])) == 1  # shorter than one shingle: one shingle
+    # order matters
+    assert set(hasher.shingle_hashes(["a", "b", "c"])) != set(
+        hasher.shingle_hashes(["c", "b", "a"])
+    )
+
+
+@pytest.mark.parametrize("overlap", [200, 600, 900])
+def test_estimate_tracks_exact_jaccard(overlap):
+    hasher = MinHasher(num_perm=256)
+    a = np.arange(1000, dtype=np.uint32)
+    b = np.arange(1000 - overlap, 2000 - overlap, dtype=np.uint32)
+    exact = overlap / (2000 - overlap)
+    sa, sb = hasher.signatures([a, b])
+    estimate = float((sa == sb).mean())
+    # 256 slots: standard error sqrt(J(1-J)/256) <= 0.031; allow 3 of them.
+    assert abs(estimate - exact) < 0.095
+
+
+@pytest.mark.parametrize(("threshold", "num_perm"), [(0.5, 128), (0.8, 128), (0.9, 64)])
+def test_lsh_params_reach_recall_with_most_rows(threshold, num_perm):
+    b, r = lsh_params(threshold, num_perm, recall=0.97)
+    assert b * r <= num_perm
+    assert 1 - (1 - threshold**r) ** b >= 0.97
+    r2 = r + 1  # one more row per band would miss the recall target
+    assert 1 - (1 - threshold**r2) ** (num_perm // r2) < 0.97
+    assert lsh_params(0.8, 128) == (18, 7)
+
+
+def _index(threshold):
+    hasher = MinHasher(num_perm=256)
+    return hasher, NearDupIndex(hasher, threshold)
+
+
+def test_index_finds_pair_above_threshold_only():
+    hasher, idx = _index(0.7)
+    a = np.arange(1000, dtype=np.uint32)
+    b = np.arange(100, 1100, dtype=np.uint32)  # exact Jaccard 900/1100 = 0.818
+    c = np.arange(5000, 6000, dtype=np.uint32)  # disjoint
+    sa, sb, sc = (hasher.lean(s) for s in hasher.signatures([a, b, c]))
+    assert idx.add(sa) == 0
+    key, sim = idx.query(sb)
+    assert key == 0 and abs(sim - 0.818) < 0.09
+    assert idx.query(sc) is None
+    _, strict = _index(0.95)
+    strict.add(sa)
+    assert strict.query(sb) is None  # the same pair, under a threshold above its similarity
+
+
+def test_index_near_duplicate_text():
+    hasher, idx = _index(0.8)
+    edited = TEXT.replace("drug", "medicine")  # one word edit in 33 words
+    other = "a completely different sentence about weather patterns over the northern sea in winter months"
+    sig = lambda t: hasher.lean(hasher.signatures([hasher.shingle_hashes(words(t))])[0])  # noqa: E731
+    idx.add(sig(TEXT))
+    assert idx.query(sig(edited))[0] == 0
+    assert idx.query(sig(other)) is None
+    assert idx.matches(sig(other)) == []
+    assert len(idx) == 1
+
+
+def test_index_grows_past_initial_capacity():
+    hasher, idx = _index(0.9)
+    sigs = hasher.signatures([np.arange(i * 10, i * 10 + 10, dtype=np.uint32) for i in range(1500)])
+    for s in sigs:
+        idx.add(hasher.lean(s))
+    assert len(idx) == 1500
+    assert idx.query(hasher.lean(sigs[1234]))[0] == 1234
