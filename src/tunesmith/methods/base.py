@@ -76,7 +76,13 @@ class MethodSpec:
 _REGISTRY: dict[str, MethodSpec] = {}
 
 # Modules that register methods; imported lazily so `tunesmith --help` stays fast.
-METHOD_MODULES: tuple[str, ...] = ("tunesmith.methods.lora",)
+METHOD_MODULES: tuple[str, ...] = tuple(
+    f"tunesmith.methods.{name}"
+    for name in (
+        "lora", "qlora", "dora", "rslora", "houlsby", "pfeiffer", "parallel", "prefix", "prompt",
+        "ia3", "mam", "freeze", "full",
+    )
+)  # fmt: skip
 
 
 def register(spec: MethodSpec) -> MethodSpec:
@@ -87,18 +93,22 @@ def register(spec: MethodSpec) -> MethodSpec:
     return spec
 
 
-def _load_all() -> None:
+def load_all() -> None:
+    """Import every method module: fills the registry and registers tunesmith's own peft types
+    (``BOTTLENECK``, ``MAM``), after which stock ``PeftModel.from_pretrained`` loads them."""
     for mod in METHOD_MODULES:
         importlib.import_module(mod)
 
 
 def method_names() -> list[str]:
-    _load_all()
+    """Registered method names, in ``tunesmith methods`` order."""
+    load_all()
     return list(_REGISTRY)
 
 
 def get_method(name: str) -> MethodSpec:
-    _load_all()
+    """The spec of ``--method name``; an unknown name is a :class:`ConfigError`."""
+    load_all()
     try:
         return _REGISTRY[name]
     except KeyError:

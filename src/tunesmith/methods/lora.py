@@ -3,6 +3,9 @@
 Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022 (arXiv:2106.09685),
 Eq. (3): h = W0·x + (alpha/r)·B·A·x, with B zero-initialized so the adapted model starts equal
 to the base. Unified view: a parallel, scaled-add low-rank function beside each target linear.
+
+The LoRA variants (:mod:`.dora`, :mod:`.rslora`, :mod:`.qlora`) build on :func:`lora_config`
+with peft's own switches.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
+from tunesmith.methods.geometry import target_shapes
 
 
 def lora_config(args: MethodArgs, **overrides: Any):
+    """peft ``LoraConfig`` for ``args`` (rank, alpha, dropout, targets); ``overrides`` win."""
     from peft import LoraConfig, TaskType
 
     kw = dict(
@@ -28,6 +33,7 @@ def lora_config(args: MethodArgs, **overrides: Any):
 
 
 def apply_lora(model, args: MethodArgs, **overrides: Any):
+    """Wrap ``model`` in a peft LoRA model; only the A/B matrices (and variant extras) train."""
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(args, **overrides))
@@ -35,32 +41,15 @@ def apply_lora(model, args: MethodArgs, **overrides: Any):
 
 def linear_shapes(model_config: Any, names: tuple[str, ...]) -> list[tuple[int, int]]:
     """(in_features, out_features) of every targeted linear, from the config alone."""
-    h = model_config.hidden_size
-    heads = model_config.num_attention_heads
-    kv = getattr(model_config, "num_key_value_heads", None) or heads
-    hd = getattr(model_config, "head_dim", None) or h // heads
-    inter = model_config.intermediate_size
-    per_layer = {
-        "q_proj": (h, heads * hd),
-        "k_proj": (h, kv * hd),
-        "v_proj": (h, kv * hd),
-        "o_proj": (heads * hd, h),
-        "gate_proj": (h, inter),
-        "up_proj": (h, inter),
-        "down_proj": (inter, h),
-    }
-    shapes = []
-    for name in names:
-        if name not in per_layer:
-            raise ValueError(f"no shape rule for module {name!r}")
-        shapes.extend([per_layer[name]] * model_config.num_hidden_layers)
-    return shapes
+    return target_shapes(model_config, tuple(names))
 
 
 def count_lora(model_config: Any, args: MethodArgs) -> int:
-    # A is r x d_in, B is d_out x r, per targeted linear.
+    """A is r x d_in, B is d_out x r, per targeted linear per block."""
     return sum(args.rank * (i + o) for i, o in linear_shapes(model_config, args.target))
 
+
+LORA_FORMULA = "sum over blocks and targets of r·(d_in + d_out)"
 
 register(
     MethodSpec(
@@ -68,10 +57,12 @@ register(
         summary="Low-rank update B·A beside each target linear; mergeable, zero inference cost.",
         paper="Hu et al., LoRA, ICLR 2022 (arXiv:2106.09685), Eq. 3",
         view=UnifiedView(
-            form="(alpha/r)·B·A·x", position="attention (target modules)", insertion="parallel",
+            form="(alpha/r)·B·A·x",
+            position="attention (target modules)",
+            insertion="parallel",
             composition="scaled add",
         ),
-        param_formula="sum over targets of r·(d_in + d_out) per layer",
+        param_formula=LORA_FORMULA,
         apply=apply_lora,
         count_trainable=count_lora,
         mergeable=True,

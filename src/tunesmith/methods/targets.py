@@ -39,7 +39,9 @@ FAMILIES: dict[str, dict[str, tuple[str, ...]]] = {
 PRESETS = ("attn-qv", "attn", "mlp", "all-linear")
 
 
-def resolve_targets(target: str | list[str] | tuple[str, ...], model_config: Any) -> tuple[str, ...]:
+def resolve_targets(
+    target: str | list[str] | tuple[str, ...], model_config: Any
+) -> tuple[str, ...]:
     """Turn a preset name or an explicit list into module names for this architecture."""
     if isinstance(target, (list, tuple)):
         names = tuple(target)
@@ -61,5 +63,32 @@ def check_targets_exist(model: Any, names: tuple[str, ...]) -> None:
     if missing:
         leaf = sorted({n.rsplit(".", 1)[-1] for n in module_names if "." in n})
         raise ConfigError(
-            "target", ",".join(missing), "module names present in the model: " + ", ".join(leaf[:40])
+            "target",
+            ",".join(missing),
+            "module names present in the model: " + ", ".join(leaf[:40]),
         )
+
+
+# Fixed insertion points of the methods that are *defined* by where they sit (bottleneck
+# adapters, (IA)^3), as opposed to the LoRA family whose targets `--target` chooses.
+_LLAMA_POSITIONS = {
+    "attn-out": ("o_proj",),  # attention output projection
+    "ffn-out": ("down_proj",),  # FFN output projection
+    "ffn": ("mlp",),  # the whole FFN block
+    "ia3": ("k_proj", "v_proj", "down_proj"),  # keys, values, FFN inner activation
+    "ia3-ff": ("down_proj",),  # of those, the ones (IA)^3 scales at their input
+}
+_GPT2_POSITIONS = {
+    "attn-out": ("attn.c_proj",),
+    "ffn-out": ("mlp.c_proj",),
+    "ffn": ("mlp",),
+    "ia3": ("c_attn", "mlp.c_proj"),
+    "ia3-ff": ("mlp.c_proj",),
+}
+
+
+def position_modules(role: str, model_config: Any) -> tuple[str, ...]:
+    """Module names of a fixed insertion point (``attn-out``, ``ffn-out``, ``ffn``, ``ia3``...)."""
+    model_type = getattr(model_config, "model_type", "")
+    table = _GPT2_POSITIONS if model_type == "gpt2" else _LLAMA_POSITIONS
+    return table[role]

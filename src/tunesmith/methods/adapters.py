@@ -1,0 +1,39 @@
+"""Shared builder of the bottleneck-adapter methods (:mod:`.houlsby`, :mod:`.pfeiffer`,
+:mod:`.parallel`): turn plain arguments into a ``BottleneckConfig`` and apply it with peft.
+
+The three methods differ only in where the adapter sits and how it is composed (He et al.,
+ICLR 2022, Table 1); the layer maths is in :mod:`tunesmith.methods.tuners.bottleneck.layer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.methods.base import MethodArgs
+from tunesmith.methods.geometry import geometry
+from tunesmith.methods.targets import position_modules
+from tunesmith.methods.tuners.bottleneck import BottleneckConfig  # registers PeftType.BOTTLENECK
+
+
+def adapter_params(model_config: Any, bottleneck: int) -> int:
+    """One adapter d -> m -> d with biases: 2·d·m + m + d."""
+    d = geometry(model_config).hidden
+    return 2 * d * bottleneck + bottleneck + d
+
+
+def apply_bottleneck(
+    model, args: MethodArgs, *, roles: tuple[str, ...], insertion: str, scale: float, variant: str
+):
+    """Wrap the modules of ``roles`` (see :func:`position_modules`) with bottleneck adapters."""
+    from peft import TaskType, get_peft_model
+
+    targets = [name for role in roles for name in position_modules(role, model.config)]
+    config = BottleneckConfig(
+        task_type=TaskType.CAUSAL_LM,
+        target_modules=targets,
+        bottleneck_size=args.bottleneck,
+        insertion=insertion,
+        scale=scale,
+        variant=variant,
+    )
+    return get_peft_model(model, config)

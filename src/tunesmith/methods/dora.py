@@ -1,0 +1,44 @@
+"""DoRA through peft (``LoraConfig(use_dora=True)``).
+
+Liu et al., "DoRA: Weight-Decomposed Low-Rank Adaptation", ICML 2024 (arXiv:2402.09353),
+Eq. (5): W' = m · (W0 + B·A) / ||W0 + B·A||_c, a learned magnitude vector m (one entry per output
+feature, initialized to the column norms of W0) times the LoRA-updated direction. With B = 0 at
+init, W' = W0: the adapted model starts equal to the base.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
+from tunesmith.methods.lora import LORA_FORMULA, apply_lora, count_lora, linear_shapes
+
+
+def apply_dora(model, args: MethodArgs):
+    return apply_lora(model, args, use_dora=True)
+
+
+def count_dora(model_config: Any, args: MethodArgs) -> int:
+    # LoRA's A and B plus the magnitude vector m (d_out) of every target.
+    return count_lora(model_config, args) + sum(
+        o for _, o in linear_shapes(model_config, args.target)
+    )
+
+
+register(
+    MethodSpec(
+        name="dora",
+        summary="LoRA on the direction of W plus a learned per-output magnitude; mergeable.",
+        paper="Liu et al., DoRA, ICML 2024 (arXiv:2402.09353), Eq. 5",
+        view=UnifiedView(
+            form="m·(W0 + B·A)/||W0 + B·A||_c · x",
+            position="attention (target modules)",
+            insertion="parallel",
+            composition="rescale",
+        ),
+        param_formula=LORA_FORMULA + " + d_out",
+        apply=apply_dora,
+        count_trainable=count_dora,
+        mergeable=True,
+    )
+)

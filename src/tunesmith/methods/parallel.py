@@ -1,0 +1,43 @@
+"""Parallel adapter at the FFN with scaled composition.
+
+He et al., "Towards a Unified View of Parameter-Efficient Transfer Learning", ICLR 2022
+(arXiv:2110.04366), Eq. 10 and §4.3: the adapter reads the FFN's input x and its output is added
+beside the FFN, h <- FFN(x) + s·W_up·ReLU(W_down·x), with s = 4 (``MethodArgs.scale``).
+W_up = 0 at init, so the adapted model starts equal to the base.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.methods.adapters import adapter_params, apply_bottleneck
+from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
+from tunesmith.methods.geometry import geometry
+
+
+def apply_parallel(model, args: MethodArgs):
+    return apply_bottleneck(
+        model, args, roles=("ffn",), insertion="parallel", scale=args.scale, variant="parallel"
+    )
+
+
+def count_parallel(model_config: Any, args: MethodArgs) -> int:
+    return geometry(model_config).layers * adapter_params(model_config, args.bottleneck)
+
+
+register(
+    MethodSpec(
+        name="parallel",
+        summary="Bottleneck adapter beside the FFN, reading its input, scaled by s (default 4).",
+        paper="He et al., Unified View of PETL, ICLR 2022 (arXiv:2110.04366), Eq. 10",
+        view=UnifiedView(
+            form="W_up·ReLU(W_down·x)",
+            position="ffn",
+            insertion="parallel",
+            composition="scaled add",
+        ),
+        param_formula="L·(2·d·m + m + d)",
+        apply=apply_parallel,
+        count_trainable=count_parallel,
+    )
+)

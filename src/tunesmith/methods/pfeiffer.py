@@ -1,0 +1,40 @@
+"""Pfeiffer adapters: one serial bottleneck after the FFN of every block.
+
+Pfeiffer et al., "AdapterFusion: Non-Destructive Task Composition for Transfer Learning",
+EACL 2021 (arXiv:2005.00247), §2.2 / Fig. 2 and their architecture search (Appendix): a single
+adapter after the FFN matches Houlsby's two at half the parameters. h <- h + W_up·ReLU(W_down·h),
+W_up = 0 at init.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.methods.adapters import adapter_params, apply_bottleneck
+from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
+from tunesmith.methods.geometry import geometry
+
+
+def apply_pfeiffer(model, args: MethodArgs):
+    return apply_bottleneck(
+        model, args, roles=("ffn-out",), insertion="serial", scale=1.0, variant="pfeiffer"
+    )
+
+
+def count_pfeiffer(model_config: Any, args: MethodArgs) -> int:
+    return geometry(model_config).layers * adapter_params(model_config, args.bottleneck)
+
+
+register(
+    MethodSpec(
+        name="pfeiffer",
+        summary="One serial bottleneck adapter after the FFN of every block.",
+        paper="Pfeiffer et al., AdapterFusion, EACL 2021 (arXiv:2005.00247), §2.2",
+        view=UnifiedView(
+            form="W_up·ReLU(W_down·h)", position="ffn", insertion="serial", composition="add"
+        ),
+        param_formula="L·(2·d·m + m + d)",
+        apply=apply_pfeiffer,
+        count_trainable=count_pfeiffer,
+    )
+)
