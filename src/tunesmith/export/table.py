@@ -27,7 +27,9 @@ def verification_table(report: VerifyReport, title: str):
         ("mean |Δlogit|", f"{report.mean_abs_diff:.3g}", ""),
         (
             "greedy choice, decisive positions",
-            f"{report.decisive_agreement:.0%} of {report.decisive_positions}",
+            f"{report.decisive_agreement:.0%} of {report.decisive_positions}"
+            if report.decisive_positions
+            else "none beyond 2 x limit",
             "100%",
         ),
         (

@@ -1,0 +1,49 @@
+"""Benchmarks on this machine.
+
+latency  batch-1 forward and greedy-generation latency per PEFT method, as ratios to the base
+         model (the shape of Table 1 in the LoRA paper): merged LoRA costs nothing extra,
+         adapters and prefixes do.
+train    training throughput against the TRL peer (offered when tunesmith.bench.train exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from tunesmith.bench import BENCHMARKS
+
+HELP = "benchmarks: batch-1 latency per method (latency), training throughput (train)"
+
+
+def available_benchmarks() -> dict[str, object]:
+    """The benchmark modules of this build; a missing one is skipped, a broken one raises."""
+    mods = {}
+    for name, path in BENCHMARKS.items():
+        try:
+            mods[name] = importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            if exc.name != path:
+                raise
+    return mods
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, mod in available_benchmarks().items():
+        p = sub.add_parser(
+            name,
+            help=mod.HELP,
+            description=(mod.__doc__ or mod.HELP).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        # SUPPRESS: accept `bench latency --debug` without resetting a `bench --debug` given earlier.
+        p.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
+        mod.add_arguments(p)
+        p.set_defaults(_bench_run=mod.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._bench_run(args) or 0)

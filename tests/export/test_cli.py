@@ -1,0 +1,94 @@
+"""The merge and export commands: exit codes, messages, JSON, nothing left behind on errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.export.adapters import make_adapter
+from tests.tiny import CHATML_TEMPLATE
+from tunesmith.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def lora_adapter(tiny_qwen2_dir, tmp_path):
+    return make_adapter(tiny_qwen2_dir, tmp_path / "adapter", "lora")
+
+
+def test_export_safetensors_json(lora_adapter, tmp_path, capsys):
+    out = tmp_path / "merged"
+    code, stdout, _ = _run(
+        capsys, "export", str(lora_adapter), "--format", "safetensors", "-o", str(out), "--json"
+    )
+    assert code == 0
+    payload = json.loads(stdout)
+    assert payload["format"] == "safetensors" and payload["dtype"] == "fp32"
+    assert payload["verification"]["passed"] is True
+    assert payload["verification"]["max_abs_diff"] < 1e-5
+    assert (out / "config.json").is_file()
+
+
+def test_merge_prints_a_table(lora_adapter, tmp_path, capsys):
+    code, stdout, _ = _run(
+        capsys, "merge", str(lora_adapter), "-o", str(tmp_path / "m"), "--dtype", "bf16"
+    )
+    assert code == 0
+    assert "max |Δlogit|" in stdout and "passed" in stdout and "bf16" in stdout
+
+
+def test_export_peft_of_an_unmergeable_method(tiny_llama_dir, tmp_path, capsys):
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "prefix", "prefix")
+    out = tmp_path / "exported"
+    code, stdout, _ = _run(
+        capsys, "export", str(adapter), "--format", "peft", "-o", str(out), "--json"
+    )
+    assert code == 0
+    payload = json.loads(stdout)
+    assert payload["verification"]["passed"] and payload["verification"]["chat_template_preserved"]
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= set(
+        payload["files"]
+    )
+    assert (out / "chat_template.jinja").read_text() == CHATML_TEMPLATE
+
+
+@pytest.mark.parametrize("command", ["merge", "gguf", "safetensors"])
+def test_unmergeable_method_is_refused(command, tiny_llama_dir, tmp_path, capsys):
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "prefix", "prefix")
+    out = tmp_path / ("out.gguf" if command == "gguf" else "out")
+    argv = (
+        ["merge", str(adapter)]
+        if command == "merge"
+        else ["export", str(adapter), "--format", command]
+    )
+    code, _, err = _run(capsys, *argv, "-o", str(out))
+    assert code == 2
+    assert "cannot be merged" in err and "--format peft" in err
+    assert not out.exists()
+
+
+def test_bad_inputs_exit_2_and_leave_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "merge", str(tmp_path / "missing"), "-o", str(out))
+    assert code == 2 and "no such run or adapter directory" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(
+        capsys, "export", str(tmp_path / "empty"), "--format", "peft", "-o", str(out)
+    )
+    assert code == 2 and "adapter_config.json" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_gguf_output_must_be_a_gguf_file(lora_adapter, tmp_path, capsys):
+    code, _, err = _run(
+        capsys, "export", str(lora_adapter), "--format", "gguf", "-o", str(tmp_path / "x.bin")
+    )
+    assert code == 2 and ".gguf" in err
