@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from itertools import combinations
 
 import pytest
 
 from tunesmith.demo.dataset import (
+    NEAR_DUP_JACCARD,
     SYSTEM_PROMPT,
     demo_splits,
     normalize_question,
@@ -45,6 +47,36 @@ def test_split_has_no_leakage_and_eval_covers_every_template(splits):
     # The clean splits themselves carry no duplicates.
     assert len({c.turns[1].content for c in train}) == len(train)
     assert len({c.turns[1].content for c in evals}) == len(evals)
+
+
+def _shingles(conv):
+    # Independent of the generator's code: word 3-grams of question + SQL, case-folded.
+    words = re.findall(r"\w+", f"{conv.turns[1].content}\n{conv.answer}".casefold())
+    return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
+
+
+def test_no_near_duplicates_across_the_split_or_within_train(splits):
+    train, evals = splits
+    by_template: dict[str, list[set]] = {}
+    for conv in train:
+        by_template.setdefault(conv.meta["template"], []).append(_shingles(conv))
+    # Records of different templates share little text; compare within a template (exact
+    # Jaccard, no MinHash estimate).
+    worst = max(
+        len(e & t) / len(e | t)
+        for conv in evals
+        for e in [_shingles(conv)]
+        for t in by_template.get(conv.meta["template"], [])
+    )
+    assert 0.5 < worst < NEAR_DUP_JACCARD
+    # Nor are training records near duplicates of each other (a sample, same reasoning).
+    worst_train = max(
+        len(a & b) / len(a | b)
+        for sets in by_template.values()
+        for i, a in enumerate(sets[:10])
+        for b in sets[i + 1 :]
+    )
+    assert 0.5 < worst_train < NEAR_DUP_JACCARD
 
 
 def test_eval_golds_score_perfectly_against_themselves(splits):

@@ -2,19 +2,27 @@
 
 The split holds out whole slot fillings: every phrasing of a held-out filling shares its
 SQL, so none of them may appear in training. Eval takes one phrasing per held-out filling
-and covers every template; training samples the remaining fillings in all phrasings.
+and covers every template; training samples the remaining fillings in all phrasings,
+skipping any record whose question + SQL is a near duplicate (word 3-gram Jaccard >= 0.8)
+of an eval record or of a training record already taken. Templated text is alike by
+nature, so near duplicates are measured without the system prompt, which every record
+shares (with it, a single changed slot value reaches 0.8).
 
 The raw file (messages format, ``meta`` kept) is the clean training split plus planted
 dirt for ``tunesmith clean`` to find: ~3% exact duplicates, ~2% near duplicates (an extra
-space, a case change or one word swapped for a synonym in the question) and eight broken records.
+space, a case change or one word swapped for a synonym in the question) and eight broken
+records.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import random
 import re
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +37,11 @@ EXACT_DUP_RATE = 0.03
 NEAR_DUP_RATE = 0.02
 # At most this share of a template's fillings is held out, so training keeps most of them.
 MAX_HELD_OUT_SHARE = 0.25
+# Word-shingle Jaccard at or above which two records count as near duplicates; the same
+# defaults as ``tunesmith clean`` (0.8 over 3-word shingles).
+NEAR_DUP_JACCARD = 0.8
+SHINGLE_WORDS = 3
+_WORD = re.compile(r"\w+")
 
 
 def normalize_question(text: str) -> str:
@@ -49,42 +62,104 @@ def to_conversation(ex: Example, db_seed: int, source: str) -> Conversation:
     )
 
 
+def _shingles(ex: Example) -> frozenset[tuple[str, ...]]:
+    """Word 3-gram set of question + SQL, case-folded (as ``tunesmith clean`` shingles).
+
+    The system prompt is left out: it is the same in every record, so it only inflates
+    the similarity of records that have nothing else in common (with it, one changed slot
+    value already reaches 0.8).
+    """
+    words = _WORD.findall(f"{ex.question}\n{ex.sql}".casefold())
+    n = min(SHINGLE_WORDS, len(words))
+    return frozenset(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b)
+
+
+class _NearDupFilter:
+    """Finds a set with Jaccard >= ``threshold`` among those added, by prefix filtering.
+
+    Sort each set's shingles rarest first (one global order); two sets with Jaccard >= t
+    must share a shingle among the first ``n - ceil(t * n) + 1`` of each (Chaudhuri, Ganti
+    & Kaushik, "A primitive operator for similarity joins", ICDE 2006; Xiao et al., PPJoin,
+    WWW 2008). Only sets sharing such a rare prefix shingle are compared exactly, which
+    keeps the greedy pass linear in practice instead of quadratic.
+    """
+
+    def __init__(self, doc_freq: Counter, threshold: float):
+        self.doc_freq, self.threshold = doc_freq, threshold
+        self.sets: list[frozenset] = []
+        self.index: dict[tuple[str, ...], list[int]] = {}
+
+    def _prefix(self, sh: frozenset) -> list[tuple[str, ...]]:
+        order = sorted(sh, key=lambda g: (self.doc_freq[g], g))
+        # The epsilon keeps e.g. ceil(0.8 * 10) at 8 despite 0.8 * 10 == 8.000000000000002.
+        return order[: len(order) - math.ceil(self.threshold * len(order) - 1e-9) + 1]
+
+    def near(self, sh: frozenset) -> bool:
+        seen: set[int] = set()
+        for g in self._prefix(sh):
+            for j in self.index.get(g, ()):
+                if j not in seen:
+                    seen.add(j)
+                    if _jaccard(sh, self.sets[j]) >= self.threshold:
+                        return True
+        return False
+
+    def add(self, sh: frozenset) -> None:
+        for g in self._prefix(sh):
+            self.index.setdefault(g, []).append(len(self.sets))
+        self.sets.append(sh)
+
+
+def _spread(pool: list[Example], evals: list[Example]) -> Iterator[Example]:
+    """Yield the examples of one template's pool that are not near duplicates (Jaccard >=
+    NEAR_DUP_JACCARD) of an eval example of that template or of an example yielded before.
+
+    Lazy, so only as much of the pool is checked as training actually consumes.
+    """
+    pool_sh = [_shingles(ex) for ex in pool]
+    eval_sh = [_shingles(ex) for ex in evals]
+    seen = _NearDupFilter(Counter(g for sh in pool_sh + eval_sh for g in sh), NEAR_DUP_JACCARD)
+    for sh in eval_sh:
+        seen.add(sh)
+    for ex, sh in zip(pool, pool_sh, strict=True):
+        if not seen.near(sh):
+            seen.add(sh)
+            yield ex
+
+
 @functools.lru_cache(maxsize=8)
 def _split(seed: int, n_train: int, n_eval: int) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
     rng = random.Random(f"split-{seed}")
-    held: list[list[list[Example]]] = []  # per template: held-out fillings
-    kept: list[list[list[Example]]] = []  # per template: fillings left for training
-    for fillings in instances(seed).values():
+    held: dict[str, list[list[Example]]] = {}  # template -> held-out filling candidates
+    kept: dict[str, list[list[Example]]] = {}  # template -> fillings left for training
+    for name, fillings in instances(seed).items():
         fillings = list(fillings)
         rng.shuffle(fillings)
         cap = max(1, int(len(fillings) * MAX_HELD_OUT_SHARE))
-        held.append(fillings[:cap])  # candidates; only those eval takes are withheld
-        kept.append(fillings[cap:])
-    # Round-robin over templates so eval covers all of them before any gets a second one.
-    taken = [0] * len(held)
-    eval_ex: list[Example] = []
-    while len(eval_ex) < n_eval and any(t < len(h) for t, h in zip(taken, held, strict=True)):
-        for i, h in enumerate(held):
-            if taken[i] < len(h) and len(eval_ex) < n_eval:
-                eval_ex.append(rng.choice(h[taken[i]]))
-                taken[i] += 1
-    # Candidates eval did not need go back to training.
-    for i, h in enumerate(held):
-        kept[i].extend(h[taken[i] :])
+        held[name], kept[name] = fillings[:cap], fillings[cap:]
+    # Round-robin over templates so eval covers all of them before any gets a second one;
+    # one phrasing per held-out filling.
+    eval_ex = list(round_robin(([rng.choice(f) for f in h] for h in held.values()), n_eval))
+    withheld = {normalize_sql(e.sql) for e in eval_ex}
     eval_q = {normalize_question(e.question) for e in eval_ex}
-    eval_sql = {normalize_sql(e.sql) for e in eval_ex}
     pools = []
-    for fillings in kept:
+    for name, fillings in kept.items():
+        # Candidates eval did not need go back to training.
+        fillings = fillings + [f for f in held[name] if normalize_sql(f[0].sql) not in withheld]
         flat = [
             ex
             for filling in fillings
             for ex in filling
             # Guard against two templates producing the same text or query.
             if normalize_question(ex.question) not in eval_q
-            and normalize_sql(ex.sql) not in eval_sql
+            and normalize_sql(ex.sql) not in withheld
         ]
         rng.shuffle(flat)
-        pools.append(flat)
+        pools.append(_spread(flat, [e for e in eval_ex if e.template == name]))
     train_ex = list(round_robin(pools, n_train))
     rng.shuffle(train_ex)
     return tuple(train_ex), tuple(eval_ex)

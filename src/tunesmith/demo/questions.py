@@ -14,7 +14,7 @@ from __future__ import annotations
 import calendar
 import random
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import product
 from typing import NamedTuple
@@ -525,15 +525,20 @@ def instances(seed: int = 0) -> dict[str, list[list[Example]]]:
     }
 
 
-def round_robin(groups: list[list[Example]], n: int) -> Iterator[Example]:
-    """Take one item from each group in turn (skipping empty ones) until ``n`` or exhaustion."""
-    queues = [list(g) for g in groups]
+def round_robin(groups: Iterable[Iterable[Example]], n: int) -> Iterator[Example]:
+    """Take one item from each group in turn (dropping exhausted ones) until ``n`` are taken."""
+    live = [iter(g) for g in groups]
     taken = 0
-    while taken < n and any(queues):
-        for q in queues:
-            if q and taken < n:
-                yield q.pop()
-                taken += 1
+    while live and taken < n:
+        for it in list(live):
+            if taken == n:
+                break
+            item = next(it, None)
+            if item is None:
+                live.remove(it)
+                continue
+            yield item
+            taken += 1
 
 
 def generate_pairs(seed: int = 0, n: int = 1000) -> list[Example]:
