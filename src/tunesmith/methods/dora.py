@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.lora import LORA_FORMULA, apply_lora, count_lora, linear_shapes
+from tunesmith.methods.lora import apply_lora, count_lora, linear_shapes
 
 
 def apply_dora(model, args: MethodArgs):
@@ -36,7 +36,7 @@ register(
             insertion="parallel",
             composition="rescale",
         ),
-        param_formula=LORA_FORMULA + " + d_out",
+        param_formula="L·Σ_targets (r·(d_in + d_out) + d_out)",
         apply=apply_dora,
         count_trainable=count_dora,
         mergeable=True,

@@ -49,7 +49,7 @@ def count_lora(model_config: Any, args: MethodArgs) -> int:
     return sum(args.rank * (i + o) for i, o in linear_shapes(model_config, args.target))
 
 
-LORA_FORMULA = "sum over blocks and targets of r·(d_in + d_out)"
+LORA_FORMULA = "L·Σ_targets r·(d_in + d_out)"
 
 register(
     MethodSpec(
