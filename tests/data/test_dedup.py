@@ -7,7 +7,7 @@ import pytest
 from datasketch import MinHash
 
 from tunesmith.data import dedup
-from tunesmith.data.dedup import MinHasher, NearDupIndex, lsh_params
+from tunesmith.data.dedup import MinHasher, NearDupIndex, NgramHasher, lsh_params
 from tunesmith.data.normalize import words
 
 TEXT = (
@@ -18,31 +18,33 @@ TEXT = (
 
 def test_signature_is_datasketch_minhash():
     hasher = MinHasher(num_perm=64, seed=3)
-    sh = hasher.shingle_hashes(words(TEXT))
+    sh = NgramHasher().shingles(words(TEXT), 3)
     ref = MinHash(num_perm=64, seed=3, hashfunc=int)
     ref.update_batch([int(x) for x in sh])
     np.testing.assert_array_equal(hasher.signatures([sh])[0], ref.hashvalues)
-    assert hasher.lean(hasher.signatures([sh])[0]).jaccard(ref) == 1.0
+    np.testing.assert_array_equal(hasher.sketch(sh).hashvalues, ref.hashvalues)
+    assert hasher.sketch(sh).jaccard(ref) == 1.0
 
 
 def test_batched_signatures_equal_single(monkeypatch):
     hasher = MinHasher(num_perm=32)
-    sets = [hasher.shingle_hashes(words(TEXT)[i:]) for i in range(0, 30, 3)]
+    sets = [NgramHasher().shingles(words(TEXT)[i:], 3) for i in range(0, 30, 3)]
     one_by_one = np.stack([hasher.signatures([s])[0] for s in sets])
     monkeypatch.setattr(dedup, "_MAX_SHINGLES_PER_STEP", 50)  # force several chunks
     np.testing.assert_array_equal(hasher.signatures(sets), one_by_one)
 
 
-def test_shingles_are_word_trigrams():
-    hasher = MinHasher(shingle=3)
+def test_shingles_are_word_ngrams():
+    ng = NgramHasher()
     toks = ["a", "b", "c", "a", "b", "c", "d"]
-    # distinct trigrams: abc, bca, cab, bcd
-    assert len(hasher.shingle_hashes(toks)) == 4
-    assert len(hasher.shingle_hashes(["a", "b"])) == 1  # shorter than one shingle: one shingle
-    # order matters
-    assert set(hasher.shingle_hashes(["a", "b", "c"])) != set(
-        hasher.shingle_hashes(["c", "b", "a"])
-    )
+    # trigrams at each position: abc bca cab abc bcd -> equal hashes where the trigram is equal
+    h = ng.ngrams(ng.ids(toks), 3)
+    assert len(h) == 5 and h[0] == h[3] and len(set(h.tolist())) == 4
+    assert len(ng.shingles(toks, 3)) == 4  # abc, bca, cab, bcd
+    assert len(ng.shingles(["a", "b"], 3)) == 1  # shorter than one shingle: one shingle
+    assert len(ng.shingles([], 3)) == 1
+    assert set(ng.shingles(["a", "b", "c"], 3)) != set(ng.shingles(["c", "b", "a"], 3))  # order
+    assert len(ng.shingles(["a", "b", "c"], 1)) == 3
 
 
 @pytest.mark.parametrize("overlap", [200, 600, 900])
@@ -91,7 +93,7 @@ def test_index_near_duplicate_text():
     hasher, idx = _index(0.8)
     edited = TEXT.replace("drug", "medicine")  # one word edit in 33 words
     other = "a completely different sentence about weather patterns over the northern sea in winter months"
-    sig = lambda t: hasher.lean(hasher.signatures([hasher.shingle_hashes(words(t))])[0])  # noqa: E731
+    sig = lambda t: hasher.sketch(NgramHasher().shingles(words(t), 3))  # noqa: E731
     idx.add(sig(TEXT))
     assert idx.query(sig(edited))[0] == 0
     assert idx.query(sig(other)) is None

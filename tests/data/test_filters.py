@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from tests.tiny import make_tokenizer
-from tunesmith.data.filters import (
-    answer_repetition,
-    char_length,
-    repeated_ngram_share,
-    token_length,
-)
+from tunesmith.data.dedup import NgramHasher
+from tunesmith.data.filters import char_length, repeated_ngram_share, token_length
+from tunesmith.data.normalize import words
 from tunesmith.data.records import Conversation, Turn
+
+
+def _share(text: str, n: int = 3) -> float:
+    ng = NgramHasher()
+    return repeated_ngram_share(ng.ngrams(ng.ids(words(text)), n))
+
+
+def _reference(text: str, n: int = 3) -> float:
+    toks = words(text)
+    grams = [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
+    return 0.0 if len(grams) < 4 else 1 - len(set(grams)) / len(grams)
 
 
 def test_repeated_ngram_share_by_hand():
     # trigrams: abc bca cab abc bca cab abc -> 7, 3 distinct
-    assert repeated_ngram_share("a b c a b c a b c") == pytest.approx(1 - 3 / 7)
-    assert repeated_ngram_share("one two three four five six") == 0.0
-    assert repeated_ngram_share("no no no") == 0.0  # too short to judge
-    assert repeated_ngram_share("no " * 50) == pytest.approx(1 - 1 / 48)
+    assert _share("a b c a b c a b c") == pytest.approx(1 - 3 / 7)
+    assert _share("one two three four five six") == 0.0
+    assert _share("no no no") == 0.0  # too short to judge
+    assert _share("no " * 50) == pytest.approx(1 - 1 / 48)
+    assert _share("a b a b a b", n=2) == pytest.approx(1 - 2 / 5)
 
 
-def test_answer_repetition_ignores_prompt():
-    conv = Conversation(
-        (Turn("user", "x y z " * 10), Turn("assistant", "a fine unique answer here"))
-    )
-    assert answer_repetition(conv) == 0.0
+def test_repeated_ngram_share_matches_tuple_reference():
+    rng = random.Random(0)
+    for _ in range(50):
+        text = " ".join(rng.choice("abcdefgh") for _ in range(rng.randint(0, 60)))
+        assert _share(text) == pytest.approx(_reference(text))
 
 
 def test_lengths():

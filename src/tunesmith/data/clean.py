@@ -25,15 +25,17 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from tunesmith.atomic import atomic_path, write_json
-from tunesmith.data.dedup import MinHasher, NearDupIndex
-from tunesmith.data.filters import answer_repetition, char_length, token_length
+from tunesmith.data.dedup import MinHasher, NearDupIndex, NgramHasher
+from tunesmith.data.filters import char_length, repeated_ngram_share, token_length
 from tunesmith.data.normalize import comparable, exact_key, normalize_conversation, text_of, words
 from tunesmith.data.readers import read_files
 from tunesmith.data.records import Conversation
@@ -41,6 +43,7 @@ from tunesmith.data.validate import Invalid, OnError, Tally, check_conversation
 from tunesmith.errors import ConfigError, DataError
 
 Side = Literal["train", "eval"]
+DropHook = Callable[[str, str, dict[str, Any]], None]
 DROP_REASONS = (
     "too_short",
     "too_long",
@@ -136,13 +139,22 @@ class Cleaner:
     Args:
         options: The knobs (:class:`CleanOptions`).
         tokenizer: When given, length filters count tokens (``min_tokens``/``max_tokens``).
+        on_drop: Called as ``on_drop(reason, source, detail)`` for every dropped (not
+            invalid) record, e.g. to log or to score dedup decisions in a benchmark.
     """
 
-    def __init__(self, options: CleanOptions | None = None, tokenizer: Any = None):
+    def __init__(
+        self,
+        options: CleanOptions | None = None,
+        tokenizer: Any = None,
+        on_drop: DropHook | None = None,
+    ):
         self.options = opts = options or CleanOptions()
         self.tokenizer = tokenizer
+        self.on_drop = on_drop
         self.tally = Tally(opts.on_error, opts.max_invalid_share)
-        self.hasher = MinHasher(opts.num_perm, opts.shingle)
+        self.ngrams = NgramHasher()
+        self.hasher = MinHasher(opts.num_perm)
         self.sides: dict[str, _SideState] = {
             side: _SideState(NearDupIndex(self.hasher, opts.near_dup_threshold))
             for side in ("train", "eval")
@@ -173,14 +185,25 @@ class Cleaner:
             self.tally.bad(_invalid_at(conv.source, *problem))
             return None
         self.tally.good()
-        if reason := self._filter(conv):
+        if reason := self._length_filter(conv):
             self._drop(reason, conv)
+            return None
+        # Each turn's words are hashed once, for the repetition filter and for the shingles.
+        ids = [self.ngrams.ids(words(t.content)) for t in conv.turns]
+        n = self.options.repeat_ngram
+        answers = [i for i, t in zip(ids, conv.turns, strict=True) if t.role == "assistant"]
+        if (
+            max(repeated_ngram_share(self.ngrams.ngrams(i, n)) for i in answers)
+            > self.options.max_repeat_ratio
+        ):
+            self._drop("repetitive", conv)
             return None
         digest = exact_key(conv)
         side = side or self._split(digest)
-        return self._dedup(conv, digest, side)
+        shingles = np.unique(self.ngrams.ngrams(np.concatenate(ids), self.options.shingle))
+        return self._dedup(conv, digest, shingles, side)
 
-    def _filter(self, conv: Conversation) -> str | None:
+    def _length_filter(self, conv: Conversation) -> str | None:
         o = self.options
         n = char_length(conv)
         if n < o.min_chars:
@@ -193,8 +216,6 @@ class Cleaner:
                 return "too_short"
             if o.max_tokens is not None and n_tok > o.max_tokens:
                 return "too_long"
-        if answer_repetition(conv, o.repeat_ngram) > o.max_repeat_ratio:
-            return "repetitive"
         return None
 
     def _split(self, digest: bytes) -> Side:
@@ -203,14 +224,16 @@ class Cleaner:
         h = hashlib.blake2b(digest, digest_size=8, key=str(self.options.seed).encode()).digest()
         return "eval" if int.from_bytes(h, "little") / 2**64 < self.options.eval_share else "train"
 
-    def _dedup(self, conv: Conversation, digest: bytes, side: Side) -> Kept | None:
+    def _dedup(
+        self, conv: Conversation, digest: bytes, shingles: np.ndarray, side: Side
+    ) -> Kept | None:
         own = self.sides[side]
         other = self.sides["eval" if side == "train" else "train"]
         if (key := own.exact.get(digest)) is not None:
             self._cluster("exact", side, key, conv.source, 1.0)
             self._drop("exact_duplicates", conv, kept=own.sources[key])
             return None
-        sketch = self.hasher.lean(self.hasher.signatures([self._shingles(conv)])[0])
+        sketch = self.hasher.sketch(shingles if len(shingles) else np.zeros(1, np.uint32))
         if match := own.index.query(sketch):
             key, sim = match
             self._cluster("near", side, key, conv.source, sim)
@@ -232,15 +255,16 @@ class Cleaner:
                     self.leaked_eval.add(eval_key)
                     self._leak(other.sources[eval_key], conv.source, sim)
                     self.counts["eval_leaks"] += 1
+                    if self.on_drop:
+                        self.on_drop("eval_leaks", other.sources[eval_key], {"kept": conv.source})
             self._count_answer(conv)
         return Kept(side, conv, key)
-
-    def _shingles(self, conv: Conversation):
-        return self.hasher.shingle_hashes(words(text_of(conv)))
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _drop(self, reason: str, conv: Conversation, **detail: Any) -> None:
         self.counts[reason] += 1
+        if self.on_drop:
+            self.on_drop(reason, conv.source, detail)
         bucket = self.examples.setdefault(reason, [])
         if len(bucket) < self.options.examples_per_reason:
             bucket.append({"source": conv.source, "text": _excerpt(text_of(conv)), **detail})
@@ -408,6 +432,7 @@ def clean(
     format: str | None = None,
     report_path: str | os.PathLike[str] | None = None,
     tokenizer: Any = None,
+    on_drop: DropHook | None = None,
     **options: Any,
 ) -> CleanResult:
     """Clean data files into ``out`` (JSONL, messages format, ``meta`` kept), streaming.
@@ -423,6 +448,7 @@ def clean(
         format: Force a format instead of detecting it per file.
         report_path: Where to write the report.
         tokenizer: Enables the token-length filters (``min_tokens``/``max_tokens``).
+        on_drop: Optional ``on_drop(reason, source, detail)`` hook, see :class:`Cleaner`.
         **options: Any :class:`CleanOptions` field, e.g. ``eval_share=0.1``,
             ``near_dup_threshold=0.8``, ``num_perm=128``, ``shingle=3``, ``max_chars=8000``.
 
@@ -436,7 +462,7 @@ def clean(
     if not inputs:
         raise DataError("no input files given")
     opts = _options(bool(eval_inputs), options)
-    cleaner = Cleaner(opts, tokenizer)
+    cleaner = Cleaner(opts, tokenizer, on_drop)
     out = Path(out)
     eval_out = eval_path_for(out) if eval_inputs or opts.eval_share > 0 else None
     report_path = Path(report_path) if report_path else out.parent / "clean_report.json"

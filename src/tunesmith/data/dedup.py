@@ -36,7 +36,7 @@ _POS_MULT = np.array(
     + [(0x9E3779B97F4A7C15 * (2 * k + 3)) % (1 << 64) | 1 for k in range(60)],
     dtype=np.uint64,
 )
-_MAX_SHINGLES_PER_STEP = 1 << 16  # bounds the (shingles, num_perm) scratch matrix to ~32 MiB
+_MAX_SHINGLES_PER_STEP = 1 << 16  # bounds the (num_perm, shingles) scratch matrix to ~32 MiB
 _WORD_CACHE_MAX = 2_000_000
 
 
@@ -65,48 +65,68 @@ def lsh_params(threshold: float, num_perm: int, recall: float = 0.97) -> tuple[i
     return num_perm, 1
 
 
+class NgramHasher:
+    """Hashes of word n-grams: each distinct word hashed once (cached), n-grams combined in numpy.
+
+    Shared by near-duplicate detection (shingles of the whole conversation) and the repetition
+    filter (n-grams of each answer), so a record's words are hashed once for both.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, int] = {}
+
+    def ids(self, tokens: Sequence[str]) -> np.ndarray:
+        """64-bit hashes of ``tokens``, shape ``(len(tokens),)``."""
+        cache = self._cache
+        if len(cache) > _WORD_CACHE_MAX:  # bound memory on unbounded vocabularies
+            cache.clear()
+        get = cache.get
+        out = [get(w) for w in tokens]
+        if None in out:
+            for i, w in enumerate(tokens):
+                if out[i] is None:
+                    digest = hashlib.blake2b(w.encode(), digest_size=8).digest()
+                    out[i] = cache[w] = int.from_bytes(digest, "little")
+        return np.array(out, dtype=np.uint64)
+
+    @staticmethod
+    def ngrams(ids: np.ndarray, n: int) -> np.ndarray:
+        """32-bit hashes of the n-grams at every position, shape ``(len(ids) - n + 1,)``.
+
+        A sequence shorter than ``n`` (but not empty) is one n-gram of all its words.
+        """
+        n = min(n, len(ids))
+        if n == 0:
+            return np.zeros(0, dtype=np.uint32)
+        if not 1 <= n <= len(_POS_MULT):
+            raise ConfigError("shingle", n, f"an integer in [1, {len(_POS_MULT)}]")
+        count = len(ids) - n + 1
+        acc = ids[:count] * _POS_MULT[0]
+        for k in range(1, n):  # h = sum_k word[i + k] * mult_k  (mod 2^64): order-sensitive
+            acc += ids[k : k + count] * _POS_MULT[k]
+        return (acc >> np.uint64(32)).astype(np.uint32) ^ acc.astype(np.uint32)
+
+    def shingles(self, tokens: Sequence[str], n: int) -> np.ndarray:
+        """The distinct n-gram hashes of ``tokens`` (at least one element)."""
+        hashes = np.unique(self.ngrams(self.ids(tokens), n))
+        return hashes if len(hashes) else np.zeros(1, dtype=np.uint32)
+
+
 class MinHasher:
-    """MinHash signatures of word-shingle sets, batched, compatible with datasketch.
+    """MinHash signatures of shingle-hash sets, batched, compatible with datasketch.
 
     Args:
         num_perm: Signature length (permutations); more is more precise and slower.
-        shingle: Words per shingle (word n-gram size).
         seed: Seed of datasketch's permutations.
     """
 
-    def __init__(self, num_perm: int = 128, shingle: int = 3, seed: int = 1):
+    def __init__(self, num_perm: int = 128, seed: int = 1):
         if num_perm < 2:
             raise ConfigError("num_perm", num_perm, "an integer >= 2")
-        if not 1 <= shingle <= len(_POS_MULT):
-            raise ConfigError("shingle", shingle, f"an integer in [1, {len(_POS_MULT)}]")
-        self.num_perm, self.shingle, self.seed = num_perm, shingle, seed
+        self.num_perm, self.seed = num_perm, seed
         self.permutations = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
         self._a = self.permutations[0][:, None]  # (P, 1) uint32
         self._b = self.permutations[1][:, None]
-        self._word_hash: dict[str, int] = {}
-
-    def _words_to_ids(self, tokens: Sequence[str]) -> np.ndarray:
-        cache = self._word_hash
-        if len(cache) > _WORD_CACHE_MAX:  # bound memory on unbounded vocabularies
-            cache.clear()
-        for w in set(tokens).difference(cache):
-            cache[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
-        return np.array([cache[w] for w in tokens], dtype=np.uint64)
-
-    def shingle_hashes(self, tokens: Sequence[str]) -> np.ndarray:
-        """The 32-bit hashes of the distinct word n-grams of ``tokens``, shape ``(S,)``.
-
-        A text shorter than one shingle is one shingle of all its words.
-        """
-        ids = self._words_to_ids(tokens)
-        n = min(self.shingle, len(ids))
-        if n == 0:
-            return np.zeros(1, dtype=np.uint32)
-        count = len(ids) - n + 1
-        acc = np.zeros(count, dtype=np.uint64)
-        for k in range(n):  # h = sum_k word[i + k] * mult_k  (mod 2^64): order-sensitive
-            acc += ids[k : k + count] * _POS_MULT[k]
-        return np.unique((acc >> np.uint64(32)).astype(np.uint32) ^ acc.astype(np.uint32))
 
     def signatures(self, shingle_sets: Sequence[np.ndarray]) -> np.ndarray:
         """MinHash signatures of several shingle-hash arrays, shape ``(len(shingle_sets), num_perm)``.
@@ -133,6 +153,11 @@ class MinHasher:
             out[start:stop] = np.minimum.reduceat(permuted, offsets, axis=1).T
             start = stop
         return out
+
+    def sketch(self, shingles: np.ndarray) -> LeanMinHash:
+        """The datasketch sketch of one shingle-hash set (the per-record fast path)."""
+        permuted = self._a * _fmix32(shingles)[None, :] + self._b  # (P, S)
+        return self.lean(permuted.min(axis=1))
 
     def lean(self, signature: np.ndarray) -> LeanMinHash:
         """Wrap a signature row as a datasketch sketch (for :class:`MinHashLSH` and ``jaccard``)."""

@@ -5,32 +5,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tunesmith.data.normalize import words
+import numpy as np
+
 from tunesmith.data.records import Conversation
 
 _MIN_NGRAMS = 4  # too few n-grams say nothing about repetition
 
 
-def repeated_ngram_share(text: str, n: int = 3) -> float:
-    """Share of the word n-grams in ``text`` that repeat an earlier one (0 = none, ~1 = a loop).
+def repeated_ngram_share(ngram_hashes: np.ndarray) -> float:
+    """Share of the n-grams of a text that repeat an earlier one (0 = none, ~1 = a loop).
+
+    Args:
+        ngram_hashes: One hash per n-gram position, e.g. from
+            :meth:`tunesmith.data.dedup.NgramHasher.ngrams`.
 
     A simplified form of the duplicate n-gram filters of Gopher's MassiveText (Rae et al.,
-    2021, "Scaling Language Models", appendix A.1.1): an answer that says the same phrase over
-    and over teaches the model to loop ("a broken record").
+    2021, "Scaling Language Models", appendix A): an answer that says the same phrase over and
+    over teaches the model to loop ("a broken record").
     """
-    toks = words(text)
-    grams = list(zip(*(toks[i:] for i in range(n)), strict=False))
-    if len(grams) < _MIN_NGRAMS:
+    if len(ngram_hashes) < _MIN_NGRAMS:
         return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
-
-
-def answer_repetition(conv: Conversation, n: int = 3) -> float:
-    """The highest :func:`repeated_ngram_share` over the conversation's assistant turns."""
-    return max(
-        (repeated_ngram_share(t.content, n) for t in conv.turns if t.role == "assistant"),
-        default=0.0,
-    )
+    return 1.0 - len(np.unique(ngram_hashes)) / len(ngram_hashes)
 
 
 def char_length(conv: Conversation) -> int:

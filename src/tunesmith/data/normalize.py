@@ -23,16 +23,21 @@ from tunesmith.data.records import Conversation, Turn
 _INVISIBLE = str.maketrans("", "", "\u200b\u2060\ufeff")
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
-_WHITESPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
 
 def normalize_text(text: str) -> str:
     """NFKC, invisible characters removed, ``\\r\\n`` -> ``\\n``, trailing spaces and extra blank lines trimmed."""
     text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _TRAILING_SPACE.sub("\n", text)
-    return _BLANK_LINES.sub("\n\n", text).strip()
+    # The substitutions only where they can apply: most records need none of them, and this
+    # runs on every turn of every record.
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if " \n" in text or "\t\n" in text:
+        text = _TRAILING_SPACE.sub("\n", text)
+    if "\n\n\n" in text:
+        text = _BLANK_LINES.sub("\n\n", text)
+    return text.strip()
 
 
 def normalize_conversation(conv: Conversation) -> Conversation:
@@ -43,7 +48,7 @@ def normalize_conversation(conv: Conversation) -> Conversation:
 
 def comparable(text: str) -> str:
     """Case-folded with each whitespace run as one space: equal for layout-only differences."""
-    return _WHITESPACE.sub(" ", text.casefold()).strip()
+    return " ".join(text.casefold().split())
 
 
 def exact_key(conv: Conversation) -> bytes:
