@@ -139,6 +139,14 @@ def test_normalize_sql_ignores_whitespace_keyword_case_and_semicolon_not_literal
         ("```\nSELECT name\nFROM doctors\n```\nThis lists doctors.", "SELECT name\nFROM doctors"),
         ("SQL: SELECT id FROM visits; -- done", "SELECT id FROM visits"),
         (
+            "You can use the `SELECT * FROM patients WHERE city = 'Austin'` SQL query.",
+            "SELECT * FROM patients WHERE city = 'Austin'",
+        ),
+        (
+            "Use `COUNT()`:\n```sql\nSELECT COUNT(*) FROM visits WHERE",
+            "SELECT COUNT(*) FROM visits WHERE",
+        ),
+        (
             "Here is the query:\nSELECT id FROM visits WHERE reason = 'a;b';",
             "SELECT id FROM visits WHERE reason = 'a;b'",
         ),

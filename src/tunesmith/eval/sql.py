@@ -111,6 +111,7 @@ def has_top_level_order_by(sql: str) -> bool:
 
 
 _FENCE = re.compile(r"```[ \t]*(?:sql|sqlite)?[ \t]*\n?(.*?)(?:```|$)", re.IGNORECASE | re.DOTALL)
+_INLINE = re.compile(r"`((?:SELECT|WITH)\b[^`]*)`", re.IGNORECASE)
 _LABEL = re.compile(r"^\s*(?:sql(?:ite)?(?:\s+query)?|query|answer)\s*:\s*", re.IGNORECASE)
 _START = re.compile(r"\b(?:SELECT|WITH)\b", re.IGNORECASE)
 
@@ -118,10 +119,10 @@ _START = re.compile(r"\b(?:SELECT|WITH)\b", re.IGNORECASE)
 def extract_sql(text: str) -> str:
     """The SQL query in a model generation.
 
-    Takes the first fenced code block if there is one, drops a leading ``SQL:`` /
-    ``Query:`` / ``Answer:`` label, skips prose before the first SELECT/WITH, and stops at
-    the end of the first statement (a ``;`` outside quotes, a blank line, or a chat
-    special token such as ``<|im_end|>``).
+    Takes the first fenced code block if there is one (else an inline code span that
+    starts with SELECT/WITH), drops a leading ``SQL:`` / ``Query:`` / ``Answer:`` label,
+    skips prose before the first SELECT/WITH, and stops at the end of the first statement
+    (a ``;`` outside quotes, a blank line, or a chat special token such as ``<|im_end|>``).
 
     Args:
         text: The decoded generation.
@@ -130,8 +131,11 @@ def extract_sql(text: str) -> str:
         The query without a trailing semicolon, stripped; ``""`` when the text is empty.
     """
     fence = _FENCE.search(text)
+    inline = _INLINE.search(text)
     if fence:
         text = fence.group(1)
+    elif inline:  # "you can use `SELECT ...` to ..."
+        text = inline.group(1)
     text = text.split("<|", 1)[0]
     while (label := _LABEL.match(text)) is not None:
         text = text[label.end() :]
