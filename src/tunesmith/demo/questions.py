@@ -266,7 +266,7 @@ TEMPLATES: tuple[Template, ...] = (
         "avg_cost_reason",
         (
             "What is the average cost of a visit for {reason}?",
-            "How much does a {reason} visit cost on average?",
+            "How much does one {reason} visit cost on average?",
             "Give the mean cost of visits for {reason}.",
             "On average, what do {reason} visits cost?",
         ),
@@ -322,8 +322,8 @@ TEMPLATES: tuple[Template, ...] = (
         "extreme_cost_specialty",
         (
             "What is the {adj} visit cost in {specialty}?",
-            "How much did the {adj} {specialty} visit cost?",
-            "Give the cost of the {adj} visit to a {specialty} doctor.",
+            "How much did the {sup} {specialty} visit cost?",
+            "Give the cost of the {sup} visit in {specialty}.",
             "Among {specialty} visits, what was the {adj} cost?",
         ),
         "SELECT {agg}(v.cost) FROM visits v JOIN doctors d ON v.doctor_id = d.id "
@@ -331,6 +331,7 @@ TEMPLATES: tuple[Template, ...] = (
         _with(
             _each(specialty=_specialties, agg=["MIN", "MAX"]),
             adj=lambda s: {"MIN": "lowest", "MAX": "highest"}[s["agg"]],
+            sup=lambda s: {"MIN": "cheapest", "MAX": "most expensive"}[s["agg"]],
         ),
     ),
     Template(
