@@ -96,6 +96,7 @@ class TrainConfig(BaseModel):
     allow_pickle: bool = Field(
         False, description="allow pickled .bin weights (default: safetensors only)"
     )
+    overwrite: bool = Field(False, description="replace an existing --output directory")
     force: bool = Field(False, description="train even when the memory plan says it will not fit")
 
     @field_validator("data", mode="before")

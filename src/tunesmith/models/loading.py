@@ -82,7 +82,11 @@ def load_tokenizer(source: ModelSource | str, *, trust_remote_code: bool = False
     """Load the tokenizer; ensure a pad token (batched generation and padding need one)."""
     from transformers import AutoTokenizer
 
-    src = source if isinstance(source, ModelSource) else resolve_model(source)
+    if isinstance(source, str) and (Path(source) / "tokenizer_config.json").is_file():
+        # An adapter or run directory that carries its own tokenizer (and chat template).
+        src = ModelSource("local", source, source)
+    else:
+        src = source if isinstance(source, ModelSource) else resolve_model(source)
     try:
         tok = AutoTokenizer.from_pretrained(src.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

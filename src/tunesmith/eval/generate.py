@@ -1,0 +1,81 @@
+"""Batched greedy generation for evaluation and chat."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    num_new_tokens: int
+    ended_with_eos: bool
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a turn: the tokenizer's EOS and the generation config's."""
+    ids = {tokenizer.eos_token_id}
+    cfg = getattr(model, "generation_config", None)
+    extra = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif extra:
+        ids.update(extra)
+    return sorted(i for i in ids if i is not None)
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 96,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+) -> list[Generation]:
+    """Greedy continuations of already-rendered prompts, in the order given.
+
+    Prompts are sorted by length so each batch carries little padding (left padding, as
+    decoder-only generation requires), then results are put back in input order.
+    """
+    device = device or next(model.parameters()).device
+    stops = stop_token_ids(model, tokenizer)
+    was_training = model.training
+    model.eval()
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Generation | None] = [None] * len(prompts)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer(
+                [prompts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            ).to(device)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = out[:, enc["input_ids"].shape[1] :]  # (B, <=max_new_tokens)
+            for row, i in zip(new.tolist(), idx, strict=True):
+                n, ended = len(row), False
+                for j, t in enumerate(row):
+                    if t in stops:
+                        n, ended = j, True
+                        break
+                text = tokenizer.decode(row[:n], skip_special_tokens=True)
+                results[i] = Generation(text.strip(), n + int(ended), ended)
+    finally:
+        tokenizer.padding_side = old_side
+        model.train(was_training)
+    return results  # type: ignore[return-value]

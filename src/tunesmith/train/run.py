@@ -1,0 +1,363 @@
+"""``tunesmith train`` end to end: resolve -> data -> plan -> load -> adapt -> eval -> train -> save -> eval.
+
+This is the workflow; every stage is a library call (data cleaning, method registry, loop,
+evaluation, report) so the function reads top to bottom like the run it performs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.atomic import atomic_dir, write_json, write_text
+from tunesmith.config import TrainConfig, load_yaml, make_config, to_yaml
+from tunesmith.data.records import Conversation
+from tunesmith.errors import UserInputError
+from tunesmith.train.precision import default_device, resolve_precision, torch_dtype
+
+BASE_INFO = "tunesmith_base.json"  # written into adapter/: which base and method made it
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    losses: list[float]
+    eval: dict[str, Any] | None
+    trainable_params: int
+    total_params: int
+    train_seconds: float
+    tokens_per_s: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.output:
+        return Path(cfg.output)
+    return Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    """Create the run directory; refuse to overwrite a finished or resumable run."""
+    run_dir = new_run_dir(cfg)
+    if run_dir.exists() and cfg.overwrite:
+        import shutil
+
+        shutil.rmtree(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if (run_dir / "checkpoints").is_dir() and not (run_dir / "adapter").exists():
+            raise UserInputError(
+                f"{run_dir} holds an unfinished run; continue it with --resume {run_dir}"
+            )
+        raise UserInputError(
+            f"output directory {run_dir} is not empty; choose another --output or pass --overwrite"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserInputError(f"{run_dir} is not a tunesmith run directory (no config.yaml)")
+    return make_config(load_yaml(path))
+
+
+# -- data -----------------------------------------------------------------------------------
+def prepare_data(
+    cfg: TrainConfig, run_dir: Path, tokenizer
+) -> tuple[list[Conversation], list[Conversation], dict]:
+    """Clean the training data into ``run_dir/data`` and read it back.
+
+    With no ``--data``, the bundled clinic demo is generated first (raw file with its planted
+    duplicates and broken records, and the held-out eval file), then cleaned like user data.
+    """
+    from tunesmith.data.clean import clean
+    from tunesmith.data.readers import read_files
+
+    data_dir = run_dir / "data"
+    inputs, eval_inputs = list(cfg.data), [cfg.eval_data] if cfg.eval_data else None
+    for f in inputs + (eval_inputs or []):
+        if not Path(f).is_file():
+            raise UserInputError(f"data file not found: {f}")
+    if not inputs:
+        from tunesmith.demo.dataset import write_demo_eval, write_raw_demo
+
+        inputs = [str(write_raw_demo(data_dir / "demo_raw.jsonl", seed=0))]
+        eval_inputs = [str(write_demo_eval(data_dir / "demo_eval.jsonl", seed=0))]
+    result = clean(
+        inputs,
+        data_dir / "train.jsonl",
+        eval_inputs=eval_inputs,
+        eval_share=0.0 if eval_inputs else 0.1,
+        tokenizer=tokenizer,
+        max_tokens=cfg.seq_len,
+        seed=cfg.seed,
+    )
+    train = [c for c in read_files([result.train_path]) if isinstance(c, Conversation)]
+    evals = (
+        [c for c in read_files([result.eval_path]) if isinstance(c, Conversation)]
+        if result.eval_path
+        else []
+    )
+    if cfg.eval_limit:
+        evals = evals[: cfg.eval_limit]
+    return train, evals, result.report
+
+
+# -- model ----------------------------------------------------------------------------------
+def method_args(cfg: TrainConfig, model_config) -> Any:
+    from tunesmith.methods import MethodArgs
+    from tunesmith.methods.targets import resolve_targets
+
+    return MethodArgs(
+        rank=cfg.rank,
+        alpha=cfg.alpha,
+        dropout=cfg.dropout,
+        target=resolve_targets(cfg.target, model_config),
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        bottleneck=cfg.bottleneck,
+        freeze_top_k=cfg.freeze_top_k,
+    )
+
+
+def load_for_training(cfg: TrainConfig, device: torch.device):
+    """Load base + apply the method. Returns (model, tokenizer, source, spec, autocast dtype).
+
+    Precision policy: with bf16 compute, a frozen base is *stored* in bf16 (half the memory
+    and no per-step casts) while adapter weights and their optimizer state stay fp32 (peft
+    upcasts adapters); methods that train base weights (full, freeze) keep fp32 master
+    weights and run under autocast instead, since AdamW on bf16 weights loses small updates.
+    """
+    from tunesmith.methods import get_method
+    from tunesmith.methods.targets import check_targets_exist
+    from tunesmith.models import load_model_and_tokenizer
+
+    spec = get_method(cfg.method)
+    precision = resolve_precision(cfg.precision, device)
+    trains_base = not spec.peft_format
+    qconf = None
+    if spec.quantized_base:
+        from tunesmith.methods.qlora import quantization_config
+
+        qconf = quantization_config()
+    dtype = torch.float32 if (trains_base or precision == "fp32") else torch_dtype(precision)
+    model, tok, src = load_model_and_tokenizer(
+        cfg.model,
+        dtype=dtype,
+        quantization_config=qconf,
+        trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
+    )
+    args = method_args(cfg, model.config)
+    if spec.name in ("lora", "qlora", "dora", "rslora", "ia3"):
+        check_targets_exist(model, args.target)
+    if qconf is None:
+        model.to(device)
+    model = spec.apply(model, args)
+    autocast = torch_dtype(precision) if (trains_base and precision != "fp32") else None
+    return model, tok, src, spec, precision, autocast
+
+
+def count_params(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def save_final(model, tokenizer, run_dir: Path, cfg: TrainConfig, spec) -> Path:
+    """Write the trained adapter (or, for full/freeze, the model) atomically."""
+    target = run_dir / ("adapter" if spec.peft_format else "model")
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / BASE_INFO, {"model": cfg.model, "method": cfg.method})
+    return target
+
+
+# -- the workflow ---------------------------------------------------------------------------
+def run_training(
+    cfg: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    say: Callable[[str], None] = print,
+    progress_factory: Callable[[int], Any] | None = None,
+) -> RunResult:
+    """Run a whole fine-tune as configured; see the module docstring for the stages."""
+    from tunesmith.data.dataset import tokenize_conversations
+    from tunesmith.eval.evaluate import eval_report, evaluate_side
+    from tunesmith.models.loading import load_tokenizer, resolve_model
+    from tunesmith.train import checkpoint as ckpt
+    from tunesmith.train.loop import LoopSettings, TrainLoop, steps_for_epochs
+
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    device = default_device()
+    torch.manual_seed(cfg.seed)
+
+    if resume:
+        run_dir = Path(resume)
+        saved = load_run_config(run_dir)
+        cfg = saved
+        resume_from, skipped = ckpt.latest_valid_checkpoint(run_dir / "checkpoints")
+        for bad in skipped:
+            say(f"checkpoint {bad.name} is corrupt or partial; skipping it")
+        if resume_from is None:
+            raise UserInputError(f"{run_dir} has no valid checkpoint to resume from")
+    else:
+        run_dir = prepare_run_dir(cfg)
+        resume_from = None
+        write_text(run_dir / "config.yaml", to_yaml(cfg))
+
+    # Data first: a bad file should fail before minutes of model loading.
+    tokenizer = load_tokenizer(resolve_model(cfg.model), trust_remote_code=cfg.trust_remote_code)
+    train_convs, eval_convs, report = prepare_data(cfg, run_dir, tokenizer)
+    say(
+        f"data: {report['input_records']} records -> {len(train_convs)} train, {len(eval_convs)} eval "
+        f"(dropped {report['exact_duplicates']} exact dup, {report['near_duplicates']} near dup, "
+        f"{len(report['invalid'])} invalid, {report['eval_leaks']} eval leaks)"
+    )
+    timings["data_s"] = time.perf_counter() - t_start
+
+    t = time.perf_counter()
+    model, tokenizer, src, spec, precision, autocast = load_for_training(cfg, device)
+    trainable, total = count_params(model)
+    say(
+        f"model: {src.display}, method {cfg.method}, precision {precision}, "
+        f"trainable {trainable:,} / {total:,} ({100 * trainable / total:.3f}%)"
+    )
+    timings["load_s"] = time.perf_counter() - t
+
+    train_ex = tokenize_conversations(
+        tokenizer, train_convs, seq_len=cfg.seq_len, train_on_prompt=cfg.train_on_prompt
+    )
+    eval_ex = (
+        tokenize_conversations(tokenizer, eval_convs, seq_len=cfg.seq_len) if eval_convs else []
+    )
+    max_steps = cfg.max_steps or steps_for_epochs(
+        len(train_ex), cfg.batch_size, cfg.grad_accum, cfg.epochs
+    )
+
+    base_side = None
+    if eval_convs and not cfg.skip_base_eval and resume_from is None:
+        t = time.perf_counter()
+        say(f"evaluating the base model on {len(eval_convs)} held-out examples ...")
+        with _adapter_disabled(model):
+            base_side = evaluate_side(
+                model,
+                tokenizer,
+                eval_convs,
+                max_new_tokens=cfg.max_new_tokens,
+                batch_size=cfg.eval_batch_size,
+            )
+        write_json(
+            run_dir / "eval_base.json",
+            {"metrics": base_side.metrics, "generations": [g.text for g in base_side.generations]},
+        )
+        say("base: " + _fmt_metrics(base_side.metrics))
+        timings["base_eval_s"] = time.perf_counter() - t
+    elif resume_from is not None and (run_dir / "eval_base.json").is_file():
+        base_side = _load_base_side(run_dir / "eval_base.json")
+
+    settings = LoopSettings(
+        max_steps=max_steps,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        seed=cfg.seed,
+        autocast_dtype=autocast,
+    )
+    loop = TrainLoop(model, train_ex, tokenizer.pad_token_id, settings, run_dir, device)
+    say(
+        f"training {max_steps} steps x {cfg.batch_size * cfg.grad_accum} examples ({len(train_ex)} train examples)"
+    )
+    progress = progress_factory(max_steps) if progress_factory else None
+    t = time.perf_counter()
+    try:
+        result = loop.train(resume_from=resume_from, progress=progress)
+    finally:
+        if progress is not None and hasattr(progress, "close"):
+            progress.close()
+    timings["train_s"] = time.perf_counter() - t
+    if eval_ex:
+        loss = loop.eval_loss(eval_ex)
+        from tunesmith.train.metrics import MetricsLog
+
+        MetricsLog(run_dir / "metrics.jsonl", resume_step=max_steps).write(
+            {"step": max_steps, "eval_loss": round(loss, 6)}
+        )
+    adapter_dir = save_final(model, tokenizer, run_dir, cfg, spec)
+
+    eval_json = None
+    if eval_convs:
+        t = time.perf_counter()
+        say("evaluating the fine-tuned model ...")
+        adapted = evaluate_side(
+            model,
+            tokenizer,
+            eval_convs,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.eval_batch_size,
+        )
+        eval_json = eval_report(
+            eval_convs, base_side, adapted, model=src.display, adapter=str(adapter_dir)
+        )
+        write_json(run_dir / "eval.json", eval_json)
+        timings["eval_s"] = time.perf_counter() - t
+    _write_report(run_dir, say)
+    timings["total_s"] = time.perf_counter() - t_start
+    return RunResult(
+        run_dir=run_dir,
+        steps=max_steps,
+        losses=result.losses,
+        eval=eval_json,
+        trainable_params=trainable,
+        total_params=total,
+        train_seconds=result.elapsed_s,
+        tokens_per_s=result.tokens_per_s,
+        timings=timings,
+    )
+
+
+def _adapter_disabled(model):
+    import contextlib
+
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.disable_adapter()
+    return contextlib.nullcontext()  # full/freeze: evaluated before any step, so still the base
+
+
+def _load_base_side(path: Path):
+    import json
+
+    from tunesmith.eval.evaluate import SideResult
+    from tunesmith.eval.generate import Generation
+
+    data = json.loads(path.read_text())
+    return SideResult(data["metrics"], [Generation(t, 0, True) for t in data["generations"]])
+
+
+def _fmt_metrics(m: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in m.items())
+
+
+def _write_report(run_dir: Path, say: Callable[[str], None]) -> None:
+    try:
+        from tunesmith.report import write_report
+
+        write_report(run_dir)
+    except Exception as exc:  # a report must never fail a finished training run
+        say(f"warning: report.html not written: {exc}")
