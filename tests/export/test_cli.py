@@ -92,3 +92,27 @@ def test_gguf_output_must_be_a_gguf_file(lora_adapter, tmp_path, capsys):
         capsys, "export", str(lora_adapter), "--format", "gguf", "-o", str(tmp_path / "x.bin")
     )
     assert code == 2 and ".gguf" in err
+
+
+def test_verify_on_prompts_from_a_data_file(lora_adapter, tmp_path, capsys):
+    data = tmp_path / "eval.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Answer with SQL."},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": "SELECT 1;"},
+            ]
+        }
+        for q in (
+            "How many patients live in Lyon?",
+            "Which doctor has the most visits?",
+            "List drugs.",
+        )
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "adapter-copy"
+    argv = ["export", str(lora_adapter), "--format", "peft", "-o", str(out), "--prompts", str(data)]
+    code, stdout, _ = _run(capsys, *argv, "--max-prompts", "2", "--json")
+    assert code == 0
+    assert json.loads(stdout)["verification"]["n_prompts"] == 2

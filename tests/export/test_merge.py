@@ -123,7 +123,7 @@ def test_qlora_merges_into_the_dequantized_base(tiny_llama_dir, tmp_path):
     result = merge(run, tmp_path / "merged")
     assert result.verification.passed and result.verification.tolerance == "nf4"
 
-    qc = qlora_quantization_config(torch.float32)
+    qc = qlora_quantization_config()
     quantized = adapted_logits(tiny_llama_dir, run / "adapter", IDS, quantization_config=qc)
     full = adapted_logits(tiny_llama_dir, run / "adapter", IDS)
     merged = _logits(tmp_path / "merged")

@@ -1,7 +1,7 @@
 """Fold a LoRA, DoRA, rsLoRA or IA3 adapter into its base model and save a stock HF checkpoint.
 
-QLoRA adapters are folded into the base dequantized from 4-bit into the chosen dtype. The
-output (sharded safetensors, tokenizer, chat template, generation config and
+QLoRA adapters are folded into the base dequantized from 4-bit, then stored in the chosen
+dtype. The output (sharded safetensors, tokenizer, chat template, generation config and
 tunesmith_merge.json recording the base and adapter hashes) is reloaded with stock
 transformers and compared with the unmerged adapted model before it is published; a failed
 check exits 1 and leaves nothing at OUT_DIR. Prefix, prompt and bottleneck adapters cannot be
@@ -11,31 +11,63 @@ merged: use `tunesmith export --format peft`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 HELP = "merge a LoRA-family adapter into its base (verified HF checkpoint)"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, out_help: str, dtype_help: str) -> None:
+    """Arguments ``merge`` and ``export`` share: source, output, dtype, verification, JSON."""
     parser.add_argument("source", metavar="RUN_DIR|ADAPTER_DIR", help="run or adapter directory")
-    parser.add_argument("-o", "--out", required=True, metavar="OUT_DIR", help="output directory")
+    parser.add_argument("-o", "--out", required=True, metavar="OUT", help=out_help)
     parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        help="weights dtype of the output (default auto: the base checkpoint's own dtype)",
+        "--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help=dtype_help
     )
+    parser.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="verify on these prompts (a data file, e.g. the run's eval split) instead of built-in ones",
+    )
+    parser.add_argument("--max-prompts", type=int, default=8, help="with --prompts: how many")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
-def run(args: argparse.Namespace) -> int:
-    from tunesmith.export import VerificationFailed, merge
+def run_verified(args: argparse.Namespace, work: Callable[..., Any], what: str) -> int:
+    """Call ``work(prompts=...)``; print its result (or the failed verification) and exit code."""
+    from tunesmith.export import VerificationFailed
     from tunesmith.export.table import print_result
+    from tunesmith.export.verify import prompts_from_file
 
+    prompts = prompts_from_file(args.prompts, args.max_prompts) if args.prompts else None
     try:
-        result = merge(args.source, args.out, dtype=args.dtype)
+        result = work(prompts=prompts)
     except VerificationFailed as exc:
-        print_result({"verification": exc.report.to_dict()}, exc.report, "merge failed", args.json)
+        print_result(
+            {"verification": exc.report.to_dict()}, exc.report, f"{what} failed", args.json
+        )
         raise
-    title = f"merged {result.method} into {result.base['name']} -> {result.out} ({result.dtype})"
-    print_result(result.to_dict(), result.verification, title, args.json)
+    payload = result.to_dict()
+    title = f"{what}: {result.method} -> {result.out}" + (
+        f" ({payload['dtype']})" if "dtype" in payload else ""
+    )
+    print_result(payload, result.verification, title, args.json)
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(
+        parser,
+        out_help="output directory",
+        dtype_help="weights dtype of the output (default auto: the base checkpoint's own dtype)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tunesmith.export import merge
+
+    return run_verified(
+        args,
+        lambda prompts: merge(args.source, args.out, dtype=args.dtype, prompts=prompts),
+        "merged",
+    )

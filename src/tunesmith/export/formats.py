@@ -8,6 +8,7 @@ renamed into place; a failed check leaves nothing at ``out`` and raises ``WorkFa
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,13 @@ from tunesmith.export.gguf_writer import GGUF_TYPES, write_gguf
 from tunesmith.export.loading import attach_adapter, load_base, load_merged
 from tunesmith.export.merge import MergeResult, check_output_path, merge, reference_for
 from tunesmith.export.source import AdapterSource, require_mergeable, resolve_source, sha256_files
-from tunesmith.export.verify import VerificationFailed, VerifyReport, compare, tolerance_for
+from tunesmith.export.verify import (
+    Prompt,
+    VerificationFailed,
+    VerifyReport,
+    compare,
+    tolerance_for,
+)
 
 FORMATS = ("peft", "safetensors", "gguf")
 
@@ -52,11 +59,17 @@ def _copy_adapter(source: AdapterSource, out: Path) -> list[str]:
     return [p.name for p in files]
 
 
-def export_peft(source: AdapterSource, out: Path, *, verify: bool = True) -> ExportResult:
+def export_peft(
+    source: AdapterSource,
+    out: Path,
+    *,
+    verify: bool = True,
+    prompts: Sequence[Prompt] | None = None,
+) -> ExportResult:
     """Copy the adapter (plus the tokenizer if it is not there) and reload it with stock peft."""
     import torch
 
-    ref = reference_for(source) if verify else None
+    ref = reference_for(source, prompts) if verify else None
     report = None
     with atomic_dir(out) as tmp:
         files = _copy_adapter(source, tmp)
@@ -82,7 +95,12 @@ def export_peft(source: AdapterSource, out: Path, *, verify: bool = True) -> Exp
 
 
 def export_gguf(
-    source: AdapterSource, out: Path, *, gguf_type: str = "f16", verify: bool = True
+    source: AdapterSource,
+    out: Path,
+    *,
+    gguf_type: str = "f16",
+    verify: bool = True,
+    prompts: Sequence[Prompt] | None = None,
 ) -> ExportResult:
     """Merge in fp32, write one GGUF, reload it with transformers' GGUF reader."""
     import torch
@@ -92,7 +110,7 @@ def export_gguf(
     if out.suffix != ".gguf":
         raise UserInputError(f"GGUF output must be a file ending in .gguf, got {out}")
     require_mergeable(source)
-    ref = reference_for(source) if verify else None
+    ref = reference_for(source, prompts) if verify else None
     # Merging in fp32 rounds once, into the GGUF type, instead of twice.
     merged, tokenizer = load_merged(source, torch.float32)
     report = None
@@ -125,6 +143,7 @@ def export(
     dtype: str | None = None,
     gguf_type: str = "f16",
     verify: bool = True,
+    prompts: Sequence[Prompt] | None = None,
 ) -> ExportResult:
     """Export ``source`` (run or adapter directory) as ``fmt`` to ``out``, verified.
 
@@ -136,6 +155,7 @@ def export(
         dtype: safetensors only: ``auto`` (the base's dtype), ``bf16``, ``fp16``, ``fp32``.
         gguf_type: gguf only: ``f32``, ``f16``, ``bf16`` or ``q8_0``.
         verify: compare the reloaded output with the unmerged adapted model.
+        prompts: verification prompts (default: a few built-in chat prompts).
 
     Raises:
         UserInputError: bad input, unsupported format/architecture, unmergeable method for a
@@ -146,16 +166,16 @@ def export(
         raise ConfigError("format", fmt, "one of " + ", ".join(FORMATS))
     src = source if isinstance(source, AdapterSource) else resolve_source(source)
     if fmt == "safetensors":
-        result: MergeResult = merge(src, out, dtype=dtype, verify=verify)
+        result: MergeResult = merge(src, out, dtype=dtype, verify=verify, prompts=prompts)
         detail = {
             k: v for k, v in result.to_dict().items() if k not in ("out", "method", "verification")
         }
         return ExportResult("safetensors", result.out, src.method, result.verification, detail)
     out_path = Path(out).expanduser()
     if fmt == "peft":
-        return export_peft(src, check_output_path(out_path, src), verify=verify)
+        return export_peft(src, check_output_path(out_path, src), verify=verify, prompts=prompts)
     if out_path.is_dir():
         raise UserInputError(
             f"GGUF output {out_path} is a directory; give a file name ending in .gguf"
         )
-    return export_gguf(src, out_path, gguf_type=gguf_type, verify=verify)
+    return export_gguf(src, out_path, gguf_type=gguf_type, verify=verify, prompts=prompts)

@@ -97,23 +97,18 @@ def _u8():
     return torch.uint8
 
 
-def qlora_quantization_config(compute_dtype):
-    """The QLoRA base: NF4 with double quantization (Dettmers et al., 2023, arXiv:2305.14314)."""
-    from transformers import BitsAndBytesConfig
+def qlora_quantization_config():
+    """The QLoRA base exactly as training loads it (the methods registry owns the settings)."""
+    from tunesmith.methods.qlora import quantization_config
 
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-    )
+    return quantization_config()
 
 
 def load_base(source: AdapterSource, *, dtype, quantized: bool = False):
     """``(model, tokenizer)``; the tokenizer saved beside the adapter wins over the base's."""
     from tunesmith.models import load_model_and_tokenizer
 
-    qc = qlora_quantization_config(dtype) if quantized else None
+    qc = qlora_quantization_config() if quantized else None
     loaded = load_model_and_tokenizer(source.base_model, dtype=dtype, quantization_config=qc)
     model, tokenizer = loaded[0], loaded[1]
     if source.has_tokenizer:
@@ -167,10 +162,15 @@ def load_merged(source: AdapterSource, dtype):
     """
     import torch
 
-    model, tokenizer = load_base(source, dtype=dtype, quantized=source.quantized_base)
     if source.quantized_base:
-        model = model.dequantize()
-    model = model.to(dtype)
+        from tunesmith.methods.qlora import dequantize
+
+        # Fold in fp32 into the dequantized NF4 weights, round to ``dtype`` once at the end.
+        model, tokenizer = load_base(source, dtype=torch.float32, quantized=True)
+        model = dequantize(model)
+    else:
+        model, tokenizer = load_base(source, dtype=dtype)
+        model = model.to(dtype)
     peft_model = attach_adapter(model, source.adapter_dir)
     try:
         merged = peft_model.merge_and_unload(safe_merge=True)
@@ -179,5 +179,6 @@ def load_merged(source: AdapterSource, dtype):
     bad = [n for n, p in merged.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise WorkFailed(f"merged weights contain NaN/inf in {len(bad)} tensors, e.g. {bad[0]}")
+    merged = merged.to(dtype)
     merged.config.dtype = dtype
     return merged.eval(), tokenizer

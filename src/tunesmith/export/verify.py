@@ -18,10 +18,16 @@ Three measurements on a few chat prompts:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import WorkFailed
+from tunesmith.errors import UserInputError, WorkFailed
+
+# A prompt is a user message, or the chat turns (role/content dicts) before the answer.
+Prompt = str | tuple[Mapping[str, str], ...]
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "How many patients live in Lyon?",
@@ -89,7 +95,7 @@ def tolerance_for(label: str, quantized_base: bool = False) -> Tolerance:
 class Reference:
     """What the adapted model did on the verification prompts (all on CPU, fp32 logits)."""
 
-    prompts: tuple[str, ...]
+    prompts: tuple[Prompt, ...]
     sequences: list[Any]  # each (1, T): prompt ids + greedy continuation
     prompt_lens: list[int]
     logits: list[Any]  # each (T, V) float32
@@ -137,14 +143,32 @@ class VerificationFailed(WorkFailed):
         super().__init__("verification failed: " + "; ".join(report.failures))
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Render ``prompt`` as a user turn with the model's chat template (plain text without one)."""
+def prompts_from_file(path: str | Path, limit: int = 8) -> tuple[Prompt, ...]:
+    """The first ``limit`` prompts of a data file (any format ``tunesmith.data`` reads).
+
+    Each prompt is the record's turns before its final answer, e.g. the held-out questions of
+    a run's eval split, so verification covers the answers users will actually ask for.
+    """
+    from tunesmith.data.readers import read_file
+    from tunesmith.data.records import Conversation
+
+    records = (r for r in read_file(path) if isinstance(r, Conversation) and r.prompt_turns)
+    prompts = tuple(
+        tuple({"role": t.role, "content": t.content} for t in r.prompt_turns)
+        for r in islice(records, limit)
+    )
+    if not prompts:
+        raise UserInputError(f"{path}: no usable prompts (no valid records)")
+    return prompts
+
+
+def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
+    """Render ``prompt`` with the model's chat template (plain text without one)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt)["input_ids"])
+    return list(tokenizer("\n".join(m["content"] for m in messages))["input_ids"])
 
 
 def _greedy(model, ids, ref: Reference):
@@ -173,7 +197,7 @@ def _logits(model, seq):
 
 
 def capture_reference(
-    model, tokenizer, prompts: tuple[str, ...] = DEFAULT_PROMPTS, max_new_tokens: int = 16
+    model, tokenizer, prompts: Sequence[Prompt] = DEFAULT_PROMPTS, max_new_tokens: int = 16
 ) -> Reference:
     """Run the adapted model once: greedy continuations and their teacher-forced logits."""
     import torch
