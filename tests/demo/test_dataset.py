@@ -16,6 +16,7 @@ from tunesmith.demo.dataset import (
     normalize_question,
     raw_demo,
     write_demo_eval,
+    write_demo_files,
     write_raw_demo,
 )
 from tunesmith.demo.questions import TEMPLATES
@@ -95,6 +96,13 @@ def test_raw_file_is_byte_identical_per_seed_and_differs_across_seeds(tmp_path):
     assert e0 == write_demo_eval(tmp_path / "e1.jsonl", seed=0).read_bytes()
     assert e0 != write_demo_eval(tmp_path / "e2.jsonl", seed=1).read_bytes()
     assert [json.loads(x) for x in e0.decode().splitlines()][0]["meta"]["task"] == "clinic-sql"
+
+
+def test_write_demo_files_writes_both_files_and_nothing_else(tmp_path):
+    raw, evals = write_demo_files(tmp_path / "data", seed=0, n_train=300, n_eval=40)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted([raw.name, evals.name])
+    assert len(raw.read_text().splitlines()) == 300 + 9 + 6 + 8  # clean + 3% + 2% + broken
+    assert len(evals.read_text().splitlines()) == 40
 
 
 def _problem(line: str) -> str | None:

@@ -119,6 +119,14 @@ def test_gold_that_fails_is_a_data_error_and_lengths_must_agree():
         execution_match("SELECT 1", "SELECT * FROM nowhere")
     with pytest.raises(UserInputError):
         score_sql(["SELECT 1"], [])
+    with pytest.raises(UserInputError):
+        score_sql(["SELECT 1"], ["SELECT 1"], db_seed=[0, 1])
+
+
+def test_each_example_runs_on_its_own_seed():
+    gold = "SELECT SUM(cost) FROM visits"
+    pred = f"SELECT {clinic.master(1).execute(gold).fetchone()[0]!r}"  # seed 1's answer
+    assert score_sql([pred, pred], [gold, gold], db_seed=[1, 0])["execution_accuracy"] == 0.5
 
 
 def test_normalize_sql_ignores_whitespace_keyword_case_and_semicolon_not_literals():

@@ -245,10 +245,10 @@ def _broken_records(rng: random.Random, good: list[dict[str, Any]]) -> list[tupl
     ]
 
 
-def raw_demo(seed: int = 0, n_train: int = 3000) -> RawDemo:
+def raw_demo(seed: int = 0, n_train: int = 3000, n_eval: int = 200) -> RawDemo:
     """Build the raw training file in memory; see :func:`write_raw_demo`."""
     rng = random.Random(f"raw-{seed}")
-    train, _ = demo_splits(seed, n_train=n_train)
+    train, _ = demo_splits(seed, n_train=n_train, n_eval=n_eval)
     good = [c.to_json() for c in train]
     picks = rng.sample(range(len(good)), round(len(good) * (EXACT_DUP_RATE + NEAR_DUP_RATE)))
     n_exact = round(len(good) * EXACT_DUP_RATE)
@@ -289,21 +289,36 @@ def raw_demo(seed: int = 0, n_train: int = 3000) -> RawDemo:
     return out
 
 
-def write_raw_demo(path: str | Path, seed: int = 0, n_train: int = 3000) -> Path:
+def write_raw_demo(path: str | Path, seed: int = 0, n_train: int = 3000, n_eval: int = 200) -> Path:
     """Write the raw (dirty) demo training file as JSONL in messages format, atomically.
 
     Args:
         path: Target file.
         seed: Seeds the database and every choice; equal seeds give identical bytes.
         n_train: Clean records before the planted duplicates and broken lines.
+        n_eval: Size of the eval split held out of it; pass the same value to
+            :func:`write_demo_eval` (a larger eval split than the one held out would leak).
 
     Returns:
         ``path`` as a Path.
     """
-    return write_text(path, "\n".join(raw_demo(seed, n_train).lines) + "\n")
+    return write_text(path, "\n".join(raw_demo(seed, n_train, n_eval).lines) + "\n")
 
 
 def write_demo_eval(path: str | Path, seed: int = 0, n_eval: int = 200) -> Path:
     """Write the clean held-out eval conversations (messages format with meta), atomically."""
     _, evals = demo_splits(seed, n_eval=n_eval)
     return write_jsonl(path, (c.to_json() for c in evals))
+
+
+def write_demo_files(
+    directory: str | Path, seed: int = 0, n_train: int = 3000, n_eval: int = 200
+) -> tuple[Path, Path]:
+    """Write the raw training file and the eval file of the demo into ``directory``.
+
+    Returns:
+        ``(directory / "clinic_train_raw.jsonl", directory / "clinic_eval.jsonl")``.
+    """
+    directory = Path(directory)
+    raw = write_raw_demo(directory / "clinic_train_raw.jsonl", seed, n_train, n_eval)
+    return raw, write_demo_eval(directory / "clinic_eval.jsonl", seed, n_eval)

@@ -284,14 +284,28 @@ def execution_match(
 
 
 def match_sql(
-    preds: Sequence[str], golds: Sequence[str], db_seed: int = 0, timeout_s: float = 2.0
+    preds: Sequence[str],
+    golds: Sequence[str],
+    db_seed: int | Sequence[int] = 0,
+    timeout_s: float = 2.0,
 ) -> list[SqlMatch]:
-    """:func:`execution_match` for each (generation, gold) pair; SQL is extracted first."""
-    if len(preds) != len(golds):
-        raise UserInputError(f"{len(preds)} predictions for {len(golds)} gold queries")
+    """:func:`execution_match` for each (generation, gold) pair; SQL is extracted first.
+
+    Args:
+        preds: Raw generations.
+        golds: Gold queries, same length.
+        db_seed: One seed for all, or one per example (e.g. each record's
+            ``meta["db_seed"]``).
+        timeout_s: Wall-clock limit per query.
+    """
+    seeds = [db_seed] * len(golds) if isinstance(db_seed, int) else list(db_seed)
+    if not len(preds) == len(golds) == len(seeds):
+        raise UserInputError(
+            f"{len(preds)} predictions, {len(golds)} gold queries and {len(seeds)} db seeds"
+        )
     return [
-        execution_match(extract_sql(p), g, db_seed=db_seed, timeout_s=timeout_s)
-        for p, g in zip(preds, golds, strict=True)
+        execution_match(extract_sql(p), g, db_seed=seed, timeout_s=timeout_s)
+        for p, g, seed in zip(preds, golds, seeds, strict=True)
     ]
 
 
@@ -308,14 +322,17 @@ def summarize_matches(matches: Sequence[SqlMatch]) -> dict[str, float | int]:
 
 
 def score_sql(
-    preds: Sequence[str], golds: Sequence[str], db_seed: int = 0, timeout_s: float = 2.0
+    preds: Sequence[str],
+    golds: Sequence[str],
+    db_seed: int | Sequence[int] = 0,
+    timeout_s: float = 2.0,
 ) -> dict[str, float | int]:
     """Execution accuracy and exact match of model generations against gold queries.
 
     Args:
         preds: Raw generations (SQL is extracted with :func:`extract_sql`).
         golds: Gold queries, same length.
-        db_seed: Seed of the clinic database.
+        db_seed: Seed of the clinic database, or one seed per example.
         timeout_s: Wall-clock limit per query.
 
     Returns:
