@@ -184,3 +184,28 @@ def test_adapters_load_with_stock_peft_in_a_fresh_process(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("method", ["houlsby", "parallel", "mam"])
+def test_adapters_stay_fp32_on_a_bf16_base(method):
+    from tunesmith.methods import MethodArgs, get_method
+
+    base = make_tiny_model("llama").to(torch.bfloat16)
+    model = get_method(method).apply(base, MethodArgs(bottleneck=4, num_virtual_tokens=2))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    model.train()
+    model(input_ids=IDS, labels=IDS).loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trainable)
+
+
+def test_mam_refuses_gradient_checkpointing():
+    from tunesmith.methods import MethodArgs, get_method
+
+    assert not get_method("mam").gradient_checkpointing
+    assert not get_method("prefix").gradient_checkpointing
+    base = make_tiny_model("llama")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_method("mam").apply(base, MethodArgs(bottleneck=4, num_virtual_tokens=2)).train()
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        model(input_ids=IDS, labels=IDS)

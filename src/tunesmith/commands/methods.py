@@ -111,7 +111,8 @@ def _print_table(rows: list[dict[str, Any]], with_counts: bool) -> None:
     from rich.table import Table
 
     table = Table(title="PEFT methods in the unified view (He et al., ICLR 2022)")
-    for col in ("method", "form f", "position", "insertion", "composition", "trainable params"):
+    table.add_column("method", no_wrap=True)
+    for col in ("form f", "position", "insertion", "composition", "trainable params"):
         table.add_column(col, overflow="fold")
     table.add_column("merge")
     if with_counts:

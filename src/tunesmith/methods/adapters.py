@@ -7,6 +7,7 @@ ICLR 2022, Table 1); the layer maths is in :mod:`tunesmith.methods.tuners.bottle
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tunesmith.methods.base import MethodArgs
@@ -37,3 +38,28 @@ def apply_bottleneck(
         variant=variant,
     )
     return get_peft_model(model, config)
+
+
+def bottleneck_builders(
+    *, roles: tuple[str, ...], insertion: str, variant: str, scale: float | None
+) -> tuple[Callable[..., Any], Callable[[Any, MethodArgs], int]]:
+    """``(apply, count_trainable)`` of a bottleneck method.
+
+    Args:
+        roles: insertion points (:func:`position_modules` roles), one adapter each per block.
+        insertion: ``"serial"`` or ``"parallel"``.
+        variant: the method name recorded in ``adapter_config.json``.
+        scale: fixed composition scale, or None to take ``MethodArgs.scale``.
+    """
+
+    def apply(model, args: MethodArgs):
+        s = args.scale if scale is None else scale
+        return apply_bottleneck(
+            model, args, roles=roles, insertion=insertion, scale=s, variant=variant
+        )
+
+    def count(model_config: Any, args: MethodArgs) -> int:
+        layers = geometry(model_config).layers
+        return len(roles) * layers * adapter_params(model_config, args.bottleneck)
+
+    return apply, count

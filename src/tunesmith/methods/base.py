@@ -59,6 +59,8 @@ class MethodSpec:
         mergeable: whether ``merge`` can fold it into the base weights.
         quantized_base: whether the base is loaded in 4-bit (QLoRA).
         peft_format: whether the result saves as a PEFT adapter directory.
+        gradient_checkpointing: whether training may use activation checkpointing (prefix-style
+            methods carry their keys/values in the KV cache, which checkpointed layers drop).
     """
 
     name: str
@@ -71,6 +73,7 @@ class MethodSpec:
     mergeable: bool = False
     quantized_base: bool = False
     peft_format: bool = True
+    gradient_checkpointing: bool = True
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

@@ -8,22 +8,12 @@ adapted model starts equal to the base.
 
 from __future__ import annotations
 
-from typing import Any
+from tunesmith.methods.adapters import bottleneck_builders
+from tunesmith.methods.base import MethodSpec, UnifiedView, register
 
-from tunesmith.methods.adapters import adapter_params, apply_bottleneck
-from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.geometry import geometry
-
-
-def apply_houlsby(model, args: MethodArgs):
-    return apply_bottleneck(
-        model, args, roles=("attn-out", "ffn-out"), insertion="serial", scale=1.0, variant="houlsby"
-    )
-
-
-def count_houlsby(model_config: Any, args: MethodArgs) -> int:
-    return 2 * geometry(model_config).layers * adapter_params(model_config, args.bottleneck)
-
+apply_houlsby, count_houlsby = bottleneck_builders(
+    roles=("attn-out", "ffn-out"), insertion="serial", variant="houlsby", scale=1.0
+)
 
 register(
     MethodSpec(

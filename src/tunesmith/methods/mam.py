@@ -53,5 +53,6 @@ register(
         param_formula="L·2·l·kv_dim + L·(2·d·m + m + d)",
         apply=apply_mam,
         count_trainable=count_mam,
+        gradient_checkpointing=False,
     )
 )

@@ -8,22 +8,12 @@ W_up = 0 at init, so the adapted model starts equal to the base.
 
 from __future__ import annotations
 
-from typing import Any
+from tunesmith.methods.adapters import bottleneck_builders
+from tunesmith.methods.base import MethodSpec, UnifiedView, register
 
-from tunesmith.methods.adapters import adapter_params, apply_bottleneck
-from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.geometry import geometry
-
-
-def apply_parallel(model, args: MethodArgs):
-    return apply_bottleneck(
-        model, args, roles=("ffn",), insertion="parallel", scale=args.scale, variant="parallel"
-    )
-
-
-def count_parallel(model_config: Any, args: MethodArgs) -> int:
-    return geometry(model_config).layers * adapter_params(model_config, args.bottleneck)
-
+apply_parallel, count_parallel = bottleneck_builders(
+    roles=("ffn",), insertion="parallel", variant="parallel", scale=None
+)
 
 register(
     MethodSpec(

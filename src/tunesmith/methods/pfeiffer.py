@@ -8,22 +8,12 @@ W_up = 0 at init.
 
 from __future__ import annotations
 
-from typing import Any
+from tunesmith.methods.adapters import bottleneck_builders
+from tunesmith.methods.base import MethodSpec, UnifiedView, register
 
-from tunesmith.methods.adapters import adapter_params, apply_bottleneck
-from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.geometry import geometry
-
-
-def apply_pfeiffer(model, args: MethodArgs):
-    return apply_bottleneck(
-        model, args, roles=("ffn-out",), insertion="serial", scale=1.0, variant="pfeiffer"
-    )
-
-
-def count_pfeiffer(model_config: Any, args: MethodArgs) -> int:
-    return geometry(model_config).layers * adapter_params(model_config, args.bottleneck)
-
+apply_pfeiffer, count_pfeiffer = bottleneck_builders(
+    roles=("ffn-out",), insertion="serial", variant="pfeiffer", scale=1.0
+)
 
 register(
     MethodSpec(

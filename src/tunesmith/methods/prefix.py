@@ -54,5 +54,6 @@ register(
         param_formula="l·t + (t·e + e) + (e·2·L·t + 2·L·t), t = kv_dim, e = MLP width",
         apply=apply_prefix,
         count_trainable=count_prefix,
+        gradient_checkpointing=False,
     )
 )

@@ -55,7 +55,8 @@ class MamModel(BottleneckModel):
         nn.init.normal_(prefix, std=config.prefix_init_std)
         if not hasattr(self, "mam_prefix"):
             self.mam_prefix = nn.ParameterDict({})
-        self.mam_prefix[adapter_name] = nn.Parameter(prefix.to(ref.device, ref.dtype))
+        # fp32 master copy, like peft's upcast of 16-bit adapters; cast to the compute dtype on use.
+        self.mam_prefix[adapter_name] = nn.Parameter(prefix.to(ref.device, torch.float32))
         super().inject_adapter(model, adapter_name, **kw)
 
     def _inject_prefix(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
@@ -64,7 +65,13 @@ class MamModel(BottleneckModel):
             return None
         from transformers import DynamicCache
 
-        prefix = self.mam_prefix[name]  # (L, 2, kv, l, hd)
+        if module.training and getattr(self.model, "is_gradient_checkpointing", False):
+            # Checkpointed layers drop the cache (transformers sets it to None), and the prefix
+            # travels in the cache; peft refuses prefix tuning with checkpointing for the same reason.
+            raise ValueError("MAM's prefix does not work with gradient checkpointing; disable it")
+        embed = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+        dtype = embed.weight.dtype if embed is not None else torch.float32
+        prefix = self.mam_prefix[name].to(dtype)  # (L, 2, kv, l, hd)
         n_prefix = prefix.shape[3]
         inputs = kwargs.get("input_ids")
         if inputs is None:
