@@ -52,40 +52,11 @@ class TraceResult:
 
 
 def _apply_method(model, method: str, args: MethodArgs):
-    """Make ``method``'s parameters trainable (peft for the peft-native methods)."""
-    import peft
+    """Make ``method``'s parameters trainable through its registered builder."""
+    from tunesmith.methods.base import get_method
 
-    if method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if method == "freeze":
-        for layer in model.model.layers[-args.freeze_top_k :]:
-            for p in layer.parameters():
-                p.requires_grad_(True)
-        return model
-    task = peft.TaskType.CAUSAL_LM
-    if method in ("lora", "qlora", "rslora", "dora"):
-        cfg = peft.LoraConfig(
-            r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout,
-            target_modules=list(args.target), task_type=task,
-            use_rslora=method == "rslora", use_dora=method == "dora",
-        )  # fmt: skip
-    elif method == "ia3":
-        cfg = peft.IA3Config(task_type=task)
-    elif method == "prefix":
-        cfg = peft.PrefixTuningConfig(num_virtual_tokens=args.num_virtual_tokens, task_type=task)
-    elif method == "prompt":
-        cfg = peft.PromptTuningConfig(num_virtual_tokens=args.num_virtual_tokens, task_type=task)
-    else:
-        from tunesmith.methods.base import get_method, method_names
-
-        if method not in method_names():
-            raise ConfigError("method", method, "a method the tracer can apply")
-        return get_method(method).apply(model, args)
-    return peft.get_peft_model(model, cfg)
+    # QLoRA's builder expects a bitsandbytes-quantized base; its activations are LoRA's.
+    return get_method("lora" if method == "qlora" else method).apply(model, args)
 
 
 def build_model(cfg: Any, method: str, args: MethodArgs, *, precision: str, attn: str):
@@ -211,9 +182,7 @@ def traced_estimate(
     with torch.device("meta"):
         # peft's adapter injection moves modules with .to(), which cannot swap fake
         # parameters; so build on meta (plain tensors) and fake-ify afterwards.
-        model = build_model(
-            cfg, "lora" if method == "qlora" else method, args, precision=precision, attn=attn
-        )
+        model = build_model(cfg, method, args, precision=precision, attn=attn)
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     _to_fake(model, fake_mode)
     with fake_mode:

@@ -101,7 +101,7 @@ def count_trainable(method: str, cfg: Any, shape: ModelShape, args: MethodArgs) 
         raise ConfigError("method", method, "one of " + ", ".join(METHODS))
     from tunesmith.methods.base import get_method, method_names
 
-    if method in method_names() and method not in FULL_WEIGHT_METHODS:
+    if method in method_names():
         try:
             return int(get_method(method).count_trainable(cfg, args))
         except (ValueError, AttributeError, TypeError):

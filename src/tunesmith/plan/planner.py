@@ -1,0 +1,266 @@
+"""``plan()``: the memory plan for model x method x batch x sequence length x device.
+
+The plan is made from the config alone (no weights load), with the analytic model of
+:mod:`tunesmith.plan.analytic`; ``traced=True`` replaces its activation and optimizer terms by
+one traced step of the real architecture on fake tensors (:mod:`tunesmith.plan.trace`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tunesmith.atomic import write_json
+from tunesmith.errors import ConfigError
+from tunesmith.methods.base import MethodArgs
+from tunesmith.plan.analytic import OPTIMIZERS, StepSettings, Terms, step_terms
+from tunesmith.plan.configs import load_model_config
+from tunesmith.plan.gpus import device_budget_bytes, is_cpu
+from tunesmith.plan.recommend import HEADROOM, best_fit, describe_changes
+from tunesmith.plan.shapes import ModelShape, model_shape
+from tunesmith.plan.trainable import METHODS, count_tensors, count_trainable
+
+BREAKDOWN_KEYS = (
+    "weights", "trainable", "gradients", "optimizer", "activations", "logits", "overhead",
+)  # fmt: skip
+# Traced activations and logits come from CPU kernels; CUDA's fused kernels differ a little,
+# and the benchmark's target is -5%/+15%: plan traced figures a few percent high.
+TRACE_MARGIN = 1.05
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A memory plan (``to_json()`` is the object DESIGN.md fixes for ``plan --json``).
+
+    Attributes:
+        verdict: ``fits`` (total within 90% of the budget), ``tight`` (within the budget) or
+            ``does-not-fit``.
+        total_bytes: the predicted peak device memory of a training step.
+        budget_bytes: the device's memory.
+        breakdown: bytes per term at the peak (they sum to ``total_bytes``).
+        recommendation: the fastest configuration that fits with headroom.
+        model: the ``--model`` planned. settings: the planned step settings.
+        grad_accum: gradient-accumulation steps. total_params / trainable_params: counts.
+        detail: raw terms behind the breakdown (eval/save peaks, per-layer activations...).
+    """
+
+    verdict: str
+    total_bytes: int
+    budget_bytes: int
+    breakdown: dict[str, int]
+    recommendation: dict[str, Any]
+    model: str = ""
+    settings: StepSettings | None = None
+    grad_accum: int = 1
+    total_params: int = 0
+    trainable_params: int = 0
+    detail: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fits(self) -> bool:
+        return self.verdict != "does-not-fit"
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan object of DESIGN.md: verdict, total/budget bytes, breakdown, recommendation."""
+        return {
+            "verdict": self.verdict,
+            "total_bytes": self.total_bytes,
+            "budget_bytes": self.budget_bytes,
+            "breakdown": dict(self.breakdown),
+            "recommendation": dict(self.recommendation),
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """``to_json()`` plus the inputs and raw terms, as written to a run's ``plan.json``."""
+        inputs = asdict(self.settings) if self.settings else {}
+        inputs.update(model=self.model, grad_accum=self.grad_accum)
+        return {
+            **self.to_json(),
+            "inputs": inputs,
+            "params": {"total": self.total_params, "trainable": self.trainable_params},
+            "detail": dict(self.detail),
+        }
+
+
+def verdict_for(total: int, budget: int) -> str:
+    if total <= HEADROOM * budget:
+        return "fits"
+    return "tight" if total <= budget else "does-not-fit"
+
+
+def _check(settings: StepSettings, grad_accum: int) -> None:
+    if settings.method not in METHODS:
+        raise ConfigError("method", settings.method, ", ".join(METHODS))
+    if settings.optimizer not in OPTIMIZERS:
+        raise ConfigError("optimizer", settings.optimizer, ", ".join(OPTIMIZERS))
+    for key, value in (
+        ("batch_size", settings.batch_size), ("seq_len", settings.seq_len),
+        ("grad_accum", grad_accum), ("rank", settings.rank),
+    ):  # fmt: skip
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(key.replace("_", "-"), value, "a positive integer")
+
+
+class _Evaluator:
+    """Terms for any settings of one architecture; trainable counts cached per method."""
+
+    def __init__(self, cfg: Any, shape: ModelShape, args: MethodArgs, traced: bool) -> None:
+        self.cfg, self.shape, self.args, self.traced = cfg, shape, args, traced
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    def counts(self, method: str) -> tuple[int, int]:
+        if method not in self._counts:
+            self._counts[method] = (
+                count_trainable(method, self.cfg, self.shape, self.args),
+                count_tensors(method, self.shape, self.args),
+            )
+        return self._counts[method]
+
+    def __call__(self, settings: StepSettings) -> Terms:
+        n, n_tensors = self.counts(settings.method)
+        return step_terms(self.shape, settings, n, n_tensors)
+
+    def traced_terms(self, settings: StepSettings) -> Terms:
+        """Analytic weights/overhead with the step's dynamic part from a traced step."""
+        from tunesmith.plan.trace import traced_estimate
+
+        terms = self(settings)
+        result = traced_estimate(
+            self.cfg, settings.method, batch_size=settings.batch_size,
+            seq_len=settings.seq_len, precision=settings.precision,
+            gradient_checkpointing=settings.gradient_checkpointing,
+            attn="eager" if settings.attn == "eager" else "sdpa", args=self.args,
+        )  # fmt: skip
+        # The traced peak holds optimizer state, gradients and activations together; split
+        # its dynamic part in the proportions the analytic model gives at its peak.
+        dynamic = int(TRACE_MARGIN * (result.peak_bytes - result.optimizer_bytes))
+        parts = terms.activations + terms.gradients + terms.logits
+        activations = dynamic * terms.activations // parts if parts else 0
+        gradients = dynamic * terms.gradients // parts if parts else dynamic
+        logits = dynamic - activations - gradients
+        detail = dict(terms.detail, traced_peak=result.peak_bytes)
+        return replace(
+            terms, optimizer=result.optimizer_bytes, activations=activations,
+            gradients=gradients, logits=logits, detail=detail,
+        )  # fmt: skip
+
+
+def plan_config(
+    cfg: Any,
+    method: str = "lora",
+    *,
+    batch_size: int = 1,
+    seq_len: int = 512,
+    grad_accum: int = 1,
+    device: str | int = "24GB",
+    gradient_checkpointing: bool | None = None,
+    optimizer: str = "adamw",
+    precision: str = "bf16",
+    rank: int = 8,
+    target: str | list[str] | tuple[str, ...] = "attn-qv",
+    dropout: float = 0.05,
+    attn: str = "sdpa",
+    logits_fraction: float = 1.0,
+    loss_chunk: int | None = None,
+    traced: bool = False,
+    model_name: str = "",
+) -> Plan:
+    """Plan a run for an already resolved ``transformers`` config (see :func:`plan`)."""
+    from tunesmith.methods.targets import resolve_targets
+
+    targets = resolve_targets(target, cfg)
+    args = MethodArgs(rank=rank, target=targets, dropout=dropout)
+    budget = device_budget_bytes(device)
+    shape = model_shape(cfg)
+    base = StepSettings(
+        method=method, batch_size=batch_size, seq_len=seq_len, precision=precision,
+        gradient_checkpointing=bool(gradient_checkpointing), attn=attn, optimizer=optimizer,
+        targets=targets, rank=rank, dropout=dropout, logits_fraction=logits_fraction,
+        loss_chunk=loss_chunk, device="cpu" if is_cpu(str(device)) else "cuda",
+    )  # fmt: skip
+    _check(base, grad_accum)
+    evaluate = _Evaluator(cfg, shape, args, traced)
+    terms = evaluate(base)
+    if gradient_checkpointing is None and terms.total > HEADROOM * budget:
+        # "auto": checkpoint only when the run would not fit comfortably without it.
+        base = replace(base, gradient_checkpointing=True)
+        terms = evaluate(base)
+    if traced:
+        terms = evaluate.traced_terms(base)
+    best, smallest = best_fit(base, grad_accum, budget, evaluate)
+    chosen = best or smallest
+    recommendation = {
+        "fits": best is not None,
+        "method": chosen.settings.method,
+        "batch_size": chosen.settings.batch_size,
+        "grad_accum": chosen.grad_accum,
+        "seq_len": chosen.settings.seq_len,
+        "gradient_checkpointing": chosen.settings.gradient_checkpointing,
+        "optimizer": chosen.settings.optimizer,
+        "quantization": "nf4-double-quant" if chosen.settings.method == "qlora" else None,
+        "total_bytes": chosen.terms.total,
+        "verdict": verdict_for(chosen.terms.total, budget),
+        "relative_step_time": round(chosen.relative_time, 2),
+        "changes": describe_changes(base, grad_accum, chosen),
+    }
+    if best is None:
+        recommendation["changes"].append(
+            "nothing in the search fits this device; this is the smallest configuration found"
+        )
+    n_trainable, _ = evaluate.counts(method)
+    return Plan(
+        verdict=verdict_for(terms.total, budget),
+        total_bytes=terms.total,
+        budget_bytes=budget,
+        breakdown={k: int(getattr(terms, k)) for k in BREAKDOWN_KEYS},
+        recommendation=recommendation,
+        model=model_name or getattr(cfg, "_name_or_path", "") or cfg.model_type,
+        settings=base,
+        grad_accum=grad_accum,
+        total_params=shape.total_params,
+        trainable_params=n_trainable,
+        detail=terms.detail,
+    )
+
+
+def plan(model: str = "embedded", method: str = "lora", **kwargs: Any) -> Plan:
+    """The memory plan of a fine-tuning run, made before anything loads.
+
+    Args:
+        model: a bundled name (``embedded``, ``llama-2-13b``, ``qwen2.5-7b``...), a hub id,
+            a local ``config.json`` or model directory.
+        method: a ``--method`` name (lora, qlora, dora, ..., full).
+        **kwargs: the run settings, see :func:`plan_config`: ``batch_size``, ``seq_len``,
+            ``grad_accum``, ``device`` (alias ``gpu``: ``24GB``, ``rtx4090``, ``a100-80gb``,
+            ``cpu``...), ``gradient_checkpointing`` (None = auto), ``optimizer``,
+            ``precision``, ``rank``, ``target``, ``traced``.
+
+    Returns:
+        A :class:`Plan`; ``plan(...).to_json()`` is what ``tunesmith plan --json`` prints.
+
+    Raises:
+        UserInputError / ConfigError: an unknown model, GPU, method or a bad value.
+    """
+    if "gpu" in kwargs:
+        kwargs["device"] = kwargs.pop("gpu")
+    cfg = load_model_config(model)
+    return plan_config(cfg, method, model_name=model, **kwargs)
+
+
+def plan_for_run(model_config: Any, *, device: str | int, **settings: Any) -> Plan:
+    """The plan the trainer makes for a loaded model's config and the run's settings.
+
+    Args:
+        model_config: ``model.config`` (or any transformers config).
+        device: where the run trains: ``cuda``/``cuda:N`` (that device's memory), ``cpu``, a
+            GPU name or a number of bytes.
+        **settings: as for :func:`plan_config` (method, batch_size, seq_len, grad_accum,
+            gradient_checkpointing, optimizer, precision, rank, target, dropout...).
+    """
+    return plan_config(model_config, device=device, **settings)
+
+
+def write_plan(plan_obj: Plan, path: str | Path) -> Path:
+    """Atomically write ``plan_obj.to_record()`` as JSON (a run's ``plan.json``)."""
+    return write_json(path, plan_obj.to_record())
