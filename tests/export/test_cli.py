@@ -116,3 +116,14 @@ def test_verify_on_prompts_from_a_data_file(lora_adapter, tmp_path, capsys):
     code, stdout, _ = _run(capsys, *argv, "--max-prompts", "2", "--json")
     assert code == 0
     assert json.loads(stdout)["verification"]["n_prompts"] == 2
+
+
+def test_refuses_to_replace_a_foreign_directory(lora_adapter, tmp_path, capsys):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, _, err = _run(capsys, "merge", str(lora_adapter), "-o", str(out))
+    assert code == 2 and "not an earlier merge" in err
+    assert (out / "notes.txt").read_text() == "keep me"
+    code, _, err = _run(capsys, "merge", str(lora_adapter), "-o", str(tmp_path))
+    assert code == 2 and "overwrite the input" in err

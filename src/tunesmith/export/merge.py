@@ -78,6 +78,13 @@ def check_output_path(out: str | Path, source: AdapterSource) -> Path:
         raise UserInputError(f"output {out} would overwrite the input {source.path}")
     if out.exists() and not out.is_dir():
         raise UserInputError(f"output {out} exists and is not a directory")
+    # The output directory is replaced as a whole, so only ever replace an earlier export.
+    earlier = (MERGE_RECORD, "adapter_config.json")
+    if out.is_dir() and any(out.iterdir()) and not any((out / f).is_file() for f in earlier):
+        raise UserInputError(
+            f"output {out} exists and is not an earlier merge or export; "
+            "remove it or choose another path"
+        )
     return out
 
 
