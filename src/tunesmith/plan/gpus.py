@@ -37,7 +37,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(gb|gib|g)?\s*$", re.IGNORECASE)
 
 
 def _normalize(name: str) -> str:
-    return name.strip().lower().replace("_", "-").replace(" ", "").replace("nvidia-", "")
+    name = "-".join(name.strip().lower().replace("_", "-").split())
+    return name.removeprefix("nvidia-").removeprefix("geforce-").replace("rtx-", "rtx")
 
 
 def is_cpu(device: str) -> bool:

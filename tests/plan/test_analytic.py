@@ -1,0 +1,153 @@
+"""The analytic model's terms, pinned against bitsandbytes, a real AdamW step and the tracer."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from tunesmith.methods.base import MethodArgs
+from tunesmith.plan.analytic import (
+    NF4_BITS_PER_PARAM,
+    StepSettings,
+    optimizer_bytes,
+    step_terms,
+    weight_bytes,
+)
+from tunesmith.plan.configs import bundled_config
+from tunesmith.plan.shapes import model_shape
+from tunesmith.plan.trace import traced_estimate
+from tunesmith.plan.trainable import count_tensors, count_trainable
+from tests.tiny import make_tiny_model
+
+
+def test_nf4_double_quant_bits_match_bitsandbytes():
+    from bitsandbytes.functional import quantize_4bit
+
+    w = torch.randn(256, 1024, dtype=torch.bfloat16)
+    packed, state = quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+    stored = (
+        packed.numel() * packed.element_size()
+        + state.absmax.numel() * state.absmax.element_size()  # 8-bit first-level absmax
+        + state.state2.absmax.numel() * state.state2.absmax.element_size()  # fp32 second level
+    )
+    assert stored * 8 / w.numel() == pytest.approx(NF4_BITS_PER_PARAM, abs=1e-9)
+    assert NF4_BITS_PER_PARAM == pytest.approx(4.127, abs=1e-3)
+
+
+def test_qlora_weights_keep_embeddings_and_upcast_them():
+    shape = model_shape(bundled_config("qwen2.5-7b"))
+    q = StepSettings(method="qlora", batch_size=1, seq_len=512)
+    kept = shape.embed_params + shape.lm_head_params + shape.other_params
+    linear = shape.linear_params * NF4_BITS_PER_PARAM / 8
+    assert weight_bytes(shape, q) == pytest.approx(linear + 4 * kept, abs=1)
+    no_upcast = StepSettings(method="qlora", batch_size=1, seq_len=512, kbit_upcast=False)
+    assert weight_bytes(shape, q) - weight_bytes(shape, no_upcast) == 2 * kept
+    assert weight_bytes(shape, StepSettings("lora", 1, 512)) == 2 * shape.total_params
+
+
+def _state_bytes(opt) -> int:
+    return sum(
+        t.numel() * t.element_size()
+        for state in opt.state.values()
+        for t in state.values()
+        if isinstance(t, torch.Tensor)
+    )
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_optimizer_bytes_exact_after_one_real_adamw_step(method):
+    from tunesmith.methods.base import get_method
+
+    model = make_tiny_model("llama")
+    if method == "lora":
+        model = get_method("lora").apply(model, MethodArgs())
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    ids = torch.randint(0, 512, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    n = sum(p.numel() for p in params)
+    assert _state_bytes(opt) == optimizer_bytes(n, len(params), 4, "adamw")
+    cfg = model.config
+    shape, args = model_shape(cfg), MethodArgs()
+    assert count_trainable(method, cfg, shape, args) == n
+    assert count_tensors(method, shape, args) == len(params)
+
+
+def test_eight_bit_adamw_is_about_a_quarter():
+    n = 10_000_000
+    eight = optimizer_bytes(n, 10, 4, "adamw8bit")
+    assert 2 * n < eight < 2.04 * n
+    assert optimizer_bytes(n, 10, 4, "adamw") == 8 * n + 40
+    assert optimizer_bytes(n, 10, 4, "sgd") == 0
+
+
+ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _tiny_cfg(arch):
+    from transformers import LlamaConfig, Qwen2Config
+
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    return cls(
+        vocab_size=4000, hidden_size=256, intermediate_size=704, num_hidden_layers=3,
+        num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=arch == "qwen2",
+    )  # fmt: skip
+
+
+CASES = [
+    ("llama", "lora", ("q_proj", "v_proj"), False, "sdpa", 2, 128),
+    ("llama", "lora", ALL, True, "eager", 1, 256),
+    ("qwen2", "lora", ALL, False, "eager", 2, 128),
+    ("llama", "full", (), False, "sdpa", 4, 64),
+    ("qwen2", "full", (), True, "sdpa", 2, 128),
+]
+
+
+@pytest.mark.parametrize("arch, method, targets, gc, attn, b, s", CASES)
+def test_analytic_step_matches_traced_step(arch, method, targets, gc, attn, b, s):
+    cfg = _tiny_cfg(arch)
+    args = MethodArgs(dropout=0.0, target=targets or ("q_proj", "v_proj"))
+    shape = model_shape(cfg)
+    settings = StepSettings(
+        method=method, batch_size=b, seq_len=s, gradient_checkpointing=gc, attn=attn,
+        targets=args.target, dropout=0.0, foreach=False,
+    )  # fmt: skip
+    terms = step_terms(
+        shape, settings, count_trainable(method, cfg, shape, args), count_tensors(method, shape, args)
+    )
+    traced = traced_estimate(
+        cfg, method, batch_size=b, seq_len=s, gradient_checkpointing=gc, attn=attn, args=args
+    )
+    assert terms.optimizer == traced.optimizer_bytes
+    # The analytic peak (without CUDA context and fragmentation) within 5% of the traced one.
+    assert terms.allocated == pytest.approx(traced.total_peak_bytes, rel=0.05)
+
+
+def test_checkpointing_and_sdpa_save_memory_and_terms_sum():
+    shape = model_shape(bundled_config("llama-2-7b"))
+    n = 4_194_304
+    results = {}
+    for gc, attn in itertools.product((False, True), ("sdpa", "eager")):
+        st = StepSettings("lora", 4, 2048, gradient_checkpointing=gc, attn=attn)
+        t = step_terms(shape, st, n, 128)
+        assert t.total == sum(
+            getattr(t, k)
+            for k in ("weights", "trainable", "gradients", "optimizer", "activations", "logits", "overhead")
+        )
+        results[gc, attn] = t.total
+    assert results[True, "sdpa"] < results[False, "sdpa"] < results[False, "eager"]
+    # eager's score matrices: 4 x 32 x 2048^2 x (fp32 softmax + bf16 copy) per layer
+    assert results[False, "eager"] - results[False, "sdpa"] >= 32 * 4 * 32 * 2048**2 * 6
+
+
+def test_chunked_loss_and_trained_positions_shrink_logits():
+    shape = model_shape(bundled_config("qwen2.5-0.5b"))
+    full = step_terms(shape, StepSettings("lora", 4, 2048), 1, 1)
+    half = step_terms(shape, StepSettings("lora", 4, 2048, logits_fraction=0.5), 1, 1)
+    chunk = step_terms(shape, StepSettings("lora", 4, 2048, loss_chunk=1024), 1, 1)
+    assert full.logits == 12 * 4 * 2048 * shape.vocab  # 4 retained + 8 in the loss backward
+    assert half.logits == full.logits // 2
+    assert chunk.logits == full.logits // 8
