@@ -314,3 +314,19 @@ def test_options_are_checked():
         CleanOptions(eval_share=1.5)
     with pytest.raises(ConfigError, match="near_dup_threshold"):
         clean_conversations(_distinct(2), near_dup_threshold=0)
+
+
+def test_shared_system_prompt_does_not_make_records_near():
+    system = Turn("system", "You translate questions into SQL over the clinic database. " * 5)
+    a = Conversation(
+        (
+            system,
+            Turn("user", "How many doctors?"),
+            Turn("assistant", "SELECT COUNT(*) FROM doctors"),
+        )
+    )
+    b = Conversation(
+        (system, Turn("user", "List the patients."), Turn("assistant", "SELECT name FROM patients"))
+    )
+    res = clean_conversations([a, b])
+    assert res.report["near_duplicates"] == 0 and res.report["kept"] == 2

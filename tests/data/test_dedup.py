@@ -7,7 +7,7 @@ import pytest
 from datasketch import MinHash
 
 from tunesmith.data import dedup
-from tunesmith.data.dedup import MinHasher, NearDupIndex, NgramHasher, lsh_params
+from tunesmith.data.dedup import MinHasher, NearDupIndex, NgramHasher, jaccard, lsh_params
 from tunesmith.data.normalize import words
 
 TEXT = (
@@ -74,37 +74,57 @@ def _index(threshold):
     return hasher, NearDupIndex(hasher, threshold)
 
 
+def _rec(hasher, shingles):
+    """(sketch, shingles): what the index takes for one record."""
+    return hasher.sketch(shingles), shingles
+
+
+def test_jaccard_is_exact():
+    a, b = np.arange(10, dtype=np.uint32), np.arange(5, 20, dtype=np.uint32)
+    assert jaccard(a, b) == 5 / 20
+    assert jaccard(a, a) == 1.0
+
+
 def test_index_finds_pair_above_threshold_only():
-    hasher, idx = _index(0.7)
-    a = np.arange(1000, dtype=np.uint32)
-    b = np.arange(100, 1100, dtype=np.uint32)  # exact Jaccard 900/1100 = 0.818
-    c = np.arange(5000, 6000, dtype=np.uint32)  # disjoint
-    sa, sb, sc = (hasher.lean(s) for s in hasher.signatures([a, b, c]))
-    assert idx.add(sa) == 0
-    key, sim = idx.query(sb)
-    assert key == 0 and abs(sim - 0.818) < 0.09
-    assert idx.query(sc) is None
-    _, strict = _index(0.95)
-    strict.add(sa)
-    assert strict.query(sb) is None  # the same pair, under a threshold above its similarity
+    hasher, idx = _index(0.8)
+    a = _rec(hasher, np.arange(1000, dtype=np.uint32))
+    b = _rec(hasher, np.arange(100, 1100, dtype=np.uint32))  # Jaccard 900/1100 = 0.818
+    c = _rec(hasher, np.arange(5000, 6000, dtype=np.uint32))  # disjoint
+    assert idx.add(*a) == 0
+    assert idx.query(*b) == (0, pytest.approx(900 / 1100))
+    assert idx.query(*c) is None
+    _, strict = _index(0.83)
+    strict.add(*a)
+    assert strict.query(*b) is None  # the same pair, under a threshold just above its Jaccard
+
+
+def test_index_returns_all_matches_best_first():
+    hasher, idx = _index(0.5)
+    base = np.arange(100, dtype=np.uint32)
+    idx.add(*_rec(hasher, base[:90]))  # J with base = 0.9
+    idx.add(*_rec(hasher, base[:70]))  # 0.7
+    idx.add(*_rec(hasher, base[:30]))  # 0.3, under the threshold
+    got = idx.matches(*_rec(hasher, base))
+    assert [(k, round(j, 2)) for k, j in got] == [(0, 0.9), (1, 0.7)]
 
 
 def test_index_near_duplicate_text():
     hasher, idx = _index(0.8)
     edited = TEXT.replace("drug", "medicine")  # one word edit in 33 words
     other = "a completely different sentence about weather patterns over the northern sea in winter months"
-    sig = lambda t: hasher.sketch(NgramHasher().shingles(words(t), 3))  # noqa: E731
-    idx.add(sig(TEXT))
-    assert idx.query(sig(edited))[0] == 0
-    assert idx.query(sig(other)) is None
-    assert idx.matches(sig(other)) == []
+    rec = lambda t: _rec(hasher, NgramHasher().shingles(words(t), 3))  # noqa: E731
+    idx.add(*rec(TEXT))
+    assert idx.query(*rec(edited))[0] == 0
+    assert idx.query(*rec(other)) is None
+    assert idx.matches(*rec(other)) == []
     assert len(idx) == 1
 
 
 def test_index_grows_past_initial_capacity():
     hasher, idx = _index(0.9)
-    sigs = hasher.signatures([np.arange(i * 10, i * 10 + 10, dtype=np.uint32) for i in range(1500)])
-    for s in sigs:
-        idx.add(hasher.lean(s))
+    sets = [np.arange(i * 100, i * 100 + 100, dtype=np.uint32) for i in range(1500)]  # 150k values
+    for s in sets:
+        idx.add(*_rec(hasher, s))
     assert len(idx) == 1500
-    assert idx.query(hasher.lean(sigs[1234]))[0] == 1234
+    assert idx.query(*_rec(hasher, sets[1234])) == (1234, 1.0)
+    assert idx.query(*_rec(hasher, sets[3])) == (3, 1.0)

@@ -19,7 +19,14 @@ ALPACA = {
     "input": "Table: patients(name, city)",
     "output": "SELECT COUNT(*) FROM patients WHERE city = 'Lyon';",
     "system": "You write SQL.",
-    "meta": {"gold": "SELECT 1", "seed": 7, "nested": {"a": [1, 2]}},
+    "meta": {
+        "gold": "SELECT 1",
+        "seed": 7,
+        "nested": {"a": [1, 2]},
+        "flag": True,
+        "none": None,
+        "x": -1.5e-3,
+    },
 }
 ALPACA_TURNS = (
     Turn("system", "You write SQL."),
@@ -92,16 +99,16 @@ def test_jsonl_each_format(tmp_path, row, turns):
 
 
 @pytest.mark.parametrize(("row", "turns"), CASES, ids=["alpaca", "messages", "sharegpt"])
-def test_json_array_each_format(tmp_path, row, turns, monkeypatch):
-    # A tiny read chunk forces elements to straddle buffer refills.
-    monkeypatch.setattr(containers, "_CHUNK", 7)
+@pytest.mark.parametrize("chunk", [3, 7, 11, 1 << 20])
+def test_json_array_each_format(tmp_path, row, turns, chunk, monkeypatch):
+    # Tiny read chunks cut elements, strings and literals (true, null, numbers) at every place.
+    monkeypatch.setattr(containers, "_CHUNK", chunk)
     path = tmp_path / "d.json"
-    path.write_text(
-        "[\n" + json.dumps(row, indent=2) + ",\n\n" + json.dumps(row) + "\n]\n", encoding="utf-8"
-    )
+    first = json.dumps(row, indent=2)
+    path.write_text("[\n" + first + ",\n\n" + json.dumps(row) + "\n]\n", encoding="utf-8")
     got = list(read_file(path))
     assert [c.turns for c in got] == [turns, turns]
-    second_line = 2 + json.dumps(row, indent=2).count("\n") + 2
+    second_line = 2 + first.count("\n") + 2
     assert [c.source for c in got] == [f"{path}:2", f"{path}:{second_line}"]
     assert got[1].meta == row.get("meta", {})
 

@@ -12,8 +12,9 @@ One record at a time, in this order; a record is counted under the first reason 
 8. leak check: an eval record with an exact or near duplicate in the kept train set is dropped
    from eval: ``eval_leaks``
 
-Memory stays flat in the number of records apart from the LSH index, a 16-byte hash, a
-signature (``4 * num_perm`` bytes) and the source string of each kept record. :func:`clean`
+Memory stays flat in the number of records apart from the LSH index, a 16-byte hash, the
+shingle hashes (4 bytes per distinct shingle) and the source string of each kept record.
+:func:`clean`
 streams files to files; :func:`clean_conversations` is the in-process form ``train`` uses.
 """
 
@@ -200,7 +201,11 @@ class Cleaner:
             return None
         digest = exact_key(conv)
         side = side or self._split(digest)
-        shingles = np.unique(self.ngrams.ngrams(np.concatenate(ids), self.options.shingle))
+        # System turns are left out of the shingles: one system prompt shared by every record
+        # would make records with nothing else in common look alike (they still count for
+        # exact duplicates).
+        body = [i for i, t in zip(ids, conv.turns, strict=True) if t.role != "system"]
+        shingles = np.unique(self.ngrams.ngrams(np.concatenate(body), self.options.shingle))
         return self._dedup(conv, digest, shingles, side)
 
     def _length_filter(self, conv: Conversation) -> str | None:
@@ -233,20 +238,24 @@ class Cleaner:
             self._cluster("exact", side, key, conv.source, 1.0)
             self._drop("exact_duplicates", conv, kept=own.sources[key])
             return None
-        sketch = self.hasher.sketch(shingles if len(shingles) else np.zeros(1, np.uint32))
-        if match := own.index.query(sketch):
+        if not len(shingles):  # a record of punctuation only: one empty-text shingle
+            shingles = np.zeros(1, np.uint32)
+        sketch = self.hasher.sketch(shingles)
+        if match := own.index.query(sketch, shingles):
             key, sim = match
             self._cluster("near", side, key, conv.source, sim)
             self._drop("near_duplicates", conv, kept=own.sources[key], similarity=round(sim, 3))
             return None
         # Leak check against the other side: exact first, then near.
         leaks = [(k, 1.0) for k in [other.exact.get(digest)] if k is not None]
-        leaks += [m for m in other.index.matches(sketch) if m[0] not in {k for k, _ in leaks}]
+        leaks += [
+            m for m in other.index.matches(sketch, shingles) if m[0] not in {k for k, _ in leaks}
+        ]
         if side == "eval" and leaks:
             self._leak(conv.source, other.sources[leaks[0][0]], leaks[0][1])
             self._drop("eval_leaks", conv, kept=other.sources[leaks[0][0]])
             return None
-        key = own.index.add(sketch)
+        key = own.index.add(sketch, shingles)
         own.exact[digest] = key
         own.sources.append(conv.source)
         if side == "train":

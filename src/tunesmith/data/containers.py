@@ -92,9 +92,10 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
 
 
 def _incomplete(exc: json.JSONDecodeError, buf: str) -> bool:
-    # A decode error at the end of the buffer (or an unterminated string, which is reported
-    # at its *start*) may only mean that the element continues in the next chunk.
-    return exc.pos >= len(buf.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
+    # An error near the end of the buffer may only mean that the element continues in the next
+    # chunk: a cut literal ("tr" of "true", "-Infin" of "-Infinity") is reported at its start,
+    # an unterminated string at its opening quote. Re-reading costs one more chunk at most.
+    return exc.pos >= len(buf) - 10 or exc.msg.startswith("Unterminated string")
 
 
 def _iter_json(path: Path) -> Iterator[RawRecord]:

@@ -164,17 +164,48 @@ class MinHasher:
         return LeanMinHash(seed=self.seed, hashvalues=signature, scheme=_SCHEME)
 
 
-class NearDupIndex:
-    """Signatures seen so far, searchable for ones with estimated Jaccard >= ``threshold``.
+class _ShingleStore:
+    """Sorted shingle-hash sets in one growing flat array (no per-record Python objects)."""
 
-    Candidates come from datasketch's LSH; each is verified on its stored signature, so a
-    reported match is a pair whose *estimated* similarity reaches the threshold (the LSH
-    alone also returns pairs well below it). Memory: the LSH tables plus ``4 * num_perm``
-    bytes per indexed record.
+    def __init__(self) -> None:
+        self._flat = np.empty(1 << 16, dtype=np.uint32)
+        self._offsets = [0]
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def add(self, shingles: np.ndarray) -> None:
+        end = self._offsets[-1] + len(shingles)
+        if end > len(self._flat):
+            self._flat = np.concatenate(
+                [self._flat, np.empty(max(end, len(self._flat)), np.uint32)]
+            )
+        self._flat[self._offsets[-1] : end] = shingles
+        self._offsets.append(end)
+
+    def __getitem__(self, key: int) -> np.ndarray:
+        return self._flat[self._offsets[key] : self._offsets[key + 1]]
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two sorted arrays of distinct values."""
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
+
+
+class NearDupIndex:
+    """Shingle sets seen so far, searchable for ones with Jaccard >= ``threshold``.
+
+    Candidates come from datasketch's LSH over MinHash sketches; each candidate is then
+    verified by the *exact* Jaccard of the stored shingle-hash sets. Verifying on the
+    MinHash estimate instead (standard error ~0.04 at 128 permutations) let pairs of short
+    templated records at true Jaccard 0.7 through a 0.8 threshold: measured on the demo's
+    clinic data, 187 of 202 such drops were not near duplicates. Memory: the LSH tables plus
+    4 bytes per distinct shingle of each indexed record.
 
     Args:
-        hasher: The :class:`MinHasher` whose signatures are indexed.
-        threshold: Jaccard similarity at or above which two records are near-duplicates.
+        hasher: The :class:`MinHasher` whose sketches are indexed.
+        threshold: Jaccard similarity at or above which two records are near duplicates.
     """
 
     def __init__(self, hasher: MinHasher, threshold: float):
@@ -184,39 +215,31 @@ class NearDupIndex:
         self.lsh = MinHashLSH(
             num_perm=hasher.num_perm, params=lsh_params(threshold, hasher.num_perm)
         )
-        self._sigs = np.empty((1024, hasher.num_perm), dtype=np.uint32)
-        self._n = 0
+        self._sets = _ShingleStore()
 
     def __len__(self) -> int:
-        return self._n
+        return len(self._sets)
 
-    def matches(self, sketch: LeanMinHash) -> list[tuple[int, float]]:
-        """Indexed keys whose estimated Jaccard with ``sketch`` reaches the threshold, best first.
+    def matches(self, sketch: LeanMinHash, shingles: np.ndarray) -> list[tuple[int, float]]:
+        """Indexed keys whose Jaccard with ``shingles`` reaches the threshold, best first.
 
         Args:
-            sketch: From :meth:`MinHasher.lean` (built once per record, reused by :meth:`add`).
+            sketch: ``hasher.sketch(shingles)``, built once per record and reused by :meth:`add`.
+            shingles: The record's sorted distinct shingle hashes.
         """
-        if self._n == 0:
+        if not len(self._sets):
             return []
-        keys = self.lsh.query(sketch)
-        if not keys:
-            return []
-        keys = np.fromiter(keys, dtype=np.int64, count=len(keys))
-        sims = (self._sigs[keys] == sketch.hashvalues[None, :]).mean(axis=1)
-        order = np.argsort(-sims, kind="stable")
-        return [(int(keys[i]), float(sims[i])) for i in order if sims[i] >= self.threshold]
+        found = [(key, jaccard(shingles, self._sets[key])) for key in self.lsh.query(sketch)]
+        return sorted((m for m in found if m[1] >= self.threshold), key=lambda m: (-m[1], m[0]))
 
-    def query(self, sketch: LeanMinHash) -> tuple[int, float] | None:
-        """The most similar indexed key and its estimated Jaccard, if it reaches the threshold."""
-        found = self.matches(sketch)
+    def query(self, sketch: LeanMinHash, shingles: np.ndarray) -> tuple[int, float] | None:
+        """The most similar indexed key and its Jaccard, if it reaches the threshold."""
+        found = self.matches(sketch, shingles)
         return found[0] if found else None
 
-    def add(self, sketch: LeanMinHash) -> int:
-        """Index a sketch; return its key (0, 1, 2, ... in insertion order)."""
-        if self._n == len(self._sigs):
-            self._sigs = np.concatenate([self._sigs, np.empty_like(self._sigs)])
-        key = self._n
-        self._sigs[key] = sketch.hashvalues
+    def add(self, sketch: LeanMinHash, shingles: np.ndarray) -> int:
+        """Index a record; return its key (0, 1, 2, ... in insertion order)."""
+        key = len(self._sets)
+        self._sets.add(shingles)
         self.lsh.insert(key, sketch, check_duplication=False)
-        self._n += 1
         return key
