@@ -47,16 +47,14 @@ def test_bottleneck_layer_equals_the_paper_formula(insertion, scale):
     torch.testing.assert_close(layer(x), h + scale * f, atol=1e-12, rtol=0)
 
 
-def test_bottleneck_adapter_can_be_disabled():
+@pytest.mark.parametrize("method", ["pfeiffer", "mam"])
+def test_adapters_can_be_disabled(method):
+    from tunesmith.methods import MethodArgs, get_method
+
     base = make_tiny_model("llama")
     with torch.no_grad():
         expected = base(input_ids=IDS).logits
-    model = get_peft_model(
-        base,
-        BottleneckConfig(
-            task_type=TaskType.CAUSAL_LM, target_modules=["down_proj"], bottleneck_size=4
-        ),
-    )
+    model = get_method(method).apply(base, MethodArgs(bottleneck=4, num_virtual_tokens=2))
     for module in model.modules():
         if isinstance(module, BottleneckLayer):
             _randomize(module)
@@ -64,6 +62,7 @@ def test_bottleneck_adapter_can_be_disabled():
         assert not torch.equal(model(input_ids=IDS).logits, expected)
         with model.disable_adapter():
             assert torch.equal(model(input_ids=IDS).logits, expected)
+        assert not torch.equal(model(input_ids=IDS).logits, expected)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -209,3 +208,29 @@ def test_mam_refuses_gradient_checkpointing():
     model = get_method("mam").apply(base, MethodArgs(bottleneck=4, num_virtual_tokens=2)).train()
     with pytest.raises(ValueError, match="gradient checkpointing"):
         model(input_ids=IDS, labels=IDS)
+
+
+@pytest.mark.parametrize("method", ["houlsby", "parallel", "mam"])
+def test_unload_gives_back_the_base_model(method):
+    from tunesmith.methods import MethodArgs, get_method
+
+    base = make_tiny_model("llama")
+    with torch.no_grad():
+        expected = base(input_ids=IDS).logits
+    model = get_method(method).apply(base, MethodArgs(bottleneck=4, num_virtual_tokens=2))
+    for module in model.modules():
+        if isinstance(module, BottleneckLayer):
+            _randomize(module)
+    plain = model.unload()
+    assert not any(isinstance(m, BottleneckLayer) for m in plain.modules())
+    with torch.no_grad():
+        assert torch.equal(plain(input_ids=IDS).logits, expected)
+
+
+def test_a_different_class_under_a_taken_peft_name_is_refused():
+    from tunesmith.methods.tuners.mam import MamModel
+
+    with pytest.raises(KeyError, match="already"):
+        register_peft_type(
+            "bottleneck", config_cls=BottleneckConfig, model_cls=MamModel, prefix="x_"
+        )

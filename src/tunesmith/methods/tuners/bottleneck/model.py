@@ -72,3 +72,11 @@ class BottleneckModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        if isinstance(new_module, BottleneckLayer):
+            super()._replace_module(parent, child_name, new_module, child)
+            return
+        # Unloading puts the original module back as it was. peft's generic path would copy a
+        # `.weight` onto it, which a wrapped FFN block (parallel adapters) does not have.
+        setattr(parent, child_name, new_module)
