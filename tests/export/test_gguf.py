@@ -128,3 +128,22 @@ def test_rotary_permutation_only_for_llama(arch, tiny_llama_dir, tiny_qwen2_dir,
                     dst = h * d + 2 * i + j
                     expected[dst] = w[src] if arch == "llama" else w[dst]
         assert torch.equal(tensors[f"blk.1.{gguf_name}.weight"], expected)
+
+
+def test_unsupported_architecture_is_bad_input(tmp_path):
+    from transformers import MistralConfig
+
+    from tests.tiny import make_tokenizer
+    from tunesmith.errors import UserInputError
+
+    tok = make_tokenizer()
+    config = MistralConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    adapter = make_adapter(tmp_path / "base", tmp_path / "adapter", "lora")
+    with pytest.raises(UserInputError, match="supports llama, qwen2"):
+        export(adapter, "gguf", tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()

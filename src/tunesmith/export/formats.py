@@ -15,8 +15,8 @@ from typing import Any
 
 from tunesmith.atomic import atomic_dir, atomic_path
 from tunesmith.errors import ConfigError, UserInputError, WorkFailed
-from tunesmith.export.gguf_writer import GGUF_TYPES, write_gguf
-from tunesmith.export.loading import attach_adapter, load_base, load_merged
+from tunesmith.export.gguf_writer import GGUF_TYPES, check_architecture, write_gguf
+from tunesmith.export.loading import attach_adapter, base_config, load_base, load_merged
 from tunesmith.export.merge import MergeResult, check_output_path, merge, reference_for
 from tunesmith.export.source import AdapterSource, require_mergeable, resolve_source, sha256_files
 from tunesmith.export.verify import (
@@ -72,7 +72,7 @@ def export_peft(
     ref = reference_for(source, prompts) if verify else None
     report = None
     with atomic_dir(out) as tmp:
-        files = _copy_adapter(source, tmp)
+        _copy_adapter(source, tmp)
         base, tokenizer = load_base(source, dtype=torch.float32, quantized=source.quantized_base)
         if not source.has_tokenizer:
             # The chat template must travel with the adapter, so bring the base's tokenizer.
@@ -110,6 +110,7 @@ def export_gguf(
     if out.suffix != ".gguf":
         raise UserInputError(f"GGUF output must be a file ending in .gguf, got {out}")
     require_mergeable(source)
+    check_architecture(base_config(source.base_model))  # fail before any model is loaded
     ref = reference_for(source, prompts) if verify else None
     # Merging in fp32 rounds once, into the GGUF type, instead of twice.
     merged, tokenizer = load_merged(source, torch.float32)

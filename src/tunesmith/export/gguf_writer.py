@@ -187,6 +187,17 @@ def _tensors(model, arch: str):
         yield gguf_name, data
 
 
+def check_architecture(config) -> str:
+    """The GGUF architecture name for ``config``; UserInputError for unsupported ones."""
+    arch = config.model_type
+    if arch not in ARCHITECTURES:
+        raise UserInputError(
+            f"GGUF export supports {', '.join(ARCHITECTURES)} models, not {arch!r}; "
+            "use --format safetensors"
+        )
+    return arch
+
+
 def write_gguf(
     model, tokenizer, path: Path, gguf_type: str = "f16", name: str | None = None
 ) -> Path:
@@ -197,12 +208,7 @@ def write_gguf(
     """
     import gguf
 
-    arch = model.config.model_type
-    if arch not in ARCHITECTURES:
-        raise UserInputError(
-            f"GGUF export supports {', '.join(ARCHITECTURES)} models, not {arch!r}; "
-            "use --format safetensors"
-        )
+    arch = check_architecture(model.config)
     if gguf_type not in GGUF_TYPES:
         raise UserInputError(f"--gguf-type {gguf_type!r}: expected one of {', '.join(GGUF_TYPES)}")
     file_type = {

@@ -46,6 +46,15 @@ def _checkpoint_path(base_model: str) -> Path | None:
         return None
 
 
+def base_config(base_model: str):
+    """The base's ``PretrainedConfig`` without loading weights."""
+    from transformers import AutoConfig
+
+    from tunesmith.models import resolve_model
+
+    return AutoConfig.from_pretrained(resolve_model(base_model).path)
+
+
 def checkpoint_dtype(base_model: str):
     """The dtype the base checkpoint stores: config ``dtype``, else its first float tensor."""
     import torch
@@ -84,17 +93,13 @@ def base_identity(base_model: str, model=None) -> dict[str, Any]:
             "sha256": sha256_files(files),
             "hashed": [f.name for f in files],
         }
+    import torch
+
     h = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
         h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=_u8()).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return {"name": base_model, "path": None, "sha256": h.hexdigest(), "hashed": "state_dict"}
-
-
-def _u8():
-    import torch
-
-    return torch.uint8
 
 
 def qlora_quantization_config():
