@@ -97,6 +97,23 @@ def test_mam_prefix_equals_peft_prefix_tuning(arch):
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_mam_starts_as_the_base_model_reading_its_prefix_tokens(arch):
+    """Token init (Li & Liang §7.2): at init MAM == the base model with l real tokens in front."""
+    base = make_tiny_model(arch)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        model = get_peft_model(
+            base, MamConfig(task_type=TaskType.CAUSAL_LM, bottleneck_size=4, num_virtual_tokens=3)
+        )
+        prefix_ids = torch.tensor([model.peft_config["default"].prefix_token_ids] * len(IDS))
+        assert prefix_ids.shape == (2, 3)
+        got = model(input_ids=IDS).logits
+        with model.disable_adapter():
+            expected = model(input_ids=torch.cat([prefix_ids, IDS], dim=1)).logits[:, 3:]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
 def test_mam_generate_matches_a_greedy_loop_without_cache():
     torch.manual_seed(0)
     model = get_peft_model(
@@ -105,6 +122,7 @@ def test_mam_generate_matches_a_greedy_loop_without_cache():
             task_type=TaskType.CAUSAL_LM,
             bottleneck_size=4,
             num_virtual_tokens=3,
+            prefix_init="normal",
             prefix_init_std=1.0,
         ),
     ).eval()

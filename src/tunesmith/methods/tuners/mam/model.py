@@ -33,6 +33,17 @@ from tunesmith.methods.tuners.bottleneck.model import BottleneckModel
 from tunesmith.methods.tuners.mam.config import MamConfig
 
 
+def _decoder(model: nn.Module) -> nn.Module:
+    """The decoder stack (the module that owns the layers and the KV cache argument)."""
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
+
+
+def _cache_kwarg(decoder: nn.Module) -> str:
+    # transformers 5 renamed `past_key_values` to `cache`; accept both.
+    params = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class MamModel(BottleneckModel):
     """peft tuner for MAM; see the module docstring for the design."""
 
@@ -40,24 +51,53 @@ class MamModel(BottleneckModel):
 
     def __init__(self, model: nn.Module, peft_config: Any, adapter_name: str, **kw: Any) -> None:
         self._prefix_enabled = True
-        super().__init__(model, peft_config, adapter_name, **kw)
-        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-        params = inspect.signature(decoder.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        decoder = _decoder(model)
+        self._cache_kwarg = _cache_kwarg(decoder)
         self._decoder_config = decoder.config
+        super().__init__(model, peft_config, adapter_name, **kw)
         self._hook = decoder.register_forward_pre_hook(self._inject_prefix, with_kwargs=True)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kw: Any) -> None:
         config: MamConfig = self.peft_config[adapter_name]
         g = geometry(model.config)
         ref = next(p for p in model.parameters() if p.is_floating_point())
-        prefix = torch.empty(g.layers, 2, g.kv_heads, config.num_virtual_tokens, g.head_dim)
-        nn.init.normal_(prefix, std=config.prefix_init_std)
+        shape = (g.layers, 2, g.kv_heads, config.num_virtual_tokens, g.head_dim)
+        if config.inference_mode:
+            prefix = torch.zeros(shape)  # the saved prefix is loaded over it
+        elif config.prefix_init == "tokens":
+            prefix = self._prefix_from_tokens(model, config)
+        else:
+            prefix = torch.empty(shape).normal_(std=config.prefix_init_std)
         if not hasattr(self, "mam_prefix"):
             self.mam_prefix = nn.ParameterDict({})
         # fp32 master copy, like peft's upcast of 16-bit adapters; cast to the compute dtype on use.
         self.mam_prefix[adapter_name] = nn.Parameter(prefix.to(ref.device, torch.float32))
         super().inject_adapter(model, adapter_name, **kw)
+
+    def _prefix_from_tokens(self, model: nn.Module, config: MamConfig) -> torch.Tensor:
+        """Keys/values the base model computes for l real tokens (Li & Liang 2021, §7.2: real-word
+        activations train better than random prefixes). At init the prefix therefore acts like a
+        short real context; the ids are recorded in the config."""
+        from transformers import DynamicCache
+
+        if config.prefix_token_ids is None:
+            vocab = geometry(model.config).vocab
+            config.prefix_token_ids = torch.randint(vocab, (config.num_virtual_tokens,)).tolist()
+        decoder = _decoder(model)
+        ref = next(p for p in model.parameters() if p.is_floating_point())
+        ids = torch.tensor([config.prefix_token_ids], device=ref.device)
+        cache = DynamicCache(config=decoder.config)
+        enabled, self._prefix_enabled = self._prefix_enabled, False  # a second adapter: base only
+        was_training = decoder.training
+        try:
+            with torch.no_grad():
+                decoder.eval()(input_ids=ids, use_cache=True, **{self._cache_kwarg: cache})
+        finally:
+            decoder.train(was_training)
+            self._prefix_enabled = enabled
+        keys = torch.stack([layer.keys[0] for layer in cache.layers])  # (L, kv, l, hd)
+        values = torch.stack([layer.values[0] for layer in cache.layers])
+        return torch.stack([keys, values], dim=1).float()  # (L, 2, kv, l, hd)
 
     def _inject_prefix(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
         name = self.active_adapters[0]
