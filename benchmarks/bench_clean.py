@@ -27,142 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-_FUNCTION_WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "a",
-    "in",
-    "is",
-    "that",
-    "for",
-    "it",
-    "as",
-    "was",
-    "with",
-    "be",
-    "by",
-    "on",
-    "not",
-    "he",
-    "this",
-    "are",
-    "or",
-    "his",
-    "from",
-    "at",
-    "which",
-    "but",
-    "have",
-    "an",
-    "they",
-    "you",
-    "were",
-    "her",
-    "she",
-    "there",
-    "one",
-    "all",
-    "we",
-    "their",
-    "been",
-    "has",
-    "when",
-    "who",
-    "will",
-    "more",
-    "no",
-    "if",
-    "out",
-    "so",
-    "said",
-    "what",
-    "up",
-    "its",
-    "about",
-    "into",
-    "than",
-    "them",
-    "can",
-    "only",
-    "other",
-    "new",
-    "some",
-    "could",
-    "time",
-    "these",
-    "two",
-    "may",
-    "then",
-    "do",
-    "first",
-    "any",
-    "my",
-    "now",
-    "such",
-    "like",
-    "our",
-    "over",
-    "man",
-    "me",
-    "even",
-    "most",
-    "made",
-    "after",
-    "also",
-    "did",
-    "many",
-    "before",
-    "must",
-    "through",
-    "back",
-    "years",
-    "where",
-    "much",
-    "your",
-    "way",
-    "well",
-    "down",
-    "should",
-    "because",
-    "each",
-    "just",
-    "those",
-]
-_ONSETS = [
-    "b",
-    "c",
-    "d",
-    "f",
-    "g",
-    "h",
-    "j",
-    "k",
-    "l",
-    "m",
-    "n",
-    "p",
-    "r",
-    "s",
-    "t",
-    "v",
-    "w",
-    "z",
-    "br",
-    "cr",
-    "dr",
-    "fl",
-    "gr",
-    "pl",
-    "pr",
-    "sl",
-    "st",
-    "tr",
-    "ch",
-    "sh",
-    "th",
-]
+_FUNCTION_TEXT = (
+    "the of and to a in is that for it as was with be by on not he this are or his from at which "
+    "but have an they you were her she there one all we their been has when who will more no if "
+    "out so said what up its about into than them can only other new some could time these two "
+    "may then do first any my now such like our over man me even most made after also did many "
+    "before must through back years where much your way well down should because each just those"
+)
+_ONSET_TEXT = "b c d f g h j k l m n p r s t v w z br cr dr fl gr pl pr sl st tr ch sh th"
+_FUNCTION_WORDS, _ONSETS = _FUNCTION_TEXT.split(), _ONSET_TEXT.split()
 _NUCLEI = ["a", "e", "i", "o", "u", "ai", "ea", "ie", "oo", "ou"]
 _CODAS = ["", "", "n", "r", "s", "t", "l", "m", "nd", "st", "ng", "rk"]
 
@@ -255,15 +128,16 @@ def _run_clean(src: str, out: str, threshold: float) -> None:
         if reason == "near_duplicates":
             pairs.append((int(source.rsplit(":", 1)[1]), int(detail["kept"].rsplit(":", 1)[1])))
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = clean([src], out, near_dup_threshold=threshold, on_drop=on_drop)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     r = result.report
     print(
         json.dumps(
             {
                 "wall_s": wall,
+                "cpu_s": cpu,
                 "peak_rss_bytes": peak,
                 "pairs": pairs,
                 "report": {
@@ -330,6 +204,8 @@ def main() -> int:
         "near_recall": round(true_pos / max(len(planted), 1), 4),
         "near_precision": round(true_pos / max(len(run["pairs"]), 1), 4),
         "wall_s": round(run["wall_s"], 1),
+        # CPU time of the cleaner: what wall time would be on an otherwise idle core.
+        "cpu_s": round(run["cpu_s"], 1),
         "records_per_s": round(args.n / run["wall_s"]),
         "peak_rss_mib": round(run["peak_rss_bytes"] / 2**20),
         "kept": run["report"]["kept"],

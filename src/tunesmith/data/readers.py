@@ -24,7 +24,6 @@ from tunesmith.data.validate import Invalid, check_conversation
 from tunesmith.errors import ConfigError
 
 Problem = tuple[str, str]  # (kind, reason)
-Parsed = "Conversation | Problem"
 FORMATS = ("alpaca", "messages", "sharegpt")
 SHAREGPT_ROLES = {
     "human": "user",
