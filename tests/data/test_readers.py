@@ -177,3 +177,13 @@ def test_reading_is_lazy(tmp_path):
     # The file can change under a running reader without the first records being re-read:
     # records come one at a time, nothing is loaded up front.
     assert sum(1 for _ in it) == 2
+
+
+def test_json_file_with_bare_objects(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(
+        json.dumps(ALPACA, indent=1) + "\n" + json.dumps(ALPACA) + "\n", encoding="utf-8"
+    )
+    got = list(read_file(path))
+    assert [c.turns for c in got] == [ALPACA_TURNS, ALPACA_TURNS]
+    assert got[1].source == f"{path}:{json.dumps(ALPACA, indent=1).count(chr(10)) + 2}"
