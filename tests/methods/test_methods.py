@@ -210,3 +210,19 @@ def test_freeze_rejects_more_blocks_than_the_model_has():
 
     with pytest.raises(ConfigError, match="freeze_top_k"):
         get_method("freeze").apply(make_tiny_model("llama"), replace(ARGS, freeze_top_k=3))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_few_steps_lower_the_loss(method, arch, dirs):
+    model = applied(method, arch, dirs).train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss = model(input_ids=IDS, labels=IDS).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    # Adam on one fixed batch: every step must go down (small methods move slowly, but move).
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
