@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from tests.tiny import make_tiny_model
 from tunesmith.methods.base import MethodArgs
 from tunesmith.plan.analytic import (
     NF4_BITS_PER_PARAM,
@@ -19,7 +20,6 @@ from tunesmith.plan.configs import bundled_config
 from tunesmith.plan.shapes import model_shape
 from tunesmith.plan.trace import traced_estimate
 from tunesmith.plan.trainable import count_tensors, count_trainable
-from tests.tiny import make_tiny_model
 
 
 def test_nf4_double_quant_bits_match_bitsandbytes():
@@ -33,7 +33,7 @@ def test_nf4_double_quant_bits_match_bitsandbytes():
         + state.state2.absmax.numel() * state.state2.absmax.element_size()  # fp32 second level
     )
     assert stored * 8 / w.numel() == pytest.approx(NF4_BITS_PER_PARAM, abs=1e-9)
-    assert NF4_BITS_PER_PARAM == pytest.approx(4.127, abs=1e-3)
+    assert pytest.approx(4.127, abs=1e-3) == NF4_BITS_PER_PARAM
 
 
 def test_qlora_weights_keep_embeddings_and_upcast_them():
@@ -116,7 +116,10 @@ def test_analytic_step_matches_traced_step(arch, method, targets, gc, attn, b, s
         targets=args.target, dropout=0.0, foreach=False,
     )  # fmt: skip
     terms = step_terms(
-        shape, settings, count_trainable(method, cfg, shape, args), count_tensors(method, shape, args)
+        shape,
+        settings,
+        count_trainable(method, cfg, shape, args),
+        count_tensors(method, shape, args),
     )
     traced = traced_estimate(
         cfg, method, batch_size=b, seq_len=s, gradient_checkpointing=gc, attn=attn, args=args
@@ -135,7 +138,15 @@ def test_checkpointing_and_sdpa_save_memory_and_terms_sum():
         t = step_terms(shape, st, n, 128)
         assert t.total == sum(
             getattr(t, k)
-            for k in ("weights", "trainable", "gradients", "optimizer", "activations", "logits", "overhead")
+            for k in (
+                "weights",
+                "trainable",
+                "gradients",
+                "optimizer",
+                "activations",
+                "logits",
+                "overhead",
+            )
         )
         results[gc, attn] = t.total
     assert results[True, "sdpa"] < results[False, "sdpa"] < results[False, "eager"]
