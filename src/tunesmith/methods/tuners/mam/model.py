@@ -125,10 +125,10 @@ class MamModel(BottleneckModel):
             kwargs[self._cache_kwarg] = cache
         if cache.get_seq_length() == 0:  # a fresh sequence: the prefix goes first
             for layer_idx in range(prefix.shape[0]):
-                k, v = (
+                kv = (
                     prefix[layer_idx].unsqueeze(1).expand(-1, batch, -1, -1, -1)
-                )  # (B, kv, l, hd)
-                cache.update(k, v, layer_idx)
+                )  # (2, B, kv, l, hd)
+                cache.update(kv[0], kv[1], layer_idx)
         position_ids = kwargs.get("position_ids")
         if position_ids is not None:
             # Explicit positions count the caller's tokens only; the prefix occupies 0..l-1, as
