@@ -96,6 +96,7 @@ def run_step(
     gradient_checkpointing: bool,
     optimizer: str = "adamw",
     vocab: int,
+    foreach: bool = False,
     tracker: LiveBytes | None = None,
 ) -> TraceResult:
     """Run forward + backward + optimizer step on ``model`` and measure live bytes.
@@ -117,10 +118,10 @@ def run_step(
     if optimizer not in ("adamw", "sgd"):
         raise ConfigError("optimizer", optimizer, "adamw or sgd for a traced step")
     opt_cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.SGD
-    # foreach=False: the per-tensor loop the planner models; foreach kernels add transient
-    # copies of the whole state that depend on the device's kernels.
-    opt = opt_cls(params, lr=1e-4, foreach=False)
-    ids = torch.randint(0, vocab, (batch_size, seq_len))
+    # foreach=False (torch's default on CPU): the per-tensor loop; CUDA's default foreach path
+    # adds a state-sized temporary, which the analytic model accounts for separately.
+    opt = opt_cls(params, lr=1e-4, foreach=foreach)
+    ids = torch.randint(0, vocab, (batch_size, seq_len), device=params[0].device)
     own = tracker is None
     tracker = tracker or LiveBytes()
     if own:
