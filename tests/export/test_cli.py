@@ -113,7 +113,7 @@ def test_verify_on_prompts_from_a_data_file(lora_adapter, tmp_path, capsys):
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "adapter-copy"
     argv = ["export", str(lora_adapter), "--format", "peft", "-o", str(out), "--prompts", str(data)]
-    code, stdout, _ = _run(capsys, *argv, "--max-prompts", "2", "--json")
+    code, stdout, _ = _run(capsys, *argv, "--max-prompts", "2", "--max-new-tokens", "4", "--json")
     assert code == 0
     assert json.loads(stdout)["verification"]["n_prompts"] == 2
 

@@ -118,6 +118,7 @@ def bench_latency(
     rank: int = 8,
     seed: int = 0,
     loaded: Any = None,
+    progress: Callable[[str], None] | None = None,
 ) -> LatencyReport:
     """Time each variant of ``model`` at batch size 1.
 
@@ -131,6 +132,7 @@ def bench_latency(
         rank: LoRA rank (adapters use the registry's default bottleneck).
         seed: seeds the input token ids.
         loaded: an already loaded base model (tests, notebooks); skips loading ``model``.
+        progress: called with each variant's name before it is timed.
 
     Returns:
         A :class:`LatencyReport`; methods not yet in the registry are listed in ``skipped``.
@@ -154,6 +156,8 @@ def bench_latency(
     report = LatencyReport(model, torch.get_num_threads(), runs, warmup, seq_len, new_tokens)
     ordered = ["base"] + [m for m in methods if m != "base"]
     for name in ordered:
+        if progress:
+            progress(name)
         try:
             variant = base if name == "base" else _variant(base, name, args)
         except LookupError as exc:
@@ -219,6 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from tunesmith.errors import ConfigError
 
@@ -233,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=max(0, args.warmup),
         seq_len=args.seq_len,
         new_tokens=args.new_tokens,
+        progress=lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True),
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

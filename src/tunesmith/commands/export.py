@@ -37,14 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tunesmith.export import export
 
-    def work(prompts):
+    def work(probe):
         return export(
             args.source,
             args.format,
             args.out,
             dtype=args.dtype,
             gguf_type=args.gguf_type,
-            prompts=prompts,
+            probe=probe,
         )
 
     return run_verified(args, work, f"exported as {args.format}")

@@ -30,18 +30,25 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_help: str, dtype_h
         help="verify on these prompts (a data file, e.g. the run's eval split) instead of built-in ones",
     )
     parser.add_argument("--max-prompts", type=int, default=8, help="with --prompts: how many")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=16, help="greedy tokens generated per prompt"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
 def run_verified(args: argparse.Namespace, work: Callable[..., Any], what: str) -> int:
-    """Call ``work(prompts=...)``; print its result (or the failed verification) and exit code."""
+    """Call ``work(probe=...)``; print its result (or the failed verification) and exit code."""
+    from tunesmith.errors import ConfigError
     from tunesmith.export import VerificationFailed
     from tunesmith.export.table import print_result
-    from tunesmith.export.verify import prompts_from_file
+    from tunesmith.export.verify import DEFAULT_PROMPTS, Probe, prompts_from_file
 
-    prompts = prompts_from_file(args.prompts, args.max_prompts) if args.prompts else None
+    for key in ("max_prompts", "max_new_tokens"):
+        if getattr(args, key) < 1:
+            raise ConfigError(key.replace("_", "-"), getattr(args, key), "an integer >= 1")
+    prompts = prompts_from_file(args.prompts, args.max_prompts) if args.prompts else DEFAULT_PROMPTS
     try:
-        result = work(prompts=prompts)
+        result = work(probe=Probe(prompts, args.max_new_tokens))
     except VerificationFailed as exc:
         print_result(
             {"verification": exc.report.to_dict()}, exc.report, f"{what} failed", args.json
@@ -68,6 +75,6 @@ def run(args: argparse.Namespace) -> int:
 
     return run_verified(
         args,
-        lambda prompts: merge(args.source, args.out, dtype=args.dtype, prompts=prompts),
+        lambda probe: merge(args.source, args.out, dtype=args.dtype, probe=probe),
         "merged",
     )

@@ -8,7 +8,6 @@ renamed into place; a failed check leaves nothing at ``out`` and raises ``WorkFa
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from tunesmith.export.loading import attach_adapter, base_config, load_base, loa
 from tunesmith.export.merge import MergeResult, check_output_path, merge, reference_for
 from tunesmith.export.source import AdapterSource, require_mergeable, resolve_source, sha256_files
 from tunesmith.export.verify import (
-    Prompt,
+    Probe,
     VerificationFailed,
     VerifyReport,
     compare,
@@ -64,12 +63,12 @@ def export_peft(
     out: Path,
     *,
     verify: bool = True,
-    prompts: Sequence[Prompt] | None = None,
+    probe: Probe | None = None,
 ) -> ExportResult:
     """Copy the adapter (plus the tokenizer if it is not there) and reload it with stock peft."""
     import torch
 
-    ref = reference_for(source, prompts) if verify else None
+    ref = reference_for(source, probe) if verify else None
     report = None
     with atomic_dir(out) as tmp:
         _copy_adapter(source, tmp)
@@ -100,7 +99,7 @@ def export_gguf(
     *,
     gguf_type: str = "f16",
     verify: bool = True,
-    prompts: Sequence[Prompt] | None = None,
+    probe: Probe | None = None,
 ) -> ExportResult:
     """Merge in fp32, write one GGUF, reload it with transformers' GGUF reader."""
     import torch
@@ -111,7 +110,7 @@ def export_gguf(
         raise UserInputError(f"GGUF output must be a file ending in .gguf, got {out}")
     require_mergeable(source)
     check_architecture(base_config(source.base_model))  # fail before any model is loaded
-    ref = reference_for(source, prompts) if verify else None
+    ref = reference_for(source, probe) if verify else None
     # Merging in fp32 rounds once, into the GGUF type, instead of twice.
     merged, tokenizer = load_merged(source, torch.float32)
     report = None
@@ -144,7 +143,7 @@ def export(
     dtype: str | None = None,
     gguf_type: str = "f16",
     verify: bool = True,
-    prompts: Sequence[Prompt] | None = None,
+    probe: Probe | None = None,
 ) -> ExportResult:
     """Export ``source`` (run or adapter directory) as ``fmt`` to ``out``, verified.
 
@@ -156,7 +155,7 @@ def export(
         dtype: safetensors only: ``auto`` (the base's dtype), ``bf16``, ``fp16``, ``fp32``.
         gguf_type: gguf only: ``f32``, ``f16``, ``bf16`` or ``q8_0``.
         verify: compare the reloaded output with the unmerged adapted model.
-        prompts: verification prompts (default: a few built-in chat prompts).
+        probe: verification prompts and generation length (default: :class:`Probe`).
 
     Raises:
         UserInputError: bad input, unsupported format/architecture, unmergeable method for a
@@ -167,16 +166,16 @@ def export(
         raise ConfigError("format", fmt, "one of " + ", ".join(FORMATS))
     src = source if isinstance(source, AdapterSource) else resolve_source(source)
     if fmt == "safetensors":
-        result: MergeResult = merge(src, out, dtype=dtype, verify=verify, prompts=prompts)
+        result: MergeResult = merge(src, out, dtype=dtype, verify=verify, probe=probe)
         detail = {
             k: v for k, v in result.to_dict().items() if k not in ("out", "method", "verification")
         }
         return ExportResult("safetensors", result.out, src.method, result.verification, detail)
     out_path = Path(out).expanduser()
     if fmt == "peft":
-        return export_peft(src, check_output_path(out_path, src), verify=verify, prompts=prompts)
+        return export_peft(src, check_output_path(out_path, src), verify=verify, probe=probe)
     if out_path.is_dir():
         raise UserInputError(
             f"GGUF output {out_path} is a directory; give a file name ending in .gguf"
         )
-    return export_gguf(src, out_path, gguf_type=gguf_type, verify=verify, prompts=prompts)
+    return export_gguf(src, out_path, gguf_type=gguf_type, verify=verify, probe=probe)

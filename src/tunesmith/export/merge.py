@@ -9,7 +9,6 @@ arXiv:2312.03732) fold as W' = W + s·B·A with s = alpha/r or alpha/sqrt(r); Do
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,7 @@ from tunesmith.export.source import (
     resolve_source,
 )
 from tunesmith.export.verify import (
-    DEFAULT_PROMPTS,
-    Prompt,
+    Probe,
     VerificationFailed,
     VerifyReport,
     capture_reference,
@@ -104,10 +102,10 @@ def save_checkpoint(model, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def reference_for(source: AdapterSource, prompts: Sequence[Prompt] | None = None):
+def reference_for(source: AdapterSource, probe: Probe | None = None):
     """Run the unmerged adapted model once and free it."""
     model, tokenizer = load_adapted(source)
-    ref = capture_reference(model, tokenizer, prompts or DEFAULT_PROMPTS)
+    ref = capture_reference(model, tokenizer, probe or Probe())
     del model
     return ref
 
@@ -134,7 +132,7 @@ def merge(
     *,
     dtype: str | None = None,
     verify: bool = True,
-    prompts: Sequence[Prompt] | None = None,
+    probe: Probe | None = None,
 ) -> MergeResult:
     """Fold the adapter of ``source`` into its base and write a verified HF checkpoint.
 
@@ -144,8 +142,9 @@ def merge(
         dtype: ``auto`` (default: the base checkpoint's dtype), ``bf16``, ``fp16`` or ``fp32``.
         verify: reload the output with stock transformers and compare it with the unmerged
             adapted model (on by default; the CLI always verifies).
-        prompts: verification prompts (default: :data:`~tunesmith.export.verify.DEFAULT_PROMPTS`;
-            see :func:`~tunesmith.export.verify.prompts_from_file` for held-out questions).
+        probe: verification prompts and generation length (default: a few built-in chat
+            prompts, 16 tokens; :func:`~tunesmith.export.verify.prompts_from_file` reads
+            held-out questions).
 
     Returns:
         A :class:`MergeResult` with the base/adapter identity and the verification report.
@@ -158,7 +157,7 @@ def merge(
     require_mergeable(src)
     out = check_output_path(out, src)
     out_dtype = resolve_out_dtype(dtype, src)
-    ref = reference_for(src, prompts) if verify else None
+    ref = reference_for(src, probe) if verify else None
     merged, tokenizer = load_merged(src, out_dtype)
     result = MergeResult(
         out=out,

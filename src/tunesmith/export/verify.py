@@ -18,7 +18,7 @@ Three measurements on a few chat prompts:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -35,6 +35,14 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "Which drug was prescribed most often in 2024?",
     "Write one short sentence about the sea.",
 )
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What verification runs: the prompts and how many tokens to generate greedily for each."""
+
+    prompts: tuple[Prompt, ...] = DEFAULT_PROMPTS
+    max_new_tokens: int = 16
 
 
 @dataclass(frozen=True)
@@ -199,9 +207,7 @@ def _logits(model, seq):
         return model(input_ids=seq).logits[0].float()  # (T, V)
 
 
-def capture_reference(
-    model, tokenizer, prompts: Sequence[Prompt] = DEFAULT_PROMPTS, max_new_tokens: int = 16
-) -> Reference:
+def capture_reference(model, tokenizer, probe: Probe = Probe()) -> Reference:
     """Run the adapted model once: greedy continuations and their teacher-forced logits."""
     import torch
 
@@ -210,16 +216,16 @@ def capture_reference(
         eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ref = Reference(
-        prompts=tuple(prompts),
+        prompts=tuple(probe.prompts),
         sequences=[],
         prompt_lens=[],
         logits=[],
         eos_token_id=eos,
         pad_token_id=pad,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=probe.max_new_tokens,
         chat_template=getattr(tokenizer, "chat_template", None),
     )
-    for prompt in prompts:
+    for prompt in probe.prompts:
         ids = encode_prompt(tokenizer, prompt)
         seq = _greedy(model, torch.tensor([ids]), ref)
         ref.prompt_ids.append(ids)
