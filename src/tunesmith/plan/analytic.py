@@ -262,8 +262,8 @@ def step_terms(
     )
     after_loss = math.ceil(logits_grad) + head_grad if head_grad else 0
     largest = max(shape.embed_params, shape.lm_head_params) if full else 0
-    if settings.optimizer == "sgd":
-        step_tmp = 0
+    if settings.optimizer != "adamw":
+        step_tmp = 0  # SGD keeps nothing; bitsandbytes' fused kernels update in place
     elif settings.foreach:
         # torch's foreach AdamW (_multi_tensor_adamw) materializes sqrt(exp_avg_sq) for all
         # parameters at once: one state-sized temporary.
