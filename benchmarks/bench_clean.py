@@ -118,7 +118,7 @@ def generate(path: Path, n: int, seed: int = 0) -> set[tuple[int, int]]:
     return {tuple(sorted(lines)) for lines in lines_of.values()}  # type: ignore[misc]
 
 
-def _run_clean(src: str, out: str, threshold: float) -> None:
+def _run_clean(src: str, out: str, threshold: float, workers: int) -> None:
     """Child process: clean, print the timings, the RSS peak and every near-dup decision."""
     from tunesmith.data.clean import clean
 
@@ -128,10 +128,16 @@ def _run_clean(src: str, out: str, threshold: float) -> None:
         if reason == "near_duplicates":
             pairs.append((int(source.rsplit(":", 1)[1]), int(detail["kept"].rsplit(":", 1)[1])))
 
-    start, cpu = time.perf_counter(), time.process_time()
-    result = clean([src], out, near_dup_threshold=threshold, on_drop=on_drop)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    def children_cpu() -> float:
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
+    start, cpu, cpu_children = time.perf_counter(), time.process_time(), children_cpu()
+    result = clean([src], out, near_dup_threshold=threshold, workers=workers, on_drop=on_drop)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu + children_cpu() - cpu_children  # workers included
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 if workers else 0
     r = result.report
     print(
         json.dumps(
@@ -139,6 +145,7 @@ def _run_clean(src: str, out: str, threshold: float) -> None:
                 "wall_s": wall,
                 "cpu_s": cpu,
                 "peak_rss_bytes": peak,
+                "worker_peak_rss_bytes": worker_peak,
                 "pairs": pairs,
                 "report": {
                     k: r[k]
@@ -163,11 +170,12 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100_000, help="records (default 100000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.8, help="near-dup Jaccard threshold")
+    parser.add_argument("--workers", type=int, default=0, help="clean's extra hashing processes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        _run_clean(*args._child, args.threshold)
+        _run_clean(*args._child, args.threshold, args.workers)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="bench_clean_") as tmp:
@@ -181,6 +189,8 @@ def main() -> int:
                 __file__,
                 "--threshold",
                 str(args.threshold),
+                "--workers",
+                str(args.workers),
                 "--_child",
                 str(src),
                 str(out),
@@ -208,6 +218,8 @@ def main() -> int:
         "cpu_s": round(run["cpu_s"], 1),
         "records_per_s": round(args.n / run["wall_s"]),
         "peak_rss_mib": round(run["peak_rss_bytes"] / 2**20),
+        "workers": args.workers,
+        "worker_peak_rss_mib": round(run["worker_peak_rss_bytes"] / 2**20),
         "kept": run["report"]["kept"],
     }
     if args.json:

@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="drop answers with more repeated 3-grams (default 0.5)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the eval split (default 0)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="extra processes for hashing; for large inputs (default 0)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         max_chars=args.max_chars,
         max_repeat_ratio=args.max_repeat_ratio,
         seed=args.seed,
+        workers=args.workers,
     )
     if args.json:
         json.dump(result.report, sys.stdout, ensure_ascii=False, indent=2)

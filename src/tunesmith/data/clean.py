@@ -32,16 +32,18 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from tunesmith.atomic import atomic_path, write_json
-from tunesmith.data.dedup import MinHasher, NearDupIndex, NgramHasher
-from tunesmith.data.filters import char_length, repeated_ngram_share, token_length
-from tunesmith.data.normalize import comparable, exact_key, normalize_conversation, text_of, words
+from tunesmith.data.dedup import NearDupIndex
+from tunesmith.data.normalize import comparable, text_of
+from tunesmith.data.options import CleanOptions
+from tunesmith.data.parallel import prepared_stream
+from tunesmith.data.prepare import Prepared, Preparer
 from tunesmith.data.readers import read_files
 from tunesmith.data.records import Conversation
-from tunesmith.data.validate import Invalid, OnError, Tally, check_conversation
+from tunesmith.data.validate import Invalid, Tally
 from tunesmith.errors import ConfigError, DataError
+
+__all__ = ["CleanOptions", "CleanResult", "CleanedData", "Cleaner", "clean", "clean_conversations"]
 
 Side = Literal["train", "eval"]
 DropHook = Callable[[str, str, dict[str, Any]], None]
@@ -55,67 +57,6 @@ DROP_REASONS = (
 )
 _EXCERPT = 160
 _TOP = 20
-
-
-@dataclass(frozen=True)
-class CleanOptions:
-    """Every knob of the cleaner, with its default; :func:`clean` takes them as keywords.
-
-    Attributes:
-        eval_share: Share of records routed to eval by a hash of their normalized text
-            (deterministic for a given ``seed``; exact duplicates land on the same side).
-        near_dup_threshold: Estimated Jaccard similarity of word-shingle sets at or above which
-            two records are near duplicates.
-        num_perm: MinHash permutations (signature length).
-        shingle: Words per shingle.
-        max_repeat_ratio: Drop records whose answer has a larger share of repeated
-            ``repeat_ngram``-word n-grams.
-        repeat_ngram: n of the repetition filter.
-        min_chars: Drop conversations with fewer characters (all turns).
-        max_chars: Drop conversations with more characters; None for no limit.
-        min_tokens: With a tokenizer: drop conversations with fewer tokens.
-        max_tokens: With a tokenizer: drop conversations with more tokens (e.g. the seq-len).
-        seed: Seed of the eval split.
-        on_error: ``skip`` bad records (reported) or ``fail`` at the first.
-        max_invalid_share: Fail anyway when more than this share of records is invalid.
-        examples_per_reason: Examples kept in the report for each drop reason.
-        answer_repeat_min: Report answers that occur at least this many times in train.
-    """
-
-    eval_share: float = 0.0
-    near_dup_threshold: float = 0.8
-    num_perm: int = 128
-    shingle: int = 3
-    max_repeat_ratio: float = 0.5
-    repeat_ngram: int = 3
-    min_chars: int = 1
-    max_chars: int | None = None
-    min_tokens: int | None = None
-    max_tokens: int | None = None
-    seed: int = 0
-    on_error: OnError = "skip"
-    max_invalid_share: float = 0.2
-    examples_per_reason: int = 3
-    answer_repeat_min: int = 3
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.eval_share < 1.0:
-            raise ConfigError("eval_share", self.eval_share, "a share in [0, 1)")
-        if not 0.0 <= self.max_repeat_ratio <= 1.0:
-            raise ConfigError("max_repeat_ratio", self.max_repeat_ratio, "a share in [0, 1]")
-        for name in ("min_chars", "max_chars", "min_tokens", "max_tokens", "repeat_ngram"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ConfigError(name, value, "a non-negative integer")
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> CleanOptions:
-        """Build from keywords; an unknown keyword is a :class:`ConfigError` naming the allowed ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key, value in kwargs.items():
-            if key not in names:
-                raise ConfigError(key, value, "one of " + ", ".join(sorted(names)))
-        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -154,8 +95,8 @@ class Cleaner:
         self.tokenizer = tokenizer
         self.on_drop = on_drop
         self.tally = Tally(opts.on_error, opts.max_invalid_share)
-        self.ngrams = NgramHasher()
-        self.hasher = MinHasher(opts.num_perm)
+        self.prepare = Preparer(opts, tokenizer)
+        self.hasher = self.prepare.hasher
         self.sides: dict[str, _SideState] = {
             side: _SideState(NearDupIndex(self.hasher, opts.near_dup_threshold))
             for side in ("train", "eval")
@@ -178,50 +119,24 @@ class Cleaner:
             side: ``"eval"`` for records from eval files, ``"train"`` to force train, None to
                 split by ``eval_share``.
         """
-        if isinstance(record, Invalid):
-            self.tally.bad(record)
+        return self.add_prepared(
+            record if isinstance(record, Invalid) else self.prepare(record), side
+        )
+
+    def add_prepared(self, item: Prepared | Invalid, side: Side | None = None) -> Kept | None:
+        """:meth:`add` for a record already through :class:`Preparer` (possibly elsewhere)."""
+        if isinstance(item, Invalid):
+            self.tally.bad(item)
             return None
-        conv = normalize_conversation(record)
-        if problem := check_conversation(conv):
-            self.tally.bad(_invalid_at(conv.source, *problem))
+        conv = item.conv
+        if item.problem:
+            self.tally.bad(_invalid_at(conv.source, *item.problem))
             return None
         self.tally.good()
-        if reason := self._length_filter(conv):
-            self._drop(reason, conv)
+        if item.drop:
+            self._drop(item.drop, conv)
             return None
-        # Each turn's words are hashed once, for the repetition filter and for the shingles.
-        ids = [self.ngrams.ids(words(t.content)) for t in conv.turns]
-        n = self.options.repeat_ngram
-        answers = [i for i, t in zip(ids, conv.turns, strict=True) if t.role == "assistant"]
-        if (
-            max(repeated_ngram_share(self.ngrams.ngrams(i, n)) for i in answers)
-            > self.options.max_repeat_ratio
-        ):
-            self._drop("repetitive", conv)
-            return None
-        digest = exact_key(conv)
-        side = side or self._split(digest)
-        # System turns are left out of the shingles: one system prompt shared by every record
-        # would make records with nothing else in common look alike (they still count for
-        # exact duplicates).
-        body = [i for i, t in zip(ids, conv.turns, strict=True) if t.role != "system"]
-        shingles = np.unique(self.ngrams.ngrams(np.concatenate(body), self.options.shingle))
-        return self._dedup(conv, digest, shingles, side)
-
-    def _length_filter(self, conv: Conversation) -> str | None:
-        o = self.options
-        n = char_length(conv)
-        if n < o.min_chars:
-            return "too_short"
-        if o.max_chars is not None and n > o.max_chars:
-            return "too_long"
-        if self.tokenizer is not None and (o.min_tokens is not None or o.max_tokens is not None):
-            n_tok = token_length(conv, self.tokenizer)
-            if o.min_tokens is not None and n_tok < o.min_tokens:
-                return "too_short"
-            if o.max_tokens is not None and n_tok > o.max_tokens:
-                return "too_long"
-        return None
+        return self._dedup(conv, item, side or self._split(item.digest))
 
     def _split(self, digest: bytes) -> Side:
         if self.options.eval_share <= 0:
@@ -229,18 +144,15 @@ class Cleaner:
         h = hashlib.blake2b(digest, digest_size=8, key=str(self.options.seed).encode()).digest()
         return "eval" if int.from_bytes(h, "little") / 2**64 < self.options.eval_share else "train"
 
-    def _dedup(
-        self, conv: Conversation, digest: bytes, shingles: np.ndarray, side: Side
-    ) -> Kept | None:
+    def _dedup(self, conv: Conversation, item: Prepared, side: Side) -> Kept | None:
+        digest, shingles = item.digest, item.shingles
         own = self.sides[side]
         other = self.sides["eval" if side == "train" else "train"]
         if (key := own.exact.get(digest)) is not None:
             self._cluster("exact", side, key, conv.source, 1.0)
             self._drop("exact_duplicates", conv, kept=own.sources[key])
             return None
-        if not len(shingles):  # a record of punctuation only: one empty-text shingle
-            shingles = np.zeros(1, np.uint32)
-        sketch = self.hasher.sketch(shingles)
+        sketch = self.hasher.lean(item.signature)
         if match := own.index.query(sketch, shingles):
             key, sim = match
             self._cluster("near", side, key, conv.source, sim)
@@ -416,8 +328,8 @@ def clean_conversations(
     """
     cleaner = Cleaner(_options(eval is not None, options), tokenizer)
     kept_train, kept_eval = [], []
-    for record, side in _stream(train, eval):
-        if kept := cleaner.add(record, side):
+    for item, side in prepared_stream(_stream(train, eval), cleaner.prepare):
+        if kept := cleaner.add_prepared(item, side):
             (kept_train if kept.side == "train" else kept_eval).append(kept)
     report = cleaner.finish()
     return CleanedData(
@@ -484,8 +396,8 @@ def clean(
         open(tmp_train, "w", encoding="utf-8") as train_fh,
         tempfile.TemporaryFile("w+", encoding="utf-8", dir=out.parent) as spool,
     ):
-        for record, side in records:
-            if kept := cleaner.add(record, side):
+        for item, side in prepared_stream(records, cleaner.prepare):
+            if kept := cleaner.add_prepared(item, side):
                 line = json.dumps(kept.conv.to_json(), ensure_ascii=False)
                 if kept.side == "train":
                     train_fh.write(line + "\n")

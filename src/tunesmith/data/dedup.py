@@ -154,10 +154,13 @@ class MinHasher:
             start = stop
         return out
 
+    def signature(self, shingles: np.ndarray) -> np.ndarray:
+        """The signature of one shingle-hash set, ``(num_perm,)`` (the per-record fast path)."""
+        return (self._a * _fmix32(shingles)[None, :] + self._b).min(axis=1)  # (P, S) -> (P,)
+
     def sketch(self, shingles: np.ndarray) -> LeanMinHash:
-        """The datasketch sketch of one shingle-hash set (the per-record fast path)."""
-        permuted = self._a * _fmix32(shingles)[None, :] + self._b  # (P, S)
-        return self.lean(permuted.min(axis=1))
+        """The datasketch sketch of one shingle-hash set."""
+        return self.lean(self.signature(shingles))
 
     def lean(self, signature: np.ndarray) -> LeanMinHash:
         """Wrap a signature row as a datasketch sketch (for :class:`MinHashLSH` and ``jaccard``)."""
