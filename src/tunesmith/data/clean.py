@@ -1,9 +1,11 @@
 """Cleaning: normalize, filter, deduplicate (exact + near), split train/eval without leaks, report.
 
-One record at a time, in this order; a record is counted under the first reason that drops it:
+One record at a time, in this order; a record is counted under the first reason that drops it.
+Steps 1-4 need no other record (:class:`~tunesmith.data.prepare.Preparer`, which may run in
+worker processes); steps 5-8 are the decisions of :class:`Cleaner`, in one process.
 
-1. validation (:mod:`tunesmith.data.validate`): ``invalid``
-2. Unicode/whitespace normalization (:mod:`tunesmith.data.normalize`)
+1. Unicode/whitespace normalization (:mod:`tunesmith.data.normalize`)
+2. validation (:mod:`tunesmith.data.validate`): ``invalid``
 3. length: ``too_short`` / ``too_long`` (characters, or tokens when a tokenizer is given)
 4. repetition: ``repetitive`` (an answer that loops on an n-gram)
 5. train/eval side: given eval files, or a deterministic hash split by ``eval_share``
@@ -14,8 +16,8 @@ One record at a time, in this order; a record is counted under the first reason 
 
 Memory stays flat in the number of records apart from the LSH index, a 16-byte hash, the
 shingle hashes (4 bytes per distinct shingle) and the source string of each kept record.
-:func:`clean`
-streams files to files; :func:`clean_conversations` is the in-process form ``train`` uses.
+:func:`clean` streams files to files; :func:`clean_conversations` is the in-process form
+``train`` uses.
 """
 
 from __future__ import annotations
