@@ -162,3 +162,14 @@ def test_chunked_loss_and_trained_positions_shrink_logits():
     assert full.logits == 12 * 4 * 2048 * shape.vocab  # 4 retained + 8 in the loss backward
     assert half.logits == full.logits // 2
     assert chunk.logits == full.logits // 8
+
+
+def test_qlora_kbit_upcast_makes_checkpoints_fp32():
+    shape = model_shape(bundled_config("qwen2.5-0.5b"))
+    kw = dict(batch_size=2, seq_len=1024, gradient_checkpointing=True)
+    qlora = step_terms(shape, StepSettings("qlora", **kw), 1, 1).detail["saved_activations"]
+    lora = step_terms(shape, StepSettings("lora", **kw), 1, 1).detail["saved_activations"]
+    plain = step_terms(shape, StepSettings("qlora", kbit_upcast=False, **kw), 1, 1)
+    outside = 2 * 1024 * (4 + 2) * shape.hidden  # final norm input + embedding output
+    assert qlora - outside == 2 * (lora - outside)  # fp32 instead of bf16 block inputs
+    assert plain.detail["saved_activations"] == lora

@@ -150,21 +150,45 @@ def optimizer_bytes(n_params: int, n_tensors: int, dtype_bytes: int, optimizer: 
     raise ConfigError("optimizer", optimizer, ", ".join(OPTIMIZERS))
 
 
+def fp32_residual(settings: StepSettings) -> bool:
+    """Whether the residual stream runs in fp32: QLoRA after peft's k-bit preparation.
+
+    prepare_model_for_kbit_training upcasts the embedding and the norms to fp32, so the
+    embedding output, every residual sum and every norm output are fp32 from then on, while the
+    4-bit linears compute in the bf16 compute dtype (bitsandbytes casts their input).
+    """
+    return settings.method == "qlora" and settings.kbit_upcast and _p(settings) != 4
+
+
 def _lora_saved_inputs(shape: ModelShape, settings: StepSettings) -> int:
-    """Bytes per token that LoRA branches save: each target keeps its own fp32 input copy."""
+    """Bytes per token that LoRA branches save for their weight gradients."""
     widths = {
         "q_proj": shape.hidden, "k_proj": shape.hidden, "v_proj": shape.hidden,
         "o_proj": shape.heads * shape.head_dim, "gate_proj": shape.hidden,
         "up_proj": shape.hidden, "down_proj": shape.intermediate,
     }  # fmt: skip
+    # Targets reading the same tensor: q/k/v read the attention norm's output, gate/up the
+    # MLP norm's output.
+    source = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "gate_proj": "mlp",
+              "up_proj": "mlp"}  # fmt: skip
+    shared: set[str] = set()
     total = 0
     for name in settings.targets:
         d_in = widths.get(name, shape.hidden)
-        # peft lora.Linear.forward casts x to the fp32 adapter dtype (_cast_input_dtype) and
-        # lora_A saves that copy for its weight gradient; with dropout>0 it saves the dropout
-        # output plus its mask (bool on CUDA: torch native_dropout) instead.
-        total += 4 * d_in + (d_in if settings.dropout > 0 else 0)
         total += 4 * settings.rank  # lora_A's output, saved for lora_B's gradient
+        if settings.dropout > 0:
+            # peft applies a separate nn.Dropout per target: its output (fp32 after the cast
+            # below) and its mask (bool on CUDA: torch native_dropout) are saved per target.
+            total += 4 * d_in + d_in
+            continue
+        # peft lora.Linear.forward casts x to the fp32 adapter dtype (_cast_input_dtype) and
+        # lora_A saves that copy: one copy per target, unless x already is fp32 (QLoRA's fp32
+        # residual stream), in which case targets reading the same tensor share it.
+        key = source.get(name, name)
+        if fp32_residual(settings) and key in shared:
+            continue
+        shared.add(key)
+        total += 4 * d_in
     return total
 
 
@@ -245,7 +269,8 @@ def step_terms(
     if settings.gradient_checkpointing:
         # Non-reentrant checkpointing (torch.utils.checkpoint) saves each block's input; the
         # backward recomputes one block at a time (Chen et al. 2016, arXiv:1604.06174).
-        saved = shape.layers * tokens * p * shape.hidden
+        residual = 4 if fp32_residual(settings) else p
+        saved = shape.layers * tokens * residual * shape.hidden
         recompute = layer
     else:
         saved, recompute = shape.layers * layer, 0
