@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from tunesmith.methods.base import MethodArgs  # noqa: E402
 from tunesmith.plan.analytic import StepSettings, step_terms  # noqa: E402
 from tunesmith.plan.configs import bundled_config  # noqa: E402
+from tunesmith.plan.livebytes import profiled_cpu_peak  # noqa: E402
 from tunesmith.plan.shapes import model_shape  # noqa: E402
 from tunesmith.plan.trace import build_model, run_step, traced_estimate  # noqa: E402
 from tunesmith.plan.trainable import count_tensors, count_trainable  # noqa: E402
@@ -103,18 +104,6 @@ def cuda_grid(quick: bool) -> list[dict]:
     return rows
 
 
-def _profiled_peak(model, b, s, gc_on, vocab) -> int:
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import MemoryProfileTimeline
-
-    with profile(
-        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
-    ) as prof:
-        run_step(model, batch_size=b, seq_len=s, gradient_checkpointing=gc_on, vocab=vocab)
-    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
-    return max(sum(r) for r in sizes)
-
-
 def cpu_grid(quick: bool) -> list[dict]:
     from transformers import LlamaConfig
 
@@ -133,7 +122,11 @@ def cpu_grid(quick: bool) -> list[dict]:
         ).total_peak_bytes  # fmt: skip
         torch.manual_seed(0)
         model = build_model(cfg, method, args, precision="fp32", attn="sdpa")
-        measured = _profiled_peak(model, b, s, gc_on, cfg.vocab_size)
+        measured = profiled_cpu_peak(
+            lambda m=model, b=b, s=s, g=gc_on: run_step(
+                m, batch_size=b, seq_len=s, gradient_checkpointing=g, vocab=cfg.vocab_size
+            )
+        )
         analytic = predicted(
             cfg, method, b, s, gc_on, device="cpu", foreach=False, precision="fp32"
         ).allocated

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tunesmith.methods.base import MethodArgs
-from tunesmith.plan.livebytes import LiveBytes, storage_bytes
+from tunesmith.plan.livebytes import LiveBytes, profiled_cpu_peak, storage_bytes
 from tunesmith.plan.trace import build_model, run_step, traced_estimate
 
 
@@ -21,21 +21,6 @@ def _cfg():
         vocab_size=2000, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
     )  # fmt: skip
-
-
-def _measured_peak(model, b, s, gc) -> int:
-    """Peak live CPU bytes of two real training steps, from the profiler's memory timeline."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import MemoryProfileTimeline
-
-    with profile(
-        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
-    ) as prof:
-        run_step(model, batch_size=b, seq_len=s, gradient_checkpointing=gc, vocab=2000)
-    times, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(
-        torch.device("cpu")
-    )
-    return max(sum(row) for row in sizes)
 
 
 @pytest.mark.parametrize(
@@ -51,7 +36,9 @@ def test_traced_matches_measured_on_a_real_cpu_step(method, gc):
     )  # fmt: skip
     torch.manual_seed(0)
     real = build_model(cfg, method, args, precision="fp32", attn="sdpa")
-    measured = _measured_peak(real, b, s, gc)
+    measured = profiled_cpu_peak(
+        lambda: run_step(real, batch_size=b, seq_len=s, gradient_checkpointing=gc, vocab=2000)
+    )
     # The profiler also sees allocator-level temporaries of CPU kernels that never surface
     # as tensors, so measured may exceed traced a little; traced never overshoots much.
     assert traced.total_peak_bytes == pytest.approx(measured, rel=0.10)

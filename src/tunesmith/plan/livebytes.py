@@ -76,3 +76,22 @@ class LiveBytes(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self._charge(t)
         return out
+
+
+def profiled_cpu_peak(fn) -> int:
+    """Peak live CPU bytes while ``fn()`` runs, measured by PyTorch's own profiler.
+
+    Independent of :class:`LiveBytes`: the profiler records every CPU allocator event
+    (``profile_memory=True``) and its memory timeline sums the live bytes of every category
+    (parameters, gradients, activations, optimizer state, temporaries) over time. Used to
+    validate the tracer on real CPU steps.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
+        fn()
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
+    return max(sum(row) for row in sizes)
