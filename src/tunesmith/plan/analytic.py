@@ -183,9 +183,11 @@ def _lora_saved_inputs(shape: ModelShape, settings: StepSettings) -> int:
             continue
         # peft lora.Linear.forward casts x to the fp32 adapter dtype (_cast_input_dtype) and
         # lora_A saves that copy: one copy per target, unless x already is fp32 (QLoRA's fp32
-        # residual stream), in which case targets reading the same tensor share it.
+        # residual stream, or an fp32 model), in which case targets reading the same tensor
+        # share it.
         key = source.get(name, name)
-        if fp32_residual(settings) and key in shared:
+        already_fp32 = fp32_residual(settings) or _p(settings) == 4
+        if already_fp32 and key in shared:
             continue
         shared.add(key)
         total += 4 * d_in
