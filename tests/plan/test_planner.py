@@ -127,3 +127,10 @@ def test_traced_plan_is_close_to_the_analytic_one():
     traced = plan("smollm2-135m", "lora", traced=True, **kw)
     assert sum(traced.breakdown.values()) == traced.total_bytes
     assert traced.total_bytes == pytest.approx(analytic.total_bytes, rel=0.10)
+
+
+def test_prefix_methods_are_never_told_to_checkpoint():
+    p = plan("llama-2-7b", "prefix", gpu="24GB", batch_size=8, seq_len=2048)
+    assert p.settings.gradient_checkpointing is False
+    assert p.recommendation["gradient_checkpointing"] is False
+    assert p.recommendation["method"] == "prefix"

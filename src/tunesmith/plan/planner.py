@@ -17,7 +17,7 @@ from tunesmith.methods.base import MethodArgs
 from tunesmith.plan.analytic import OPTIMIZERS, StepSettings, Terms, step_terms
 from tunesmith.plan.configs import load_model_config
 from tunesmith.plan.gpus import device_budget_bytes, is_cpu
-from tunesmith.plan.recommend import HEADROOM, best_fit, describe_changes
+from tunesmith.plan.recommend import HEADROOM, best_fit, checkpointing_choices, describe_changes
 from tunesmith.plan.shapes import ModelShape, model_shape
 from tunesmith.plan.trainable import METHODS, count_tensors, count_trainable
 
@@ -184,7 +184,11 @@ def plan_config(
     _check(base, grad_accum)
     evaluate = _Evaluator(cfg, shape, args, traced)
     terms = evaluate(base)
-    if gradient_checkpointing is None and terms.total > HEADROOM * budget:
+    if (
+        gradient_checkpointing is None
+        and terms.total > HEADROOM * budget
+        and True in checkpointing_choices(method)
+    ):
         # "auto": checkpoint only when the run would not fit comfortably without it.
         base = replace(base, gradient_checkpointing=True)
         terms = evaluate(base)

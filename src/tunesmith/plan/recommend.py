@@ -45,6 +45,15 @@ def _methods(method: str) -> list[tuple[str, float]]:
     return [(method, 1.0)]
 
 
+def checkpointing_choices(method: str) -> tuple[bool, ...]:
+    """Checkpointing choices: none for methods that refuse it (prefix-style, see MethodSpec)."""
+    from tunesmith.methods.base import get_method, method_names
+
+    if method in method_names() and not get_method(method).gradient_checkpointing:
+        return (False,)
+    return (False, True)
+
+
 def _optimizers(optimizer: str) -> list[tuple[str, float]]:
     if optimizer in ("adamw", "paged_adamw"):
         return [(optimizer, 1.0), ("adamw8bit", 1.02)]
@@ -67,7 +76,7 @@ def candidates(
     effective = base.batch_size * grad_accum
     for method, m_cost in _methods(base.method):
         for optimizer, o_cost in _optimizers(base.optimizer):
-            for gc in (False, True):
+            for gc in checkpointing_choices(method):
                 for micro, halved in _halvings(base.batch_size, 1):
                     for seq, shortened in _halvings(base.seq_len, min(MIN_SEQ, base.seq_len)):
                         settings = replace(
