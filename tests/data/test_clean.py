@@ -330,3 +330,25 @@ def test_shared_system_prompt_does_not_make_records_near():
     )
     res = clean_conversations([a, b])
     assert res.report["near_duplicates"] == 0 and res.report["kept"] == 2
+
+
+def test_on_drop_hook_sees_every_drop(tmp_path):
+    train = _distinct(6)
+    rows = [c.to_json() for c in train] + [train[0].to_json(), _conv("q", "a").to_json()]
+    src = _write(tmp_path / "t.jsonl", rows)
+    ev = _write(tmp_path / "e.jsonl", [train[1].to_json()])
+    seen = []
+    res = clean(
+        [src],
+        tmp_path / "o.jsonl",
+        eval_inputs=[ev],
+        min_chars=5,
+        on_drop=lambda *a: seen.append(a),
+    )
+    # Eval is read first; train line 2 then reveals the leak of eval line 1.
+    assert seen == [
+        ("eval_leaks", f"{ev}:1", {"kept": f"{src}:2"}),
+        ("exact_duplicates", f"{src}:7", {"kept": f"{src}:1"}),
+        ("too_short", f"{src}:8", {}),
+    ]
+    assert res.report["eval_leaks"] == 1 and res.report["eval_kept"] == 0

@@ -66,3 +66,63 @@ def test_clean_bad_input_exits_2(tmp_path, capsys):
         == 2
     )
     assert "eval_share" in capsys.readouterr().err
+
+
+def test_clean_token_limits(tmp_path, capsys):
+    from tests.tiny import make_tokenizer
+
+    tok_dir = tmp_path / "tok"
+    make_tokenizer().save_pretrained(tok_dir)
+    src = _raw(tmp_path)
+    out = str(tmp_path / "o.jsonl")
+    assert (
+        main(
+            [
+                "clean",
+                str(src),
+                "-o",
+                out,
+                "--tokenizer",
+                str(tok_dir),
+                "--max-tokens",
+                "5",
+                "--json",
+            ]
+        )
+        == 2
+    )
+    assert "no training records left after cleaning (too_long 21)" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "clean",
+                str(src),
+                "-o",
+                out,
+                "--tokenizer",
+                str(tok_dir),
+                "--max-tokens",
+                "500",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["too_long"] == 0
+    assert main(["clean", str(src), "-o", out, "--max-tokens", "5"]) == 2
+    assert "--max-tokens need --tokenizer" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "clean",
+                str(src),
+                "-o",
+                out,
+                "--tokenizer",
+                str(tmp_path / "nope"),
+                "--max-tokens",
+                "5",
+            ]
+        )
+        == 2
+    )

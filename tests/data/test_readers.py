@@ -187,3 +187,10 @@ def test_json_file_with_bare_objects(tmp_path):
     got = list(read_file(path))
     assert [c.turns for c in got] == [ALPACA_TURNS, ALPACA_TURNS]
     assert got[1].source == f"{path}:{json.dumps(ALPACA, indent=1).count(chr(10)) + 2}"
+
+
+def test_csv_field_over_128k(tmp_path):
+    long = "word " * 60_000  # 300 kB, over the csv module's default field limit
+    path = write_csv(tmp_path / "d.csv", [{"instruction": "q", "output": long}])
+    (conv,) = list(read_file(path))
+    assert conv.answer == long

@@ -61,6 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="drop answers with more repeated 3-grams (default 0.5)",
     )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="NAME_OR_DIR",
+        help="count tokens with this tokenizer (hub id or local dir) for --min/--max-tokens",
+    )
+    parser.add_argument("--min-tokens", type=int, default=None, help="drop shorter conversations")
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="drop longer conversations (e.g. the seq-len)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the eval split (default 0)")
     parser.add_argument(
         "--workers",
@@ -94,8 +104,25 @@ def _summary(report: dict) -> None:
         print(f"over-represented answer ({entry['count']}x): {entry['answer']}")
 
 
+def _tokenizer(name: str | None):
+    if name is None:
+        return None
+    from transformers import AutoTokenizer
+
+    from tunesmith.errors import UserInputError
+
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot load tokenizer {name!r}: {exc}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     from tunesmith.data.clean import clean
+    from tunesmith.errors import UserInputError
+
+    if (args.min_tokens is not None or args.max_tokens is not None) and not args.tokenizer:
+        raise UserInputError("--min-tokens/--max-tokens need --tokenizer")
 
     result = clean(
         args.inputs,
@@ -103,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         eval_inputs=args.eval_data,
         format=args.format,
         report_path=args.report,
+        tokenizer=_tokenizer(args.tokenizer),
+        min_tokens=args.min_tokens,
+        max_tokens=args.max_tokens,
         eval_share=args.eval_share,
         near_dup_threshold=args.near_dup_threshold,
         on_error=args.on_error,

@@ -32,6 +32,7 @@ _EXTENSIONS = {
 # Columns whose CSV/Parquet cells may hold JSON text (a flat table cannot nest lists).
 _JSON_COLUMNS = ("messages", "conversations", "meta")
 _CHUNK = 1 << 20
+_MAX_CSV_FIELD = 1 << 28
 
 
 def container_of(path: Path) -> str:
@@ -175,6 +176,9 @@ def decode_cells(file: str, row_no: int, row: dict[str, Any]) -> dict[str, Any] 
 def _iter_csv(path: Path) -> Iterator[RawRecord]:
     file = str(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    # The csv module refuses fields over 128 KiB by default; long answers and JSON message
+    # cells can be larger. (The limit is process-wide; raising it only admits more.)
+    csv.field_size_limit(max(csv.field_size_limit(), _MAX_CSV_FIELD))
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is reported
     # (by the text checks) instead of aborting the whole file.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
