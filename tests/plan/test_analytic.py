@@ -170,6 +170,16 @@ def test_qlora_kbit_upcast_makes_checkpoints_fp32():
     qlora = step_terms(shape, StepSettings("qlora", **kw), 1, 1).detail["saved_activations"]
     lora = step_terms(shape, StepSettings("lora", **kw), 1, 1).detail["saved_activations"]
     plain = step_terms(shape, StepSettings("qlora", kbit_upcast=False, **kw), 1, 1)
-    outside = 2 * 1024 * (4 + 2) * shape.hidden  # final norm input + embedding output
-    assert qlora - outside == 2 * (lora - outside)  # fp32 instead of bf16 block inputs
+    # final norm input (fp32) + embedding output (fp32 after the upcast, else bf16)
+    outside_q, outside_l = (2 * 1024 * (4 + e) * shape.hidden for e in (4, 2))
+    assert qlora - outside_q == 2 * (lora - outside_l)  # fp32 instead of bf16 block inputs
     assert plain.detail["saved_activations"] == lora
+
+
+def test_qlora_without_autocast_keeps_fp32_activations():
+    shape = model_shape(bundled_config("llama-2-7b"))
+    kw = dict(batch_size=1, seq_len=1024, targets=("q_proj", "v_proj"), dropout=0.0)
+    qlora = step_terms(shape, StepSettings("qlora", **kw), 1, 1)
+    lora = step_terms(shape, StepSettings("lora", **kw), 1, 1)
+    # The block's bf16 tensors (attention q/k/v/out, MLP) double; norms were fp32 already.
+    assert 1.5 < qlora.detail["layer_activation"] / lora.detail["layer_activation"] < 2

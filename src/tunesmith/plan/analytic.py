@@ -151,13 +151,20 @@ def optimizer_bytes(n_params: int, n_tensors: int, dtype_bytes: int, optimizer: 
 
 
 def fp32_residual(settings: StepSettings) -> bool:
-    """Whether the residual stream runs in fp32: QLoRA after peft's k-bit preparation.
+    """Whether activations run in fp32 although weights are 16/4-bit: QLoRA after k-bit prep.
 
-    prepare_model_for_kbit_training upcasts the embedding and the norms to fp32, so the
-    embedding output, every residual sum and every norm output are fp32 from then on, while the
-    4-bit linears compute in the bf16 compute dtype (bitsandbytes casts their input).
+    peft's prepare_model_for_kbit_training upcasts the embedding, the norms and lm_head to
+    fp32, so the embedding output, every residual sum and every norm output are fp32; a
+    bitsandbytes Linear4bit computes in bf16 but casts its output back to its input's dtype
+    (bitsandbytes/nn/modules.py, ``.to(inp_dtype)``), so q/k/v, the MLP and the logits are
+    fp32 too. Without autocast, a QLoRA step therefore keeps fp32 activations.
     """
     return settings.method == "qlora" and settings.kbit_upcast and _p(settings) != 4
+
+
+def activation_bytes_per_element(settings: StepSettings) -> int:
+    """Bytes per activation element: the compute dtype, or 4 under :func:`fp32_residual`."""
+    return 4 if fp32_residual(settings) else _p(settings)
 
 
 def _lora_saved_inputs(shape: ModelShape, settings: StepSettings) -> int:
@@ -186,8 +193,7 @@ def _lora_saved_inputs(shape: ModelShape, settings: StepSettings) -> int:
         # residual stream, or an fp32 model), in which case targets reading the same tensor
         # share it.
         key = source.get(name, name)
-        already_fp32 = fp32_residual(settings) or _p(settings) == 4
-        if already_fp32 and key in shared:
+        if activation_bytes_per_element(settings) == 4 and key in shared:
             continue
         shared.add(key)
         total += 4 * d_in
@@ -202,7 +208,7 @@ def layer_activation_bytes(shape: ModelShape, settings: StepSettings) -> int:
     tensors autograd saves depends on what needs a gradient (a frozen weight's input is not
     saved), so LoRA and full fine-tuning differ.
     """
-    p = _p(settings)
+    p = activation_bytes_per_element(settings)
     h, inter = shape.hidden, shape.intermediate
     q_width, kv_width = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     full = settings.method in ("full", "freeze")
@@ -246,7 +252,7 @@ def logits_bytes(shape: ModelShape, settings: StepSettings) -> tuple[int, int]:
     positions = settings.batch_size * settings.seq_len * settings.logits_fraction
     if settings.loss_chunk:
         positions = min(positions, settings.loss_chunk)
-    p = _p(settings)
+    p = activation_bytes_per_element(settings)
     retained = 4 * shape.vocab * positions
     forward = retained + shape.vocab * positions * (p + (4 if p != 4 else 0))
     backward = retained + 2 * 4 * shape.vocab * positions
@@ -268,16 +274,16 @@ def step_terms(
     grads_all = n_trainable * tb
     opt = optimizer_bytes(n_trainable, n_tensors, tb, settings.optimizer)
     layer = layer_activation_bytes(shape, settings)
+    act = activation_bytes_per_element(settings)
     if settings.gradient_checkpointing:
         # Non-reentrant checkpointing (torch.utils.checkpoint) saves each block's input; the
         # backward recomputes one block at a time (Chen et al. 2016, arXiv:1604.06174).
-        residual = 4 if fp32_residual(settings) else p
-        saved = shape.layers * tokens * residual * shape.hidden
+        saved = shape.layers * tokens * act * shape.hidden
         recompute = layer
     else:
         saved, recompute = shape.layers * layer, 0
     # The final norm's fp32 input and the embedding output live outside the blocks.
-    saved += tokens * (4 + p) * shape.hidden
+    saved += tokens * (4 + act) * shape.hidden
     logits_peak, _ = logits_bytes(shape, settings)
     # Gradient w.r.t. lm_head's weight (full FT) appears once the loss's fp32 buffers are
     # freed, beside the compute-dtype gradient of the logits.
@@ -285,7 +291,7 @@ def step_terms(
         (shape.lm_head_params or shape.embed_params) * tb if settings.method == "full" else 0
     )
     logits_grad = (
-        settings.batch_size * settings.seq_len * settings.logits_fraction * shape.vocab * p
+        settings.batch_size * settings.seq_len * settings.logits_fraction * shape.vocab * act
     )
     after_loss = math.ceil(logits_grad) + head_grad if head_grad else 0
     largest = max(shape.embed_params, shape.lm_head_params) if full else 0
@@ -309,7 +315,7 @@ def step_terms(
         activations, logits, gradients = 0, 0, at_step
     # Evaluation (no_grad): weights + optimizer state + one micro-batch's logits in fp32.
     eval_b = settings.eval_batch_size or settings.batch_size
-    eval_peak = eval_b * settings.seq_len * shape.vocab * (p + 4)
+    eval_peak = eval_b * settings.seq_len * shape.vocab * (act + 4)
     # Saving: safetensors copies each tensor to host; the device transient is one contiguous
     # copy of the largest tensor at most (the embedding).
     save_peak = shape.embed_params * p
