@@ -80,12 +80,20 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="compute precision; auto = bf16 where the hardware has it"
     )
+    on_error: Literal["skip", "fail"] = Field(
+        "skip",
+        description="bad data records: skip them (listed in clean_report.json) or fail at the first",
+    )
     train_on_prompt: bool = Field(False, description="also compute loss on prompt tokens")
     eval_limit: int | None = Field(
         None, ge=1, description="evaluate on at most this many held-out examples"
     )
     eval_batch_size: int = Field(32, ge=1, description="batch size for evaluation generation")
-    max_new_tokens: int = Field(96, ge=1, description="generation limit at evaluation")
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="generation limit at evaluation; default 64 for the SQL demo, 256 otherwise",
+    )
     skip_base_eval: bool = Field(False, description="do not evaluate the base model (saves time)")
     logging_steps: int = Field(5, ge=1, description="write a metrics row every N steps")
     save_steps: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")

@@ -31,7 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", type=int, help="evaluate at most N examples")
     p.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="generation limit (default 96)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="generation limit (default 64 for the SQL demo, 256 otherwise)",
+    )
     p.add_argument("--no-base", action="store_true", help="skip the base model")
     p.add_argument("--no-forgetting", action="store_true", help="skip general-text perplexity")
     p.add_argument("-o", "--out", help="eval.json path (default RUN_DIR/eval.json or ./eval.json)")

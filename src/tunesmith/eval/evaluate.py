@@ -19,6 +19,12 @@ from tunesmith.eval.generate import Generation, generate
 SQL_TASK = "clinic-sql"
 
 
+def default_max_new_tokens(task: str) -> int:
+    # Gold demo queries are at most ~56 tokens; a base model that rambles is cut at 64
+    # instead of spending most of the evaluation generating prose.
+    return 64 if task == SQL_TASK else 256
+
+
 def task_of(convs: Sequence[Conversation]) -> str:
     tasks = {c.meta.get("task") for c in convs}
     return SQL_TASK if tasks == {SQL_TASK} else "text"
@@ -63,9 +69,10 @@ def evaluate_side(
     tokenizer,
     convs: Sequence[Conversation],
     *,
-    max_new_tokens: int = 96,
+    max_new_tokens: int | None = None,
     batch_size: int = 32,
 ) -> SideResult:
+    max_new_tokens = max_new_tokens or default_max_new_tokens(task_of(convs))
     prompts = [render_prompt(tokenizer, c) for c in convs]
     gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return SideResult(score(task_of(convs), convs, gens, max_new_tokens), gens)

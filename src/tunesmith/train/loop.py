@@ -88,6 +88,7 @@ class TrainLoop:
         self.pad_id = pad_id
         self.s = settings
         self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = device
         self.on_log = on_log
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -140,7 +141,10 @@ class TrainLoop:
                 signal.signal(sig, h)
 
     # -- the loop ----------------------------------------------------------------------
-    def train(self, resume_from: Path | None = None, progress=None) -> TrainResult:
+    def train(
+        self, resume_from: Path | None = None, progress=None, stop_after: int | None = None
+    ) -> TrainResult:
+        """Run to ``max_steps`` (or ``stop_after`` steps, to simulate a crash in tests)."""
         start_step = 0
         result = TrainResult(steps=self.s.max_steps)
         if resume_from is not None:
@@ -157,7 +161,7 @@ class TrainLoop:
         elapsed_before = state.get("elapsed_s", 0.0) if resume_from is not None else 0.0
         window_tokens, window_t = 0, time.perf_counter()
         with self._graceful_signals():
-            for step in range(start_step, self.s.max_steps):
+            for step in range(start_step, min(self.s.max_steps, stop_after or self.s.max_steps)):
                 loss, n_tok, grad_norm = self._step(step)
                 result.losses.append(loss)
                 result.trained_tokens += n_tok

@@ -70,7 +70,7 @@ def load_run_config(run_dir: Path) -> TrainConfig:
 
 # -- data -----------------------------------------------------------------------------------
 def prepare_data(
-    cfg: TrainConfig, run_dir: Path, tokenizer
+    cfg: TrainConfig, run_dir: Path, tokenizer, reuse: bool = False
 ) -> tuple[list[Conversation], list[Conversation], dict]:
     """Clean the training data into ``run_dir/data`` and read it back.
 
@@ -81,10 +81,24 @@ def prepare_data(
     from tunesmith.data.readers import read_files
 
     data_dir = run_dir / "data"
+    if (
+        reuse
+        and (data_dir / "train.jsonl").is_file()
+        and (data_dir / "clean_report.json").is_file()
+    ):
+        # Resuming: the step counter indexes into *these* examples, so never re-clean.
+        import json
+
+        report = json.loads((data_dir / "clean_report.json").read_text())
+        train = [c for c in read_files([data_dir / "train.jsonl"]) if isinstance(c, Conversation)]
+        eval_path = data_dir / "train.eval.jsonl"
+        evals = (
+            [c for c in read_files([eval_path]) if isinstance(c, Conversation)]
+            if eval_path.is_file()
+            else []
+        )
+        return train, evals[: cfg.eval_limit] if cfg.eval_limit else evals, report
     inputs, eval_inputs = list(cfg.data), [cfg.eval_data] if cfg.eval_data else None
-    for f in inputs + (eval_inputs or []):
-        if not Path(f).is_file():
-            raise UserInputError(f"data file not found: {f}")
     if not inputs:
         from tunesmith.demo.dataset import write_demo_eval, write_raw_demo
 
@@ -98,6 +112,7 @@ def prepare_data(
         tokenizer=tokenizer,
         max_tokens=cfg.seq_len,
         seed=cfg.seed,
+        on_error=cfg.on_error,
     )
     train = [c for c in read_files([result.train_path]) if isinstance(c, Conversation)]
     evals = (
@@ -155,7 +170,7 @@ def load_for_training(cfg: TrainConfig, device: torch.device):
         allow_pickle=cfg.allow_pickle,
     )
     args = method_args(cfg, model.config)
-    if spec.name in ("lora", "qlora", "dora", "rslora", "ia3"):
+    if spec.name in ("lora", "qlora", "dora", "rslora"):  # the others sit at fixed positions
         check_targets_exist(model, args.target)
     if qconf is None:
         model.to(device)
@@ -210,13 +225,31 @@ def run_training(
         if resume_from is None:
             raise UserInputError(f"{run_dir} has no valid checkpoint to resume from")
     else:
-        run_dir = prepare_run_dir(cfg)
         resume_from = None
-        write_text(run_dir / "config.yaml", to_yaml(cfg))
+        # Validate what can be checked cheaply before anything is written.
+        for f in [*cfg.data, *([cfg.eval_data] if cfg.eval_data else [])]:
+            if not Path(f).is_file():
+                raise UserInputError(f"data file not found: {f}")
+        source = resolve_model(cfg.model)
+        from tunesmith.methods import get_method
+
+        get_method(cfg.method)
 
     # Data first: a bad file should fail before minutes of model loading.
-    tokenizer = load_tokenizer(resolve_model(cfg.model), trust_remote_code=cfg.trust_remote_code)
-    train_convs, eval_convs, report = prepare_data(cfg, run_dir, tokenizer)
+    tokenizer = load_tokenizer(
+        source if not resume else resolve_model(cfg.model), trust_remote_code=cfg.trust_remote_code
+    )
+    if not resume:
+        run_dir = prepare_run_dir(cfg)
+        write_text(run_dir / "config.yaml", to_yaml(cfg))
+    try:
+        train_convs, eval_convs, report = prepare_data(cfg, run_dir, tokenizer, reuse=bool(resume))
+    except UserInputError:
+        if not resume:  # nothing of value was produced: leave no half-made run behind
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     say(
         f"data: {report['input_records']} records -> {len(train_convs)} train, {len(eval_convs)} eval "
         f"(dropped {report['exact_duplicates']} exact dup, {report['near_duplicates']} near dup, "

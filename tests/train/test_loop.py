@@ -1,0 +1,96 @@
+"""The training loop on a tiny real Llama: loss falls, only adapter weights move, resume is exact."""
+
+import torch
+
+from tests.tiny import make_tiny_model, make_tokenizer
+from tunesmith.data.dataset import batch_plan, collate, tokenize_conversations
+from tunesmith.data.records import Conversation
+from tunesmith.methods import MethodArgs, get_method
+from tunesmith.train.checkpoint import latest_valid_checkpoint
+from tunesmith.train.loop import LoopSettings, TrainLoop
+from tunesmith.train.loss import loss_sum
+
+
+def _examples(tok, n=24):
+    convs = [
+        Conversation.from_messages(
+            [
+                {"role": "user", "content": f"How many patients live in city {i % 5}?"},
+                {
+                    "role": "assistant",
+                    "content": f"SELECT COUNT(*) FROM patients WHERE city = {i % 5}",
+                },
+            ]
+        )
+        for i in range(n)
+    ]
+    return tokenize_conversations(tok, convs, seq_len=128)
+
+
+def _lora_model(seed=0):
+    model = make_tiny_model("llama", seed=seed)
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    return get_method("lora").apply(
+        model, MethodArgs(rank=8, alpha=16, dropout=0.0, target=targets)
+    )
+
+
+def _loop(model, tok, tmp_path, steps=12, **kw):
+    s = LoopSettings(
+        max_steps=steps, batch_size=4, lr=1e-2, logging_steps=2, warmup_ratio=0.0,
+        lr_scheduler="constant", seed=3, **kw,
+    )  # fmt: skip
+    return TrainLoop(model, _examples(tok), tok.pad_token_id, s, tmp_path, torch.device("cpu"))
+
+
+def test_loss_falls_and_only_adapter_params_change(tmp_path):
+    tok = make_tokenizer()
+    model = _lora_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = _loop(model, tok, tmp_path).train()
+    # A random tiny model has a floor near 5.1 nats here; 12 steps take it from 6.17 to ~5.15.
+    assert sum(result.losses[-3:]) / 3 < 0.9 * sum(result.losses[:3]) / 3
+    for n, p in model.named_parameters():
+        changed = not torch.equal(p, before[n])
+        assert changed == ("lora_" in n), n
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 6 and all('"tokens_per_s"' in r for r in rows)
+
+
+def test_fast_loss_equals_reference_loss():
+    tok = make_tokenizer()
+    model = _lora_model()
+    b = collate(_examples(tok)[:6], tok.pad_token_id)
+    with torch.no_grad():
+        fast = loss_sum(model, b, fast=True)
+        ref = loss_sum(model, b, fast=False)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_plan_is_deterministic_and_covers_every_example():
+    lengths = [5, 9, 3, 7, 2, 8, 6, 4, 1, 10]
+    a = batch_plan(lengths, 3, seed=1, epoch=0)
+    assert a == batch_plan(lengths, 3, seed=1, epoch=0)
+    assert a != batch_plan(lengths, 3, seed=1, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(10))
+
+
+def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path):
+    tok = make_tokenizer()
+    full = _loop(_lora_model(), tok, tmp_path / "a").train().losses
+
+    # Train with a checkpoint every 5 steps and "crash" after step 7.
+    _loop(_lora_model(), tok, tmp_path / "b", save_steps=5).train(stop_after=7)
+    ckpt, _ = latest_valid_checkpoint(tmp_path / "b" / "checkpoints")
+    assert ckpt.name == "step-5"
+    # Same base, scrambled adapter: the trained weights must come from the checkpoint.
+    model = _lora_model()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.normal_()
+    resumed = _loop(model, tok, tmp_path / "b").train(resume_from=ckpt)
+    assert resumed.resumed_from == 5
+    torch.testing.assert_close(
+        torch.tensor(resumed.losses), torch.tensor(full), rtol=1e-5, atol=1e-6
+    )
