@@ -86,7 +86,7 @@ def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path):
     # Same base, scrambled adapter: the trained weights must come from the checkpoint.
     model = _lora_model()
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.normal_()
     resumed = _loop(model, tok, tmp_path / "b").train(resume_from=ckpt)
