@@ -25,7 +25,7 @@ def _cfg():
 
 @pytest.mark.parametrize(
     "method, gc",
-    [("lora", False), ("full", False), pytest.param("lora", True, marks=pytest.mark.slow)],
+    [("lora", False), ("full", False), ("lora", True)],
 )
 def test_traced_matches_measured_on_a_real_cpu_step(method, gc):
     cfg, args = _cfg(), MethodArgs(dropout=0.0)
@@ -82,7 +82,6 @@ def test_excluded_tensors_are_never_charged():
         assert live.live == storage_bytes([y])  # the ones(3, 100) temporary is already freed
 
 
-@pytest.mark.slow
 def test_full_size_8b_step_traces_without_memory():
     from tunesmith.plan.configs import bundled_config
     from tunesmith.plan.shapes import model_shape
