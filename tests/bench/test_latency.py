@@ -4,31 +4,33 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tunesmith.bench.latency import VARIANTS, _variant, bench_latency, median_seconds
+from tunesmith.bench.latency import VARIANTS, _variant, bench_latency, interleaved_medians
 from tunesmith.cli import build_parser, main
 from tunesmith.errors import ConfigError
 from tunesmith.methods import MethodArgs
 
 
-def test_median_ignores_warmup_and_outliers():
+def test_interleaved_medians_ignore_warmup_and_outliers():
     calls = []
-    delays = iter([0.05, 0.0, 0.0, 0.03, 0.0])  # first (warm-up) and one timed call are slow
+    slow = {("a", 0), ("a", 2), ("b", 0)}  # warm-up round of both, and one timed call of "a"
 
-    def fn():
-        calls.append(1)
-        d = next(delays)
-        if d:
-            import time
+    def make(name):
+        def fn():
+            if (name, len([c for c in calls if c == name])) in slow:
+                time.sleep(0.05)
+            calls.append(name)
 
-            time.sleep(d)
+        return fn
 
-    assert median_seconds(fn, runs=4, warmup=1) < 0.01
-    assert len(calls) == 5
+    medians = interleaved_medians({"a": make("a"), "b": make("b")}, runs=4, warmup=1)
+    assert medians["a"] < 0.01 and medians["b"] < 0.01
+    assert calls == ["a", "b"] * 5  # round-robin: warm-up round, then 4 timed rounds
 
 
 def test_report_covers_every_variant(tiny_llama_dir):

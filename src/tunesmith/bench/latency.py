@@ -6,7 +6,10 @@ attention, while LoRA merged into the weights (W' = W + s·B·A) is the base net
 Each variant is timed on the same seeded input under ``torch.inference_mode``: a forward pass
 over ``seq_len`` tokens and a greedy generation of exactly ``new_tokens`` tokens; the median
 of ``runs`` timings after ``warmup`` untimed ones is reported (medians shrug off the odd
-scheduler hiccup that ruins a mean).
+scheduler hiccup that ruins a mean). The variants are timed *interleaved* (run 1 of every
+variant, then run 2, ...), so a machine that gets busier or quieter during the benchmark
+shifts all of them alike instead of favouring whichever came first; the price is that all
+variants are in memory together (six copies of the model).
 """
 
 from __future__ import annotations
@@ -51,19 +54,24 @@ class LatencyReport:
         return asdict(self)
 
 
-def median_seconds(fn: Callable[[], object], runs: int, warmup: int) -> float:
-    """Median wall time of ``fn`` over ``runs`` calls, after ``warmup`` untimed calls."""
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int
+) -> dict[str, float]:
+    """Median wall time of each function, calling them round-robin after ``warmup`` rounds."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _time_model(model, ids, runs: int, warmup: int, new_tokens: int) -> tuple[float, float]:
+def _calls(model, ids, new_tokens: int) -> tuple[Callable[[], object], Callable[[], object]]:
+    """``(forward, generate)`` closures for one variant on the shared input ``ids`` (1, T)."""
     import torch
     from transformers import GenerationConfig
 
@@ -79,15 +87,14 @@ def _time_model(model, ids, runs: int, warmup: int, new_tokens: int) -> tuple[fl
     )
     mask = torch.ones_like(ids)
     prompt = ids[:, : max(1, ids.shape[1] // 4)]
-    with torch.inference_mode():
-        forward = median_seconds(lambda: model(input_ids=ids, attention_mask=mask), runs, warmup)
-        generate = median_seconds(
-            lambda: model.generate(
-                input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=gen
-            ),
-            runs,
-            warmup,
-        )
+    prompt_mask = torch.ones_like(prompt)
+
+    def forward():
+        return model(input_ids=ids, attention_mask=mask)
+
+    def generate():
+        return model.generate(input_ids=prompt, attention_mask=prompt_mask, generation_config=gen)
+
     return forward, generate
 
 
@@ -132,7 +139,7 @@ def bench_latency(
         rank: LoRA rank (adapters use the registry's default bottleneck).
         seed: seeds the input token ids.
         loaded: an already loaded base model (tests, notebooks); skips loading ``model``.
-        progress: called with each variant's name before it is timed.
+        progress: called with a line of text as each phase starts.
 
     Returns:
         A :class:`LatencyReport`; methods not yet in the registry are listed in ``skipped``.
@@ -154,25 +161,31 @@ def bench_latency(
     ids = torch.randint(3, base.config.vocab_size, (1, seq_len), generator=gen)
     args = MethodArgs(rank=rank, alpha=2.0 * rank, dropout=0.0)
     report = LatencyReport(model, torch.get_num_threads(), runs, warmup, seq_len, new_tokens)
-    ordered = ["base"] + [m for m in methods if m != "base"]
-    for name in ordered:
-        if progress:
-            progress(name)
+    variants = {}
+    for name in ["base"] + [m for m in methods if m != "base"]:
         try:
-            variant = base if name == "base" else _variant(base, name, args)
+            variants[name] = base if name == "base" else _variant(base, name, args)
         except LookupError as exc:
             report.skipped.append({"method": name, "reason": str(exc)})
-            continue
-        forward, generate = _time_model(variant, ids, runs, warmup, new_tokens)
+    calls = {name: _calls(m, ids, new_tokens) for name, m in variants.items()}
+    with torch.inference_mode():
+        if progress:
+            progress(f"forward: {len(calls)} variants x {runs} runs")
+        forward = interleaved_medians({n: c[0] for n, c in calls.items()}, runs, warmup)
+        if progress:
+            progress(f"generate: {len(calls)} variants x {runs} runs")
+        generate = interleaved_medians({n: c[1] for n, c in calls.items()}, runs, warmup)
+    for name in variants:
         report.rows.append(
-            LatencyRow(name, forward, generate, per_token_ms=1e3 * generate / new_tokens)
+            LatencyRow(
+                name,
+                forward[name],
+                generate[name],
+                forward_ratio=forward[name] / forward["base"],
+                generate_ratio=generate[name] / generate["base"],
+                per_token_ms=1e3 * generate[name] / new_tokens,
+            )
         )
-        if variant is not base:
-            del variant
-    ref = report.rows[0]
-    for row in report.rows:
-        row.forward_ratio = row.forward_s / ref.forward_s
-        row.generate_ratio = row.generate_s / ref.generate_s
     return report
 
 
@@ -238,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=max(0, args.warmup),
         seq_len=args.seq_len,
         new_tokens=args.new_tokens,
-        progress=lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True),
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
