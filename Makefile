@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tunesmith train --output runs/demo $(ARGS)
+	$(VENV)/bin/tunesmith train examples/smollm2_lora.yaml --output runs/demo --overwrite $(ARGS)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadgroup -q $(ARGS)

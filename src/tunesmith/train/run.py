@@ -394,3 +394,26 @@ def _write_report(run_dir: Path, say: Callable[[str], None]) -> None:
         write_report(run_dir)
     except Exception as exc:  # a report must never fail a finished training run
         say(f"warning: report.html not written: {exc}")
+
+
+def train(
+    config: TrainConfig | dict[str, Any] | None = None,
+    /,
+    *,
+    resume: str | Path | None = None,
+    say=print,
+    **kwargs: Any,
+) -> RunResult:
+    """Library form of ``tunesmith train``: a config (object or dict) and/or keyword overrides.
+
+    Example:
+        ``train(method="lora", max_steps=150, output="runs/demo")``
+    """
+    values: dict[str, Any] = {}
+    if isinstance(config, TrainConfig):
+        values = config.model_dump()
+    elif config:
+        values = dict(config)
+    values.update(kwargs)
+    cfg = make_config(values)
+    return run_training(cfg, resume=resume, say=say)

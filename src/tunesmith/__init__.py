@@ -1,0 +1,39 @@
+"""tunesmith: plan, clean, train, evaluate, merge and export parameter-efficient fine-tunes.
+
+The library mirrors the CLI::
+
+    from tunesmith import plan, clean, train, evaluate, merge, export
+
+    p = plan("Qwen/Qwen2.5-7B-Instruct", method="qlora", gpu="24GB", batch_size=4, seq_len=2048)
+    r = train(method="lora", max_steps=150)          # the embedded demo by default
+    evaluate(r.run_dir)
+    merge(r.run_dir, "merged/")
+
+Names are imported lazily so ``import tunesmith`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "plan": "tunesmith.plan:plan",
+    "clean": "tunesmith.data.clean:clean",
+    "train": "tunesmith.train.run:train",
+    "evaluate": "tunesmith.eval.api:evaluate",
+    "merge": "tunesmith.export:merge",
+    "export": "tunesmith.export:export",
+    "TrainConfig": "tunesmith.config:TrainConfig",
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'tunesmith' has no attribute {name!r}")
+    module, attr = _API[name].split(":")
+    return getattr(importlib.import_module(module), attr)
