@@ -19,13 +19,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# name -> "module[:attribute]". plan, train and export are subpackages that are callable as
+# their function (see tunesmith._callable), so either import order gives a working callable.
 _API = {
-    "plan": "tunesmith.plan:plan",
+    "plan": "tunesmith.plan",
     "clean": "tunesmith.data.clean:clean",
-    "train": "tunesmith.train.run:train",
+    "train": "tunesmith.train",
     "evaluate": "tunesmith.eval.api:evaluate",
     "merge": "tunesmith.export:merge",
-    "export": "tunesmith.export:export",
+    "export": "tunesmith.export",
     "TrainConfig": "tunesmith.config:TrainConfig",
 }
 
@@ -35,5 +37,6 @@ __all__ = list(_API)
 def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'tunesmith' has no attribute {name!r}")
-    module, attr = _API[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    module, _, attr = _API[name].partition(":")
+    mod = importlib.import_module(module)
+    return getattr(mod, attr) if attr else mod

@@ -22,3 +22,8 @@ __all__ = [
     "merge",
     "resolve_source",
 ]
+
+# `from tunesmith import export` gives this package; calling it calls export() (see _callable).
+from tunesmith._callable import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, export)

@@ -20,3 +20,8 @@ __all__ = [
     "Plan", "device_budget_bytes", "plan", "plan_config", "plan_for_run", "traced_estimate",
     "write_plan",
 ]  # fmt: skip
+
+# `from tunesmith import plan` gives this package; calling it calls plan() (see _callable).
+from tunesmith._callable import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, plan)
