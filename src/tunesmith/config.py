@@ -84,6 +84,10 @@ class TrainConfig(BaseModel):
         "skip",
         description="bad data records: skip them (listed in clean_report.json) or fail at the first",
     )
+    on_nan: Literal["stop", "skip"] = Field(
+        "stop",
+        description="non-finite loss or gradient: stop (keeping the last checkpoint) or skip that update",
+    )
     train_on_prompt: bool = Field(False, description="also compute loss on prompt tokens")
     eval_limit: int | None = Field(
         None, ge=1, description="evaluate on at most this many held-out examples"

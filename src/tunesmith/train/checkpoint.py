@@ -2,7 +2,8 @@
 
 Each checkpoint is a directory written atomically (temp dir, then rename) with a manifest
 of SHA-256 checksums; a checkpoint whose files do not match its manifest is skipped in
-favour of the previous one.
+favour of the previous one. Before writing, the free disk is checked against the size of what
+will be written, so a full disk fails with a message instead of a half-written save.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +45,15 @@ def save_checkpoint(
     """Write ``root/step-N`` atomically and keep only the newest ``keep`` checkpoints."""
     from safetensors.torch import save_file
 
+    from tunesmith.train.guard import check_free_disk, tensor_bytes
+
     target = root / f"step-{step}"
+    weights = trainable_state(model)
+    check_free_disk(
+        root, tensor_bytes(weights) + tensor_bytes(optimizer.state_dict()["state"]), "checkpoint"
+    )
     with atomic_dir(target) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {
@@ -59,8 +67,6 @@ def save_checkpoint(
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
     for old in list_checkpoints(root)[:-keep]:
-        import shutil
-
         shutil.rmtree(old, ignore_errors=True)
     return target
 

@@ -5,6 +5,11 @@ counter fully determine which examples a step sees, so resuming at step N replay
 skips nothing. The loss of a step is the sum of token losses over all its micro-batches
 divided by the step's total trained tokens, so gradient accumulation does not reweight
 examples by micro-batch length.
+
+Faults cost a retry, not the run: an out-of-memory step is redone with each micro-batch split
+in two (twice the accumulation, the same examples, the same effective batch); a non-finite
+loss or gradient stops the run (keeping the last checkpoint) or, with ``on_nan="skip"``,
+drops that one update; SIGINT/SIGTERM save a checkpoint at the next step boundary.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from tunesmith.data.dataset import Batch, batch_plan, collate
 from tunesmith.data.render import Rendered
 from tunesmith.errors import TunesmithError, WorkFailed
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train import guard
 from tunesmith.train.loss import fast_path_eligible, loss_sum
 from tunesmith.train.metrics import MetricsLog
 
@@ -50,6 +56,7 @@ class LoopSettings:
         None  # set when trainable weights stay fp32 under bf16 compute
     )
     fast_loss: bool = True
+    on_nan: str = "stop"  # "stop": fail keeping the last checkpoint; "skip": drop the update
 
 
 @dataclass
@@ -59,6 +66,9 @@ class TrainResult:
     trained_tokens: int = 0
     elapsed_s: float = 0.0
     resumed_from: int | None = None
+    skipped_steps: int = 0  # updates dropped for a non-finite loss or gradient (on_nan="skip")
+    examples_seen: int = 0
+    oom_retries: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -110,10 +120,24 @@ class TrainLoop:
         self.fast = settings.fast_loss and fast_path_eligible(model)
         self._lengths = [len(e.input_ids) for e in examples]
         self._stop_requested = False
+        # Each planned micro-batch runs as `split` smaller ones; doubled after an OOM.
+        self.split = 1
+
+    @property
+    def micro_batch_size(self) -> int:
+        return math.ceil(self.s.batch_size / self.split)
+
+    @property
+    def accumulation(self) -> int:
+        return self.s.grad_accum * self.split
 
     # -- data --------------------------------------------------------------------------
-    def micro_batches(self, step: int) -> list[Batch]:
-        """The micro-batches of optimizer step ``step`` (0-based), derived, not iterated."""
+    def micro_batches(self, step: int, split: int = 1) -> list[Batch]:
+        """The micro-batches of optimizer step ``step`` (0-based), derived, not iterated.
+
+        ``split`` cuts each planned micro-batch into that many pieces: the step still sees
+        exactly the same examples, so an OOM retry changes memory, not the data.
+        """
         plans: dict[int, list[list[int]]] = {}
         per_epoch = math.ceil(len(self.examples) / self.s.batch_size)
         out = []
@@ -121,7 +145,10 @@ class TrainLoop:
             epoch, idx = divmod(k, per_epoch)
             if epoch not in plans:
                 plans[epoch] = batch_plan(self._lengths, self.s.batch_size, self.s.seed, epoch)
-            out.append(collate([self.examples[i] for i in plans[epoch][idx]], self.pad_id))
+            planned = plans[epoch][idx]
+            size = math.ceil(len(planned) / split)
+            for j in range(0, len(planned), size):
+                out.append(collate([self.examples[i] for i in planned[j : j + size]], self.pad_id))
         return out
 
     # -- signals -----------------------------------------------------------------------
@@ -152,6 +179,9 @@ class TrainLoop:
             start_step = state["step"]
             result.losses = list(state.get("losses", []))
             result.trained_tokens = state.get("trained_tokens", 0)
+            result.skipped_steps = state.get("skipped_steps", 0)
+            result.examples_seen = state.get("examples_seen", 0)
+            self.split = state.get("micro_split", 1)
             result.resumed_from = start_step
         log = MetricsLog(
             self.run_dir / "metrics.jsonl", resume_step=start_step if resume_from else None
@@ -162,29 +192,33 @@ class TrainLoop:
         window_tokens, window_t = 0, time.perf_counter()
         with self._graceful_signals():
             for step in range(start_step, min(self.s.max_steps, stop_after or self.s.max_steps)):
-                loss, n_tok, grad_norm = self._step(step)
+                loss, n_tok, grad_norm, n_ex = self._step_with_retry(step, result)
                 result.losses.append(loss)
                 result.trained_tokens += n_tok
+                result.examples_seen += n_ex
+                result.skipped_steps += not math.isfinite(loss)
                 window_tokens += n_tok
                 done = step + 1
                 if done % self.s.logging_steps == 0 or done == self.s.max_steps:
                     now = time.perf_counter()
+                    window = [x for x in result.losses[-self.s.logging_steps :] if math.isfinite(x)]
                     row = {
                         "step": done,
                         "epoch": round(
                             done * self.s.grad_accum * self.s.batch_size / len(self.examples), 4
                         ),
-                        "loss": round(
-                            sum(result.losses[-self.s.logging_steps :])
-                            / len(result.losses[-self.s.logging_steps :]),
-                            6,
-                        ),
-                        "grad_norm": round(grad_norm, 6),
+                        "loss": round(sum(window) / len(window), 6) if window else None,
+                        "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else None,
                         "lr": self.scheduler.get_last_lr()[0],
                         "tokens_per_s": round(window_tokens / max(now - window_t, 1e-9), 2),
                         "peak_mem_bytes": peak_memory_bytes(self.device),
                         "elapsed_s": round(elapsed_before + now - t0, 3),
                     }
+                    if self.s.on_nan == "skip":
+                        row["skipped_steps"] = result.skipped_steps
+                    if self.split > 1:  # after an OOM retry: the shape the run now has
+                        row["micro_batch"] = self.micro_batch_size
+                        row["grad_accum"] = self.accumulation
                     log.write(row)
                     if self.on_log:
                         self.on_log(row)
@@ -204,9 +238,35 @@ class TrainLoop:
         result.elapsed_s = elapsed_before + time.perf_counter() - t0
         return result
 
-    def _step(self, step: int) -> tuple[float, int, float]:
-        batches = [b.to(self.device) for b in self.micro_batches(step)]
+    def _step_with_retry(self, step: int, result: TrainResult) -> tuple[float, int, float, int]:
+        """Run step ``step``; on out-of-memory, halve the micro-batch and redo the same step."""
+        while True:
+            try:
+                return self._step(step)
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not guard.is_oom(exc):
+                    raise
+                if self.micro_batch_size == 1:
+                    raise WorkFailed(
+                        f"out of memory at step {step + 1} even with micro-batch 1; lower "
+                        "--seq-len or use a smaller model / --method qlora (see tunesmith plan)"
+                    ) from exc
+            # Outside the except block, so the traceback's frames (and their tensors) are gone.
+            self.optimizer.zero_grad(set_to_none=True)
+            guard.free_memory(self.device)
+            self.split *= 2
+            result.oom_retries += 1
+            if self.on_log:
+                self.on_log(
+                    {"step": step + 1, "oom_retry": True, "micro_batch": self.micro_batch_size,
+                     "grad_accum": self.accumulation}
+                )  # fmt: skip
+
+    def _step(self, step: int) -> tuple[float, int, float, int]:
+        """One optimizer step: (loss, trained tokens, gradient norm, examples)."""
+        batches = [b.to(self.device) for b in self.micro_batches(step, self.split)]
         total = sum(b.num_trained for b in batches)
+        n_examples = sum(int(b.input_ids.shape[0]) for b in batches)
         loss_value = 0.0
         for b in batches:
             ctx = (
@@ -218,18 +278,26 @@ class TrainLoop:
                 loss = loss_sum(self.model, b, fast=self.fast) / max(total, 1)
             loss.backward()
             loss_value += float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise WorkFailed(
-                f"training diverged at step {step + 1}: loss is {loss_value}; lower --lr or use "
-                "--precision fp32 (the last saved checkpoint is kept)"
-            )
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm))
-        if not math.isfinite(grad_norm):
-            raise WorkFailed(f"gradient norm is {grad_norm} at step {step + 1}; lower --lr")
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            what = (
+                f"loss {loss_value}"
+                if not math.isfinite(loss_value)
+                else f"gradient norm {grad_norm}"
+            )
+            if self.s.on_nan != "skip":
+                raise WorkFailed(
+                    f"training diverged at step {step + 1}: {what}. The last saved checkpoint is "
+                    "kept; lower --lr, use --precision fp32, or pass --on-nan skip to drop such steps"
+                )
+            # Drop this update only; the schedule still advances so step N keeps step N's lr.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return math.nan, total, grad_norm, n_examples
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, total, grad_norm
+        return loss_value, total, grad_norm, n_examples
 
     def save(self, step: int, result: TrainResult, elapsed_s: float) -> Path:
         return ckpt.save_checkpoint(
@@ -242,6 +310,9 @@ class TrainLoop:
                 "losses": result.losses,
                 "trained_tokens": result.trained_tokens,
                 "elapsed_s": elapsed_s,
+                "skipped_steps": result.skipped_steps,
+                "examples_seen": result.examples_seen,
+                "micro_split": self.split,
             },
         )
 

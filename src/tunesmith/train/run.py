@@ -207,12 +207,15 @@ def run_training(
     from tunesmith.data.dataset import tokenize_conversations
     from tunesmith.eval.evaluate import eval_report, evaluate_side
     from tunesmith.models.loading import load_tokenizer, resolve_model
+    from tunesmith.plan import write_plan
     from tunesmith.train import checkpoint as ckpt
+    from tunesmith.train import guard
     from tunesmith.train.loop import LoopSettings, TrainLoop, steps_for_epochs
 
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     device = default_device()
+    guard.cap_device_memory(device)
     torch.manual_seed(cfg.seed)
 
     if resume:
@@ -226,14 +229,17 @@ def run_training(
             raise UserInputError(f"{run_dir} has no valid checkpoint to resume from")
     else:
         resume_from = None
-        # Validate what can be checked cheaply before anything is written.
-        for f in [*cfg.data, *([cfg.eval_data] if cfg.eval_data else [])]:
-            if not Path(f).is_file():
-                raise UserInputError(f"data file not found: {f}")
+        # Validate what can be checked cheaply before anything is written or loaded.
+        guard.check_paths(cfg)
         source = resolve_model(cfg.model)
         from tunesmith.methods import get_method
 
         get_method(cfg.method)
+        model_config = guard.model_config_for(source.path, cfg.trust_remote_code)
+        guard.check_against_model(cfg, model_config)
+        memory_plan = guard.memory_plan(
+            cfg, model_config, device, resolve_precision(cfg.precision, device)
+        )
 
     # Data first: a bad file should fail before minutes of model loading.
     tokenizer = load_tokenizer(
@@ -242,36 +248,33 @@ def run_training(
     if not resume:
         run_dir = prepare_run_dir(cfg)
         write_text(run_dir / "config.yaml", to_yaml(cfg))
-    try:
+        write_plan(memory_plan, run_dir / "plan.json")
+    # Until training starts nothing of value exists: bad input leaves no half-made run behind.
+    with guard.discard_on_bad_input(run_dir, enabled=not resume):
         train_convs, eval_convs, report = prepare_data(cfg, run_dir, tokenizer, reuse=bool(resume))
-    except UserInputError:
-        if not resume:  # nothing of value was produced: leave no half-made run behind
-            import shutil
+        say(
+            f"data: {report['input_records']} records -> {len(train_convs)} train, "
+            f"{len(eval_convs)} eval (dropped {report['exact_duplicates']} exact dup, "
+            f"{report['near_duplicates']} near dup, {len(report['invalid'])} invalid, "
+            f"{report['eval_leaks']} eval leaks)"
+        )
+        timings["data_s"] = time.perf_counter() - t_start
 
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    say(
-        f"data: {report['input_records']} records -> {len(train_convs)} train, {len(eval_convs)} eval "
-        f"(dropped {report['exact_duplicates']} exact dup, {report['near_duplicates']} near dup, "
-        f"{len(report['invalid'])} invalid, {report['eval_leaks']} eval leaks)"
-    )
-    timings["data_s"] = time.perf_counter() - t_start
+        t = time.perf_counter()
+        model, tokenizer, src, spec, precision, autocast = load_for_training(cfg, device)
+        trainable, total = count_params(model)
+        say(
+            f"model: {src.display}, method {cfg.method}, precision {precision}, "
+            f"trainable {trainable:,} / {total:,} ({100 * trainable / total:.3f}%)"
+        )
+        timings["load_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    model, tokenizer, src, spec, precision, autocast = load_for_training(cfg, device)
-    trainable, total = count_params(model)
-    say(
-        f"model: {src.display}, method {cfg.method}, precision {precision}, "
-        f"trainable {trainable:,} / {total:,} ({100 * trainable / total:.3f}%)"
-    )
-    timings["load_s"] = time.perf_counter() - t
-
-    train_ex = tokenize_conversations(
-        tokenizer, train_convs, seq_len=cfg.seq_len, train_on_prompt=cfg.train_on_prompt
-    )
-    eval_ex = (
-        tokenize_conversations(tokenizer, eval_convs, seq_len=cfg.seq_len) if eval_convs else []
-    )
+        train_ex = tokenize_conversations(
+            tokenizer, train_convs, seq_len=cfg.seq_len, train_on_prompt=cfg.train_on_prompt
+        )
+        eval_ex = (
+            tokenize_conversations(tokenizer, eval_convs, seq_len=cfg.seq_len) if eval_convs else []
+        )
     max_steps = cfg.max_steps or steps_for_epochs(
         len(train_ex), cfg.batch_size, cfg.grad_accum, cfg.epochs
     )
@@ -310,6 +313,7 @@ def run_training(
         save_steps=cfg.save_steps,
         seed=cfg.seed,
         autocast_dtype=autocast,
+        on_nan=cfg.on_nan,
     )
     loop = TrainLoop(model, train_ex, tokenizer.pad_token_id, settings, run_dir, device)
     say(
@@ -330,6 +334,8 @@ def run_training(
         MetricsLog(run_dir / "metrics.jsonl", resume_step=max_steps).write(
             {"step": max_steps, "eval_loss": round(loss, 6)}
         )
+    saved = [p for p in model.parameters() if p.requires_grad or not spec.peft_format]
+    guard.check_free_disk(run_dir, guard.tensor_bytes(saved), "final adapter")
     adapter_dir = save_final(model, tokenizer, run_dir, cfg, spec)
 
     eval_json = None

@@ -1,0 +1,227 @@
+"""Guards around a training run: checks before anything loads, the memory plan, OOM and disk.
+
+Everything here runs on the model's *config* (or a meta-device model built from it), so a bad
+value costs a fraction of a second instead of minutes of loading. Each refusal is one message
+naming the key, the value and what is allowed (:class:`~tunesmith.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.config import TrainConfig
+from tunesmith.errors import ConfigError, UserInputError, WorkFailed
+
+# Methods whose insertion points `--target` chooses (the others sit at fixed positions).
+TARGETED_METHODS = ("lora", "qlora", "dora", "rslora")
+# Share of a CUDA device this process may allocate: an OOM then raises inside the step (where
+# the loop can retry with a smaller micro-batch) instead of starving the driver or neighbours.
+CUDA_MEMORY_FRACTION = 0.95
+# Bytes kept free on disk beyond a save's own size (filesystem metadata, temp files, logs).
+DISK_MARGIN_BYTES = 64 * 1024**2
+GIB = 1024**3
+
+
+# -- paths ----------------------------------------------------------------------------------
+def check_paths(cfg: TrainConfig) -> None:
+    """Data files exist and are files; the run directory can be created where asked."""
+    for key, files in (("data", cfg.data), ("eval-data", [cfg.eval_data] if cfg.eval_data else [])):
+        for f in files:
+            p = Path(f)
+            if p.is_dir():
+                raise ConfigError(
+                    key, f, "a data file (jsonl, json, csv, parquet), not a directory"
+                )
+            if not p.is_file():
+                raise UserInputError(f"data file not found: {f}")
+    if cfg.output is None:
+        return
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output", cfg.output, "a run directory; this path is an existing file")
+    ancestor = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not ancestor.is_dir():
+        raise ConfigError("output", cfg.output, f"a path under a directory; {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK):
+        raise ConfigError("output", cfg.output, f"a writable location; {ancestor} is read-only")
+
+
+# -- the model's shape ----------------------------------------------------------------------
+def model_config_for(path: str, trust_remote_code: bool = False) -> Any:
+    """The transformers config of a resolved model path, without loading weights."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserInputError(f"cannot read the model config of {path}: {first}") from exc
+
+
+def meta_model(model_config: Any, trust_remote_code: bool = False):
+    """The model's module tree on the meta device: names and shapes, no memory."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+
+
+def check_against_model(cfg: TrainConfig, model_config: Any) -> None:
+    """Sequence length, target modules and rank checked against the architecture.
+
+    Raises:
+        ConfigError: ``seq-len`` beyond the model's context, a ``target`` module the model does
+            not have, or a ``rank`` larger than the smaller dimension of a targeted layer (the
+            update ``B @ A`` cannot have a higher rank than that, so extra rank is only waste).
+    """
+    context = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(context, int) and cfg.seq_len > context:
+        raise ConfigError(
+            "seq-len", cfg.seq_len, f"at most {context} (the model's max_position_embeddings)"
+        )
+    if cfg.method not in TARGETED_METHODS:
+        return
+    from tunesmith.methods.targets import check_targets_exist, resolve_targets
+
+    targets = resolve_targets(cfg.target, model_config)
+    model = meta_model(model_config, cfg.trust_remote_code)
+    check_targets_exist(model, targets)
+    smallest = min(
+        (
+            (min(m.in_features, m.out_features), name)
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear)
+            and any(name == t or name.endswith("." + t) for t in targets)
+        ),
+        default=None,
+    )
+    if smallest is not None and cfg.rank > smallest[0]:
+        raise ConfigError(
+            "rank",
+            cfg.rank,
+            f"at most {smallest[0]}, the smaller dimension of the targeted layer {smallest[1]}",
+        )
+
+
+# -- the memory plan ------------------------------------------------------------------------
+def plan_device(device: torch.device) -> str:
+    """The planner's name for the device this run trains on."""
+    return "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
+
+
+def memory_plan(cfg: TrainConfig, model_config: Any, device: torch.device, precision: str):
+    """Plan the run from the config alone; refuse a run that will not fit unless ``--force``.
+
+    Returns:
+        The :class:`tunesmith.plan.Plan` (the caller writes it as the run's ``plan.json``).
+
+    Raises:
+        UserInputError: the verdict is ``does-not-fit`` and ``force`` is off; the message
+            carries the planner's recommendation.
+    """
+    from tunesmith.plan import plan_for_run
+
+    plan = plan_for_run(
+        model_config,
+        device=plan_device(device),
+        method=cfg.method,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+        grad_accum=cfg.grad_accum,
+        gradient_checkpointing=False,  # the trainer does not checkpoint activations
+        precision=precision,
+        rank=cfg.rank,
+        target=cfg.target if cfg.method in TARGETED_METHODS else "attn-qv",
+        dropout=cfg.dropout,
+        model_name=cfg.model,
+    )
+    if plan.fits or cfg.force:
+        return plan
+    rec = plan.recommendation
+    advice = "; ".join(rec.get("changes") or []) or "a smaller model or a larger device"
+    raise UserInputError(
+        f"the memory plan says this run does not fit on {plan_device(device)}: it needs "
+        f"{plan.total_bytes / GIB:.1f} GiB of {plan.budget_bytes / GIB:.1f} GiB. "
+        f"Recommended: {advice}. Pass --force to train anyway."
+    )
+
+
+def cap_device_memory(device: torch.device, fraction: float = CUDA_MEMORY_FRACTION) -> None:
+    """On CUDA, limit this process's share of device memory (no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(fraction, device.index or 0)
+
+
+# -- out of memory --------------------------------------------------------------------------
+def is_oom(exc: BaseException) -> bool:
+    """CUDA's ``OutOfMemoryError`` or the CPU allocator's RuntimeError for a failed allocation."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "failed to allocate" in text
+    )
+
+
+def free_memory(device: torch.device) -> None:
+    """Return what a failed step held: Python garbage first, then the CUDA cache."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# -- disk -----------------------------------------------------------------------------------
+def free_disk_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds ``path`` (or its nearest existing parent)."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def check_free_disk(path: Path, needed_bytes: int, what: str) -> None:
+    """Refuse a save that would fill the disk, before writing a byte of it.
+
+    Raises:
+        WorkFailed: fewer than ``needed_bytes`` plus a margin are free; earlier checkpoints
+            are untouched, so the run can be resumed once space is freed.
+    """
+    free = free_disk_bytes(path)
+    if free < needed_bytes + DISK_MARGIN_BYTES:
+        raise WorkFailed(
+            f"not enough free disk to save the {what} in {path}: it needs about "
+            f"{(needed_bytes + DISK_MARGIN_BYTES) / 1024**2:.0f} MiB, {free / 1024**2:.0f} MiB "
+            "are free. Free some space, then continue with --resume (earlier checkpoints are kept)"
+        )
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of every tensor in a (nested) dict/list structure, e.g. an optimizer state."""
+    if isinstance(tensors, torch.Tensor):
+        return tensors.numel() * tensors.element_size()
+    if isinstance(tensors, dict):
+        return sum(tensor_bytes(v) for v in tensors.values())
+    if isinstance(tensors, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tensors)
+    return 0
+
+
+@contextlib.contextmanager
+def discard_on_bad_input(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Remove a just-created run directory when bad input stops the run before training.
+
+    Nothing of value exists yet (config, cleaned data), and a half-made run directory would
+    block the corrected rerun with "directory is not empty".
+    """
+    try:
+        yield
+    except UserInputError:
+        if enabled:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
