@@ -72,8 +72,10 @@ def batch_plan(
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T), 1 on real tokens, 0 on padding
     labels: torch.Tensor  # (B, T), IGNORE_INDEX where no loss
+    # (B, T), set for packed rows (data/packing.py): restarts at 0 at every example.
+    position_ids: torch.Tensor | None = None
 
     @property
     def num_trained(self) -> int:
@@ -86,12 +88,18 @@ class Batch:
 
     def to(self, device) -> Batch:
         return Batch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+            None if self.position_ids is None else self.position_ids.to(device),
         )
 
 
 def collate(examples: Sequence[Rendered], pad_id: int) -> Batch:
-    """Right-pad a micro-batch to its longest example."""
+    """Right-pad a micro-batch to its longest example.
+
+    Packed rows (:class:`tunesmith.data.packing.PackedRow`) also get their position ids.
+    """
     T = max(len(e.input_ids) for e in examples)
     B = len(examples)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -102,4 +110,8 @@ def collate(examples: Sequence[Rendered], pad_id: int) -> Batch:
         ids[i, :n] = torch.tensor(e.input_ids)
         mask[i, :n] = 1
         labels[i, :n] = torch.tensor(e.labels)
+    if any(hasattr(e, "position_ids") for e in examples):
+        from tunesmith.data.packing import padded_position_ids
+
+        return Batch(ids, mask, labels, padded_position_ids(examples, T))
     return Batch(ids, mask, labels)

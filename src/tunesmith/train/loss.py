@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.dataset import Batch
+from tunesmith.data.packing import attention_inputs
 from tunesmith.data.render import IGNORE_INDEX
 
 
@@ -42,15 +43,14 @@ def fast_path_eligible(model) -> bool:
 def loss_sum(model, batch: Batch, fast: bool = True) -> torch.Tensor:
     """Sum of token cross-entropies over trained positions (fp32). Divide by the token count."""
     lm = _causal_lm(model) if fast else None
+    # Packed rows (position_ids set) need a block-diagonal mask instead of the padding mask.
+    attn = attention_inputs(model, batch.attention_mask, batch.position_ids)
     if lm is None:
-        out = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
-        )
+        out = model(input_ids=batch.input_ids, labels=batch.labels, **attn)
         # transformers returns the mean over trained tokens; turn it back into a sum.
         return out.loss.float() * batch.num_trained
-    hidden = lm.model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-    ).last_hidden_state  # (B, T, C)
+    attn.setdefault("use_cache", False)
+    hidden = lm.model(input_ids=batch.input_ids, **attn).last_hidden_state  # (B, T, C)
     targets = batch.labels[:, 1:]  # (B, T-1)
     keep = targets != IGNORE_INDEX
     h = hidden[:, :-1][keep]  # (N, C): only positions whose next token is trained

@@ -1,0 +1,145 @@
+"""Sequence packing: several short examples per row, with no attention across their boundaries.
+
+A packed row concatenates tokenized examples up to ``seq_len`` tokens. Three things keep the
+examples independent, so that the packed loss equals the sum of the unpacked losses:
+
+* position ids restart at 0 for every example (RoPE sees each one as it would alone);
+* attention is block-diagonal causal: a token attends only to earlier tokens of its own
+  example. transformers (>= 4.54, ``masking_utils.find_packed_sequence_indices``) derives
+  exactly this mask from restarting position ids when the 2D attention mask is ``None``, for
+  sdpa, eager, flex and flash attention (flash runs varlen kernels from the position ids:
+  padding-free). For a model whose mask is not built by ``masking_utils``, an explicit 4D
+  block-diagonal mask is passed instead (:func:`block_causal_mask`);
+* the label of each example's first token is ``IGNORE_INDEX``: it would be predicted from the
+  previous example's last token.
+
+Packing is a pure function of the example lengths, so a resumed run sees the same rows.
+"""
+
+from __future__ import annotations
+
+import bisect
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tunesmith.data.render import IGNORE_INDEX, Rendered
+
+
+@dataclass(frozen=True)
+class PackedRow(Rendered):
+    """Examples concatenated into one row; ``position_ids`` restart at each example."""
+
+    position_ids: list[int]
+    lengths: tuple[int, ...]  # tokens of each example, in row order
+
+
+def pack_row(parts: Sequence[Rendered]) -> PackedRow:
+    """Concatenate examples; the first label of each is ignored (see the module docstring)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for p in parts:
+        ids += p.input_ids
+        labels += [IGNORE_INDEX, *p.labels[1:]]
+        positions += range(len(p.input_ids))
+    return PackedRow(ids, labels, positions, tuple(len(p.input_ids) for p in parts))
+
+
+def pack_examples(examples: Sequence[Rendered], seq_len: int) -> list[PackedRow]:
+    """Pack examples into rows of at most ``seq_len`` tokens (best-fit decreasing).
+
+    Best-fit decreasing puts each example, longest first, into the open row with the least
+    room that still fits it; like first-fit decreasing it needs at most about 11/9 of the
+    optimal number of rows (Johnson et al. 1974, "Worst-case performance bounds for simple
+    one-dimensional packing algorithms"), so little padding is left. Ties keep the input
+    order, so the result is deterministic; within a row examples keep their input order.
+
+    Raises:
+        ValueError: an example is longer than ``seq_len`` (tokenization truncates to it).
+    """
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # sorted (free tokens, row index) of open rows
+    for i in order:
+        n = len(examples[i].input_ids)
+        if n > seq_len:
+            raise ValueError(f"example {i} has {n} tokens, more than seq_len {seq_len}")
+        k = bisect.bisect_left(room, (n, -1))
+        if k < len(room):
+            free, r = room.pop(k)
+        else:
+            free, r = seq_len, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        if free - n > 0:
+            bisect.insort(room, (free - n, r))
+    return [pack_row([examples[i] for i in sorted(r)]) for r in rows]
+
+
+def padded_position_ids(examples: Sequence[Rendered], T: int) -> torch.Tensor:
+    """(B, T) position ids; padding forms a segment of its own that restarts at 0."""
+    out = torch.zeros((len(examples), T), dtype=torch.long)
+    for b, e in enumerate(examples):
+        pos = list(getattr(e, "position_ids", None) or range(len(e.input_ids)))
+        pos += range(T - len(pos))
+        out[b] = torch.tensor(pos)
+    return out
+
+
+def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T) example index per token: a new example starts where positions do not
+    advance by one (the rule of transformers' ``find_packed_sequence_indices``)."""
+    first = position_ids[:, :1] - 1
+    return (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+
+
+def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) position ids -> (B, 1, T, T) additive mask: 0 where attended, dtype-min elsewhere.
+
+    The additive float form is what both eager and sdpa attention accept as a ready 4D mask.
+    """
+    seg = segment_ids(position_ids)
+    T = position_ids.shape[1]
+    causal = torch.ones((T, T), dtype=torch.bool, device=position_ids.device).tril()
+    allowed = (seg[:, :, None] == seg[:, None, :]) & causal  # (B, T, T)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def _causal_lm(model):
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def native_packing(model) -> bool:
+    """Whether the model builds its attention mask with transformers' ``masking_utils`` (which
+    detects packed rows from position ids) with an attention implementation it knows."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    lm = _causal_lm(model)
+    impl = getattr(lm.config, "_attn_implementation", None)
+    module = inspect.getmodule(type(lm))
+    return impl in ALL_MASK_ATTENTION_FUNCTIONS and "create_causal_mask" in vars(module or object)
+
+
+def attention_inputs(model, attention_mask: torch.Tensor, position_ids: torch.Tensor | None):
+    """The attention keyword arguments of a forward pass over a (possibly packed) batch."""
+    if position_ids is None:
+        return {"attention_mask": attention_mask}
+    if native_packing(model):
+        # No 2D mask: transformers then derives the block-diagonal mask from position ids.
+        return {"attention_mask": None, "position_ids": position_ids, "use_cache": False}
+    dtype = (
+        torch.get_autocast_dtype(position_ids.device.type)
+        if torch.is_autocast_enabled(position_ids.device.type)
+        else _causal_lm(model).dtype
+    )
+    return {
+        "attention_mask": block_causal_mask(position_ids, dtype),
+        "position_ids": position_ids,
+        "use_cache": False,
+    }
