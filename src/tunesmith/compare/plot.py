@@ -1,0 +1,64 @@
+"""``compare.png``: task metric against trainable parameters, one labelled point per method.
+
+The picture of Hu et al. (LoRA, arXiv:2106.09685, Fig. 2) and He et al. (arXiv:2110.04366,
+Fig. 1): x is trainable parameters on a log scale (they span five orders of magnitude, from a
+prompt's few thousand to every weight), y the task metric, the untrained base a dashed line.
+Drawn with matplotlib's object API (``Figure`` + Agg canvas), as the run report's plots are.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from tunesmith.compare.rows import MethodRow
+
+_BLUE, _GREY = "#2563eb", "#64748b"
+
+
+def render_compare_png(
+    rows: Sequence[MethodRow], metric_name: str, base: MethodRow | None = None
+) -> bytes | None:
+    """PNG bytes of the plot, or None when no method has both a metric and a parameter count."""
+    from matplotlib.figure import Figure
+
+    points = [
+        r for r in rows if r.task_metric is not None and r.trainable_params and r.error is None
+    ]
+    if not points:
+        return None
+    fig = Figure(figsize=(7.2, 4.4), layout="constrained")
+    ax = fig.subplots()
+    label = metric_name.replace("_", " ")
+    ax.set_title(f"{label} vs trainable parameters", loc="left", fontweight="bold")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(label)
+    ax.grid(True, which="major", color="#e2e8f0", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    xs = [r.trainable_params for r in points]
+    ys = [r.task_metric for r in points]
+    ax.scatter(xs, ys, color=_BLUE, s=42, zorder=3)
+    for r in points:
+        ax.annotate(
+            r.method, (r.trainable_params, r.task_metric), xytext=(6, 5),
+            textcoords="offset points", fontsize=10,
+        )  # fmt: skip
+    if base is not None and base.task_metric is not None:
+        ax.axhline(base.task_metric, color=_GREY, linestyle="--", linewidth=1.2)
+        ax.annotate(
+            "base (untrained)", (0.99, base.task_metric), xycoords=("axes fraction", "data"),
+            xytext=(0, 4), textcoords="offset points", color=_GREY, fontsize=9, ha="right",
+        )  # fmt: skip
+    # Room for the labels right of the last point and above the top one.
+    ax.set_xlim(min(xs) / 3, max(xs) * 6)
+    levels = [*ys] + ([base.task_metric] if base and base.task_metric is not None else [])
+    pad = max(0.05, 0.1 * (max(levels) - min(levels)))
+    # Scores are shares in [0, 1] (accuracy, ROUGE-L): never draw an axis below zero.
+    ax.set_ylim(max(0.0, min(levels) - pad) if min(levels) >= 0 else min(levels) - pad,
+                max(levels) + pad)  # fmt: skip
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()

@@ -1,0 +1,72 @@
+"""The comparison as a rich table for the terminal (exact numbers are in ``compare.json``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tunesmith.compare.rows import MethodRow
+from tunesmith.report.format import fmt_bytes
+
+# Short column titles and compact numbers keep ten columns inside an 80-column terminal:
+# params = trainable parameters, share = of the base's, ppl = eval perplexity, train s = seconds
+# in the training loop, lat ms = batch-1 forward latency.
+_SHORT = {"execution_accuracy": "exec acc", "rouge_l": "ROUGE-L"}
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _count(n: int | None) -> str:
+    """``134_515_008 -> '134.5M'``, ``3_584 -> '3.6K'``."""
+    if n is None:
+        return "-"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.1f}{suffix}"
+    return str(n)
+
+
+def _share(v: float | None) -> str:
+    # 3 significant digits: "0.342%" for LoRA, "100%" for full fine-tuning.
+    return "-" if v is None else f"{100 * v:.3g}%"
+
+
+def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
+    """One line per row: parameters, quality, memory, time, latency; errors in the caption."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(
+        title=title or "method comparison",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 0),
+    )
+    for col in (
+        "method", "lr", "params", "share", _SHORT.get(metric_name, metric_name), "ppl",
+        "peak mem", "train s", "tok/s", "lat ms",
+    ):  # fmt: skip
+        t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+    failed = []
+    for r in rows:
+        if r.error:
+            t.add_row(r.method, _num(r.lr, ".0e"), "[red]failed[/red]")
+            failed.append(f"[red]{escape(r.method)} failed:[/red] {escape(r.error)}")
+            continue
+        t.add_row(
+            r.method,
+            _num(r.lr, ".0e"),
+            _count(r.trainable_params),
+            _share(r.trainable_share),
+            _num(r.task_metric, ".3f"),
+            _num(r.eval_perplexity, ".4g"),
+            "-" if r.peak_mem_bytes is None else fmt_bytes(r.peak_mem_bytes),
+            _num(r.train_time_s, ".1f"),
+            _num(r.tokens_per_s, ".0f"),
+            _num(r.latency_ms, ".1f"),
+        )
+    if failed:
+        t.caption = "\n".join(failed)
+    return t
