@@ -147,7 +147,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise UserInputError(f"{path}: invalid YAML: {exc}") from None
+        # One line: where (file:line) and what, not PyYAML's multi-line excerpt.
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        what = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise UserInputError(f"{where}: invalid YAML: {what}") from None
     if not isinstance(data, dict):
         raise UserInputError(f"{path}: a config file must be a mapping of keys to values")
     return {_kebab(k): v for k, v in data.items()}
