@@ -19,9 +19,13 @@ IGNORE_INDEX = -100
 
 # Fallback templates for base models without a chat template, selectable by name.
 FALLBACK_TEMPLATES: dict[str, str] = {
+    # A base model's EOS is often not <|im_end|> (which it then reads as plain text): an
+    # assistant turn ends with the EOS as well, so the model learns to stop.
     "chatml": (
         "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' }}"
+        "{% if message['role'] == 'assistant' and eos_token != '<|im_end|>' %}{{ eos_token }}{% endif %}"
+        "{{ '\n' }}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
     "alpaca": (
