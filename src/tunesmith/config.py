@@ -89,6 +89,14 @@ class TrainConfig(BaseModel):
         description="non-finite loss or gradient: stop (keeping the last checkpoint) or skip that update",
     )
     train_on_prompt: bool = Field(False, description="also compute loss on prompt tokens")
+    template: Literal["chatml", "alpaca", "llama-2"] | None = Field(
+        None,
+        description="chat template for a model without one (when given, replaces the model's own)",
+    )
+    packing: bool = Field(
+        False,
+        description="pack short examples into --seq-len rows (no attention across examples)",
+    )
     eval_limit: int | None = Field(
         None, ge=1, description="evaluate on at most this many held-out examples"
     )
