@@ -1,0 +1,72 @@
+"""The pieces of `compare` that need no training: lr defaults, method lists, table, plot."""
+
+import pytest
+
+from tunesmith.compare import DEFAULT_LR, MethodRow, compare, lr_for, parse_methods
+from tunesmith.compare.plot import render_compare_png
+from tunesmith.compare.table import compare_table
+from tunesmith.config import METHODS, make_config
+from tunesmith.errors import ConfigError, UserInputError
+
+
+def test_every_method_has_a_default_lr_and_a_user_lr_wins():
+    assert set(DEFAULT_LR) == set(METHODS)
+    default = make_config({})
+    assert [lr_for(m, default) for m in ("lora", "houlsby", "prefix", "ia3", "full")] == [
+        2e-3, 1e-3, 1e-2, 1e-2, 5e-5,
+    ]  # fmt: skip
+    chosen = make_config({"lr": 3e-4})
+    assert {lr_for(m, chosen) for m in METHODS} == {3e-4}
+    # Typing the default value still counts as a choice.
+    assert lr_for("full", make_config({"lr": 2e-4})) == 2e-4
+
+
+def test_parse_methods_splits_dedupes_and_names_the_allowed():
+    assert parse_methods("lora, full,lora") == ["lora", "full"]
+    assert parse_methods(["lora,ia3", "prefix"]) == ["lora", "ia3", "prefix"]
+    with pytest.raises(ConfigError) as err:
+        parse_methods("lora,LoRA")
+    assert "LoRA" in str(err.value) and "houlsby" in str(err.value)
+    with pytest.raises(ConfigError):
+        parse_methods(" , ")
+
+
+def test_non_empty_output_is_refused_before_training(tmp_path):
+    (tmp_path / "old.txt").write_text("x")
+    with pytest.raises(UserInputError, match="not empty"):
+        compare("lora", base_config={"model": "/nonexistent"}, output=tmp_path)
+
+
+def test_missing_data_file_is_refused_before_training(tmp_path):
+    with pytest.raises(UserInputError, match="data file not found"):
+        compare("lora", base_config={"data": [str(tmp_path / "no.jsonl")]}, output=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+ROWS = [
+    MethodRow("lora", lr=2e-3, trainable_params=460_800, trainable_share=0.0034, task_metric=0.6),
+    MethodRow("full", lr=5e-5, trainable_params=134_515_008, trainable_share=1.0, task_metric=0.62),
+    MethodRow("qlora", lr=2e-3, error="OutOfMemoryError: CUDA out of memory"),
+]
+
+
+def test_table_fits_80_columns_and_lists_errors():
+    from rich.console import Console
+
+    con = Console(width=80, record=True)
+    con.print(compare_table([MethodRow("base", task_metric=0.1), *ROWS], "execution_accuracy"))
+    text = con.export_text()
+    assert "…" not in text  # nothing cropped
+    assert "0.34%" in text and "460.8K" in text and "134.5M" in text and "100%" in text
+    assert "qlora failed: OutOfMemoryError: CUDA out of memory" in " ".join(text.split())
+
+
+def test_plot_png_and_nothing_to_plot():
+    png = render_compare_png(ROWS, "execution_accuracy", MethodRow("base", task_metric=0.1))
+    assert png is not None and png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert render_compare_png(ROWS[2:], "execution_accuracy") is None
+
+
+def test_row_dict_names_the_task_metric():
+    d = ROWS[0].to_dict("rouge_l")
+    assert d["rouge_l"] == 0.6 and "task_metric" not in d
