@@ -1,0 +1,156 @@
+"""bench train: the FLOP formula, the headline ratios and their four lines, the child runner."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from tunesmith.bench.train import (
+    FINAL_KEYS,
+    BenchSettings,
+    eval_loss,
+    final_lines,
+    linear_params,
+    matmul_ceiling,
+    parse_final_lines,
+    prepare_data,
+    run_child,
+    summarize,
+    useful_flops,
+)
+from tunesmith.data.records import Conversation, Turn
+from tunesmith.models import load_model_and_tokenizer
+
+
+def _lora(model, r=4):
+    cfg = LoraConfig(r=r, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    return get_peft_model(model, cfg)
+
+
+def test_useful_flops_formula():
+    params = {"body": 10, "head": 3, "adapter": 2}
+    # 4*10*5 (frozen body, every real token) + 4*3*2 (head, trained only) + 6*2*5 (adapter)
+    assert useful_flops(params, processed=5, trained=2) == 284.0
+
+
+def test_linear_params_split_body_head_adapter(tiny_llama_dir):
+    model = _lora(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), r=4)
+    c = model.config
+    kv = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    per_layer = (
+        c.hidden_size * (2 * c.hidden_size + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
+    )
+    adapter_per_layer = 4 * (c.hidden_size + c.hidden_size) + 4 * (c.hidden_size + kv)
+    assert linear_params(model) == {
+        "body": c.num_hidden_layers * per_layer,
+        "head": c.vocab_size * c.hidden_size,
+        "adapter": c.num_hidden_layers * adapter_per_layer,
+    }
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert linear_params(model)["adapter"] == trainable
+
+
+def test_eval_loss_matches_transformers_mean_loss(tiny_llama_dir):
+    model, tok, _ = load_model_and_tokenizer(str(tiny_llama_dir))
+    convs = [
+        Conversation((Turn("user", f"question {i}?"), Turn("assistant", f"answer {i} " * (i + 1))))
+        for i in range(20)  # > 16: two micro-batches of different lengths
+    ]
+    got = eval_loss(model, tok, convs, BenchSettings(seq_len=128), autocast_dtype=None)
+    from tunesmith.data.dataset import collate, tokenize_conversations
+
+    batch = collate(tokenize_conversations(tok, convs, seq_len=128), tok.pad_token_id)
+    model64 = model.double()
+    with torch.no_grad():  # float64 reference: transformers' own mean over trained tokens
+        ref = model64(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+        ).loss
+    assert got == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_matmul_ceiling_is_a_rate():
+    rate = matmul_ceiling("fp32", n=128, reps=2)
+    assert math.isfinite(rate) and rate > 1e6  # any CPU does > 1 MFLOP/s
+
+
+def _row(variant, tps, rss, ceiling=0.0, rep=0):
+    return {
+        "variant": variant,
+        "rep": rep,
+        "tokens_per_s": tps,
+        "peak_rss_bytes": rss,
+        "ceiling_ratio": ceiling,
+    }
+
+
+def test_summary_medians_and_final_lines():
+    rows = [
+        _row("tunesmith", 600.0, 1000, 0.4, rep=0),
+        _row("tunesmith", 400.0, 1200, 0.6, rep=1),
+        _row("tunesmith", 500.0, 900, 0.5, rep=2),
+        _row("trl-default", 100.0, 2000),
+        _row("trl-default", 200.0, 2000),
+        _row("trl-tuned", 400.0, 1600),
+    ]
+    summary = summarize(rows)
+    assert summary == pytest.approx(
+        {
+            "speedup_vs_trl_default": 500.0 / 150.0,
+            "speedup_vs_trl_tuned": 1.25,
+            "peak_rss_ratio": 0.5,
+            "ceiling_ratio": 0.5,
+        }
+    )
+    lines = final_lines(summary)
+    assert lines == [
+        "speedup_vs_trl_default=3.333",
+        "speedup_vs_trl_tuned=1.250",
+        "peak_rss_ratio=0.500",
+        "ceiling_ratio=0.500",
+    ]
+    output = "table ...\nrep 1/1\n" + "\n".join(lines) + "\n"
+    assert parse_final_lines(output) == pytest.approx(
+        {k: float(line.split("=")[1]) for k, line in zip(FINAL_KEYS, lines, strict=True)}
+    )
+    with pytest.raises(ValueError, match="does not end with"):
+        parse_final_lines("\n".join(lines[::-1]))
+
+
+def test_missing_variant_gives_nan_not_an_error():
+    summary = summarize([_row("tunesmith", 500.0, 1000, 0.5)])
+    assert math.isnan(summary["speedup_vs_trl_default"])
+    assert final_lines(summary)[0] == "speedup_vs_trl_default=nan"
+
+
+@pytest.mark.slow
+def test_child_runner_tunesmith_and_trl_default(tiny_llama_dir, tmp_path):
+    settings = BenchSettings(
+        model=str(tiny_llama_dir), steps=2, n_train=60, n_eval=16, eval_limit=8, seq_len=256
+    )
+    data = prepare_data(tmp_path / "data", settings)
+    rows = [
+        run_child(v, settings, data, tmp_path / v, timeout_s=300)
+        for v in ("tunesmith", "trl-default")
+    ]
+    ours, trl = rows
+    assert (ours["gradient_checkpointing"], trl["gradient_checkpointing"]) == (False, True)
+    assert trl["precision"] == "fp32"  # SFTConfig on a CPU, as a user must set it
+    for row in rows:
+        assert row["timed_steps"] == 1 and len(row["losses"]) == 2  # step 1 is the warm-up
+        assert 0 < row["trained_tokens"] < row["processed_tokens"]  # prompts are not trained
+        assert row["tokens_per_s"] == pytest.approx(row["trained_tokens"] / row["wall_s"])
+        assert row["peak_rss_bytes"] > 100 * 2**20
+        # A near-untrained 512-token model: eval loss close to ln(512) = 6.24.
+        assert abs(row["eval_loss"] - math.log(512)) < 0.5
+    # tunesmith groups batches by length; TRL pads each batch to its longest record.
+    assert ours["padded_tokens"] <= trl["padded_tokens"]
+    lines = final_lines(summarize(rows))
+    parsed = parse_final_lines("\n".join(lines))
+    assert parsed["speedup_vs_trl_default"] == pytest.approx(
+        ours["tokens_per_s"] / trl["tokens_per_s"], rel=2e-3, abs=1e-3
+    )
+    assert math.isnan(parsed["speedup_vs_trl_tuned"])  # not run here
