@@ -1,9 +1,12 @@
 """Packing: rows fit, nothing crosses an example boundary, packed loss == unpacked loss."""
 
+import json
+
 import pytest
 import torch
 
 from tests.tiny import make_tiny_model, make_tokenizer
+from tunesmith.cli import main
 from tunesmith.data.dataset import collate, tokenize_conversations
 from tunesmith.data.packing import (
     PackedRow,
@@ -14,7 +17,7 @@ from tunesmith.data.packing import (
     segment_ids,
 )
 from tunesmith.data.records import Conversation
-from tunesmith.data.render import IGNORE_INDEX, Rendered
+from tunesmith.data.render import FALLBACK_TEMPLATES, IGNORE_INDEX, Rendered
 from tunesmith.train.loss import loss_sum
 
 QUESTIONS = [
@@ -166,3 +169,67 @@ def test_attention_inputs_choose_native_or_4d():
     assert not native_packing(model)
     fallback = attention_inputs(model, mask, pos)
     assert fallback["attention_mask"].shape == (1, 1, 4, 4)
+
+
+@pytest.fixture(scope="module")
+def base_model_dir(tmp_path_factory):
+    """A tiny Llama whose tokenizer has no chat template, like a base (non-instruct) model."""
+    out = tmp_path_factory.mktemp("tiny-base")
+    tok = make_tokenizer()
+    tok.chat_template = None
+    make_tiny_model("llama", vocab_size=len(tok)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    rows = [
+        {"instruction": f"{q} (case {i})", "output": a}
+        for i in range(6)
+        for q, a in QUESTIONS
+        if len(a) > 1
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def train_args(model_dir, data, out, *extra):
+    return ["train", "--model", str(model_dir), "--data", str(data), "--output", str(out),
+            "--max-steps", "3", "--batch-size", "2", "--seq-len", "256", "--eval-limit", "2",
+            "--max-new-tokens", "2", "--skip-base-eval", "--logging-steps", "1", *extra]  # fmt: skip
+
+
+def test_train_without_template_on_a_base_model_names_the_flag(
+    base_model_dir, small_data, tmp_path, capsys
+):
+    code = main(train_args(base_model_dir, small_data, tmp_path / "run"))
+    assert code == 2
+    assert "--template" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_with_fallback_template_and_packing(base_model_dir, small_data, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "run"
+    code = main(train_args(base_model_dir, small_data, out, "--template", "alpaca", "--packing"))
+    assert code == 0
+    text = capsys.readouterr().out
+    n_rows = int(text.split("examples -> ")[1].split(" rows")[0])
+    assert 0 < n_rows <= 12  # 32 cleaned examples of 40-70 tokens: 3-5 per row of 256
+    saved = AutoTokenizer.from_pretrained(out / "adapter")
+    assert saved.chat_template == FALLBACK_TEMPLATES["alpaca"]
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    assert "template: alpaca" in (out / "config.yaml").read_text()
+    assert "packing: true" in (out / "config.yaml").read_text()
+
+
+def test_packing_is_refused_for_prompt_tuning(tiny_llama_dir, small_data, tmp_path, capsys):
+    code = main(
+        train_args(tiny_llama_dir, small_data, tmp_path / "run", "--packing", "--method", "prompt")
+    )
+    assert code == 2
+    assert "packing" in capsys.readouterr().err

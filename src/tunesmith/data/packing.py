@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from tunesmith.data.render import IGNORE_INDEX, Rendered
+from tunesmith.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -143,3 +144,27 @@ def attention_inputs(model, attention_mask: torch.Tensor, position_ids: torch.Te
         "position_ids": position_ids,
         "use_cache": False,
     }
+
+
+def check_packable(model, *, kv_prefix: bool = False) -> None:
+    """Refuse packing where examples of a row cannot be kept apart.
+
+    Prompt-learning methods (prompt, prefix) and other key/value prefixes (MAM) put virtual
+    tokens in front of the *row*, shared by all its examples, and peft ignores position ids
+    for them; packing would silently train something else.
+
+    Raises:
+        ConfigError: ``packing`` with such a method.
+    """
+    from peft import PeftModel
+
+    prompt = (
+        isinstance(model, PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning
+    )
+    if prompt or kv_prefix:
+        raise ConfigError(
+            "packing",
+            True,
+            "false with prefix/prompt-style methods (their virtual tokens would be shared by "
+            "every example of a packed row)",
+        )

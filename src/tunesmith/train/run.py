@@ -149,6 +149,7 @@ def load_for_training(cfg: TrainConfig, device: torch.device):
     upcasts adapters); methods that train base weights (full, freeze) keep fp32 master
     weights and run under autocast instead, since AdamW on bf16 weights loses small updates.
     """
+    from tunesmith.data.render import ensure_chat_template
     from tunesmith.methods import get_method
     from tunesmith.methods.targets import check_targets_exist
     from tunesmith.models import load_model_and_tokenizer
@@ -169,6 +170,7 @@ def load_for_training(cfg: TrainConfig, device: torch.device):
         trust_remote_code=cfg.trust_remote_code,
         allow_pickle=cfg.allow_pickle,
     )
+    ensure_chat_template(tok, cfg.template)  # saved with the adapter by save_final
     args = method_args(cfg, model.config)
     if spec.name in ("lora", "qlora", "dora", "rslora"):  # the others sit at fixed positions
         check_targets_exist(model, args.target)
@@ -205,6 +207,7 @@ def run_training(
 ) -> RunResult:
     """Run a whole fine-tune as configured; see the module docstring for the stages."""
     from tunesmith.data.dataset import tokenize_conversations
+    from tunesmith.data.render import ensure_chat_template
     from tunesmith.eval.evaluate import eval_report, evaluate_side
     from tunesmith.models.loading import load_tokenizer, resolve_model
     from tunesmith.plan import write_plan
@@ -245,6 +248,7 @@ def run_training(
     tokenizer = load_tokenizer(
         source if not resume else resolve_model(cfg.model), trust_remote_code=cfg.trust_remote_code
     )
+    ensure_chat_template(tokenizer, cfg.template)
     if not resume:
         run_dir = prepare_run_dir(cfg)
         write_text(run_dir / "config.yaml", to_yaml(cfg))
@@ -275,6 +279,16 @@ def run_training(
         eval_ex = (
             tokenize_conversations(tokenizer, eval_convs, seq_len=cfg.seq_len) if eval_convs else []
         )
+        if cfg.packing:
+            from tunesmith.data.packing import check_packable, pack_examples
+
+            check_packable(model, kv_prefix=not spec.gradient_checkpointing)
+            n_examples = len(train_ex)
+            # From here on a training "example" is a packed row of up to seq-len tokens.
+            train_ex = pack_examples(train_ex, cfg.seq_len)
+            say(
+                f"packing: {n_examples} examples -> {len(train_ex)} rows of <= {cfg.seq_len} tokens"
+            )
     max_steps = cfg.max_steps or steps_for_epochs(
         len(train_ex), cfg.batch_size, cfg.grad_accum, cfg.epochs
     )
