@@ -24,3 +24,17 @@ def tiny_llama_dir(tmp_path_factory):
 def tiny_qwen2_dir(tmp_path_factory):
     """A 2-layer, hidden-64 Qwen2 with a ChatML tokenizer, saved as a local checkpoint."""
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-qwen2"), arch="qwen2")
+
+
+@pytest.fixture(scope="session")
+def small_demo_data(tmp_path_factory):
+    """(train.jsonl, eval.jsonl): 48 + 8 clinic demo records, for fast end-to-end runs."""
+    from tunesmith.atomic import write_jsonl
+    from tunesmith.demo.dataset import demo_splits
+
+    train, evals = demo_splits(seed=0, n_train=48, n_eval=8)
+    d = tmp_path_factory.mktemp("small-demo")
+    return (
+        write_jsonl(d / "train.jsonl", (c.to_json() for c in train)),
+        write_jsonl(d / "eval.jsonl", (c.to_json() for c in evals)),
+    )
