@@ -22,7 +22,7 @@ pytestmark = pytest.mark.xdist_group("compare-e2e")
 ROW_KEYS = {
     "method", "lr", "trainable_params", "total_params", "trainable_share", "execution_accuracy",
     "exact_match", "eval_loss", "eval_perplexity", "peak_mem_bytes", "train_time_s",
-    "tokens_per_s", "latency_ms", "run_dir", "error",
+    "tokens_per_s", "latency_ms", "latency_vs_base", "run_dir", "error",
 }  # fmt: skip
 
 
@@ -78,7 +78,8 @@ def test_failed_method_gets_an_error_row_and_the_others_finish(compared):
     for m in ("lora", "full"):
         assert rows[m]["error"] is None
         assert 0.0 <= rows[m]["execution_accuracy"] <= 1.0
-        assert rows[m]["latency_ms"] > 0 and rows[m]["train_time_s"] > 0
+        assert rows[m]["latency_ms"] > 0 and rows[m]["latency_vs_base"] > 0
+        assert rows[m]["train_time_s"] > 0
 
 
 def test_param_counts_and_shares(compared, tiny_llama_dir):
@@ -101,6 +102,7 @@ def test_param_counts_and_shares(compared, tiny_llama_dir):
     assert rows["full"]["trainable_share"] == 1.0
     assert rows["full"]["trainable_share"] > rows["lora"]["trainable_share"] > 0
     assert rows["base"]["trainable_params"] == 0 and rows["base"]["latency_ms"] > 0
+    assert rows["base"]["latency_vs_base"] == 1.0
 
 
 def test_every_method_saw_the_same_examples_with_its_own_lr(compared):

@@ -44,7 +44,19 @@ def test_missing_data_file_is_refused_before_training(tmp_path):
 
 
 ROWS = [
-    MethodRow("lora", lr=2e-3, trainable_params=460_800, trainable_share=0.0034, task_metric=0.6),
+    MethodRow(
+        "lora",
+        lr=2e-3,
+        trainable_params=460_800,
+        trainable_share=0.0034,
+        task_metric=0.6,
+        eval_perplexity=2.281,
+        peak_mem_bytes=1_610_612_736,
+        train_time_s=1234.5,
+        tokens_per_s=12345.6,
+        latency_ms=308.81,
+        latency_vs_base=1.023,
+    ),  # fmt: skip
     MethodRow("full", lr=5e-5, trainable_params=134_515_008, trainable_share=1.0, task_metric=0.62),
     MethodRow("qlora", lr=2e-3, error="OutOfMemoryError: CUDA out of memory"),
 ]
@@ -58,6 +70,7 @@ def test_table_fits_80_columns_and_lists_errors():
     text = con.export_text()
     assert "…" not in text  # nothing cropped
     assert "0.34%" in text and "460.8K" in text and "134.5M" in text and "100%" in text
+    assert "1.5 GiB" in text and "1234.5" in text and "308.8" in text and "1.02" in text
     assert "qlora failed: OutOfMemoryError: CUDA out of memory" in " ".join(text.split())
 
 

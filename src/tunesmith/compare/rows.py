@@ -42,6 +42,7 @@ class MethodRow:
         train_time_s: Seconds spent in the training loop.
         tokens_per_s: Trained tokens per second over the whole loop.
         latency_ms: Median batch-1 forward latency of a short prompt.
+        latency_vs_base: ``latency_ms`` over the base's, timed interleaved with it.
         run_dir: The method's run directory.
         error: Why the method failed (its other fields are then mostly ``None``).
     """
@@ -59,6 +60,7 @@ class MethodRow:
     train_time_s: float | None = None
     tokens_per_s: float | None = None
     latency_ms: float | None = None
+    latency_vs_base: float | None = None
     run_dir: str | None = None
     error: str | None = None
 
@@ -103,7 +105,7 @@ def row_from_run(method: str, lr: float, result: Any) -> MethodRow:
 
 
 def base_row(eval_json: dict[str, Any] | None, base_total: int | None) -> MethodRow:
-    """The untrained base model's row, from the base side of a run's ``eval.json``."""
+    """The untrained base model's row, from the base side of a run's ``eval.json`` (if any)."""
     ev = eval_json or {}
     base = (ev.get("metrics") or {}).get("base") or {}
     return MethodRow(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.atomic import atomic_path, write_json
-from tunesmith.compare.latency import LatencySettings, base_latency_s, run_latency_s
+from tunesmith.compare.latency import Latencies, LatencySettings, measure_latencies
 from tunesmith.compare.lr import lr_for
 from tunesmith.compare.plot import render_compare_png
 from tunesmith.compare.rows import (
@@ -185,68 +185,23 @@ def compare(
     _prepare_output(out, cfg.overwrite)
 
     t0 = time.perf_counter()
-    rows: list[MethodRow] = []
-    shared: tuple[str, str] | None = None
-    first_eval: dict[str, Any] | None = None
-    base_total: int | None = None
-    for i, method in enumerate(names, 1):
-        run_cfg = _method_config(cfg, method, out, shared, _has_base(first_eval))
-        say(f"[{i}/{len(names)}] {method} (lr {run_cfg.lr:g}) -> {run_cfg.output}")
-        try:
-            from tunesmith.train.run import run_training
-
-            result = run_training(
-                run_cfg,
-                say=lambda m, p=method: say(f"  {p}: {m}"),
-                progress_factory=progress_factory,
-            )
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # one method's failure (e.g. out of memory) must not end the rest
-            rows.append(
-                MethodRow(method, lr=run_cfg.lr, run_dir=run_cfg.output, error=_error_text(exc))
-            )
-            say(f"  {method}: failed: {rows[-1].error}")
-            shared = shared or _shared_data(Path(run_cfg.output))
-            continue
-        finally:
-            gc.collect()
-        shared = shared or _shared_data(result.run_dir)
-        if base_total is None:
-            base_total = base_param_count(method, result)
-        if not _has_base(first_eval) and result.eval:
-            first_eval = result.eval
-        rows.append(row_from_run(method, run_cfg.lr, result))
-
-    for row in rows:  # the share's denominator is known only once some run could tell it
+    trained = _train_each(names, cfg, out, say, progress_factory)
+    rows, base_total = trained.rows, trained.base_total
+    lat = None
+    if latency:
+        lat = _time_latency(rows, cfg, _first_prompt(trained.shared), latency_settings, say)
+        base_total = base_total or lat.base_params  # e.g. only QLoRA ran: 4-bit counts packed
+    for row in rows:  # one denominator for every share: the base model's parameter count
         if row.error is None and base_total:
             row.trainable_share = row.trainable_params / base_total
-    task = (first_eval or {}).get("task", "text")
-    metric = task_metric_name(task)
-    base = base_row(first_eval, base_total) if first_eval else None
+    metric = task_metric_name((trained.first_eval or {}).get("task", "text"))
+    base = base_row(trained.first_eval, base_total)
+    if lat is not None and lat.base_ms is not None:
+        base.latency_ms, base.latency_vs_base = lat.base_ms, 1.0
 
-    if latency:
-        text = _first_prompt(shared)
-        timed = [r for r in rows if r.error is None]
-        say(f"batch-1 latency: {len(timed) + 1} models x {latency_settings.runs} runs")
-        if base is None:
-            base = MethodRow(
-                "base", trainable_params=0, total_params=base_total, trainable_share=0.0
-            )
-        try:
-            base.latency_ms = 1e3 * base_latency_s(
-                cfg.model, text, latency_settings, trust_remote_code=cfg.trust_remote_code
-            )
-        except Exception as exc:
-            say(f"  base: latency not measured: {_error_text(exc)}")
-        for r in timed:
-            try:
-                r.latency_ms = 1e3 * run_latency_s(Path(r.run_dir), text, latency_settings)
-            except Exception as exc:  # a row without latency beats no comparison
-                say(f"  {r.method}: latency not measured: {_error_text(exc)}")
-            gc.collect()
-
-    settings = _settings(cfg, names, shared, first_eval, metric, latency, latency_settings)
+    settings = _settings(
+        cfg, names, trained.shared, trained.first_eval, metric, latency, latency_settings
+    )
     settings["total_s"] = round(time.perf_counter() - t0, 1)
     result = CompareResult(out, rows, base, metric, settings)
     write_json(out / "compare.json", result.to_dict())
@@ -256,6 +211,84 @@ def compare(
         with atomic_path(result.plot) as tmp:
             tmp.write_bytes(png)
     return result
+
+
+@dataclass
+class _Trained:
+    """What the training runs left: rows, the shared data files, the base's eval and size."""
+
+    rows: list[MethodRow] = field(default_factory=list)
+    shared: tuple[str, str] | None = None
+    first_eval: dict[str, Any] | None = None
+    base_total: int | None = None
+
+
+def _train_each(
+    names: list[str],
+    cfg: TrainConfig,
+    out: Path,
+    say: Callable[[str], None],
+    progress_factory: Callable[[int], Any] | None,
+) -> _Trained:
+    """One training run per method, in order; a failure becomes an error row."""
+    from tunesmith.train.run import run_training
+
+    done = _Trained()
+    for i, method in enumerate(names, 1):
+        run_cfg = _method_config(cfg, method, out, done.shared, _has_base(done.first_eval))
+        say(f"[{i}/{len(names)}] {method} (lr {run_cfg.lr:g}) -> {run_cfg.output}")
+        try:
+            result = run_training(
+                run_cfg,
+                say=lambda m, p=method: say(f"  {p}: {m}"),
+                progress_factory=progress_factory,
+            )
+        except Exception as exc:  # one method's failure (e.g. out of memory) must not end the rest
+            run_dir = Path(run_cfg.output)
+            error = _error_text(exc)
+            say(f"  {method}: failed: {error}")
+            done.rows.append(
+                MethodRow(
+                    method,
+                    lr=run_cfg.lr,
+                    run_dir=str(run_dir) if run_dir.exists() else None,
+                    error=error,
+                )
+            )
+            done.shared = done.shared or _shared_data(run_dir)
+            continue
+        finally:
+            gc.collect()  # the finished model is unreachable now; free it before the next
+        done.rows.append(row_from_run(method, run_cfg.lr, result))
+        done.shared = done.shared or _shared_data(result.run_dir)
+        done.base_total = done.base_total or base_param_count(method, result)
+        if not _has_base(done.first_eval) and result.eval:
+            done.first_eval = result.eval
+    return done
+
+
+def _time_latency(
+    rows: list[MethodRow],
+    cfg: TrainConfig,
+    text: str,
+    settings: LatencySettings,
+    say: Callable[[str], None],
+) -> Latencies:
+    """Fill ``latency_ms`` and ``latency_vs_base`` of the trained rows."""
+    timed = {r.method: Path(r.run_dir) for r in rows if r.error is None and r.run_dir}
+    say(f"batch-1 latency: base and {len(timed)} trained models, {settings.runs} runs each")
+    lat = measure_latencies(
+        cfg.model,
+        timed,
+        text,
+        settings,
+        trust_remote_code=cfg.trust_remote_code,
+        on_error=lambda m, exc: say(f"  {m}: latency not measured: {_error_text(exc)}"),
+    )
+    for r in rows:
+        if r.method in lat.methods:
+            r.latency_ms, r.latency_vs_base = lat.methods[r.method]
+    return lat
 
 
 def _settings(

@@ -9,7 +9,7 @@ from tunesmith.report.format import fmt_bytes
 
 # Short column titles and compact numbers keep ten columns inside an 80-column terminal:
 # params = trainable parameters, share = of the base's, ppl = eval perplexity, train s = seconds
-# in the training loop, lat ms = batch-1 forward latency.
+# in the training loop, lat ms = batch-1 forward latency, ×base = its ratio to the base's.
 _SHORT = {"execution_accuracy": "exec acc", "rouge_l": "ROUGE-L"}
 
 
@@ -46,7 +46,7 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
     )
     for col in (
         "method", "lr", "params", "share", _SHORT.get(metric_name, metric_name), "ppl",
-        "peak mem", "train s", "tok/s", "lat ms",
+        "peak mem", "train s", "tok/s", "lat ms", "×base",
     ):  # fmt: skip
         t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     failed = []
@@ -66,6 +66,7 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
             _num(r.train_time_s, ".1f"),
             _num(r.tokens_per_s, ".0f"),
             _num(r.latency_ms, ".1f"),
+            _num(r.latency_vs_base, ".2f"),
         )
     if failed:
         t.caption = "\n".join(failed)
