@@ -1,0 +1,246 @@
+"""Inspect training data as the model will see it.
+
+`preview` renders the first records of FILE with the model's chat template (or a fallback
+template, --template) and shows which tokens are trained: answer tokens highlighted, prompt
+tokens dim. The summary gives tokens per record, the trained share and whether the
+end-of-turn (EOS) token is trained — a model that never sees its EOS trained never stops.
+FILE defaults to the bundled clinic text-to-SQL demo data.
+
+Example:
+  tunesmith data preview train.jsonl --model Qwen/Qwen2.5-0.5B-Instruct --n 2
+  tunesmith data preview --json | jq '.records[0].tokens[:5]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+HELP = "preview rendered records with the trained tokens highlighted"
+
+TRAINED_STYLE = "bold green"
+PROMPT_STYLE = "dim"
+OPEN, CLOSE = "\u27e6", "\u27e7"  # ⟦ ⟧ around trained tokens where colors are lost
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser(
+        "preview",
+        help=HELP,
+        description=(__doc__ or HELP).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "file", nargs="?", default=None, metavar="FILE", help="data file (default: the demo data)"
+    )
+    p.add_argument(
+        "--model",
+        default="embedded",
+        help="model (its tokenizer and chat template): embedded, hub id, dir, .gguf or run dir",
+    )
+    p.add_argument("--n", type=int, default=3, help="records to show (default 3)")
+    p.add_argument(
+        "--template",
+        choices=("chatml", "alpaca", "llama-2"),
+        default=None,
+        help="fallback chat template (for models without one; replaces the model's own)",
+    )
+    p.add_argument(
+        "--seq-len", type=int, default=512, help="truncate records to this many tokens (512)"
+    )
+    p.add_argument(
+        "--format", choices=("alpaca", "messages", "sharegpt"), default=None, help="force a format"
+    )
+    p.add_argument(
+        "--train-on-prompt", action="store_true", help="also train on prompt tokens (as train)"
+    )
+    p.add_argument("--trust-remote-code", action="store_true", help="allow tokenizer code")
+    p.add_argument("--json", action="store_true", help="per-token {text, trained} on stdout")
+
+
+@dataclass
+class RecordPreview:
+    """One rendered record: its tokens as text pieces with their trained flag."""
+
+    source: str
+    tokens: list[dict]  # [{"text": str, "trained": bool}]
+    num_tokens: int
+    num_trained: int
+    eos_trained: bool
+    truncated: bool
+
+    @property
+    def trained_share(self) -> float:
+        return self.num_trained / self.num_tokens if self.num_tokens else 0.0
+
+
+def token_pieces(tokenizer, ids: Sequence[int], trained: Sequence[bool]) -> list[dict]:
+    """Decoded text per token; a character split over several byte-level tokens is kept whole
+    (decoding its first bytes alone would give U+FFFD), trained if any of its tokens is."""
+    pieces: list[dict] = []
+    buf: list[int] = []
+    flag = False
+    for i, (tid, t) in enumerate(zip(ids, trained, strict=True)):
+        buf.append(tid)
+        flag = flag or t
+        text = tokenizer.decode(buf)
+        if text.endswith("\ufffd") and i + 1 < len(ids):
+            continue
+        pieces.append({"text": text, "trained": flag})
+        buf, flag = [], False
+    return pieces
+
+
+def preview_record(
+    tokenizer, conv, *, seq_len: int, train_on_prompt: bool = False
+) -> RecordPreview:
+    """Render one conversation exactly as training does and describe its loss mask."""
+    from tunesmith.data.render import IGNORE_INDEX, render_example
+
+    full = render_example(tokenizer, conv, train_on_prompt=train_on_prompt)
+    r = render_example(tokenizer, conv, train_on_prompt=train_on_prompt, max_len=seq_len)
+    trained = [lab != IGNORE_INDEX for lab in r.labels]
+    eos = tokenizer.eos_token_id
+    return RecordPreview(
+        source=conv.source,
+        tokens=token_pieces(tokenizer, r.input_ids, trained),
+        num_tokens=len(r.input_ids),
+        num_trained=sum(trained),
+        eos_trained=any(t and i == eos for i, t in zip(r.input_ids, trained, strict=True)),
+        truncated=len(full.input_ids) > len(r.input_ids),
+    )
+
+
+def summary(records: Sequence[RecordPreview]) -> dict:
+    tokens = sum(r.num_tokens for r in records)
+    return {
+        "records": len(records),
+        "tokens_mean": round(tokens / len(records), 1) if records else 0.0,
+        "tokens_max": max((r.num_tokens for r in records), default=0),
+        "trained_share": round(sum(r.num_trained for r in records) / tokens, 4) if tokens else 0.0,
+        "eos_trained_records": sum(r.eos_trained for r in records),
+        "no_trained_token_records": sum(r.num_trained == 0 for r in records),
+        "truncated_records": sum(r.truncated for r in records),
+    }
+
+
+def highlighted(record: RecordPreview, markers: bool = False):
+    """The record as rich Text: trained tokens bold green, prompt tokens dim.
+
+    With ``markers`` (output that keeps no colors: a pipe, a log) trained runs are also
+    enclosed in ``OPEN``/``CLOSE``.
+    """
+    from rich.text import Text
+
+    text = Text()
+    previous = False
+    for piece in record.tokens:
+        if markers and piece["trained"] != previous:
+            text.append(OPEN if piece["trained"] else CLOSE, style="bold")
+            previous = piece["trained"]
+        text.append(piece["text"], style=TRAINED_STYLE if piece["trained"] else PROMPT_STYLE)
+    if markers and previous:
+        text.append(CLOSE, style="bold")
+    return text
+
+
+def _conversations(args: argparse.Namespace):
+    """The first ``--n`` usable records and the invalid ones met on the way."""
+    from tunesmith.data.records import Conversation
+
+    if args.file is None:
+        from tunesmith.demo.dataset import demo_splits
+
+        train, _ = demo_splits(seed=0, n_train=max(args.n, 50))
+        return train[: args.n], []
+    from tunesmith.data.readers import read_files
+
+    convs, invalid = [], []
+    for item in read_files([args.file], args.format):
+        if isinstance(item, Conversation):
+            convs.append(item)
+            if len(convs) == args.n:
+                break
+        else:
+            invalid.append(item)
+    return convs, invalid
+
+
+def _print(records: list[RecordPreview], summ: dict, invalid, eos_token: str) -> None:
+    from rich.rule import Rule
+    from rich.table import Table
+
+    from tunesmith.commands._console import console
+
+    out = console()
+    markers = not out.is_terminal or out.no_color
+    out.print(
+        f"trained tokens are between {OPEN} {CLOSE}"
+        if markers
+        else f"[{TRAINED_STYLE}]trained tokens[/] are highlighted, [{PROMPT_STYLE}]prompt tokens[/] dim"
+    )
+    for r in records:
+        out.print(Rule(r.source, align="left"))
+        out.print(
+            f"{r.num_tokens} tokens, {r.num_trained} trained ({100 * r.trained_share:.0f}%), "
+            f"EOS {'trained' if r.eos_trained else '[bold red]NOT trained[/]'}"
+            + (", [yellow]truncated at --seq-len[/]" if r.truncated else ""),
+            highlight=False,
+        )
+        # soft_wrap: no line breaks added by rich; the record's own newlines are what matter.
+        out.print(highlighted(r, markers), highlight=False, markup=False, soft_wrap=True)
+    for bad in invalid:
+        out.print(f"[yellow]skipped {bad.file}:{bad.line}: {bad.reason}[/]")
+    table = Table(title="summary")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("records", str(summ["records"]))
+    table.add_row("tokens per record (mean / max)", f"{summ['tokens_mean']} / {summ['tokens_max']}")
+    table.add_row("trained share", f"{100 * summ['trained_share']:.1f}%")
+    table.add_row(
+        f"EOS {eos_token!r} trained", f"{summ['eos_trained_records']} of {summ['records']}"
+    )
+    if summ["truncated_records"]:
+        table.add_row("truncated at --seq-len", str(summ["truncated_records"]))
+    if summ["no_trained_token_records"]:
+        table.add_row("no trained token (train refuses)", str(summ["no_trained_token_records"]))
+    out.print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tunesmith.commands._console import quiet_libraries
+    from tunesmith.data.render import ensure_chat_template
+    from tunesmith.errors import UserInputError
+    from tunesmith.models.loading import load_tokenizer
+
+    if args.n < 1 or args.seq_len < 1:
+        raise UserInputError("--n and --seq-len must be at least 1")
+    quiet_libraries()
+    convs, invalid = _conversations(args)
+    if not convs:
+        raise UserInputError(f"{args.file}: no usable record to preview")
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    ensure_chat_template(tokenizer, args.template)
+    records = [
+        preview_record(tokenizer, c, seq_len=args.seq_len, train_on_prompt=args.train_on_prompt)
+        for c in convs
+    ]
+    summ = summary(records)
+    if args.json:
+        payload = {
+            "model": args.model,
+            "template": args.template,
+            "eos_token": tokenizer.eos_token,
+            "records": [{**asdict(r), "trained_share": round(r.trained_share, 4)} for r in records],
+            "invalid": [{"file": b.file, "line": b.line, "reason": b.reason} for b in invalid],
+            "summary": summ,
+        }
+        json.dump(payload, sys.stdout, ensure_ascii=False)
+        print()
+    else:
+        _print(records, summ, invalid, tokenizer.eos_token)
+    return 0
