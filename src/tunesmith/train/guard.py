@@ -165,9 +165,11 @@ def is_oom(exc: BaseException) -> bool:
     """CUDA's ``OutOfMemoryError`` or the CPU allocator's RuntimeError for a failed allocation."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
+    # CPU: "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes";
+    # MPS and older CUDA builds: "... out of memory ...".
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "failed to allocate" in text
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "failed to allocate")
     )
 
 
