@@ -71,8 +71,14 @@ EXPECTED = {
 }  # fmt: skip
 
 
-def test_every_fallback_template_has_an_expectation():
+def test_every_fallback_template_has_an_expectation_and_a_config_value():
+    import typing
+
+    from tunesmith.config import TrainConfig
+
     assert set(EXPECTED) == set(FALLBACK_TEMPLATES)
+    literal = typing.get_args(TrainConfig.model_fields["template"].annotation)[0]
+    assert set(typing.get_args(literal)) == set(FALLBACK_TEMPLATES)
 
 
 @pytest.mark.parametrize("name", sorted(FALLBACK_TEMPLATES))

@@ -27,6 +27,8 @@ OPEN, CLOSE = "\u27e6", "\u27e7"  # ⟦ ⟧ around trained tokens where colors a
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tunesmith.data.render import FALLBACK_TEMPLATES  # light: no torch
+
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser(
         "preview",
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=3, help="records to show (default 3)")
     p.add_argument(
         "--template",
-        choices=("chatml", "alpaca", "llama-2"),
+        choices=tuple(FALLBACK_TEMPLATES),
         default=None,
         help="fallback chat template (for models without one; replaces the model's own)",
     )
