@@ -134,7 +134,12 @@ def _format_error(err: ValidationError) -> ConfigError:
     value = first.get("input")
     allowed = first["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        allowed = "a known key: " + ", ".join(_kebab(k) for k in TrainConfig.model_fields)
+        import difflib
+
+        known = [_kebab(k) for k in TrainConfig.model_fields]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        allowed = f"a known key{hint}: " + ", ".join(known)
     return ConfigError(key, value, allowed)
 
 

@@ -97,6 +97,9 @@ def _too_long_records(ctx: Ctx) -> list[str]:
 CASES: dict[str, tuple[Callable[[Ctx], list[str]], list[str]]] = {
     # config files
     "yaml-unknown-key": (lambda c: _yaml(c, "lerning-rate: 0.1\n"), ["lerning-rate", "known key"]),
+    "yaml-misspelt-key": (
+        lambda c: _yaml(c, "max-step: 3\n"), ["'max-step'", "did you mean 'max-steps'?"],
+    ),
     "yaml-wrong-type": (lambda c: _yaml(c, "rank: eight\n"), ["'rank'", "eight", "integer"]),
     "yaml-bad-method": (lambda c: _yaml(c, "method: adapterx\n"), ["method", "adapterx", "lora"]),
     "yaml-not-a-mapping": (lambda c: _yaml(c, "- lora\n- 8\n"), ["mapping"]),
