@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print compare.json on stdout")
     add_config_arguments(p)
+    for action in p._actions:  # --methods replaces train's --method: hide it (run() refuses it)
+        if action.dest == "method":
+            action.help = argparse.SUPPRESS
 
 
 def run(args: argparse.Namespace) -> int:
