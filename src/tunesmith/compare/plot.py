@@ -56,9 +56,12 @@ def render_compare_png(
     ax.set_xlim(min(xs) / 3, max(xs) * 6)
     levels = [*ys] + ([base.task_metric] if base and base.task_metric is not None else [])
     pad = max(0.05, 0.1 * (max(levels) - min(levels)))
-    # Scores are shares in [0, 1] (accuracy, ROUGE-L): never draw an axis below zero.
-    ax.set_ylim(max(0.0, min(levels) - pad) if min(levels) >= 0 else min(levels) - pad,
-                max(levels) + pad)  # fmt: skip
+    # Scores are shares in [0, 1] (accuracy, ROUGE-L): no axis far below zero, but a sliver
+    # below it so that points and the base line at 0 stay visible above the x axis.
+    lo, hi = min(levels) - pad, max(levels) + pad
+    if min(levels) >= 0 and lo < 0:
+        lo = -0.03 * hi
+    ax.set_ylim(lo, hi)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return buf.getvalue()
