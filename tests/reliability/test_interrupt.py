@@ -120,3 +120,49 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(
         torch.testing.assert_close(v, reference_adapter[k], rtol=1e-5, atol=1e-6)
     state = json.loads((list_checkpoints(run / "checkpoints")[0] / "state.json").read_text())
     assert state["step"] == 3
+
+
+# -- in-process signal handling of the loop (fast) -------------------------------------------
+def _tiny_loop(tmp_path, steps=6, save_steps=0):
+    from tests.tiny import make_tokenizer
+    from tests.train.test_loop import _examples, _lora_model
+    from tunesmith.train.loop import LoopSettings, TrainLoop
+
+    tok = make_tokenizer()
+    s = LoopSettings(max_steps=steps, batch_size=4, lr=1e-2, logging_steps=1, warmup_ratio=0.0,
+                     lr_scheduler="constant", seed=3, save_steps=save_steps)  # fmt: skip
+    return TrainLoop(
+        _lora_model(), _examples(tok), tok.pad_token_id, s, tmp_path, torch.device("cpu")
+    )
+
+
+def _signal_at(step: int, *signals: int):
+    def progress(done, loss):
+        if done == step:
+            for sig in signals:
+                os.kill(os.getpid(), sig)
+
+    return progress
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_at_the_step_boundary_and_restores_handlers(sig, tmp_path):
+    from tunesmith.train.loop import Interrupted
+
+    before = signal.getsignal(sig)
+    loop = _tiny_loop(tmp_path)
+    with pytest.raises(Interrupted, match=r"stopped at step 2; checkpoint saved.*--resume"):
+        loop.train(progress=_signal_at(2, sig))
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-2"]
+    assert json.loads((tmp_path / "checkpoints/step-2/state.json").read_text())["step"] == 2
+    assert signal.getsignal(sig) is before
+
+
+def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(tmp_path):
+    loop = _tiny_loop(tmp_path, save_steps=1)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(progress=_signal_at(3, signal.SIGINT, signal.SIGINT))
+    # Step 3's save never ran; steps 1-2 were saved (keep=2) and are intact.
+    saved = list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in saved] == ["step-1", "step-2"]
+    assert all(verify_checkpoint(p) for p in saved)

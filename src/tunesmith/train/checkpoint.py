@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 import re
 import shutil
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from tunesmith.atomic import atomic_dir
+from tunesmith.errors import UserInputError
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -56,19 +58,33 @@ def save_checkpoint(
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        rng = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        torch.save(rng, tmp / "rng.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from, in types ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    random.setstate(rng["python"])
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -97,20 +113,38 @@ def latest_valid_checkpoint(root: Path) -> tuple[Path | None, list[Path]]:
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
-    """Restore everything saved by :func:`save_checkpoint`; returns ``state.json``."""
+    """Restore everything saved by :func:`save_checkpoint`; returns ``state.json``.
+
+    Nothing is unpickled beyond plain containers and tensors (``weights_only=True``), so a
+    run directory from elsewhere cannot execute code on resume.
+
+    Raises:
+        UserInputError: the checkpoint does not fit this model and method (names or shapes of
+            the trained tensors differ: the run's config.yaml was edited) or cannot be read.
+    """
     from safetensors.torch import load_file
 
     weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    mismatch = sorted(set(params) ^ set(weights)) or [
+        f"{n} {tuple(w.shape)} vs {tuple(params[n].shape)}"
+        for n, w in weights.items()
+        if w.shape != params[n].shape
+    ]
+    if mismatch:
+        raise UserInputError(
+            f"checkpoint {path} does not match the model and method of this run (e.g. "
+            f"{mismatch[0]}); was the run's config.yaml changed after it was saved?"
+        )
+    try:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        rng = torch.load(path / "rng.pt", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserInputError(f"checkpoint {path} cannot be restored: {first}") from exc
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)  # our own file, verified by checksum
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    _set_rng_state(rng)
     return json.loads((path / "state.json").read_text())

@@ -92,6 +92,7 @@ class TrainLoop:
         run_dir: Path,
         device: torch.device,
         on_log: Callable[[dict], None] | None = None,
+        say: Callable[[str], None] | None = None,
     ):
         self.model = model
         self.examples = examples
@@ -101,6 +102,7 @@ class TrainLoop:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = device
         self.on_log = on_log
+        self.say = say or (lambda message: None)  # announces retries and skipped steps
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise WorkFailed("the method left no trainable parameter")
@@ -155,6 +157,10 @@ class TrainLoop:
     @contextlib.contextmanager
     def _graceful_signals(self) -> Iterator[None]:
         def handler(signum, frame):
+            if self._stop_requested and signum == signal.SIGINT:
+                # A second Ctrl-C: quit now. Checkpoints are atomic, so the last one stays valid.
+                raise KeyboardInterrupt
+            # Only a flag: printing from a handler can re-enter a half-done write to stdout.
             self._stop_requested = True
 
         previous = {}
@@ -256,11 +262,10 @@ class TrainLoop:
             guard.free_memory(self.device)
             self.split *= 2
             result.oom_retries += 1
-            if self.on_log:
-                self.on_log(
-                    {"step": step + 1, "oom_retry": True, "micro_batch": self.micro_batch_size,
-                     "grad_accum": self.accumulation}
-                )  # fmt: skip
+            self.say(
+                f"out of memory at step {step + 1}: redoing it as micro-batch "
+                f"{self.micro_batch_size} x accumulation {self.accumulation} (same effective batch)"
+            )
 
     def _step(self, step: int) -> tuple[float, int, float, int]:
         """One optimizer step: (loss, trained tokens, gradient norm, examples)."""
@@ -293,6 +298,7 @@ class TrainLoop:
             # Drop this update only; the schedule still advances so step N keeps step N's lr.
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
+            self.say(f"step {step + 1}: {what}; update skipped (--on-nan skip)")
             return math.nan, total, grad_norm, n_examples
         self.optimizer.step()
         self.scheduler.step()

@@ -329,7 +329,7 @@ def run_training(
         autocast_dtype=autocast,
         on_nan=cfg.on_nan,
     )
-    loop = TrainLoop(model, train_ex, tokenizer.pad_token_id, settings, run_dir, device)
+    loop = TrainLoop(model, train_ex, tokenizer.pad_token_id, settings, run_dir, device, say=say)
     say(
         f"training {max_steps} steps x {cfg.batch_size * cfg.grad_accum} examples ({len(train_ex)} train examples)"
     )
