@@ -2,7 +2,7 @@
 
 The library mirrors the CLI::
 
-    from tunesmith import plan, clean, train, evaluate, merge, export
+    from tunesmith import plan, clean, train, evaluate, merge, export, compare
 
     p = plan("Qwen/Qwen2.5-7B-Instruct", method="qlora", gpu="24GB", batch_size=4, seq_len=2048)
     r = train(method="lora", max_steps=150)          # the embedded demo by default
@@ -28,6 +28,7 @@ _API = {
     "evaluate": "tunesmith.eval.api:evaluate",
     "merge": "tunesmith.export:merge",
     "export": "tunesmith.export",
+    "compare": "tunesmith.compare",
     "TrainConfig": "tunesmith.config:TrainConfig",
 }
 
