@@ -26,3 +26,22 @@ def qa_file(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in qa_records()))
     return path
+
+
+def make_loop(run_dir, model=None, **overrides):
+    """A TrainLoop over the tiny LoRA Llama of tests/train (dropout 0, constant lr, seed 3)."""
+    import torch
+
+    from tests.tiny import make_tokenizer
+    from tests.train.test_loop import _examples, _lora_model
+    from tunesmith.train.loop import LoopSettings, TrainLoop
+
+    tok = make_tokenizer()
+    settings = dict(max_steps=6, batch_size=4, lr=1e-2, logging_steps=1, warmup_ratio=0.0,
+                    lr_scheduler="constant", seed=3)  # fmt: skip
+    settings.update(overrides)
+    model = model if model is not None else _lora_model()
+    return TrainLoop(
+        model, _examples(tok), tok.pad_token_id, LoopSettings(**settings), run_dir,
+        torch.device("cpu"),
+    )  # fmt: skip

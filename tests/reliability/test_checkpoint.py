@@ -8,23 +8,18 @@ import json
 import pytest
 import torch
 
-from tests.tiny import make_tokenizer
-from tests.train.test_loop import _examples
+from tests.reliability.conftest import make_loop
 from tunesmith.errors import UserInputError
 from tunesmith.methods import MethodArgs, get_method
 from tunesmith.train.checkpoint import MANIFEST, latest_valid_checkpoint, load_checkpoint
-from tunesmith.train.loop import LoopSettings, TrainLoop
 
 
-def _loop(tmp_path, rank=8):
+def _loop(run_dir, rank=8):
     from tests.tiny import make_tiny_model
 
-    tok = make_tokenizer()
-    model = get_method("lora").apply(
-        make_tiny_model("llama"), MethodArgs(rank=rank, alpha=16, dropout=0.0, target=("q_proj",))
-    )
-    s = LoopSettings(max_steps=4, batch_size=4, lr=1e-2, save_steps=2, seed=3)
-    return TrainLoop(model, _examples(tok), tok.pad_token_id, s, tmp_path, torch.device("cpu"))
+    args = MethodArgs(rank=rank, alpha=16, dropout=0.0, target=("q_proj",))
+    model = get_method("lora").apply(make_tiny_model("llama"), args)
+    return make_loop(run_dir, model, max_steps=4, save_steps=2)
 
 
 @pytest.fixture

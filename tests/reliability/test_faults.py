@@ -13,23 +13,18 @@ import math
 import pytest
 import torch
 
-from tests.tiny import make_tokenizer
-from tests.train.test_loop import _examples, _lora_model
+from tests.reliability.conftest import make_loop
+from tests.train.test_loop import _lora_model
 from tunesmith.cli import main
 from tunesmith.errors import WorkFailed
 from tunesmith.train import guard
 from tunesmith.train.checkpoint import list_checkpoints, verify_checkpoint
-from tunesmith.train.loop import LoopSettings, TrainLoop
+from tunesmith.train.loop import TrainLoop
 from tunesmith.train.metrics import read_metrics
 
 
-def _loop(model, tmp_path, steps=6, **kw) -> TrainLoop:
-    tok = make_tokenizer()
-    s = LoopSettings(
-        max_steps=steps, batch_size=4, grad_accum=2, lr=1e-2, logging_steps=1,
-        warmup_ratio=0.0, lr_scheduler="constant", seed=3, **kw,
-    )  # fmt: skip
-    return TrainLoop(model, _examples(tok), tok.pad_token_id, s, tmp_path, torch.device("cpu"))
+def _loop(model, run_dir, **kw) -> TrainLoop:
+    return make_loop(run_dir, model, grad_accum=2, **kw)
 
 
 def _embeddings(model):

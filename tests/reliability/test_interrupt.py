@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.reliability.conftest import make_loop
 from tunesmith.cli import main
 from tunesmith.train.checkpoint import list_checkpoints, verify_checkpoint
 from tunesmith.train.metrics import read_metrics
@@ -123,19 +124,6 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(
 
 
 # -- in-process signal handling of the loop (fast) -------------------------------------------
-def _tiny_loop(tmp_path, steps=6, save_steps=0):
-    from tests.tiny import make_tokenizer
-    from tests.train.test_loop import _examples, _lora_model
-    from tunesmith.train.loop import LoopSettings, TrainLoop
-
-    tok = make_tokenizer()
-    s = LoopSettings(max_steps=steps, batch_size=4, lr=1e-2, logging_steps=1, warmup_ratio=0.0,
-                     lr_scheduler="constant", seed=3, save_steps=save_steps)  # fmt: skip
-    return TrainLoop(
-        _lora_model(), _examples(tok), tok.pad_token_id, s, tmp_path, torch.device("cpu")
-    )
-
-
 def _signal_at(step: int, *signals: int):
     def progress(done, loss):
         if done == step:
@@ -150,7 +138,7 @@ def test_signal_saves_at_the_step_boundary_and_restores_handlers(sig, tmp_path):
     from tunesmith.train.loop import Interrupted
 
     before = signal.getsignal(sig)
-    loop = _tiny_loop(tmp_path)
+    loop = make_loop(tmp_path)
     with pytest.raises(Interrupted, match=r"stopped at step 2; checkpoint saved.*--resume"):
         loop.train(progress=_signal_at(2, sig))
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-2"]
@@ -159,7 +147,7 @@ def test_signal_saves_at_the_step_boundary_and_restores_handlers(sig, tmp_path):
 
 
 def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(tmp_path):
-    loop = _tiny_loop(tmp_path, save_steps=1)
+    loop = make_loop(tmp_path, save_steps=1)
     with pytest.raises(KeyboardInterrupt):
         loop.train(progress=_signal_at(3, signal.SIGINT, signal.SIGINT))
     # Step 3's save never ran; steps 1-2 were saved (keep=2) and are intact.
