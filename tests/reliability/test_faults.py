@@ -119,6 +119,21 @@ def test_a_real_cpu_allocation_failure_is_recognised():
     assert guard.is_oom(info.value)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_cap_turns_an_over_budget_allocation_into_a_catchable_oom():
+    device = torch.device("cuda")
+    total = torch.cuda.get_device_properties(0).total_memory
+    guard.cap_device_memory(device, 0.05)
+    try:
+        with pytest.raises(torch.OutOfMemoryError) as info:
+            torch.empty(int(0.10 * total), dtype=torch.uint8, device=device)
+        assert guard.is_oom(info.value)
+        torch.empty(int(0.01 * total), dtype=torch.uint8, device=device)  # under the cap: fine
+    finally:
+        guard.cap_device_memory(device, 1.0)
+        guard.free_memory(device)
+
+
 # -- NaN / inf ------------------------------------------------------------------------------
 def _nan_hook(model, at: int) -> FailAtCall:
     """NaN activations from the first decoder layer's MLP on forward call ``at``."""
