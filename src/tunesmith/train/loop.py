@@ -207,24 +207,10 @@ class TrainLoop:
                 done = step + 1
                 if done % self.s.logging_steps == 0 or done == self.s.max_steps:
                     now = time.perf_counter()
-                    window = [x for x in result.losses[-self.s.logging_steps :] if math.isfinite(x)]
-                    row = {
-                        "step": done,
-                        "epoch": round(
-                            done * self.s.grad_accum * self.s.batch_size / len(self.examples), 4
-                        ),
-                        "loss": round(sum(window) / len(window), 6) if window else None,
-                        "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else None,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "tokens_per_s": round(window_tokens / max(now - window_t, 1e-9), 2),
-                        "peak_mem_bytes": peak_memory_bytes(self.device),
-                        "elapsed_s": round(elapsed_before + now - t0, 3),
-                    }
-                    if self.s.on_nan == "skip":
-                        row["skipped_steps"] = result.skipped_steps
-                    if self.split > 1:  # after an OOM retry: the shape the run now has
-                        row["micro_batch"] = self.micro_batch_size
-                        row["grad_accum"] = self.accumulation
+                    row = self._metrics_row(
+                        done, result, grad_norm, window_tokens / max(now - window_t, 1e-9)
+                    )
+                    row["elapsed_s"] = round(elapsed_before + now - t0, 3)
                     log.write(row)
                     if self.on_log:
                         self.on_log(row)
@@ -243,6 +229,27 @@ class TrainLoop:
                     )
         result.elapsed_s = elapsed_before + time.perf_counter() - t0
         return result
+
+    def _metrics_row(
+        self, done: int, result: TrainResult, grad_norm: float, tokens_per_s: float
+    ) -> dict:
+        """A metrics.jsonl row; the loss averages the finite losses since the last row."""
+        window = [x for x in result.losses[-self.s.logging_steps :] if math.isfinite(x)]
+        row = {
+            "step": done,
+            "epoch": round(done * self.s.grad_accum * self.s.batch_size / len(self.examples), 4),
+            "loss": round(sum(window) / len(window), 6) if window else None,
+            "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else None,
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": round(tokens_per_s, 2),
+            "peak_mem_bytes": peak_memory_bytes(self.device),
+        }
+        if self.s.on_nan == "skip":
+            row["skipped_steps"] = result.skipped_steps
+        if self.split > 1:  # after an OOM retry: the shape the run now has
+            row["micro_batch"] = self.micro_batch_size
+            row["grad_accum"] = self.accumulation
+        return row
 
     def _step_with_retry(self, step: int, result: TrainResult) -> tuple[float, int, float, int]:
         """Run step ``step``; on out-of-memory, halve the micro-batch and redo the same step."""
