@@ -1,7 +1,7 @@
 """Guards around a training run: checks before anything loads, the memory plan, OOM and disk.
 
-Everything here runs on the model's *config* (or a meta-device model built from it), so a bad
-value costs a fraction of a second instead of minutes of loading. Each refusal is one message
+The up-front checks run on the model's *config* (or a meta-device model built from it), so a
+bad value costs a fraction of a second instead of minutes of loading. Each refusal is one message
 naming the key, the value and what is allowed (:class:`~tunesmith.errors.ConfigError`).
 """
 
@@ -31,6 +31,11 @@ GIB = 1024**3
 
 
 # -- paths ----------------------------------------------------------------------------------
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself or its closest ancestor that exists (a run dir is made on demand)."""
+    return next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+
+
 def check_paths(cfg: TrainConfig) -> None:
     """Data files exist and are files; the run directory can be created where asked."""
     for key, files in (("data", cfg.data), ("eval-data", [cfg.eval_data] if cfg.eval_data else [])):
@@ -47,7 +52,7 @@ def check_paths(cfg: TrainConfig) -> None:
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise ConfigError("output", cfg.output, "a run directory; this path is an existing file")
-    ancestor = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    ancestor = nearest_existing(out)
     if not ancestor.is_dir():
         raise ConfigError("output", cfg.output, f"a path under a directory; {ancestor} is a file")
     if not os.access(ancestor, os.W_OK):
@@ -183,8 +188,7 @@ def free_memory(device: torch.device) -> None:
 # -- disk -----------------------------------------------------------------------------------
 def free_disk_bytes(path: Path) -> int:
     """Free bytes on the filesystem that holds ``path`` (or its nearest existing parent)."""
-    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
-    return shutil.disk_usage(existing).free
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 def check_free_disk(path: Path, needed_bytes: int, what: str) -> None:
