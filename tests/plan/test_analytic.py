@@ -183,3 +183,43 @@ def test_qlora_without_autocast_keeps_fp32_activations():
     lora = step_terms(shape, StepSettings("lora", **kw), 1, 1)
     # The block's bf16 tensors (attention q/k/v/out, MLP) double; norms were fp32 already.
     assert 1.5 < qlora.detail["layer_activation"] / lora.detail["layer_activation"] < 2
+
+
+@pytest.mark.parametrize("gc", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_qlora_analytic_matches_real_bitsandbytes_step_on_cpu(tmp_path, gc):
+    """NF4 weights, k-bit upcast and fp32 activations against a real 4-bit step (profiler)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from tunesmith.plan.livebytes import profiled_cpu_peak
+    from tunesmith.plan.trace import run_step
+
+    cfg = _tiny_cfg("llama")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(tmp_path)
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.bfloat16, quantization_config=quant, device_map={"": "cpu"}
+    )
+    model.config.use_cache = False
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, LoraConfig(r=8, lora_dropout=0.0, target_modules=list(ALL)))
+    measured = profiled_cpu_peak(
+        lambda: run_step(model, batch_size=2, seq_len=128, gradient_checkpointing=gc, vocab=4000)
+    )
+    args = MethodArgs(target=ALL, dropout=0.0)
+    shape = model_shape(cfg)
+    settings = StepSettings(
+        "qlora", 2, 128, gradient_checkpointing=gc, targets=ALL, dropout=0.0, foreach=False,
+        device="cpu",
+    )  # fmt: skip
+    terms = step_terms(
+        shape,
+        settings,
+        count_trainable("lora", cfg, shape, args),
+        count_tensors("lora", shape, args),
+    )
+    assert terms.allocated == pytest.approx(measured, rel=0.05)

@@ -104,6 +104,7 @@ def run_step(
     ``model`` may hold real or fake tensors; with a ``tracker`` already entered by the caller
     its counters are used, else a fresh one is entered here.
     """
+    model.train()  # transformers only checkpoints in training mode
     if gradient_checkpointing:
         # Non-reentrant checkpointing (the default of transformers' newer API).
         kwargs = {"use_reentrant": False}
