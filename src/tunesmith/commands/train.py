@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import math
     import sys
 
     from tunesmith.commands._console import console, progress_factory, quiet_libraries
@@ -37,6 +38,17 @@ def run(args: argparse.Namespace) -> int:
     from tunesmith.train.run import run_training
 
     quiet_libraries()
+    if args.resume:
+        from tunesmith.config import TrainConfig
+        from tunesmith.errors import UserInputError
+
+        given = [n for n in TrainConfig.model_fields if hasattr(args, n)]
+        if given or args.config_file:
+            # A resumed run must replay the same schedule; silently ignoring flags would lie.
+            raise UserInputError(
+                "--resume continues with the run's saved config.yaml; remove "
+                + (", ".join("--" + n.replace("_", "-") for n in given) or args.config_file)
+            )
     cfg = config_from_args(args, args.config_file)
     out = console(stderr=args.json)
     result = run_training(
@@ -48,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "run_dir": str(result.run_dir),
         "steps": result.steps,
-        "final_loss": result.losses[-1] if result.losses else None,
+        # The last finite loss: with --on-nan skip a skipped step's loss is NaN (invalid JSON).
+        "final_loss": next((x for x in reversed(result.losses) if math.isfinite(x)), None),
         "trainable_params": result.trainable_params,
         "total_params": result.total_params,
         "train_seconds": round(result.train_seconds, 1),
