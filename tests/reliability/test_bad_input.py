@@ -143,6 +143,7 @@ CASES: dict[str, tuple[Callable[[Ctx], list[str]], list[str]]] = {
     "output-not-empty": (_foreign_output_dir, ["not empty", "--overwrite"]),
     "output-unfinished-run": (_unfinished_run, ["unfinished run", "--resume"]),
     "resume-not-a-run": (lambda c: ["--resume", str(c.tmp)], ["not a tunesmith run directory"]),
+    "resume-with-flags": (lambda c: ["--resume", str(c.tmp), "--max-steps", "9"], ["saved config", "--max-steps"]),
     "resume-all-checkpoints-corrupt": (_resume_all_corrupt, ["no valid checkpoint"]),
     # models
     "model-dir-without-config": (lambda c: ["--model", str(c.tmp)], ["no config.json"]),
@@ -179,9 +180,10 @@ def test_bad_input_exits_2_with_message_and_leaves_nothing(name, tiny_llama_dir,
     data.write_text("".join(json.dumps(r) + "\n" for r in qa_records()))
     ctx = Ctx(tmp=tmp_path, model=tiny_llama_dir, data=data, out=tmp_path / "run")
     argv = build(ctx)
-    if "--model" not in argv:
+    # --resume replays the saved config and refuses other flags, so add none to it.
+    if "--model" not in argv and "--resume" not in argv:
         argv += ["--model", str(tiny_llama_dir)]
-    if "--output" not in argv:
+    if "--output" not in argv and "--resume" not in argv:
         argv += ["--output", str(ctx.out)]
     existed = ctx.out.exists()
     before = _snapshot(tmp_path)
