@@ -47,7 +47,7 @@ def predicted(cfg, method, b, s, gc_on, *, device="cuda", foreach=True, precisio
     settings = StepSettings(
         method=method, batch_size=b, seq_len=s, precision=precision,
         gradient_checkpointing=gc_on, targets=TARGETS, dropout=0.0, foreach=foreach,
-        device=device,
+        device=device, master_fp32=False,  # the benchmark trains full FT in pure bf16
     )  # fmt: skip
     n = count_trainable(method, cfg, shape, args)
     return step_terms(shape, settings, n, count_tensors(method, shape, args))

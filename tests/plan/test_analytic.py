@@ -113,7 +113,7 @@ def test_analytic_step_matches_traced_step(arch, method, targets, gc, attn, b, s
     shape = model_shape(cfg)
     settings = StepSettings(
         method=method, batch_size=b, seq_len=s, gradient_checkpointing=gc, attn=attn,
-        targets=args.target, dropout=0.0, foreach=False,
+        targets=args.target, dropout=0.0, foreach=False, master_fp32=False,
     )  # fmt: skip
     terms = step_terms(
         shape,
@@ -223,3 +223,15 @@ def test_qlora_analytic_matches_real_bitsandbytes_step_on_cpu(tmp_path, gc):
         count_tensors("lora", shape, args),
     )
     assert terms.allocated == pytest.approx(measured, rel=0.05)
+
+
+def test_full_finetuning_keeps_fp32_masters_under_autocast_by_default():
+    shape = model_shape(bundled_config("qwen2.5-0.5b"))
+    n = shape.total_params
+    mixed = step_terms(shape, StepSettings("full", 1, 512), n, 300)
+    pure = step_terms(shape, StepSettings("full", 1, 512, master_fp32=False), n, 300)
+    assert mixed.weights == 4 * n and pure.weights == 2 * n
+    assert mixed.optimizer == 8 * n + 4 * 300 and pure.optimizer == 4 * n + 4 * 300
+    # the 16-bit casts of every linear that autocast keeps for the backward
+    head = shape.lm_head_params or shape.embed_params
+    assert mixed.detail["autocast_weight_copies"] == 2 * (shape.linear_params + head)

@@ -64,6 +64,7 @@ class StepSettings:
     loss_chunk: int | None = None  # chunked cross-entropy over this many positions at a time
     foreach: bool = True  # torch's multi-tensor optimizer path (default on CUDA)
     kbit_upcast: bool = True  # peft.prepare_model_for_kbit_training's fp32 upcast
+    master_fp32: bool = True  # full/freeze: fp32 weights + autocast (tunesmith train's policy)
     device: str = "cuda"  # cuda | cpu
     eval_batch_size: int | None = None
 
@@ -101,9 +102,19 @@ def _p(settings: StepSettings) -> int:
         raise ConfigError("precision", settings.precision, ", ".join(DTYPE_BYTES)) from None
 
 
+def fp32_master(settings: StepSettings) -> bool:
+    """Full/freeze fine-tuning with fp32 weights under autocast (mixed precision).
+
+    tunesmith's trainer keeps fp32 master weights for methods that train base weights and
+    runs the forward under ``torch.autocast`` (AdamW on bf16 weights loses small updates;
+    Micikevicius et al. 2018, "Mixed Precision Training", arXiv:1710.03740).
+    """
+    return settings.method in ("full", "freeze") and settings.master_fp32 and _p(settings) != 4
+
+
 def weight_bytes(shape: ModelShape, settings: StepSettings) -> int:
     """Bytes of the base model's weights as loaded for training."""
-    p = _p(settings)
+    p = 4 if fp32_master(settings) else _p(settings)
     if settings.method != "qlora":
         return shape.total_params * p
     # bitsandbytes quantizes only the block linears (transformers' get_keys_to_not_convert
@@ -118,7 +129,8 @@ def weight_bytes(shape: ModelShape, settings: StepSettings) -> int:
 def trainable_dtype_bytes(settings: StepSettings) -> int:
     """Bytes per trainable parameter (and per gradient element)."""
     if settings.method in ("full", "freeze"):
-        return _p(settings)  # trained in the dtype they were loaded in
+        # trained in the dtype they were loaded in: fp32 masters, or pure 16-bit
+        return 4 if fp32_master(settings) else _p(settings)
     # peft's get_peft_model(autocast_adapter_dtype=True) upcasts 16-bit adapter weights to
     # fp32 (peft/tuners/tuners_utils.py, cast_adapter_dtype), as mixed-precision training needs.
     return 4
@@ -284,6 +296,14 @@ def step_terms(
         saved, recompute = shape.layers * layer, 0
     # The final norm's fp32 input and the embedding output live outside the blocks.
     saved += tokens * (4 + act) * shape.hidden
+    # Under autocast every linear's weight is cast to the compute dtype and the cast is saved
+    # for the input gradient (and cached per forward for leaf weights): a 16-bit copy of all
+    # linears (block linears and lm_head) alive until their backward (torch autocast docs).
+    autocast_copies = 0
+    if fp32_master(settings):
+        head = shape.lm_head_params or shape.embed_params
+        autocast_copies = (shape.linear_params + head) * _p(settings)
+        saved += autocast_copies
     logits_peak, _ = logits_bytes(shape, settings)
     # Gradient w.r.t. lm_head's weight (full FT) appears once the loss's fp32 buffers are
     # freed, beside the compute-dtype gradient of the logits.
@@ -329,6 +349,7 @@ def step_terms(
     detail = dict(
         layer_activation=layer, saved_activations=saved, recompute=recompute,
         logits_peak=logits_peak, gradients_all=grads_all, optimizer_step_tmp=step_tmp,
+        autocast_weight_copies=autocast_copies,
         eval_peak=eval_peak, save_peak=save_peak, eval_save_excess=max(excess, 0),
         runtime=runtime,
     )  # fmt: skip

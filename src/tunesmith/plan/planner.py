@@ -164,6 +164,7 @@ def plan_config(
     logits_fraction: float = 1.0,
     loss_chunk: int | None = None,
     kbit_upcast: bool = True,
+    master_fp32: bool = True,
     traced: bool = False,
     model_name: str = "",
 ) -> Plan:
@@ -178,7 +179,7 @@ def plan_config(
         method=method, batch_size=batch_size, seq_len=seq_len, precision=precision,
         gradient_checkpointing=bool(gradient_checkpointing), attn=attn, optimizer=optimizer,
         targets=targets, rank=rank, dropout=dropout, logits_fraction=logits_fraction,
-        loss_chunk=loss_chunk, kbit_upcast=kbit_upcast,
+        loss_chunk=loss_chunk, kbit_upcast=kbit_upcast, master_fp32=master_fp32,
         device="cpu" if is_cpu(str(device)) else "cuda",
     )  # fmt: skip
     _check(base, grad_accum)
