@@ -231,6 +231,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     parser.add_argument("--seq-len", type=int, default=128, help="forward-pass length in tokens")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 gives steadier numbers on a busy machine",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
@@ -241,6 +247,12 @@ def run(args: argparse.Namespace) -> int:
     from tunesmith.errors import ConfigError
 
     methods = tuple(m for item in args.methods for m in item.split(",") if m)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("threads", args.threads, "an integer >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     for key in ("runs", "seq_len", "new_tokens"):
         if getattr(args, key) < 1:
             raise ConfigError(key.replace("_", "-"), getattr(args, key), "an integer >= 1")
