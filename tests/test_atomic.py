@@ -28,3 +28,18 @@ def test_failed_file_write_leaves_nothing(tmp_path):
     with pytest.raises(TypeError):
         write_json(tmp_path / "x.json", {"bad": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        f = write_text(tmp_path / "f.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "a").write_text("y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

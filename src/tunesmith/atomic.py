@@ -17,6 +17,18 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _public_mode(path: Path, directory: bool) -> None:
+    # mkstemp/mkdtemp create 0600/0700 entries; give outputs the permissions an ordinary
+    # open()/mkdir() would, so exported models are not private to the writing user.
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def _fsync_dir(path: Path) -> None:
     # Persist the rename itself; without this a power cut can lose a completed rename.
     with contextlib.suppress(OSError):
@@ -39,6 +51,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        _public_mode(tmp_path, directory=False)
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     finally:
@@ -78,6 +91,7 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = True) -> Iterat
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _public_mode(tmp, directory=True)
         if target.exists():
             if not overwrite:
                 raise FileExistsError(target)
