@@ -71,6 +71,7 @@ class BenchSettings:
     seq_len: int = 256
     seed: int = 42
     eval_limit: int = 64
+    threads: int = 0  # torch intra-op threads in every process; 0 keeps torch's default
     n_train: int = 3000  # raw demo records before cleaning
     n_eval: int = 200
 
@@ -498,10 +499,18 @@ def run_trl(
     )
 
 
+def _set_threads(threads: int) -> None:
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def child_main(argv: list[str]) -> int:
     """``python -m tunesmith.bench.train SPEC.json OUT.json``: one variant, one process."""
     spec = json.loads(Path(argv[0]).read_text())
     settings = BenchSettings(**spec["settings"])
+    _set_threads(settings.threads)
     workdir = Path(spec["workdir"])
     variant = spec["variant"]
     if variant == "tunesmith":
@@ -573,6 +582,7 @@ def bench_train(
         say("preparing the cleaned demo data ...")
         data = prepare_data(root / "data", settings)
         ceilings = {"bf16": 0.0, "fp32": 0.0}
+        _set_threads(settings.threads)  # the ceiling with the threads the runs get
         rows = []
         for rep in range(reps):
             for name in ceilings:  # best of every round: the ceiling under the same load
@@ -689,6 +699,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step")
     parser.add_argument("--eval-limit", type=int, default=64, help="held-out records for eval loss")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per process (default: torch's own; 1 resists a busy machine)",
+    )
+    parser.add_argument(
         "--variants",
         nargs="+",
         default=list(VARIANTS),
@@ -709,7 +725,11 @@ def run(args: argparse.Namespace) -> int:
                 key, value, "an integer >= 2" if key == "steps" else "an integer >= 1"
             )
     settings = BenchSettings(
-        model=args.model, steps=steps, batch_size=args.batch_size, eval_limit=args.eval_limit
+        model=args.model,
+        steps=steps,
+        batch_size=args.batch_size,
+        eval_limit=args.eval_limit,
+        threads=args.threads,
     )
     report = bench_train(
         settings,
@@ -723,7 +743,8 @@ def run(args: argparse.Namespace) -> int:
         write_json(Path(args.json), report)
     from rich.console import Console
 
-    Console().print(results_table(report))
+    # A fixed width: a pipe or log file would otherwise squeeze the 12 columns to 80 characters.
+    Console(width=160).print(results_table(report))
     for line in final_lines(report["summary"]):
         print(line, flush=True)
     return 0
