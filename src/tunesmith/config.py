@@ -62,6 +62,10 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(
         8, ge=1, le=4096, description="micro-batch size (examples per forward pass)"
     )
+    group_by_length: bool = Field(
+        False,
+        description="batch examples of similar length (less padding; can hurt quality on templated data)",
+    )
     grad_accum: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step")
     lr: float = Field(2e-4, gt=0, le=1.0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")

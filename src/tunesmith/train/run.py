@@ -317,6 +317,7 @@ def run_training(
     settings = LoopSettings(
         max_steps=max_steps,
         batch_size=cfg.batch_size,
+        group_by_length=cfg.group_by_length,
         grad_accum=cfg.grad_accum,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
