@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from tests.tiny import make_tiny_model, make_tokenizer
 
+from tests.tiny import make_tiny_model, make_tokenizer
 from tunesmith.errors import UserInputError
 from tunesmith.eval.general_text import general_texts, perplexity
 
