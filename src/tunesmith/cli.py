@@ -32,9 +32,10 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _available_commands() -> dict[str, object]:
+def import_available(table: dict[str, str]) -> dict[str, object]:
+    """Import each ``name -> module`` of a command table; a missing module is skipped."""
     mods = {}
-    for name, path in COMMANDS.items():
+    for name, path in table.items():
         try:
             mods[name] = importlib.import_module(path)
         except ModuleNotFoundError as exc:
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, mod in _available_commands().items():
+    for name, mod in import_available(COMMANDS).items():
         p = sub.add_parser(
             name,
             help=mod.HELP,

@@ -9,7 +9,6 @@ train    training throughput against the TRL peer (offered when tunesmith.bench.
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from tunesmith.bench import BENCHMARKS
 
@@ -18,14 +17,9 @@ HELP = "benchmarks: batch-1 latency per method (latency), training throughput (t
 
 def available_benchmarks() -> dict[str, object]:
     """The benchmark modules of this build; a missing one is skipped, a broken one raises."""
-    mods = {}
-    for name, path in BENCHMARKS.items():
-        try:
-            mods[name] = importlib.import_module(path)
-        except ModuleNotFoundError as exc:
-            if exc.name != path:
-                raise
-    return mods
+    from tunesmith.cli import import_available
+
+    return import_available(BENCHMARKS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
