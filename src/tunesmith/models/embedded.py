@@ -78,8 +78,14 @@ def convert_gguf_checkpoint(src: Path, target: Path) -> Path:
         model.quantization_method = None
     model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE.txt").write_text(f"converted from {src}\n", encoding="utf-8")
+    try:
+        # overwrite=False: when two processes convert at once (parallel tests, two runs), the
+        # first rename wins and the other's copy is discarded, so no reader sees a swap.
+        with atomic_dir(target, overwrite=False) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "SOURCE.txt").write_text(f"converted from {src}\n", encoding="utf-8")
+    except OSError:  # FileExistsError, or ENOTEMPTY when the other rename landed in between
+        if not (target / "config.json").is_file():
+            raise
     return target
