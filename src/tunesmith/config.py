@@ -81,6 +81,12 @@ class TrainConfig(BaseModel):
         description="maximum tokens per example (longer ones are dropped by clean)",
     )
     seed: int = Field(42, description="random seed (init, data order, dropout)")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU threads for torch (default: all cores; use fewer when other jobs share the CPU, since oversubscribed threads slow each step many times over)",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="compute precision; auto = bf16 where the hardware has it"
     )

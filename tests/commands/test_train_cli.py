@@ -157,3 +157,17 @@ def test_malformed_jsonl_line_fails_with_file_and_line(tiny_llama_dir, tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and "d.jsonl:2" in err
     assert not out.exists()
+
+
+def test_threads_flag_sets_torch_threads(tiny_llama_dir, small_demo_data, tmp_path):
+    before = torch.get_num_threads()
+    train, evals = small_demo_data
+    try:
+        code = main(
+            ["train", "--model", str(tiny_llama_dir), "--data", str(train), "--eval-data", str(evals),
+             "--output", str(tmp_path / "r"), "--max-steps", "1", "--skip-base-eval", "--eval-limit", "1",
+             "--max-new-tokens", "2", "--threads", "1"]
+        )  # fmt: skip
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -218,6 +218,8 @@ def run_training(
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     device = default_device()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     guard.cap_device_memory(device)
     torch.manual_seed(cfg.seed)
 
