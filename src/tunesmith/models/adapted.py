@@ -83,6 +83,11 @@ def load_adapted(
         raise UserInputError(
             f"{art.path}: cannot tell which base model the adapter belongs to; pass --model"
         )
+    if art.method == "qlora" and "quantization_config" not in load_kw:
+        # A QLoRA adapter was trained on the 4-bit base: evaluate and chat on that same base.
+        from tunesmith.methods.qlora import quantization_config
+
+        load_kw["quantization_config"] = quantization_config()
     model, tok, _ = load_model_and_tokenizer(base, dtype=dtype, **load_kw)
     if (art.path / "tokenizer_config.json").is_file():
         # The adapter's tokenizer carries the chat template it was trained with.
