@@ -94,3 +94,43 @@ def test_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path):
     torch.testing.assert_close(
         torch.tensor(resumed.losses), torch.tensor(full), rtol=1e-5, atol=1e-6
     )
+
+
+def _varied_examples(tok, n=24):
+    """Records of very different lengths, so that splitting by length changes the passes."""
+    convs = [
+        Conversation.from_messages(
+            [
+                {"role": "user", "content": "Count patients " + "in the city " * (i % 7)},
+                {"role": "assistant", "content": "SELECT COUNT(*) FROM patients" + " x" * i},
+            ]
+        )
+        for i in range(n)
+    ]
+    return tokenize_conversations(tok, convs, seq_len=256)
+
+
+def test_length_split_passes_train_like_the_reference_path(tmp_path):
+    """Splitting micro-batches into length-sorted passes changes float order, not the math."""
+    tok = make_tokenizer()
+    examples = _varied_examples(tok)
+    runs = {}
+    for name, overhead in (("reference", None), ("split", 4.0)):
+        model = _lora_model()
+        s = LoopSettings(
+            max_steps=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, lr_scheduler="constant",
+            seed=3, split_overhead_tokens=overhead,
+        )  # fmt: skip
+        loop = TrainLoop(model, examples, tok.pad_token_id, s, tmp_path / name, torch.device("cpu"))
+        passes = loop.micro_batches(0)
+        runs[name] = (loop.train().losses, {n: p.detach() for n, p in model.named_parameters()})
+        runs[name + "_passes"] = passes
+    assert len(runs["reference_passes"]) == 1 and len(runs["split_passes"]) > 1
+    padding = {
+        k: sum(b.input_ids.numel() - b.num_tokens for b in runs[k + "_passes"])
+        for k in ("reference", "split")
+    }
+    assert padding["split"] < padding["reference"]
+    torch.testing.assert_close(runs["split"][0], runs["reference"][0], rtol=1e-5, atol=1e-5)
+    for n, p in runs["reference"][1].items():
+        torch.testing.assert_close(runs["split"][1][n], p, rtol=1e-4, atol=1e-5)

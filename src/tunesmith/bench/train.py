@@ -316,6 +316,7 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
     from tunesmith.train.loop import LoopSettings, TrainLoop
     from tunesmith.train.precision import default_device
     from tunesmith.train.run import load_for_training
+    from tunesmith.train.speed import split_overhead_tokens
 
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -345,6 +346,7 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
         warmup_ratio=settings.warmup_ratio,
         seed=settings.seed,
         autocast_dtype=autocast,
+        split_overhead_tokens=split_overhead_tokens(device),
     )
     loop = TrainLoop(model, examples, tok.pad_token_id, loop_settings, workdir / "run", device)
     clock = StepClock()
@@ -353,8 +355,14 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
     peak = peak_rss_bytes()
     per_step = []
     for step in range(settings.steps):  # the batch plan is a pure function of the step
-        (b,) = loop.micro_batches(step)
-        per_step.append((b.num_trained, b.num_tokens, b.input_ids.numel() - b.num_tokens))
+        passes = loop.micro_batches(step)
+        per_step.append(
+            (
+                sum(b.num_trained for b in passes),
+                sum(b.num_tokens for b in passes),
+                sum(b.input_ids.numel() - b.num_tokens for b in passes),
+            )
+        )
     return _finish_row(
         "tunesmith",
         settings,

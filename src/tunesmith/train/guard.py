@@ -133,6 +133,7 @@ def memory_plan(cfg: TrainConfig, model_config: Any, device: torch.device, preci
             carries the planner's recommendation.
     """
     from tunesmith.plan import plan_for_run
+    from tunesmith.train.speed import train_attention
 
     plan = plan_for_run(
         model_config,
@@ -141,6 +142,7 @@ def memory_plan(cfg: TrainConfig, model_config: Any, device: torch.device, preci
         batch_size=cfg.batch_size,
         seq_len=cfg.seq_len,
         grad_accum=cfg.grad_accum,
+        attn=train_attention(torch.device(device), cfg.seq_len),
         gradient_checkpointing=False,  # the trainer does not checkpoint activations
         precision=precision,
         rank=cfg.rank,

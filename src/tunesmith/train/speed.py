@@ -1,0 +1,32 @@
+"""Speed choices that depend on the device: the attention kernel and forward-pass splitting.
+
+Both were measured on the demo (SmolLM2-135M, LoRA q/v, batch 8 of ~75-token records) on a
+2-core bf16 CPU; see benchmarks/RESULTS.md, "Training throughput vs TRL":
+
+- Attention: torch's CPU flash-attention kernel behind ``sdpa`` is slow for short rows (its
+  backward alone took ~19% of a step); plain ``eager`` attention (matmul + softmax) made a
+  step ~16-19% faster. Eager keeps the b x heads x s x s probabilities for the backward, so
+  it is chosen only on CPU and only up to ``EAGER_MAX_SEQ_LEN``; the memory plan is made for
+  the same kernel (``train_attention`` feeds both). On CUDA, sdpa's fused kernels win.
+- Splitting: each micro-batch runs as length-sorted forward passes
+  (:func:`tunesmith.data.dataset.split_by_length`), removing most padding (20% -> ~5%) with
+  the same gradient. On CPU a pass costs little beyond its tokens (~30 tokens' worth of
+  dispatch), on CUDA kernel launches make extra passes expensive, so it is CPU only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EAGER_MAX_SEQ_LEN = 512  # above this the s^2 probabilities cost more memory than eager saves time
+CPU_PASS_OVERHEAD_TOKENS = 32.0  # measured: 16 and 48 were equally fast, 128 lost the gain
+
+
+def train_attention(device: torch.device, seq_len: int) -> str:
+    """The attention implementation training loads the model with (``eager`` or ``sdpa``)."""
+    return "eager" if device.type == "cpu" and seq_len <= EAGER_MAX_SEQ_LEN else "sdpa"
+
+
+def split_overhead_tokens(device: torch.device) -> float | None:
+    """Per-pass cost for :func:`~tunesmith.data.dataset.split_by_length`; None: do not split."""
+    return CPU_PASS_OVERHEAD_TOKENS if device.type == "cpu" else None

@@ -1,0 +1,52 @@
+"""Device-dependent speed choices: eager attention on CPU (same loss and gradients as sdpa)."""
+
+import pytest
+import torch
+
+from tests.tiny import make_tiny_model, make_tokenizer
+from tunesmith.data.dataset import collate
+from tunesmith.train.loss import loss_sum
+from tunesmith.train.speed import (
+    EAGER_MAX_SEQ_LEN,
+    split_overhead_tokens,
+    train_attention,
+)
+
+from .test_loop import _varied_examples
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_eager_only_on_cpu_and_short_rows():
+    assert train_attention(CPU, 256) == "eager"
+    assert train_attention(CPU, EAGER_MAX_SEQ_LEN + 1) == "sdpa"
+    assert train_attention(CUDA, 256) == "sdpa"
+    assert split_overhead_tokens(CPU) > 0 and split_overhead_tokens(CUDA) is None
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_eager_attention_gives_the_sdpa_loss_and_gradients(arch):
+    """The kernel choice is a speed choice only: padded batches, same loss, same gradients."""
+    tok = make_tokenizer()
+    batch = collate(_varied_examples(tok, n=6), tok.pad_token_id)
+    assert batch.num_tokens < batch.input_ids.numel()  # padding present, so masks matter
+    out = {}
+    for impl in ("sdpa", "eager"):
+        model = make_tiny_model(arch, attn_implementation=impl).train()
+        loss = loss_sum(model, batch)
+        loss.backward()
+        out[impl] = (loss.detach(), {n: p.grad for n, p in model.named_parameters()})
+    torch.testing.assert_close(out["eager"][0], out["sdpa"][0], rtol=1e-5, atol=1e-4)
+    for n, g in out["sdpa"][1].items():
+        torch.testing.assert_close(out["eager"][1][n], g, rtol=1e-4, atol=1e-5)
+
+
+def test_the_memory_plan_counts_the_eager_probabilities():
+    """Training plans with the kernel it loads: eager keeps b x heads x s x s for backward."""
+    from tunesmith.plan import plan_for_run
+
+    config = make_tiny_model("llama").config
+    kw = dict(device="cpu", method="lora", batch_size=8, seq_len=256, precision="fp32")
+    eager = plan_for_run(config, attn="eager", **kw)
+    sdpa = plan_for_run(config, attn="sdpa", **kw)
+    assert eager.total_bytes > sdpa.total_bytes
