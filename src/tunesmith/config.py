@@ -87,6 +87,20 @@ class TrainConfig(BaseModel):
         le=1024,
         description="CPU threads for torch (default: all cores; use fewer when other jobs share the CPU, since oversubscribed threads slow each step many times over)",
     )
+    nproc: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="processes (GPUs) on this machine: N > 1 re-launches the run through torchrun; --batch-size is then per process, so a step sees batch-size x grad-accum x N examples (kept in config.yaml: --resume uses the same N)",
+    )
+    distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = Field(
+        "auto",
+        description="multi-process engine: ddp (replicated model), fsdp (FULL_SHARD: weights, gradients, optimizer split over processes) or deepspeed; auto = ddp when several processes run (see docs/distributed.md)",
+    )
+    distributed_config: str | None = Field(
+        None,
+        description="an accelerate config YAML or DeepSpeed JSON, passed through to the engine",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="compute precision; auto = bf16 where the hardware has it"
     )

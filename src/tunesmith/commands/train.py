@@ -4,6 +4,10 @@ With no arguments it fine-tunes the embedded SmolLM2-135M-Instruct with LoRA on 
 clinic text-to-SQL demo and prints base vs fine-tuned execution accuracy. CONFIG.yaml keys
 equal the long flags (flags override the file). `--resume RUN_DIR` continues a run from its
 last valid checkpoint.
+
+`--nproc N` trains on N processes (GPUs) of this machine through torchrun; `torchrun -m
+tunesmith train ...` and `accelerate launch -m tunesmith train ...` work too (see
+docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
     import math
+    import os
     import sys
+    from pathlib import Path
 
     from tunesmith.commands._console import console, progress_factory, quiet_libraries
     from tunesmith.config import config_from_args
@@ -50,6 +56,16 @@ def run(args: argparse.Namespace) -> int:
                 + (", ".join("--" + n.replace("_", "-") for n in given) or args.config_file)
             )
     cfg = config_from_args(args, args.config_file)
+    from tunesmith.distributed.launch import relaunch
+
+    if args.resume:
+        from tunesmith.train.run import load_run_config
+
+        cfg = load_run_config(Path(args.resume))  # --nproc comes from the run
+    extra = ("--json",) * args.json + ("--debug",) * bool(getattr(args, "debug", False))
+    code = relaunch(cfg, args.resume, extra)
+    if code is not None:
+        return code
     out = console(stderr=args.json)
     result = run_training(
         cfg,
@@ -57,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         say=lambda m: out.print(m, highlight=False),
         progress_factory=progress_factory(out),
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports
     summary = {
         "run_dir": str(result.run_dir),
         "steps": result.steps,

@@ -4,6 +4,10 @@ Each checkpoint is a directory written atomically (temp dir, then rename) with a
 of SHA-256 checksums; a checkpoint whose files do not match its manifest is skipped in
 favour of the previous one. Before writing, the free disk is checked against the size of what
 will be written, so a full disk fails with a message instead of a half-written save.
+
+Distributed runs (``ctx`` given) write the same format: sharded tensors are gathered to full
+ones (:mod:`tunesmith.distributed.state`) on every rank, rank 0 alone writes, and each
+rank's RNG state is kept (``rng.pt`` for rank 0, ``rng-rank<N>.pt`` for the others).
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ import numpy as np
 import torch
 
 from tunesmith.atomic import atomic_dir
+from tunesmith.distributed.state import (
+    full,
+    full_optimizer_state,
+    shard_like,
+    shard_optimizer_state,
+)
 from tunesmith.errors import UserInputError
 
 MANIFEST = "manifest.json"
@@ -37,33 +47,56 @@ def _sha256(path: Path) -> str:
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {
-        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+        n: full(p.detach()).cpu().contiguous()
+        for n, p in model.named_parameters()
+        if p.requires_grad
     }
 
 
+def _rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
+
+
 def save_checkpoint(
-    root: Path, step: int, model, optimizer, scheduler, extra: dict[str, Any], keep: int = 2
+    root: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    extra: dict[str, Any],
+    keep: int = 2,
+    ctx=None,
 ) -> Path:
-    """Write ``root/step-N`` atomically and keep only the newest ``keep`` checkpoints."""
+    """Write ``root/step-N`` atomically and keep only the newest ``keep`` checkpoints.
+
+    With a distributed ``ctx`` every rank must call this (it gathers); rank 0 writes, and
+    all ranks return once the checkpoint is complete.
+    """
     from safetensors.torch import save_file
 
     from tunesmith.train.guard import check_free_disk, tensor_bytes
 
     target = root / f"step-{step}"
     weights = trainable_state(model)
-    check_free_disk(
-        root, tensor_bytes(weights) + tensor_bytes(optimizer.state_dict()["state"]), "checkpoint"
-    )
+    opt_state = full_optimizer_state(optimizer)
+    rngs = ctx.gather(_rng_state()) if ctx is not None else [_rng_state()]
+    if ctx is not None and not ctx.is_main:
+        ctx.barrier()  # rank 0 writes
+        return target
+    check_free_disk(root, tensor_bytes(weights) + tensor_bytes(opt_state["state"]), "checkpoint")
     with atomic_dir(target) as tmp:
         save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(opt_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
+        for rank, rng in enumerate(rngs):
+            torch.save(rng, tmp / _rng_file(rank))
         (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    if ctx is not None:
+        ctx.barrier()
     return target
 
 
@@ -112,8 +145,11 @@ def latest_valid_checkpoint(root: Path) -> tuple[Path | None, list[Path]]:
     return None, skipped
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> dict[str, Any]:
     """Restore everything saved by :func:`save_checkpoint`; returns ``state.json``.
+
+    In a distributed run every rank calls this: it reads the full tensors and keeps its
+    shards, and restores its own RNG state (``rank``).
 
     Nothing is unpickled beyond plain containers and tensors (``weights_only=True``), so a
     run directory from elsewhere cannot execute code on resume.
@@ -137,14 +173,15 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
             f"{mismatch[0]}); was the run's config.yaml changed after it was saved?"
         )
     try:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        opt_state = torch.load(path / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(shard_optimizer_state(opt_state, optimizer))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        rng = torch.load(path / "rng.pt", weights_only=True)
+        rng = torch.load(path / _rng_file(rank), weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserInputError(f"checkpoint {path} cannot be restored: {first}") from exc
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            params[name].copy_(shard_like(value.to(params[name].dtype), params[name]))
     _set_rng_state(rng)
     return json.loads((path / "state.json").read_text())

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from tunesmith.data.dataset import Batch, batch_plan, collate
-from tunesmith.data.render import Rendered
+from tunesmith.data.render import IGNORE_INDEX, Rendered
+from tunesmith.distributed import DistContext, rank_slice
 from tunesmith.errors import TunesmithError, WorkFailed
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import guard
@@ -96,8 +97,12 @@ class TrainLoop:
         device: torch.device,
         on_log: Callable[[dict], None] | None = None,
         say: Callable[[str], None] | None = None,
+        dist: DistContext | None = None,
     ):
         self.model = model
+        # Several processes (torchrun): each rank trains on its slice of every planned
+        # micro-batch through `self.forward` (DDP/FSDP); rank 0 alone writes files.
+        self.dist = dist or DistContext()
         self.examples = examples
         self.pad_id = pad_id
         self.s = settings
@@ -106,6 +111,12 @@ class TrainLoop:
         self.device = device
         self.on_log = on_log
         self.say = say or (lambda message: None)  # announces retries and skipped steps
+        self.fast = settings.fast_loss and fast_path_eligible(model)
+        self.forward = None
+        if self.dist.active:
+            from tunesmith.distributed.wrap import wrap
+
+            self.forward = wrap(model, self.dist, self.fast)  # before the optimizer: FSDP
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise WorkFailed("the method left no trainable parameter")
@@ -144,18 +155,26 @@ class TrainLoop:
         exactly the same examples, so an OOM retry changes memory, not the data.
         """
         plans: dict[int, list[list[int]]] = {}
-        per_epoch = math.ceil(len(self.examples) / self.s.batch_size)
+        world, rank = self.dist.world_size, self.dist.rank
+        # Planned at the global micro-batch size; each rank then takes its slice of it.
+        global_batch = self.s.batch_size * world
+        per_epoch = math.ceil(len(self.examples) / global_batch)
         out = []
         for k in range(step * self.s.grad_accum, (step + 1) * self.s.grad_accum):
             epoch, idx = divmod(k, per_epoch)
             if epoch not in plans:
                 plans[epoch] = batch_plan(
-                    self._lengths, self.s.batch_size, self.s.seed, epoch, self.s.group_by_length
+                    self._lengths, global_batch, self.s.seed, epoch, self.s.group_by_length
                 )
             planned = plans[epoch][idx]
+            stand_in = False
+            if world > 1:
+                planned, stand_in = rank_slice(planned, rank, world)
             size = math.ceil(len(planned) / split)
             for j in range(0, len(planned), size):
                 out.append(collate([self.examples[i] for i in planned[j : j + size]], self.pad_id))
+            if stand_in:  # this rank has no example here: run one, train on no token
+                out[-1].labels.fill_(IGNORE_INDEX)
         return out
 
     # -- signals -----------------------------------------------------------------------
@@ -186,7 +205,9 @@ class TrainLoop:
         start_step = 0
         result = TrainResult(steps=self.s.max_steps)
         if resume_from is not None:
-            state = ckpt.load_checkpoint(resume_from, self.model, self.optimizer, self.scheduler)
+            state = ckpt.load_checkpoint(
+                resume_from, self.model, self.optimizer, self.scheduler, rank=self.dist.rank
+            )
             start_step = state["step"]
             result.losses = list(state.get("losses", []))
             result.trained_tokens = state.get("trained_tokens", 0)
@@ -194,8 +215,12 @@ class TrainLoop:
             result.examples_seen = state.get("examples_seen", 0)
             self.split = state.get("micro_split", 1)
             result.resumed_from = start_step
-        log = MetricsLog(
-            self.run_dir / "metrics.jsonl", resume_step=start_step if resume_from else None
+        log = (
+            MetricsLog(
+                self.run_dir / "metrics.jsonl", resume_step=start_step if resume_from else None
+            )
+            if self.dist.is_main
+            else None
         )
         self.model.train()
         t0 = time.perf_counter()
@@ -216,13 +241,16 @@ class TrainLoop:
                         done, result, grad_norm, window_tokens / max(now - window_t, 1e-9)
                     )
                     row["elapsed_s"] = round(elapsed_before + now - t0, 3)
-                    log.write(row)
+                    if log is not None:
+                        log.write(row)
                     if self.on_log:
                         self.on_log(row)
                     window_tokens, window_t = 0, now
                 if progress is not None:
                     progress(done, loss)
                 last = done == self.s.max_steps
+                # A signal may reach one rank only: all stop at the same step boundary.
+                self._stop_requested = self.dist.any(self._stop_requested)
                 if self._stop_requested or (
                     self.s.save_steps and done % self.s.save_steps == 0 and not last
                 ):
@@ -242,7 +270,14 @@ class TrainLoop:
         window = [x for x in result.losses[-self.s.logging_steps :] if math.isfinite(x)]
         row = {
             "step": done,
-            "epoch": round(done * self.s.grad_accum * self.s.batch_size / len(self.examples), 4),
+            "epoch": round(
+                done
+                * self.s.grad_accum
+                * self.s.batch_size
+                * self.dist.world_size
+                / len(self.examples),
+                4,
+            ),
             "loss": round(sum(window) / len(window), 6) if window else None,
             "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else None,
             "lr": self.scheduler.get_last_lr()[0],
@@ -264,6 +299,11 @@ class TrainLoop:
             except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
                 if not guard.is_oom(exc):
                     raise
+                if self.dist.active:  # every rank would have to redo the step in step
+                    raise WorkFailed(
+                        f"out of memory at step {step + 1} on rank {self.dist.rank}; lower "
+                        "--batch-size or --seq-len, or shard with --distributed fsdp"
+                    ) from exc
                 if self.micro_batch_size == 1:
                     raise WorkFailed(
                         f"out of memory at step {step + 1} even with micro-batch 1; lower "
@@ -284,18 +324,29 @@ class TrainLoop:
         batches = [b.to(self.device) for b in self.micro_batches(step, self.split)]
         total = sum(b.num_trained for b in batches)
         n_examples = sum(int(b.input_ids.shape[0]) for b in batches)
+        if self.dist.active:
+            from tunesmith.distributed.batches import align_micro_batches
+
+            # Same number of passes on every rank (FSDP gathers in each); global counts.
+            batches = align_micro_batches(batches, self.dist)
+            total, n_examples = (int(x) for x in self.dist.sum(total, n_examples))
+        # DDP/FSDP average gradients over ranks; the loss is a sum over the global step.
+        scale = self.dist.world_size
         loss_value = 0.0
-        for b in batches:
+        for i, b in enumerate(batches):
             ctx = (
                 torch.autocast(self.device.type, dtype=self.s.autocast_dtype)
                 if self.s.autocast_dtype is not None
                 else contextlib.nullcontext()
             )
-            with ctx:
-                loss = loss_sum(self.model, b, fast=self.fast) / max(total, 1)
-            loss.backward()
+            with self._gradient_sync(i == len(batches) - 1):
+                with ctx:
+                    loss = self._loss_sum(b) / max(total, 1)
+                (loss * scale if scale > 1 else loss).backward()
             loss_value += float(loss.detach())
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm))
+        if self.dist.active:
+            (loss_value,) = self.dist.sum(loss_value)
+        grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm))
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = (
                 f"loss {loss_value}"
@@ -317,6 +368,18 @@ class TrainLoop:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, total, grad_norm, n_examples
 
+    def _loss_sum(self, b: Batch) -> torch.Tensor:
+        if self.forward is None:
+            return loss_sum(self.model, b, fast=self.fast)
+        return self.forward(b.input_ids, b.labels, b.attention_mask, b.position_ids)
+
+    def _gradient_sync(self, sync: bool):
+        if self.forward is None:
+            return contextlib.nullcontext()
+        from tunesmith.distributed.wrap import gradient_sync
+
+        return gradient_sync(self.forward, sync)
+
     def save(self, step: int, result: TrainResult, elapsed_s: float) -> Path:
         return ckpt.save_checkpoint(
             self.run_dir / "checkpoints",
@@ -331,7 +394,9 @@ class TrainLoop:
                 "skipped_steps": result.skipped_steps,
                 "examples_seen": result.examples_seen,
                 "micro_split": self.split,
+                "world_size": self.dist.world_size,
             },
+            ctx=self.dist if self.dist.active else None,
         )
 
     @torch.no_grad()
@@ -346,11 +411,18 @@ class TrainLoop:
                 if self.s.autocast_dtype is not None
                 else contextlib.nullcontext()
             )
-            with ctx:
-                total += float(loss_sum(self.model, b, fast=self.fast))
+            with ctx:  # distributed: every rank computes the same sum (FSDP gathers in step)
+                total += float(self._loss_sum(b))
             n += b.num_trained
         self.model.train()
         return total / max(n, 1)
+
+
+def _as_float(x: torch.Tensor) -> float:
+    """A scalar tensor as a float; FSDP's gradient norm is a DTensor."""
+    from tunesmith.distributed.wrap import local_value
+
+    return local_value(x)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -18,7 +18,7 @@ from tunesmith.atomic import atomic_dir, write_json, write_text
 from tunesmith.config import TrainConfig, load_yaml, make_config, to_yaml
 from tunesmith.data.records import Conversation
 from tunesmith.errors import UserInputError
-from tunesmith.train.precision import default_device, resolve_precision, torch_dtype
+from tunesmith.train.precision import resolve_precision, torch_dtype
 
 BASE_INFO = "tunesmith_base.json"  # written into adapter/: which base and method made it
 
@@ -217,7 +217,11 @@ def run_training(
 
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    device = default_device()
+    # Launched by torchrun / accelerate launch: join the process group; rank 0 writes files.
+    dist = start_distributed(load_run_config(Path(resume)) if resume else cfg)
+    if not dist.is_main:
+        say, progress_factory = _silent, None
+    device = dist.device
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     guard.cap_device_memory(device)
@@ -227,6 +231,11 @@ def run_training(
         run_dir = Path(resume)
         saved = load_run_config(run_dir)
         cfg = saved
+        if cfg.nproc != dist.world_size:
+            raise UserInputError(
+                f"{run_dir} was trained on {cfg.nproc} process(es) and the batch plan depends on "
+                f"it; resume with --nproc {cfg.nproc} (this launch has {dist.world_size})"
+            )
         resume_from, skipped = ckpt.latest_valid_checkpoint(run_dir / "checkpoints")
         for bad in skipped:
             say(f"checkpoint {bad.name} is corrupt or partial; skipping it")
@@ -234,6 +243,7 @@ def run_training(
             raise UserInputError(f"{run_dir} has no valid checkpoint to resume from")
     else:
         resume_from = None
+        cfg = cfg.model_copy(update={"nproc": dist.world_size})  # config.yaml: what ran
         # Validate what can be checked cheaply before anything is written or loaded.
         guard.check_paths(cfg)
         source = resolve_model(cfg.model)
@@ -252,12 +262,17 @@ def run_training(
     )
     ensure_chat_template(tokenizer, cfg.template)
     if not resume:
-        run_dir = prepare_run_dir(cfg)
-        write_text(run_dir / "config.yaml", to_yaml(cfg))
-        write_plan(memory_plan, run_dir / "plan.json")
+        if dist.is_main:
+            run_dir = prepare_run_dir(cfg)
+            write_text(run_dir / "config.yaml", to_yaml(cfg))
+            write_plan(memory_plan, run_dir / "plan.json")
+        run_dir = dist.broadcast(run_dir if dist.is_main else None)
     # Until training starts nothing of value exists: bad input leaves no half-made run behind.
-    with guard.discard_on_bad_input(run_dir, enabled=not resume):
-        train_convs, eval_convs, report = prepare_data(cfg, run_dir, tokenizer, reuse=bool(resume))
+    with guard.discard_on_bad_input(run_dir, enabled=not resume and dist.is_main):
+        with dist.main_first():  # rank 0 cleans; the others read its output
+            train_convs, eval_convs, report = prepare_data(
+                cfg, run_dir, tokenizer, reuse=bool(resume) or not dist.is_main
+            )
         say(
             f"data: {report['input_records']} records -> {len(train_convs)} train, "
             f"{len(eval_convs)} eval (dropped {report['exact_duplicates']} exact dup, "
@@ -292,11 +307,11 @@ def run_training(
                 f"packing: {n_examples} examples -> {len(train_ex)} rows of <= {cfg.seq_len} tokens"
             )
     max_steps = cfg.max_steps or steps_for_epochs(
-        len(train_ex), cfg.batch_size, cfg.grad_accum, cfg.epochs
+        len(train_ex), cfg.batch_size * dist.world_size, cfg.grad_accum, cfg.epochs
     )
 
     base_side = None
-    if eval_convs and not cfg.skip_base_eval and resume_from is None:
+    if eval_convs and not cfg.skip_base_eval and resume_from is None and dist.is_main:
         t = time.perf_counter()
         say(f"evaluating the base model on {len(eval_convs)} held-out examples ...")
         with _adapter_disabled(model):
@@ -332,9 +347,14 @@ def run_training(
         autocast_dtype=autocast,
         on_nan=cfg.on_nan,
     )
-    loop = TrainLoop(model, train_ex, tokenizer.pad_token_id, settings, run_dir, device, say=say)
+    dist.barrier()  # the other ranks wait for rank 0's base evaluation
+    loop = TrainLoop(
+        model, train_ex, tokenizer.pad_token_id, settings, run_dir, device, say=say, dist=dist
+    )
+    per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     say(
-        f"training {max_steps} steps x {cfg.batch_size * cfg.grad_accum} examples ({len(train_ex)} train examples)"
+        f"training {max_steps} steps x {per_step} examples ({len(train_ex)} train examples)"
+        + (f" on {dist.world_size} processes ({dist.mode})" if dist.active else "")
     )
     progress = progress_factory(max_steps) if progress_factory else None
     t = time.perf_counter()
@@ -348,9 +368,20 @@ def run_training(
         loss = loop.eval_loss(eval_ex)
         from tunesmith.train.metrics import MetricsLog
 
-        MetricsLog(run_dir / "metrics.jsonl", resume_step=max_steps).write(
-            {"step": max_steps, "eval_loss": round(loss, 6)}
-        )
+        if dist.is_main:
+            MetricsLog(run_dir / "metrics.jsonl", resume_step=max_steps).write(
+                {"step": max_steps, "eval_loss": round(loss, 6)}
+            )
+    if dist.active:
+        # Rank 0 saves and evaluates a whole model; the other ranks are done.
+        model = _whole_model_on_main(model, loop, dist, cfg, device)
+        del loop
+        if not dist.is_main:
+            dist.close()
+            return RunResult(
+                run_dir, max_steps, result.losses, None, trainable, total,
+                result.elapsed_s, result.tokens_per_s, timings,
+            )  # fmt: skip
     saved = [p for p in model.parameters() if p.requires_grad or not spec.peft_format]
     guard.check_free_disk(run_dir, guard.tensor_bytes(saved), "final adapter")
     adapter_dir = save_final(model, tokenizer, run_dir, cfg, spec)
@@ -373,6 +404,7 @@ def run_training(
         timings["eval_s"] = time.perf_counter() - t
     _write_report(run_dir, say)
     timings["total_s"] = time.perf_counter() - t_start
+    dist.close()
     return RunResult(
         run_dir=run_dir,
         steps=max_steps,
@@ -384,6 +416,43 @@ def run_training(
         tokens_per_s=result.tokens_per_s,
         timings=timings,
     )
+
+
+def _silent(message: str) -> None:
+    """``say`` on ranks other than 0: one voice per run."""
+
+
+def start_distributed(cfg: TrainConfig):
+    """This process's :class:`~tunesmith.distributed.DistContext` (inactive for one process)."""
+    from tunesmith.distributed import setup
+
+    return setup(cfg.distributed, cfg.distributed_config)
+
+
+def _whole_model_on_main(model, loop, dist, cfg: TrainConfig, device: torch.device):
+    """The trained model, whole, on rank 0 (None elsewhere); every rank must call this.
+
+    DDP replicas are whole already. Sharded (FSDP) parameters are gathered, the shards
+    freed, and rank 0 loads a fresh copy of the base with the method applied and the
+    gathered trained weights in it.
+    """
+    from tunesmith.train.checkpoint import trainable_state
+
+    if not dist.sharded:
+        return model if dist.is_main else None
+    weights = trainable_state(model)  # a collective: full tensors on every rank
+    loop.forward = loop.optimizer = None
+    del model
+    if not dist.is_main:
+        return None
+    import gc
+
+    gc.collect()
+    fresh = load_for_training(cfg, device)[0]
+    unexpected = fresh.load_state_dict(weights, strict=False).unexpected_keys
+    if unexpected:
+        raise UserInputError(f"gathered weights do not fit the rebuilt model: {unexpected[0]}")
+    return fresh
 
 
 def _adapter_disabled(model):

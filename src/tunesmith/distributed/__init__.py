@@ -1,0 +1,13 @@
+"""Training on several processes: DDP and FSDP through torchrun/accelerate, DeepSpeed passed through.
+
+Blocks, each small: :mod:`.context` (who am I, process-group setup, the few collectives the
+loop needs), :mod:`.batches` (a rank's share of a planned micro-batch), :mod:`.wrap` (the
+loss as an ``nn.Module`` wrapped in DDP or FSDP), :mod:`.state` (full tensors out of and
+back into sharded parameters and optimizer state, for checkpoints) and :mod:`.launch`
+(``tunesmith train --nproc N`` re-launched through torchrun). See docs/distributed.md.
+"""
+
+from tunesmith.distributed.batches import rank_slice
+from tunesmith.distributed.context import DistContext, setup, world_size_from_env
+
+__all__ = ["DistContext", "rank_slice", "setup", "world_size_from_env"]

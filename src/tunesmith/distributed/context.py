@@ -1,0 +1,169 @@
+"""Who this process is in a distributed run, and the few collectives the trainer needs.
+
+The process group is set up by accelerate's ``Accelerator`` from the environment torchrun
+(or ``accelerate launch``) exports: ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``
+and ``MASTER_PORT``; NCCL on GPUs, gloo on CPUs. A single process gets an inactive context
+whose collectives are no-ops, so the trainer has one code path for both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunesmith.errors import UserInputError
+
+MODES = ("auto", "ddp", "fsdp", "deepspeed")
+
+
+def world_size_from_env() -> int:
+    """``WORLD_SIZE`` as torchrun / accelerate launch set it (1 when not launched by them)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def resolve_mode(distributed: str, world_size: int) -> str:
+    """``none`` for one process; ``auto`` means DDP on several."""
+    if world_size <= 1:
+        return "none"
+    return "ddp" if distributed == "auto" else distributed
+
+
+@dataclass
+class DistContext:
+    """This process's place in the run (``mode`` is none, ddp, fsdp or deepspeed)."""
+
+    mode: str = "none"
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    accelerator: Any = None
+    distributed_config: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters live in pieces across ranks (a full copy must be gathered to save)."""
+        return self.mode in ("fsdp", "deepspeed")
+
+    @property
+    def device(self) -> torch.device:
+        from tunesmith.train.precision import default_device
+
+        return self.accelerator.device if self.accelerator is not None else default_device()
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first; the others enter it once rank 0 has left it."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+    def sum(self, *values: float) -> list[float]:
+        """Sum each value over ranks (float64, one all-reduce for all of them)."""
+        if not self.active:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on any (e.g. a signal that reached one rank)."""
+        if not self.active:
+            return flag
+        return self.sum(float(flag))[0] > 0
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (on every rank)."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    def _comm_device(self) -> torch.device:
+        backend = torch.distributed.get_backend()
+        return self.device if backend == "nccl" else torch.device("cpu")
+
+
+def check_engine(distributed: str, distributed_config: str | None) -> None:
+    """Fail before anything starts when the engine asked for is missing or its file is."""
+    if distributed == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise UserInputError(
+                "--distributed deepspeed needs DeepSpeed: pip install deepspeed "
+                "(or use --distributed fsdp, which needs nothing more)"
+            ) from None
+    if distributed_config and not os.path.isfile(distributed_config):
+        raise UserInputError(f"--distributed-config {distributed_config}: file not found")
+
+
+def setup(distributed: str = "auto", distributed_config: str | None = None) -> DistContext:
+    """The context of this process; initializes the process group when launched on several.
+
+    Raises:
+        UserInputError: DeepSpeed asked for but not installed, or a config file missing.
+    """
+    world = world_size_from_env()
+    mode = resolve_mode(distributed, world)
+    if mode == "none":
+        return DistContext()
+    check_engine(mode, distributed_config)
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    kwargs: dict[str, Any] = {
+        "mixed_precision": "no",  # tunesmith's own precision policy rules
+        "cpu": not torch.cuda.is_available(),  # else accelerate sees one CPU process
+        # Ranks wait at barriers while rank 0 cleans data or evaluates the base model.
+        "kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(hours=2))],
+    }
+    if mode == "deepspeed":
+        from accelerate.utils import DeepSpeedPlugin
+
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=distributed_config)
+    acc = Accelerator(**kwargs)
+    return DistContext(
+        mode=mode,
+        world_size=acc.num_processes,
+        rank=acc.process_index,
+        local_rank=acc.local_process_index,
+        accelerator=acc,
+        distributed_config=distributed_config,
+    )

@@ -1,0 +1,49 @@
+"""``tunesmith train --nproc N``: the same command re-launched through torchrun.
+
+The parent validates the config, writes it to a temporary YAML file and runs
+``python -m torch.distributed.run --standalone --nproc-per-node N -m tunesmith train
+CONFIG.yaml`` (or ``train --resume RUN_DIR``); it returns torchrun's exit status (non-zero
+when any rank failed: torchrun then stops the other ranks too). Under torchrun or
+``accelerate launch`` (``WORLD_SIZE`` set) nothing is re-launched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tunesmith.config import TrainConfig, to_yaml
+from tunesmith.distributed.context import check_engine, world_size_from_env
+
+
+def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
+    """The torchrun command line running ``tunesmith train <train_args>`` on ``nproc`` ranks."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc-per-node", str(nproc), "-m", "tunesmith", "train", *train_args,
+    ]  # fmt: skip
+
+
+def relaunch(
+    cfg: TrainConfig, resume: str | None = None, extra: tuple[str, ...] = ()
+) -> int | None:
+    """Run this training under torchrun when it asks for several processes.
+
+    Returns:
+        torchrun's exit status, or None when this process should train itself (one
+        process asked for, or already launched by torchrun / accelerate).
+    """
+    if world_size_from_env() > 1 or cfg.nproc <= 1:
+        return None
+    check_engine(cfg.distributed, cfg.distributed_config)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))
+    if resume:
+        return subprocess.call(torchrun_command(cfg.nproc, ["--resume", resume, *extra]), env=env)
+    with tempfile.TemporaryDirectory(prefix="tunesmith-launch-") as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(to_yaml(cfg), encoding="utf-8")
+        return subprocess.call(torchrun_command(cfg.nproc, [str(path), *extra]), env=env)
