@@ -1,0 +1,65 @@
+"""--nproc re-launch, engine checks and the new config fields (no process group needed)."""
+
+import sys
+
+import pytest
+
+from tunesmith.config import make_config
+from tunesmith.distributed import DistContext, setup, world_size_from_env
+from tunesmith.distributed.context import check_engine, resolve_mode
+from tunesmith.distributed.launch import relaunch, torchrun_command
+from tunesmith.errors import UserInputError
+
+
+def test_torchrun_command_runs_this_python_on_n_ranks():
+    cmd = torchrun_command(4, ["cfg.yaml", "--json"])
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[cmd.index("--nproc-per-node") + 1] == "4"
+    assert cmd[-5:] == ["-m", "tunesmith", "train", "cfg.yaml", "--json"]
+
+
+def test_no_relaunch_for_one_process_or_under_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert relaunch(make_config({"nproc": 1})) is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert world_size_from_env() == 2
+    assert relaunch(make_config({"nproc": 2})) is None  # already launched
+
+
+def test_modes():
+    assert resolve_mode("auto", 1) == "none" and resolve_mode("fsdp", 1) == "none"
+    assert resolve_mode("auto", 2) == "ddp" and resolve_mode("fsdp", 2) == "fsdp"
+
+
+def test_single_process_context_is_inactive(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = setup("fsdp")
+    assert ctx == DistContext() and not ctx.active and ctx.is_main
+    assert ctx.sum(1.5, 2.0) == [1.5, 2.0] and ctx.any(False) is False
+    assert ctx.broadcast("x") == "x" and ctx.gather(3) == [3]
+    with ctx.main_first():
+        ctx.barrier()
+
+
+def test_deepspeed_missing_is_a_user_error():
+    pytest.importorskip("accelerate")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserInputError, match="pip install deepspeed") as err:
+            check_engine("deepspeed", None)
+        assert err.value.exit_code == 2
+    with pytest.raises(UserInputError, match="not found"):
+        check_engine("fsdp", "/nonexistent/accelerate.yaml")
+
+
+def test_config_fields_and_help(capsys):
+    from tunesmith.cli import main
+
+    cfg = make_config({"nproc": 2, "distributed": "fsdp", "distributed-config": "x.yaml"})
+    assert (cfg.nproc, cfg.distributed, cfg.distributed_config) == (2, "fsdp", "x.yaml")
+    with pytest.raises(Exception, match="distributed"):
+        make_config({"distributed": "horovod"})
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--nproc" in text and "--distributed" in text and "--distributed-config" in text
