@@ -63,3 +63,15 @@ def test_config_fields_and_help(capsys):
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--nproc" in text and "--distributed" in text and "--distributed-config" in text
+
+
+def test_plan_sharding_follows_the_engine(tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 2}}')
+    deepspeed = DistContext(mode="deepspeed", world_size=2, distributed_config=str(ds))
+    assert deepspeed.plan_sharding == "zero2"
+    assert DistContext(mode="fsdp", world_size=2).plan_sharding == "fsdp"
+    assert DistContext(mode="ddp", world_size=2).plan_sharding == "ddp"
+    ds.write_text("[1]")
+    with pytest.raises(UserInputError):
+        _ = deepspeed.plan_sharding

@@ -100,6 +100,8 @@ def test_only_rank_0_wrote_the_run_directory(runs):
         for f in ("config.yaml", "plan.json", "eval.json", "report.html", "data/train.jsonl"):
             assert (runs[name] / f).is_file(), (name, f)
     assert "nproc: 2" in (runs["fsdp"] / "config.yaml").read_text()
+    plan = json.loads((runs["fsdp"] / "plan.json").read_text())
+    assert (plan["inputs"]["nproc"], plan["inputs"]["sharding"]) == (2, "fsdp")
     step2 = runs["fsdp"] / "checkpoints" / "step-2"
     assert {"rng.pt", "rng-rank1.pt", "trainable.safetensors", "manifest.json"} <= {
         p.name for p in step2.iterdir()

@@ -13,6 +13,7 @@ Exit code 0 whether or not the run fits (the plan is the answer); 2 on bad input
 Example:
   tunesmith plan --model llama-2-13b --method lora --gpu 24GB --batch-size 4 --seq-len 2048
   tunesmith plan --model Qwen/Qwen2.5-7B-Instruct --method qlora --gpu rtx4090 --json
+  tunesmith plan --model llama-2-13b --method full --gpu a100-80gb --nproc 8 --distributed fsdp
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="trace one real step on fake tensors for activations/optimizer (slower, exact)",
     )
+    parser.add_argument(
+        "--nproc", type=int, default=1, help="processes (GPUs) training together (default 1)"
+    )
+    parser.add_argument(
+        "--distributed",
+        default="ddp",
+        choices=("ddp", "fsdp", "zero1", "zero2", "zero3"),
+        help="how processes share the model state: ddp replicates it; zero1 shards the "
+        "optimizer, zero2 also gradients, fsdp/zero3 also weights (bytes are per process)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan object as JSON")
 
 
@@ -80,6 +91,8 @@ def _render(plan) -> None:
         f"{plan.model} · {s.method} · batch {s.batch_size} x {plan.grad_accum} · seq {s.seq_len}"
         f" · checkpointing {'on' if s.gradient_checkpointing else 'off'} · {s.precision}"
     )
+    if plan.nproc > 1:
+        title += f" · per process of {plan.nproc} ({plan.sharding})"
     table = Table(title=title)
     table.add_column("term")
     table.add_column("bytes", justify="right")
@@ -127,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         target=args.target,
         attn=args.attn,
         traced=args.traced,
+        nproc=args.nproc,
+        sharding=args.distributed,
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

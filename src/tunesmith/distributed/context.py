@@ -66,6 +66,13 @@ class DistContext:
 
         return self.accelerator.device if self.accelerator is not None else default_device()
 
+    @property
+    def plan_sharding(self) -> str:
+        """How the memory planner should share the model state (plan/sharding.py)."""
+        if self.mode == "deepspeed":
+            return f"zero{deepspeed_stage(self.distributed_config)}".replace("zero0", "ddp")
+        return "fsdp" if self.mode == "fsdp" else "ddp"
+
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
@@ -116,6 +123,20 @@ class DistContext:
     def _comm_device(self) -> torch.device:
         backend = torch.distributed.get_backend()
         return self.device if backend == "nccl" else torch.device("cpu")
+
+
+def deepspeed_stage(path: str | None) -> int:
+    """The ZeRO stage of a DeepSpeed JSON config (``zero_optimization.stage``; 0 if unset)."""
+    if not path:
+        return 0
+    import json
+    from pathlib import Path
+
+    try:
+        stage = json.loads(Path(path).read_text(encoding="utf-8")).get("zero_optimization", {})
+        return int(stage.get("stage", 0))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UserInputError(f"--distributed-config {path}: not a DeepSpeed JSON: {exc}") from None
 
 
 def check_engine(distributed: str, distributed_config: str | None) -> None:

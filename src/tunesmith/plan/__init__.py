@@ -6,7 +6,14 @@ loaded config), :func:`device_budget_bytes`, :func:`write_plan` (a run's ``plan.
 """
 
 from tunesmith.plan.gpus import device_budget_bytes
-from tunesmith.plan.planner import Plan, plan, plan_config, plan_for_run, write_plan
+from tunesmith.plan.planner import (
+    Plan,
+    plan,
+    plan_config,
+    plan_for_run,
+    shard_plan,
+    write_plan,
+)
 
 
 def traced_estimate(*args, **kwargs):
@@ -18,7 +25,7 @@ def traced_estimate(*args, **kwargs):
 
 __all__ = [
     "Plan", "device_budget_bytes", "plan", "plan_config", "plan_for_run", "traced_estimate",
-    "write_plan",
+    "shard_plan", "write_plan",
 ]  # fmt: skip
 
 # `from tunesmith import plan` gives this package; calling it calls plan() (see _callable).

@@ -19,6 +19,7 @@ from tunesmith.plan.configs import load_model_config
 from tunesmith.plan.gpus import device_budget_bytes, is_cpu
 from tunesmith.plan.recommend import HEADROOM, best_fit, checkpointing_choices, describe_changes
 from tunesmith.plan.shapes import ModelShape, model_shape
+from tunesmith.plan.sharding import check_sharding, shard_terms
 from tunesmith.plan.trainable import METHODS, count_tensors, count_trainable
 
 BREAKDOWN_KEYS = (
@@ -43,6 +44,8 @@ class Plan:
         model: the ``--model`` planned. settings: the planned step settings.
         grad_accum: gradient-accumulation steps. total_params / trainable_params: counts.
         detail: raw terms behind the breakdown (eval/save peaks, per-layer activations...).
+        nproc / sharding: processes and how they share the model state
+            (:mod:`tunesmith.plan.sharding`); the bytes are then per rank.
     """
 
     verdict: str
@@ -56,6 +59,8 @@ class Plan:
     total_params: int = 0
     trainable_params: int = 0
     detail: dict[str, int] = field(default_factory=dict)
+    nproc: int = 1
+    sharding: str = "ddp"
 
     @property
     def fits(self) -> bool:
@@ -63,18 +68,23 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         """The plan object of DESIGN.md: verdict, total/budget bytes, breakdown, recommendation."""
-        return {
+        out = {
             "verdict": self.verdict,
             "total_bytes": self.total_bytes,
             "budget_bytes": self.budget_bytes,
             "breakdown": dict(self.breakdown),
             "recommendation": dict(self.recommendation),
         }
+        if self.nproc > 1:  # bytes are per rank
+            out["distributed"] = {"nproc": self.nproc, "sharding": self.sharding}
+        return out
 
     def to_record(self) -> dict[str, Any]:
         """``to_json()`` plus the inputs and raw terms, as written to a run's ``plan.json``."""
         inputs = asdict(self.settings) if self.settings else {}
-        inputs.update(model=self.model, grad_accum=self.grad_accum)
+        inputs.update(
+            model=self.model, grad_accum=self.grad_accum, nproc=self.nproc, sharding=self.sharding
+        )
         return {
             **self.to_json(),
             "inputs": inputs,
@@ -102,11 +112,29 @@ def _check(settings: StepSettings, grad_accum: int) -> None:
             raise ConfigError(key.replace("_", "-"), value, "a positive integer")
 
 
+def _sharded(
+    values: dict[str, Any], detail: dict[str, int], shape: ModelShape, nproc: int, sharding: str
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Per-rank model-state terms of ``values`` and ``detail`` with the gathered bytes."""
+    keys = ("weights", "trainable", "gradients", "optimizer")
+    parts = shard_terms({k: values[k] for k in keys}, shape, nproc, sharding)
+    return parts, dict(detail, gathered_params=parts.pop("gathered_params", 0))
+
+
 class _Evaluator:
     """Terms for any settings of one architecture; trainable counts cached per method."""
 
-    def __init__(self, cfg: Any, shape: ModelShape, args: MethodArgs, traced: bool) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        shape: ModelShape,
+        args: MethodArgs,
+        traced: bool,
+        nproc: int = 1,
+        sharding: str = "ddp",
+    ) -> None:
         self.cfg, self.shape, self.args, self.traced = cfg, shape, args, traced
+        self.nproc, self.sharding = nproc, sharding
         self._counts: dict[str, tuple[int, int]] = {}
 
     def counts(self, method: str) -> tuple[int, int]:
@@ -118,14 +146,24 @@ class _Evaluator:
         return self._counts[method]
 
     def __call__(self, settings: StepSettings) -> Terms:
+        return self._per_rank(self._one_process(settings))
+
+    def _one_process(self, settings: StepSettings) -> Terms:
         n, n_tensors = self.counts(settings.method)
         return step_terms(self.shape, settings, n, n_tensors)
+
+    def _per_rank(self, terms: Terms) -> Terms:
+        """The terms of one rank when ``nproc`` processes share the model state."""
+        if self.nproc == 1:
+            return terms
+        parts, detail = _sharded(asdict(terms), terms.detail, self.shape, self.nproc, self.sharding)
+        return replace(terms, **parts, detail=detail)
 
     def traced_terms(self, settings: StepSettings) -> Terms:
         """Analytic weights/overhead with the step's dynamic part from a traced step."""
         from tunesmith.plan.trace import traced_estimate
 
-        terms = self(settings)
+        terms = self._one_process(settings)
         result = traced_estimate(
             self.cfg, settings.method, batch_size=settings.batch_size,
             seq_len=settings.seq_len, precision=settings.precision,
@@ -140,10 +178,10 @@ class _Evaluator:
         gradients = dynamic * terms.gradients // parts if parts else dynamic
         logits = dynamic - activations - gradients
         detail = dict(terms.detail, traced_peak=result.peak_bytes)
-        return replace(
+        return self._per_rank(replace(
             terms, optimizer=result.optimizer_bytes, activations=activations,
             gradients=gradients, logits=logits, detail=detail,
-        )  # fmt: skip
+        ))  # fmt: skip
 
 
 def plan_config(
@@ -167,6 +205,8 @@ def plan_config(
     master_fp32: bool = True,
     traced: bool = False,
     model_name: str = "",
+    nproc: int = 1,
+    sharding: str = "ddp",
 ) -> Plan:
     """Plan a run for an already resolved ``transformers`` config (see :func:`plan`)."""
     from tunesmith.methods.targets import resolve_targets
@@ -183,7 +223,8 @@ def plan_config(
         device="cpu" if is_cpu(str(device)) else "cuda",
     )  # fmt: skip
     _check(base, grad_accum)
-    evaluate = _Evaluator(cfg, shape, args, traced)
+    check_sharding(nproc, sharding)
+    evaluate = _Evaluator(cfg, shape, args, traced, nproc, sharding)
     terms = evaluate(base)
     if (
         gradient_checkpointing is None
@@ -228,6 +269,8 @@ def plan_config(
         total_params=shape.total_params,
         trainable_params=n_trainable,
         detail=terms.detail,
+        nproc=nproc,
+        sharding=sharding,
     )
 
 
@@ -241,7 +284,8 @@ def plan(model: str = "embedded", method: str = "lora", **kwargs: Any) -> Plan:
         **kwargs: the run settings, see :func:`plan_config`: ``batch_size``, ``seq_len``,
             ``grad_accum``, ``device`` (alias ``gpu``: ``24GB``, ``rtx4090``, ``a100-80gb``,
             ``cpu``...), ``gradient_checkpointing`` (None = auto), ``optimizer``,
-            ``precision``, ``rank``, ``target``, ``traced``.
+            ``precision``, ``rank``, ``target``, ``traced``; ``nproc`` and ``sharding``
+            (ddp, fsdp, zero1, zero2, zero3) for per-rank memory of a multi-process run.
 
     Returns:
         A :class:`Plan`; ``plan(...).to_json()`` is what ``tunesmith plan --json`` prints.
@@ -266,6 +310,22 @@ def plan_for_run(model_config: Any, *, device: str | int, **settings: Any) -> Pl
             gradient_checkpointing, optimizer, precision, rank, target, dropout...).
     """
     return plan_config(model_config, device=device, **settings)
+
+
+def shard_plan(plan_obj: Plan, model_config: Any, nproc: int, sharding: str) -> Plan:
+    """``plan_obj`` (one process) as the plan of one of ``nproc`` ranks sharing the model state.
+
+    The breakdown, total and verdict become per rank (:mod:`tunesmith.plan.sharding`); the
+    recommendation stays the single-process one.
+    """
+    shape = model_shape(model_config)
+    parts, detail = _sharded(plan_obj.breakdown, plan_obj.detail, shape, nproc, sharding)
+    breakdown = {**plan_obj.breakdown, **parts}
+    total = sum(breakdown.values())
+    return replace(
+        plan_obj, breakdown=breakdown, total_bytes=total, detail=detail, nproc=nproc,
+        sharding=sharding, verdict=verdict_for(total, plan_obj.budget_bytes),
+    )  # fmt: skip
 
 
 def write_plan(plan_obj: Plan, path: str | Path) -> Path:

@@ -252,9 +252,15 @@ def run_training(
         get_method(cfg.method)
         model_config = guard.model_config_for(source.path, cfg.trust_remote_code)
         guard.check_against_model(cfg, model_config)
+        # Sharded: the per-rank plan decides (below), not the single-process one.
         memory_plan = guard.memory_plan(
-            cfg, model_config, device, resolve_precision(cfg.precision, device)
+            cfg.model_copy(update={"force": True}) if dist.sharded else cfg,
+            model_config,
+            device,
+            resolve_precision(cfg.precision, device),
         )
+        if dist.sharded:
+            memory_plan = _per_rank_plan(memory_plan, model_config, dist, cfg.force)
 
     # Data first: a bad file should fail before minutes of model loading.
     tokenizer = load_tokenizer(
@@ -427,6 +433,21 @@ def start_distributed(cfg: TrainConfig):
     from tunesmith.distributed import setup
 
     return setup(cfg.distributed, cfg.distributed_config)
+
+
+def _per_rank_plan(memory_plan, model_config, dist, force: bool):
+    """The plan of one rank when the ranks shard the model state; refuse if it cannot fit."""
+    from tunesmith.plan import shard_plan
+
+    per_rank = shard_plan(memory_plan, model_config, dist.world_size, dist.plan_sharding)
+    if per_rank.fits or force:
+        return per_rank
+    gib = 1024**3
+    raise UserInputError(
+        f"the memory plan says one of {dist.world_size} {dist.plan_sharding} processes needs "
+        f"{per_rank.total_bytes / gib:.1f} GiB of {per_rank.budget_bytes / gib:.1f} GiB; use "
+        "more processes, a smaller --batch-size or --seq-len, or pass --force to train anyway"
+    )
 
 
 def _whole_model_on_main(model, loop, dist, cfg: TrainConfig, device: torch.device):
