@@ -16,6 +16,8 @@ Both were measured on the demo (SmolLM2-135M, LoRA q/v, batch 8 of ~75-token rec
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 EAGER_MAX_SEQ_LEN = 512  # above this the s^2 probabilities cost more memory than eager saves time
@@ -30,3 +32,34 @@ def train_attention(device: torch.device, seq_len: int) -> str:
 def split_overhead_tokens(device: torch.device) -> float | None:
     """Per-pass cost for :func:`~tunesmith.data.dataset.split_by_length`; None: do not split."""
     return CPU_PASS_OVERHEAD_TOKENS if device.type == "cpu" else None
+
+
+# Methods whose adapters run the plain peft LoRA forward, `B(A(dropout(x))) * scale`, which is
+# safe to compute in bf16 under autocast. DoRA's weight-norm path and the other tuners keep
+# peft's own casting.
+AUTOCAST_ADAPTER_METHODS = frozenset({"lora", "rslora", "qlora"})
+
+
+def adapter_autocast(method: str, precision: str) -> bool:
+    """Run LoRA adapters in the compute dtype (fp32 master weights, bf16 math) instead of fp32.
+
+    peft casts every adapter input to the adapter's fp32 dtype, so each targeted projection
+    pays a cast of its input, an fp32 dropout and fp32 matmuls, and keeps the fp32 copy for the
+    backward. Under autocast with peft's input casting off, the same adapter computes in bf16
+    from the bf16 activations (the fp32 weights are cast, which is tiny at rank r): measured
+    ~12% faster per demo step and half the adapter activation memory. This is the usual mixed
+    precision recipe (TRL's bf16 mode does the same for the whole model).
+    """
+    return method in AUTOCAST_ADAPTER_METHODS and precision in ("bf16", "fp16")
+
+
+def compute_context(model, device: torch.device, autocast_dtype, keep_input_dtype: bool):
+    """The context a training forward runs in: autocast, and peft's input casting off if asked."""
+    stack = contextlib.ExitStack()
+    if autocast_dtype is not None:
+        stack.enter_context(torch.autocast(device.type, dtype=autocast_dtype))
+    if keep_input_dtype:
+        from peft.helpers import disable_input_dtype_casting
+
+        stack.enter_context(disable_input_dtype_casting(model))
+    return stack
