@@ -60,7 +60,10 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="optimizer steps (overrides --epochs)")
     epochs: float = Field(1.0, gt=0, description="passes over the training data")
     batch_size: int = Field(
-        8, ge=1, le=4096, description="micro-batch size (examples per forward pass)"
+        8,
+        ge=1,
+        le=4096,
+        description="micro-batch size (examples per forward pass, per process under --nproc)",
     )
     group_by_length: bool = Field(
         False,

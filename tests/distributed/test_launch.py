@@ -26,9 +26,13 @@ def test_no_relaunch_for_one_process_or_under_torchrun(monkeypatch):
     assert relaunch(make_config({"nproc": 2})) is None  # already launched
 
 
-def test_modes():
+def test_modes(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
     assert resolve_mode("auto", 1) == "none" and resolve_mode("fsdp", 1) == "none"
     assert resolve_mode("auto", 2) == "ddp" and resolve_mode("fsdp", 2) == "fsdp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch with an FSDP config
+    assert resolve_mode("auto", 2) == "fsdp" and resolve_mode("ddp", 2) == "ddp"
 
 
 def test_single_process_context_is_inactive(monkeypatch):

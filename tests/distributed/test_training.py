@@ -1,7 +1,8 @@
 """2 ranks on this CPU (gloo), tiny Llama: DDP and FSDP match one process at the same global batch.
 
-Each run is the real CLI: DDP through plain ``torchrun -m tunesmith train``, FSDP through
-``tunesmith train --nproc 2`` (which re-launches itself through torchrun). One process at
+Each run is the real CLI: DDP through plain ``torchrun -m tunesmith train``, FSDP with LoRA
+through ``tunesmith train --nproc 2`` (which re-launches itself through torchrun), full FSDP
+through ``accelerate launch --use_fsdp -m tunesmith train``. One process at
 ``--batch-size 8`` is the reference for 2 ranks at ``--batch-size 4`` (fp32, dropout 0, same
 seed): the per-step losses agree to rtol 1e-4 (they are in fact equal to the printed digits
 here), and the saved adapter / model gives the same logits.
@@ -52,6 +53,14 @@ def _torchrun(args: list[str]) -> None:
           "--master-port", port, "-m", "tunesmith", "train", *args])  # fmt: skip
 
 
+def _accelerate_fsdp(args: list[str]) -> None:
+    # accelerate launch with an FSDP launcher config: --distributed auto picks fsdp.
+    _run([sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--use_fsdp",
+          "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+          "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+          "-m", "tunesmith", "train", *args])  # fmt: skip
+
+
 def _nproc2(args: list[str]) -> None:
     _run([sys.executable, "-m", "tunesmith", "train", "--nproc", "2", *args])
 
@@ -77,9 +86,7 @@ def runs(tiny_llama_dir, small_demo_data, tmp_path_factory):
     _torchrun([*lora, "--batch-size", "4", "--output", str(out["ddp"])])
     _nproc2([*lora, "--batch-size", "4", "--distributed", "fsdp", "--save-steps", "2",
              "--output", str(out["fsdp"])])  # fmt: skip
-    _nproc2(
-        [*full, "--batch-size", "4", "--distributed", "fsdp", "--output", str(out["fsdp_full"])]
-    )
+    _accelerate_fsdp([*full, "--batch-size", "4", "--output", str(out["fsdp_full"])])
     return out
 
 
@@ -100,6 +107,8 @@ def test_only_rank_0_wrote_the_run_directory(runs):
         for f in ("config.yaml", "plan.json", "eval.json", "report.html", "data/train.jsonl"):
             assert (runs[name] / f).is_file(), (name, f)
     assert "nproc: 2" in (runs["fsdp"] / "config.yaml").read_text()
+    full_plan = json.loads((runs["fsdp_full"] / "plan.json").read_text())
+    assert full_plan["inputs"]["sharding"] == "fsdp"
     plan = json.loads((runs["fsdp"] / "plan.json").read_text())
     assert (plan["inputs"]["nproc"], plan["inputs"]["sharding"]) == (2, "fsdp")
     step2 = runs["fsdp"] / "checkpoints" / "step-2"

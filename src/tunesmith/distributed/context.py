@@ -30,10 +30,17 @@ def world_size_from_env() -> int:
 
 
 def resolve_mode(distributed: str, world_size: int) -> str:
-    """``none`` for one process; ``auto`` means DDP on several."""
+    """``none`` for one process; ``auto`` means DDP on several, unless ``accelerate launch``
+    was given a config with ``distributed_type: FSDP`` or ``DEEPSPEED``."""
     if world_size <= 1:
         return "none"
-    return "ddp" if distributed == "auto" else distributed
+    if distributed != "auto":
+        return distributed
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "deepspeed"
+    return "ddp"
 
 
 @dataclass
@@ -175,6 +182,11 @@ def setup(distributed: str = "auto", distributed_config: str | None = None) -> D
         # Ranks wait at barriers while rank 0 cleans data or evaluates the base model.
         "kwargs_handlers": [InitProcessGroupKwargs(timeout=timedelta(hours=2))],
     }
+    if mode == "fsdp":
+        # tunesmith shards with fully_shard itself (wrap.py); accelerate only sets up the
+        # process group, so it must not build its own FSDP plugin from an accelerate config
+        # (which also refuses to on CPUs).
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
     if mode == "deepspeed":
         from accelerate.utils import DeepSpeedPlugin
 

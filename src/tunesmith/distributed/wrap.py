@@ -8,7 +8,8 @@ whose ``forward`` *is* the loss; the language model inside is untouched and keep
 FSDP is torch's own ``fully_shard`` (FSDP2, FULL_SHARD: parameters, gradients and optimizer
 state split over ranks; each decoder layer one unit, gathered just before it runs). It is
 called directly rather than through accelerate, whose FSDP path is GPU-only and so could not
-be tested here; DDP comes from ``Accelerator.prepare``.
+be tested here. DDP is torch's ``DistributedDataParallel`` (accelerate's ``prepare`` would
+switch engines on its own when a launcher config says FSDP or DeepSpeed).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def wrap(model: nn.Module, ctx: DistContext, fast: bool = True) -> nn.Module:
         fully_shard(module)
         return module
     if ctx.mode == "ddp":
-        return ctx.accelerator.prepare_model(module)
+        device = ctx.device
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
     raise UserInputError(
         f"--distributed {ctx.mode}: the tunesmith loop drives DDP and FSDP only; DeepSpeed "
         "configs are accepted for planning but not wired into training yet (use --distributed "

@@ -133,7 +133,6 @@ class TrainLoop:
             num_warmup_steps=int(settings.warmup_ratio * settings.max_steps),
             num_training_steps=settings.max_steps,
         )
-        self.fast = settings.fast_loss and fast_path_eligible(model)
         self._lengths = [len(e.input_ids) for e in examples]
         self._stop_requested = False
         # Each planned micro-batch runs as `split` smaller ones; doubled after an OOM.
