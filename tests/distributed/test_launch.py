@@ -40,7 +40,7 @@ def test_single_process_context_is_inactive(monkeypatch):
     ctx = setup("fsdp")
     assert ctx == DistContext() and not ctx.active and ctx.is_main
     assert ctx.sum(1.5, 2.0) == [1.5, 2.0] and ctx.any(False) is False
-    assert ctx.broadcast("x") == "x" and ctx.gather(3) == [3]
+    assert ctx.broadcast("x") == "x" and ctx.gather(3) == [3] and ctx.max(2.5) == 2.5
     with ctx.main_first():
         ctx.barrier()
 

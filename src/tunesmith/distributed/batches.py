@@ -57,5 +57,5 @@ def align_micro_batches(batches: list[Batch], ctx) -> list[Batch]:
     """
     if not ctx.active:
         return batches
-    most = int(max(ctx.gather(len(batches))))
+    most = int(ctx.max(len(batches)))
     return batches + [stand_in(batches[0]) for _ in range(most - len(batches))]

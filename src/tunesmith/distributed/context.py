@@ -101,6 +101,14 @@ class DistContext:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
+    def max(self, value: float) -> float:
+        """The largest ``value`` over ranks."""
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t.item()
+
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on any (e.g. a signal that reached one rank)."""
         if not self.active:

@@ -370,6 +370,10 @@ class TrainLoop:
     def _loss_sum(self, b: Batch) -> torch.Tensor:
         if self.forward is None:
             return loss_sum(self.model, b, fast=self.fast)
+        if b.num_trained == 0:
+            # A stand-in pass (rank_slice): every rank must run it, but it counts nothing. Any
+            # valid labels, times 0, since a mean over no token (reference path) is NaN.
+            return 0.0 * self.forward(b.input_ids, b.input_ids, b.attention_mask, b.position_ids)
         return self.forward(b.input_ids, b.labels, b.attention_mask, b.position_ids)
 
     def _gradient_sync(self, sync: bool):
