@@ -172,3 +172,59 @@ def test_resume_on_another_world_size_is_refused(runs, tmp_path):
 
     with pytest.raises(UserInputError, match="--nproc 2"):
         run_training(load_run_config(runs["fsdp"]), resume=runs["fsdp"], say=lambda m: None)
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of torchrun's worker with RANK=rank (a child of its agent process)."""
+    from pathlib import Path
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == launcher_pid and f"RANK={rank}".encode() in env:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the rank's pid in /proc")
+def test_sigterm_to_one_rank_stops_all_ranks_at_the_same_checkpointed_step(
+    tiny_llama_dir, small_demo_data, tmp_path
+):
+    import signal
+    import time
+
+    train, evals = small_demo_data
+    out = tmp_path / "sig"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(_free_port()), "-m", "tunesmith", "train",
+           "--model", str(tiny_llama_dir), "--data", str(train), "--eval-data", str(evals),
+           "--max-steps", "100000", "--logging-steps", "1", "--skip-base-eval", "--threads", "1",
+           "--batch-size", "2", "--distributed", "fsdp", "--output", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            metrics = out / "metrics.jsonl"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        pid = _rank_pid(proc.pid, 1)
+        assert pid is not None and proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        os.kill(pid, signal.SIGTERM)  # one rank only: the flag is all-reduced
+        log = proc.communicate(timeout=300)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "checkpoint saved" in log, log[-3000:]
+    from tunesmith.train.checkpoint import latest_valid_checkpoint
+
+    ckpt, _ = latest_valid_checkpoint(out / "checkpoints")
+    steps = [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert ckpt is not None and ckpt.name == f"step-{steps[-1]}"
+    assert steps == list(range(1, steps[-1] + 1))
+    assert (ckpt / "rng-rank1.pt").is_file()
