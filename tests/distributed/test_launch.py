@@ -79,3 +79,11 @@ def test_plan_sharding_follows_the_engine(tmp_path):
     ds.write_text("[1]")
     with pytest.raises(UserInputError):
         _ = deepspeed.plan_sharding
+
+
+def test_library_call_with_nproc_needs_a_launcher(monkeypatch):
+    from tunesmith.train.run import run_training
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(UserInputError, match="needs a launcher"):
+        run_training(make_config({"nproc": 2}), say=lambda m: None)

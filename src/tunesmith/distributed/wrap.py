@@ -54,6 +54,11 @@ def wrap(model: nn.Module, ctx: DistContext, fast: bool = True) -> nn.Module:
     their names, so ``model.named_parameters()`` still lists what the optimizer trains.
     """
     module = LossModule(model, fast)
+    if ctx.mode == "fsdp" and any(type(p).__name__ == "Params4bit" for p in model.parameters()):
+        raise UserInputError(
+            "--distributed fsdp cannot shard 4-bit (QLoRA) weights; use --distributed ddp, or "
+            "--method lora on a 16-bit base"
+        )
     if ctx.mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 

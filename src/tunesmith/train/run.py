@@ -243,6 +243,11 @@ def run_training(
             raise UserInputError(f"{run_dir} has no valid checkpoint to resume from")
     else:
         resume_from = None
+        if cfg.nproc > 1 and not dist.active:
+            raise UserInputError(
+                f"nproc {cfg.nproc} needs a launcher: run `tunesmith train --nproc {cfg.nproc}` "
+                "or torchrun / accelerate launch (see docs/distributed.md)"
+            )
         cfg = cfg.model_copy(update={"nproc": dist.world_size})  # config.yaml: what ran
         # Validate what can be checked cheaply before anything is written or loaded.
         guard.check_paths(cfg)
