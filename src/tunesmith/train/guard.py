@@ -132,24 +132,34 @@ def memory_plan(cfg: TrainConfig, model_config: Any, device: torch.device, preci
         UserInputError: the verdict is ``does-not-fit`` and ``force`` is off; the message
             carries the planner's recommendation.
     """
+    from tunesmith.methods import get_method
     from tunesmith.plan import plan_for_run
     from tunesmith.train.speed import train_attention
 
-    plan = plan_for_run(
-        model_config,
-        device=plan_device(device),
-        method=cfg.method,
-        batch_size=cfg.batch_size,
-        seq_len=cfg.seq_len,
-        grad_accum=cfg.grad_accum,
-        attn=train_attention(torch.device(device), cfg.seq_len),
-        gradient_checkpointing=False,  # the trainer does not checkpoint activations
-        precision=precision,
-        rank=cfg.rank,
-        target=cfg.target if cfg.method in TARGETED_METHODS else "attn-qv",
-        dropout=cfg.dropout,
-        model_name=cfg.model,
-    )
+    def planned(checkpointing: bool):
+        return plan_for_run(
+            model_config,
+            device=plan_device(device),
+            method=cfg.method,
+            batch_size=cfg.batch_size,
+            seq_len=cfg.seq_len,
+            grad_accum=cfg.grad_accum,
+            attn=train_attention(torch.device(device), cfg.seq_len),
+            gradient_checkpointing=checkpointing,
+            precision=precision,
+            rank=cfg.rank,
+            target=cfg.target if cfg.method in TARGETED_METHODS else "attn-qv",
+            dropout=cfg.dropout,
+            model_name=cfg.model,
+        )
+
+    # Activation checkpointing recomputes the forward (~1/3 more compute), so it is used only
+    # when the plan says the run does not fit without it (the run reads the plan's setting).
+    plan = planned(False)
+    if not plan.fits and get_method(cfg.method).gradient_checkpointing:
+        with_checkpointing = planned(True)
+        if with_checkpointing.fits:
+            return with_checkpointing
     if plan.fits or cfg.force:
         return plan
     rec = plan.recommendation

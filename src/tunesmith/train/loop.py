@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.data.dataset import Batch, batch_plan, collate
+from tunesmith.data.dataset import Batch, batch_plan, collate, split_by_length
 from tunesmith.data.render import IGNORE_INDEX, Rendered
 from tunesmith.distributed import DistContext, rank_slice
 from tunesmith.errors import TunesmithError, WorkFailed
@@ -32,6 +32,7 @@ from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import guard
 from tunesmith.train.loss import fast_path_eligible, loss_sum
 from tunesmith.train.metrics import MetricsLog
+from tunesmith.train.speed import compute_context
 
 
 class Interrupted(TunesmithError):
@@ -60,6 +61,11 @@ class LoopSettings:
         None  # set when trainable weights stay fp32 under bf16 compute
     )
     fast_loss: bool = True
+    # LoRA adapters compute in autocast_dtype instead of upcasting inputs (train/speed.py).
+    keep_input_dtype: bool = False
+    # Per-forward cost in tokens for cutting each micro-batch into length-sorted passes
+    # (data.dataset.split_by_length); None: planned order, no cutting (the reference path).
+    split_overhead_tokens: float | None = None
     on_nan: str = "stop"  # "stop": fail keeping the last checkpoint; "skip": drop the update
 
 
@@ -170,11 +176,18 @@ class TrainLoop:
             if world > 1:
                 planned, stand_in = rank_slice(planned, rank, world)
             size = math.ceil(len(planned) / split)
-            for j in range(0, len(planned), size):
-                out.append(collate([self.examples[i] for i in planned[j : j + size]], self.pad_id))
+            for group in split_by_length(
+                planned, self._lengths, size, self.s.split_overhead_tokens
+            ):
+                out.append(collate([self.examples[i] for i in group], self.pad_id))
             if stand_in:  # this rank has no example here: run one, train on no token
                 out[-1].labels.fill_(IGNORE_INDEX)
         return out
+
+    def _compute_context(self):
+        return compute_context(
+            self.model, self.device, self.s.autocast_dtype, self.s.keep_input_dtype
+        )
 
     # -- signals -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -333,11 +346,7 @@ class TrainLoop:
         scale = self.dist.world_size
         loss_value = 0.0
         for i, b in enumerate(batches):
-            ctx = (
-                torch.autocast(self.device.type, dtype=self.s.autocast_dtype)
-                if self.s.autocast_dtype is not None
-                else contextlib.nullcontext()
-            )
+            ctx = self._compute_context()
             with self._gradient_sync(i == len(batches) - 1):
                 with ctx:
                     loss = self._loss_sum(b) / max(total, 1)
@@ -409,11 +418,7 @@ class TrainLoop:
         total, n = 0.0, 0
         for i in range(0, len(examples), batch_size):
             b = collate(examples[i : i + batch_size], self.pad_id).to(self.device)
-            ctx = (
-                torch.autocast(self.device.type, dtype=self.s.autocast_dtype)
-                if self.s.autocast_dtype is not None
-                else contextlib.nullcontext()
-            )
+            ctx = self._compute_context()
             with ctx:  # distributed: every rank computes the same sum (FSDP gathers in step)
                 total += float(self._loss_sum(b))
             n += b.num_trained

@@ -19,6 +19,7 @@ from tunesmith.config import TrainConfig, load_yaml, make_config, to_yaml
 from tunesmith.data.records import Conversation
 from tunesmith.errors import UserInputError
 from tunesmith.train.precision import resolve_precision, torch_dtype
+from tunesmith.train.speed import adapter_autocast, split_overhead_tokens, train_attention
 
 BASE_INFO = "tunesmith_base.json"  # written into adapter/: which base and method made it
 
@@ -141,13 +142,15 @@ def method_args(cfg: TrainConfig, model_config) -> Any:
     )
 
 
-def load_for_training(cfg: TrainConfig, device: torch.device):
+def load_for_training(cfg: TrainConfig, device: torch.device, checkpointing: bool = False):
     """Load base + apply the method. Returns (model, tokenizer, source, spec, autocast dtype).
 
     Precision policy: with bf16 compute, a frozen base is *stored* in bf16 (half the memory
     and no per-step casts) while adapter weights and their optimizer state stay fp32 (peft
-    upcasts adapters); methods that train base weights (full, freeze) keep fp32 master
-    weights and run under autocast instead, since AdamW on bf16 weights loses small updates.
+    upcasts adapters; LoRA adapters then compute in bf16 under autocast, see
+    :func:`tunesmith.train.speed.adapter_autocast`); methods that train base weights (full,
+    freeze) keep fp32 master weights and run under autocast, since AdamW on bf16 weights loses
+    small updates.
     """
     from tunesmith.data.render import ensure_chat_template
     from tunesmith.methods import get_method
@@ -169,15 +172,22 @@ def load_for_training(cfg: TrainConfig, device: torch.device):
         quantization_config=qconf,
         trust_remote_code=cfg.trust_remote_code,
         allow_pickle=cfg.allow_pickle,
+        attn_implementation=train_attention(device, cfg.seq_len),
     )
     ensure_chat_template(tok, cfg.template)  # saved with the adapter by save_final
     args = method_args(cfg, model.config)
+    # Activation checkpointing only where the memory plan needs it (train/guard.py).
+    args.extra["gradient_checkpointing"] = checkpointing
+    if checkpointing and spec.gradient_checkpointing and not spec.quantized_base:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if spec.name in ("lora", "qlora", "dora", "rslora"):  # the others sit at fixed positions
         check_targets_exist(model, args.target)
     if qconf is None:
         model.to(device)
     model = spec.apply(model, args)
-    autocast = torch_dtype(precision) if (trains_base and precision != "fp32") else None
+    # Autocast: methods with fp32 master weights (full, freeze) and LoRA adapters (train/speed.py).
+    mixed = trains_base or adapter_autocast(spec.name, precision)
+    autocast = torch_dtype(precision) if (mixed and precision != "fp32") else None
     return model, tok, src, spec, precision, autocast
 
 
@@ -293,7 +303,9 @@ def run_training(
         timings["data_s"] = time.perf_counter() - t_start
 
         t = time.perf_counter()
-        model, tokenizer, src, spec, precision, autocast = load_for_training(cfg, device)
+        model, tokenizer, src, spec, precision, autocast = load_for_training(
+            cfg, device, checkpointing=_plan_checkpointing(run_dir)
+        )
         trainable, total = count_params(model)
         say(
             f"model: {src.display}, method {cfg.method}, precision {precision}, "
@@ -357,6 +369,8 @@ def run_training(
         seed=cfg.seed,
         autocast_dtype=autocast,
         on_nan=cfg.on_nan,
+        split_overhead_tokens=split_overhead_tokens(device),
+        keep_input_dtype=adapter_autocast(cfg.method, precision),
     )
     dist.barrier()  # the other ranks wait for rank 0's base evaluation
     loop = TrainLoop(
@@ -479,6 +493,17 @@ def _whole_model_on_main(model, loop, dist, cfg: TrainConfig, device: torch.devi
     if unexpected:
         raise UserInputError(f"gathered weights do not fit the rebuilt model: {unexpected[0]}")
     return fresh
+
+
+def _plan_checkpointing(run_dir: Path) -> bool:
+    """Whether the run's memory plan (``plan.json``, also on resume) turned checkpointing on."""
+    import json
+
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool((plan.get("inputs") or {}).get("gradient_checkpointing"))
 
 
 def _adapter_disabled(model):
