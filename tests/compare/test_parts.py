@@ -83,3 +83,19 @@ def test_plot_png_and_nothing_to_plot():
 def test_row_dict_names_the_task_metric():
     d = ROWS[0].to_dict("rouge_l")
     assert d["rouge_l"] == 0.6 and "task_metric" not in d
+
+
+def test_an_interrupt_stops_the_whole_comparison(tmp_path, monkeypatch):
+    """SIGTERM/Ctrl-C inside one method's run ends `compare`, not just that method."""
+    from tunesmith.train.loop import Interrupted
+
+    started = []
+
+    def interrupted_run(cfg, **kw):  # stands in for a run that received SIGTERM mid-training
+        started.append(cfg.method)
+        raise Interrupted("stopped at step 3; checkpoint saved")
+
+    monkeypatch.setattr("tunesmith.train.run.run_training", interrupted_run)
+    with pytest.raises(Interrupted):
+        compare("lora,houlsby,full", output=tmp_path / "o", say=lambda m: None)
+    assert started == ["lora"]

@@ -35,6 +35,7 @@ from tunesmith.compare.rows import (
 )
 from tunesmith.config import METHODS, TrainConfig, make_config
 from tunesmith.errors import ConfigError, UserInputError
+from tunesmith.train.loop import Interrupted
 
 LATENCY_FALLBACK_PROMPT = "How many patients visited the clinic last month?"
 
@@ -243,6 +244,10 @@ def _train_each(
                 say=lambda m, p=method: say(f"  {p}: {m}"),
                 progress_factory=progress_factory,
             )
+        except Interrupted:
+            # Ctrl-C / SIGTERM means stop the comparison, not just this method's run.
+            say(f"  {method}: interrupted; the comparison stops here (nothing more is trained)")
+            raise
         except Exception as exc:  # one method's failure (e.g. out of memory) must not end the rest
             run_dir = Path(run_cfg.output)
             error = _error_text(exc)
