@@ -47,3 +47,15 @@ def test_deterministic_with_ties():
     assert a == split_by_length([5, 2, 4, 0, 3, 1], lengths, 4, 32)
     # Equal lengths: the fewest passes max_size allows, indices in sorted order.
     assert len(a) == 2 and [i for g in a for i in g] == [0, 1, 2, 3, 4, 5]
+
+
+def test_max_tokens_bounds_every_pass_but_never_drops_a_long_example():
+    rng = random.Random(1)
+    for _ in range(200):
+        lengths = [rng.randint(5, 300) for _ in range(30)]
+        planned = rng.sample(range(30), rng.randint(1, 12))
+        groups = split_by_length(planned, lengths, 12, 32, max_tokens=256)
+        assert sorted(i for g in groups for i in g) == sorted(planned)
+        for g in groups:
+            padded = len(g) * max(lengths[i] for i in g)
+            assert padded <= 256 or len(g) == 1

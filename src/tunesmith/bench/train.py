@@ -316,7 +316,7 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
     from tunesmith.train.loop import LoopSettings, TrainLoop
     from tunesmith.train.precision import default_device
     from tunesmith.train.run import load_for_training
-    from tunesmith.train.speed import adapter_autocast, split_overhead_tokens
+    from tunesmith.train.speed import adapter_autocast, split_max_tokens, split_overhead_tokens
 
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -347,6 +347,7 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
         seed=settings.seed,
         autocast_dtype=autocast,
         split_overhead_tokens=split_overhead_tokens(device),
+        split_max_tokens=split_max_tokens(device),
         keep_input_dtype=adapter_autocast("lora", precision),
     )
     loop = TrainLoop(model, examples, tok.pad_token_id, loop_settings, workdir / "run", device)

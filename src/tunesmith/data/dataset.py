@@ -71,7 +71,11 @@ def batch_plan(
 
 
 def split_by_length(
-    indices: Sequence[int], lengths: Sequence[int], max_size: int, overhead_tokens: float | None
+    indices: Sequence[int],
+    lengths: Sequence[int],
+    max_size: int,
+    overhead_tokens: float | None,
+    max_tokens: int | None = None,
 ) -> list[list[int]]:
     """Cut one planned micro-batch into forward passes that waste the least padding.
 
@@ -93,6 +97,8 @@ def split_by_length(
         max_size: Most examples per pass (an OOM retry lowers it).
         overhead_tokens: Per-pass cost in tokens; None keeps the planned order and cuts it
             into equal pieces of at most ``max_size`` (the reference path).
+        max_tokens: Most padded tokens per pass (a single longer example still gets its own
+            pass): activation memory grows with a pass's tokens, so this bounds the peak.
 
     Returns:
         The groups, each a list of indices; together exactly ``indices``.
@@ -104,8 +110,11 @@ def split_by_length(
     best = [0.0] + [math.inf] * n  # best[j]: cheapest cover of order[:j]
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
-        for i in range(max(0, j - max_size), j):
-            cost = best[i] + (j - i) * lengths[order[j - 1]] + overhead_tokens
+        for i in range(j - 1, max(0, j - max_size) - 1, -1):
+            padded = (j - i) * lengths[order[j - 1]]
+            if max_tokens is not None and padded > max_tokens and j - i > 1:
+                break  # longer groups ending at j only grow
+            cost = best[i] + padded + overhead_tokens
             if cost < best[j]:
                 best[j], cut[j] = cost, i
     groups, j = [], n

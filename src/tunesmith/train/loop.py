@@ -30,6 +30,7 @@ from tunesmith.distributed import DistContext, rank_slice
 from tunesmith.errors import TunesmithError, WorkFailed
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import guard
+from tunesmith.train.host_memory import release_free_heap
 from tunesmith.train.loss import fast_path_eligible, loss_sum
 from tunesmith.train.metrics import MetricsLog
 from tunesmith.train.speed import compute_context
@@ -66,6 +67,7 @@ class LoopSettings:
     # Per-forward cost in tokens for cutting each micro-batch into length-sorted passes
     # (data.dataset.split_by_length); None: planned order, no cutting (the reference path).
     split_overhead_tokens: float | None = None
+    split_max_tokens: int | None = None  # most padded tokens per pass (activation memory)
     on_nan: str = "stop"  # "stop": fail keeping the last checkpoint; "skip": drop the update
 
 
@@ -177,7 +179,11 @@ class TrainLoop:
                 planned, stand_in = rank_slice(planned, rank, world)
             size = math.ceil(len(planned) / split)
             for group in split_by_length(
-                planned, self._lengths, size, self.s.split_overhead_tokens
+                planned,
+                self._lengths,
+                size,
+                self.s.split_overhead_tokens,
+                self.s.split_max_tokens,
             ):
                 out.append(collate([self.examples[i] for i in group], self.pad_id))
             if stand_in:  # this rank has no example here: run one, train on no token
@@ -241,6 +247,8 @@ class TrainLoop:
         with self._graceful_signals():
             for step in range(start_step, min(self.s.max_steps, stop_after or self.s.max_steps)):
                 loss, n_tok, grad_norm, n_ex = self._step_with_retry(step, result)
+                if self.device.type == "cpu":  # freed activations back to the OS
+                    release_free_heap()
                 result.losses.append(loss)
                 result.trained_tokens += n_tok
                 result.examples_seen += n_ex

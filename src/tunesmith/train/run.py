@@ -19,7 +19,12 @@ from tunesmith.config import TrainConfig, load_yaml, make_config, to_yaml
 from tunesmith.data.records import Conversation
 from tunesmith.errors import UserInputError
 from tunesmith.train.precision import resolve_precision, torch_dtype
-from tunesmith.train.speed import adapter_autocast, split_overhead_tokens, train_attention
+from tunesmith.train.speed import (
+    adapter_autocast,
+    split_max_tokens,
+    split_overhead_tokens,
+    train_attention,
+)
 
 BASE_INFO = "tunesmith_base.json"  # written into adapter/: which base and method made it
 
@@ -370,6 +375,7 @@ def run_training(
         autocast_dtype=autocast,
         on_nan=cfg.on_nan,
         split_overhead_tokens=split_overhead_tokens(device),
+        split_max_tokens=split_max_tokens(device),
         keep_input_dtype=adapter_autocast(cfg.method, precision),
     )
     dist.barrier()  # the other ranks wait for rank 0's base evaluation

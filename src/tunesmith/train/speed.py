@@ -11,7 +11,8 @@ Both were measured on the demo (SmolLM2-135M, LoRA q/v, batch 8 of ~75-token rec
 - Splitting: each micro-batch runs as length-sorted forward passes
   (:func:`tunesmith.data.dataset.split_by_length`), removing most padding (20% -> ~5%) with
   the same gradient. On CPU a pass costs little beyond its tokens (~30 tokens' worth of
-  dispatch), on CUDA kernel launches make extra passes expensive, so it is CPU only.
+  dispatch), on CUDA kernel launches make extra passes expensive, so it is CPU only. A pass
+  also holds at most ``CPU_PASS_MAX_TOKENS`` padded tokens, which bounds the activation peak.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import torch
 
 EAGER_MAX_SEQ_LEN = 512  # above this the s^2 probabilities cost more memory than eager saves time
 CPU_PASS_OVERHEAD_TOKENS = 32.0  # measured: 16 and 48 were equally fast, 128 lost the gain
+# Activations of SmolLM2-135M took ~1.2 MB per padded token at the peak of a pass (bf16, eager):
+# 384 tokens bound that near 0.5 GB, one extra pass in some demo steps.
+CPU_PASS_MAX_TOKENS = 384
 
 
 def train_attention(device: torch.device, seq_len: int) -> str:
@@ -32,6 +36,11 @@ def train_attention(device: torch.device, seq_len: int) -> str:
 def split_overhead_tokens(device: torch.device) -> float | None:
     """Per-pass cost for :func:`~tunesmith.data.dataset.split_by_length`; None: do not split."""
     return CPU_PASS_OVERHEAD_TOKENS if device.type == "cpu" else None
+
+
+def split_max_tokens(device: torch.device) -> int | None:
+    """Most padded tokens per forward pass on CPU (bounds activation memory; None: no bound)."""
+    return CPU_PASS_MAX_TOKENS if device.type == "cpu" else None
 
 
 # Methods whose adapters run the plain peft LoRA forward, `B(A(dropout(x))) * scale`, which is
