@@ -21,7 +21,8 @@ pytestmark = pytest.mark.xdist_group("compare-e2e")
 
 ROW_KEYS = {
     "method", "lr", "trainable_params", "total_params", "trainable_share", "execution_accuracy",
-    "exact_match", "eval_loss", "eval_perplexity", "peak_mem_bytes", "train_time_s",
+    "exact_match", "eval_loss", "eval_perplexity", "general_perplexity", "forgetting",
+    "peak_mem_bytes", "train_time_s",
     "tokens_per_s", "latency_ms", "latency_vs_base", "run_dir", "error",
 }  # fmt: skip
 
@@ -162,3 +163,16 @@ def test_single_method_flag_is_refused(tmp_path, capsys):
         ["compare", "--methods", "lora", "--method", "full", "--output", str(tmp_path / "x")]
     )
     assert code == 2 and "--methods" in capsys.readouterr().err
+
+
+def test_forgetting_is_each_methods_general_perplexity_over_the_bases(compared):
+    out, _ = compared
+    rows = _rows(compared)
+    base_ppl = rows["base"]["general_perplexity"]
+    assert base_ppl > 1 and rows["base"]["forgetting"] == 0.0
+    for m in ("lora", "full"):
+        ev = json.loads((out / m / "eval.json").read_text())["metrics"]
+        # Every run measured the same base, and its adapted side against it.
+        assert ev["adapted"]["general_perplexity"] == rows[m]["general_perplexity"]
+        assert rows[m]["forgetting"] == pytest.approx(rows[m]["general_perplexity"] / base_ppl - 1)
+        assert ev["adapted"]["answer_perplexity"] > 1

@@ -38,6 +38,9 @@ class MethodRow:
         exact_match: Share of generations equal to the reference (after normalisation).
         eval_loss: Mean NLL per assistant token on the eval set after training.
         eval_perplexity: ``exp(eval_loss)``.
+        general_perplexity: Perplexity on the bundled general-text set after training.
+        forgetting: ``general_perplexity`` over the base model's, minus 1 (+0.05 = 5% higher:
+            the method erased that much general language modelling).
         peak_mem_bytes: Highest ``peak_mem_bytes`` logged during training.
         train_time_s: Seconds spent in the training loop.
         tokens_per_s: Trained tokens per second over the whole loop.
@@ -56,6 +59,8 @@ class MethodRow:
     exact_match: float | None = None
     eval_loss: float | None = None
     eval_perplexity: float | None = None
+    general_perplexity: float | None = None
+    forgetting: float | None = None
     peak_mem_bytes: int | None = None
     train_time_s: float | None = None
     tokens_per_s: float | None = None
@@ -97,6 +102,7 @@ def row_from_run(method: str, lr: float, result: Any) -> MethodRow:
         exact_match=adapted.get("exact_match"),
         eval_loss=eval_loss,
         eval_perplexity=math.exp(eval_loss) if eval_loss is not None else None,
+        general_perplexity=adapted.get("general_perplexity"),
         peak_mem_bytes=max(peaks) if peaks else None,
         train_time_s=round(result.train_seconds, 3),
         tokens_per_s=round(result.tokens_per_s, 1),
@@ -115,7 +121,16 @@ def base_row(eval_json: dict[str, Any] | None, base_total: int | None) -> Method
         trainable_share=0.0,
         task_metric=base.get(task_metric_name(ev.get("task", ""))),
         exact_match=base.get("exact_match"),
+        general_perplexity=base.get("general_perplexity"),
+        forgetting=0.0 if base.get("general_perplexity") else None,
     )
+
+
+def fill_forgetting(rows: list[MethodRow], base: MethodRow) -> None:
+    """Set each row's ``forgetting`` from its and the base's general-text perplexity."""
+    for row in rows:
+        if row.general_perplexity is not None and base.general_perplexity:
+            row.forgetting = row.general_perplexity / base.general_perplexity - 1.0
 
 
 def base_param_count(method: str, result: Any) -> int | None:

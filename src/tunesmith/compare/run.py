@@ -30,6 +30,7 @@ from tunesmith.compare.rows import (
     MethodRow,
     base_param_count,
     base_row,
+    fill_forgetting,
     row_from_run,
     task_metric_name,
 )
@@ -197,6 +198,7 @@ def compare(
             row.trainable_share = row.trainable_params / base_total
     metric = task_metric_name((trained.first_eval or {}).get("task", "text"))
     base = base_row(trained.first_eval, base_total)
+    fill_forgetting(rows, base)
     if lat is not None and lat.base_ms is not None:
         base.latency_ms, base.latency_vs_base = lat.base_ms, 1.0
 

@@ -8,8 +8,9 @@ from tunesmith.compare.rows import MethodRow
 from tunesmith.report.format import fmt_bytes
 
 # Short column titles and compact numbers keep ten columns inside an 80-column terminal:
-# params = trainable parameters, share = of the base's, ppl = eval perplexity, train s = seconds
-# in the training loop, lat ms = batch-1 forward latency, ×base = its ratio to the base's.
+# params = trainable parameters, share = of the base's, ppl = eval perplexity, forget = rise of
+# general-text perplexity over the base's, train s = seconds in the training loop, lat ms =
+# batch-1 forward latency, ×base = its ratio to the base's. tokens/s is in compare.json.
 _SHORT = {"execution_accuracy": "exec acc", "rouge_l": "ROUGE-L"}
 
 
@@ -46,7 +47,7 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
     )
     for col in (
         "method", "lr", "params", "share", _SHORT.get(metric_name, metric_name), "ppl",
-        "peak mem", "train s", "tok/s", "lat ms", "×base",
+        "forget", "peak mem", "train s", "lat ms", "×base",
     ):  # fmt: skip
         t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     failed = []
@@ -62,9 +63,9 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
             _share(r.trainable_share),
             _num(r.task_metric, ".3f"),
             _num(r.eval_perplexity, ".4g"),
+            "-" if r.forgetting is None else f"{100 * r.forgetting:+.1f}%",
             "-" if r.peak_mem_bytes is None else fmt_bytes(r.peak_mem_bytes),
             _num(r.train_time_s, ".1f"),
-            _num(r.tokens_per_s, ".0f"),
             _num(r.latency_ms, ".1f"),
             _num(r.latency_vs_base, ".2f"),
         )

@@ -63,8 +63,7 @@ def evaluate(
         The eval.json object.
     """
     from tunesmith.atomic import write_json
-    from tunesmith.eval.evaluate import answer_perplexity, eval_report, evaluate_side
-    from tunesmith.eval.general_text import general_texts, perplexity
+    from tunesmith.eval.evaluate import eval_report, evaluate_side, perplexities
     from tunesmith.models import load_model_and_tokenizer
     from tunesmith.models.adapted import load_adapted, locate
 
@@ -82,10 +81,7 @@ def evaluate(
     kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
 
     def side_extra(m) -> dict[str, float]:
-        extra = {"answer_perplexity": answer_perplexity(m, tok, convs)}
-        if forgetting:
-            extra["general_perplexity"] = perplexity(m, tok, general_texts())
-        return extra
+        return perplexities(m, tok, convs, forgetting=forgetting)
 
     base_side = adapted_side = None
     extra: dict[str, dict[str, float]] = {}

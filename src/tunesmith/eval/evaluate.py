@@ -139,3 +139,16 @@ def answer_perplexity(
             n += b.num_trained
     model.train(was_training)
     return math.exp(total / max(n, 1))
+
+
+def perplexities(
+    model, tokenizer, convs: Sequence[Conversation], *, forgetting: bool = True
+) -> dict[str, float]:
+    """The no-generation metrics of one side: answer perplexity and, for forgetting, general-text
+    perplexity (:mod:`tunesmith.eval.general_text`); compare a side's values with the base's."""
+    from tunesmith.eval.general_text import general_texts, perplexity
+
+    out = {"answer_perplexity": answer_perplexity(model, tokenizer, convs)}
+    if forgetting:
+        out["general_perplexity"] = perplexity(model, tokenizer, general_texts())
+    return out

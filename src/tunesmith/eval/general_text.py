@@ -39,6 +39,8 @@ def _nll_sum(model: Any, input_ids: Any, attention_mask: Any) -> tuple[float, in
     import torch.nn.functional as F
 
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+    # Prompt tuning prepends its virtual tokens' logits: score only the text's own positions.
+    logits = logits[:, -input_ids.shape[1] :]
     # Position t predicts token t+1; a target counts only if it is a real (unpadded) token.
     targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)  # (B, T-1)
     nll = F.cross_entropy(

@@ -223,7 +223,7 @@ def run_training(
     """Run a whole fine-tune as configured; see the module docstring for the stages."""
     from tunesmith.data.dataset import tokenize_conversations
     from tunesmith.data.render import ensure_chat_template
-    from tunesmith.eval.evaluate import eval_report, evaluate_side
+    from tunesmith.eval.evaluate import eval_report, evaluate_side, perplexities
     from tunesmith.models.loading import load_tokenizer, resolve_model
     from tunesmith.plan import write_plan
     from tunesmith.train import checkpoint as ckpt
@@ -350,6 +350,8 @@ def run_training(
                 max_new_tokens=cfg.max_new_tokens,
                 batch_size=cfg.eval_batch_size,
             )
+            # Answer and general-text perplexity: the baseline for the forgetting check.
+            base_side.metrics.update(perplexities(model, tokenizer, eval_convs))
         write_json(
             run_dir / "eval_base.json",
             {"metrics": base_side.metrics, "generations": [g.text for g in base_side.generations]},
@@ -429,7 +431,12 @@ def run_training(
             batch_size=cfg.eval_batch_size,
         )
         eval_json = eval_report(
-            eval_convs, base_side, adapted, model=src.display, adapter=str(adapter_dir)
+            eval_convs,
+            base_side,
+            adapted,
+            model=src.display,
+            adapter=str(adapter_dir),
+            extra={"adapted": perplexities(model, tokenizer, eval_convs)},
         )
         write_json(run_dir / "eval.json", eval_json)
         timings["eval_s"] = time.perf_counter() - t
