@@ -13,7 +13,7 @@ def test_every_method_has_a_default_lr_and_a_user_lr_wins():
     assert set(DEFAULT_LR) == set(METHODS)
     default = make_config({})
     assert [lr_for(m, default) for m in ("lora", "houlsby", "prefix", "ia3", "full")] == [
-        2e-3, 1e-3, 1e-2, 1e-2, 5e-5,
+        2e-3, 1e-3, 3e-3, 1e-2, 5e-5,
     ]  # fmt: skip
     chosen = make_config({"lr": 3e-4})
     assert {lr_for(m, chosen) for m in METHODS} == {3e-4}
