@@ -24,3 +24,19 @@ def test_freed_pages_between_live_blocks_go_back_to_the_os():
     assert release_free_heap()
     assert _rss_kib() < held - 60 * 1024  # most of the ~95 MiB of holes returned
     del kept
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/clear_refs")
+def test_peak_memory_restarts_at_each_run():
+    """A second run in one process (compare) must not inherit the first one's peak."""
+    import torch
+
+    from tunesmith.train.loop import peak_memory_bytes, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    big = bytearray(b"\x01" * (300 * 1024 * 1024))
+    first = peak_memory_bytes(cpu)
+    del big
+    reset_peak_memory(cpu)
+    second = peak_memory_bytes(cpu)
+    assert second < first - 200 * 1024 * 1024
