@@ -44,6 +44,8 @@ def generate(
     """
     device = device or next(model.parameters()).device
     stops = stop_token_ids(model, tokenizer)
+    if _prefix_tuned(model):
+        return _greedy_without_generate(model, tokenizer, prompts, max_new_tokens, stops, device)
     was_training = model.training
     model.eval()
     old_side = tokenizer.padding_side
@@ -79,3 +81,38 @@ def generate(
         tokenizer.padding_side = old_side
         model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def _prefix_tuned(model) -> bool:
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
+    return str(getattr(config, "peft_type", "")).endswith("PREFIX_TUNING")
+
+
+def _greedy_without_generate(model, tokenizer, prompts, max_new_tokens, stops, device):
+    """Greedy decoding by repeated full forwards, one prompt at a time.
+
+    With peft 0.21 and transformers 5, ``generate`` on a prefix-tuned model never reaches
+    peft's ``prepare_inputs_for_generation`` (which injects the learned key/value prefix), so
+    it decodes as if untrained; the plain forward does apply the prefix. Slower (no KV cache,
+    no batching: no padding to shift positions against the prefix), but correct.
+    """
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            ids = ids.to(device)
+            start, ended = ids.shape[1], False
+            for _ in range(max_new_tokens):
+                next_id = model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)
+                if int(next_id) in stops:
+                    ended = True
+                    break
+                ids = torch.cat([ids, next_id], dim=1)
+            new = ids[0, start:].tolist()
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            results.append(Generation(text.strip(), len(new) + int(ended), ended))
+    finally:
+        model.train(was_training)
+    return results
