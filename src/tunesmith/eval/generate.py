@@ -93,23 +93,29 @@ def _greedy_without_generate(model, tokenizer, prompts, max_new_tokens, stops, d
 
     With peft 0.21 and transformers 5, ``generate`` on a prefix-tuned model never reaches
     peft's ``prepare_inputs_for_generation`` (which injects the learned key/value prefix), so
-    it decodes as if untrained; the plain forward does apply the prefix. Slower (no KV cache,
-    no batching: no padding to shift positions against the prefix), but correct.
+    it decodes as if untrained; the plain forward does apply the prefix. One prompt at a time
+    (no padding to shift positions against the prefix), with the KV cache: slower than batched
+    generation, but correct.
     """
     was_training = model.training
     model.eval()
+    base = model.get_base_model()
     results = []
     try:
         for prompt in prompts:
             ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
             ids = ids.to(device)
             start, ended = ids.shape[1], False
+            # The first forward goes through peft, which puts the prefix into the KV cache;
+            # later tokens go to the base model with that cache (positions continue after it).
+            out = model(input_ids=ids, use_cache=True)
             for _ in range(max_new_tokens):
-                next_id = model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)
+                next_id = out.logits[:, -1].argmax(-1, keepdim=True)
                 if int(next_id) in stops:
                     ended = True
                     break
                 ids = torch.cat([ids, next_id], dim=1)
+                out = base(input_ids=next_id, past_key_values=out.past_key_values, use_cache=True)
             new = ids[0, start:].tolist()
             text = tokenizer.decode(new, skip_special_tokens=True)
             results.append(Generation(text.strip(), len(new) + int(ended), ended))
