@@ -89,7 +89,7 @@ def _prefix_tuned(model) -> bool:
 
 
 def _greedy_without_generate(model, tokenizer, prompts, max_new_tokens, stops, device):
-    """Greedy decoding by repeated full forwards, one prompt at a time.
+    """Greedy decoding without ``generate``: one prefixed forward, then the cached base model.
 
     With peft 0.21 and transformers 5, ``generate`` on a prefix-tuned model never reaches
     peft's ``prepare_inputs_for_generation`` (which injects the learned key/value prefix), so

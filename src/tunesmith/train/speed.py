@@ -10,7 +10,8 @@ Both were measured on the demo (SmolLM2-135M, LoRA q/v, batch 8 of ~75-token rec
   the same kernel (``train_attention`` feeds both). On CUDA, sdpa's fused kernels win.
 - Splitting: each micro-batch runs as length-sorted forward passes
   (:func:`tunesmith.data.dataset.split_by_length`), removing most padding (20% -> ~5%) with
-  the same gradient. On CPU a pass costs little beyond its tokens (~30 tokens' worth of
+  the same gradient; at 2 threads the padding saved and the per-pass cost cancel out, so its
+  gain is memory (a smaller activation peak), not speed. On CPU a pass costs little beyond its tokens (~30 tokens' worth of
   dispatch), on CUDA kernel launches make extra passes expensive, so it is CPU only. A pass
   also holds at most ``CPU_PASS_MAX_TOKENS`` padded tokens, which bounds the activation peak.
 """
@@ -55,8 +56,9 @@ def adapter_autocast(method: str, precision: str) -> bool:
     peft casts every adapter input to the adapter's fp32 dtype, so each targeted projection
     pays a cast of its input, an fp32 dropout and fp32 matmuls, and keeps the fp32 copy for the
     backward. Under autocast with peft's input casting off, the same adapter computes in bf16
-    from the bf16 activations (the fp32 weights are cast, which is tiny at rank r): measured
-    ~12% faster per demo step and half the adapter activation memory. This is the usual mixed
+    from the bf16 activations (the fp32 weights are cast, which is tiny at rank r): half the
+    adapter activation memory; speed was neutral at 2 threads on the demo (a 1-thread A/B on a
+    shared machine had suggested ~12%, which did not hold). This is the usual mixed
     precision recipe (TRL's bf16 mode does the same for the whole model).
     """
     return method in AUTOCAST_ADAPTER_METHODS and precision in ("bf16", "fp16")
