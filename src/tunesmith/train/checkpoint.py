@@ -8,6 +8,9 @@ will be written, so a full disk fails with a message instead of a half-written s
 Distributed runs (``ctx`` given) write the same format: sharded tensors are gathered to full
 ones (:mod:`tunesmith.distributed.state`) on every rank, rank 0 alone writes, and each
 rank's RNG state is kept (``rng.pt`` for rank 0, ``rng-rank<N>.pt`` for the others).
+DeepSpeed runs keep the engine's own sharded state instead of ``trainable.safetensors`` and
+``optimizer.pt`` (:mod:`tunesmith.distributed.deepspeed_engine`); the position files
+(:func:`write_position`) and the manifest are the same.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def save_checkpoint(
     target = root / f"step-{step}"
     weights = trainable_state(model)
     opt_state = full_optimizer_state(optimizer)
-    rngs = ctx.gather(_rng_state()) if ctx is not None else [_rng_state()]
+    rngs = rng_states(ctx)
     if ctx is not None and not ctx.is_main:
         ctx.barrier()  # rank 0 writes
         return target
@@ -87,17 +90,39 @@ def save_checkpoint(
     with atomic_dir(target) as tmp:
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(opt_state, tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        for rank, rng in enumerate(rngs):
-            torch.save(rng, tmp / _rng_file(rank))
-        (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        write_position(tmp, step, scheduler, rngs, extra)
+    prune(root, keep)
     if ctx is not None:
         ctx.barrier()
     return target
+
+
+def write_position(
+    tmp: Path, step: int, scheduler, rngs: list[dict[str, Any]], extra: dict[str, Any]
+) -> None:
+    """The scheduler, every rank's RNG, ``state.json`` and, last, the manifest of all files.
+
+    Written by rank 0 into the checkpoint's temp directory once the weights are in it.
+    """
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    for rank, rng in enumerate(rngs):
+        torch.save(rng, tmp / _rng_file(rank))
+    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+    files = {
+        p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+    }
+    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints."""
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def rng_states(ctx=None) -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (a collective under a distributed ``ctx``)."""
+    return ctx.gather(_rng_state()) if ctx is not None else [_rng_state()]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -175,13 +200,29 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> d
     try:
         opt_state = torch.load(path / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(shard_optimizer_state(opt_state, optimizer))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        rng = torch.load(path / _rng_file(rank), weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserInputError(f"checkpoint {path} cannot be restored: {first}") from exc
+    except UNREADABLE as exc:
+        raise unreadable(path, exc) from exc
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(shard_like(value.to(params[name].dtype), params[name]))
+    return restore_position(path, scheduler, rank)
+
+
+# What a damaged or mismatched checkpoint raises while being read back.
+UNREADABLE = (pickle.UnpicklingError, RuntimeError, ValueError, KeyError)
+
+
+def unreadable(path: Path, exc: BaseException) -> UserInputError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return UserInputError(f"checkpoint {path} cannot be restored: {first}")
+
+
+def restore_position(path: Path, scheduler, rank: int = 0) -> dict[str, Any]:
+    """Restore the scheduler and rank ``rank``'s RNG; returns ``state.json``."""
+    try:
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        rng = torch.load(path / _rng_file(rank), weights_only=True)
+    except UNREADABLE as exc:
+        raise unreadable(path, exc) from exc
     _set_rng_state(rng)
     return json.loads((path / "state.json").read_text())
