@@ -98,11 +98,11 @@ class TrainConfig(BaseModel):
     )
     distributed: Literal["auto", "ddp", "fsdp", "deepspeed"] = Field(
         "auto",
-        description="multi-process engine: ddp (replicated model), fsdp (FULL_SHARD: weights, gradients, optimizer split over processes) or deepspeed; auto = ddp when several processes run (see docs/distributed.md)",
+        description="multi-process engine: ddp (replicated model), fsdp (FULL_SHARD: weights, gradients, optimizer split over processes) or deepspeed (ZeRO stage 1-3 from --distributed-config); auto = ddp when several processes run (see docs/distributed.md)",
     )
     distributed_config: str | None = Field(
         None,
-        description="an accelerate config YAML or DeepSpeed JSON, passed through to the engine",
+        description='the DeepSpeed JSON --distributed deepspeed needs (its "auto" values are filled from this run\'s settings)',
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="compute precision; auto = bf16 where the hardware has it"

@@ -1,9 +1,11 @@
 """Who this process is in a distributed run, and the few collectives the trainer needs.
 
-The process group is set up by accelerate's ``Accelerator`` from the environment torchrun
-(or ``accelerate launch``) exports: ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``
-and ``MASTER_PORT``; NCCL on GPUs, gloo on CPUs. A single process gets an inactive context
-whose collectives are no-ops, so the trainer has one code path for both.
+The process group is set up from the environment torchrun (or ``accelerate launch``) exports:
+``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; NCCL on GPUs,
+gloo on CPUs. DDP and FSDP go through accelerate's ``Accelerator``; DeepSpeed through
+``deepspeed.init_distributed``, since accelerate's DeepSpeed path leaves CPUs out (on CPU it
+reported one process while torch.distributed had two). A single process gets an inactive
+context whose collectives are no-ops, so the trainer has one code path for both.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class DistContext:
     local_rank: int = 0
     accelerator: Any = None
     distributed_config: str | None = None
+    # DeepSpeed: the config filled from the run's settings (deepspeed_config.fill_config).
+    engine_config: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:
@@ -71,7 +75,11 @@ class DistContext:
     def device(self) -> torch.device:
         from tunesmith.train.precision import default_device
 
-        return self.accelerator.device if self.accelerator is not None else default_device()
+        if self.accelerator is not None:
+            return self.accelerator.device
+        if self.active and torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank)
+        return default_device()
 
     @property
     def plan_sharding(self) -> str:
@@ -161,9 +169,15 @@ def check_engine(distributed: str, distributed_config: str | None) -> None:
             import deepspeed  # noqa: F401
         except ImportError:
             raise UserInputError(
-                "--distributed deepspeed needs DeepSpeed: pip install deepspeed "
-                "(or use --distributed fsdp, which needs nothing more)"
+                "--distributed deepspeed needs DeepSpeed: DS_BUILD_OPS=0 pip install "
+                "--no-build-isolation deepspeed (the Makefile's set-up does this; or use "
+                "--distributed fsdp, which needs nothing more)"
             ) from None
+        if not distributed_config:
+            raise UserInputError(
+                "--distributed deepspeed needs --distributed-config DS.json (e.g. "
+                "examples/distributed/deepspeed_zero3.json)"
+            )
     if distributed_config and not os.path.isfile(distributed_config):
         raise UserInputError(f"--distributed-config {distributed_config}: file not found")
 
@@ -178,9 +192,16 @@ def setup(distributed: str = "auto", distributed_config: str | None = None) -> D
     mode = resolve_mode(distributed, world)
     if mode == "none":
         return DistContext()
+    if mode == "deepspeed":
+        # `accelerate launch --use_deepspeed --deepspeed_config_file F` passes F this way.
+        distributed_config = distributed_config or os.environ.get(
+            "ACCELERATE_DEEPSPEED_CONFIG_FILE"
+        )
     check_engine(mode, distributed_config)
     from datetime import timedelta
 
+    if mode == "deepspeed":
+        return _setup_deepspeed(distributed_config, timedelta(hours=2))
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
@@ -195,10 +216,6 @@ def setup(distributed: str = "auto", distributed_config: str | None = None) -> D
         # process group, so it must not build its own FSDP plugin from an accelerate config
         # (which also refuses to on CPUs).
         os.environ.pop("ACCELERATE_USE_FSDP", None)
-    if mode == "deepspeed":
-        from accelerate.utils import DeepSpeedPlugin
-
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=distributed_config)
     acc = Accelerator(**kwargs)
     return DistContext(
         mode=mode,
@@ -206,5 +223,25 @@ def setup(distributed: str = "auto", distributed_config: str | None = None) -> D
         rank=acc.process_index,
         local_rank=acc.local_process_index,
         accelerator=acc,
+        distributed_config=distributed_config,
+    )
+
+
+def _setup_deepspeed(distributed_config: str | None, timeout) -> DistContext:
+    """The process group through DeepSpeed's own ``init_distributed`` (gloo on CPU)."""
+    import deepspeed
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(
+        dist_backend="nccl" if cuda else "gloo", timeout=timeout, verbose=False
+    )
+    return DistContext(
+        mode="deepspeed",
+        world_size=torch.distributed.get_world_size(),
+        rank=torch.distributed.get_rank(),
+        local_rank=local_rank,
         distributed_config=distributed_config,
     )

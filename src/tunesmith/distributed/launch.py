@@ -39,6 +39,11 @@ def relaunch(
     if world_size_from_env() > 1 or cfg.nproc <= 1:
         return None
     check_engine(cfg.distributed, cfg.distributed_config)
+    if cfg.distributed == "deepspeed":  # a contradicting config fails here, not in N ranks
+        from tunesmith.distributed.deepspeed_config import config_for_run
+        from tunesmith.train.precision import default_device
+
+        config_for_run(cfg, cfg.nproc, default_device())
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))
     if resume:

@@ -9,7 +9,8 @@ FSDP is torch's own ``fully_shard`` (FSDP2, FULL_SHARD: parameters, gradients an
 state split over ranks; each decoder layer one unit, gathered just before it runs). It is
 called directly rather than through accelerate, whose FSDP path is GPU-only and so could not
 be tested here. DDP is torch's ``DistributedDataParallel`` (accelerate's ``prepare`` would
-switch engines on its own when a launcher config says FSDP or DeepSpeed).
+switch engines on its own when a launcher config says FSDP or DeepSpeed). DeepSpeed wraps the
+same ``LossModule``, but only once the optimizer exists (:mod:`.deepspeed_engine`).
 """
 
 from __future__ import annotations
@@ -52,13 +53,17 @@ def wrap(model: nn.Module, ctx: DistContext, fast: bool = True) -> nn.Module:
 
     FSDP replaces the parameters of ``model`` in place by their shards (DTensors), keeping
     their names, so ``model.named_parameters()`` still lists what the optimizer trains.
+    DeepSpeed gets the bare ``LossModule``: ``deepspeed.initialize`` needs the optimizer.
     """
     module = LossModule(model, fast)
-    if ctx.mode == "fsdp" and any(type(p).__name__ == "Params4bit" for p in model.parameters()):
+    sharding = ctx.mode in ("fsdp", "deepspeed")
+    if sharding and any(type(p).__name__ == "Params4bit" for p in model.parameters()):
         raise UserInputError(
-            "--distributed fsdp cannot shard 4-bit (QLoRA) weights; use --distributed ddp, or "
-            "--method lora on a 16-bit base"
+            f"--distributed {ctx.mode} cannot shard 4-bit (QLoRA) weights; use --distributed "
+            "ddp, or --method lora on a 16-bit base"
         )
+    if ctx.mode == "deepspeed":
+        return module
     if ctx.mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
@@ -70,16 +75,17 @@ def wrap(model: nn.Module, ctx: DistContext, fast: bool = True) -> nn.Module:
         device = ctx.device
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
-    raise UserInputError(
-        f"--distributed {ctx.mode}: the tunesmith loop drives DDP and FSDP only; DeepSpeed "
-        "configs are accepted for planning but not wired into training yet (use --distributed "
-        "fsdp for ZeRO-3-style sharding)"
-    )
+    raise ValueError(f"no wrapper for distributed mode {ctx.mode!r}")
 
 
 @contextlib.contextmanager
 def gradient_sync(module: nn.Module, sync: bool) -> Iterator[None]:
     """Skip the gradient reduction for a non-final micro-batch of an accumulated step."""
+    if hasattr(module, "set_gradient_accumulation_boundary"):
+        # A DeepSpeed engine: the boundary decides when ZeRO reduces and when step() updates.
+        module.set_gradient_accumulation_boundary(sync)
+        yield
+        return
     if sync:
         yield
         return

@@ -121,6 +121,8 @@ class TrainLoop:
         self.say = say or (lambda message: None)  # announces retries and skipped steps
         self.fast = settings.fast_loss and fast_path_eligible(model)
         self.forward = None
+        # DeepSpeed's engine reduces, clips and updates (distributed/deepspeed_engine.py).
+        self.engine = None
         if self.dist.active:
             from tunesmith.distributed.wrap import wrap
 
@@ -141,6 +143,13 @@ class TrainLoop:
             num_warmup_steps=int(settings.warmup_ratio * settings.max_steps),
             num_training_steps=settings.max_steps,
         )
+        if self.dist.mode == "deepspeed":
+            from tunesmith.distributed import deepspeed_engine
+
+            self.engine = deepspeed_engine.initialize(
+                self.forward, self.optimizer, self.dist.engine_config
+            )
+            self.forward = self.engine
         self._lengths = [len(e.input_ids) for e in examples]
         self._stop_requested = False
         # Each planned micro-batch runs as `split` smaller ones; doubled after an OOM.
@@ -223,9 +232,7 @@ class TrainLoop:
         start_step = 0
         result = TrainResult(steps=self.s.max_steps)
         if resume_from is not None:
-            state = ckpt.load_checkpoint(
-                resume_from, self.model, self.optimizer, self.scheduler, rank=self.dist.rank
-            )
+            state = self._load(resume_from)
             start_step = state["step"]
             result.losses = list(state.get("losses", []))
             result.trained_tokens = state.get("trained_tokens", 0)
@@ -359,11 +366,16 @@ class TrainLoop:
             with self._gradient_sync(i == len(batches) - 1):
                 with ctx:
                     loss = self._loss_sum(b) / max(total, 1)
-                (loss * scale if scale > 1 else loss).backward()
+                self._backward(loss * scale if scale > 1 else loss)
             loss_value += float(loss.detach())
         if self.dist.active:
             (loss_value,) = self.dist.sum(loss_value)
-        grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm))
+        if self.engine is not None:  # DeepSpeed clips, updates, and drops a non-finite update
+            from tunesmith.distributed.deepspeed_engine import step as engine_step
+
+            grad_norm = engine_step(self.engine)
+        else:
+            grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm))
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = (
                 f"loss {loss_value}"
@@ -380,10 +392,18 @@ class TrainLoop:
             self.scheduler.step()
             self.say(f"step {step + 1}: {what}; update skipped (--on-nan skip)")
             return math.nan, total, grad_norm, n_examples
-        self.optimizer.step()
+        if self.engine is None:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, total, grad_norm, n_examples
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.engine is None:
+            loss.backward()
+            return
+        # The loss is already over the step's global tokens: no 1/accumulation rescale.
+        self.engine.backward(loss, scale_wrt_gas=False)
 
     def _loss_sum(self, b: Batch) -> torch.Tensor:
         if self.forward is None:
@@ -402,22 +422,41 @@ class TrainLoop:
         return gradient_sync(self.forward, sync)
 
     def save(self, step: int, result: TrainResult, elapsed_s: float) -> Path:
+        extra = {
+            "losses": result.losses,
+            "trained_tokens": result.trained_tokens,
+            "elapsed_s": elapsed_s,
+            "skipped_steps": result.skipped_steps,
+            "examples_seen": result.examples_seen,
+            "micro_split": self.split,
+            "world_size": self.dist.world_size,
+        }
+        root = self.run_dir / "checkpoints"
+        if self.engine is not None:  # DeepSpeed's sharded format
+            from tunesmith.distributed import deepspeed_engine
+
+            return deepspeed_engine.save_checkpoint(
+                root, step, self.engine, self.scheduler, extra, self.dist
+            )
         return ckpt.save_checkpoint(
-            self.run_dir / "checkpoints",
+            root,
             step,
             self.model,
             self.optimizer,
             self.scheduler,
-            {
-                "losses": result.losses,
-                "trained_tokens": result.trained_tokens,
-                "elapsed_s": elapsed_s,
-                "skipped_steps": result.skipped_steps,
-                "examples_seen": result.examples_seen,
-                "micro_split": self.split,
-                "world_size": self.dist.world_size,
-            },
+            extra,
             ctx=self.dist if self.dist.active else None,
+        )
+
+    def _load(self, path: Path) -> dict:
+        if self.engine is not None:
+            from tunesmith.distributed import deepspeed_engine
+
+            return deepspeed_engine.load_checkpoint(
+                path, self.engine, self.scheduler, self.dist.rank
+            )
+        return ckpt.load_checkpoint(
+            path, self.model, self.optimizer, self.scheduler, rank=self.dist.rank
         )
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ evaluation, report) so the function reads top to bottom like the run it performs
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -264,6 +265,13 @@ def run_training(
                 "or torchrun / accelerate launch (see docs/distributed.md)"
             )
         cfg = cfg.model_copy(update={"nproc": dist.world_size})  # config.yaml: what ran
+        if dist.mode == "deepspeed":  # --resume must find the same engine and its config
+            cfg = cfg.model_copy(
+                update={
+                    "distributed": "deepspeed",
+                    "distributed_config": os.path.abspath(dist.distributed_config),
+                }
+            )
         # Validate what can be checked cheaply before anything is written or loaded.
         guard.check_paths(cfg)
         source = resolve_model(cfg.model)
@@ -464,7 +472,13 @@ def start_distributed(cfg: TrainConfig):
     """This process's :class:`~tunesmith.distributed.DistContext` (inactive for one process)."""
     from tunesmith.distributed import setup
 
-    return setup(cfg.distributed, cfg.distributed_config)
+    dist = setup(cfg.distributed, cfg.distributed_config)
+    if dist.mode == "deepspeed":  # a config contradicting the run stops it before any work
+        from tunesmith.distributed.deepspeed_config import config_for_run
+
+        cfg = cfg.model_copy(update={"distributed_config": dist.distributed_config})
+        dist.engine_config = config_for_run(cfg, dist.world_size, dist.device)
+    return dist
 
 
 def _per_rank_plan(memory_plan, model_config, dist, force: bool):
@@ -487,14 +501,21 @@ def _whole_model_on_main(model, loop, dist, cfg: TrainConfig, device: torch.devi
 
     DDP replicas are whole already. Sharded (FSDP) parameters are gathered, the shards
     freed, and rank 0 loads a fresh copy of the base with the method applied and the
-    gathered trained weights in it.
+    gathered trained weights in it. Under DeepSpeed (any ZeRO stage) the gathered weights
+    are the fp32 masters, which the reloaded model takes in tunesmith's own dtype policy.
     """
     from tunesmith.train.checkpoint import trainable_state
 
     if not dist.sharded:
         return model if dist.is_main else None
-    weights = trainable_state(model)  # a collective: full tensors on every rank
-    loop.forward = loop.optimizer = None
+    if loop.engine is not None:
+        from tunesmith.distributed.deepspeed_engine import full_trainable_state
+
+        weights = full_trainable_state(model, keep=dist.is_main)  # a collective
+        loop.engine.destroy()
+    else:
+        weights = trainable_state(model)  # a collective: full tensors on every rank
+    loop.forward = loop.optimizer = loop.engine = None
     del model
     if not dist.is_main:
         return None
