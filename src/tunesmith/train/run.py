@@ -22,6 +22,7 @@ from tunesmith.errors import UserInputError
 from tunesmith.train.precision import resolve_precision, torch_dtype
 from tunesmith.train.speed import (
     adapter_autocast,
+    fast_dropout_on,
     split_max_tokens,
     split_overhead_tokens,
     train_attention,
@@ -191,6 +192,10 @@ def load_for_training(cfg: TrainConfig, device: torch.device, checkpointing: boo
     if qconf is None:
         model.to(device)
     model = spec.apply(model, args)
+    if fast_dropout_on(device):
+        from tunesmith.train import fast_dropout
+
+        fast_dropout.install(model)  # adapters' dropout masks without a Bernoulli draw each
     # Autocast: methods with fp32 master weights (full, freeze) and LoRA adapters (train/speed.py).
     mixed = trains_base or adapter_autocast(spec.name, precision)
     autocast = torch_dtype(precision) if (mixed and precision != "fp32") else None

@@ -44,6 +44,12 @@ def split_max_tokens(device: torch.device) -> int | None:
     return CPU_PASS_MAX_TOKENS if device.type == "cpu" else None
 
 
+def fast_dropout_on(device: torch.device) -> bool:
+    """Use :mod:`tunesmith.train.fast_dropout` (CPU: Bernoulli draws were ~8% of a demo step;
+    CUDA's ``F.dropout`` is one fused kernel already)."""
+    return device.type == "cpu"
+
+
 # Methods whose adapters run the plain peft LoRA forward, `B(A(dropout(x))) * scale`, which is
 # safe to compute in bf16 under autocast. DoRA's weight-norm path and the other tuners keep
 # peft's own casting.

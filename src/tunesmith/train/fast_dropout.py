@@ -1,0 +1,87 @@
+"""Dropout for CPU training whose mask costs a few integer ops instead of a Bernoulli draw each.
+
+On the demo (SmolLM2-135M, LoRA on q/v, bf16 compute, 2 CPU threads) ``aten::bernoulli_``
+behind peft's ``lora_dropout`` took ~8% of a training step: torch's CPU Bernoulli draws one
+random number per element, and the bool mask is then promoted to bf16 by slow conversions,
+forward and backward. Here one 64-bit draw feeds four elements: its 16-bit lanes, with the
+sign bit masked off, are uniform on ``[0, 2**15)``, and an element is kept when its lane is
+``>= round(p * 2**15)`` (so ``p`` is honoured to within ``2**-15``). The comparison is done with
+integer shifts and masks that produce the bit pattern of ``1.0`` or ``0.0`` in the input's
+dtype directly, a free ``view`` away from a multiplicative mask. fp32 inputs use 32-bit lanes
+(31 bits). The output is ``x * mask * (1 / (1 - p))``, rounded as ``torch.nn.Dropout`` rounds
+it; the backward multiplies by the same mask. Draws come from torch's default generator, so
+``torch.manual_seed`` and the checkpointed RNG state make runs repeatable and resumable.
+
+On CUDA ``F.dropout`` is a fused kernel already, so :func:`install` is a CPU-only choice (see
+``train/speed.py``); the reference path is ``torch.nn.Dropout`` (``tests/train/test_fast_dropout.py``
+checks the keep rate, the scale, the backward and eval mode against it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# dtype -> (integer dtype of the same width, bit pattern of 1.0 in that dtype, random bits used)
+_LANES = {
+    torch.bfloat16: (torch.int16, 0x3F80, 15),
+    torch.float16: (torch.int16, 0x3C00, 15),
+    torch.float32: (torch.int32, 0x3F800000, 31),
+}
+
+
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """A tensor of ``1.0`` (kept, probability ``1 - p``) and ``0.0`` in ``dtype``."""
+    int_dtype, one, bits = _LANES[dtype]
+    n = shape.numel()
+    per_word = 64 // (bits + 1)
+    words = torch.empty((n + per_word - 1) // per_word, dtype=torch.int64, device=device)
+    lanes = words.random_().view(int_dtype)[:n]  # random_ fills [0, 2**63): all lanes but the
+    # top one are uniform on the full range; masking the sign bit makes every lane uniform.
+    uniform = lanes & ((1 << bits) - 1)
+    # (u - threshold) >> bits is -1 (all ones) where u < threshold (drop) and 0 where kept.
+    drop = (uniform - round(p * (1 << bits))) >> bits
+    return (~drop & one).view(dtype).view(shape)
+
+
+class _MaskedScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, mask, scale: float):
+        ctx.save_for_backward(mask)
+        ctx.scale = scale
+        return x * mask * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask * ctx.scale, None, None
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` with a cheaper mask (see the module docstring); same ``p``, same API."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.dtype not in _LANES:
+            return super().forward(x)
+        if self.p == 1.0:
+            return x * 0.0
+        mask = keep_mask(x.shape, self.p, x.dtype, x.device)
+        return _MaskedScale.apply(x, mask, 1.0 / (1.0 - self.p))
+
+
+def install(model: nn.Module) -> int:
+    """Swap every ``nn.Dropout`` with ``p > 0`` inside ``model`` for :class:`FastDropout`.
+
+    Returns how many were swapped. Dropout has no weights, so state dicts, saved adapters and
+    merging are unchanged.
+    """
+    swaps = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout and child.p > 0:
+                swaps.append((parent, name, child))
+    for parent, name, child in swaps:
+        fast = FastDropout(child.p, inplace=False)
+        fast.train(child.training)
+        setattr(parent, name, fast)  # also right for peft's ModuleDict of dropouts
+    return len(swaps)
