@@ -27,3 +27,22 @@ def test_prefix_tuned_generation_uses_the_prefix():
     with torch.no_grad():
         first = model(input_ids=enc["input_ids"]).logits[0, -1].argmax()
     assert tuned[0].text.startswith(tok.decode([int(first)], skip_special_tokens=True).strip())
+
+
+def test_base_side_of_a_prefix_model_takes_the_batched_generate():
+    from tunesmith.eval import generate as gen
+
+    tok = make_tokenizer()
+    model = get_method("prefix").apply(
+        make_tiny_model("llama"), MethodArgs(num_virtual_tokens=4, target=())
+    )
+    base = make_tiny_model("llama")  # same seed: the same weights as the wrapped base
+    prompts = ["count the patients", "which city"]
+    assert gen._prefix_tuned(model)
+    with model.disable_adapter():
+        assert not gen._prefix_tuned(model)
+        plain = generate(model, tok, prompts, max_new_tokens=8)
+    assert gen._prefix_tuned(model)  # the adapter is back after the block
+    assert [g.text for g in plain] == [
+        g.text for g in generate(base, tok, prompts, max_new_tokens=8)
+    ]

@@ -84,6 +84,10 @@ def generate(
 
 
 def _prefix_tuned(model) -> bool:
+    """An active prefix adapter; under ``disable_adapter()`` (the base side of an evaluation)
+    the plain batched ``generate`` of the base model is right and much faster."""
+    if getattr(model, "_adapters_disabled", False):
+        return False
     config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
     return str(getattr(config, "peft_type", "")).endswith("PREFIX_TUNING")
 
