@@ -40,3 +40,16 @@ def test_peak_memory_restarts_at_each_run():
     reset_peak_memory(cpu)
     second = peak_memory_bytes(cpu)
     assert second < first - 200 * 1024 * 1024
+
+
+def test_trims_only_when_the_machine_is_short_of_memory():
+    from tunesmith.train import host_memory
+
+    gib = 1024**3
+    assert not host_memory.memory_is_short(20 * gib, 24 * gib)
+    assert host_memory.memory_is_short(5 * gib, 24 * gib)
+    assert not host_memory.memory_is_short(5 * gib, 0)  # no total: never
+    info = host_memory._meminfo()
+    if sys.platform.startswith("linux"):
+        assert info is not None and 0 < info[0] <= info[1]
+        assert host_memory.trim_if_memory_is_short() == host_memory.memory_is_short(*info)
