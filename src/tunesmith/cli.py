@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"tunesmith {args.command}: error: {exc}", file=sys.stderr)
+        from tunesmith.distributed.exit_status import note
+
+        note(exc.exit_code)  # for a `--nproc N` parent: this rank's status, not torchrun's 1
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"tunesmith {args.command}: interrupted", file=sys.stderr)

@@ -3,8 +3,10 @@
 Blocks, each small: :mod:`.context` (who am I, process-group setup, the few collectives the
 loop needs), :mod:`.batches` (a rank's share of a planned micro-batch), :mod:`.wrap` (the
 loss as an ``nn.Module`` wrapped in DDP or FSDP), :mod:`.state` (full tensors out of and
-back into sharded parameters and optimizer state, for checkpoints) and :mod:`.launch`
-(``tunesmith train --nproc N`` re-launched through torchrun). See docs/distributed.md.
+back into sharded parameters and optimizer state, for checkpoints), :mod:`.deepspeed_config`
+and :mod:`.deepspeed_engine` (DeepSpeed ZeRO under the same loop), :mod:`.launch`
+(``tunesmith train --nproc N`` re-launched through torchrun) and :mod:`.exit_status` (its
+exit status is the failing rank's). See docs/distributed.md.
 """
 
 from tunesmith.distributed.batches import rank_slice

@@ -2,8 +2,9 @@
 
 The parent validates the config, writes it to a temporary YAML file and runs
 ``python -m torch.distributed.run --standalone --nproc-per-node N -m tunesmith train
-CONFIG.yaml`` (or ``train --resume RUN_DIR``); it returns torchrun's exit status (non-zero
-when any rank failed: torchrun then stops the other ranks too). Under torchrun or
+CONFIG.yaml`` (or ``train --resume RUN_DIR``); it returns the failing rank's exit status
+(2 for a user error, see :mod:`.exit_status`), or torchrun's when no rank recorded one;
+torchrun stops the other ranks when one fails. Under torchrun or
 ``accelerate launch`` (``WORLD_SIZE`` set) nothing is re-launched.
 """
 
@@ -16,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tunesmith.config import TrainConfig, to_yaml
+from tunesmith.distributed import exit_status
 from tunesmith.distributed.context import check_engine, world_size_from_env
 
 
@@ -46,9 +48,15 @@ def relaunch(
         config_for_run(cfg, cfg.nproc, default_device())
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.nproc)))
-    if resume:
-        return subprocess.call(torchrun_command(cfg.nproc, ["--resume", resume, *extra]), env=env)
     with tempfile.TemporaryDirectory(prefix="tunesmith-launch-") as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(to_yaml(cfg), encoding="utf-8")
-        return subprocess.call(torchrun_command(cfg.nproc, [str(path), *extra]), env=env)
+        codes = Path(tmp) / "exit"
+        codes.mkdir()
+        env[exit_status.ENV] = str(codes)
+        if resume:
+            args = ["--resume", resume, *extra]
+        else:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(to_yaml(cfg), encoding="utf-8")
+            args = [str(path), *extra]
+        status = subprocess.call(torchrun_command(cfg.nproc, args), env=env)
+        return exit_status.collect(codes, status)
