@@ -30,7 +30,7 @@ from tunesmith.distributed import DistContext, rank_slice
 from tunesmith.errors import TunesmithError, WorkFailed
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import guard
-from tunesmith.train.host_memory import trim_if_memory_is_short
+from tunesmith.train.host_memory import HeapTrimmer
 from tunesmith.train.loss import fast_path_eligible, loss_sum
 from tunesmith.train.metrics import MetricsLog
 from tunesmith.train.speed import compute_context
@@ -252,11 +252,12 @@ class TrainLoop:
         t0 = time.perf_counter()
         elapsed_before = state.get("elapsed_s", 0.0) if resume_from is not None else 0.0
         window_tokens, window_t = 0, time.perf_counter()
+        trimmer = HeapTrimmer() if self.device.type == "cpu" else None
         with self._graceful_signals():
             for step in range(start_step, min(self.s.max_steps, stop_after or self.s.max_steps)):
                 loss, n_tok, grad_norm, n_ex = self._step_with_retry(step, result)
-                if self.device.type == "cpu":  # freed activations back to the OS, if short
-                    trim_if_memory_is_short()
+                if trimmer is not None:  # freed activations back to the OS when they pile up
+                    trimmer.after_step()
                 result.losses.append(loss)
                 result.trained_tokens += n_tok
                 result.examples_seen += n_ex
