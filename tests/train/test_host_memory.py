@@ -54,20 +54,24 @@ def test_memory_is_short_below_a_quarter_available():
         assert 0 < available <= total
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim, /proc")
-def test_trimmer_keeps_pages_while_resident_memory_is_steady_and_trims_when_it_creeps():
-    from tunesmith.train.host_memory import HeapTrimmer
+def test_trimmer_trims_on_creep_over_the_post_trim_baseline_and_under_pressure(monkeypatch):
+    from tunesmith.train import host_memory
 
-    trimmer = HeapTrimmer(growth=0.02)  # 2% of a big test worker is still < 190 MiB
-    assert not trimmer.after_step()  # the first step sets the baseline
-    assert not trimmer.after_step()  # nothing grew: glibc keeps its pages for the next step
-    # Creep: fragmented holes of ~95 MiB stay resident (see the test above).
-    blocks = [bytearray(b"\x01" * (64 * 1024)) for _ in range(3000)]
-    kept = blocks[::2]
-    del blocks
-    held = _rss_kib()
-    assert trimmer.after_step()
-    assert trimmer.trims == 1 and trimmer.baseline is None
-    assert _rss_kib() < held - 60 * 1024
-    assert not trimmer.after_step()  # a new baseline after the trim
-    del kept
+    gib = 1024**3
+    readings = iter([1.00, 1.05, 1.09, 1.12, 1.30, 1.31, 1.32, 1.32])  # resident GiB per step
+    monkeypatch.setattr(host_memory, "resident_bytes", lambda: int(next(readings) * gib))
+    available = {"bytes": 20 * gib}
+    monkeypatch.setattr(host_memory, "_meminfo", lambda: (available["bytes"], 24 * gib))
+    trims = []
+    monkeypatch.setattr(host_memory, "release_free_heap", lambda: trims.append(1) or True)
+
+    trimmer = host_memory.HeapTrimmer(growth=0.10)
+    decisions = [trimmer.after_step() for _ in range(5)]
+    # 1.00 sets the baseline; 1.05 and 1.09 are within 10%; 1.12 crept past it: trim; the
+    # step after a trim (1.30, its activations faulted back in) is the new baseline.
+    assert decisions == [False, False, False, True, False]
+    assert trimmer.baseline == int(1.30 * gib)
+    assert not trimmer.after_step()  # 1.31: within 10% of the new baseline
+    available["bytes"] = 2 * gib  # memory short: trim after every step
+    assert trimmer.after_step() and trimmer.after_step()
+    assert len(trims) == 3 and trimmer.trims == 3
