@@ -3,7 +3,7 @@
 import pytest
 
 from tunesmith.compare import DEFAULT_LR, MethodRow, compare, lr_for, parse_methods
-from tunesmith.compare.plot import render_compare_png
+from tunesmith.compare.plot import label_offsets, render_compare_png
 from tunesmith.compare.table import compare_table
 from tunesmith.config import METHODS, make_config
 from tunesmith.errors import ConfigError, UserInputError
@@ -99,3 +99,11 @@ def test_an_interrupt_stops_the_whole_comparison(tmp_path, monkeypatch):
     with pytest.raises(Interrupted):
         compare("lora,houlsby,full", output=tmp_path / "o", say=lambda m: None)
     assert started == ["lora"]
+
+
+def test_labels_of_coinciding_points_go_on_separate_lines():
+    # lora and qlora: same parameters, 0.875 vs 0.883; houlsby far away in x; full far in y.
+    xs = [460_800, 460_800, 2_400_000, 134_000_000, 460_800]
+    ys = [0.875, 0.883, 0.883, 0.917, 0.50]
+    assert label_offsets(xs, ys) == [-7.0, 5.0, 5.0, 5.0, 5.0]  # qlora, higher, on top
+    assert label_offsets([10, 10, 10], [0.5, 0.5, 0.5]) == [5.0, -7.0, -19.0]
