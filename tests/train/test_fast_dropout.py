@@ -79,19 +79,11 @@ def test_same_seed_same_mask():
 
 def test_install_swaps_peft_lora_dropout_and_keeps_the_adapter_state():
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    from tests.tiny import make_tiny_model
+
     model = get_peft_model(
-        LlamaForCausalLM(cfg),
+        make_tiny_model("llama", vocab_size=64),
         LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]),
     )
     keys_before = set(model.state_dict())
