@@ -5,9 +5,9 @@ the data is cleaned once and every method sees the same examples. The table list
 parameters and their share of the base, the task metric (execution accuracy on the demo,
 ROUGE-L otherwise), eval perplexity, forgetting (rise of perplexity on a bundled general-text
 set over the base model's), peak memory, train time and batch-1 latency.
-OUTPUT/compare.json holds the rows (also tokens/s) and shared settings, OUTPUT/compare.png plots the task
-metric against trainable parameters. Without --lr each method uses its own default learning
-rate (see the lr column). A method that fails gets a row with its error; the others go on.
+OUTPUT/compare.json holds the rows (also tokens/s) and shared settings, OUTPUT/compare.png
+plots the task metric against trainable parameters. Without --lr each method uses its own
+default learning rate (see the lr column). A method that fails gets a row with its error; the others go on.
 
 Example: tunesmith compare --methods lora,qlora,houlsby,prefix,mam,full --max-steps 150
 """
