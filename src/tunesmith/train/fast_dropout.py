@@ -8,8 +8,8 @@ sign bit masked off, are uniform on ``[0, 2**15)``, and an element is kept when 
 ``>= round(p * 2**15)`` (so ``p`` is honoured to within ``2**-15``). The comparison is done with
 integer shifts and masks that produce the bit pattern of ``1.0`` or ``0.0`` in the input's
 dtype directly, a free ``view`` away from a multiplicative mask. fp32 inputs use 32-bit lanes
-(31 bits). The output is ``x * mask * (1 / (1 - p))``, rounded as ``torch.nn.Dropout`` rounds
-it; the backward multiplies by the same mask. Draws come from torch's default generator, so
+(31 bits). The output is ``x * mask * (1 / (1 - p))`` in one ``addcmul``, rounded as
+``torch.nn.Dropout`` rounds it; the backward multiplies by the same mask the same way. Draws come from torch's default generator, so
 ``torch.manual_seed`` and the checkpointed RNG state make runs repeatable and resumable.
 
 On CUDA ``F.dropout`` is a fused kernel already, so :func:`install` is a CPU-only choice (see
@@ -39,9 +39,18 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.
     lanes = words.random_().view(int_dtype)[:n]  # random_ fills [0, 2**63): all lanes but the
     # top one are uniform on the full range; masking the sign bit makes every lane uniform.
     uniform = lanes & ((1 << bits) - 1)
-    # (u - threshold) >> bits is -1 (all ones) where u < threshold (drop) and 0 where kept.
-    drop = (uniform - round(p * (1 << bits))) >> bits
-    return (~drop & one).view(dtype).view(shape)
+    # (threshold - 1 - u) >> bits is -1 (all ones) where u >= threshold (kept) and 0 where
+    # dropped; no intermediate leaves the lane's signed range.
+    keep = ((round(p * (1 << bits)) - 1) - uniform) >> bits
+    return (keep & one).view(dtype).view(shape)
+
+
+def _masked_scale(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x * mask * scale`` in one pass: ``addcmul`` computes ``0 + scale * x * mask`` in fp32
+    and rounds once, which is exactly how ``torch.nn.Dropout`` rounds ``x * mask * scale``
+    (``mask`` is 0 or 1). Folding ``scale`` into the mask instead would round it to bf16
+    (1/0.95 -> 1.0547, a 0.2% bias)."""
+    return torch.addcmul(x.new_zeros(()), x, mask, value=scale)
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -49,12 +58,12 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx, x, mask, scale: float):
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        return x * mask * scale
+        return _masked_scale(x, mask, scale)
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return grad * mask * ctx.scale, None, None
+        return _masked_scale(grad, mask, ctx.scale), None, None
 
 
 class FastDropout(nn.Dropout):
