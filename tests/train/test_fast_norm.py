@@ -1,0 +1,86 @@
+"""The fused RMSNorm against its reference, transformers' own LlamaRMSNorm.forward."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from tests.tiny import make_tiny_model
+from tunesmith.train.fast_norm import install, is_llama_rmsnorm, rms_norm
+
+
+def _norm(dtype, hidden=96, weight_grad=False):
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(hidden, eps=1e-5).to(dtype)
+    norm.weight.data.normal_(1.0, 0.2)
+    norm.weight.requires_grad_(weight_grad)
+    return norm
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("weight_grad", [False, True])
+def test_matches_transformers_forward_and_backward(dtype, weight_grad):
+    norm = _norm(dtype, weight_grad=weight_grad)
+    x = (torch.randn(3, 17, 96) * 3).to(dtype).requires_grad_()
+    g = torch.randn(3, 17, 96).to(dtype)
+    ref = norm(x)
+    ref_grads = torch.autograd.grad(ref, [x, norm.weight] if weight_grad else [x], g)
+    out = rms_norm(x, norm.weight, norm.variance_epsilon)
+    grads = torch.autograd.grad(out, [x, norm.weight] if weight_grad else [x], g)
+    assert out.dtype == dtype
+    if dtype == torch.bfloat16:  # the same roundings in the forward: bit for bit
+        assert torch.equal(out, ref)
+    else:
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    # The reference rounds g * w to bf16 before its fp32 backward; this does not: one bf16
+    # rounding of difference at most (values here are up to ~5, bf16 spacing there 1/32).
+    tol = {torch.bfloat16: dict(rtol=1e-2, atol=1e-2), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got.float(), want.float(), **tol[dtype])
+
+
+def test_gradient_against_fp64_is_no_worse_than_the_reference():
+    norm = _norm(torch.bfloat16)
+    x = (torch.randn(4, 33, 96) * 2).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(4, 33, 96).to(torch.bfloat16)
+    exact_norm = _norm(torch.float64)
+    exact_norm.weight.data.copy_(norm.weight.data.double())
+    x64 = x.detach().double().requires_grad_()
+    (exact,) = torch.autograd.grad(exact_norm(x64), x64, g.double())
+    (ref,) = torch.autograd.grad(norm(x), x, g)
+    (fast,) = torch.autograd.grad(rms_norm(x, norm.weight, 1e-5), x, g)
+    assert (fast.double() - exact).abs().mean() <= (ref.double() - exact).abs().mean()
+
+
+def test_install_changes_llama_norms_only_and_keeps_class_weights_and_keys():
+    model = make_tiny_model("llama", vocab_size=64)
+    keys = set(model.state_dict())
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    assert install(model) == 2 * 2 + 1  # two per layer, the final norm
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+    assert all(isinstance(m, LlamaRMSNorm) and type(m) is not LlamaRMSNorm for m in norms)
+    assert set(model.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
+    assert install(model) == 0  # already fused: nothing left to change
+    clone = pickle.loads(pickle.dumps(model))  # the fused class is importable by name
+    assert type(clone.model.norm) is type(model.model.norm)
+
+
+def test_other_norm_formulas_are_left_alone():
+    class GemmaStyleRMSNorm(torch.nn.Module):  # (1 + weight), as Gemma writes it
+        def forward(self, x):
+            return x * (1 + self.weight)
+
+    assert is_llama_rmsnorm(LlamaRMSNorm)
+    assert not is_llama_rmsnorm(GemmaStyleRMSNorm)
+    assert not is_llama_rmsnorm(torch.nn.LayerNorm)
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    assert is_llama_rmsnorm(Qwen2RMSNorm)  # copied from Llama's
