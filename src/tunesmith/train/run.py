@@ -22,7 +22,7 @@ from tunesmith.errors import UserInputError
 from tunesmith.train.precision import resolve_precision, torch_dtype
 from tunesmith.train.speed import (
     adapter_autocast,
-    fast_dropout_on,
+    install_cpu_fast_paths,
     split_max_tokens,
     split_overhead_tokens,
     train_attention,
@@ -192,10 +192,7 @@ def load_for_training(cfg: TrainConfig, device: torch.device, checkpointing: boo
     if qconf is None:
         model.to(device)
     model = spec.apply(model, args)
-    if fast_dropout_on(device):
-        from tunesmith.train import fast_dropout
-
-        fast_dropout.install(model)  # adapters' dropout masks without a Bernoulli draw each
+    install_cpu_fast_paths(model, device)  # hand-fused dropout, RMSNorm and attention on CPU
     # Autocast: methods with fp32 master weights (full, freeze) and LoRA adapters (train/speed.py).
     mixed = trains_base or adapter_autocast(spec.name, precision)
     autocast = torch_dtype(precision) if (mixed and precision != "fp32") else None
