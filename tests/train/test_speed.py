@@ -84,3 +84,28 @@ def test_bf16_adapter_compute_matches_the_fp32_adapter_path(method):
         assert out["bf16"][1][n].dtype == torch.float32
         cos = torch.nn.functional.cosine_similarity(out["bf16"][1][n].flatten(), g.flatten(), dim=0)
         assert cos > 0.99, (n, float(cos))
+
+
+def test_cpu_fast_paths_are_installed_on_cpu_only():
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.train.speed import install_cpu_fast_paths
+
+    def lora_model():
+        base = make_tiny_model("llama", vocab_size=64, attn_implementation="eager")
+        config = LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]
+        )
+        return get_peft_model(base, config)
+
+    untouched = lora_model()
+    assert install_cpu_fast_paths(untouched, CUDA) == {}
+    assert untouched.get_base_model().config._attn_implementation == "eager"
+    model = lora_model()
+    # q and v dropouts in 2 layers; 2 norms per layer and the final one; one attention switch.
+    assert install_cpu_fast_paths(model, CPU) == {"dropout": 4, "rmsnorm": 5, "attention": 1}
+    assert model.get_base_model().config._attn_implementation == "tunesmith_cpu"
+    ids = torch.randint(0, 64, (2, 9))
+    loss = model.train()(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss)
