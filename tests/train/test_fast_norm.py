@@ -84,3 +84,20 @@ def test_other_norm_formulas_are_left_alone():
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
     assert is_llama_rmsnorm(Qwen2RMSNorm)  # copied from Llama's
+
+
+def test_fp32_master_weight_with_bf16_activations_as_in_full_fine_tuning():
+    """full/freeze keep fp32 weights and run under autocast: the norm sees bf16 inputs."""
+    norm = _norm(torch.float32, weight_grad=True)
+    x = (torch.randn(2, 9, 96) * 3).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(2, 9, 96)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = norm(x)
+        out = rms_norm(x, norm.weight, norm.variance_epsilon)
+    assert out.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+    ref_grads = torch.autograd.grad(ref, (x, norm.weight), g)
+    grads = torch.autograd.grad(out, (x, norm.weight), g)
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)

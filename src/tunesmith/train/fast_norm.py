@@ -87,7 +87,9 @@ def is_llama_rmsnorm(cls: type) -> bool:
 def _fast_class(cls: type) -> type:
     """A subclass of ``cls`` with the fused forward: ``isinstance`` checks keep working."""
     fast = type(f"Fast{cls.__name__}", (cls,), {"forward": _fast_forward, "__module__": __name__})
-    globals()[fast.__name__] = fast  # importable by name, so a pickled model loads again
+    # Findable by name, so a model pickled in this process (``torch.save`` of the module)
+    # loads again here; tunesmith itself saves state dicts, which never name the class.
+    globals()[fast.__name__] = fast
     return fast
 
 
