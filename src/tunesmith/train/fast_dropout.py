@@ -9,8 +9,9 @@ sign bit masked off, are uniform on ``[0, 2**15)``, and an element is kept when 
 integer shifts and masks that produce the bit pattern of ``1.0`` or ``0.0`` in the input's
 dtype directly, a free ``view`` away from a multiplicative mask. fp32 inputs use 32-bit lanes
 (31 bits). The output is ``x * mask * (1 / (1 - p))`` in one ``addcmul``, rounded as
-``torch.nn.Dropout`` rounds it; the backward multiplies by the same mask the same way. Draws come from torch's default generator, so
-``torch.manual_seed`` and the checkpointed RNG state make runs repeatable and resumable.
+``torch.nn.Dropout`` rounds it; the backward multiplies by the same mask the same way. Draws
+come from torch's default generator, so ``torch.manual_seed`` and the checkpointed RNG state
+make runs repeatable and resumable.
 
 On CUDA ``F.dropout`` is a fused kernel already, so :func:`install` is a CPU-only choice (see
 ``train/speed.py``); the reference path is ``torch.nn.Dropout`` (``tests/train/test_fast_dropout.py``
