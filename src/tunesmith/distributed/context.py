@@ -85,8 +85,13 @@ class DistContext:
     def plan_sharding(self) -> str:
         """How the memory planner should share the model state (plan/sharding.py)."""
         if self.mode == "deepspeed":
-            return f"zero{deepspeed_stage(self.distributed_config)}".replace("zero0", "ddp")
+            return f"zero{self._zero_stage()}".replace("zero0", "ddp")
         return "fsdp" if self.mode == "fsdp" else "ddp"
+
+    def _zero_stage(self) -> int:
+        if self.engine_config is not None:  # already read and checked (deepspeed_config.py)
+            return int(self.engine_config.get("zero_optimization", {}).get("stage", 0))
+        return deepspeed_stage(self.distributed_config)
 
     def barrier(self) -> None:
         if self.active:

@@ -88,10 +88,10 @@ class HeapTrimmer:
     def after_step(self) -> bool:
         """Trim if resident memory crept or memory is short; True when it trimmed."""
         rss = resident_bytes()
+        if rss is None:  # no /proc: nothing to decide from
+            return False
         info = _meminfo()
         short = info is not None and memory_is_short(*info)
-        if rss is None:
-            return False
         if not short and (self.baseline is None or rss <= self.baseline * (1 + self.growth)):
             if self.baseline is None:
                 self.baseline = rss
