@@ -1,5 +1,3 @@
-import sys
+from tunesmith.cli import entry
 
-from tunesmith.cli import main
-
-sys.exit(main())
+entry()

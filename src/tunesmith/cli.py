@@ -90,5 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``tunesmith`` command and ``python -m tunesmith`` (how launchers start each rank)."""
+    from tunesmith.distributed.exit_status import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

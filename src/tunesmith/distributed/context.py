@@ -145,8 +145,20 @@ class DistContext:
         return out
 
     def close(self) -> None:
-        if self.active and torch.distributed.is_initialized():
+        """Tear the process groups down while the interpreter is whole (see exit_status.py)."""
+        if not (self.active and torch.distributed.is_initialized()):
+            return
+        import gc
+
+        if self.mode == "deepspeed":
+            import deepspeed.comm
+
+            # Also drops DeepSpeed's own references to its groups (torch's call leaves them,
+            # and with them the groups' gloo threads, alive until the interpreter's shutdown).
+            deepspeed.comm.destroy_process_group()
+        else:
             torch.distributed.destroy_process_group()
+        gc.collect()  # the engine's reference cycles hold group handles too
 
     def _comm_device(self) -> torch.device:
         backend = torch.distributed.get_backend()
