@@ -7,12 +7,12 @@ error writes its status there (:func:`note`), and the parent returns the lowest 
 rank's status (:func:`collect`). Under a plain ``torchrun`` or ``accelerate launch`` nothing
 is written and their own status stands.
 
-A rank also leaves without the interpreter's shutdown (:func:`exit_process`): gloo's worker
-threads can still drop the last reference to a tensor Python owns while the interpreter is
-finalizing; taking the GIL then ends the thread, and that ends the process in
-``std::terminate`` (SIGABRT) after a run that finished and saved everything: once in CI and
-once in ~90 two-rank DeepSpeed runs pinned to one busy core here (pytorch/pytorch#179291
-describes the race; it was closed unfixed).
+A rank also leaves without the interpreter's shutdown (:func:`exit_process`). A gloo worker
+thread can still be dropping the last reference to a tensor Python owns while the interpreter
+finalizes; the GIL it then asks for stops it with ``pthread_exit``, whose unwinding through
+C++ ``noexcept`` frames calls ``std::terminate`` (SIGABRT), after a run that had finished and
+saved everything. It happened once in CI and once in ~90 two-rank DeepSpeed runs pinned to
+one busy core here (pytorch/pytorch#179291 describes the race; it was closed unfixed).
 """
 
 from __future__ import annotations
@@ -57,7 +57,11 @@ def exit_process(code: int) -> NoReturn:
     so all that is left to do is flush the console and the log handlers. A single process
     exits normally.
     """
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    try:  # not context.world_size_from_env: that would import torch into a plain `--help`
+        ranks = int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        ranks = 1
+    if ranks <= 1:
         sys.exit(code)
     import logging
 
