@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tunesmith.errors import TunesmithError
 
@@ -92,9 +93,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """The ``tunesmith`` command and ``python -m tunesmith`` (how launchers start each rank)."""
-    from tunesmith.distributed.exit_status import exit_process
-
     exit_process(main())
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit with ``code``; a rank of a distributed run skips the interpreter's shutdown.
+
+    A gloo worker thread can still be dropping the last reference to a tensor Python owns
+    while the interpreter finalizes; the GIL it then asks for stops it with ``pthread_exit``,
+    whose unwinding through C++ ``noexcept`` frames calls ``std::terminate`` (SIGABRT), after
+    a run that had finished and saved everything. It happened once in CI and once in ~90
+    two-rank DeepSpeed runs pinned to one busy core (pytorch/pytorch#179291 describes the
+    race; it was closed unfixed). Everything a run writes is closed and renamed into place
+    before the command returns, so a rank only flushes the console and the log handlers.
+    A single process exits normally.
+    """
+    try:  # not distributed.world_size_from_env: importing it loads torch, which --help skips
+        ranks = int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        ranks = 1
+    if ranks <= 1:
+        sys.exit(code)
+    import contextlib
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -90,7 +90,7 @@ class DistContext:
 
     def _zero_stage(self) -> int:
         if self.engine_config is not None:  # already read and checked (deepspeed_config.py)
-            return int(self.engine_config.get("zero_optimization", {}).get("stage", 0))
+            return _stage_of(self.engine_config)
         return deepspeed_stage(self.distributed_config)
 
     def barrier(self) -> None:
@@ -145,7 +145,7 @@ class DistContext:
         return out
 
     def close(self) -> None:
-        """Tear the process groups down while the interpreter is whole (see exit_status.py)."""
+        """Tear the process groups down while the interpreter is whole (see cli.exit_process)."""
         if not (self.active and torch.distributed.is_initialized()):
             return
         import gc
@@ -173,10 +173,13 @@ def deepspeed_stage(path: str | None) -> int:
     from pathlib import Path
 
     try:
-        stage = json.loads(Path(path).read_text(encoding="utf-8")).get("zero_optimization", {})
-        return int(stage.get("stage", 0))
+        return _stage_of(json.loads(Path(path).read_text(encoding="utf-8")))
     except (OSError, ValueError, AttributeError) as exc:
         raise UserInputError(f"--distributed-config {path}: not a DeepSpeed JSON: {exc}") from None
+
+
+def _stage_of(config: dict[str, Any]) -> int:
+    return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
 def check_engine(distributed: str, distributed_config: str | None) -> None:

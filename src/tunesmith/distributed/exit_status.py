@@ -6,22 +6,13 @@ apart. The ``--nproc`` parent names a directory in :data:`ENV`; a rank that stop
 error writes its status there (:func:`note`), and the parent returns the lowest failing
 rank's status (:func:`collect`). Under a plain ``torchrun`` or ``accelerate launch`` nothing
 is written and their own status stands.
-
-A rank also leaves without the interpreter's shutdown (:func:`exit_process`). A gloo worker
-thread can still be dropping the last reference to a tensor Python owns while the interpreter
-finalizes; the GIL it then asks for stops it with ``pthread_exit``, whose unwinding through
-C++ ``noexcept`` frames calls ``std::terminate`` (SIGABRT), after a run that had finished and
-saved everything. It happened once in CI and once in ~90 two-rank DeepSpeed runs pinned to
-one busy core here (pytorch/pytorch#179291 describes the race; it was closed unfixed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from pathlib import Path
-from typing import NoReturn
 
 ENV = "TUNESMITH_RANK_EXIT_DIR"
 
@@ -48,25 +39,3 @@ def collect(folder: str | Path, launcher_status: int) -> int:
         except (OSError, ValueError):
             continue
     return codes[min(codes)] if codes else launcher_status
-
-
-def exit_process(code: int) -> NoReturn:
-    """Exit with ``code``; a rank of a distributed run skips the interpreter's shutdown.
-
-    Everything a run writes is closed (and renamed into place) before the command returns,
-    so all that is left to do is flush the console and the log handlers. A single process
-    exits normally.
-    """
-    try:  # not context.world_size_from_env: that would import torch into a plain `--help`
-        ranks = int(os.environ.get("WORLD_SIZE") or 1)
-    except ValueError:
-        ranks = 1
-    if ranks <= 1:
-        sys.exit(code)
-    import logging
-
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    logging.shutdown()
-    os._exit(code)
