@@ -6,9 +6,11 @@ from tests.tiny import make_tiny_model, make_tokenizer
 from tunesmith.data.dataset import batch_plan, collate, tokenize_conversations
 from tunesmith.data.records import Conversation
 from tunesmith.methods import MethodArgs, get_method
+from tunesmith.train import cpu_attention
 from tunesmith.train.checkpoint import latest_valid_checkpoint
 from tunesmith.train.loop import LoopSettings, TrainLoop
 from tunesmith.train.loss import loss_sum
+from tunesmith.train.speed import pack_cpu_passes
 
 
 def _examples(tok, n=24):
@@ -27,8 +29,8 @@ def _examples(tok, n=24):
     return tokenize_conversations(tok, convs, seq_len=128)
 
 
-def _lora_model(seed=0):
-    model = make_tiny_model("llama", seed=seed)
+def _lora_model(seed=0, **overrides):
+    model = make_tiny_model("llama", seed=seed, **overrides)
     targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     return get_method("lora").apply(
         model, MethodArgs(rank=8, alpha=16, dropout=0.0, target=targets)
@@ -134,3 +136,28 @@ def test_length_split_passes_train_like_the_reference_path(tmp_path):
     torch.testing.assert_close(runs["split"][0], runs["reference"][0], rtol=1e-5, atol=1e-5)
     for n, p in runs["reference"][1].items():
         torch.testing.assert_close(runs["split"][1][n], p, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_passes_train_like_the_reference_path(tmp_path):
+    """Packed, padding-free passes (CPU, grouped attention) change float order, not the math."""
+    tok = make_tokenizer()
+    examples = _varied_examples(tok)
+    runs = {}
+    for name, pack in (("reference", False), ("packed", True)):
+        model = _lora_model(attn_implementation="eager")
+        assert cpu_attention.install(model) == 1
+        assert pack_cpu_passes(model, torch.device("cpu"))
+        s = LoopSettings(
+            max_steps=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, lr_scheduler="constant",
+            seed=3, split_max_tokens=160 if pack else None, pack_passes=pack,
+        )  # fmt: skip
+        loop = TrainLoop(model, examples, tok.pad_token_id, s, tmp_path / name, torch.device("cpu"))
+        runs[name + "_passes"] = [b for step in range(6) for b in loop.micro_batches(step)]
+        runs[name] = (loop.train().losses, {n: p.detach() for n, p in model.named_parameters()})
+    packed = runs["packed_passes"]
+    assert len(packed) > len(runs["reference_passes"])  # the 160-token bound split some steps
+    assert all(b.input_ids.shape[0] == 1 and b.num_tokens == b.input_ids.numel() for b in packed)
+    assert all(b.input_ids.numel() <= 160 for b in packed if int(b.position_ids.eq(0).sum()) > 1)
+    torch.testing.assert_close(runs["packed"][0], runs["reference"][0], rtol=1e-5, atol=1e-5)
+    for n, p in runs["reference"][1].items():
+        torch.testing.assert_close(runs["packed"][1][n], p, rtol=1e-4, atol=1e-5)

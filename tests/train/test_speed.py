@@ -109,3 +109,23 @@ def test_cpu_fast_paths_are_installed_on_cpu_only():
     loss = model.train()(input_ids=ids, labels=ids).loss
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_packed_passes_only_on_cpu_with_the_grouped_attention():
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+
+    from tunesmith.train.speed import install_cpu_fast_paths, pack_cpu_passes, pass_settings
+
+    def base():
+        return make_tiny_model("llama", vocab_size=64, attn_implementation="eager")
+
+    lora = get_peft_model(base(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert not pack_cpu_passes(lora, CPU)  # plain eager would pay T^2 per packed row
+    install_cpu_fast_paths(lora, CPU)
+    assert pack_cpu_passes(lora, CPU) and not pack_cpu_passes(lora, CUDA)
+    assert not pack_cpu_passes(lora, CPU, kv_prefix=True)  # MAM's prefix is per row
+    assert pass_settings(lora, CPU)["pack_passes"]
+    assert not pass_settings(lora, CPU, packed_rows=True)["pack_passes"]  # --packing rows
+    prompt = get_peft_model(base(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    install_cpu_fast_paths(prompt, CPU)
+    assert not pack_cpu_passes(prompt, CPU)  # virtual tokens would be shared by a row

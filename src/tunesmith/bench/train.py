@@ -316,7 +316,7 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
     from tunesmith.train.loop import LoopSettings, TrainLoop
     from tunesmith.train.precision import default_device
     from tunesmith.train.run import load_for_training
-    from tunesmith.train.speed import adapter_autocast, split_max_tokens, split_overhead_tokens
+    from tunesmith.train.speed import adapter_autocast, pass_settings
 
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -346,9 +346,8 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
         warmup_ratio=settings.warmup_ratio,
         seed=settings.seed,
         autocast_dtype=autocast,
-        split_overhead_tokens=split_overhead_tokens(device),
-        split_max_tokens=split_max_tokens(device),
         keep_input_dtype=adapter_autocast("lora", precision),
+        **pass_settings(model, device),
     )
     loop = TrainLoop(model, examples, tok.pad_token_id, loop_settings, workdir / "run", device)
     clock = StepClock()

@@ -80,6 +80,63 @@ def pack_examples(examples: Sequence[Rendered], seq_len: int) -> list[PackedRow]
     return [pack_row([examples[i] for i in sorted(r)]) for r in rows]
 
 
+def pack_into_passes(
+    indices: Sequence[int], lengths: Sequence[int], max_size: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Cut one micro-batch into as few packed forward passes as its bounds allow.
+
+    Used on CPU, where a forward + backward pass costs ~30-45 tokens' worth beyond its
+    tokens (train/speed.py) and a packed row has no padding: a micro-batch of ~600 tokens
+    runs as two packed passes instead of ~2.6 padded ones with ~5% padding. Each pass holds
+    at most ``max_size`` examples and ``max_tokens`` tokens (an example longer than that runs
+    alone). The number of passes comes from first-fit decreasing; the examples are then
+    dealt, longest first, to the emptiest pass, so the passes are even and the activation
+    peak (set by the largest pass) is as low as that count allows.
+
+    Args:
+        indices: The planned micro-batch (example indices).
+        lengths: Token count of every example.
+        max_size: Most examples per pass (an OOM retry lowers it).
+        max_tokens: Most tokens per pass; None: no bound.
+
+    Returns:
+        The passes, each a list of indices in increasing order; together exactly ``indices``.
+    """
+    cap = max_tokens if max_tokens is not None else sum(lengths[i] for i in indices)
+    order = sorted(indices, key=lambda i: (-lengths[i], i))
+
+    def fits(load: list[int], members: list[list[int]], k: int, n: int) -> bool:
+        return len(members[k]) < max_size and (load[k] + n <= cap or not members[k])
+
+    def deal(count: int | None) -> list[list[int]]:
+        load = [0] * (count or 0)
+        members: list[list[int]] = [[] for _ in load]
+        for i in order:
+            n = lengths[i]
+            if count is None:  # first fit: the first pass with room, else a new one
+                k = next((k for k in range(len(load)) if fits(load, members, k, n)), len(load))
+            else:  # worst fit over `count` passes: the emptiest one with room
+                k = min(
+                    (k for k in range(count) if fits(load, members, k, n)),
+                    key=lambda k: (load[k], k),
+                    default=-1,
+                )
+                if k < 0:
+                    return []
+            if k == len(load):
+                load.append(0)
+                members.append([])
+            load[k] += n
+            members[k].append(i)
+        return members
+
+    first_fit = deal(None)
+    even = deal(len(first_fit)) if first_fit else []
+    # Worst fit can fail to place an example where first fit did; then first fit stands.
+    chosen = even if len(even) == len(first_fit) and all(even) else first_fit
+    return [sorted(p) for p in chosen]
+
+
 def padded_position_ids(examples: Sequence[Rendered], T: int) -> torch.Tensor:
     """(B, T) position ids; padding forms a segment of its own that restarts at 0."""
     out = torch.zeros((len(examples), T), dtype=torch.long)
@@ -97,15 +154,21 @@ def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
     return (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
 
 
+def block_causal(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) position ids -> (B, T, T) bool: True where a token may attend (its own example,
+    causally)."""
+    seg = segment_ids(position_ids)
+    T = position_ids.shape[1]
+    causal = torch.ones((T, T), dtype=torch.bool, device=position_ids.device).tril()
+    return (seg[:, :, None] == seg[:, None, :]) & causal
+
+
 def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, T) position ids -> (B, 1, T, T) additive mask: 0 where attended, dtype-min elsewhere.
 
     The additive float form is what both eager and sdpa attention accept as a ready 4D mask.
     """
-    seg = segment_ids(position_ids)
-    T = position_ids.shape[1]
-    causal = torch.ones((T, T), dtype=torch.bool, device=position_ids.device).tril()
-    allowed = (seg[:, :, None] == seg[:, None, :]) & causal  # (B, T, T)
+    allowed = block_causal(position_ids)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
@@ -146,22 +209,28 @@ def attention_inputs(model, attention_mask: torch.Tensor, position_ids: torch.Te
     }
 
 
-def check_packable(model, *, kv_prefix: bool = False) -> None:
-    """Refuse packing where examples of a row cannot be kept apart.
+def packable(model, *, kv_prefix: bool = False) -> bool:
+    """Whether the examples of a packed row stay apart under this model's method.
 
     Prompt-learning methods (prompt, prefix) and other key/value prefixes (MAM) put virtual
     tokens in front of the *row*, shared by all its examples, and peft ignores position ids
     for them; packing would silently train something else.
-
-    Raises:
-        ConfigError: ``packing`` with such a method.
     """
     from peft import PeftModel
 
     prompt = (
         isinstance(model, PeftModel) and model.peft_config[model.active_adapter].is_prompt_learning
     )
-    if prompt or kv_prefix:
+    return not (prompt or kv_prefix)
+
+
+def check_packable(model, *, kv_prefix: bool = False) -> None:
+    """Refuse packing where examples of a row cannot be kept apart (see :func:`packable`).
+
+    Raises:
+        ConfigError: ``packing`` with such a method.
+    """
+    if not packable(model, kv_prefix=kv_prefix):
         raise ConfigError(
             "packing",
             True,

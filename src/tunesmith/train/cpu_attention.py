@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from tunesmith.train.packed_attention import LayoutCache
+
 NAME = "tunesmith_cpu"
 
 # Model types whose attention module computes softmax(QK^T * scale + mask) V with grouped
@@ -56,6 +58,7 @@ class _GroupedMask:
 
 
 _MASKS = _GroupedMask()
+_LAYOUTS = LayoutCache()
 
 
 def grouped_attention(
@@ -75,25 +78,43 @@ def grouped_attention(
     b, heads, q_len, d = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     groups = heads // kv_heads
+    position_ids = kwargs.get("position_ids")
+    if attention_mask is not None and position_ids is not None and q_len == kv_len:
+        layout = _LAYOUTS.get(attention_mask, position_ids, heads, kv_heads, query.dtype)
+        if layout is not None:  # packed rows: attend per example (packed_attention.py)
+            q, k, v = layout.gather(query, key, value)
+            out = _attend(module, q, k.transpose(1, 2), v, layout.mask, scaling, dropout)
+            return layout.scatter(out, b, q_len), None
     # Head h uses K/V head h // groups (repeat_kv's order), so a (b, kv, g, q, d) view of the
     # queries puts each K/V head's queries in one (g * q, d) block.
     q = query.reshape(b * kv_heads, groups * q_len, d)
     k_t = key.reshape(b * kv_heads, kv_len, d).transpose(1, 2)
     v = value.reshape(b * kv_heads, kv_len, d)
-    if attention_mask is None:
-        scores = torch.bmm(q, k_t).mul_(scaling)
-    else:
+    mask = None
+    if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # True = attend, as sdpa's boolean masks
             attention_mask = torch.zeros_like(attention_mask, dtype=q.dtype).masked_fill_(
                 ~attention_mask, torch.finfo(q.dtype).min
             )
         mask = _MASKS.get(attention_mask, kv_heads, groups, kv_len, q.dtype)
+    probs_out: list[torch.Tensor] = []
+    out = _attend(module, q, k_t, v, mask, scaling, dropout, probs_out)
+    out = out.view(b, heads, q_len, d).transpose(1, 2).contiguous()
+    return out, probs_out[0].view(b, heads, q_len, kv_len)
+
+
+def _attend(module, q, k_t, v, mask, scaling, dropout, probs_out=None) -> torch.Tensor:
+    """``softmax(mask + scaling * q k^T) v`` over ``(rows, q, d)`` / ``(rows, d, kv)`` batches."""
+    if mask is None:
+        scores = torch.bmm(q, k_t).mul_(scaling)
+    else:
         scores = torch.baddbmm(mask, q, k_t, alpha=scaling)
     probs = torch.softmax(scores, dim=-1)
     if dropout and module.training:
         probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
-    out = torch.bmm(probs, v).view(b, heads, q_len, d).transpose(1, 2).contiguous()
-    return out, probs.view(b, heads, q_len, kv_len)
+    if probs_out is not None:
+        probs_out.append(probs)
+    return torch.bmm(probs, v)
 
 
 def register() -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.data.dataset import Batch, batch_plan, collate, split_by_length
+from tunesmith.data.packing import pack_into_passes, pack_row
 from tunesmith.data.render import IGNORE_INDEX, Rendered
 from tunesmith.distributed import DistContext, rank_slice
 from tunesmith.errors import TunesmithError, WorkFailed
@@ -68,6 +69,9 @@ class LoopSettings:
     # (data.dataset.split_by_length); None: planned order, no cutting (the reference path).
     split_overhead_tokens: float | None = None
     split_max_tokens: int | None = None  # most padded tokens per pass (activation memory)
+    # Each pass as one packed, padding-free row (data.packing.pack_into_passes; CPU, with
+    # attention that runs packed rows per example). False: padded passes (the reference path).
+    pack_passes: bool = False
     on_nan: str = "stop"  # "stop": fail keeping the last checkpoint; "skip": drop the update
 
 
@@ -187,17 +191,19 @@ class TrainLoop:
             if world > 1:
                 planned, stand_in = rank_slice(planned, rank, world)
             size = math.ceil(len(planned) / split)
-            for group in split_by_length(
-                planned,
-                self._lengths,
-                size,
-                self.s.split_overhead_tokens,
-                self.s.split_max_tokens,
-            ):
-                out.append(collate([self.examples[i] for i in group], self.pad_id))
+            out.extend(self._passes(planned, size))
             if stand_in:  # this rank has no example here: run one, train on no token
                 out[-1].labels.fill_(IGNORE_INDEX)
         return out
+
+    def _passes(self, planned: list[int], size: int) -> list[Batch]:
+        """One planned micro-batch as forward passes of at most ``size`` examples each."""
+        examples, lengths, cap = self.examples, self._lengths, self.s.split_max_tokens
+        if self.s.pack_passes:
+            groups = pack_into_passes(planned, lengths, size, cap)
+            return [collate([pack_row([examples[i] for i in g])], self.pad_id) for g in groups]
+        groups = split_by_length(planned, lengths, size, self.s.split_overhead_tokens, cap)
+        return [collate([examples[i] for i in g], self.pad_id) for g in groups]
 
     def _compute_context(self):
         return compute_context(

@@ -23,8 +23,7 @@ from tunesmith.train.precision import resolve_precision, torch_dtype
 from tunesmith.train.speed import (
     adapter_autocast,
     install_cpu_fast_paths,
-    split_max_tokens,
-    split_overhead_tokens,
+    pass_settings,
     train_attention,
 )
 
@@ -386,9 +385,10 @@ def run_training(
         seed=cfg.seed,
         autocast_dtype=autocast,
         on_nan=cfg.on_nan,
-        split_overhead_tokens=split_overhead_tokens(device),
-        split_max_tokens=split_max_tokens(device),
         keep_input_dtype=adapter_autocast(cfg.method, precision),
+        **pass_settings(
+            model, device, kv_prefix=not spec.gradient_checkpointing, packed_rows=cfg.packing
+        ),
     )
     dist.barrier()  # the other ranks wait for rank 0's base evaluation
     loop = TrainLoop(

@@ -1,4 +1,4 @@
-"""Speed choices that depend on the device: the attention kernel and forward-pass splitting.
+"""Speed choices that depend on the device: the attention kernel and how passes are cut.
 
 Both were measured on the demo (SmolLM2-135M, LoRA q/v, batch 8 of ~75-token records) on a
 2-core bf16 CPU; see benchmarks/RESULTS.md, "Training throughput vs TRL":
@@ -10,15 +10,17 @@ Both were measured on the demo (SmolLM2-135M, LoRA q/v, batch 8 of ~75-token rec
   the same kernel (``train_attention`` feeds both). On CUDA, sdpa's fused kernels win. After
   loading, :func:`install_cpu_fast_paths` swaps eager for the grouped kernel of
   :mod:`tunesmith.train.cpu_attention` where the model's attention is the plain formula.
-- Splitting: each micro-batch runs as length-sorted forward passes
-  (:func:`tunesmith.data.dataset.split_by_length`), removing most padding (20% -> ~5%) with
-  the same gradient; at 2 threads the padding saved and the per-pass cost cancel out, so its
-  gain is memory (a smaller activation peak), not speed. On CPU a pass costs ~30-45 tokens'
+- Passes: on CPU each micro-batch runs as a few forward passes. A pass costs ~30-45 tokens'
   worth beyond its tokens (mostly reading the weights from memory again: a 2-token forward +
   backward of the demo model took ~114 ms); on CUDA kernel launches make extra passes
-  expensive, so it is CPU only. A pass also holds at most ``CPU_PASS_MAX_TOKENS`` padded
-  tokens, which bounds the activation peak (over 100 demo steps, caps of 384 to 640 tokens
-  and per-pass costs of 32 to 64 tokens all priced a step within 1% of each other).
+  expensive, so this is CPU only. A pass holds at most ``CPU_PASS_MAX_TOKENS`` tokens, which
+  bounds the activation peak. Where the grouped attention runs, each pass is one packed,
+  padding-free row (:func:`pack_cpu_passes`, :func:`tunesmith.data.packing.pack_into_passes`):
+  the demo's ~2.6 padded passes per step become 2. Elsewhere the micro-batch is cut into
+  length-sorted padded passes (:func:`tunesmith.data.dataset.split_by_length`), which removes
+  most padding (20% -> ~5%) but, at 2 threads, gains memory rather than speed (the padding
+  saved and the extra passes cancel out; over 100 demo steps, caps of 384 to 640 tokens and
+  per-pass costs of 32 to 64 tokens all priced a step within 1% of each other).
 """
 
 from __future__ import annotations
@@ -67,6 +69,37 @@ def install_cpu_fast_paths(model, device: torch.device) -> dict[str, int]:
         "dropout": fast_dropout.install(model),
         "rmsnorm": fast_norm.install(model),
         "attention": cpu_attention.install(model),
+    }
+
+
+def pack_cpu_passes(model, device: torch.device, kv_prefix: bool = False) -> bool:
+    """Run each CPU forward pass as one packed, padding-free row (``data.packing``).
+
+    Only where the grouped CPU attention is installed (it attends per example inside a packed
+    row, :mod:`~tunesmith.train.packed_attention`; eager would pay ``T^2`` per head) and the
+    method keeps examples apart in a row (no prompt or key/value prefix: ``check_packable``).
+    """
+    from tunesmith.data.packing import packable
+    from tunesmith.train import cpu_attention
+
+    if device.type != "cpu" or not packable(model, kv_prefix=kv_prefix):
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base.config, "_attn_implementation", None) == cpu_attention.NAME
+
+
+def pass_settings(
+    model, device: torch.device, *, kv_prefix: bool = False, packed_rows: bool = False
+) -> dict:
+    """How :class:`~tunesmith.train.loop.LoopSettings` cuts micro-batches into forward passes.
+
+    ``packed_rows``: the examples are already packed rows (``--packing``), which are never
+    packed again; ``kv_prefix``: the method puts a key/value prefix in front of each row.
+    """
+    return {
+        "split_overhead_tokens": split_overhead_tokens(device),
+        "split_max_tokens": split_max_tokens(device),
+        "pack_passes": not packed_rows and pack_cpu_passes(model, device, kv_prefix),
     }
 
 

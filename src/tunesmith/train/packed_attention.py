@@ -1,0 +1,163 @@
+"""Attention over packed rows at the cost of the examples' own lengths, not the row's.
+
+A packed row (``data/packing.py``) holds several examples one after another; transformers
+gives it a ``(T, T)`` block-diagonal causal mask. Computing the scores under that mask costs
+``T^2`` per head although only ``sum(len_i^2)`` entries are attended: for a CPU pass of eight
+~75-token examples, eight times the work of attending each example alone.
+
+:class:`PackedLayout` instead gathers each example's queries, keys and values into a padded
+``(examples, longest, ...)`` layout, with one ``index_select`` per tensor, so the attention runs
+per example exactly as for a padded batch, and gathers the outputs back to the row. Only the
+attention sees the padding; the projections and MLPs, where the time goes, run on the packed
+row without any. Padding slots are zeros: as keys they are masked, as queries their
+outputs are dropped. Both moves are copies to and from distinct rows (``index_copy`` and
+``index_select``), each the other's backward.
+
+It applies only where it computes exactly what the given mask says: the mask must equal the
+block-causal mask of the row's position ids (a new example starts where positions do not
+advance by one, transformers' ``find_packed_sequence_indices`` rule). That is checked once
+per forward pass, and any other mask (padding, a key prefix, a cache) keeps the reference
+path of :func:`tunesmith.train.cpu_attention.grouped_attention`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tunesmith.data.packing import block_causal, segment_ids
+
+
+class _SelectRows(torch.autograd.Function):
+    """``x.index_select(0, index)`` for an index without repeats.
+
+    autograd's backward of ``index_select`` is a scatter-add (it must allow repeats), which
+    took ~15% of a packed attention call on CPU; with distinct rows it is a plain copy.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        out = grad.new_zeros((ctx.rows, *grad.shape[1:]))
+        return out.index_copy_(0, index, grad), None
+
+
+@dataclass
+class PackedLayout:
+    """Where each token of a ``(B, T)`` packed batch sits in a padded per-example layout.
+
+    ``q_slots`` is ``(B*T, H)``: the row of token ``t``, head ``h`` among the ``(n, H, L)``
+    padded query (and output) rows, ``(e * H + h) * L + p`` for the ``p``-th token of example
+    ``e``. Heads are numbered ``kv_h * g + g_h`` (``repeat_kv``'s order), so a view of those
+    rows as ``(n * kv, g * L)`` puts the queries of one K/V head in one block. ``kv_slots``
+    is ``(B*T, kv)`` among ``(n, kv, L)`` rows; ``mask`` the additive ``(1, g*L, L)`` mask.
+    Padding slots stay zero: as keys they are masked, as queries their outputs are dropped.
+    """
+
+    n: int
+    longest: int
+    q_slots: torch.Tensor
+    kv_slots: torch.Tensor
+    mask: torch.Tensor
+
+    def gather(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+        """``(B, H, T, d)`` / ``(B, kv, T, d)`` -> ``(n*kv, g*L, d)``, ``(n*kv, L, d)`` x2."""
+        d = query.shape[-1]
+        kv = key.shape[1]
+
+        def padded(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+            # (B, heads, T, d) -> (B*T*heads, d) rows: a view when heads are laid out per token.
+            rows = x.transpose(1, 2).reshape(-1, d)
+            out = rows.new_zeros((self.n * x.shape[1] * self.longest, d))
+            return out.index_copy_(0, slots.view(-1), rows)  # backward: index_select
+
+        rows = self.n * kv
+        q = padded(query, self.q_slots).view(rows, -1, d)
+        k = padded(key, self.kv_slots).view(rows, -1, d)
+        v = padded(value, self.kv_slots).view(rows, -1, d)
+        return q, k, v
+
+    def scatter(self, out: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
+        """``(n*kv, g*L, d)`` attention output -> ``(B, T, H, d)`` (transformers' layout)."""
+        d = out.shape[-1]
+        heads = self.q_slots.shape[1]
+        rows = _SelectRows.apply(out.reshape(-1, d), self.q_slots.view(-1))
+        return rows.view(batch, seq, heads, d)
+
+
+def build_layout(
+    position_ids: torch.Tensor, heads: int, kv_heads: int, dtype: torch.dtype
+) -> PackedLayout | None:
+    """The layout of a packed ``(B, T)`` batch; None when no row holds more than one example."""
+    B, T = position_ids.shape
+    device = position_ids.device
+    seg = segment_ids(position_ids)  # (B, T), 0-based per row
+    per_row = seg[:, -1] + 1
+    n = int(per_row.sum())
+    if n == B:
+        return None
+    # Global example id of every token, then each example's start and length in the flat row.
+    offsets = torch.cumsum(per_row, 0) - per_row
+    example = (seg + offsets[:, None]).view(-1)  # (B*T,)
+    lengths = torch.bincount(example, minlength=n)
+    starts = torch.cumsum(lengths, 0) - lengths
+    L = int(lengths.max())
+    pos = torch.arange(B * T, device=device) - starts[example]  # (B*T,) position in its example
+    head = torch.arange(heads, device=device)
+    kv_head = torch.arange(kv_heads, device=device)
+    q_slots = (example[:, None] * heads + head[None, :]) * L + pos[:, None]
+    kv_slots = (example[:, None] * kv_heads + kv_head[None, :]) * L + pos[:, None]
+    # Every example starts at slot 0 and its padding comes after its last token, so the plain
+    # causal mask hides the padding keys from every real query. One (g*L, L) mask (the g query
+    # heads of a K/V head stacked) broadcasts over all examples and K/V heads.
+    keep = torch.ones((L, L), dtype=torch.bool, device=device).tril()
+    mask = torch.zeros((L, L), dtype=dtype, device=device).masked_fill_(
+        ~keep, torch.finfo(dtype).min
+    )
+    mask = mask.repeat(heads // kv_heads, 1)[None]  # (1, g*L, L)
+    return PackedLayout(n, L, q_slots, kv_slots, mask)
+
+
+def mask_is_block_causal(mask: torch.Tensor, position_ids: torch.Tensor) -> bool:
+    """Whether a ``(B, 1, T, T)`` additive or boolean mask is exactly the position ids' blocks."""
+    B, T = position_ids.shape
+    if mask.dim() != 4 or mask.shape[0] != B or mask.shape[1] != 1 or mask.shape[2:] != (T, T):
+        return False
+    allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
+    return bool(torch.equal(allowed, block_causal(position_ids)))
+
+
+class LayoutCache:
+    """The layout of the current forward pass: built and checked once, used by every layer.
+
+    Keyed on the identity and version of the mask and position ids (the model passes the
+    same tensors to every layer of a pass); holding them keeps their memory from being
+    reused by other tensors while the key is alive.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple = ()
+        self.sources: tuple = ()
+        self.layout: PackedLayout | None = None
+
+    def get(self, mask, position_ids, heads: int, kv_heads: int, dtype) -> PackedLayout | None:
+        def version(t):
+            return 0 if t.is_inference() else t._version  # inference tensors have none
+
+        key = (version(mask), version(position_ids), mask.shape, heads, kv_heads, dtype)
+        same = len(self.sources) == 2 and all(
+            a is b for a, b in zip(self.sources, (mask, position_ids), strict=True)
+        )
+        if not same or self.key != key:
+            self.sources, self.key = (mask, position_ids), key
+            self.layout = None
+            if mask_is_block_causal(mask, position_ids):
+                self.layout = build_layout(position_ids, heads, kv_heads, dtype)
+        return self.layout

@@ -1,0 +1,125 @@
+"""Packed rows in the grouped CPU attention: per-example attention equals the block mask's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.llama.modeling_llama import eager_attention_forward
+
+from tunesmith.data.packing import block_causal_mask
+from tunesmith.train import cpu_attention
+from tunesmith.train.cpu_attention import grouped_attention
+from tunesmith.train.packed_attention import (
+    LayoutCache,
+    _SelectRows,
+    build_layout,
+    mask_is_block_causal,
+)
+
+
+class _Module(torch.nn.Module):
+    num_key_value_groups = 3
+
+
+def _positions(rows: list[list[int]]) -> torch.Tensor:
+    """(B, T) position ids of rows made of examples of the given lengths."""
+    return torch.tensor([[p for n in row for p in range(n)] for row in rows])
+
+
+def _qkv(B, T, dtype, heads=6, kv_heads=2, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # Projections come out as (B, T, heads, d) and are viewed as (B, heads, T, d).
+    q = torch.randn(B, T, heads, d, generator=g).to(dtype).transpose(1, 2)
+    k = torch.randn(B, T, kv_heads, d, generator=g).to(dtype).transpose(1, 2)
+    v = torch.randn(B, T, kv_heads, d, generator=g).to(dtype).transpose(1, 2)
+    return [t.requires_grad_() for t in (q, k, v)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[5, 9, 1, 7]],  # one packed row, a 1-token example among them
+        [[4, 8, 3], [6, 2, 7]],  # several packed rows
+        [[3, 4, 8], [12, 3]],  # a tail segment, as padding forms in data/packing.py rows
+    ],
+)
+def test_packed_rows_attend_as_eager_under_the_block_mask(dtype, rows):
+    module = _Module().train()
+    pos = _positions(rows)
+    q, k, v = _qkv(*pos.shape, dtype)
+    mask = block_causal_mask(pos, dtype)
+    ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.25)
+    cpu_attention._LAYOUTS = LayoutCache()
+    out, probs = grouped_attention(module, q, k, v, mask, scaling=0.25, position_ids=pos)
+    assert cpu_attention._LAYOUTS.layout is not None  # the packed path ran
+    assert probs is None and out.shape == ref.shape
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    if dtype == torch.float32:
+        tol = dict(rtol=1e-5, atol=1e-6)
+    else:  # bf16 rounding of the scores and probabilities; eager's softmax runs in fp32
+        tol = dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.float(), ref.float(), **tol)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+def test_any_other_mask_keeps_the_reference_path():
+    """Position ids with a mask that is not their block mask (padding) must not be unpacked."""
+    module = _Module()
+    pos = _positions([[4, 5], [4, 5]])
+    mask = block_causal_mask(pos, torch.float32)
+    mask[1, :, :, :2] = torch.finfo(torch.float32).min  # also hide two keys of row 1
+    assert not mask_is_block_causal(mask, pos)
+    q, k, v = _qkv(*pos.shape, torch.float32)
+    ref, ref_probs = eager_attention_forward(module, q, k, v, mask, scaling=0.25)
+    out, probs = grouped_attention(module, q, k, v, mask, scaling=0.25, position_ids=pos)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert probs is not None  # the grouped path, which returns the probabilities
+
+
+def test_the_block_mask_check_is_exact():
+    pos = _positions([[3, 4]])
+    mask = block_causal_mask(pos, torch.bfloat16)
+    assert mask_is_block_causal(mask, pos)
+    assert mask_is_block_causal(mask == 0, pos)  # boolean masks: True = attend
+    assert not mask_is_block_causal(mask, _positions([[7]]))  # one example: plain causal
+    leak = mask.clone()
+    leak[0, 0, 5, 1] = 0  # one token of example 2 sees example 1
+    assert not mask_is_block_causal(leak, pos)
+    assert not mask_is_block_causal(mask[:, :, :, :6], pos)  # a key prefix or cache
+
+
+def test_unpacked_rows_have_no_layout():
+    assert build_layout(_positions([[6], [6]]), 6, 2, torch.float32) is None
+
+
+def test_layout_slots_are_distinct_and_inside_the_padded_rows():
+    pos = _positions([[4, 2, 3]])
+    layout = build_layout(pos, heads=6, kv_heads=2, dtype=torch.float32)
+    assert (layout.n, layout.longest) == (3, 4)
+    for slots, heads in ((layout.q_slots, 6), (layout.kv_slots, 2)):
+        flat = slots.flatten()
+        assert flat.unique().numel() == flat.numel() == 9 * heads
+        assert int(flat.max()) < 3 * heads * 4
+    # Example 1 (tokens 4-5), head 5: rows (1 * 6 + 5) * 4 + {0, 1}.
+    assert layout.q_slots[4:6, 5].tolist() == [44, 45]
+    assert layout.mask.shape == (1, 3 * 4, 4)
+
+
+def test_the_layout_is_built_once_per_pass():
+    cache = LayoutCache()
+    pos = _positions([[3, 4]])
+    mask = block_causal_mask(pos, torch.float32)
+    first = cache.get(mask, pos, 6, 2, torch.float32)
+    assert first is not None and cache.get(mask, pos, 6, 2, torch.float32) is first
+    other = block_causal_mask(_positions([[2, 5]]), torch.float32)
+    assert cache.get(other, _positions([[2, 5]]), 6, 2, torch.float32) is not first
+
+
+def test_select_rows_backward_is_index_selects():
+    x = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([5, 0, 3, 6])
+    assert torch.autograd.gradcheck(lambda t: _SelectRows.apply(t, index), (x,))
