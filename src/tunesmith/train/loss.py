@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tunesmith.data.dataset import Batch
 from tunesmith.data.packing import attention_inputs
 from tunesmith.data.render import IGNORE_INDEX
+from tunesmith.train.chunked_ce import chunked_cross_entropy
 
 
 def _causal_lm(model):
@@ -54,5 +55,8 @@ def loss_sum(model, batch: Batch, fast: bool = True) -> torch.Tensor:
     targets = batch.labels[:, 1:]  # (B, T-1)
     keep = targets != IGNORE_INDEX
     h = hidden[:, :-1][keep]  # (N, C): only positions whose next token is trained
-    logits = lm.lm_head(h).float()  # (N, V), fp32 for a stable log-softmax
-    return F.cross_entropy(logits, targets[keep], reduction="sum")
+    logits = lm.lm_head(h)  # (N, V)
+    if logits.device.type == "cpu" and logits.dtype in (torch.bfloat16, torch.float16):
+        # Same fp32 log-softmax without fp32 copies of all of (N, V) (train/chunked_ce.py).
+        return chunked_cross_entropy(logits, targets[keep])
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")  # fp32: stable

@@ -16,7 +16,7 @@ Both were measured on the demo (SmolLM2-135M, LoRA q/v, batch 8 of ~75-token rec
   expensive, so this is CPU only. A pass holds at most ``CPU_PASS_MAX_TOKENS`` tokens, which
   bounds the activation peak. Where the grouped attention runs, each pass is one packed,
   padding-free row (:func:`pack_cpu_passes`, :func:`tunesmith.data.packing.pack_into_passes`):
-  the demo's ~2.6 padded passes per step become 2. Elsewhere the micro-batch is cut into
+  the demo's ~2.6 padded passes per step become ~1.1. Elsewhere the micro-batch is cut into
   length-sorted padded passes (:func:`tunesmith.data.dataset.split_by_length`), which removes
   most padding (20% -> ~5%) but, at 2 threads, gains memory rather than speed (the padding
   saved and the extra passes cancel out; over 100 demo steps, caps of 384 to 640 tokens and
@@ -31,9 +31,12 @@ import torch
 
 EAGER_MAX_SEQ_LEN = 512  # above this the s^2 probabilities cost more memory than eager saves time
 CPU_PASS_OVERHEAD_TOKENS = 32.0  # measured: 16 and 48 were equally fast, 128 lost the gain
-# Activations of SmolLM2-135M took ~1.2 MB per padded token at the peak of a pass (bf16, eager):
-# 384 tokens bound that near 0.5 GB, one extra pass in some demo steps.
-CPU_PASS_MAX_TOKENS = 384
+# Most tokens per CPU pass: a memory-for-speed trade within what the memory plan already
+# allows (the plan checks the whole micro-batch, so a cap only lowers the peak below it).
+# SmolLM2-135M keeps ~1 MB of activations per token at a pass's peak (bf16, grouped attention).
+# Measured on the demo with packed passes (12 steps, 2 threads): 640 tokens -> 1.08 passes per
+# step, -8 to -10% per step and +220 MB peak RSS (1.62 vs 1.40 GiB) against 384 -> 2 passes.
+CPU_PASS_MAX_TOKENS = 640
 
 
 def train_attention(device: torch.device, seq_len: int) -> str:
