@@ -18,6 +18,10 @@ gradients differ within bf16 rounding (transformers' softmax backward runs in fp
 probabilities kept for the backward are bf16 (transformers keeps fp32 and bf16 copies), so the
 memory plan, which counts eager's, stays an upper bound.
 
+A packed row (several examples, position ids restarting at each) whose mask is exactly their
+block-causal mask is attended per example instead of as one ``T x T`` product
+(:mod:`tunesmith.train.packed_attention`); that is how CPU training runs its passes.
+
 It is registered with transformers' ``AttentionInterface`` under :data:`NAME` (with eager's
 mask builder) and chosen by :func:`tunesmith.train.speed.train_attention` only for models
 whose attention is the plain formula (no logit soft-capping, no attention sinks).

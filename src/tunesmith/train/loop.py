@@ -68,7 +68,7 @@ class LoopSettings:
     # Per-forward cost in tokens for cutting each micro-batch into length-sorted passes
     # (data.dataset.split_by_length); None: planned order, no cutting (the reference path).
     split_overhead_tokens: float | None = None
-    split_max_tokens: int | None = None  # most padded tokens per pass (activation memory)
+    split_max_tokens: int | None = None  # most (padded) tokens per pass (activation memory)
     # Each pass as one packed, padding-free row (data.packing.pack_into_passes; CPU, with
     # attention that runs packed rows per example). False: padded passes (the reference path).
     pack_passes: bool = False

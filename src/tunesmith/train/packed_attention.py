@@ -6,7 +6,7 @@ gives it a ``(T, T)`` block-diagonal causal mask. Computing the scores under tha
 ~75-token examples, eight times the work of attending each example alone.
 
 :class:`PackedLayout` instead gathers each example's queries, keys and values into a padded
-``(examples, longest, ...)`` layout, with one ``index_select`` per tensor, so the attention runs
+``(examples, longest, ...)`` layout, with one ``index_copy`` per tensor, so the attention runs
 per example exactly as for a padded batch, and gathers the outputs back to the row. Only the
 attention sees the padding; the projections and MLPs, where the time goes, run on the packed
 row without any. Padding slots are zeros: as keys they are masked, as queries their
