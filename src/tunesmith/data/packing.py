@@ -106,19 +106,20 @@ def pack_into_passes(
     cap = max_tokens if max_tokens is not None else sum(lengths[i] for i in indices)
     order = sorted(indices, key=lambda i: (-lengths[i], i))
 
-    def fits(load: list[int], members: list[list[int]], k: int, n: int) -> bool:
-        return len(members[k]) < max_size and (load[k] + n <= cap or not members[k])
-
     def deal(count: int | None) -> list[list[int]]:
         load = [0] * (count or 0)
         members: list[list[int]] = [[] for _ in load]
+
+        def fits(k: int, n: int) -> bool:
+            return len(members[k]) < max_size and (load[k] + n <= cap or not members[k])
+
         for i in order:
             n = lengths[i]
             if count is None:  # first fit: the first pass with room, else a new one
-                k = next((k for k in range(len(load)) if fits(load, members, k, n)), len(load))
+                k = next((k for k in range(len(load)) if fits(k, n)), len(load))
             else:  # worst fit over `count` passes: the emptiest one with room
                 k = min(
-                    (k for k in range(count) if fits(load, members, k, n)),
+                    (k for k in range(count) if fits(k, n)),
                     key=lambda k: (load[k], k),
                     default=-1,
                 )

@@ -87,7 +87,7 @@ def grouped_attention(
         layout = _LAYOUTS.get(attention_mask, position_ids, heads, kv_heads, query.dtype)
         if layout is not None:  # packed rows: attend per example (packed_attention.py)
             q, k, v = layout.gather(query, key, value)
-            out = _attend(module, q, k.transpose(1, 2), v, layout.mask, scaling, dropout)
+            out, _ = _attend(module, q, k.transpose(1, 2), v, layout.mask, scaling, dropout)
             return layout.scatter(out, b, q_len), None
     # Head h uses K/V head h // groups (repeat_kv's order), so a (b, kv, g, q, d) view of the
     # queries puts each K/V head's queries in one (g * q, d) block.
@@ -101,14 +101,14 @@ def grouped_attention(
                 ~attention_mask, torch.finfo(q.dtype).min
             )
         mask = _MASKS.get(attention_mask, kv_heads, groups, kv_len, q.dtype)
-    probs_out: list[torch.Tensor] = []
-    out = _attend(module, q, k_t, v, mask, scaling, dropout, probs_out)
+    out, probs = _attend(module, q, k_t, v, mask, scaling, dropout)
     out = out.view(b, heads, q_len, d).transpose(1, 2).contiguous()
-    return out, probs_out[0].view(b, heads, q_len, kv_len)
+    return out, probs.view(b, heads, q_len, kv_len)
 
 
-def _attend(module, q, k_t, v, mask, scaling, dropout, probs_out=None) -> torch.Tensor:
-    """``softmax(mask + scaling * q k^T) v`` over ``(rows, q, d)`` / ``(rows, d, kv)`` batches."""
+def _attend(module, q, k_t, v, mask, scaling, dropout) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(mask + scaling * q k^T) v`` over ``(rows, q, d)`` / ``(rows, d, kv)`` batches;
+    returns the output and the probabilities."""
     if mask is None:
         scores = torch.bmm(q, k_t).mul_(scaling)
     else:
@@ -116,9 +116,7 @@ def _attend(module, q, k_t, v, mask, scaling, dropout, probs_out=None) -> torch.
     probs = torch.softmax(scores, dim=-1)
     if dropout and module.training:
         probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
-    if probs_out is not None:
-        probs_out.append(probs)
-    return torch.bmm(probs, v)
+    return torch.bmm(probs, v), probs
 
 
 def register() -> str:
