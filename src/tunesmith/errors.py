@@ -7,6 +7,9 @@ readable line on stderr (a traceback only with ``--debug``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class TunesmithError(Exception):
     """Base class; ``exit_code`` is what the CLI returns."""
@@ -41,3 +44,27 @@ class WorkFailed(TunesmithError):
     """The work ran but failed: a verification did not pass, training diverged. Exit 1."""
 
     exit_code = 1
+
+
+_STEP_ATTR = "_tunesmith_step"
+
+
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
+    """Name the step a block performs; an exception escaping it is tagged with the name.
+
+    The innermost step wins, so the CLI's safety net can say *where* an unexpected error
+    happened ("tunesmith train: failed while loading the model: ...").
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if not hasattr(exc, _STEP_ATTR):
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(exc, _STEP_ATTR, name)
+        raise
+
+
+def failed_step(exc: BaseException) -> str | None:
+    """The step an exception escaped from (see :func:`step`), if any."""
+    return getattr(exc, _STEP_ATTR, None)

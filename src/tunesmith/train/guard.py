@@ -7,11 +7,9 @@ naming the key, the value and what is allowed (:class:`~tunesmith.errors.ConfigE
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,18 +226,3 @@ def tensor_bytes(tensors) -> int:
     if isinstance(tensors, (list, tuple)):
         return sum(tensor_bytes(v) for v in tensors)
     return 0
-
-
-@contextlib.contextmanager
-def discard_on_bad_input(run_dir: Path, enabled: bool = True) -> Iterator[None]:
-    """Remove a just-created run directory when bad input stops the run before training.
-
-    Nothing of value exists yet (config, cleaned data), and a half-made run directory would
-    block the corrected rerun with "directory is not empty".
-    """
-    try:
-        yield
-    except UserInputError:
-        if enabled:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise

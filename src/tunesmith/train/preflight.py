@@ -1,0 +1,99 @@
+"""The checks a run makes before it writes or loads anything, new or resumed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import TrainConfig
+from tunesmith.errors import UserInputError
+from tunesmith.rundir import RunDir
+from tunesmith.train.dist_steps import per_rank_plan
+from tunesmith.train.precision import resolve_precision
+
+
+@dataclass
+class Preflight:
+    """What the checks before loading decided: the config that runs, where the model comes
+    from, the memory plan (kept in memory; ``plan.json`` is its record) and where to resume."""
+
+    cfg: TrainConfig
+    source: Any  # models.loading.ModelSource
+    plan: Any | None  # plan.Plan; None when resuming (the run's plan.json decided)
+    checkpointing: bool
+    resume_from: Path | None = None
+
+
+# -- preflight ------------------------------------------------------------------------------
+def preflight(cfg: TrainConfig, dist) -> Preflight:
+    """Validate what can be checked cheaply, and plan memory, before anything is written."""
+    from tunesmith.methods import get_method
+    from tunesmith.models.loading import resolve_model
+    from tunesmith.train import guard
+
+    if cfg.nproc > 1 and not dist.active:
+        raise UserInputError(
+            f"nproc {cfg.nproc} needs a launcher: run `tunesmith train --nproc {cfg.nproc}` "
+            "or torchrun / accelerate launch (see docs/distributed.md)"
+        )
+    cfg = cfg.model_copy(update={"nproc": dist.world_size})  # config.yaml: what ran
+    if dist.mode == "deepspeed":  # --resume must find the same engine and its config
+        cfg = cfg.model_copy(
+            update={
+                "distributed": "deepspeed",
+                "distributed_config": os.path.abspath(dist.distributed_config),
+            }
+        )
+    guard.check_paths(cfg)
+    source = resolve_model(cfg.model)
+    get_method(cfg.method)
+    model_config = guard.model_config_for(source.path, cfg.trust_remote_code)
+    guard.check_against_model(cfg, model_config)
+    # Sharded: the per-rank plan decides (below), not the single-process one.
+    plan = guard.memory_plan(
+        cfg.model_copy(update={"force": True}) if dist.sharded else cfg,
+        model_config,
+        dist.device,
+        resolve_precision(cfg.precision, dist.device),
+    )
+    if dist.sharded:
+        plan = per_rank_plan(plan, model_config, dist, cfg.force)
+    checkpointing = bool(plan.settings and plan.settings.gradient_checkpointing)
+    return Preflight(cfg, source, plan, checkpointing)
+
+
+def preflight_resume(run: RunDir, dist, say: Callable[[str], None]) -> Preflight:
+    """The run's own config and plan, and its newest checkpoint that verifies.
+
+    A run stopped before its first checkpoint (Ctrl-C or ``kill -9`` during the base
+    evaluation, say) starts again at step 0 with its saved config and data.
+    """
+    import json
+
+    from tunesmith.models.loading import resolve_model
+    from tunesmith.train import checkpoint as ckpt
+
+    cfg = run.config
+    if cfg.nproc != dist.world_size:
+        raise UserInputError(
+            f"{run.path} was trained on {cfg.nproc} process(es) and the batch plan depends on "
+            f"it; resume with --nproc {cfg.nproc} (this launch has {dist.world_size})"
+        )
+    resume_from, skipped = ckpt.latest_valid_checkpoint(run.checkpoints)
+    for bad in skipped:
+        say(f"checkpoint {bad.name} is corrupt or partial; skipping it")
+    if resume_from is None and skipped:
+        raise UserInputError(f"{run.path} has no valid checkpoint to resume from")
+    if resume_from is None and run.is_finished():
+        raise UserInputError(f"{run.path} has finished training; there is nothing to resume")
+    if resume_from is None:
+        say(f"{run.path} stopped before its first checkpoint; training again from step 0")
+    try:
+        inputs = json.loads(run.plan_path.read_text()).get("inputs") or {}
+    except (OSError, ValueError):
+        inputs = {}
+    checkpointing = bool(inputs.get("gradient_checkpointing"))
+    return Preflight(cfg, resolve_model(cfg.model), None, checkpointing, resume_from)
