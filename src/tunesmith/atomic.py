@@ -39,6 +39,26 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def check_file_target(target: str | os.PathLike[str], key: str = "out") -> None:
+    """Refuse, before any work, an output file path that can never be written.
+
+    Raises:
+        ConfigError: the path is an existing directory, or lies under a file.
+    """
+    from tunesmith.errors import ConfigError
+
+    path = Path(target)
+    if path.is_dir():
+        raise ConfigError(key, str(target), "a file path; this is an existing directory")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(key, str(target), f"a path under a directory; {parent} is a file")
+            if not os.access(parent, os.W_OK):
+                raise ConfigError(key, str(target), f"a writable location; {parent} is read-only")
+            return
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp file path; on success it is renamed onto ``target``, on error removed."""

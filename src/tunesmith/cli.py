@@ -89,6 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tunesmith {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the safety net: a bug or an unmapped failure, never a traceback
+        if args.debug:
+            raise
+        from tunesmith.crashlog import describe
+
+        print(describe(args.command, exc), file=sys.stderr)
+        from tunesmith.distributed.exit_status import note
+
+        note(1)
+        return 1
 
 
 def entry() -> None:

@@ -31,7 +31,11 @@ class TrainConfig(BaseModel):
     """Everything a training run needs; written out in full as the run's ``config.yaml``."""
 
     model_config = ConfigDict(
-        extra="forbid", alias_generator=_kebab, populate_by_name=True, validate_assignment=True
+        extra="forbid",
+        alias_generator=_kebab,
+        populate_by_name=True,
+        validate_assignment=True,
+        allow_inf_nan=False,  # `--epochs inf` or `--lr nan` is a typo, never a setting
     )
 
     model: str = Field(
@@ -194,6 +198,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserInputError(f"{where}: invalid YAML: {what}") from None
     if not isinstance(data, dict):
         raise UserInputError(f"{path}: a config file must be a mapping of keys to values")
+    for key in data:
+        if not isinstance(key, str):
+            # YAML reads `yes:` as True and `1:` as 1: a key that is not text is never a flag.
+            raise ConfigError(str(key), data[key], f"keys that are flag names (in {path})")
     return {_kebab(k): v for k, v in data.items()}
 
 

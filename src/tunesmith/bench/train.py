@@ -315,8 +315,8 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
     from tunesmith.data.dataset import tokenize_conversations
     from tunesmith.train.loop import LoopSettings, TrainLoop
     from tunesmith.train.precision import default_device
-    from tunesmith.train.steps import load_for_training
     from tunesmith.train.speed import adapter_autocast, pass_settings
+    from tunesmith.train.steps import load_for_training
 
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)

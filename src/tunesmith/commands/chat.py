@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from tunesmith.commands._args import positive_int
+
 HELP = "chat with the base model, an adapter or a merged model"
 
 
@@ -27,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--system", help="system message (default: the demo's, when chatting with a demo run)"
     )
-    p.add_argument("--max-new-tokens", type=int, default=256, help="generation limit (default 256)")
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=256, help="generation limit (default 256)"
+    )
     p.add_argument("--json", action="store_true", help="one-shot answer as JSON on stdout")
 
 

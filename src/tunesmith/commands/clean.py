@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 
+from tunesmith.commands._args import finite_float, non_negative_int, positive_int
+
 HELP = "validate, normalize, dedupe and split instruction data"
 
 
@@ -31,11 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-data", nargs="+", default=None, metavar="F", help="eval files to check for leaks"
     )
     parser.add_argument(
-        "--eval-share", type=float, default=0.0, help="share split off to eval (default 0)"
+        "--eval-share", type=finite_float, default=0.0, help="share split off to eval (default 0)"
     )
     parser.add_argument(
         "--near-dup-threshold",
-        type=float,
+        type=finite_float,
         default=0.8,
         help="Jaccard similarity of near duplicates (default 0.8)",
     )
@@ -47,17 +49,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-invalid-share",
-        type=float,
+        type=finite_float,
         default=0.2,
         help="fail when more records are bad (default 0.2)",
     )
     parser.add_argument(
-        "--min-chars", type=int, default=1, help="drop shorter conversations (default 1)"
+        "--min-chars",
+        type=non_negative_int,
+        default=1,
+        help="drop shorter conversations (default 1)",
     )
-    parser.add_argument("--max-chars", type=int, default=None, help="drop longer conversations")
+    parser.add_argument(
+        "--max-chars", type=positive_int, default=None, help="drop longer conversations"
+    )
     parser.add_argument(
         "--max-repeat-ratio",
-        type=float,
+        type=finite_float,
         default=0.5,
         help="drop answers with more repeated 3-grams (default 0.5)",
     )
@@ -67,14 +74,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME_OR_DIR",
         help="count tokens with this tokenizer (hub id or local dir) for --min/--max-tokens",
     )
-    parser.add_argument("--min-tokens", type=int, default=None, help="drop shorter conversations")
     parser.add_argument(
-        "--max-tokens", type=int, default=None, help="drop longer conversations (e.g. the seq-len)"
+        "--min-tokens", type=positive_int, default=None, help="drop shorter conversations"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the eval split (default 0)")
+    parser.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=None,
+        help="drop longer conversations (e.g. the seq-len)",
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the eval split (default 0)"
+    )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=0,
         help="extra processes for hashing; for large inputs (default 0)",
     )

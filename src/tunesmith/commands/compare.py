@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from tunesmith.commands._args import positive_int
 from tunesmith.config import add_config_arguments
 
 HELP = "train several methods on the same data and budget; compare quality, memory, time"
@@ -36,7 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-latency", dest="latency", action="store_false", help="skip the batch-1 latency timing"
     )
     p.add_argument(
-        "--latency-runs", type=int, default=10, help="timed forward passes per model (median)"
+        "--latency-runs",
+        type=positive_int,
+        default=10,
+        help="timed forward passes per model (median)",
     )
     p.add_argument("--json", action="store_true", help="print compare.json on stdout")
     add_config_arguments(p)

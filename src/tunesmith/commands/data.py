@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from tunesmith.commands._args import positive_int
+
 HELP = "preview rendered records with the trained tokens highlighted"
 
 TRAINED_STYLE = "bold green"
@@ -44,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="embedded",
         help="model (its tokenizer and chat template): embedded, hub id, dir, .gguf or run dir",
     )
-    p.add_argument("--n", type=int, default=3, help="records to show (default 3)")
+    p.add_argument("--n", type=positive_int, default=3, help="records to show (default 3)")
     p.add_argument(
         "--template",
         choices=tuple(FALLBACK_TEMPLATES),
@@ -52,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fallback chat template (for models without one; replaces the model's own)",
     )
     p.add_argument(
-        "--seq-len", type=int, default=512, help="truncate records to this many tokens (512)"
+        "--seq-len",
+        type=positive_int,
+        default=512,
+        help="truncate records to this many tokens (512)",
     )
     p.add_argument(
         "--format", choices=("alpaca", "messages", "sharegpt"), default=None, help="force a format"

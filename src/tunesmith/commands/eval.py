@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from tunesmith.commands._args import positive_int
+
 HELP = "evaluate base vs fine-tuned (task metrics, perplexity, forgetting) -> eval.json"
 
 
@@ -29,11 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data",
         help="eval file (default: the run's held-out split; the demo eval set without a run)",
     )
-    p.add_argument("--limit", type=int, help="evaluate at most N examples")
-    p.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
+    p.add_argument("--limit", type=positive_int, help="evaluate at most N examples")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="generation batch size (default 32)"
+    )
     p.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=positive_int,
         help="generation limit (default 64 for the SQL demo, 256 otherwise)",
     )
     p.add_argument("--no-base", action="store_true", help="skip the base model")

@@ -14,6 +14,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from tunesmith.commands._args import positive_int
+
 HELP = "merge a LoRA-family adapter into its base (verified HF checkpoint)"
 
 
@@ -29,9 +31,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_help: str, dtype_h
         metavar="FILE",
         help="verify on these prompts (a data file, e.g. the run's eval split) instead of built-in ones",
     )
-    parser.add_argument("--max-prompts", type=int, default=8, help="with --prompts: how many")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=16, help="greedy tokens generated per prompt"
+        "--max-prompts", type=positive_int, default=8, help="with --prompts: how many"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=16, help="greedy tokens generated per prompt"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunesmith.commands._args import positive_int
 from tunesmith.errors import UserInputError
 
 HELP = "the PEFT methods: unified-view description, parameter formula, counts"
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="add trainable-parameter counts for this model config (config.json or model dir)",
     )
     parser.add_argument(
-        "--rank", type=int, default=8, help="LoRA rank r for the counts (default 8)"
+        "--rank", type=positive_int, default=8, help="LoRA rank r for the counts (default 8)"
     )
     parser.add_argument(
         "--target",
@@ -44,13 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="LoRA-family targets for the counts: preset or comma list (default attn-qv)",
     )
     parser.add_argument(
-        "--num-virtual-tokens", type=int, default=20, help="prefix/prompt/MAM length (default 20)"
+        "--num-virtual-tokens",
+        type=positive_int,
+        default=20,
+        help="prefix/prompt/MAM length (default 20)",
     )
     parser.add_argument(
-        "--bottleneck", type=int, default=64, help="bottleneck-adapter width (default 64)"
+        "--bottleneck", type=positive_int, default=64, help="bottleneck-adapter width (default 64)"
     )
     parser.add_argument(
-        "--freeze-top-k", type=int, default=2, help="freeze: trained top blocks (default 2)"
+        "--freeze-top-k",
+        type=positive_int,
+        default=2,
+        help="freeze: trained top blocks (default 2)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from tunesmith.commands._args import positive_int
+
 HELP = "memory plan for model x method x batch x seq-len x GPU, and the best config that fits"
 
 
@@ -34,16 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpu", default="24GB", help="24GB, 16GiB, rtx4090, a100-80gb, h100, l4, t4, cpu, ..."
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="micro-batch size (default 1)")
-    parser.add_argument("--seq-len", type=int, default=512, help="tokens per example (default 512)")
-    parser.add_argument("--grad-accum", type=int, default=1, help="accumulation steps (default 1)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="micro-batch size (default 1)"
+    )
+    parser.add_argument(
+        "--seq-len", type=positive_int, default=512, help="tokens per example (default 512)"
+    )
+    parser.add_argument(
+        "--grad-accum", type=positive_int, default=1, help="accumulation steps (default 1)"
+    )
     parser.add_argument(
         "--gradient-checkpointing",
         choices=("on", "off", "auto"),
         default="auto",
         help="recompute activations in the backward; auto = only if needed (default)",
     )
-    parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    parser.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (default 8)")
     parser.add_argument(
         "--target", default="attn-qv", help="preset (attn-qv, attn, mlp, all-linear) or names"
     )
@@ -64,7 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trace one real step on fake tensors for activations/optimizer (slower, exact)",
     )
     parser.add_argument(
-        "--nproc", type=int, default=1, help="processes (GPUs) training together (default 1)"
+        "--nproc",
+        type=positive_int,
+        default=1,
+        help="processes (GPUs) training together (default 1)",
     )
     parser.add_argument(
         "--distributed",

@@ -34,7 +34,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
-from tunesmith.atomic import atomic_path, write_json
+from tunesmith.atomic import atomic_path, check_file_target, write_json
 from tunesmith.data.dedup import NearDupIndex
 from tunesmith.data.normalize import comparable, text_of
 from tunesmith.data.options import CleanOptions
@@ -389,6 +389,9 @@ def clean(
     out = Path(out)
     eval_out = eval_path_for(out) if eval_inputs or opts.eval_share > 0 else None
     report_path = Path(report_path) if report_path else out.parent / "clean_report.json"
+    for key, target in (("out", out), ("out", eval_out), ("report", report_path)):
+        if target is not None:
+            check_file_target(target, key)
     records = _stream(
         read_files(inputs, format), read_files(eval_inputs, format) if eval_inputs else None
     )

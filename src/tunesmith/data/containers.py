@@ -70,6 +70,7 @@ def _not_object(file: str, line: int, obj: Any, unit: str = "line") -> Invalid:
 
 def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
     file = str(path)
+    pairs = _Pairs()
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if lineno == 1:
@@ -84,12 +85,45 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
                 yield lineno, Invalid(file, lineno, reason, "invalid_utf8")
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text, object_pairs_hook=pairs)
             except json.JSONDecodeError as exc:
+                pairs.duplicates.clear()
                 reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
                 yield lineno, Invalid(file, lineno, reason, "invalid_json")
                 continue
-            yield lineno, obj if isinstance(obj, dict) else _not_object(file, lineno, obj)
+            obj = pairs.take(file, lineno, obj)
+            yield (
+                lineno,
+                obj if isinstance(obj, (dict, Invalid)) else _not_object(file, lineno, obj),
+            )
+
+
+class _Pairs:
+    """``object_pairs_hook`` that builds dicts and remembers keys given twice in one object.
+
+    ``json`` keeps the last value of a repeated key silently; a record with ``"output"`` twice
+    is ambiguous, so it is reported as invalid instead of trained on either value.
+    """
+
+    def __init__(self) -> None:
+        self.duplicates: list[str] = []
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in obj:
+                self.duplicates.append(key)
+            obj[key] = value
+        return obj
+
+    def take(self, file: str, line: int, obj: Any, unit: str = "line") -> Any:
+        """``obj``, or an :class:`Invalid` naming the first repeated key seen since last time."""
+        dups, self.duplicates = self.duplicates, []
+        if dups:
+            return Invalid(
+                file, line, f"duplicate key {dups[0]!r} in one object", "invalid_json", unit
+            )
+        return obj
 
 
 def _incomplete(exc: json.JSONDecodeError, buf: str) -> bool:
@@ -102,7 +136,8 @@ def _incomplete(exc: json.JSONDecodeError, buf: str) -> bool:
 def _iter_json(path: Path) -> Iterator[RawRecord]:
     """A JSON array of objects, decoded one element at a time (also accepts bare objects)."""
     file = str(path)
-    decoder = json.JSONDecoder()
+    pairs = _Pairs()
+    decoder = json.JSONDecoder(object_pairs_hook=pairs)
     with open(path, encoding="utf-8", errors="surrogateescape") as fh:
         buf, pos, line, eof = "", 0, 1, False
 
@@ -144,6 +179,7 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
                     obj, end = decoder.raw_decode(buf, pos)
                     break
                 except json.JSONDecodeError as exc:
+                    pairs.duplicates.clear()
                     if not eof and _incomplete(exc, buf):
                         fill()
                         continue
@@ -154,7 +190,11 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
             start_line = line
             line += buf.count("\n", pos, end)
             pos = end
-            yield start_line, obj if isinstance(obj, dict) else _not_object(file, start_line, obj)
+            obj = pairs.take(file, start_line, obj)
+            yield (
+                start_line,
+                (obj if isinstance(obj, (dict, Invalid)) else _not_object(file, start_line, obj)),
+            )
 
 
 def decode_cells(file: str, row_no: int, row: dict[str, Any]) -> dict[str, Any] | Invalid:
@@ -206,7 +246,14 @@ def _iter_parquet(path: Path) -> Iterator[RawRecord]:
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise DataError(f"cannot read Parquet: {exc}", file) from exc
     row_no = 0
-    for batch in pf.iter_batches(batch_size=1024):
+    batches = pf.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # a corrupt data page: pyarrow's OSError, ArrowInvalid...
+            raise DataError(f"cannot read Parquet after row {row_no}: {exc}", file) from exc
+        if batch is None:
+            return
         for row in batch.to_pylist():
             row_no += 1
             yield row_no, decode_cells(file, row_no, row)

@@ -144,9 +144,28 @@ def load_model_and_tokenizer(
         raise UserInputError(f"cannot load model {src.display}: {msg}") from exc
     except ValueError as exc:
         raise UserInputError(f"cannot load model {src.display}: {_first_line(exc)}") from exc
+    except Exception as exc:
+        if not is_damaged_weights(exc):
+            raise
+        raise UserInputError(
+            f"cannot load model {src.display}: its weights file is damaged or truncated "
+            f"({_first_line(exc)})"
+        ) from exc
     if lm.generation_config.pad_token_id is None:
         lm.generation_config.pad_token_id = tok.pad_token_id
     return lm, tok, src
+
+
+def is_damaged_weights(exc: BaseException) -> bool:
+    """Whether ``exc`` says a weights file is cut short or corrupt (safetensors or torch)."""
+    from safetensors import SafetensorError
+
+    if isinstance(exc, SafetensorError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "PytorchStreamReader" in text or "unexpected EOF" in text or "deserializ" in text
+    )
 
 
 def _first_line(exc: BaseException) -> str:

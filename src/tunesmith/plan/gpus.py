@@ -7,6 +7,7 @@ nominal size as GiB and subtracts the CUDA context separately (see ``analytic.CU
 
 from __future__ import annotations
 
+import math
 import re
 
 from tunesmith.errors import ConfigError
@@ -57,6 +58,8 @@ def device_budget_bytes(device: str | int) -> int:
         ConfigError: the name is neither a known GPU nor a size.
     """
     if isinstance(device, int):
+        if device <= 0:
+            raise ConfigError("gpu", device, "a positive number of bytes")
         return device
     name = _normalize(str(device))
     if name == "cpu":
@@ -72,5 +75,8 @@ def device_budget_bytes(device: str | int) -> int:
         return int(GPUS[name] * GIB)
     match = _SIZE.match(name)
     if match:
-        return int(float(match.group(1)) * GIB)
+        size = float(match.group(1))
+        if not math.isfinite(size) or size <= 0:
+            raise ConfigError("gpu", device, "a memory size above 0, like 24GB")
+        return int(size * GIB)
     raise ConfigError("gpu", device, "a size like 24GB or one of: " + ", ".join([*GPUS, "cpu"]))

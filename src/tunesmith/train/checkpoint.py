@@ -86,7 +86,12 @@ def save_checkpoint(
     if ctx is not None and not ctx.is_main:
         ctx.barrier()  # rank 0 writes
         return target
-    check_free_disk(root, tensor_bytes(weights) + tensor_bytes(opt_state["state"]), "checkpoint")
+    check_free_disk(
+        root,
+        tensor_bytes(weights) + tensor_bytes(opt_state["state"]),
+        "checkpoint",
+        resumable=bool(list_checkpoints(root)),
+    )
     with atomic_dir(target) as tmp:
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(opt_state, tmp / "optimizer.pt")
@@ -115,9 +120,17 @@ def write_position(
 
 
 def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints."""
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    """Keep the newest ``keep`` checkpoints that verify; delete the others.
+
+    Only verified checkpoints count: after a resume past a corrupt one, counting it would
+    keep a checkpoint that cannot be loaded and delete the last one that can.
+    """
+    kept = 0
+    for path in reversed(list_checkpoints(root)):
+        if kept < keep and verify_checkpoint(path):
+            kept += 1
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def rng_states(ctx=None) -> list[dict[str, Any]]:

@@ -201,19 +201,25 @@ def free_disk_bytes(path: Path) -> int:
     return shutil.disk_usage(nearest_existing(path)).free
 
 
-def check_free_disk(path: Path, needed_bytes: int, what: str) -> None:
+def check_free_disk(path: Path, needed_bytes: int, what: str, resumable: bool = True) -> None:
     """Refuse a save that would fill the disk, before writing a byte of it.
 
     Raises:
         WorkFailed: fewer than ``needed_bytes`` plus a margin are free; earlier checkpoints
-            are untouched, so the run can be resumed once space is freed.
+            are untouched, so the run can be resumed once space is freed (``resumable``:
+            there is a checkpoint to resume from, which the message then says).
     """
     free = free_disk_bytes(path)
     if free < needed_bytes + DISK_MARGIN_BYTES:
         raise WorkFailed(
             f"not enough free disk to save the {what} in {path}: it needs about "
             f"{(needed_bytes + DISK_MARGIN_BYTES) / 1024**2:.0f} MiB, {free / 1024**2:.0f} MiB "
-            "are free. Free some space, then continue with --resume (earlier checkpoints are kept)"
+            "are free. "
+            + (
+                "Free some space, then continue with --resume (earlier checkpoints are kept)"
+                if resumable
+                else "Free some space and run again"
+            )
         )
 
 

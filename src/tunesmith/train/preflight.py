@@ -10,7 +10,7 @@ from typing import Any
 
 from tunesmith.config import TrainConfig
 from tunesmith.errors import UserInputError
-from tunesmith.rundir import RunDir
+from tunesmith.rundir import RunDir, RunLock, RunLocked
 from tunesmith.train.dist_steps import per_rank_plan
 from tunesmith.train.precision import resolve_precision
 
@@ -76,6 +76,9 @@ def preflight_resume(run: RunDir, dist, say: Callable[[str], None]) -> Preflight
     from tunesmith.models.loading import resolve_model
     from tunesmith.train import checkpoint as ckpt
 
+    holder = RunLock.holder(run.path)
+    if holder is not None:
+        raise RunLocked(run.path, holder or None)
     cfg = run.config
     if cfg.nproc != dist.world_size:
         raise UserInputError(

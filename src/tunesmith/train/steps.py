@@ -259,7 +259,9 @@ def save_result(model, tokenizer, run: RunDir, cfg: TrainConfig, spec) -> Path:
     from tunesmith.train import guard
 
     saved = [p for p in model.parameters() if p.requires_grad or not spec.peft_format]
-    guard.check_free_disk(run.path, guard.tensor_bytes(saved), "final adapter")
+    guard.check_free_disk(
+        run.path, guard.tensor_bytes(saved), "final adapter", resumable=run.checkpoints.is_dir()
+    )
     target = run.final_dir(spec.peft_format)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
