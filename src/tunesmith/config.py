@@ -197,6 +197,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return {_kebab(k): v for k, v in data.items()}
 
 
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config a run was trained with (its ``config.yaml``), validated."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserInputError(f"{run_dir} is not a tunesmith run directory (no config.yaml)")
+    return make_config(load_yaml(path))
+
+
 def to_yaml(cfg: TrainConfig) -> str:
     import yaml
 

@@ -16,9 +16,11 @@ from typing import Any
 import torch
 
 from tunesmith.atomic import atomic_dir, write_json, write_text
-from tunesmith.config import TrainConfig, load_yaml, make_config, to_yaml
+from tunesmith.config import TrainConfig, make_config, to_yaml
+from tunesmith.config import read_run_config as load_run_config  # kept for existing callers
 from tunesmith.data.records import Conversation
 from tunesmith.errors import UserInputError
+from tunesmith.models.artifact import BASE_INFO  # written beside the weights: base and method
 from tunesmith.train.precision import resolve_precision, torch_dtype
 from tunesmith.train.speed import (
     adapter_autocast,
@@ -26,8 +28,6 @@ from tunesmith.train.speed import (
     pass_settings,
     train_attention,
 )
-
-BASE_INFO = "tunesmith_base.json"  # written into adapter/: which base and method made it
 
 
 @dataclass
@@ -66,13 +66,6 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def load_run_config(run_dir: Path) -> TrainConfig:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise UserInputError(f"{run_dir} is not a tunesmith run directory (no config.yaml)")
-    return make_config(load_yaml(path))
 
 
 # -- data -----------------------------------------------------------------------------------
