@@ -63,8 +63,13 @@ class SharedBase:
     @contextlib.contextmanager
     def base_only(self) -> Iterator[Any]:
         """The plain base, every adapter switched off, for the duration of the block."""
-        with self.model.disable_adapter():
-            yield self.model
+        active = self.model.active_adapter
+        try:
+            with self.model.disable_adapter():
+                yield self.model
+        finally:
+            # peft's re-enabling marks the adapter trainable again; keep it frozen.
+            self.model.set_adapter(active, inference_mode=True)
 
 
 def share_key(source: Source, base_override: str | None = None) -> tuple[str, bool, str]:
