@@ -197,3 +197,13 @@ def test_an_adapter_without_a_named_base_asks_for_model(tiny_llama_dir, tmp_path
         load_adapted(adapter)
     loaded = load_adapted(adapter, base_override=str(tiny_llama_dir), dtype=torch.float32)
     assert loaded.base_model == str(tiny_llama_dir)
+
+
+def test_load_flags_come_from_the_run_config(tiny_llama_dir, tmp_path):
+    run = make_run_dir(tiny_llama_dir, tmp_path / "run", "lora")
+    assert not locate(run).trust_remote_code and not locate(run).allow_pickle
+    (run / "config.yaml").write_text(
+        f"model: {tiny_llama_dir}\nmethod: lora\ntrust_remote_code: true\nallow-pickle: true\n"
+    )
+    art = locate(run / "adapter")
+    assert art.trust_remote_code and art.allow_pickle

@@ -90,7 +90,7 @@ def evaluate(
         say(f"evaluating the base model on {len(convs)} examples ...")
         if art is not None and art.kind != "adapter":
             # Full, freeze or merged: the trained weights replaced the base's, load it apart.
-            base_lm = load_base(art, base_override=model, quantized=False).model
+            base_lm = load_base(art, base_override=model).model
             ctx = contextlib.nullcontext()
         else:
             base_lm = lm

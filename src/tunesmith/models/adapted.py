@@ -35,7 +35,7 @@ class Loaded:
     Attributes:
         model: a ``peft.PeftModel`` (adapters) or a transformers model (base, full, merged).
         tokenizer: the trained tokenizer (the artifact's own where it has one).
-        artifact: what was located, or None for a plain base model.
+        artifact: what was located.
         source: what transformers loaded the weights from (the base, for adapters).
         base_model: the base reference the result was trained on (``--model`` spelling).
         base_identity: name and SHA-256 of the base (filled by :func:`load_merged`).
@@ -43,7 +43,7 @@ class Loaded:
 
     model: Any
     tokenizer: Any
-    artifact: Artifact | None
+    artifact: Artifact
     source: ModelSource
     base_model: str
     base_identity: dict[str, Any] | None = None
@@ -71,7 +71,7 @@ def base_of(artifact: Artifact, base_override: str | None = None) -> str:
 
 def _load(
     model: str,
-    artifact: Artifact | None,
+    artifact: Artifact,
     *,
     dtype: Any,
     quantized: bool,
@@ -85,12 +85,8 @@ def _load(
         from tunesmith.methods.qlora import quantization_config
 
         qconf = quantization_config()
-    trust = (
-        trust_remote_code
-        if trust_remote_code is not None
-        else bool(artifact and artifact.trust_remote_code)
-    )
-    pickle = allow_pickle if allow_pickle is not None else bool(artifact and artifact.allow_pickle)
+    trust = artifact.trust_remote_code if trust_remote_code is None else trust_remote_code
+    pickle = artifact.allow_pickle if allow_pickle is None else allow_pickle
     model_, tok, src = load_model_and_tokenizer(
         model,
         dtype=dtype,
@@ -99,7 +95,7 @@ def _load(
         allow_pickle=pickle,
         device_map=device_map,
     )
-    if artifact is not None and artifact.has_tokenizer:
+    if artifact.has_tokenizer:
         tok = load_tokenizer(str(artifact.dir), trust_remote_code=trust)
     return model_.eval(), tok, src
 
