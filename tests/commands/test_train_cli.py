@@ -59,8 +59,9 @@ def test_adapter_reloads_to_identical_logits_and_base_is_untouched(demo_run, tin
 
     from tunesmith.models.adapted import load_adapted
 
-    model, tok, art = load_adapted(demo_run)
-    assert art.kind == "adapter"
+    loaded = load_adapted(demo_run)
+    model, tok = loaded.model, loaded.tokenizer
+    assert loaded.artifact.kind == "adapter"
     ids = tok("SELECT name FROM patients", return_tensors="pt")["input_ids"]
     # Stock peft on a stock transformers base gives the same logits.
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=model.dtype)

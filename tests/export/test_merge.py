@@ -117,7 +117,7 @@ def test_qlora_merges_into_the_dequantized_base(tiny_llama_dir, tmp_path):
     from bitsandbytes.functional import dequantize_4bit
     from safetensors.torch import load_file
 
-    from tunesmith.export.loading import qlora_quantization_config
+    from tunesmith.methods.qlora import quantization_config as qlora_quantization_config
 
     run = make_run_dir(tiny_llama_dir, tmp_path / "run", "qlora")
     result = merge(run, tmp_path / "merged")

@@ -35,16 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one-shot answer as JSON on stdout")
 
 
-def _system_prompt(args, source_dir) -> str | None:
+def _system_prompt(args, run_dir) -> str | None:
     if args.system is not None:
         return args.system or None
-    if source_dir is None:
+    if run_dir is None:
         return None
     from tunesmith.demo.dataset import SYSTEM_PROMPT
-    from tunesmith.train.run import load_run_config
+    from tunesmith.rundir import RunDir
 
     try:
-        cfg = load_run_config(source_dir)
+        cfg = RunDir(run_dir).config
     except Exception:
         return None
     return SYSTEM_PROMPT if not cfg.data else None
@@ -53,7 +53,6 @@ def _system_prompt(args, source_dir) -> str | None:
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
-    from pathlib import Path
 
     from tunesmith.commands._console import quiet_libraries
 
@@ -64,11 +63,13 @@ def run(args: argparse.Namespace) -> int:
     from tunesmith.models import load_model_and_tokenizer
     from tunesmith.models.adapted import load_adapted
 
+    run_dir = None
     if args.source:
-        model, tok, _ = load_adapted(args.source, base_override=args.model)
+        loaded = load_adapted(args.source, base_override=args.model)
+        model, tok, run_dir = loaded.model, loaded.tokenizer, loaded.artifact.run_dir
     else:
         model, tok, _ = load_model_and_tokenizer(args.model or "embedded")
-    system = _system_prompt(args, Path(args.source) if args.source else None)
+    system = _system_prompt(args, run_dir)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
 
     def answer(message: str) -> str:

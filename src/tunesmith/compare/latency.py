@@ -80,15 +80,11 @@ def forward_call(model, ids) -> Callable[[], object]:
 def _load_run(run_dir: Path):
     import torch
 
-    from tunesmith.models.adapted import load_adapted, locate
+    from tunesmith.models.adapted import load_adapted
 
-    kw = {}
-    if locate(run_dir).method == "qlora":
-        from tunesmith.methods.qlora import quantization_config
-
-        kw["quantization_config"] = quantization_config()
-    model, tok, _ = load_adapted(run_dir, dtype=torch.float32, **kw)
-    return model, tok
+    # A 4-bit-base method (the spec's quantized_base) keeps its 4-bit base, as it is served.
+    loaded = load_adapted(run_dir, dtype=torch.float32)
+    return loaded.model, loaded.tokenizer
 
 
 def measure_latencies(

@@ -65,15 +65,16 @@ def evaluate(
     from tunesmith.atomic import write_json
     from tunesmith.eval.evaluate import eval_report, evaluate_side, perplexities
     from tunesmith.models import load_model_and_tokenizer
-    from tunesmith.models.adapted import load_adapted, locate
+    from tunesmith.models.adapted import load_adapted, load_base
 
     run_dir = None
     art = None
     if source is not None:
-        art = locate(source)
-        run_dir = Path(source) if art.path != Path(source) else None
-        lm, tok, art = load_adapted(source, base_override=model)
-        model_name, adapter = art.base_model, str(art.path)
+        loaded = load_adapted(source, base_override=model)
+        lm, tok, art = loaded.model, loaded.tokenizer, loaded.artifact
+        # Only a run directory given as such supplies the held-out split and eval.json's home.
+        run_dir = art.run_dir if art.run_dir == art.path else None
+        model_name, adapter = loaded.base_model, str(art.dir)
     else:
         lm, tok, src = load_model_and_tokenizer(model or "embedded")
         model_name, adapter = src.display, None
@@ -87,10 +88,9 @@ def evaluate(
     extra: dict[str, dict[str, float]] = {}
     if adapter is None or base:
         say(f"evaluating the base model on {len(convs)} examples ...")
-        if art is not None and art.kind == "model":
-            base_lm, _, _ = load_model_and_tokenizer(
-                model or art.base_model
-            )  # full/freeze: separate base
+        if art is not None and art.kind != "adapter":
+            # Full, freeze or merged: the trained weights replaced the base's, load it apart.
+            base_lm = load_base(art, base_override=model).model
             ctx = contextlib.nullcontext()
         else:
             base_lm = lm

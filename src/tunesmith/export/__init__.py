@@ -6,7 +6,7 @@ before it is published; a failed check raises :class:`~tunesmith.errors.WorkFail
 
 from tunesmith.export.formats import FORMATS, ExportResult, export
 from tunesmith.export.merge import MergeResult, merge
-from tunesmith.export.source import AdapterSource, resolve_source
+from tunesmith.export.source import resolve_source
 from tunesmith.export.verify import TOLERANCES, Tolerance, VerificationFailed, VerifyReport
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "ExportResult",
     "export",
     "TOLERANCES",
-    "AdapterSource",
     "MergeResult",
     "Tolerance",
     "VerificationFailed",

@@ -15,9 +15,8 @@ from typing import Any
 from tunesmith.atomic import atomic_dir, atomic_path
 from tunesmith.errors import ConfigError, UserInputError, WorkFailed
 from tunesmith.export.gguf_writer import GGUF_TYPES, check_architecture, write_gguf
-from tunesmith.export.loading import attach_adapter, base_config, load_base, load_merged
 from tunesmith.export.merge import MergeResult, check_output_path, merge, reference_for
-from tunesmith.export.source import AdapterSource, require_mergeable, resolve_source, sha256_files
+from tunesmith.export.source import require_mergeable, resolve_source
 from tunesmith.export.verify import (
     Probe,
     VerificationFailed,
@@ -25,6 +24,9 @@ from tunesmith.export.verify import (
     compare,
     tolerance_for,
 )
+from tunesmith.models.adapted import attach_adapter, load_base, load_merged
+from tunesmith.models.artifact import Artifact
+from tunesmith.models.identity import sha256_files
 
 FORMATS = ("peft", "safetensors", "gguf")
 
@@ -49,17 +51,17 @@ class ExportResult:
         }
 
 
-def _copy_adapter(source: AdapterSource, out: Path) -> list[str]:
-    files = [p for p in source.adapter_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+def _copy_adapter(source: Artifact, out: Path) -> list[str]:
+    files = [p for p in source.dir.iterdir() if p.is_file() and not p.name.startswith(".")]
     for p in files:
         shutil.copy2(p, out / p.name)
     if sha256_files([out / p.name for p in files]) != sha256_files(files):
-        raise WorkFailed(f"copy of {source.adapter_dir} does not match the original bytes")
+        raise WorkFailed(f"copy of {source.dir} does not match the original bytes")
     return [p.name for p in files]
 
 
 def export_peft(
-    source: AdapterSource,
+    source: Artifact,
     out: Path,
     *,
     verify: bool = True,
@@ -72,14 +74,14 @@ def export_peft(
     report = None
     with atomic_dir(out) as tmp:
         _copy_adapter(source, tmp)
-        base, tokenizer = load_base(source, dtype=torch.float32, quantized=source.quantized_base)
+        base = load_base(source, dtype=torch.float32)  # QLoRA: the 4-bit base it trained on
         if not source.has_tokenizer:
             # The chat template must travel with the adapter, so bring the base's tokenizer.
-            tokenizer.save_pretrained(tmp)
+            base.tokenizer.save_pretrained(tmp)
         if ref is not None:
             from transformers import AutoTokenizer
 
-            model = attach_adapter(base, tmp)
+            model = attach_adapter(base.model, tmp)
             report = compare(
                 model,
                 ref,
@@ -93,8 +95,19 @@ def export_peft(
     return ExportResult("peft", out, source.method, report, {"files": files})
 
 
+def _base_config(source: Artifact):
+    """The base's ``PretrainedConfig``, read without loading weights."""
+    from transformers import AutoConfig
+
+    from tunesmith.models import resolve_model
+
+    return AutoConfig.from_pretrained(
+        resolve_model(source.base_model).path, trust_remote_code=source.trust_remote_code
+    )
+
+
 def export_gguf(
-    source: AdapterSource,
+    source: Artifact,
     out: Path,
     *,
     gguf_type: str = "f16",
@@ -109,13 +122,14 @@ def export_gguf(
     if out.suffix != ".gguf":
         raise UserInputError(f"GGUF output must be a file ending in .gguf, got {out}")
     require_mergeable(source)
-    check_architecture(base_config(source.base_model))  # fail before any model is loaded
+    check_architecture(_base_config(source))  # fail before any model is loaded
     ref = reference_for(source, probe) if verify else None
     # Merging in fp32 rounds once, into the GGUF type, instead of twice.
-    merged, tokenizer = load_merged(source, torch.float32)
+    merged = load_merged(source, torch.float32)
     report = None
     with atomic_path(out) as tmp:
-        write_gguf(merged, tokenizer, tmp, gguf_type, name=f"{source.base_model} + {source.method}")
+        name = f"{source.base_model} + {source.method}"
+        write_gguf(merged.model, merged.tokenizer, tmp, gguf_type, name=name)
         del merged
         if ref is not None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -136,7 +150,7 @@ def export_gguf(
 
 
 def export(
-    source: str | Path | AdapterSource,
+    source: str | Path | Artifact,
     fmt: str,
     out: str | Path,
     *,
@@ -148,7 +162,7 @@ def export(
     """Export ``source`` (run or adapter directory) as ``fmt`` to ``out``, verified.
 
     Args:
-        source: run directory, adapter directory or :class:`AdapterSource`.
+        source: run directory, adapter directory or :class:`Artifact`.
         fmt: ``peft`` (adapter directory), ``safetensors`` (merged HF checkpoint directory)
             or ``gguf`` (one ``.gguf`` file for llama.cpp; Llama-family and Qwen2).
         out: output directory (peft, safetensors) or file (gguf).
@@ -164,7 +178,7 @@ def export(
     """
     if fmt not in FORMATS:
         raise ConfigError("format", fmt, "one of " + ", ".join(FORMATS))
-    src = source if isinstance(source, AdapterSource) else resolve_source(source)
+    src = source if isinstance(source, Artifact) else resolve_source(source)
     if fmt == "safetensors":
         result: MergeResult = merge(src, out, dtype=dtype, verify=verify, probe=probe)
         detail = {

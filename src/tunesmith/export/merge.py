@@ -15,20 +15,8 @@ from typing import Any
 
 from tunesmith.atomic import atomic_dir, write_json
 from tunesmith.errors import UserInputError
-from tunesmith.export.loading import (
-    base_identity,
-    checkpoint_dtype,
-    dtype_label,
-    load_adapted,
-    load_merged,
-    torch_dtype,
-)
-from tunesmith.export.source import (
-    AdapterSource,
-    adapter_identity,
-    require_mergeable,
-    resolve_source,
-)
+from tunesmith.export.dtypes import checkpoint_dtype, dtype_label, torch_dtype
+from tunesmith.export.source import require_mergeable, resolve_source
 from tunesmith.export.verify import (
     Probe,
     VerificationFailed,
@@ -37,8 +25,10 @@ from tunesmith.export.verify import (
     compare,
     tolerance_for,
 )
+from tunesmith.models.adapted import load_adapted, load_merged
+from tunesmith.models.artifact import MERGE_RECORD, Artifact
+from tunesmith.models.identity import adapter_identity
 
-MERGE_RECORD = "tunesmith_merge.json"
 # Shards small enough for any filesystem and for parallel downloads; stock transformers
 # writes the index file that ties them together.
 MAX_SHARD_SIZE = "2GB"
@@ -68,11 +58,11 @@ class MergeResult:
         }
 
 
-def check_output_path(out: str | Path, source: AdapterSource) -> Path:
+def check_output_path(out: str | Path, source: Artifact) -> Path:
     """Refuse outputs that would overwrite the input."""
     out = Path(out).expanduser()
     src, dst = source.path.resolve(), out.resolve()
-    if dst == src or dst == source.adapter_dir.resolve() or src.is_relative_to(dst):
+    if dst == src or dst == source.dir.resolve() or src.is_relative_to(dst):
         raise UserInputError(f"output {out} would overwrite the input {source.path}")
     if out.exists() and not out.is_dir():
         raise UserInputError(f"output {out} exists and is not a directory")
@@ -86,7 +76,7 @@ def check_output_path(out: str | Path, source: AdapterSource) -> Path:
     return out
 
 
-def resolve_out_dtype(dtype: str | None, source: AdapterSource):
+def resolve_out_dtype(dtype: str | None, source: Artifact):
     """The requested dtype, else the base checkpoint's own (never a silent fp32 upcast)."""
     import torch
 
@@ -102,11 +92,13 @@ def save_checkpoint(model, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def reference_for(source: AdapterSource, probe: Probe | None = None):
-    """Run the unmerged adapted model once and free it."""
-    model, tokenizer = load_adapted(source)
-    ref = capture_reference(model, tokenizer, probe or Probe())
-    del model
+def reference_for(source: Artifact, probe: Probe | None = None):
+    """Run the unmerged adapted model once, in fp32 (QLoRA: on its 4-bit base), and free it."""
+    import torch
+
+    loaded = load_adapted(source, dtype=torch.float32)
+    ref = capture_reference(loaded.model, loaded.tokenizer, probe or Probe())
+    del loaded
     return ref
 
 
@@ -127,7 +119,7 @@ def verify_checkpoint(path: Path, ref, dtype, quantized_base: bool = False) -> V
 
 
 def merge(
-    source: str | Path | AdapterSource,
+    source: str | Path | Artifact,
     out: str | Path,
     *,
     dtype: str | None = None,
@@ -137,7 +129,7 @@ def merge(
     """Fold the adapter of ``source`` into its base and write a verified HF checkpoint.
 
     Args:
-        source: a run directory, an adapter directory, or a resolved :class:`AdapterSource`.
+        source: a run directory, an adapter directory, or a resolved :class:`Artifact`.
         out: output directory; written atomically, published only after verification passes.
         dtype: ``auto`` (default: the base checkpoint's dtype), ``bf16``, ``fp16`` or ``fp32``.
         verify: reload the output with stock transformers and compare it with the unmerged
@@ -153,22 +145,22 @@ def merge(
         UserInputError: bad input or a method that cannot be merged (exit 2).
         WorkFailed: NaN in the merged weights, or verification failed (exit 1).
     """
-    src = source if isinstance(source, AdapterSource) else resolve_source(source)
+    src = source if isinstance(source, Artifact) else resolve_source(source)
     require_mergeable(src)
     out = check_output_path(out, src)
     out_dtype = resolve_out_dtype(dtype, src)
     ref = reference_for(src, probe) if verify else None
-    merged, tokenizer = load_merged(src, out_dtype)
+    loaded = load_merged(src, out_dtype)
     result = MergeResult(
         out=out,
         method=src.method,
         dtype=dtype_label(out_dtype),
-        base=base_identity(src.base_model, merged),
+        base=loaded.base_identity,
         adapter=adapter_identity(src),
     )
     with atomic_dir(out) as tmp:
-        save_checkpoint(merged, tokenizer, tmp)
-        del merged
+        save_checkpoint(loaded.model, loaded.tokenizer, tmp)
+        del loaded
         if ref is not None:
             result.verification = verify_checkpoint(tmp, ref, out_dtype, src.quantized_base)
             if not result.verification.passed:
