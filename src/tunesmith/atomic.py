@@ -8,6 +8,7 @@ a sibling temp path guarantees.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -27,6 +28,22 @@ def _public_mode(path: Path, directory: bool) -> None:
     # mkstemp/mkdtemp create 0600/0700 entries; give outputs the permissions an ordinary
     # open()/mkdir() would, so exported models are not private to the writing user.
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+@contextlib.contextmanager
+def _disk_full_is_a_failure(target: Path) -> Iterator[None]:
+    """A full disk mid-write: one clear failure (the temp path is removed by the caller)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        from tunesmith.errors import WorkFailed
+
+        raise WorkFailed(
+            f"the disk filled up while writing {target}; nothing was written there. "
+            "Free some space and run again"
+        ) from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -68,7 +85,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        with _disk_full_is_a_failure(target):
+            yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         _public_mode(tmp_path, directory=False)
@@ -110,7 +128,8 @@ def atomic_dir(target: str | os.PathLike[str], overwrite: bool = True) -> Iterat
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        yield tmp
+        with _disk_full_is_a_failure(target):
+            yield tmp
         _public_mode(tmp, directory=True)
         if target.exists():
             if not overwrite:

@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
             description=(mod.__doc__ or mod.HELP).strip(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+        # SUPPRESS: without it the subcommand's default would reset `tunesmith --debug CMD`.
+        p.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks"
+        )
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -13,8 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.atomic import atomic_dir, atomic_path
+from tunesmith.disk import check_free_disk
 from tunesmith.errors import ConfigError, UserInputError, WorkFailed
-from tunesmith.export.gguf_writer import GGUF_TYPES, check_architecture, write_gguf
+from tunesmith.export.gguf_writer import (
+    GGUF_BYTES_PER_PARAM,
+    GGUF_TYPES,
+    check_architecture,
+    write_gguf,
+)
 from tunesmith.export.merge import MergeResult, check_output_path, merge, reference_for
 from tunesmith.export.source import require_mergeable, resolve_source
 from tunesmith.export.verify import (
@@ -72,6 +78,8 @@ def export_peft(
 
     ref = reference_for(source, probe) if verify else None
     report = None
+    size = sum(p.stat().st_size for p in source.dir.iterdir() if p.is_file())
+    check_free_disk(out.parent, 2 * size, "adapter")  # the adapter and, at most, a tokenizer
     with atomic_dir(out) as tmp:
         _copy_adapter(source, tmp)
         base = load_base(source, dtype=torch.float32)  # QLoRA: the 4-bit base it trained on
@@ -126,6 +134,8 @@ def export_gguf(
     ref = reference_for(source, probe) if verify else None
     # Merging in fp32 rounds once, into the GGUF type, instead of twice.
     merged = load_merged(source, torch.float32)
+    n_params = sum(p.numel() for p in merged.model.parameters())
+    check_free_disk(out.parent, int(n_params * GGUF_BYTES_PER_PARAM[gguf_type]), "GGUF file")
     report = None
     with atomic_path(out) as tmp:
         name = f"{source.base_model} + {source.method}"

@@ -24,6 +24,8 @@ from typing import Any
 from tunesmith.errors import UserInputError
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+# File bytes per weight of each type (q8_0: 32 int8 values and one f16 scale per block).
+GGUF_BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
 ARCHITECTURES = ("llama", "qwen2")
 
 # tokenizers' pre-tokenizer shapes -> llama.cpp's ``tokenizer.ggml.pre`` names.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.atomic import atomic_dir, write_json
+from tunesmith.disk import check_free_disk
 from tunesmith.errors import UserInputError
 from tunesmith.export.dtypes import checkpoint_dtype, dtype_label, torch_dtype
 from tunesmith.export.source import require_mergeable, resolve_source
@@ -158,6 +159,8 @@ def merge(
         base=loaded.base_identity,
         adapter=adapter_identity(src),
     )
+    n_bytes = sum(p.numel() for p in loaded.model.parameters()) * out_dtype.itemsize
+    check_free_disk(out.parent, n_bytes, "merged model")
     with atomic_dir(out) as tmp:
         save_checkpoint(loaded.model, loaded.tokenizer, tmp)
         del loaded

@@ -9,31 +9,25 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tunesmith import disk
 from tunesmith.config import TrainConfig
-from tunesmith.errors import ConfigError, UserInputError, WorkFailed
+from tunesmith.disk import free_disk_bytes, nearest_existing  # noqa: F401  (re-exported)
+from tunesmith.errors import ConfigError, UserInputError
 
 # Methods whose insertion points `--target` chooses (the others sit at fixed positions).
 TARGETED_METHODS = ("lora", "qlora", "dora", "rslora")
 # Share of a CUDA device this process may allocate: an OOM then raises inside the step (where
 # the loop can retry with a smaller micro-batch) instead of starving the driver or neighbours.
 CUDA_MEMORY_FRACTION = 0.95
-# Bytes kept free on disk beyond a save's own size (filesystem metadata, temp files, logs).
-DISK_MARGIN_BYTES = 64 * 1024**2
 GIB = 1024**3
 
 
 # -- paths ----------------------------------------------------------------------------------
-def nearest_existing(path: Path) -> Path:
-    """``path`` itself or its closest ancestor that exists (a run dir is made on demand)."""
-    return next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
-
-
 def check_paths(cfg: TrainConfig) -> None:
     """Data files exist and are files; the run directory can be created where asked."""
     for key, files in (("data", cfg.data), ("eval-data", [cfg.eval_data] if cfg.eval_data else [])):
@@ -196,31 +190,14 @@ def free_memory(device: torch.device) -> None:
 
 
 # -- disk -----------------------------------------------------------------------------------
-def free_disk_bytes(path: Path) -> int:
-    """Free bytes on the filesystem that holds ``path`` (or its nearest existing parent)."""
-    return shutil.disk_usage(nearest_existing(path)).free
-
-
 def check_free_disk(path: Path, needed_bytes: int, what: str, resumable: bool = True) -> None:
-    """Refuse a save that would fill the disk, before writing a byte of it.
+    """:func:`tunesmith.disk.check_free_disk` for a run's saves.
 
-    Raises:
-        WorkFailed: fewer than ``needed_bytes`` plus a margin are free; earlier checkpoints
-            are untouched, so the run can be resumed once space is freed (``resumable``:
-            there is a checkpoint to resume from, which the message then says).
+    ``resumable``: earlier checkpoints exist, so the message says the run can be resumed
+    once space is freed.
     """
-    free = free_disk_bytes(path)
-    if free < needed_bytes + DISK_MARGIN_BYTES:
-        raise WorkFailed(
-            f"not enough free disk to save the {what} in {path}: it needs about "
-            f"{(needed_bytes + DISK_MARGIN_BYTES) / 1024**2:.0f} MiB, {free / 1024**2:.0f} MiB "
-            "are free. "
-            + (
-                "Free some space, then continue with --resume (earlier checkpoints are kept)"
-                if resumable
-                else "Free some space and run again"
-            )
-        )
+    advice = "Free some space, then continue with --resume (earlier checkpoints are kept)"
+    disk.check_free_disk(path, needed_bytes, what, advice if resumable else "")
 
 
 def tensor_bytes(tensors) -> int:
