@@ -186,14 +186,14 @@ def load_for_training(cfg: TrainConfig, device: torch.device, checkpointing: boo
     args.extra["gradient_checkpointing"] = checkpointing
     if checkpointing and spec.gradient_checkpointing and not spec.quantized_base:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if spec.name in ("lora", "qlora", "dora", "rslora"):  # the others sit at fixed positions
+    if spec.targets_modules:  # the others sit at fixed positions
         check_targets_exist(model, args.target)
     if qconf is None:
         model.to(device)
     model = spec.apply(model, args)
     install_cpu_fast_paths(model, device)  # hand-fused dropout, RMSNorm and attention on CPU
     # Autocast: methods with fp32 master weights (full, freeze) and LoRA adapters (train/speed.py).
-    mixed = trains_base or adapter_autocast(spec.name, precision)
+    mixed = trains_base or adapter_autocast(spec, precision)
     autocast = torch_dtype(precision) if (mixed and precision != "fp32") else None
     return model, tok, src, spec, precision, autocast
 
@@ -336,7 +336,7 @@ def run_training(
         if cfg.packing:
             from tunesmith.data.packing import check_packable, pack_examples
 
-            check_packable(model, kv_prefix=not spec.gradient_checkpointing)
+            check_packable(model, kv_prefix=spec.kv_prefix)
             n_examples = len(train_ex)
             # From here on a training "example" is a packed row of up to seq-len tokens.
             train_ex = pack_examples(train_ex, cfg.seq_len)
@@ -385,10 +385,8 @@ def run_training(
         seed=cfg.seed,
         autocast_dtype=autocast,
         on_nan=cfg.on_nan,
-        keep_input_dtype=adapter_autocast(cfg.method, precision),
-        **pass_settings(
-            model, device, kv_prefix=not spec.gradient_checkpointing, packed_rows=cfg.packing
-        ),
+        keep_input_dtype=adapter_autocast(spec, precision),
+        **pass_settings(model, device, kv_prefix=spec.kv_prefix, packed_rows=cfg.packing),
     )
     dist.barrier()  # the other ranks wait for rank 0's base evaluation
     loop = TrainLoop(
