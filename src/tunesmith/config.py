@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunesmith.errors import ConfigError, UserInputError
+from tunesmith.methods.base import BUILTIN_METHODS, is_method, method_names
 
 
 def _kebab(name: str) -> str:
@@ -41,7 +42,12 @@ class TrainConfig(BaseModel):
         None,
         description="held-out eval file; default: split from --data (demo: its own held-out set)",
     )
-    method: str = Field("lora", description="PEFT method (see `tunesmith methods`)")
+    method: str = Field(
+        "lora",
+        description="PEFT method: "
+        + ", ".join(BUILTIN_METHODS)
+        + " or another registered one (see `tunesmith methods`)",
+    )
     target: str = Field(
         "attn-qv",
         description="target modules: preset attn-qv|attn|mlp|all-linear, or a comma list of module names",
@@ -146,8 +152,6 @@ class TrainConfig(BaseModel):
     def _registered_method(cls, v: str) -> str:
         # The choices are the method registry's (a method registered by a plugin or a test is
         # accepted); a built-in name is checked without importing torch and peft.
-        from tunesmith.methods.base import is_method, method_names
-
         if not is_method(v):
             raise ValueError("one of " + ", ".join(method_names()))
         return v

@@ -3,7 +3,9 @@
 In the unified view every method adds a small function f(x) beside a frozen layer; methods
 differ in f's *form*, its *position* (attention, FFN, keys/values, embeddings), whether it
 is inserted *serially* or in *parallel*, and how its output is *composed* (add, scaled add,
-gate). A :class:`MethodSpec` records exactly that plus how to apply the method to a model.
+gate). A :class:`MethodSpec` records exactly that, how to apply the method to a model, its
+parameter formulas and every capability the rest of tunesmith asks about; the registry is the
+only place that knows which methods exist.
 """
 
 from __future__ import annotations
