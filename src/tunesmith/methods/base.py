@@ -168,6 +168,8 @@ def is_method(name: str) -> bool:
 
 def get_method(name: str) -> MethodSpec:
     """The spec of ``--method name``; an unknown name is a :class:`ConfigError`."""
+    if name in _REGISTRY:  # the planner's grid search asks thousands of times
+        return _REGISTRY[name]
     load_all()
     try:
         return _REGISTRY[name]

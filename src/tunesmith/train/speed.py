@@ -26,8 +26,12 @@ Both were measured on the demo (SmolLM2-135M, LoRA q/v, batch 8 of ~75-token rec
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from tunesmith.methods.base import MethodSpec
 
 EAGER_MAX_SEQ_LEN = 512  # above this the s^2 probabilities cost more memory than eager saves time
 CPU_PASS_OVERHEAD_TOKENS = 32.0  # measured: 16 and 48 were equally fast, 128 lost the gain
@@ -106,7 +110,7 @@ def pass_settings(
     }
 
 
-def adapter_autocast(method, precision: str) -> bool:
+def adapter_autocast(method: MethodSpec | str, precision: str) -> bool:
     """Run LoRA adapters in the compute dtype (fp32 master weights, bf16 math) instead of fp32.
 
     ``method`` is a :class:`~tunesmith.methods.base.MethodSpec` or a registered name; only
