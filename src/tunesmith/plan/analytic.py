@@ -187,11 +187,6 @@ def activation_bytes_per_element(settings: StepSettings) -> int:
 
 def _lora_saved_inputs(shape: ModelShape, settings: StepSettings) -> int:
     """Bytes per token that LoRA branches save for their weight gradients."""
-    widths = {
-        "q_proj": shape.hidden, "k_proj": shape.hidden, "v_proj": shape.hidden,
-        "o_proj": shape.heads * shape.head_dim, "gate_proj": shape.hidden,
-        "up_proj": shape.hidden, "down_proj": shape.intermediate,
-    }  # fmt: skip
     # Targets reading the same tensor: q/k/v read the attention norm's output, gate/up the
     # MLP norm's output.
     source = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "gate_proj": "mlp",
@@ -199,7 +194,7 @@ def _lora_saved_inputs(shape: ModelShape, settings: StepSettings) -> int:
     shared: set[str] = set()
     total = 0
     for name in settings.targets:
-        d_in = widths.get(name, shape.hidden)
+        d_in = shape.target_shapes((name,))[0][0]  # the branch reads the linear's input
         total += 4 * settings.rank  # lora_A's output, saved for lora_B's gradient
         if settings.dropout > 0:
             # peft applies a separate nn.Dropout per target: its output (fp32 after the cast
