@@ -98,6 +98,10 @@ def method_rows(model_config: Any = None, args: Any = None) -> list[dict[str, An
             "mergeable": spec.mergeable,
             "quantized_base": spec.quantized_base,
             "peft_format": spec.peft_format,
+            "trains_base_weights": spec.trains_base_weights,
+            "targets_modules": spec.targets_modules,
+            "kv_prefix": spec.kv_prefix,
+            "default_lr": spec.default_lr,
         }
         if model_config is not None:
             n = int(spec.count_trainable(model_config, args))
