@@ -30,13 +30,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from tunesmith.methods.base import MethodArgs  # noqa: E402
+from tunesmith.methods.base import MethodArgs, get_method  # noqa: E402
 from tunesmith.plan.analytic import StepSettings, step_terms  # noqa: E402
 from tunesmith.plan.configs import bundled_config  # noqa: E402
 from tunesmith.plan.livebytes import profiled_cpu_peak  # noqa: E402
-from tunesmith.plan.shapes import model_shape  # noqa: E402
 from tunesmith.plan.trace import build_model, run_step, traced_estimate  # noqa: E402
-from tunesmith.plan.trainable import count_tensors, count_trainable  # noqa: E402
+from tunesmith.shape import model_shape  # noqa: E402
 
 GIB = 1024**3
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -49,8 +48,9 @@ def predicted(cfg, method, b, s, gc_on, *, device="cuda", foreach=True, precisio
         gradient_checkpointing=gc_on, targets=TARGETS, dropout=0.0, foreach=foreach,
         device=device, master_fp32=False,  # the benchmark trains full FT in pure bf16
     )  # fmt: skip
-    n = count_trainable(method, cfg, shape, args)
-    return step_terms(shape, settings, n, count_tensors(method, shape, args))
+    spec = get_method(method)
+    n = spec.count_trainable(cfg, args)
+    return step_terms(shape, settings, n, spec.count_tensors(cfg, args))
 
 
 def hf_model(method, ckpt_dir, device):

@@ -16,11 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunesmith.errors import ConfigError, UserInputError
-
-METHODS = (
-    "lora", "qlora", "dora", "rslora", "houlsby", "pfeiffer", "parallel",
-    "prefix", "prompt", "ia3", "mam", "freeze", "full",
-)  # fmt: skip
+from tunesmith.methods.base import BUILTIN_METHODS, is_method, method_names
 
 
 def _kebab(name: str) -> str:
@@ -50,7 +46,12 @@ class TrainConfig(BaseModel):
         None,
         description="held-out eval file; default: split from --data (demo: its own held-out set)",
     )
-    method: Literal[METHODS] = Field("lora", description="PEFT method (see `tunesmith methods`)")  # type: ignore[valid-type]
+    method: str = Field(
+        "lora",
+        description="PEFT method: "
+        + ", ".join(BUILTIN_METHODS)
+        + " or another registered one (see `tunesmith methods`)",
+    )
     target: str = Field(
         "attn-qv",
         description="target modules: preset attn-qv|attn|mlp|all-linear, or a comma list of module names",
@@ -149,6 +150,15 @@ class TrainConfig(BaseModel):
     )
     overwrite: bool = Field(False, description="replace an existing --output directory")
     force: bool = Field(False, description="train even when the memory plan says it will not fit")
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, v: str) -> str:
+        # The choices are the method registry's (a method registered by a plugin or a test is
+        # accepted); a built-in name is checked without importing torch and peft.
+        if not is_method(v):
+            raise ValueError("one of " + ", ".join(method_names()))
+        return v
 
     @field_validator("data", mode="before")
     @classmethod

@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from tunesmith.cli import main
-from tunesmith.compare import DEFAULT_LR
-from tunesmith.config import METHODS
+from tunesmith.methods import get_method, method_names
 
 pytestmark = pytest.mark.xdist_group("compare-e2e")
 
@@ -112,7 +111,7 @@ def test_every_method_saw_the_same_examples_with_its_own_lr(compared):
     shared = out / "lora" / "data" / "train.jsonl"  # freeze failed first: lora cleaned the data
     for m in ("lora", "full"):
         cfg = yaml.safe_load((out / m / "config.yaml").read_text())
-        assert cfg["lr"] == rows[m]["lr"] == DEFAULT_LR[m]
+        assert cfg["lr"] == rows[m]["lr"] == get_method(m).default_lr
         if m != "lora":
             assert cfg["data"] == [str(shared)]
             assert cfg["eval-data"] == str(out / "lora" / "data" / "train.eval.jsonl")
@@ -154,7 +153,7 @@ def test_unknown_method_exits_2_before_training(tmp_path, capsys):
     code = main(["compare", "--methods", "lora,loraa", "--output", str(out)])
     assert code == 2
     err = capsys.readouterr().err
-    assert "loraa" in err and all(m in err for m in METHODS)
+    assert "loraa" in err and all(m in err for m in method_names())
     assert not out.exists()
 
 

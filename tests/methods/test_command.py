@@ -22,6 +22,11 @@ def test_json_lists_every_method_with_its_unified_view(capsys):
     assert by_name["prompt"]["position"] == "embeddings"
     assert {r["name"] for r in rows if r["mergeable"]} == {"lora", "qlora", "dora", "rslora", "ia3"}
     assert "trainable" not in by_name["lora"]
+    # the capabilities other commands read from the spec
+    assert {r["name"] for r in rows if r["trains_base_weights"]} == {"freeze", "full"}
+    assert {r["name"] for r in rows if r["kv_prefix"]} == {"prefix", "prompt", "mam"}
+    assert {r["name"] for r in rows if r["targets_modules"]} == {"lora", "qlora", "dora", "rslora"}
+    assert all(r["default_lr"] > 0 for r in rows)
 
 
 def test_counts_for_the_embedded_model_match_hand_computed_values(capsys):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tunesmith.methods import MethodArgs, get_method, method_names
-from tunesmith.methods.geometry import SMOLLM2_135M, geometry
+from tunesmith.plan.configs import load_model_config
+from tunesmith.shape import model_shape
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
@@ -26,7 +27,8 @@ def test_formulas_match_the_embedded_model():
         model, _, _ = load_model_and_tokenizer(
             "embedded", dtype=torch.float32, quantization_config=qconf
         )
-        assert geometry(model.config) == geometry(SMOLLM2_135M)  # the table's built-in config
+        # the planner's bundled config of the embedded model has its shape
+        assert model_shape(model.config) == model_shape(load_model_config("embedded"))
         model = spec.apply(model, args)
         counted[name] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert counted[name] == spec.count_trainable(model.config, args), name

@@ -108,8 +108,10 @@ def test_every_method_is_registered():
 @pytest.mark.parametrize("method", METHODS)
 def test_trainable_count_equals_formula(method, arch, dirs):
     model = applied(method, arch, dirs)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == get_method(method).count_trainable(model.config, ARGS) > 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    spec = get_method(method)
+    assert sum(p.numel() for p in params) == spec.count_trainable(model.config, ARGS) > 0
+    assert len(params) == spec.count_tensors(model.config, ARGS)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.tiny import make_tiny_model
-from tunesmith.methods.base import MethodArgs
+from tunesmith.methods.base import MethodArgs, get_method
 from tunesmith.plan.analytic import (
     NF4_BITS_PER_PARAM,
     StepSettings,
@@ -17,9 +17,8 @@ from tunesmith.plan.analytic import (
     weight_bytes,
 )
 from tunesmith.plan.configs import bundled_config
-from tunesmith.plan.shapes import model_shape
 from tunesmith.plan.trace import traced_estimate
-from tunesmith.plan.trainable import count_tensors, count_trainable
+from tunesmith.shape import model_shape
 
 
 def test_nf4_double_quant_bits_match_bitsandbytes():
@@ -58,8 +57,6 @@ def _state_bytes(opt) -> int:
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_optimizer_bytes_exact_after_one_real_adamw_step(method):
-    from tunesmith.methods.base import get_method
-
     model = make_tiny_model("llama")
     if method == "lora":
         model = get_method("lora").apply(model, MethodArgs())
@@ -70,10 +67,9 @@ def test_optimizer_bytes_exact_after_one_real_adamw_step(method):
     opt.step()
     n = sum(p.numel() for p in params)
     assert _state_bytes(opt) == optimizer_bytes(n, len(params), 4, "adamw")
-    cfg = model.config
-    shape, args = model_shape(cfg), MethodArgs()
-    assert count_trainable(method, cfg, shape, args) == n
-    assert count_tensors(method, shape, args) == len(params)
+    spec, args = get_method(method), MethodArgs()
+    assert spec.count_trainable(model.config, args) == n
+    assert spec.count_tensors(model.config, args) == len(params)
 
 
 def test_eight_bit_adamw_is_about_a_quarter():
@@ -115,11 +111,9 @@ def test_analytic_step_matches_traced_step(arch, method, targets, gc, attn, b, s
         method=method, batch_size=b, seq_len=s, gradient_checkpointing=gc, attn=attn,
         targets=args.target, dropout=0.0, foreach=False, master_fp32=False,
     )  # fmt: skip
+    spec = get_method(method)
     terms = step_terms(
-        shape,
-        settings,
-        count_trainable(method, cfg, shape, args),
-        count_tensors(method, shape, args),
+        shape, settings, spec.count_trainable(cfg, args), spec.count_tensors(cfg, args)
     )
     traced = traced_estimate(
         cfg, method, batch_size=b, seq_len=s, gradient_checkpointing=gc, attn=attn, args=args
@@ -216,11 +210,9 @@ def test_qlora_analytic_matches_real_bitsandbytes_step_on_cpu(tmp_path, gc):
         "qlora", 2, 128, gradient_checkpointing=gc, targets=ALL, dropout=0.0, foreach=False,
         device="cpu",
     )  # fmt: skip
+    lora = get_method("lora")
     terms = step_terms(
-        shape,
-        settings,
-        count_trainable("lora", cfg, shape, args),
-        count_tensors("lora", shape, args),
+        shape, settings, lora.count_trainable(cfg, args), lora.count_tensors(cfg, args)
     )
     assert terms.allocated == pytest.approx(measured, rel=0.05)
 

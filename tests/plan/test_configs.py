@@ -8,7 +8,7 @@ import pytest
 
 from tunesmith.errors import UserInputError
 from tunesmith.plan.configs import BUNDLED, bundled_config, load_model_config
-from tunesmith.plan.shapes import _from_meta, model_shape
+from tunesmith.shape import _from_meta, model_shape
 
 # Totals published on the model cards (rounded there; exact here from the configs).
 PUBLISHED = {

@@ -4,13 +4,14 @@ import pytest
 
 from tunesmith.errors import ConfigError
 from tunesmith.plan import plan
-from tunesmith.plan.shapes import ModelShape
 from tunesmith.plan.sharding import gathered_bytes, shard_terms
+from tunesmith.shape import ModelShape
 
 SHAPE = ModelShape(
     model_type="llama", hidden=64, intermediate=128, layers=4, heads=4, kv_heads=2,
-    head_dim=16, vocab=100, tied=False, linear_params=4000, embed_params=500,
-    lm_head_params=500, other_params=400,
+    head_dim=16, vocab=100, tied=False, block_linears={}, block_params=1084, block_tensors=9,
+    final_norm_params=64, final_norm_tensors=1, linear_params=4000, embed_params=500,
+    lm_head_params=500, other_params=400, tensors=39,
 )  # fmt: skip
 TERMS = {"weights": 5400 * 2, "trainable": 800, "gradients": 1200, "optimizer": 1600}
 

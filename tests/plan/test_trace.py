@@ -83,15 +83,15 @@ def test_excluded_tensors_are_never_charged():
 
 
 def test_full_size_8b_step_traces_without_memory():
+    from tunesmith.methods import get_method
     from tunesmith.plan.configs import bundled_config
-    from tunesmith.plan.shapes import model_shape
-    from tunesmith.plan.trainable import count_trainable
+    from tunesmith.shape import model_shape
 
     cfg = bundled_config("llama-3.1-8b")
     args = MethodArgs()
     r = traced_estimate(cfg, "lora", batch_size=1, seq_len=128, args=args)
     shape = model_shape(cfg)
-    n = count_trainable("lora", cfg, shape, args)
+    n = get_method("lora").count_trainable(cfg, args)
     # bf16 base + fp32 adapters; the rest: rotary inv_freq and original_inv_freq (fp32, d/2).
     assert r.static_bytes - (2 * shape.total_params + 4 * n) == 2 * 4 * 64
     assert r.optimizer_bytes == 2 * 4 * n + 4 * 2 * 2 * 32

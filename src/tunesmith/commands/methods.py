@@ -64,10 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_config(spec: str) -> Any:
     """A config object from ``embedded-size``, a config.json file or a model directory."""
-    from tunesmith.methods.geometry import SMOLLM2_135M
-
     if spec == EMBEDDED_SIZE:
-        return SMOLLM2_135M
+        from tunesmith.plan.configs import load_model_config as planner_config
+
+        return planner_config("embedded")
     path = Path(spec)
     if path.is_dir():
         path = path / "config.json"
@@ -87,9 +87,9 @@ def load_model_config(spec: str) -> Any:
 def method_rows(model_config: Any = None, args: Any = None) -> list[dict[str, Any]]:
     """One dict per method: its unified view, formula and, given a config, its counts."""
     from tunesmith.methods import get_method, method_names
-    from tunesmith.methods.geometry import model_params
+    from tunesmith.shape import model_shape
 
-    total = model_params(model_config) if model_config is not None else None
+    total = model_shape(model_config).total_params if model_config is not None else None
     rows = []
     for name in method_names():
         spec = get_method(name)
@@ -105,6 +105,10 @@ def method_rows(model_config: Any = None, args: Any = None) -> list[dict[str, An
             "mergeable": spec.mergeable,
             "quantized_base": spec.quantized_base,
             "peft_format": spec.peft_format,
+            "trains_base_weights": spec.trains_base_weights,
+            "targets_modules": spec.targets_modules,
+            "kv_prefix": spec.kv_prefix,
+            "default_lr": spec.default_lr,
         }
         if model_config is not None:
             n = int(spec.count_trainable(model_config, args))

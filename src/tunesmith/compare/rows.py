@@ -145,6 +145,6 @@ def base_param_count(method: str, result: Any) -> int | None:
     spec = get_method(method)
     if spec.quantized_base:
         return None
-    if spec.peft_format:
-        return result.total_params - result.trainable_params
-    return result.total_params
+    if spec.trains_base_weights:
+        return result.total_params
+    return result.total_params - result.trainable_params

@@ -34,7 +34,7 @@ from tunesmith.compare.rows import (
     row_from_run,
     task_metric_name,
 )
-from tunesmith.config import METHODS, TrainConfig, make_config
+from tunesmith.config import TrainConfig, make_config
 from tunesmith.errors import ConfigError, UserInputError
 from tunesmith.train.loop import Interrupted
 
@@ -75,10 +75,12 @@ def parse_methods(methods: str | Sequence[str]) -> list[str]:
     """
     items = [methods] if isinstance(methods, str) else list(methods)
     names = list(dict.fromkeys(m.strip() for item in items for m in item.split(",") if m.strip()))
-    unknown = [m for m in names if m not in METHODS]
+    from tunesmith.methods.base import is_method, method_names
+
+    unknown = [m for m in names if not is_method(m)]
     if unknown or not names:
         raise ConfigError(
-            "methods", ",".join(unknown) or "", "a comma list of " + ", ".join(METHODS)
+            "methods", ",".join(unknown) or "", "a comma list of " + ", ".join(method_names())
         )
     return names
 

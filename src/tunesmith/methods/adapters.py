@@ -11,14 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from tunesmith.methods.base import MethodArgs
-from tunesmith.methods.geometry import geometry
 from tunesmith.methods.targets import position_modules
 from tunesmith.methods.tuners.bottleneck import BottleneckConfig  # registers PeftType.BOTTLENECK
+from tunesmith.shape import model_shape
 
 
 def adapter_params(model_config: Any, bottleneck: int) -> int:
     """One adapter d -> m -> d with biases: 2·d·m + m + d."""
-    d = geometry(model_config).hidden
+    d = model_shape(model_config).hidden
     return 2 * d * bottleneck + bottleneck + d
 
 
@@ -42,8 +42,8 @@ def apply_bottleneck(
 
 def bottleneck_builders(
     *, roles: tuple[str, ...], insertion: str, variant: str, scale: float | None
-) -> tuple[Callable[..., Any], Callable[[Any, MethodArgs], int]]:
-    """``(apply, count_trainable)`` of a bottleneck method.
+) -> dict[str, Callable[..., Any]]:
+    """``apply``, ``count_trainable`` and ``count_tensors`` of a bottleneck method (spec fields).
 
     Args:
         roles: insertion points (:func:`position_modules` roles), one adapter each per block.
@@ -59,7 +59,16 @@ def bottleneck_builders(
         )
 
     def count(model_config: Any, args: MethodArgs) -> int:
-        layers = geometry(model_config).layers
+        layers = model_shape(model_config).layers
         return len(roles) * layers * adapter_params(model_config, args.bottleneck)
 
-    return apply, count
+    def tensors(model_config: Any, args: MethodArgs) -> int:
+        # down and up projection, weight and bias each, per adapter
+        return 4 * len(roles) * model_shape(model_config).layers
+
+    return dict(apply=apply, count_trainable=count, count_tensors=tensors)
+
+
+# Bottleneck adapters train at ~1e-3 (Houlsby et al. 2019; Pfeiffer et al. 2021; He et al. 2022
+# use 1e-4..1e-3).
+ADAPTER_LR = 1e-3

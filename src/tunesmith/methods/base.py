@@ -3,13 +3,16 @@
 In the unified view every method adds a small function f(x) beside a frozen layer; methods
 differ in f's *form*, its *position* (attention, FFN, keys/values, embeddings), whether it
 is inserted *serially* or in *parallel*, and how its output is *composed* (add, scaled add,
-gate). A :class:`MethodSpec` records exactly that plus how to apply the method to a model.
+gate). A :class:`MethodSpec` records exactly that, how to apply the method to a model, its
+parameter formulas and every capability the rest of tunesmith asks about; the registry is the
+only place that knows which methods exist.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +47,10 @@ class MethodArgs:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered PEFT method.
+    """A registered PEFT method: everything the rest of tunesmith asks about it.
+
+    Other modules never match method names; they read these fields (a new method is one module
+    that registers one spec).
 
     Attributes:
         name: the ``--method`` value.
@@ -54,13 +60,34 @@ class MethodSpec:
         param_formula: human-readable trainable-parameter formula.
         apply: ``(model, MethodArgs) -> model`` making only the method's parameters trainable
             (returns a ``peft.PeftModel`` for PEFT-format methods).
-        count_trainable: ``(model_config, MethodArgs) -> int``, the formula as code; tests
-            check it against the applied model.
+        count_trainable: ``(model_config, MethodArgs) -> int``, the formula as code; the
+            planner and ``tunesmith methods`` call it, tests pin it to the applied model.
+        count_tensors: ``(model_config, MethodArgs) -> int``, how many trainable tensors the
+            method creates (optimizers keep per-tensor state such as AdamW's ``step``).
         mergeable: whether ``merge`` can fold it into the base weights.
-        quantized_base: whether the base is loaded in 4-bit (QLoRA).
+        quantized_base: whether the base is loaded in 4-bit (QLoRA): the loader quantizes it,
+            the planner counts NF4 weights and the fp32 activations of k-bit training.
         peft_format: whether the result saves as a PEFT adapter directory.
         gradient_checkpointing: whether training may use activation checkpointing (prefix-style
             methods carry their keys/values in the KV cache, which checkpointed layers drop).
+        trains_base_weights: the optimizer updates base weights in place (full, freeze): the
+            trainer keeps fp32 master weights under autocast, and the planner counts their
+            gradients, optimizer state and the activations their weight gradients need.
+        trains_lm_head: the output projection trains too (full): the planner adds its gradient.
+        targets_modules: the method sits at the modules ``--target`` names (the LoRA family);
+            the others sit at positions fixed by the method, and ``--target`` is ignored.
+        lora_branches: a low-rank branch beside each targeted linear saves its (dropout) input
+            and its rank-r intermediate for the backward; the planner counts them.
+        kv_prefix: virtual tokens or keys/values are put in front of every row (prefix,
+            prompt, MAM), shared by all examples of a packed row: packing is refused.
+        autocast_adapters: the adapters run the plain ``B(A(dropout(x)))·scale`` forward, safe
+            to compute in bf16 under autocast with peft's fp32 input cast off.
+        default_lr: the peak learning rate ``compare`` uses when the user sets none (None: the
+            config's ``lr`` default).
+        cheaper_alternatives: ``(method name, relative step time)`` the planner's recommender
+            may switch to when this method does not fit (e.g. full -> LoRA -> QLoRA).
+        traced_as: the method whose builder the planner's traced step applies instead of this
+            one (QLoRA needs a 4-bit base, which fake tensors cannot hold: traced as LoRA).
     """
 
     name: str
@@ -70,22 +97,31 @@ class MethodSpec:
     param_formula: str
     apply: Callable[[nn.Module, MethodArgs], nn.Module]
     count_trainable: Callable[[Any, MethodArgs], int]
+    count_tensors: Callable[[Any, MethodArgs], int]
     mergeable: bool = False
     quantized_base: bool = False
     peft_format: bool = True
     gradient_checkpointing: bool = True
+    trains_base_weights: bool = False
+    trains_lm_head: bool = False
+    targets_modules: bool = False
+    lora_branches: bool = False
+    kv_prefix: bool = False
+    autocast_adapters: bool = False
+    default_lr: float | None = None
+    cheaper_alternatives: tuple[tuple[str, float], ...] = ()
+    traced_as: str | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
-# Modules that register methods; imported lazily so `tunesmith --help` stays fast.
-METHOD_MODULES: tuple[str, ...] = tuple(
-    f"tunesmith.methods.{name}"
-    for name in (
-        "lora", "qlora", "dora", "rslora", "houlsby", "pfeiffer", "parallel", "prefix", "prompt",
-        "ia3", "mam", "freeze", "full",
-    )
+# The built-in methods, each registered by the module of the same name; imported lazily so
+# `tunesmith --help` stays fast.
+BUILTIN_METHODS: tuple[str, ...] = (
+    "lora", "qlora", "dora", "rslora", "houlsby", "pfeiffer", "parallel", "prefix", "prompt",
+    "ia3", "mam", "freeze", "full",
 )  # fmt: skip
+METHOD_MODULES: tuple[str, ...] = tuple(f"tunesmith.methods.{name}" for name in BUILTIN_METHODS)
 
 
 def register(spec: MethodSpec) -> MethodSpec:
@@ -94,6 +130,22 @@ def register(spec: MethodSpec) -> MethodSpec:
         raise ValueError(f"PEFT method {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def unregister(name: str) -> MethodSpec:
+    """Remove a registered method (for tests and plugins that register one temporarily)."""
+    return _REGISTRY.pop(name)
+
+
+@contextlib.contextmanager
+def registered(spec: MethodSpec) -> Iterator[MethodSpec]:
+    """Register ``spec`` for the duration of a ``with`` block, then remove it."""
+    load_all()  # the built-ins first, so the temporary method is listed after them
+    register(spec)
+    try:
+        yield spec
+    finally:
+        unregister(spec.name)
 
 
 def load_all() -> None:
@@ -109,8 +161,15 @@ def method_names() -> list[str]:
     return list(_REGISTRY)
 
 
+def is_method(name: str) -> bool:
+    """Whether ``name`` is a registered method; a built-in name answers without importing torch."""
+    return name in _REGISTRY or name in BUILTIN_METHODS or name in method_names()
+
+
 def get_method(name: str) -> MethodSpec:
     """The spec of ``--method name``; an unknown name is a :class:`ConfigError`."""
+    if name in _REGISTRY:  # the planner's grid search asks thousands of times
+        return _REGISTRY[name]
     load_all()
     try:
         return _REGISTRY[name]

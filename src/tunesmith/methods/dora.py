@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.lora import apply_lora, count_lora, linear_shapes
+from tunesmith.methods.lora import LORA_FAMILY, apply_lora, count_lora, linear_shapes
 
 
 def apply_dora(model, args: MethodArgs):
@@ -23,6 +23,11 @@ def count_dora(model_config: Any, args: MethodArgs) -> int:
     return count_lora(model_config, args) + sum(
         o for _, o in linear_shapes(model_config, args.target)
     )
+
+
+def count_dora_tensors(model_config: Any, args: MethodArgs) -> int:
+    # lora_A, lora_B and the magnitude vector per target per block.
+    return 3 * len(linear_shapes(model_config, args.target))
 
 
 register(
@@ -39,6 +44,8 @@ register(
         param_formula="L·Σ_targets (r·(d_in + d_out) + d_out)",
         apply=apply_dora,
         count_trainable=count_dora,
+        count_tensors=count_dora_tensors,
         mergeable=True,
+        **LORA_FAMILY,
     )
 )

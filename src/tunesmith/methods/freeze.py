@@ -14,17 +14,7 @@ from torch import nn
 
 from tunesmith.errors import ConfigError
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.geometry import block_params, geometry
-
-
-def decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module | None]:
-    """(blocks, final norm) of a decoder-only LM (Llama-style ``layers``/``norm``, GPT-2 ``h``/``ln_f``)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    blocks = getattr(decoder, "layers", None)
-    if blocks is None:
-        blocks = decoder.h
-    norm = getattr(decoder, "norm", None)
-    return blocks, norm if norm is not None else getattr(decoder, "ln_f", None)
+from tunesmith.shape import decoder_parts, model_shape
 
 
 def apply_freeze(model: nn.Module, args: MethodArgs) -> nn.Module:
@@ -42,8 +32,23 @@ def apply_freeze(model: nn.Module, args: MethodArgs) -> nn.Module:
 
 
 def count_freeze(model_config: Any, args: MethodArgs) -> int:
-    k = min(args.freeze_top_k, geometry(model_config).layers)
-    return k * block_params(model_config) + geometry(model_config).hidden
+    s = model_shape(model_config)
+    return min(args.freeze_top_k, s.layers) * s.block_params + s.final_norm_params
+
+
+def count_freeze_tensors(model_config: Any, args: MethodArgs) -> int:
+    s = model_shape(model_config)
+    return min(args.freeze_top_k, s.layers) * s.block_tensors + s.final_norm_tensors
+
+
+# The usual full fine-tuning learning rate; when the run does not fit, LoRA changes what is
+# learned (weighted 2x in the recommender's ranking) and QLoRA adds its ~1.4x on top.
+BASE_WEIGHT_TRAINING = dict(
+    peft_format=False,
+    trains_base_weights=True,
+    default_lr=5e-5,
+    cheaper_alternatives=(("lora", 2.0), ("qlora", 2.8)),
+)
 
 
 register(
@@ -60,6 +65,7 @@ register(
         param_formula="k·block + d",
         apply=apply_freeze,
         count_trainable=count_freeze,
-        peft_format=False,
+        count_tensors=count_freeze_tensors,
+        **BASE_WEIGHT_TRAINING,
     )
 )

@@ -12,7 +12,8 @@ from typing import Any
 from torch import nn
 
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.geometry import model_params
+from tunesmith.methods.freeze import BASE_WEIGHT_TRAINING
+from tunesmith.shape import model_shape
 
 
 def apply_full(model: nn.Module, args: MethodArgs) -> nn.Module:
@@ -20,7 +21,11 @@ def apply_full(model: nn.Module, args: MethodArgs) -> nn.Module:
 
 
 def count_full(model_config: Any, args: MethodArgs) -> int:
-    return model_params(model_config)
+    return model_shape(model_config).total_params
+
+
+def count_full_tensors(model_config: Any, args: MethodArgs) -> int:
+    return model_shape(model_config).tensors
 
 
 register(
@@ -34,6 +39,8 @@ register(
         param_formula="V·d·(1 + untied) + L·block + d",
         apply=apply_full,
         count_trainable=count_full,
-        peft_format=False,
+        count_tensors=count_full_tensors,
+        trains_lm_head=True,
+        **BASE_WEIGHT_TRAINING,
     )
 )

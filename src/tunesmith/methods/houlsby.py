@@ -8,10 +8,10 @@ adapted model starts equal to the base.
 
 from __future__ import annotations
 
-from tunesmith.methods.adapters import bottleneck_builders
+from tunesmith.methods.adapters import ADAPTER_LR, bottleneck_builders
 from tunesmith.methods.base import MethodSpec, UnifiedView, register
 
-apply_houlsby, count_houlsby = bottleneck_builders(
+BUILDERS = bottleneck_builders(
     roles=("attn-out", "ffn-out"), insertion="serial", variant="houlsby", scale=1.0
 )
 
@@ -27,7 +27,7 @@ register(
             composition="add",
         ),
         param_formula="2·L·(2·d·m + m + d)",
-        apply=apply_houlsby,
-        count_trainable=count_houlsby,
+        default_lr=ADAPTER_LR,
+        **BUILDERS,
     )
 )

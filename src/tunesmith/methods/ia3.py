@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.geometry import geometry, linear_shapes
 from tunesmith.methods.targets import position_modules
+from tunesmith.shape import model_shape
 
 
 def apply_ia3(model, args: MethodArgs):
@@ -29,13 +29,18 @@ def apply_ia3(model, args: MethodArgs):
 
 
 def count_ia3(model_config: Any, args: MethodArgs) -> int:
-    shapes = linear_shapes(model_config)
+    shape = model_shape(model_config)
     feedforward = position_modules("ia3-ff", model_config)
-    per_block = sum(
-        shapes[n][0] if n in feedforward else shapes[n][1]  # FFN: scales the input
-        for n in position_modules("ia3", model_config)
+    return sum(
+        i if name in feedforward else o  # FFN: scales the input
+        for name in position_modules("ia3", model_config)
+        for i, o in shape.target_shapes((name,))
     )
-    return per_block * geometry(model_config).layers
+
+
+def count_ia3_tensors(model_config: Any, args: MethodArgs) -> int:
+    """One vector per scaled module per block."""
+    return len(model_shape(model_config).target_shapes(position_modules("ia3", model_config)))
 
 
 register(
@@ -49,6 +54,8 @@ register(
         param_formula="L·(2·kv_dim + d_ff)",
         apply=apply_ia3,
         count_trainable=count_ia3,
+        count_tensors=count_ia3_tensors,
         mergeable=True,
+        default_lr=1e-2,  # as in peft's (IA)^3 examples
     )
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.geometry import target_shapes
+from tunesmith.shape import model_shape
 
 
 def lora_config(args: MethodArgs, **overrides: Any):
@@ -41,12 +41,29 @@ def apply_lora(model, args: MethodArgs, **overrides: Any):
 
 def linear_shapes(model_config: Any, names: tuple[str, ...]) -> list[tuple[int, int]]:
     """(in_features, out_features) of every targeted linear, from the config alone."""
-    return target_shapes(model_config, tuple(names))
+    return model_shape(model_config).target_shapes(names)
 
 
 def count_lora(model_config: Any, args: MethodArgs) -> int:
     """A is r x d_in, B is d_out x r, per targeted linear per block."""
     return sum(args.rank * (i + o) for i, o in linear_shapes(model_config, args.target))
+
+
+def count_lora_tensors(model_config: Any, args: MethodArgs) -> int:
+    """lora_A and lora_B per targeted linear per block."""
+    return 2 * len(linear_shapes(model_config, args.target))
+
+
+# The LoRA family's shared capabilities (see MethodSpec). Its learning rate: Hu et al. use
+# 2e-4..5e-4 on large models; on the small SmolLM2 demo with few steps 2e-3 converges fastest.
+# When it does not fit, QLoRA dequantizes every weight on every use: ~1.4x LoRA's step time
+# (Dettmers et al. 2023 and peft's bitsandbytes benchmarks).
+LORA_FAMILY = dict(
+    targets_modules=True,
+    lora_branches=True,
+    default_lr=2e-3,
+    cheaper_alternatives=(("qlora", 1.4),),
+)
 
 
 LORA_FORMULA = "L·Σ_targets r·(d_in + d_out)"
@@ -65,6 +82,9 @@ register(
         param_formula=LORA_FORMULA,
         apply=apply_lora,
         count_trainable=count_lora,
+        count_tensors=count_lora_tensors,
         mergeable=True,
+        autocast_adapters=True,
+        **LORA_FAMILY,
     )
 )

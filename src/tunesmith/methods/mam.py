@@ -14,9 +14,9 @@ from typing import Any
 
 from tunesmith.methods.adapters import adapter_params
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.geometry import geometry
 from tunesmith.methods.targets import position_modules
 from tunesmith.methods.tuners.mam import MamConfig  # registers PeftType.MAM
+from tunesmith.shape import model_shape
 
 
 def apply_mam(model, args: MethodArgs):
@@ -34,9 +34,14 @@ def apply_mam(model, args: MethodArgs):
 
 
 def count_mam(model_config: Any, args: MethodArgs) -> int:
-    g = geometry(model_config)
+    g = model_shape(model_config)
     prefix = g.layers * 2 * args.num_virtual_tokens * g.kv_dim  # keys and values per layer
     return prefix + g.layers * adapter_params(model_config, args.bottleneck)
+
+
+def count_mam_tensors(model_config: Any, args: MethodArgs) -> int:
+    # One adapter (down and up, weight and bias each) per block, and the prefix table.
+    return 4 * model_shape(model_config).layers + 1
 
 
 register(
@@ -53,6 +58,9 @@ register(
         param_formula="L·2·l·kv_dim + L·(2·d·m + m + d)",
         apply=apply_mam,
         count_trainable=count_mam,
+        count_tensors=count_mam_tensors,
         gradient_checkpointing=False,
+        kv_prefix=True,
+        default_lr=1e-3,  # He et al. 2022 train their adapters at 1e-4..1e-3
     )
 )

@@ -8,12 +8,10 @@ W_up = 0 at init, so the adapted model starts equal to the base.
 
 from __future__ import annotations
 
-from tunesmith.methods.adapters import bottleneck_builders
+from tunesmith.methods.adapters import ADAPTER_LR, bottleneck_builders
 from tunesmith.methods.base import MethodSpec, UnifiedView, register
 
-apply_parallel, count_parallel = bottleneck_builders(
-    roles=("ffn",), insertion="parallel", variant="parallel", scale=None
-)
+BUILDERS = bottleneck_builders(roles=("ffn",), insertion="parallel", variant="parallel", scale=None)
 
 register(
     MethodSpec(
@@ -27,7 +25,7 @@ register(
             composition="scaled add",
         ),
         param_formula="L·(2·d·m + m + d)",
-        apply=apply_parallel,
-        count_trainable=count_parallel,
+        default_lr=ADAPTER_LR,
+        **BUILDERS,
     )
 )

@@ -8,10 +8,10 @@ W_up = 0 at init.
 
 from __future__ import annotations
 
-from tunesmith.methods.adapters import bottleneck_builders
+from tunesmith.methods.adapters import ADAPTER_LR, bottleneck_builders
 from tunesmith.methods.base import MethodSpec, UnifiedView, register
 
-apply_pfeiffer, count_pfeiffer = bottleneck_builders(
+BUILDERS = bottleneck_builders(
     roles=("ffn-out",), insertion="serial", variant="pfeiffer", scale=1.0
 )
 
@@ -24,7 +24,7 @@ register(
             form="W_up·ReLU(W_down·h)", position="ffn", insertion="serial", composition="add"
         ),
         param_formula="L·(2·d·m + m + d)",
-        apply=apply_pfeiffer,
-        count_trainable=count_pfeiffer,
+        default_lr=ADAPTER_LR,
+        **BUILDERS,
     )
 )

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.geometry import geometry
+from tunesmith.shape import model_shape
 
 
 def _encoder_hidden(model_config: Any, args: MethodArgs) -> int:
     # peft's default MLP width is the prefix token width (kv_heads · head_dim).
-    return int(args.extra.get("prefix_hidden", geometry(model_config).kv_dim))
+    return int(args.extra.get("prefix_hidden", model_shape(model_config).kv_dim))
 
 
 def apply_prefix(model, args: MethodArgs):
@@ -34,10 +34,14 @@ def apply_prefix(model, args: MethodArgs):
 
 
 def count_prefix(model_config: Any, args: MethodArgs) -> int:
-    g = geometry(model_config)
+    g = model_shape(model_config)
     t, e, out = g.kv_dim, _encoder_hidden(model_config, args), g.layers * 2 * g.kv_dim
     # P' (l x t), then Linear(t -> e) + tanh + Linear(e -> L·2·t), both with bias.
     return args.num_virtual_tokens * t + (t * e + e) + (e * out + out)
+
+
+def count_prefix_tensors(model_config: Any, args: MethodArgs) -> int:
+    return 5  # P' and the MLP's two linears (weight and bias each)
 
 
 register(
@@ -54,6 +58,10 @@ register(
         param_formula="l·t + (t·e + e) + (e·2·L·t + 2·L·t), t = kv_dim, e = MLP width",
         apply=apply_prefix,
         count_trainable=count_prefix,
+        count_tensors=count_prefix_tensors,
         gradient_checkpointing=False,
+        kv_prefix=True,
+        # It diverged at prompt tuning's 1e-2 on the demo (benchmarks/RESULTS.md); 3e-3 trains.
+        default_lr=3e-3,
     )
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.geometry import geometry
+from tunesmith.shape import model_shape
 
 
 def apply_prompt(model, args: MethodArgs):
@@ -23,7 +23,11 @@ def apply_prompt(model, args: MethodArgs):
 
 
 def count_prompt(model_config: Any, args: MethodArgs) -> int:
-    return args.num_virtual_tokens * geometry(model_config).hidden
+    return args.num_virtual_tokens * model_shape(model_config).hidden
+
+
+def count_prompt_tensors(model_config: Any, args: MethodArgs) -> int:
+    return 1  # the soft-prompt embedding table
 
 
 register(
@@ -37,5 +41,8 @@ register(
         param_formula="l·d",
         apply=apply_prompt,
         count_trainable=count_prompt,
+        count_tensors=count_prompt_tensors,
+        kv_prefix=True,
+        default_lr=1e-2,  # as in peft's prompt-learning examples
     )
 )

@@ -21,7 +21,13 @@ from torch import nn
 
 from tunesmith.errors import ConfigError
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.lora import LORA_FORMULA, apply_lora, count_lora
+from tunesmith.methods.lora import (
+    LORA_FAMILY,
+    LORA_FORMULA,
+    apply_lora,
+    count_lora,
+    count_lora_tensors,
+)
 
 
 def compute_dtype() -> torch.dtype:
@@ -120,7 +126,11 @@ register(
         param_formula=LORA_FORMULA,
         apply=apply_qlora,
         count_trainable=count_qlora,
+        count_tensors=count_lora_tensors,
         mergeable=True,
         quantized_base=True,
+        autocast_adapters=True,
+        traced_as="lora",
+        **dict(LORA_FAMILY, cheaper_alternatives=()),  # the family's cheapest member
     )
 )

@@ -9,7 +9,13 @@ LoRA; B = 0 at init.
 from __future__ import annotations
 
 from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
-from tunesmith.methods.lora import LORA_FORMULA, apply_lora, count_lora
+from tunesmith.methods.lora import (
+    LORA_FAMILY,
+    LORA_FORMULA,
+    apply_lora,
+    count_lora,
+    count_lora_tensors,
+)
 
 
 def apply_rslora(model, args: MethodArgs):
@@ -30,6 +36,9 @@ register(
         param_formula=LORA_FORMULA,
         apply=apply_rslora,
         count_trainable=count_lora,
+        count_tensors=count_lora_tensors,
         mergeable=True,
+        autocast_adapters=True,
+        **LORA_FAMILY,
     )
 )

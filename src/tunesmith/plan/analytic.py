@@ -18,7 +18,8 @@ import math
 from dataclasses import dataclass
 
 from tunesmith.errors import ConfigError
-from tunesmith.plan.shapes import ModelShape
+from tunesmith.methods.base import MethodSpec, get_method
+from tunesmith.shape import ModelShape
 
 MIB = 1024**2
 GIB = 1024**3
@@ -95,6 +96,11 @@ class Terms:
         return self.total - self.overhead + self.detail.get("eval_save_excess", 0)
 
 
+def _spec(settings: StepSettings) -> MethodSpec:
+    """The registered method of ``settings``: its capabilities decide which terms apply."""
+    return get_method(settings.method)
+
+
 def _p(settings: StepSettings) -> int:
     try:
         return DTYPE_BYTES[settings.precision]
@@ -103,19 +109,19 @@ def _p(settings: StepSettings) -> int:
 
 
 def fp32_master(settings: StepSettings) -> bool:
-    """Full/freeze fine-tuning with fp32 weights under autocast (mixed precision).
+    """Base-weight training (full, freeze) with fp32 weights under autocast (mixed precision).
 
     tunesmith's trainer keeps fp32 master weights for methods that train base weights and
     runs the forward under ``torch.autocast`` (AdamW on bf16 weights loses small updates;
     Micikevicius et al. 2018, "Mixed Precision Training", arXiv:1710.03740).
     """
-    return settings.method in ("full", "freeze") and settings.master_fp32 and _p(settings) != 4
+    return _spec(settings).trains_base_weights and settings.master_fp32 and _p(settings) != 4
 
 
 def weight_bytes(shape: ModelShape, settings: StepSettings) -> int:
     """Bytes of the base model's weights as loaded for training."""
     p = 4 if fp32_master(settings) else _p(settings)
-    if settings.method != "qlora":
+    if not _spec(settings).quantized_base:
         return shape.total_params * p
     # bitsandbytes quantizes only the block linears (transformers' get_keys_to_not_convert
     # keeps lm_head; embeddings and norms are not nn.Linear). peft's
@@ -128,7 +134,7 @@ def weight_bytes(shape: ModelShape, settings: StepSettings) -> int:
 
 def trainable_dtype_bytes(settings: StepSettings) -> int:
     """Bytes per trainable parameter (and per gradient element)."""
-    if settings.method in ("full", "freeze"):
+    if _spec(settings).trains_base_weights:
         # trained in the dtype they were loaded in: fp32 masters, or pure 16-bit
         return 4 if fp32_master(settings) else _p(settings)
     # peft's get_peft_model(autocast_adapter_dtype=True) upcasts 16-bit adapter weights to
@@ -171,7 +177,7 @@ def fp32_residual(settings: StepSettings) -> bool:
     (bitsandbytes/nn/modules.py, ``.to(inp_dtype)``), so q/k/v, the MLP and the logits are
     fp32 too. Without autocast, a QLoRA step therefore keeps fp32 activations.
     """
-    return settings.method == "qlora" and settings.kbit_upcast and _p(settings) != 4
+    return _spec(settings).quantized_base and settings.kbit_upcast and _p(settings) != 4
 
 
 def activation_bytes_per_element(settings: StepSettings) -> int:
@@ -181,11 +187,6 @@ def activation_bytes_per_element(settings: StepSettings) -> int:
 
 def _lora_saved_inputs(shape: ModelShape, settings: StepSettings) -> int:
     """Bytes per token that LoRA branches save for their weight gradients."""
-    widths = {
-        "q_proj": shape.hidden, "k_proj": shape.hidden, "v_proj": shape.hidden,
-        "o_proj": shape.heads * shape.head_dim, "gate_proj": shape.hidden,
-        "up_proj": shape.hidden, "down_proj": shape.intermediate,
-    }  # fmt: skip
     # Targets reading the same tensor: q/k/v read the attention norm's output, gate/up the
     # MLP norm's output.
     source = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "gate_proj": "mlp",
@@ -193,7 +194,7 @@ def _lora_saved_inputs(shape: ModelShape, settings: StepSettings) -> int:
     shared: set[str] = set()
     total = 0
     for name in settings.targets:
-        d_in = widths.get(name, shape.hidden)
+        d_in = shape.target_shapes((name,))[0][0]  # the branch reads the linear's input
         total += 4 * settings.rank  # lora_A's output, saved for lora_B's gradient
         if settings.dropout > 0:
             # peft applies a separate nn.Dropout per target: its output (fp32 after the cast
@@ -225,7 +226,7 @@ def layer_activation_bytes(shape: ModelShape, settings: StepSettings) -> int:
     p = activation_bytes_per_element(settings)
     h, inter = shape.hidden, shape.intermediate
     q_width, kv_width = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    full = settings.method in ("full", "freeze")
+    full = _spec(settings).trains_base_weights
     per_token = 0
     # RMSNorm (HF LlamaRMSNorm) upcasts its input to fp32 and saves it: 2 norms per block.
     per_token += 2 * 4 * h
@@ -241,7 +242,7 @@ def layer_activation_bytes(shape: ModelShape, settings: StepSettings) -> int:
     per_token += 4 * shape.heads  # logsumexp, fp32, one per head and position
     # Gated MLP: silu saves its input (gate), the product saves silu(gate) and up.
     per_token += 3 * p * inter
-    if settings.method in ("lora", "qlora", "rslora", "dora"):
+    if _spec(settings).lora_branches:
         per_token += _lora_saved_inputs(shape, settings)
     tokens = settings.batch_size * settings.seq_len
     total = per_token * tokens
@@ -283,8 +284,9 @@ def step_terms(
     tokens = settings.batch_size * settings.seq_len
     weights = weight_bytes(shape, settings)
     tb = trainable_dtype_bytes(settings)
-    full = settings.method in ("full", "freeze")
-    trainable = 0 if full else n_trainable * tb  # full/freeze train the weights in place
+    spec = _spec(settings)
+    full = spec.trains_base_weights
+    trainable = 0 if full else n_trainable * tb  # base weights are trained in place
     grads_all = n_trainable * tb
     opt = optimizer_bytes(n_trainable, n_tensors, tb, settings.optimizer)
     layer = layer_activation_bytes(shape, settings)
@@ -309,9 +311,7 @@ def step_terms(
     logits_peak, _ = logits_bytes(shape, settings)
     # Gradient w.r.t. lm_head's weight (full FT) appears once the loss's fp32 buffers are
     # freed, beside the compute-dtype gradient of the logits.
-    head_grad = (
-        (shape.lm_head_params or shape.embed_params) * tb if settings.method == "full" else 0
-    )
+    head_grad = (shape.lm_head_params or shape.embed_params) * tb if spec.trains_lm_head else 0
     logits_grad = (
         settings.batch_size * settings.seq_len * settings.logits_fraction * shape.vocab * act
     )

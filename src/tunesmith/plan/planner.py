@@ -13,14 +13,13 @@ from typing import Any
 
 from tunesmith.atomic import write_json
 from tunesmith.errors import ConfigError
-from tunesmith.methods.base import MethodArgs
+from tunesmith.methods.base import MethodArgs, get_method
 from tunesmith.plan.analytic import OPTIMIZERS, StepSettings, Terms, step_terms
 from tunesmith.plan.configs import load_model_config
 from tunesmith.plan.gpus import device_budget_bytes, is_cpu
 from tunesmith.plan.recommend import HEADROOM, best_fit, checkpointing_choices, describe_changes
-from tunesmith.plan.shapes import ModelShape, model_shape
 from tunesmith.plan.sharding import check_sharding, shard_terms
-from tunesmith.plan.trainable import METHODS, count_tensors, count_trainable
+from tunesmith.shape import ModelShape, model_shape
 
 BREAKDOWN_KEYS = (
     "weights", "trainable", "gradients", "optimizer", "activations", "logits", "overhead",
@@ -100,8 +99,7 @@ def verdict_for(total: int, budget: int) -> str:
 
 
 def _check(settings: StepSettings, grad_accum: int) -> None:
-    if settings.method not in METHODS:
-        raise ConfigError("method", settings.method, ", ".join(METHODS))
+    get_method(settings.method)  # an unknown method is a ConfigError naming the known ones
     if settings.optimizer not in OPTIMIZERS:
         raise ConfigError("optimizer", settings.optimizer, ", ".join(OPTIMIZERS))
     for key, value in (
@@ -138,10 +136,12 @@ class _Evaluator:
         self._counts: dict[str, tuple[int, int]] = {}
 
     def counts(self, method: str) -> tuple[int, int]:
+        """(trainable parameters, trainable tensors) of ``method``, from its spec's formulas."""
         if method not in self._counts:
+            spec = get_method(method)
             self._counts[method] = (
-                count_trainable(method, self.cfg, self.shape, self.args),
-                count_tensors(method, self.shape, self.args),
+                int(spec.count_trainable(self.cfg, self.args)),
+                int(spec.count_tensors(self.cfg, self.args)),
             )
         return self._counts[method]
 
@@ -246,7 +246,9 @@ def plan_config(
         "seq_len": chosen.settings.seq_len,
         "gradient_checkpointing": chosen.settings.gradient_checkpointing,
         "optimizer": chosen.settings.optimizer,
-        "quantization": "nf4-double-quant" if chosen.settings.method == "qlora" else None,
+        "quantization": (
+            "nf4-double-quant" if get_method(chosen.settings.method).quantized_base else None
+        ),
         "total_bytes": chosen.terms.total,
         "verdict": verdict_for(chosen.terms.total, budget),
         "relative_step_time": round(chosen.relative_time, 2),

@@ -2,7 +2,9 @@
 
 The search is exhaustive over a small grid (a few hundred analytic evaluations, milliseconds)
 and ranks what fits by a relative step-time estimate, so the answer is the cheapest change,
-not the first one tried. Relative costs, each from a published measurement:
+not the first one tried. Which methods a run may switch to, and at what relative cost, is
+each method's ``MethodSpec.cheaper_alternatives``. Relative costs, each from a published
+measurement:
 
 - gradient checkpointing recomputes the forward once: about +33% step time (Chen et al. 2016,
   arXiv:1604.06174, Sec. 5: one extra forward of a forward+backward costing ~3 forwards);
@@ -21,12 +23,11 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
+from tunesmith.methods.base import get_method
 from tunesmith.plan.analytic import StepSettings, Terms
 
 HEADROOM = 0.90  # "fits" leaves 10% of the budget free; within it the verdict is "tight"
 MIN_SEQ = 128
-
-LORA_FAMILY = ("lora", "rslora", "dora")
 
 
 @dataclass(frozen=True)
@@ -38,20 +39,13 @@ class Candidate:
 
 
 def _methods(method: str) -> list[tuple[str, float]]:
-    if method in LORA_FAMILY:
-        return [(method, 1.0), ("qlora", 1.4)]
-    if method in ("full", "freeze"):
-        return [(method, 1.0), ("lora", 2.0), ("qlora", 2.8)]
-    return [(method, 1.0)]
+    """The method itself and the ones it may switch to, with their relative step time."""
+    return [(method, 1.0), *get_method(method).cheaper_alternatives]
 
 
 def checkpointing_choices(method: str) -> tuple[bool, ...]:
     """Checkpointing choices: none for methods that refuse it (prefix-style, see MethodSpec)."""
-    from tunesmith.methods.base import get_method, method_names
-
-    if method in method_names() and not get_method(method).gradient_checkpointing:
-        return (False,)
-    return (False, True)
+    return (False, True) if get_method(method).gradient_checkpointing else (False,)
 
 
 def _optimizers(optimizer: str) -> list[tuple[str, float]]:

@@ -21,7 +21,7 @@ import math
 from typing import Any
 
 from tunesmith.errors import ConfigError
-from tunesmith.plan.shapes import ModelShape
+from tunesmith.shape import ModelShape
 
 SHARDINGS = ("ddp", "fsdp", "zero1", "zero2", "zero3")
 # What each mode divides by the number of ranks.

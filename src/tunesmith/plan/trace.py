@@ -52,11 +52,12 @@ class TraceResult:
 
 
 def _apply_method(model, method: str, args: MethodArgs):
-    """Make ``method``'s parameters trainable through its registered builder."""
+    """Make ``method``'s parameters trainable through its registered builder (or, for a
+    method that cannot run on fake tensors, the builder of its ``traced_as`` stand-in)."""
     from tunesmith.methods.base import get_method
 
-    # QLoRA's builder expects a bitsandbytes-quantized base; its activations are LoRA's.
-    return get_method("lora" if method == "qlora" else method).apply(model, args)
+    spec = get_method(method)
+    return get_method(spec.traced_as or method).apply(model, args)
 
 
 def build_model(cfg: Any, method: str, args: MethodArgs, *, precision: str, attn: str):
@@ -173,7 +174,7 @@ def traced_estimate(
 
     Args:
         cfg: a transformers config (any causal-LM architecture).
-        method: a ``--method`` name; ``qlora`` is traced as LoRA (see the module docstring).
+        method: a ``--method`` name; a method with ``traced_as`` (QLoRA) is traced as that one.
         batch_size, seq_len: the micro-batch shape.
         precision: bf16, fp16 or fp32 (the dtype the base weights are loaded in).
         gradient_checkpointing: recompute each block in the backward (non-reentrant).

@@ -19,8 +19,6 @@ from tunesmith.config import TrainConfig
 from tunesmith.disk import free_disk_bytes, nearest_existing  # noqa: F401  (re-exported)
 from tunesmith.errors import ConfigError, UserInputError
 
-# Methods whose insertion points `--target` chooses (the others sit at fixed positions).
-TARGETED_METHODS = ("lora", "qlora", "dora", "rslora")
 # Share of a CUDA device this process may allocate: an OOM then raises inside the step (where
 # the loop can retry with a smaller micro-batch) instead of starving the driver or neighbours.
 CUDA_MEMORY_FRACTION = 0.95
@@ -63,14 +61,6 @@ def model_config_for(path: str, trust_remote_code: bool = False) -> Any:
         raise UserInputError(f"cannot read the model config of {path}: {first}") from exc
 
 
-def meta_model(model_config: Any, trust_remote_code: bool = False):
-    """The model's module tree on the meta device: names and shapes, no memory."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
-
-
 def check_against_model(cfg: TrainConfig, model_config: Any) -> None:
     """Sequence length, target modules and rank checked against the architecture.
 
@@ -84,9 +74,12 @@ def check_against_model(cfg: TrainConfig, model_config: Any) -> None:
         raise ConfigError(
             "seq-len", cfg.seq_len, f"at most {context} (the model's max_position_embeddings)"
         )
-    if cfg.method not in TARGETED_METHODS:
-        return
+    from tunesmith.methods import get_method
+
+    if not get_method(cfg.method).targets_modules:
+        return  # the method sits at positions it fixes itself
     from tunesmith.methods.targets import check_targets_exist, resolve_targets
+    from tunesmith.shape import meta_model
 
     targets = resolve_targets(cfg.target, model_config)
     model = meta_model(model_config, cfg.trust_remote_code)
@@ -128,6 +121,8 @@ def memory_plan(cfg: TrainConfig, model_config: Any, device: torch.device, preci
     from tunesmith.plan import plan_for_run
     from tunesmith.train.speed import train_attention
 
+    spec = get_method(cfg.method)
+
     def planned(checkpointing: bool):
         return plan_for_run(
             model_config,
@@ -140,7 +135,7 @@ def memory_plan(cfg: TrainConfig, model_config: Any, device: torch.device, preci
             gradient_checkpointing=checkpointing,
             precision=precision,
             rank=cfg.rank,
-            target=cfg.target if cfg.method in TARGETED_METHODS else "attn-qv",
+            target=cfg.target if spec.targets_modules else "attn-qv",
             dropout=cfg.dropout,
             model_name=cfg.model,
         )
@@ -148,7 +143,7 @@ def memory_plan(cfg: TrainConfig, model_config: Any, device: torch.device, preci
     # Activation checkpointing recomputes the forward (~1/3 more compute), so it is used only
     # when the plan says the run does not fit without it (the run reads the plan's setting).
     plan = planned(False)
-    if not plan.fits and get_method(cfg.method).gradient_checkpointing:
+    if not plan.fits and spec.gradient_checkpointing:
         with_checkpointing = planned(True)
         if with_checkpointing.fits:
             return with_checkpointing

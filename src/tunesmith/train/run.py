@@ -149,7 +149,7 @@ def _inputs(cfg: TrainConfig, run: RunDir, tokenizer, pre: Preflight, dist, say,
         if cfg.packing:
             from tunesmith.data.packing import check_packable, pack_examples
 
-            check_packable(built.model, kv_prefix=not built.spec.gradient_checkpointing)
+            check_packable(built.model, kv_prefix=built.spec.kv_prefix)
             n_examples = len(train_ex)
             # From here on a training "example" is a packed row of up to seq-len tokens.
             train_ex = pack_examples(train_ex, cfg.seq_len)
@@ -273,11 +273,11 @@ def _loop_settings(cfg: TrainConfig, built: BuiltModel, max_steps: int, device: 
         seed=cfg.seed,
         autocast_dtype=built.autocast,
         on_nan=cfg.on_nan,
-        keep_input_dtype=adapter_autocast(cfg.method, built.precision),
+        keep_input_dtype=adapter_autocast(built.spec, built.precision),
         **pass_settings(
             built.model,
             device,
-            kv_prefix=not built.spec.gradient_checkpointing,
+            kv_prefix=built.spec.kv_prefix,
             packed_rows=cfg.packing,
         ),
     )

@@ -26,8 +26,12 @@ Both were measured on the demo (SmolLM2-135M, LoRA q/v, batch 8 of ~75-token rec
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from tunesmith.methods.base import MethodSpec
 
 EAGER_MAX_SEQ_LEN = 512  # above this the s^2 probabilities cost more memory than eager saves time
 CPU_PASS_OVERHEAD_TOKENS = 32.0  # measured: 16 and 48 were equally fast, 128 lost the gain
@@ -106,14 +110,12 @@ def pass_settings(
     }
 
 
-# Methods whose adapters run the plain peft LoRA forward, `B(A(dropout(x))) * scale`, which is
-# safe to compute in bf16 under autocast. DoRA's weight-norm path and the other tuners keep
-# peft's own casting.
-AUTOCAST_ADAPTER_METHODS = frozenset({"lora", "rslora", "qlora"})
-
-
-def adapter_autocast(method: str, precision: str) -> bool:
+def adapter_autocast(method: MethodSpec | str, precision: str) -> bool:
     """Run LoRA adapters in the compute dtype (fp32 master weights, bf16 math) instead of fp32.
+
+    ``method`` is a :class:`~tunesmith.methods.base.MethodSpec` or a registered name; only
+    methods whose spec says ``autocast_adapters`` (the plain ``B(A(dropout(x)))·scale``
+    forward; DoRA's weight-norm path and the other tuners keep peft's own casting) qualify.
 
     peft casts every adapter input to the adapter's fp32 dtype, so each targeted projection
     pays a cast of its input, an fp32 dropout and fp32 matmuls, and keeps the fp32 copy for the
@@ -123,7 +125,11 @@ def adapter_autocast(method: str, precision: str) -> bool:
     shared machine had suggested ~12%, which did not hold). This is the usual mixed
     precision recipe (TRL's bf16 mode does the same for the whole model).
     """
-    return method in AUTOCAST_ADAPTER_METHODS and precision in ("bf16", "fp16")
+    if isinstance(method, str):
+        from tunesmith.methods import get_method
+
+        method = get_method(method)
+    return method.autocast_adapters and precision in ("bf16", "fp16")
 
 
 def compute_context(model, device: torch.device, autocast_dtype, keep_input_dtype: bool):

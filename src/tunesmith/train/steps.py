@@ -140,7 +140,7 @@ def build_model(cfg: TrainConfig, device: torch.device, checkpointing: bool = Fa
 
     spec = get_method(cfg.method)
     precision = resolve_precision(cfg.precision, device)
-    trains_base = not spec.peft_format
+    trains_base = spec.trains_base_weights
     qconf = None
     if spec.quantized_base:
         from tunesmith.methods.qlora import quantization_config
@@ -160,14 +160,14 @@ def build_model(cfg: TrainConfig, device: torch.device, checkpointing: bool = Fa
     args.extra["gradient_checkpointing"] = checkpointing
     if checkpointing and spec.gradient_checkpointing and not spec.quantized_base:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if spec.name in ("lora", "qlora", "dora", "rslora"):  # the others sit at fixed positions
+    if spec.targets_modules:  # the others sit at fixed positions
         check_targets_exist(model, args.target)
     if qconf is None:
         model.to(device)
     model = spec.apply(model, args)
     install_cpu_fast_paths(model, device)  # hand-fused dropout, RMSNorm and attention on CPU
     # Autocast: methods with fp32 master weights (full, freeze) and LoRA adapters (train/speed.py).
-    mixed = trains_base or adapter_autocast(spec.name, precision)
+    mixed = trains_base or adapter_autocast(spec, precision)
     autocast = torch_dtype(precision) if (mixed and precision != "fp32") else None
     return BuiltModel(model, tok, src, spec, precision, autocast)
 

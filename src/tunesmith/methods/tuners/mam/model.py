@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunesmith.methods.geometry import geometry
 from tunesmith.methods.tuners.bottleneck.model import BottleneckModel
 from tunesmith.methods.tuners.mam.config import MamConfig
+from tunesmith.shape import model_shape
 
 
 def _decoder(model: nn.Module) -> nn.Module:
@@ -59,7 +59,7 @@ class MamModel(BottleneckModel):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kw: Any) -> None:
         config: MamConfig = self.peft_config[adapter_name]
-        g = geometry(model.config)
+        g = model_shape(model.config)
         ref = next(p for p in model.parameters() if p.is_floating_point())
         shape = (g.layers, 2, g.kv_heads, config.num_virtual_tokens, g.head_dim)
         if config.inference_mode:
@@ -81,7 +81,7 @@ class MamModel(BottleneckModel):
         from transformers import DynamicCache
 
         if config.prefix_token_ids is None:
-            vocab = geometry(model.config).vocab
+            vocab = model_shape(model.config).vocab
             config.prefix_token_ids = torch.randint(vocab, (config.num_virtual_tokens,)).tolist()
         decoder = _decoder(model)
         ref = next(p for p in model.parameters() if p.is_floating_point())
