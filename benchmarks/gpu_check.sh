@@ -27,9 +27,15 @@ if compgen -G "$carry/wheels/*.whl" >/dev/null; then
     site="${TMPDIR:-/tmp}/tunesmith-gpu-site"
     if [[ ! -f "$site/.installed" ]]; then
         echo "gpu_check.sh: installing $(ls "$carry"/wheels/*.whl | wc -l) carried wheels into $site"
-        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$site" "$carry"/wheels/*.whl
-        touch "$site/.installed"
+        # A wheel for another Python fails the whole install: go on without them, and the
+        # check's package report says what is missing.
+        if "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$site" "$carry"/wheels/*.whl; then
+            touch "$site/.installed"
+        else
+            echo "gpu_check.sh: the carried wheels did not install; going on without them" >&2
+            site=""
+        fi
     fi
 fi
 
