@@ -108,6 +108,15 @@ def missing_for(phase, versions: dict[str, str | None], demo_kind: str | None) -
     return missing
 
 
+def cpu_skip(phase, ctx) -> str | None:
+    """Why ``phase`` cannot execute here (a CUDA-only phase on a CPU run), or None."""
+    import torch
+
+    if phase.cuda_only and not ctx.dry_run and not torch.cuda.is_available():
+        return "needs a CUDA device"
+    return None
+
+
 def prepare_phase(phase, ctx, versions, demo_detail: str) -> tuple[dict[str, Any], Any]:
     """The CPU half of one phase: ``(result so far, Prepared or None)``; never raises."""
     result: dict[str, Any] = {"title": phase.title}
@@ -129,6 +138,8 @@ def prepare_phase(phase, ctx, versions, demo_detail: str) -> tuple[dict[str, Any
 
 def execute_phase(phase, ctx, result: dict[str, Any], prep) -> dict[str, Any]:
     """The CUDA half of one prepared phase; never raises (one run should yield every figure)."""
+    if cpu_skip(phase, ctx):
+        return {**result, "status": "skipped", "reason": cpu_skip(phase, ctx)}
     if ctx.seconds_left() < prep.estimate_s / 2:
         return {**result, "status": "skipped", "reason": "time budget spent"}
     ctx.say(f"== {phase.name}: {phase.title} (~{prep.estimate_s:.0f} s)")
@@ -155,7 +166,8 @@ def render(report: dict[str, Any], out: Path) -> None:
 
     console = Console(record=True, width=180)
     dev = report["device"]
-    table = Table(title=f"GPU check on {dev.get('name', 'no device (dry run)')}")
+    where = "no device (dry run)" if report["dry_run"] else "CPU (--allow-cpu)"
+    table = Table(title=f"GPU check on {dev.get('name', where)}")
     for col in ("phase", "status", "estimate s", "seconds", "goal", "met / reason"):
         table.add_column(col, justify="left" if col in ("phase", "goal", "status") else "right")
     for name, r in report["phases"].items():
@@ -206,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                         help="skip a phase when less than half its estimate is left")  # fmt: skip
     parser.add_argument("--work", type=Path, help="scratch folder for checkpoints (default: temp)")
+    parser.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="run the phases that also work on CPU there (slow; tests the script itself)",
+    )
     args = parser.parse_args(argv)
     versions = package_versions()
     if versions["torch"] is None:
@@ -213,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    if not args.dry_run and not torch.cuda.is_available():
+    on_cpu = not args.dry_run and not torch.cuda.is_available()
+    if on_cpu and not args.allow_cpu:
         print("gpu_check: no CUDA device; use --dry-run to check the steps on CPU", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)

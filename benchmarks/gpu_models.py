@@ -70,7 +70,9 @@ def demo_model_source() -> tuple[str | None, str]:
     ``kind`` is ``embedded``, ``carried`` (random weights around the carried tokenizer) or
     None (neither: the phases that need it are skipped, ``detail`` says why).
     """
-    if embedded_available():
+    # TUNESMITH_GPU_DEMO=carried: use the carried model even where the embedded one is here
+    # (to try the device machine's set-up elsewhere).
+    if os.environ.get("TUNESMITH_GPU_DEMO") != "carried" and embedded_available():
         return "embedded", "SmolLM2-135M-Instruct (embedded)"
     carried = carry_dir() / DEMO_CARRY
     if (carried / "config.json").is_file() and (carried / "tokenizer_config.json").is_file():

@@ -99,7 +99,18 @@ def test_pytest_counts_are_read_from_the_closing_line(bench_modules):
     assert gpu_phases.parse_pytest_counts("1 failed, 3 passed in 2.0s") == {
         "failed": 1, "passed": 3,
     }  # fmt: skip
+    assert gpu_phases.parse_pytest_counts("13 skipped, 16 deselected in 0.32s") == {
+        "skipped": 13, "deselected": 16,
+    }  # fmt: skip
     assert gpu_phases.parse_pytest_counts("no tests ran in 0.01s") == {}
+
+
+def test_json_is_read_past_a_stray_log_line(bench_modules):
+    _, gpu_phases, _ = bench_modules
+    assert gpu_phases.json_from('{"a": 1}\n') == {"a": 1}
+    assert gpu_phases.json_from('[WARNING] accelerator: CPU\n{\n  "a": [1]\n}\n') == {"a": [1]}
+    assert gpu_phases.json_from("no json here") is None
+    assert gpu_phases.json_from("") is None
 
 
 def test_llama_3_2_1b_shape_matches_its_published_size(bench_modules):
@@ -130,3 +141,38 @@ def test_carried_demo_model_gets_random_weights_around_the_carried_tokenizer(
     assert model.config.hidden_size == AutoConfig.from_pretrained(tiny_llama_dir).hidden_size
     assert tok.chat_template and len(tok) == model.config.vocab_size
     assert gpu_models.demo_model("carried", tmp_path / "work") == path  # built once
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_allow_cpu_runs_the_execute_halves_on_the_carried_model(tmp_path, tiny_llama_dir):
+    """The CUDA halves' own code (commands, parsing, report) on CPU, with a tiny carried model."""
+    carry = tmp_path / "carry" / "smollm2"
+    carry.mkdir(parents=True)
+    for f in tiny_llama_dir.iterdir():
+        if not f.name.endswith(".safetensors"):
+            (carry / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "out"
+    proc = _run_script(
+        "--out", str(out), "--allow-cpu", "--phases", "tests", "planner", "qlora",
+        tmp_path=tmp_path, TUNESMITH_GPU_CARRY=str(tmp_path / "carry"),
+        TUNESMITH_GPU_DEMO="carried",
+    )  # fmt: skip
+    report = json.loads((out / "gpu_check.json").read_text())
+    phases = report["phases"]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the gpu tests are skipped on CPU
+    assert phases["tests"]["status"] == "goal-missed" and phases["tests"]["counts"]["skipped"] >= 10
+    assert (
+        phases["planner"] | {"status": "skipped", "reason": "needs a CUDA device"}
+        == phases["planner"]
+    )
+    qlora = phases["qlora"]
+    assert qlora["status"] == "ok", qlora
+    train, merge, export = (step["json"] for step in qlora["steps"])
+    assert train["steps"] == 10 and merge["verification"]["passed"]
+    assert export["verification"]["passed"] and export["format"] == "gguf"
+    assert "SmolLM2-135M-shaped" in report["demo_model"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gpu_check.json", "gpu_check.txt", "gpu_tests.log", "qlora_0.log", "qlora_1.log",
+        "qlora_2.log",
+    ]  # fmt: skip

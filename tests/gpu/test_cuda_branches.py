@@ -55,6 +55,23 @@ def test_lora_loads_with_sdpa_bf16_base_and_no_cpu_fast_paths(tiny_llama_dir):
     }  # fmt: skip
 
 
+def test_sdpa_training_step_runs_on_a_fused_kernel_with_padding(tiny_llama_dir):
+    """The planner counts no s x s probabilities for sdpa: the math fallback would keep them."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_llama_dir, dtype=torch.bfloat16, attn_implementation="sdpa"
+    ).to(CUDA)
+    ids = _batch(model.config.vocab_size, b=2, s=32)
+    mask = torch.ones_like(ids)
+    mask[1, 24:] = 0  # a padded row, as in a training micro-batch
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        loss.backward()
+    assert torch.isfinite(loss)
+
+
 def test_bf16_autocast_step_on_cuda_matches_fp32_within_bf16_rounding(tiny_llama_dir):
     from tunesmith.train.run import load_for_training
     from tunesmith.train.speed import compute_context
