@@ -199,10 +199,7 @@ def render(report: dict[str, Any], out: Path) -> None:
     (out / "gpu_check.txt").write_text(console.export_text())
 
 
-def main(argv: list[str] | None = None) -> int:
-    from gpu_phases import PHASES, Context
-
-    names = [p.name for p in PHASES]
+def build_parser(phase_names: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -210,39 +207,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="every step up to the first CUDA call"
     )
-    parser.add_argument("--phases", nargs="+", choices=names, default=names, metavar="PHASE",
-                        help=f"phases to run (default: all of {' '.join(names)})")  # fmt: skip
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=phase_names,
+        default=phase_names,
+        metavar="PHASE",
+        help=f"phases to run (default: {' '.join(phase_names)})",
+    )
     parser.add_argument(
         "--full", action="store_true", help="every planner cell, not the quick ones"
     )
-    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
-                        help="skip a phase when less than half its estimate is left")  # fmt: skip
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=DEFAULT_BUDGET_S,
+        help="skip a phase when less than half its estimate is left",
+    )
     parser.add_argument("--work", type=Path, help="scratch folder for checkpoints (default: temp)")
     parser.add_argument(
         "--allow-cpu",
         action="store_true",
-        help="run the phases that also work on CPU there (slow; tests the script itself)",
+        help="run the phases that also work on CPU there (slow; tests the script)",
     )
-    args = parser.parse_args(argv)
+    return parser  # fmt: skip
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def print_plan(report: dict[str, Any]) -> None:
+    """Each phase's status after preparation, its cell or test count and its estimate."""
+    for name, r in report["phases"].items():
+        prepared = r.get("prepared") or {}
+        count = prepared.get("cells") or prepared.get("tests")
+        size = f", {count} cells/tests" if count else ""
+        why = r.get("reason") or r.get("error") or ""
+        say(f"plan: {name}: {r['status']}, ~{r.get('estimate_s', 0)} s{size} {why}".rstrip())
+    say(f"plan: ~{report['estimate_s']} s on the GPU in all (budget {report['budget_s']:.0f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gpu_models import demo_model_source
+    from gpu_phases import PHASES, Context
+
+    args = build_parser([p.name for p in PHASES]).parse_args(argv)
     versions = package_versions()
     if versions["torch"] is None:
         print("gpu_check: torch is not installed; nothing can run", file=sys.stderr)
         return 2
     import torch
 
-    on_cpu = not args.dry_run and not torch.cuda.is_available()
-    if on_cpu and not args.allow_cpu:
+    if not (args.dry_run or args.allow_cpu or torch.cuda.is_available()):
         print("gpu_check: no CUDA device; use --dry-run to check the steps on CPU", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="tunesmith-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
-    from gpu_models import demo_model_source
-
     demo_kind, demo_detail = demo_model_source()
-    say = lambda line: print(line, flush=True)  # noqa: E731
-    ctx = Context(args.out, work, args.dry_run, args.full, demo_kind,
-                  time.monotonic() + args.budget_s, say)  # fmt: skip
+    deadline = time.monotonic() + args.budget_s
+    ctx = Context(args.out, work, args.dry_run, args.full, demo_kind, deadline, say)
     report: dict[str, Any] = {
         "dry_run": args.dry_run,
         "device": device_info(args.dry_run),
@@ -263,22 +288,14 @@ def main(argv: list[str] | None = None) -> int:
             phase, ctx, versions, demo_detail
         )
     report["estimate_s"] = sum(r.get("estimate_s", 0) for r in report["phases"].values())
-    for name, r in report["phases"].items():
-        cells = (r.get("prepared") or {}).get("cells") or (r.get("prepared") or {}).get("tests")
-        size = f", {cells} cells/tests" if cells else ""
-        say(f"plan: {name}: {r['status']}, ~{r.get('estimate_s', 0)} s{size} "
-            f"{r.get('reason') or r.get('error') or ''}".rstrip())  # fmt: skip
-    say(f"plan: ~{report['estimate_s']} s on the GPU in all (budget {args.budget_s:.0f} s)")
+    print_plan(report)
     write_report(report, args.out)
-    for phase in selected:
-        prep = prepared[phase.name]
-        if prep is None:
-            continue
+    for phase in (p for p in selected if prepared[p.name] is not None):
         r = report["phases"][phase.name]
         if args.dry_run:
             r["status"] = "dry-run"
         else:
-            report["phases"][phase.name] = r = execute_phase(phase, ctx, r, prep)
+            r = report["phases"][phase.name] = execute_phase(phase, ctx, r, prepared[phase.name])
             say(f"{phase.name}: {r['status']} {r.get('reason') or r.get('error') or ''}".rstrip())
         write_report(report, args.out)
     report["seconds"] = round(time.perf_counter() - t0, 1)
