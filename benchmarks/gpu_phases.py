@@ -182,6 +182,9 @@ def execute_planner(ctx: Context, prep: Prepared) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(dir=ctx.work) as ckpt:
             write_random_checkpoint(cfg, ckpt, device="cuda")
             for cell in prep.state["cells"]:
+                if ctx.seconds_left() < 0:  # keep the later phases' time: record, do not run
+                    rows.append({"model": name, "cell": list(cell), "error": "time budget spent"})
+                    continue
                 try:
                     rows.append({"model": name, **measure_cuda_cell(cfg, ckpt, *cell)})
                 except Exception as exc:  # one failing cell must not hide the others
