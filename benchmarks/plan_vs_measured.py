@@ -77,38 +77,78 @@ def hf_model(method, ckpt_dir, device):
     return model.train()
 
 
-def cuda_grid(quick: bool) -> list[dict]:
+def cuda_cells(quick: bool) -> list[tuple[str, int, int, bool]]:
+    """The CUDA grid's cells, ``(method, seq_len, batch, checkpointing)``.
+
+    Quick: seq x batch in {(512, 1), (2048, 4)} (the two corners); full: every combination of
+    seq {512, 2048} and batch {1, 4}. Both with checkpointing off and on, for full/LoRA/QLoRA.
+    """
+    shapes = ((512, 1), (2048, 4)) if quick else tuple(itertools.product((512, 2048), (1, 4)))
+    return [
+        (method, s, b, gc_on)
+        for method in ("full", "lora", "qlora")
+        for s, b in shapes
+        for gc_on in (False, True)
+    ]
+
+
+def write_random_checkpoint(cfg, out_dir, device: str = "cpu", seed: int = 0) -> str:
+    """Save a bf16 model built from ``cfg`` with seeded random weights (nothing downloaded)."""
     from transformers import AutoModelForCausalLM
 
-    cfg = bundled_config("qwen2.5-0.5b")
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.save_pretrained(out_dir)
+    del model
+    return str(out_dir)
+
+
+def measure_cuda_cell(cfg, ckpt, method: str, s: int, b: int, gc_on: bool) -> dict:
+    """Two real training steps of one cell on ``cuda:0``: the row, with reserved bytes too.
+
+    The predicted reserved figure is the allocated one plus the planner's fragmentation
+    headroom (``analytic.FRAGMENTATION``); the CUDA context is outside both.
+    """
+    from tunesmith.plan.analytic import FRAGMENTATION
+
+    model = hf_model(method, ckpt, 0)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    run_step(
+        model, batch_size=b, seq_len=s, gradient_checkpointing=gc_on,
+        vocab=cfg.vocab_size, foreach=True,
+    )  # fmt: skip
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated()
+    reserved = torch.cuda.max_memory_reserved()
+    pred = predicted(cfg, method, b, s, gc_on).allocated
+    r = row(method, s, b, gc_on, pred, measured, time.perf_counter() - t0)
+    pred_reserved = pred * (1 + FRAGMENTATION)
+    r["reserved_gib"] = round(reserved / GIB, 4)
+    r["reserved_ratio"] = round(pred_reserved / reserved, 3)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return r
+
+
+def cuda_grid(quick: bool, configs: dict | None = None) -> list[dict]:
+    """Every cell of :func:`cuda_cells` for each model config (default: Qwen2.5-0.5B)."""
+    configs = configs or {"qwen2.5-0.5b": bundled_config("qwen2.5-0.5b")}
     rows = []
-    with tempfile.TemporaryDirectory() as ckpt:
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(ckpt)
-        methods = ("full", "lora", "qlora")
-        seqs, batches = ((512,), (1,)) if quick else ((512, 2048), (1, 4))
-        for method, s, b, gc_on in itertools.product(methods, seqs, batches, (False, True)):
-            model = hf_model(method, ckpt, 0)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            run_step(
-                model, batch_size=b, seq_len=s, gradient_checkpointing=gc_on,
-                vocab=cfg.vocab_size, foreach=True,
-            )  # fmt: skip
-            torch.cuda.synchronize()
-            measured = torch.cuda.max_memory_allocated()
-            pred = predicted(cfg, method, b, s, gc_on).allocated
-            rows.append(row(method, s, b, gc_on, pred, measured, time.perf_counter() - t0))
-            del model
-            gc.collect()
-            torch.cuda.empty_cache()
+    for name, cfg in configs.items():
+        with tempfile.TemporaryDirectory() as ckpt:
+            write_random_checkpoint(cfg, ckpt, device="cuda")
+            for cell in cuda_cells(quick):
+                rows.append({"model": name, **measure_cuda_cell(cfg, ckpt, *cell)})
     return rows
 
 
 def cpu_grid(quick: bool) -> list[dict]:
     """Full and LoRA (fp32): traced and analytic; QLoRA (bitsandbytes on CPU): analytic."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import LlamaConfig
 
     cfg = LlamaConfig(
         vocab_size=8000, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
@@ -119,8 +159,7 @@ def cpu_grid(quick: bool) -> list[dict]:
     seqs, batches = ((128,), (2,)) if quick else ((128, 512), (1, 4))
     grid = itertools.product(("full", "lora", "qlora"), seqs, batches, (False, True))
     with tempfile.TemporaryDirectory() as ckpt:
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(ckpt)
+        write_random_checkpoint(cfg, ckpt)
         for method, s, b, gc_on in grid:
             t0 = time.perf_counter()
             traced = None

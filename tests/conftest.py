@@ -38,3 +38,17 @@ def small_demo_data(tmp_path_factory):
         write_jsonl(d / "train.jsonl", (c.to_json() for c in train)),
         write_jsonl(d / "eval.jsonl", (c.to_json() for c in evals)),
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests need a CUDA device: skipped where none is present."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run benchmarks/gpu_check.sh on a GPU)")
+    for item in gpu_items:
+        item.add_marker(skip)

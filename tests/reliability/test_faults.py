@@ -119,7 +119,7 @@ def test_a_real_cpu_allocation_failure_is_recognised():
     assert guard.is_oom(info.value)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda_cap_turns_an_over_budget_allocation_into_a_catchable_oom():
     device = torch.device("cuda")
     total = torch.cuda.get_device_properties(0).total_memory
