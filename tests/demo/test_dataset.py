@@ -21,7 +21,8 @@ from tunesmith.demo.dataset import (
     write_raw_demo,
 )
 from tunesmith.demo.questions import TEMPLATES
-from tunesmith.eval.sql import normalize_sql, score_sql
+from tunesmith.demo.sql_text import normalize_sql
+from tunesmith.eval.sql import score_sql
 
 
 @pytest.fixture(scope="module")

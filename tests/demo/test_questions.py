@@ -6,7 +6,7 @@ import re
 
 from tunesmith.demo import clinic
 from tunesmith.demo.questions import TEMPLATES, generate_pairs, instances
-from tunesmith.eval.sql import has_top_level_order_by
+from tunesmith.demo.sql_text import has_top_level_order_by
 
 SQL_FEATURES = {
     "join": r"\bJOIN\b",

@@ -106,7 +106,7 @@ def matmul_ceiling(dtype_name: str, n: int = 2048, reps: int = 8) -> float:
     """Best FLOP/s of an ``n^3`` matmul (2 n^3 FLOPs) in ``bf16`` or ``fp32`` on this device."""
     import torch
 
-    from tunesmith.train.precision import default_device, torch_dtype
+    from tunesmith.precision import default_device, torch_dtype
 
     device = default_device()
     gen = torch.Generator().manual_seed(0)
@@ -218,7 +218,7 @@ def eval_loss(model, tokenizer, convs, settings: BenchSettings, autocast_dtype) 
     import torch
 
     from tunesmith.data.dataset import collate, tokenize_conversations
-    from tunesmith.train.loss import loss_sum
+    from tunesmith.loss import loss_sum
 
     examples = tokenize_conversations(tokenizer, convs, seq_len=settings.seq_len)
     device = next(model.parameters()).device
@@ -313,8 +313,8 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
 
     from tunesmith.config import make_config
     from tunesmith.data.dataset import tokenize_conversations
+    from tunesmith.precision import default_device
     from tunesmith.train.loop import LoopSettings, TrainLoop
-    from tunesmith.train.precision import default_device
     from tunesmith.train.run import load_for_training
     from tunesmith.train.speed import adapter_autocast, pass_settings
 
@@ -410,7 +410,7 @@ def trl_config(settings: BenchSettings, out_dir: Path, tuned: bool):
     import torch
     from trl import SFTConfig
 
-    from tunesmith.train.precision import cpu_has_native_bf16
+    from tunesmith.precision import cpu_has_native_bf16
 
     common = dict(
         output_dir=str(out_dir),

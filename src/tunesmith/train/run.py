@@ -19,7 +19,7 @@ from tunesmith.atomic import atomic_dir, write_json, write_text
 from tunesmith.config import TrainConfig, load_yaml, make_config, to_yaml
 from tunesmith.data.records import Conversation
 from tunesmith.errors import UserInputError
-from tunesmith.train.precision import resolve_precision, torch_dtype
+from tunesmith.precision import resolve_precision, torch_dtype
 from tunesmith.train.speed import (
     adapter_autocast,
     install_cpu_fast_paths,
@@ -409,7 +409,7 @@ def run_training(
     timings["train_s"] = time.perf_counter() - t
     if eval_ex:
         loss = loop.eval_loss(eval_ex)
-        from tunesmith.train.metrics import MetricsLog
+        from tunesmith.report.metrics import MetricsLog
 
         if dist.is_main:
             MetricsLog(run_dir / "metrics.jsonl", resume_step=max_steps).write(
@@ -511,7 +511,7 @@ def _whole_model_on_main(model, loop, dist, cfg: TrainConfig, device: torch.devi
     if not dist.sharded:
         return model if dist.is_main else None
     if loop.engine is not None:
-        from tunesmith.distributed.deepspeed_engine import full_trainable_state
+        from tunesmith.train.deepspeed_engine import full_trainable_state
 
         weights = full_trainable_state(model, keep=dist.is_main)  # a collective
         loop.engine.destroy()
