@@ -209,7 +209,7 @@ def test_no_package_imports_a_package_above_it():
     )
 
 
-def test_the_walker_sees_lazy_and_relative_imports(tmp_path):
+def test_the_walker_sees_lazy_and_relative_imports():
     """The walker counts imports inside functions and resolves relative ones."""
     code = "def f():\n    from ..train import loop\n    import tunesmith.eval.sql\n"
     tree = ast.parse(code)
