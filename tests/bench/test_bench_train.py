@@ -9,19 +9,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from tunesmith.bench.train import (
-    FINAL_KEYS,
+from tunesmith.bench.train.data import prepare_data
+from tunesmith.bench.train.measure import (
     BenchSettings,
     eval_loss,
-    final_lines,
     linear_params,
     matmul_ceiling,
-    parse_final_lines,
-    prepare_data,
-    run_child,
-    summarize,
     useful_flops,
 )
+from tunesmith.bench.train.runner import run_child
+from tunesmith.bench.train.summary import FINAL_KEYS, final_lines, parse_final_lines, summarize
 from tunesmith.data.records import Conversation, Turn
 from tunesmith.models import load_model_and_tokenizer
 
@@ -124,6 +121,19 @@ def test_missing_variant_gives_nan_not_an_error():
     summary = summarize([_row("tunesmith", 500.0, 1000, 0.5)])
     assert math.isnan(summary["speedup_vs_trl_default"])
     assert final_lines(summary)[0] == "speedup_vs_trl_default=nan"
+
+
+def test_trl_variants_without_trl_stop_with_the_extra_to_install(monkeypatch):
+    import argparse
+
+    from tunesmith.bench import train
+    from tunesmith.errors import UserInputError
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    monkeypatch.setattr(train.trl_peer, "available", lambda: False)
+    with pytest.raises(UserInputError, match=r"tunesmith\[bench\]"):
+        train.run(parser.parse_args(["--quick"]))
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from tunesmith.data.packing import (
 )
 from tunesmith.data.records import Conversation
 from tunesmith.data.render import FALLBACK_TEMPLATES, IGNORE_INDEX, Rendered
-from tunesmith.train.loss import loss_sum
+from tunesmith.loss import loss_sum
 
 QUESTIONS = [
     ("How many patients?", "SELECT COUNT(*) FROM patients;"),

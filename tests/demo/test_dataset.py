@@ -20,8 +20,9 @@ from tunesmith.demo.dataset import (
     write_demo_files,
     write_raw_demo,
 )
-from tunesmith.demo.questions import TEMPLATES
-from tunesmith.eval.sql import normalize_sql, score_sql
+from tunesmith.demo.sql_text import normalize_sql
+from tunesmith.demo.templates import TEMPLATES
+from tunesmith.eval.sql import score_sql
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 from tunesmith.demo import clinic
-from tunesmith.demo.questions import TEMPLATES, generate_pairs, instances
-from tunesmith.eval.sql import has_top_level_order_by
+from tunesmith.demo.questions import generate_pairs, instances
+from tunesmith.demo.sql_text import has_top_level_order_by
+from tunesmith.demo.templates import TEMPLATES
 
 SQL_FEATURES = {
     "join": r"\bJOIN\b",

@@ -8,12 +8,11 @@ import pytest
 
 from tunesmith.demo import clinic
 from tunesmith.demo.dataset import demo_splits
+from tunesmith.demo.sql_text import has_top_level_order_by, normalize_sql
 from tunesmith.errors import DataError, UserInputError
 from tunesmith.eval.sql import (
     execution_match,
     extract_sql,
-    has_top_level_order_by,
-    normalize_sql,
     results_match,
     score_sql,
 )

@@ -30,7 +30,7 @@ def _batch(vocab: int, b: int = 2, s: int = 16):
 
 
 def test_auto_precision_is_the_devices_bf16():
-    from tunesmith.train.precision import default_device, resolve_precision
+    from tunesmith.precision import default_device, resolve_precision
 
     assert default_device().type == "cuda"
     expected = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -38,7 +38,7 @@ def test_auto_precision_is_the_devices_bf16():
 
 
 def test_lora_loads_with_sdpa_bf16_base_and_no_cpu_fast_paths(tiny_llama_dir):
-    from tunesmith.train.run import load_for_training
+    from tunesmith.train.steps import load_for_training
     from tunesmith.train.speed import install_cpu_fast_paths, pass_settings
 
     model, _tok, _src, _spec, precision, autocast = load_for_training(_config(tiny_llama_dir), CUDA)
@@ -73,7 +73,7 @@ def test_sdpa_training_step_runs_on_a_fused_kernel_with_padding(tiny_llama_dir):
 
 
 def test_bf16_autocast_step_on_cuda_matches_fp32_within_bf16_rounding(tiny_llama_dir):
-    from tunesmith.train.run import load_for_training
+    from tunesmith.train.steps import load_for_training
     from tunesmith.train.speed import compute_context
 
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def test_bf16_autocast_step_on_cuda_matches_fp32_within_bf16_rounding(tiny_llama
 def test_qlora_loads_nf4_with_double_quant_and_trains(tiny_llama_dir):
     import bitsandbytes as bnb
 
-    from tunesmith.train.run import load_for_training
+    from tunesmith.train.steps import load_for_training
     from tunesmith.train.speed import compute_context
 
     model, *_, autocast = load_for_training(_config(tiny_llama_dir, "qlora", dropout=0.0), CUDA)

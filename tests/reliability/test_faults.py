@@ -17,10 +17,10 @@ from tests.reliability.conftest import make_loop
 from tests.train.test_loop import _lora_model
 from tunesmith.cli import main
 from tunesmith.errors import WorkFailed
+from tunesmith.report.metrics import read_metrics
 from tunesmith.train import guard
 from tunesmith.train.checkpoint import list_checkpoints, verify_checkpoint
 from tunesmith.train.loop import TrainLoop
-from tunesmith.train.metrics import read_metrics
 
 
 def _loop(model, run_dir, **kw) -> TrainLoop:

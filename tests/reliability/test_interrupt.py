@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 
 from tests.reliability.conftest import make_loop
 from tunesmith.cli import main
+from tunesmith.report.metrics import read_metrics
 from tunesmith.train.checkpoint import list_checkpoints, verify_checkpoint
-from tunesmith.train.metrics import read_metrics
 
 pytestmark = pytest.mark.xdist_group("tiny-e2e")
 

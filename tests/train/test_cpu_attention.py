@@ -9,9 +9,9 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 from tests.tiny import make_tiny_model, make_tokenizer
 from tunesmith.data.dataset import collate
 from tunesmith.data.packing import pack_examples
+from tunesmith.loss import loss_sum
 from tunesmith.train import cpu_attention
 from tunesmith.train.cpu_attention import grouped_attention, install, plain_attention
-from tunesmith.train.loss import loss_sum
 
 from .test_loop import _varied_examples
 

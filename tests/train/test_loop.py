@@ -5,11 +5,11 @@ import torch
 from tests.tiny import make_tiny_model, make_tokenizer
 from tunesmith.data.dataset import batch_plan, collate, tokenize_conversations
 from tunesmith.data.records import Conversation
+from tunesmith.loss import loss_sum
 from tunesmith.methods import MethodArgs, get_method
 from tunesmith.train import cpu_attention
 from tunesmith.train.checkpoint import latest_valid_checkpoint
 from tunesmith.train.loop import LoopSettings, TrainLoop
-from tunesmith.train.loss import loss_sum
 from tunesmith.train.speed import pack_cpu_passes
 
 

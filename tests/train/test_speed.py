@@ -5,7 +5,7 @@ import torch
 
 from tests.tiny import make_tiny_model, make_tokenizer
 from tunesmith.data.dataset import collate
-from tunesmith.train.loss import loss_sum
+from tunesmith.loss import loss_sum
 from tunesmith.train.speed import (
     EAGER_MAX_SEQ_LEN,
     split_overhead_tokens,

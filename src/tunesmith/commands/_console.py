@@ -8,13 +8,27 @@ from typing import Any
 
 
 def quiet_libraries() -> None:
-    """Silence progress bars and advice that third-party libraries print on every load."""
+    """Silence progress bars, advice and notices that third-party libraries print on every load.
+
+    Call it before the libraries are imported. peft imports bitsandbytes whenever it is
+    installed, and accelerate imports DeepSpeed; neither is used unless a run asks for 4-bit
+    weights or ``--distributed deepspeed``, so their load-time notices say nothing to the user.
+    Errors still show.
+    """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import logging
     import warnings
 
-    # bitsandbytes warns on import that an optional hub kernel is missing; it falls back.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # bitsandbytes warns on import that an optional hub kernel is missing (it falls back), and
+    # the kernels package it asks notes that it skipped a trust check in offline mode.
+    for name in ("bitsandbytes", "kernels"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # DeepSpeed's "Setting accelerator to CPU" goes to stdout, where it would corrupt --json
+    # output. DeepSpeed sets its logger's level itself on import, so a filter drops the notice
+    # (one that outlives that setLevel); its other warnings still show in DeepSpeed runs.
+    deepspeed = logging.getLogger("DeepSpeed")
+    if _accelerator_notice not in deepspeed.filters:
+        deepspeed.addFilter(_accelerator_notice)
 
     import transformers
 
@@ -22,6 +36,13 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*kernels.*")
+
+
+def _accelerator_notice(record) -> bool:
+    """A logging filter: drop DeepSpeed's accelerator-detection notices, keep its errors."""
+    import logging
+
+    return record.filename != "real_accelerator.py" or record.levelno >= logging.ERROR
 
 
 def console(stderr: bool = False):

@@ -40,4 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tunesmith.commands._console import quiet_libraries
+
+    quiet_libraries()
     return int(args._bench_run(args) or 0)

@@ -42,6 +42,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_help: str, dtype_h
 
 def run_verified(args: argparse.Namespace, work: Callable[..., Any], what: str) -> int:
     """Call ``work(probe=...)``; print its result (or the failed verification) and exit code."""
+    from tunesmith.commands._console import quiet_libraries
+
+    quiet_libraries()  # before tunesmith.export loads peft, and with it bitsandbytes
     from tunesmith.errors import ConfigError
     from tunesmith.export import VerificationFailed
     from tunesmith.export.table import print_result

@@ -141,8 +141,11 @@ def _print_table(rows: list[dict[str, Any]], with_counts: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tunesmith.commands._console import quiet_libraries
     from tunesmith.methods import MethodArgs
     from tunesmith.methods.targets import resolve_targets
+
+    quiet_libraries()  # the registry imports peft, and with it bitsandbytes
 
     config = load_model_config(args.model_config) if args.model_config else None
     method_args = None

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith.train.metrics import read_metrics
+from tunesmith.report.metrics import read_metrics
 
 # eval.json "task" -> its headline metric (tunesmith.eval.evaluate.score); any other task is
 # free text, scored by ROUGE-L. Kept here as data: importing the evaluator would import torch.

@@ -312,7 +312,7 @@ def _settings(
     """The settings every method shared, for ``compare.json``."""
     import torch
 
-    from tunesmith.train.precision import default_device, resolve_precision
+    from tunesmith.precision import default_device, resolve_precision
 
     device = default_device()
     return {

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from tunesmith.atomic import write_jsonl, write_text
 from tunesmith.data.records import Conversation, Turn
 from tunesmith.demo.questions import Example, instances, round_robin
-from tunesmith.eval.sql import normalize_sql
+from tunesmith.demo.sql_text import normalize_sql
 
 SYSTEM_PROMPT = "Translate the question into one SQLite query over the clinic database."
 TASK = "clinic-sql"

@@ -73,7 +73,7 @@ class DistContext:
 
     @property
     def device(self) -> torch.device:
-        from tunesmith.train.precision import default_device
+        from tunesmith.precision import default_device
 
         if self.accelerator is not None:
             return self.accelerator.device

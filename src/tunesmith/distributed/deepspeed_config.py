@@ -125,7 +125,7 @@ def _without_auto(node: Any) -> Any:
 
 def config_for_run(cfg, world_size: int, device) -> dict[str, Any]:
     """:func:`fill_config` for a ``TrainConfig`` on ``world_size`` processes of ``device``."""
-    from tunesmith.train.precision import resolve_precision
+    from tunesmith.precision import resolve_precision
 
     return fill_config(
         cfg.distributed_config,

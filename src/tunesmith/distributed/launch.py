@@ -43,7 +43,7 @@ def relaunch(
     check_engine(cfg.distributed, cfg.distributed_config)
     if cfg.distributed == "deepspeed":  # a contradicting config fails here, not in N ranks
         from tunesmith.distributed.deepspeed_config import config_for_run
-        from tunesmith.train.precision import default_device
+        from tunesmith.precision import default_device
 
         config_for_run(cfg, cfg.nproc, default_device())
     env = dict(os.environ)

@@ -1,6 +1,6 @@
 """The loss as a module, wrapped in DDP or FSDP.
 
-The fast loss path (:func:`tunesmith.train.loss.loss_sum`) calls the model's body and head
+The fast loss path (:func:`tunesmith.loss.loss_sum`) calls the model's body and head
 directly, which would bypass a DDP/FSDP wrapper's ``forward`` (DDP would not know to reduce
 gradients; FSDP would not gather parameters). So the wrapped module is :class:`LossModule`,
 whose ``forward`` *is* the loss; the language model inside is untouched and keeps its names.
@@ -10,7 +10,7 @@ state split over ranks; each decoder layer one unit, gathered just before it run
 called directly rather than through accelerate, whose FSDP path is GPU-only and so could not
 be tested here. DDP is torch's ``DistributedDataParallel`` (accelerate's ``prepare`` would
 switch engines on its own when a launcher config says FSDP or DeepSpeed). DeepSpeed wraps the
-same ``LossModule``, but only once the optimizer exists (:mod:`.deepspeed_engine`).
+same ``LossModule``, but only once the optimizer exists (:mod:`tunesmith.train.deepspeed_engine`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 from tunesmith.data.dataset import Batch
 from tunesmith.distributed.context import DistContext
 from tunesmith.errors import UserInputError
-from tunesmith.train.loss import loss_sum
+from tunesmith.loss import loss_sum
 
 
 class LossModule(nn.Module):

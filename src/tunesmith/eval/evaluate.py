@@ -125,7 +125,7 @@ def answer_perplexity(
     import torch
 
     from tunesmith.data.dataset import collate, tokenize_conversations
-    from tunesmith.train.loss import loss_sum
+    from tunesmith.loss import loss_sum
 
     examples = tokenize_conversations(tokenizer, convs, seq_len=seq_len)
     device = next(model.parameters()).device

@@ -22,6 +22,12 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from tunesmith.demo import clinic
+from tunesmith.demo.sql_text import (
+    has_top_level_order_by,
+    normalize_sql,
+    split_statement,
+    sql_tokens,
+)
 from tunesmith.errors import DataError, UserInputError
 
 # Relative/absolute float tolerance: absorbs summation-order noise (~1e-12), not rounding
@@ -34,18 +40,6 @@ _PROGRESS_STEPS = 1000
 # Longest string/blob a query may build: stops e.g. zeroblob(10**9) from eating memory.
 _MAX_VALUE_BYTES = 1_000_000
 
-_TOKEN = re.compile(
-    r"""'(?:[^']|'')*'?     # string literal (kept verbatim, case-sensitive)
-      | "(?:[^"]|"")*"?     # quoted identifier
-      | `[^`]*`?
-      | \[[^\]]*\]?
-      | \d+(?:\.\d*)?(?:[eE][-+]?\d+)? | \.\d+(?:[eE][-+]?\d+)?
-      | [A-Za-z_][\w$]*
-      | <=|>=|<>|!=|==|\|\||<<|>>
-      | \S""",
-    re.VERBOSE,
-)
-
 
 class SqlMatch(NamedTuple):
     """The verdict on one prediction.
@@ -54,60 +48,13 @@ class SqlMatch(NamedTuple):
         match: The prediction returns the gold result (execution accuracy).
         error: Why the prediction could not be run (syntax error, timeout, not a single
             SELECT); ``None`` when it ran, whether or not its result matched.
-        exact: The prediction equals the gold query after :func:`normalize_sql`.
+        exact: The prediction equals the gold query after
+            :func:`~tunesmith.demo.sql_text.normalize_sql`.
     """
 
     match: bool
     error: str | None = None
     exact: bool = False
-
-
-def sql_tokens(sql: str) -> list[str]:
-    """Split SQL into tokens; string literals and quoted identifiers stay whole."""
-    return _TOKEN.findall(sql)
-
-
-def _split_statement(text: str) -> tuple[str, str]:
-    """(first statement without its ';', the rest), ignoring ';' inside quotes."""
-    quote = None
-    for i, ch in enumerate(text):
-        if quote:
-            if ch == quote:
-                quote = None
-        elif ch in "'\"`":
-            quote = ch
-        elif ch == ";":
-            return text[:i], text[i + 1 :]
-    return text, ""
-
-
-def normalize_sql(sql: str) -> str:
-    """Canonical text for exact match: tokens joined by one space, lower case outside
-    string literals, trailing semicolons dropped.
-
-    SQLite keywords and identifiers are case-insensitive and whitespace is insignificant,
-    so two queries with equal normal forms are the same query; string literals keep their
-    case because ``'Boston' != 'boston'`` in SQLite.
-    """
-    text = sql.strip()
-    while text.endswith(";"):
-        text = text[:-1].rstrip()
-    return " ".join(t if t.startswith("'") else t.lower() for t in sql_tokens(text))
-
-
-def has_top_level_order_by(sql: str) -> bool:
-    """True when the outermost query sorts its result (ORDER BY outside any parentheses)."""
-    depth, prev = 0, ""
-    for tok in sql_tokens(sql):
-        low = tok.lower()
-        if tok == "(":
-            depth += 1
-        elif tok == ")":
-            depth -= 1
-        elif depth == 0 and prev == "order" and low == "by":
-            return True
-        prev = low if depth == 0 else ""
-    return False
 
 
 _FENCE = re.compile(r"```[ \t]*(?:sql|sqlite)?[ \t]*\n?(.*?)(?:```|$)", re.IGNORECASE | re.DOTALL)
@@ -145,7 +92,7 @@ def extract_sql(text: str) -> str:
     # as the non-SELECT it is.
     if start and not _starts_with_sql_verb(text[: start.start()]):
         text = text[start.start() :]
-    text, _ = _split_statement(text)
+    text, _ = split_statement(text)
     text = re.split(r"\n\s*\n", text, maxsplit=1)[0]
     return text.strip()
 
@@ -266,7 +213,7 @@ def execution_match(
     """
     gold_rows, ordered = _gold(gold_sql, db_seed, timeout_s)
     exact = normalize_sql(pred_sql) == normalize_sql(gold_sql)
-    statement, rest = _split_statement(pred_sql.strip())
+    statement, rest = split_statement(pred_sql.strip())
     if not statement.strip():
         return SqlMatch(False, "empty query", exact)
     if rest.strip(" \t\n;"):

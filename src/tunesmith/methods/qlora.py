@@ -36,7 +36,7 @@ def compute_dtype() -> torch.dtype:
     On a CPU with native bf16 this matters: fp32 compute dequantized every 4-bit weight to
     fp32 and cast it again under autocast, ~10x slower than LoRA per step on the demo.
     """
-    from tunesmith.train.precision import default_device, resolve_precision
+    from tunesmith.precision import default_device, resolve_precision
 
     return (
         torch.bfloat16 if resolve_precision("auto", default_device()) == "bf16" else torch.float32

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UserInputError
-from tunesmith.train.metrics import read_metrics
+from tunesmith.report.metrics import read_metrics
 
 # Expected entries of a run directory (DESIGN.md) and what their absence means.
 EXPECTED: dict[str, str] = {

@@ -9,7 +9,7 @@ Distributed runs (``ctx`` given) write the same format: sharded tensors are gath
 ones (:mod:`tunesmith.distributed.state`) on every rank, rank 0 alone writes, and each
 rank's RNG state is kept (``rng.pt`` for rank 0, ``rng-rank<N>.pt`` for the others).
 DeepSpeed runs keep the engine's own sharded state instead of ``trainable.safetensors`` and
-``optimizer.pt`` (:mod:`tunesmith.distributed.deepspeed_engine`); the position files
+``optimizer.pt`` (:mod:`tunesmith.train.deepspeed_engine`); the position files
 (:func:`write_position`) and the manifest are the same.
 """
 

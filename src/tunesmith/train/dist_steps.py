@@ -50,7 +50,7 @@ def whole_model_on_main(model, loop, dist, cfg: TrainConfig, device: torch.devic
     if not dist.sharded:
         return model if dist.is_main else None
     if loop.engine is not None:
-        from tunesmith.distributed.deepspeed_engine import full_trainable_state
+        from tunesmith.train.deepspeed_engine import full_trainable_state
 
         weights = full_trainable_state(model, keep=dist.is_main)  # a collective
         loop.engine.destroy()

@@ -29,11 +29,11 @@ from tunesmith.data.packing import pack_into_passes, pack_row
 from tunesmith.data.render import IGNORE_INDEX, Rendered
 from tunesmith.distributed import DistContext, rank_slice
 from tunesmith.errors import TunesmithError, WorkFailed
+from tunesmith.loss import fast_path_eligible, loss_sum
+from tunesmith.report.metrics import MetricsLog
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import guard
 from tunesmith.train.host_memory import HeapTrimmer
-from tunesmith.train.loss import fast_path_eligible, loss_sum
-from tunesmith.train.metrics import MetricsLog
 from tunesmith.train.speed import compute_context
 
 
@@ -125,7 +125,7 @@ class TrainLoop:
         self.say = say or (lambda message: None)  # announces retries and skipped steps
         self.fast = settings.fast_loss and fast_path_eligible(model)
         self.forward = None
-        # DeepSpeed's engine reduces, clips and updates (distributed/deepspeed_engine.py).
+        # DeepSpeed's engine reduces, clips and updates (train/deepspeed_engine.py).
         self.engine = None
         if self.dist.active:
             from tunesmith.distributed.wrap import wrap
@@ -148,7 +148,7 @@ class TrainLoop:
             num_training_steps=settings.max_steps,
         )
         if self.dist.mode == "deepspeed":
-            from tunesmith.distributed import deepspeed_engine
+            from tunesmith.train import deepspeed_engine
 
             self.engine = deepspeed_engine.initialize(
                 self.forward, self.optimizer, self.dist.engine_config
@@ -378,7 +378,7 @@ class TrainLoop:
         if self.dist.active:
             (loss_value,) = self.dist.sum(loss_value)
         if self.engine is not None:  # DeepSpeed clips, updates, and drops a non-finite update
-            from tunesmith.distributed.deepspeed_engine import step as engine_step
+            from tunesmith.train.deepspeed_engine import step as engine_step
 
             grad_norm = engine_step(self.engine)
         else:
@@ -440,7 +440,7 @@ class TrainLoop:
         }
         root = self.run_dir / "checkpoints"
         if self.engine is not None:  # DeepSpeed's sharded format
-            from tunesmith.distributed import deepspeed_engine
+            from tunesmith.train import deepspeed_engine
 
             return deepspeed_engine.save_checkpoint(
                 root, step, self.engine, self.scheduler, extra, self.dist
@@ -457,7 +457,7 @@ class TrainLoop:
 
     def _load(self, path: Path) -> dict:
         if self.engine is not None:
-            from tunesmith.distributed import deepspeed_engine
+            from tunesmith.train import deepspeed_engine
 
             return deepspeed_engine.load_checkpoint(
                 path, self.engine, self.scheduler, self.dist.rank

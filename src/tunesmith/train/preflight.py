@@ -12,7 +12,7 @@ from tunesmith.config import TrainConfig
 from tunesmith.errors import UserInputError
 from tunesmith.rundir import RunDir, RunLock, RunLocked
 from tunesmith.train.dist_steps import per_rank_plan
-from tunesmith.train.precision import resolve_precision
+from tunesmith.precision import resolve_precision
 
 
 @dataclass

@@ -175,7 +175,7 @@ def _train_and_save(
 ) -> RunResult:
     """Evaluate the base, fit, save, evaluate the result and write the report."""
     from tunesmith.train.loop import TrainLoop, steps_for_epochs
-    from tunesmith.train.metrics import MetricsLog
+    from tunesmith.report.metrics import MetricsLog
 
     train_ex, eval_ex = examples
     model, tokenizer, spec = built.model, built.tokenizer, built.spec

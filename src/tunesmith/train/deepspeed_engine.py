@@ -1,17 +1,17 @@
 """DeepSpeed ZeRO (stages 1-3) under tunesmith's own loop: the update, checkpoints, full weights.
 
 ``deepspeed.initialize`` wraps the :class:`~tunesmith.distributed.wrap.LossModule` together
-with the loop's torch AdamW (config filled by :mod:`.deepspeed_config`). The loop keeps what
-it does for DDP and FSDP: the batch plan, a variable number of passes per step (length-split
-micro-batches, aligned over ranks), the loss divided by the step's global trained tokens and
-scaled by the world size (ZeRO averages gradients over ranks, as DDP does), and the HF lr
-scheduler, which sets the learning rate on the torch optimizer ZeRO steps. Per pass the loop
-sets ``engine.set_gradient_accumulation_boundary`` (true on the last one) and calls
-``engine.backward(loss, scale_wrt_gas=False)``: DeepSpeed's 1/accumulation rescale would count
-a fixed number of passes. :func:`step` then runs ``engine.step()`` once per optimizer step:
-ZeRO reduces the gradients, takes the global norm, clips to ``gradient_clipping`` and updates,
-or drops the update when the norm is not finite (its overflow check, used for ``--on-nan
-skip``).
+with the loop's torch AdamW (config filled by :mod:`tunesmith.distributed.deepspeed_config`).
+The loop keeps what it does for DDP and FSDP: the batch plan, a variable number of passes per
+step (length-split micro-batches, aligned over ranks), the loss divided by the step's global
+trained tokens and scaled by the world size (ZeRO averages gradients over ranks, as DDP does),
+and the HF lr scheduler, which sets the learning rate on the torch optimizer ZeRO steps. Per
+pass the loop sets ``engine.set_gradient_accumulation_boundary`` (true on the last one) and
+calls ``engine.backward(loss, scale_wrt_gas=False)``: DeepSpeed's 1/accumulation rescale would
+count a fixed number of passes. :func:`step` then runs ``engine.step()`` once per optimizer
+step: ZeRO reduces the gradients, takes the global norm, clips to ``gradient_clipping`` and
+updates, or drops the update when the norm is not finite (its overflow check, used for
+``--on-nan skip``).
 
 Checkpoints are DeepSpeed's own sharded format (``engine.save_checkpoint``: every rank writes
 its partition of the fp32 master weights and AdamW state), in ``step-N/deepspeed/`` beside

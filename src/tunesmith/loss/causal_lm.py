@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tunesmith.data.dataset import Batch
 from tunesmith.data.packing import attention_inputs
 from tunesmith.data.render import IGNORE_INDEX
-from tunesmith.train.chunked_ce import chunked_cross_entropy
+from tunesmith.loss.chunked_ce import chunked_cross_entropy
 
 
 def _causal_lm(model):
@@ -57,6 +57,6 @@ def loss_sum(model, batch: Batch, fast: bool = True) -> torch.Tensor:
     h = hidden[:, :-1][keep]  # (N, C): only positions whose next token is trained
     logits = lm.lm_head(h)  # (N, V)
     if logits.device.type == "cpu" and logits.dtype in (torch.bfloat16, torch.float16):
-        # Same fp32 log-softmax without fp32 copies of all of (N, V) (train/chunked_ce.py).
+        # Same fp32 log-softmax without fp32 copies of all of (N, V) (loss/chunked_ce.py).
         return chunked_cross_entropy(logits, targets[keep])
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")  # fp32: stable

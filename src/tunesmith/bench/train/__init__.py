@@ -1,0 +1,118 @@
+"""Training throughput against the TRL peer: same model, data, adapter, batch, steps and seed.
+
+Three variants train the same LoRA (r=8, alpha=32, q_proj/v_proj, dropout 0.05) on the same
+cleaned clinic demo data, each in its own child process (so imports, caches and peak RSS are
+its own), alternated ``tunesmith, trl-default, trl-tuned, tunesmith, ...`` so that drift in
+machine load hits all of them alike:
+
+tunesmith    :class:`tunesmith.train.loop.TrainLoop` as ``tunesmith train`` drives it
+             (``--precision auto``: a bf16-stored frozen base where the hardware has native bf16).
+trl-default  TRL ``SFTTrainer`` as a user writes it: ``SFTConfig`` defaults (gradient
+             checkpointing on, completion-only loss on prompt/completion data) and fp32, the
+             setting the CPU defaults leave (``bf16=True`` without ``use_cpu`` refuses to start).
+trl-tuned    TRL with its speed options: bf16 autocast, padding-free batches, no checkpointing.
+
+Only the optimizer steps after one warm-up step are timed (callbacks stamp each step's end).
+Trained tokens are positions whose next token carries loss; processed tokens are the
+non-padding positions. The useful work of a step, the same formula for every variant, is::
+
+    FLOPs = 4 * N_body * processed + 4 * V * C * trained + 6 * N_adapter * processed
+
+``N_body``: frozen linear weights of the decoder blocks (forward 2N plus the input-gradient
+half of the backward 2N; no weight gradients); ``V * C``: the vocabulary projection, needed
+only where a loss is taken; ``N_adapter``: trainable adapter weights (forward, input and
+weight gradients: 6N). Attention score products (~3% at these ~90-token records) and
+recomputation by gradient checkpointing are not counted: they are not useful work. See
+Kaplan et al., "Scaling Laws for Neural Language Models" (arXiv:2001.08361), Sec. 2.1, for
+the 2N-forward / 4N-backward accounting this splits. Achieved FLOP/s are divided by the
+``2048^3`` matmul ceiling measured on this machine in the same run, at the variant's
+compute precision.
+
+Eval loss is the same for all variants: tunesmith's rendering of the held-out set, mean
+token loss over assistant tokens, computed with each model in the precision it trained in.
+"""
+
+# This module is the subcommand (its docstring is the --help text); the parts: measure (rows,
+# the FLOP formula, the clock, eval loss), data (the cleaned demo), tunesmith_side (the
+# library's own training steps), trl_peer (the only module that imports trl), runner (child
+# processes, alternated rounds) and summary (ratios, final lines, table).
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tunesmith.bench.train import trl_peer
+from tunesmith.bench.train.measure import BenchSettings
+from tunesmith.bench.train.runner import VARIANTS, bench_train
+from tunesmith.bench.train.summary import final_lines, results_table
+
+HELP = "training throughput, memory and loss vs TRL SFTTrainer (default and tuned)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="embedded", help="base model (default: embedded SmolLM2-135M)"
+    )
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run (1 untimed)")
+    parser.add_argument("--reps", type=int, default=3, help="alternated rounds of all variants")
+    parser.add_argument(
+        "--quick", action="store_true", help="12 steps, 1 round (< 15 min on 2 CPU cores)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per step")
+    parser.add_argument("--eval-limit", type=int, default=64, help="held-out records for eval loss")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per process (default: torch's own; 1 resists a busy machine)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=VARIANTS,
+        metavar="VARIANT",
+        help=f"variants to run (default: {' '.join(VARIANTS)})",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write every row to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tunesmith.errors import ConfigError, UserInputError
+
+    steps, reps = (12, 1) if args.quick else (args.steps, args.reps)
+    for key, value in (("steps", steps), ("reps", reps), ("batch-size", args.batch_size)):
+        if value < (2 if key == "steps" else 1):
+            raise ConfigError(
+                key, value, "an integer >= 2" if key == "steps" else "an integer >= 1"
+            )
+    if not trl_peer.available() and set(args.variants) & set(trl_peer.VARIANTS):
+        raise UserInputError(
+            "the TRL variants need trl: pip install 'tunesmith[bench]', or run --variants tunesmith"
+        )
+    settings = BenchSettings(
+        model=args.model,
+        steps=steps,
+        batch_size=args.batch_size,
+        eval_limit=args.eval_limit,
+        threads=args.threads,
+    )
+    report = bench_train(
+        settings,
+        reps=reps,
+        variants=tuple(args.variants),
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        from tunesmith.atomic import write_json
+
+        write_json(Path(args.json), report)
+    from rich.console import Console
+
+    # A fixed width: a pipe or log file would otherwise squeeze the 12 columns to 80 characters.
+    Console(width=160).print(results_table(report))
+    for line in final_lines(report["summary"]):
+        print(line, flush=True)
+    return 0

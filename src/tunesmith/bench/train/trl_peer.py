@@ -1,0 +1,153 @@
+"""The TRL peer of the training bench: ``SFTTrainer`` as a user writes it, default and tuned.
+
+trl-default  ``SFTConfig`` defaults (gradient checkpointing on, completion-only loss on
+             prompt/completion data) and fp32, the setting the CPU defaults leave
+             (``bf16=True`` without ``use_cpu`` refuses to start).
+trl-tuned    TRL with its speed options: bf16 autocast, padding-free batches, no checkpointing.
+
+The only module of tunesmith that imports ``trl`` (the ``[bench]`` extra), and only inside
+its functions: ``tunesmith bench train --variants tunesmith`` runs without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tunesmith.bench.train.data import read_conversations
+from tunesmith.bench.train.measure import (
+    LORA,
+    BenchSettings,
+    StepClock,
+    eval_loss,
+    finish_row,
+    linear_params,
+    peak_rss_bytes,
+)
+
+VARIANTS: tuple[str, ...] = ("trl-default", "trl-tuned")
+
+
+def available() -> bool:
+    """Whether ``trl`` is installed (``pip install 'tunesmith[bench]'``)."""
+    return importlib.util.find_spec("trl") is not None
+
+
+class _CountingCollator:
+    """Wraps TRL's collator to record each batch's (trained, processed, padded) token counts."""
+
+    def __init__(self, inner, log: list[tuple[int, int, int]]):
+        self.inner, self.log = inner, log
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        labels = batch["labels"]
+        if "attention_mask" in batch:
+            processed = int(batch["attention_mask"].sum())
+        else:  # padding-free: one flat row, no padding unless pad_to_multiple_of
+            processed = labels.numel()
+        self.log.append((int((labels != -100).sum()), processed, labels.numel() - processed))
+        return batch
+
+
+def trl_config(settings: BenchSettings, out_dir: Path, tuned: bool):
+    """The ``SFTConfig`` a user writes: defaults (fp32 on CPU) or TRL's speed options."""
+    import torch
+    from trl import SFTConfig
+
+    from tunesmith.precision import cpu_has_native_bf16
+
+    common = dict(
+        output_dir=str(out_dir),
+        report_to="none",
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=settings.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(settings.warmup_ratio * settings.steps),
+        seed=settings.seed,
+        save_strategy="no",
+        logging_steps=1,  # per-step losses; the cost is one .item() per step
+        disable_tqdm=True,
+        max_length=settings.seq_len,
+    )
+    if not tuned:
+        # SFTConfig's bf16=True default refuses CPUs without use_cpu; a user sets bf16=False.
+        return SFTConfig(**common, bf16=torch.cuda.is_available())
+    bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
+    return SFTConfig(
+        **{**common, "max_length": None},  # padding-free without packing needs max_length=None
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        padding_free=True,
+        gradient_checkpointing=False,
+    )
+
+
+def run_trl(
+    settings: BenchSettings, data: dict[str, str], workdir: Path, tuned: bool
+) -> dict[str, Any]:
+    """TRL ``SFTTrainer`` on the already loaded model and an in-memory dataset (offline)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    from tunesmith.models import load_model_and_tokenizer
+
+    t0 = time.perf_counter()
+    model, tok, _src = load_model_and_tokenizer(settings.model)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    rows = [
+        json.loads(line) for line in Path(data["train_prompt_completion"]).read_text().splitlines()
+    ]
+    args = trl_config(settings, workdir / "trl", tuned)
+    clock, losses, counts = StepClock(), [], []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            clock.tick()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=LoraConfig(
+            r=LORA["rank"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules=list(LORA["target"]),
+            task_type="CAUSAL_LM",
+        ),
+        callbacks=[Stamp()],
+    )
+    trainer.data_collator = _CountingCollator(trainer.data_collator, counts)
+    setup_s = time.perf_counter() - t0
+    trainer.train()
+    peak = peak_rss_bytes()
+    precision = trainer.accelerator.mixed_precision
+    autocast = torch.bfloat16 if precision == "bf16" else None
+    held_out = read_conversations(data["eval_messages"])[: settings.eval_limit]
+    return finish_row(
+        "trl-tuned" if tuned else "trl-default",
+        precision="bf16" if autocast else "fp32",
+        checkpointing=bool(args.gradient_checkpointing),
+        clock=clock,
+        per_step=counts[: settings.steps],
+        params=linear_params(trainer.model),
+        losses=losses,
+        peak_rss=peak,
+        eval_value=eval_loss(trainer.model, tok, held_out, settings, autocast),
+        setup_s=setup_s,
+    )

@@ -1,0 +1,121 @@
+"""The ``tunesmith`` variant of the training bench: the library's own training steps, timed.
+
+:class:`tunesmith.train.loop.TrainLoop` as ``tunesmith train`` drives it (``--precision
+auto``: a bf16-stored frozen base where the hardware has native bf16). The set-up is the
+train workflow's own calls, made in one place (:func:`prepare_loop`); this module only adds
+the clock and the counts around them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tunesmith.bench.train.data import read_conversations
+from tunesmith.bench.train.measure import (
+    LORA,
+    BenchSettings,
+    StepClock,
+    eval_loss,
+    finish_row,
+    linear_params,
+    peak_rss_bytes,
+)
+
+
+class PreparedLoop(NamedTuple):
+    """A loop ready to train, with the model, tokenizer and precision it was made for."""
+
+    loop: Any  # tunesmith.train.loop.TrainLoop
+    model: Any
+    tokenizer: Any
+    precision: str
+    autocast: Any  # torch.dtype | None
+
+
+def prepare_loop(settings: BenchSettings, train_path: str, workdir: Path, device) -> PreparedLoop:
+    """What ``tunesmith train`` does from the config to a ready loop, with the bench's settings.
+
+    The same library calls as :func:`tunesmith.train.run.run_training`, in its order: the
+    config (``make_config``), the base loaded with the method applied (``load_for_training``:
+    precision policy, attention kernel, CPU fast paths), the tokenized examples, and the loop
+    settings with the device's pass choices (``pass_settings``). This is the one place the
+    bench wires those steps; what it leaves out (the memory plan, base evaluation, the run
+    directory's files) is not timed.
+    """
+    import torch
+
+    from tunesmith.config import make_config
+    from tunesmith.data.dataset import tokenize_conversations
+    from tunesmith.train.loop import LoopSettings, TrainLoop
+    from tunesmith.train.steps import load_for_training
+    from tunesmith.train.speed import adapter_autocast, pass_settings
+
+    torch.manual_seed(settings.seed)
+    cfg = make_config(
+        {
+            "model": settings.model,
+            "method": "lora",
+            "target": ",".join(LORA["target"]),
+            "rank": LORA["rank"],
+            "alpha": LORA["alpha"],
+            "dropout": LORA["dropout"],
+            "lr": settings.lr,
+            "batch_size": settings.batch_size,
+            "seq_len": settings.seq_len,
+            "seed": settings.seed,
+        }
+    )
+    model, tok, _src, _spec, precision, autocast = load_for_training(cfg, device)
+    examples = tokenize_conversations(tok, read_conversations(train_path), seq_len=cfg.seq_len)
+    loop_settings = LoopSettings(
+        max_steps=settings.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup_ratio=settings.warmup_ratio,
+        seed=cfg.seed,
+        autocast_dtype=autocast,
+        keep_input_dtype=adapter_autocast(cfg.method, precision),
+        **pass_settings(model, device),
+    )
+    loop = TrainLoop(model, examples, tok.pad_token_id, loop_settings, workdir / "run", device)
+    return PreparedLoop(loop, model, tok, precision, autocast)
+
+
+def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """Train ``settings.steps`` steps with :func:`prepare_loop`'s loop; returns the run's row."""
+    from tunesmith.precision import default_device
+
+    t0 = time.perf_counter()
+    ready = prepare_loop(settings, data["train_messages"], workdir, default_device())
+    clock = StepClock()
+    setup_s = time.perf_counter() - t0
+    # The loop restarts the resident high-water mark (its own peak is training's); the bench
+    # compares whole processes with TRL's, so the loading peak before training counts too.
+    before = peak_rss_bytes()
+    result = ready.loop.train(progress=lambda done, loss: clock.tick())
+    peak = max(before, peak_rss_bytes())
+    per_step = []
+    for step in range(settings.steps):  # the batch plan is a pure function of the step
+        passes = ready.loop.micro_batches(step)
+        per_step.append(
+            (
+                sum(b.num_trained for b in passes),
+                sum(b.num_tokens for b in passes),
+                sum(b.input_ids.numel() - b.num_tokens for b in passes),
+            )
+        )
+    held_out = read_conversations(data["eval_messages"])[: settings.eval_limit]
+    return finish_row(
+        "tunesmith",
+        precision=ready.precision,
+        checkpointing=False,
+        clock=clock,
+        per_step=per_step,
+        params=linear_params(ready.model),
+        losses=result.losses,
+        peak_rss=peak,
+        eval_value=eval_loss(ready.model, ready.tokenizer, held_out, settings, ready.autocast),
+        setup_s=setup_s,
+    )
