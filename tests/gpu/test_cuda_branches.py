@@ -38,8 +38,8 @@ def test_auto_precision_is_the_devices_bf16():
 
 
 def test_lora_loads_with_sdpa_bf16_base_and_no_cpu_fast_paths(tiny_llama_dir):
-    from tunesmith.train.steps import load_for_training
     from tunesmith.train.speed import install_cpu_fast_paths, pass_settings
+    from tunesmith.train.steps import load_for_training
 
     model, _tok, _src, _spec, precision, autocast = load_for_training(_config(tiny_llama_dir), CUDA)
     base = model.get_base_model()
@@ -73,8 +73,8 @@ def test_sdpa_training_step_runs_on_a_fused_kernel_with_padding(tiny_llama_dir):
 
 
 def test_bf16_autocast_step_on_cuda_matches_fp32_within_bf16_rounding(tiny_llama_dir):
-    from tunesmith.train.steps import load_for_training
     from tunesmith.train.speed import compute_context
+    from tunesmith.train.steps import load_for_training
 
     torch.manual_seed(0)
     model, *_, autocast = load_for_training(_config(tiny_llama_dir, dropout=0.0), CUDA)
@@ -94,8 +94,8 @@ def test_bf16_autocast_step_on_cuda_matches_fp32_within_bf16_rounding(tiny_llama
 def test_qlora_loads_nf4_with_double_quant_and_trains(tiny_llama_dir):
     import bitsandbytes as bnb
 
-    from tunesmith.train.steps import load_for_training
     from tunesmith.train.speed import compute_context
+    from tunesmith.train.steps import load_for_training
 
     model, *_, autocast = load_for_training(_config(tiny_llama_dir, "qlora", dropout=0.0), CUDA)
     linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]

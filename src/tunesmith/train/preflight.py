@@ -10,9 +10,9 @@ from typing import Any
 
 from tunesmith.config import TrainConfig
 from tunesmith.errors import UserInputError
+from tunesmith.precision import resolve_precision
 from tunesmith.rundir import RunDir, RunLock, RunLocked
 from tunesmith.train.dist_steps import per_rank_plan
-from tunesmith.precision import resolve_precision
 
 
 @dataclass

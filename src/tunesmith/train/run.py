@@ -174,8 +174,8 @@ def _train_and_save(
     t_start: float,
 ) -> RunResult:
     """Evaluate the base, fit, save, evaluate the result and write the report."""
-    from tunesmith.train.loop import TrainLoop, steps_for_epochs
     from tunesmith.report.metrics import MetricsLog
+    from tunesmith.train.loop import TrainLoop, steps_for_epochs
 
     train_ex, eval_ex = examples
     model, tokenizer, spec = built.model, built.tokenizer, built.spec

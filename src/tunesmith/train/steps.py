@@ -20,8 +20,8 @@ import torch
 from tunesmith.atomic import atomic_dir, write_json
 from tunesmith.config import TrainConfig
 from tunesmith.data.records import Conversation
-from tunesmith.rundir import RunDir
 from tunesmith.precision import resolve_precision, torch_dtype
+from tunesmith.rundir import RunDir
 from tunesmith.train.speed import adapter_autocast, install_cpu_fast_paths, train_attention
 
 

@@ -49,8 +49,8 @@ def prepare_loop(settings: BenchSettings, train_path: str, workdir: Path, device
     from tunesmith.config import make_config
     from tunesmith.data.dataset import tokenize_conversations
     from tunesmith.train.loop import LoopSettings, TrainLoop
-    from tunesmith.train.steps import load_for_training
     from tunesmith.train.speed import adapter_autocast, pass_settings
+    from tunesmith.train.steps import load_for_training
 
     torch.manual_seed(settings.seed)
     cfg = make_config(
