@@ -165,6 +165,14 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint directory was saved at."""
+    m = _STEP_DIR.match(Path(path).name)
+    if m is None:
+        raise ValueError(f"not a checkpoint directory: {path}")
+    return int(m.group(1))
+
+
 def verify_checkpoint(path: Path) -> bool:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
