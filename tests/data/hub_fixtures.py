@@ -35,7 +35,9 @@ def shard_folder(rows_by_split: dict[str, list[dict]], folder: Path) -> Path:
     return folder
 
 
-def cache_as_hub(rows_by_split: dict[str, list[dict]], repo_id: str, cache: Path, tmp: Path) -> None:
+def cache_as_hub(
+    rows_by_split: dict[str, list[dict]], repo_id: str, cache: Path, tmp: Path
+) -> None:
     """Put a dataset into the ``datasets`` cache at ``cache`` as if ``repo_id`` was loaded once."""
     from datasets import load_dataset
 

@@ -83,3 +83,9 @@ def test_mlflow_wandb_trackio_offline(hub_cache, tiny_llama_dir, tmp_path, monke
 
     offline = list((run / "wandb").rglob("offline-run-*"))
     assert offline and any(p.suffix == ".wandb" for p in offline[0].iterdir())
+
+    import trackio
+
+    logs = trackio.SQLiteStorage.get_logs("tunesmith", run=state["trackio"]["name"])
+    trackio_losses = {r["step"]: r["train/loss"] for r in logs if "train/loss" in r}
+    assert trackio_losses == pytest.approx(expected, abs=1e-6)
