@@ -15,11 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from tunesmith.data.containers import RawRecord, decode_cells
+from tunesmith.data.containers import RawRecord, decode_cells, raw_records
 from tunesmith.data.records import Conversation
 from tunesmith.data.sources import DataSource, ReadOptions, rename_columns
 from tunesmith.data.validate import Invalid
 from tunesmith.errors import DataError
+
+_STREAMED = (".parquet", ".jsonl", ".json", ".csv")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -58,9 +60,36 @@ def open_dataset(src: DataSource, streaming: bool = False) -> Any:
         raise DataError(_first_line(exc), src.label) from exc
 
 
+def split_files(src: DataSource) -> list[str] | None:
+    """The data files of a shard folder's split (``datasets``' own split patterns), or None
+    when some file is not one :mod:`~tunesmith.data.containers` streams (e.g. Arrow)."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        files = DataFilesDict.from_patterns(get_data_patterns(src.path), base_path=src.path)
+    except Exception as exc:  # datasets' EmptyDatasetError, FileNotFoundError ...
+        raise DataError(_first_line(exc), src.path) from exc
+    if src.split not in files:
+        raise DataError(f"no split {src.split!r}; it has {', '.join(files)}", src.path)
+    chosen = [str(f) for f in files[src.split]]
+    return chosen if all(f.endswith(_STREAMED) for f in chosen) else None
+
+
 def dataset_records(src: DataSource, streaming: bool = False) -> Iterator[RawRecord]:
-    """``(row index, record)`` of each row; JSON-text cells decoded, empty cells dropped."""
+    """``(row index, record)`` of each row; JSON-text cells decoded, empty cells dropped.
+
+    A shard folder streamed is read file by file with tunesmith's own container readers:
+    ``datasets``' local Parquet streaming holds a file's buffers until it is done, so memory
+    would grow with the shard.
+    """
     label = src.label
+    if streaming and src.kind == "folder" and (files := split_files(src)) is not None:
+        index = 0
+        for file in files:
+            for _, raw in raw_records(file)[1]:
+                yield index, raw  # an Invalid names its shard file and line itself
+                index += 1
+        return
     for index, row in enumerate(open_dataset(src, streaming)):
         raw = decode_cells(label, index, row)
         if isinstance(raw, Invalid):  # decode_cells counts rows; a dataset counts indices

@@ -22,7 +22,7 @@ from tunesmith.errors import ConfigError
 if TYPE_CHECKING:
     from tunesmith.config import TrainConfig
 
-DEDUP_WINDOW = 100_000
+DEDUP_WINDOW = 20_000
 EVAL_LIMIT = 500
 
 
