@@ -133,3 +133,15 @@ def test_windowed_dedup_forgets_old_records(tmp_path):
     windowed = clean_conversations(convs, dedup_window=3)
     assert everything.report["exact_duplicates"] == 1  # row 6 repeats row 0 ...
     assert windowed.report["exact_duplicates"] == 0  # ... which a 3-record window forgot
+
+
+def test_clean_cli_reads_a_dataset_folder_with_columns(tmp_path, capsys):
+    from tunesmith.cli import main
+
+    folder = shard_folder({"train": qa_rows(5), "test": qa_rows(3)}, tmp_path / "shards")
+    out = tmp_path / "out.jsonl"
+    args = ["clean", str(folder), "-o", str(out), "--columns", "instruction=question,output=answer"]
+    assert main([*args, "--data-split", "test", "--streaming", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input_records"] == 3 and report["kept"] == 3
+    assert report["options"]["dedup_window"] is not None
