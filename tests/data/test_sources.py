@@ -145,3 +145,20 @@ def test_clean_cli_reads_a_dataset_folder_with_columns(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["input_records"] == 3 and report["kept"] == 3
     assert report["options"]["dedup_window"] is not None
+
+
+def test_stream_plan(tmp_path):
+    from tunesmith.config import make_config
+    from tunesmith.data.stream import DEDUP_WINDOW, stream_plan
+
+    folder = str(shard_folder({"train": qa_rows(3)}, tmp_path / "shards"))
+    assert not stream_plan(make_config({"data": [folder]})).streaming  # small: auto is off
+    with pytest.raises(ConfigError, match="'streaming'.*--max-steps"):
+        stream_plan(make_config({"data": [folder], "streaming": True}))
+    plan = stream_plan(
+        make_config({"data": [folder], "streaming": True, "max-steps": 5, "batch-size": 2,
+                     "grad-accum": 3})
+    )  # fmt: skip
+    assert (plan.train_limit, plan.dedup_window, plan.read_options.streaming) == (
+        30, DEDUP_WINDOW, True,
+    )  # fmt: skip

@@ -56,7 +56,10 @@ def stream_plan(cfg: TrainConfig) -> StreamPlan:
     """
     options = ReadOptions(cfg.data_split, cfg.data_revision, parse_columns(cfg.columns))
     specs = [*cfg.data, *([cfg.eval_data] if cfg.eval_data else [])]
-    if not specs or not wants_streaming([options.resolve(s) for s in specs], cfg.streaming):
+    streaming = cfg.streaming
+    if streaming is None and specs:  # auto: the size decides (resolved once, in preflight)
+        streaming = wants_streaming([options.resolve(s) for s in specs], None)
+    if not specs or not streaming:
         return StreamPlan(options)
     if cfg.max_steps is None:
         raise ConfigError(
