@@ -10,6 +10,9 @@ from typing import Any
 def quiet_libraries() -> None:
     """Silence progress bars and advice that third-party libraries print on every load."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # datasets reads these when first imported (by --data org/name): no bars, no cache notes.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
     import logging
     import warnings
 
