@@ -89,3 +89,30 @@ def test_mlflow_wandb_trackio_offline(hub_cache, tiny_llama_dir, tmp_path, monke
     logs = trackio.SQLiteStorage.get_logs("tunesmith", run=state["trackio"]["name"])
     trackio_losses = {r["step"]: r["train/loss"] for r in logs if "train/loss" in r}
     assert trackio_losses == pytest.approx(expected, abs=1e-6)
+
+
+def test_resume_continues_the_same_tracker_runs(hub_cache, tiny_llama_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    run = tmp_path / "run"
+    extra = ("--report-to", "tensorboard,mlflow", "--save-steps", "3", "--logging-steps", "1")
+    assert _train(tiny_llama_dir, run, *extra) == 0
+    first_id = json.loads((run / "trackers.json").read_text())["mlflow"]["run_id"]
+    # The state a crash after step 5 leaves: checkpoint step-3, no final adapter.
+    shutil.rmtree(run / "adapter")
+    assert main(["train", "--resume", str(run)]) == 0
+    assert json.loads((run / "trackers.json").read_text())["mlflow"]["run_id"] == first_id
+    expected = _logged_steps(run)
+    assert sorted(expected) == [1, 2, 3, 4, 5, 6]
+    acc = EventAccumulator(str(run / "tensorboard")).Reload()
+    # TensorBoard: steps 4-6 of the first attempt are purged, the resumed ones kept.
+    assert {e.step: e.value for e in acc.Scalars("train/loss")} == pytest.approx(expected)
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    history = MlflowClient(tracking_uri=uri).get_metric_history(first_id, "train/loss")
+    assert {m.step for m in history} == set(expected)  # one MLflow run across both attempts
