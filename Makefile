@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -e ".[dev,bench,tensorboard,mlflow,wandb,trackio]"
 	# DeepSpeed (--distributed deepspeed): an sdist whose setup.py imports torch, hence after torch and
 	# without build isolation; DS_BUILD_OPS=0 builds no op ahead (the few it needs are JIT-built on first use).
 	# Without build isolation the venv's own setuptools builds it (Python >= 3.12 venvs have none).

@@ -24,13 +24,14 @@ ROOT = "tunesmith"
 # (the CLI and its command modules) sits on top and may import anything, itself included.
 LAYERS: list[set[str]] = [
     {"errors", "_callable", "precision", "shape"},  # no tunesmith imports (but errors)
-    {"atomic", "disk", "crashlog", "methods"},  # file writes; the PEFT registry
-    {"config", "data"},
+    {"atomic", "disk", "crashlog", "methods", "trackers"},  # file writes; the PEFT registry
+    {"data"},
+    {"config"},
     {"rundir", "loss", "demo"},  # a run's files; the loss over a batch; the demo task
-    {"models", "plan", "report"},
+    {"models", "plan", "report", "track"},
     {"eval", "distributed", "export"},
     {"train"},  # the train workflow: plan, clean, load, train, evaluate, save, report
-    {"bench"},
+    {"bench", "publish"},
     {"compare", "serve"},
     {"cli", "commands", "__main__"},
 ]

@@ -40,11 +40,29 @@ class TrainConfig(BaseModel):
     )
     data: list[str] = Field(
         default_factory=list,
-        description="training data file(s); default: the bundled clinic text-to-SQL demo",
+        description="training data: file(s), datasets folder(s) (save_to_disk or data shards) or hub id(s) org/name[:config][@split]; default: the bundled clinic text-to-SQL demo",
     )
     eval_data: str | None = Field(
         None,
-        description="held-out eval file; default: split from --data (demo: its own held-out set)",
+        description="held-out eval file, folder or hub id; default: split from --data (demo: its own held-out set)",
+    )
+    data_split: str | None = Field(
+        None, description="split of datasets whose --data names none with @split (default: train)"
+    )
+    data_revision: str | None = Field(
+        None, description="hub dataset revision: a branch, tag or commit (default: main)"
+    )
+    columns: str | None = Field(
+        None,
+        description="map dataset columns onto format fields: FIELD=COLUMN,... e.g. instruction=question,output=answer",
+    )
+    streaming: bool | None = Field(
+        None,
+        description="stream the data (bounded memory: dedup within a window, only --max-steps' worth of examples loaded; needs --max-steps); default: auto, on above 2 GiB",
+    )
+    report_to: str = Field(
+        "none",
+        description="experiment trackers, comma-separated: tensorboard, wandb, mlflow, trackio, or none",
     )
     method: str = Field(
         "lora",
@@ -159,6 +177,31 @@ class TrainConfig(BaseModel):
         if not is_method(v):
             raise ValueError("one of " + ", ".join(method_names()))
         return v
+
+    @field_validator("columns")
+    @classmethod
+    def _column_map(cls, v: str | None) -> str | None:
+        from tunesmith.data.sources import parse_columns
+
+        try:
+            parse_columns(v)
+        except ConfigError as exc:
+            raise ValueError(exc.allowed) from None
+        return v
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> Any:
+        from tunesmith.trackers import parse_report_to
+
+        if isinstance(v, (list, tuple)):
+            v = ",".join(map(str, v))
+        if not isinstance(v, str):
+            return v
+        try:
+            return ",".join(parse_report_to(v)) or "none"
+        except ConfigError as exc:
+            raise ValueError(exc.allowed) from None
 
     @field_validator("data", mode="before")
     @classmethod

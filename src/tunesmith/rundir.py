@@ -47,11 +47,14 @@ class RunDir:
     EVAL_FILE = "train.eval.jsonl"  # inside data/
     CLEAN_REPORT = "clean_report.json"  # inside data/
     BASE_INFO = "tunesmith_base.json"  # inside adapter/ or model/: which base and method made it
+    TRACKERS = "trackers.json"  # --report-to: each tracker's run id, so --resume continues it
+    TENSORBOARD = "tensorboard"  # --report-to tensorboard: event files
+    WANDB = "wandb"  # --report-to wandb: the W&B run's local files
 
     # Everything tunesmith may write at the top of a run directory (plots: report/*.png).
     KNOWN = frozenset(
         {CONFIG, PLAN, DATA, METRICS, CHECKPOINTS, ADAPTER, MODEL, EVAL, EVAL_BASE, REPORT,
-         COMPARE, LOCK}
+         COMPARE, LOCK, TRACKERS, TENSORBOARD, WANDB}
     )  # fmt: skip
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -104,9 +107,33 @@ class RunDir:
     def model(self) -> Path:
         return self.path / self.MODEL
 
+    @staticmethod
+    def checkpoint_step(path: str | os.PathLike[str]) -> int:
+        """The optimizer step a checkpoint directory (``checkpoints/step-N``) was saved at."""
+        name = Path(path).name
+        if not (name.startswith("step-") and name[5:].isdigit()):
+            raise ValueError(f"not a checkpoint directory: {path}")
+        return int(name[5:])
+
     def final_dir(self, peft_format: bool) -> Path:
         """Where the trained result goes: ``adapter/`` (PEFT format) or ``model/``."""
         return self.adapter if peft_format else self.model
+
+    @property
+    def trackers_path(self) -> Path:
+        return self.path / self.TRACKERS
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.path / self.WANDB
+
+    def plots(self) -> list[Path]:
+        """The report's PNG plots (written beside ``report.html``)."""
+        return sorted(self.path.glob("*.png"))
 
     @property
     def eval_path(self) -> Path:

@@ -41,6 +41,11 @@ class Ctx:
         return target
 
 
+def _empty_dir(ctx: Ctx) -> Path:
+    (ctx.tmp / "empty").mkdir(exist_ok=True)
+    return ctx.tmp / "empty"
+
+
 def _yaml(ctx: Ctx, text: str) -> list[str]:
     return [str(ctx.write("config.yaml", text))]
 
@@ -129,7 +134,9 @@ CASES: dict[str, tuple[Callable[[Ctx], list[str]], list[str]]] = {
     "target-empty": (lambda c: ["--target", ","], ["'target'", "preset"]),
     "does-not-fit": (_huge_model, ["does not fit", "GiB", "Recommended", "--force"]),
     # paths
-    "data-is-directory": (lambda c: ["--data", str(c.tmp)], ["'data'", "not a directory"]),
+    "data-is-empty-directory": (
+        lambda c: ["--data", str(_empty_dir(c))], ["'data'", "holds neither"],
+    ),
     "eval-data-missing": (
         lambda c: ["--data", str(c.data), "--eval-data", str(c.tmp / "ev.jsonl")],
         ["data file not found", "ev.jsonl"],

@@ -16,6 +16,9 @@ def quiet_libraries() -> None:
     Errors still show.
     """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # datasets reads these when first imported (by --data org/name): no bars, no cache notes.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
     import logging
     import warnings
 

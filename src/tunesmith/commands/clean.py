@@ -23,7 +23,10 @@ HELP = "validate, normalize, dedupe and split instruction data"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "inputs", nargs="+", metavar="IN", help="input files (.jsonl, .json, .csv, .parquet)"
+        "inputs",
+        nargs="+",
+        metavar="IN",
+        help="input files (.jsonl, .json, .csv, .parquet), datasets folders or hub ids org/name[:config][@split]",
     )
     parser.add_argument("-o", "--out", required=True, help="the cleaned train file (JSONL)")
     parser.add_argument(
@@ -92,6 +95,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="extra processes for hashing; for large inputs (default 0)",
     )
+    parser.add_argument(
+        "--columns",
+        default=None,
+        metavar="FIELD=COLUMN,...",
+        help="map dataset columns onto format fields, e.g. instruction=question,output=answer",
+    )
+    parser.add_argument("--data-split", default=None, help="split of datasets (default: train)")
+    parser.add_argument("--data-revision", default=None, help="hub dataset revision")
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream datasets (bounded memory: duplicates are found within a window of kept records)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -133,7 +149,9 @@ def _tokenizer(name: str | None):
 
 def run(args: argparse.Namespace) -> int:
     from tunesmith.data.clean import clean
+    from tunesmith.data.sources import ReadOptions, parse_columns
     from tunesmith.errors import UserInputError
+    from tunesmith.train.data_plan import DEDUP_WINDOW
 
     if (args.min_tokens is not None or args.max_tokens is not None) and not args.tokenizer:
         raise UserInputError("--min-tokens/--max-tokens need --tokenizer")
@@ -156,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
         max_repeat_ratio=args.max_repeat_ratio,
         seed=args.seed,
         workers=args.workers,
+        read_options=ReadOptions(
+            args.data_split, args.data_revision, parse_columns(args.columns), args.streaming
+        ),
+        dedup_window=DEDUP_WINDOW if args.streaming else None,
     )
     if args.json:
         json.dump(result.report, sys.stdout, ensure_ascii=False, indent=2)

@@ -182,9 +182,9 @@ def compare(
     """
     names = parse_methods(methods)
     cfg = _base_config(base_config)
-    for f in [*cfg.data, *([cfg.eval_data] if cfg.eval_data else [])]:
-        if not Path(f).is_file():
-            raise UserInputError(f"data file not found: {f}")
+    from tunesmith.train.guard import check_paths
+
+    check_paths(cfg.model_copy(update={"output": None}))  # data files and dataset folders
     out = Path(output or cfg.output or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     _prepare_output(out, cfg.overwrite)
 

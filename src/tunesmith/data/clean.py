@@ -1,24 +1,8 @@
-"""Cleaning: normalize, filter, deduplicate (exact + near), split train/eval without leaks, report.
+"""Cleaning entry points: :func:`clean` streams data to files, :func:`clean_conversations` in memory.
 
-One record at a time, in this order; a record is counted under the first reason that drops it.
-Steps 1-4 need no other record (:class:`~tunesmith.data.prepare.Preparer`, which may run in
-worker processes); steps 5-8 are the decisions of :class:`~tunesmith.data.cleaner.Cleaner`, in
-one process.
-
-1. Unicode/whitespace normalization (:mod:`tunesmith.data.normalize`)
-2. validation (:mod:`tunesmith.data.validate`): ``invalid``
-3. length: ``too_short`` / ``too_long`` (characters, or tokens when a tokenizer is given)
-4. repetition: ``repetitive`` (an answer that loops on an n-gram)
-5. train/eval side: given eval files, or a deterministic hash split by ``eval_share``
-6. exact duplicates on the normalized conversation: ``exact_duplicates``
-7. near duplicates (MinHash LSH, :mod:`tunesmith.data.dedup`): ``near_duplicates``
-8. leak check: an eval record with an exact or near duplicate in the kept train set is dropped
-   from eval: ``eval_leaks``
-
-Memory stays flat in the number of records apart from the LSH index, a 16-byte hash, the
-shingle hashes (4 bytes per distinct shingle) and the source string of each kept record.
-:func:`clean` streams files to files; :func:`clean_conversations` is the in-process form
-``train`` uses.
+The decisions (normalize, validate, filter, dedupe, split without leaks) are
+:class:`~tunesmith.data.cleaner.Cleaner`'s; this module feeds it from files, ``datasets``
+folders or hub ids (:mod:`tunesmith.data.sources`) and writes what it keeps.
 """
 
 from __future__ import annotations
@@ -38,6 +22,7 @@ from tunesmith.data.options import CleanOptions
 from tunesmith.data.parallel import prepared_stream
 from tunesmith.data.readers import read_files
 from tunesmith.data.records import Conversation
+from tunesmith.data.sources import ReadOptions
 from tunesmith.data.validate import Invalid
 from tunesmith.errors import ConfigError, DataError
 
@@ -132,6 +117,7 @@ def clean(
     report_path: str | os.PathLike[str] | None = None,
     tokenizer: Any = None,
     on_drop: DropHook | None = None,
+    read_options: ReadOptions | None = None,
     **options: Any,
 ) -> CleanResult:
     """Clean data files into ``out`` (JSONL, messages format, ``meta`` kept), streaming.
@@ -141,13 +127,16 @@ def clean(
     file is written atomically; on an error none is replaced.
 
     Args:
-        inputs: Train files (JSONL, JSON, CSV, Parquet; alpaca, messages or sharegpt).
+        inputs: Train files (JSONL, JSON, CSV, Parquet; alpaca, messages or sharegpt),
+            ``datasets`` folders or hub ids ``org/name[:config][@split]``.
         out: The cleaned train file.
         eval_inputs: Eval files; eval records with a near duplicate in train are dropped.
         format: Force a format instead of detecting it per file.
         report_path: Where to write the report.
         tokenizer: Enables the token-length filters (``min_tokens``/``max_tokens``).
         on_drop: Optional ``on_drop(reason, source, detail)`` hook, see :class:`Cleaner`.
+        read_options: Dataset split, revision, column mapping and streaming
+            (:class:`~tunesmith.data.sources.ReadOptions`).
         **options: Any :class:`CleanOptions` field, e.g. ``eval_share=0.1``,
             ``near_dup_threshold=0.8``, ``num_perm=128``, ``shingle=3``, ``max_chars=8000``.
 
@@ -168,8 +157,9 @@ def clean(
     for key, target in (("out", out), ("out", eval_out), ("report", report_path)):
         if target is not None:
             check_file_target(target, key)
+    ro = read_options
     records = _stream(
-        read_files(inputs, format), read_files(eval_inputs, format) if eval_inputs else None
+        read_files(inputs, format, ro), read_files(eval_inputs, format, ro) if eval_inputs else None
     )
     # Eval records wait in a spool file: a later train record may still reveal a leak.
     with (

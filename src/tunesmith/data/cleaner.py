@@ -1,10 +1,22 @@
-"""The cleaning decisions that need the records seen so far: side, duplicates, leaks, report.
+"""The cleaning decisions: one record at a time, counted under the first reason that drops it.
 
-:class:`Cleaner` takes records one at a time, already through
-:class:`~tunesmith.data.prepare.Preparer` (normalized, validated, length- and
-repetition-filtered, hashed), and decides steps 5-8 of :mod:`tunesmith.data.clean`: the
-train/eval side, exact and near duplicates within a side, and eval records leaked into train.
-It keeps what the report needs (counts, examples, duplicate clusters, repeated answers).
+Steps 1-4 need no other record (:class:`~tunesmith.data.prepare.Preparer`, which may run in
+worker processes); steps 5-8 are the decisions of :class:`Cleaner`, in one process.
+
+1. Unicode/whitespace normalization (:mod:`tunesmith.data.normalize`)
+2. validation (:mod:`tunesmith.data.validate`): ``invalid``
+3. length: ``too_short`` / ``too_long`` (characters, or tokens when a tokenizer is given)
+4. repetition: ``repetitive`` (an answer that loops on an n-gram)
+5. train/eval side: given eval files, or a deterministic hash split by ``eval_share``
+6. exact duplicates on the normalized conversation: ``exact_duplicates``
+7. near duplicates (MinHash LSH, :mod:`tunesmith.data.dedup`): ``near_duplicates``
+8. leak check: an eval record with an exact or near duplicate in the kept train set is dropped
+   from eval: ``eval_leaks``
+
+Memory stays flat in the number of records apart from the LSH index, a 16-byte hash, the
+shingle hashes (4 bytes per distinct shingle) and the source string of each kept record, and
+one location per dropped record (the report's ``dropped`` list). With ``dedup_window`` (streamed
+data) only the last N kept records of each side are remembered, so the index is bounded too.
 """
 
 from __future__ import annotations
@@ -50,8 +62,22 @@ class Kept:
 @dataclass
 class _SideState:
     index: NearDupIndex
+    window: int | None = None
     exact: dict[bytes, int] = field(default_factory=dict)  # digest -> kept key
-    sources: list[str] = field(default_factory=list)  # kept key -> source
+    sources: dict[int, str] = field(default_factory=dict)  # kept key -> source
+    digests: dict[int, bytes] = field(default_factory=dict)  # kept key -> digest (windowed)
+    kept: int = 0
+
+    def remember(self, key: int, digest: bytes, source: str) -> None:
+        """Record a kept record; windowed, forget the one that falls out of the window."""
+        self.exact[digest] = key
+        self.sources[key] = source
+        self.kept += 1
+        if self.window is not None:
+            self.digests[key] = digest
+            if (old := key - self.window) >= 0 and old in self.sources:
+                del self.sources[old]
+                self.exact.pop(self.digests.pop(old), None)
 
 
 class Cleaner:
@@ -77,7 +103,10 @@ class Cleaner:
         self.prepare = Preparer(opts, tokenizer)
         self.hasher = self.prepare.hasher
         self.sides: dict[str, _SideState] = {
-            side: _SideState(NearDupIndex(self.hasher, opts.near_dup_threshold))
+            side: _SideState(
+                NearDupIndex(self.hasher, opts.near_dup_threshold, opts.dedup_window),
+                opts.dedup_window,
+            )
             for side in ("train", "eval")
         }
         self.counts: Counter[str] = Counter()
@@ -88,6 +117,7 @@ class Cleaner:
         self.clusters: dict[tuple[str, str, int], list[Any]] = {}
         self.answers: Counter[bytes] = Counter()
         self.answer_text: dict[bytes, str] = {}
+        self.dropped: list[dict[str, str]] = []  # every dropped record: source and reason
 
     # -- feeding -------------------------------------------------------------------------
     def add(self, record: Conversation | Invalid, side: Side | None = None) -> Kept | None:
@@ -147,14 +177,14 @@ class Cleaner:
             self._drop("eval_leaks", conv, kept=other.sources[leaks[0][0]])
             return None
         key = own.index.add(sketch, shingles)
-        own.exact[digest] = key
-        own.sources.append(conv.source)
+        own.remember(key, digest, conv.source)
         if side == "train":
             for eval_key, sim in leaks:
                 if eval_key not in self.leaked_eval:
                     self.leaked_eval.add(eval_key)
                     self._leak(other.sources[eval_key], conv.source, sim)
                     self.counts["eval_leaks"] += 1
+                    self.dropped.append(_dropped(other.sources[eval_key], "eval_leaks"))
                     if self.on_drop:
                         self.on_drop("eval_leaks", other.sources[eval_key], {"kept": conv.source})
             self._count_answer(conv)
@@ -163,6 +193,7 @@ class Cleaner:
     # -- bookkeeping ---------------------------------------------------------------------
     def _drop(self, reason: str, conv: Conversation, **detail: Any) -> None:
         self.counts[reason] += 1
+        self.dropped.append(_dropped(conv.source, reason))
         if self.on_drop:
             self.on_drop(reason, conv.source, detail)
         bucket = self.examples.setdefault(reason, [])
@@ -184,6 +215,11 @@ class Cleaner:
         self.answers[h] += 1
         if self.answers[h] == 2:  # keep text only for answers that repeat
             self.answer_text[h] = conv.answer
+        window = self.options.dedup_window
+        if window is not None and len(self.answers) > 2 * window:
+            # Bounded: keep the most frequent answers (counts become lower bounds).
+            self.answers = Counter(dict(self.answers.most_common(window)))
+            self.answer_text = {h: t for h, t in self.answer_text.items() if h in self.answers}
 
     # -- result --------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
@@ -201,7 +237,7 @@ class Cleaner:
 
     def report(self) -> dict[str, Any]:
         """The ``clean_report.json`` content (see docs/data.md for every key)."""
-        kept = len(self.sides["train"].sources)
+        kept = self.sides["train"].kept
         clusters = sorted(self.clusters.items(), key=lambda kv: -kv[1][0])[:_TOP]
         common = [
             (h, n) for h, n in self.answers.most_common(_TOP) if n >= self.options.answer_repeat_min
@@ -209,7 +245,7 @@ class Cleaner:
         return {
             "input_records": self.tally.total,
             "kept": kept,
-            "eval_kept": len(self.sides["eval"].sources) - len(self.leaked_eval),
+            "eval_kept": self.sides["eval"].kept - len(self.leaked_eval),
             "invalid": [r.to_json() for r in self.tally.invalid],
             "invalid_by_kind": dict(self.tally.by_kind.most_common()),
             **{reason: self.counts[reason] for reason in DROP_REASONS},
@@ -218,7 +254,7 @@ class Cleaner:
                 {
                     "kind": kind,
                     "side": side,
-                    "kept": self.sides[side].sources[key],
+                    "kept": self.sides[side].sources.get(key, "(outside the dedup window)"),
                     "size": size,
                     "min_similarity": round(low, 3),
                     "dropped": dropped,
@@ -226,6 +262,7 @@ class Cleaner:
                 for (kind, side, key), (size, low, dropped) in clusters
             ],
             "eval_leak_pairs": self.leaks,
+            "dropped": self.dropped,
             "over_represented_answers": [
                 {
                     "answer": _excerpt(self.answer_text[h]),
@@ -240,9 +277,20 @@ class Cleaner:
 
 def _invalid_at(source: str, kind: str, reason: str) -> Invalid:
     file, _, pos = source.rpartition(":")
-    unit = "row" if pos.startswith("row ") else "line"
-    num = pos.removeprefix("row ")
+    unit, _, num = pos.rpartition(" ")
+    unit = unit or "line"
     return Invalid(file or source, int(num) if num.isdigit() else 0, reason, kind, unit)
+
+
+def _dropped(source: str, reason: str) -> dict[str, Any]:
+    """A dropped record's report entry; a dataset record also names dataset, split and row."""
+    from tunesmith.data.validate import dataset_location
+
+    entry: dict[str, Any] = {"source": source, "reason": reason}
+    label, _, pos = source.rpartition(":index ")
+    if label and pos.isdigit():
+        entry.update(dataset_location(label, int(pos)))
+    return entry
 
 
 def _excerpt(text: str) -> str:

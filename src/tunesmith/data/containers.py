@@ -32,6 +32,7 @@ _EXTENSIONS = {
 # Columns whose CSV/Parquet cells may hold JSON text (a flat table cannot nest lists).
 _JSON_COLUMNS = ("messages", "conversations", "meta")
 _CHUNK = 1 << 20
+_PARQUET_BATCH_BYTES = 4 << 20  # decoded bytes per Parquet batch: rows of any width stay cheap
 _MAX_CSV_FIELD = 1 << 28
 
 
@@ -242,11 +243,19 @@ def _iter_parquet(path: Path) -> Iterator[RawRecord]:
 
     file = str(path)
     try:
-        pf = pq.ParquetFile(path)
+        # pre_buffer=False: pyarrow's read cache otherwise keeps every column chunk read so
+        # far until the file is closed, i.e. memory grows with the file.
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise DataError(f"cannot read Parquet: {exc}", file) from exc
+    meta = pf.metadata
+    row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) / max(
+        meta.num_rows, 1
+    )
     row_no = 0
-    batches = pf.iter_batches(batch_size=1024)
+    batches = pf.iter_batches(
+        batch_size=max(1, min(1024, int(_PARQUET_BATCH_BYTES / max(row_bytes, 1))))
+    )
     while True:
         try:
             batch = next(batches, None)

@@ -209,19 +209,25 @@ class NearDupIndex:
     Args:
         hasher: The :class:`MinHasher` whose sketches are indexed.
         threshold: Jaccard similarity at or above which two records are near duplicates.
+        window: Keep only the last ``window`` records (older ones are forgotten), so memory
+            is bounded however long a streamed input is; None keeps every record.
     """
 
-    def __init__(self, hasher: MinHasher, threshold: float):
+    def __init__(self, hasher: MinHasher, threshold: float, window: int | None = None):
         if not 0.0 < threshold <= 1.0:
             raise ConfigError("near_dup_threshold", threshold, "a Jaccard similarity in (0, 1]")
-        self.hasher, self.threshold = hasher, threshold
+        self.hasher, self.threshold, self.window = hasher, threshold, window
         self.lsh = MinHashLSH(
             num_perm=hasher.num_perm, params=lsh_params(threshold, hasher.num_perm)
         )
-        self._sets = _ShingleStore()
+        # Windowed: a dict, so forgotten records free their memory (the flat store cannot).
+        self._sets: _ShingleStore | dict[int, np.ndarray] = (
+            _ShingleStore() if window is None else {}
+        )
+        self._added = 0
 
     def __len__(self) -> int:
-        return len(self._sets)
+        return self._added
 
     def matches(self, sketch: LeanMinHash, shingles: np.ndarray) -> list[tuple[int, float]]:
         """Indexed keys whose Jaccard with ``shingles`` reaches the threshold, best first.
@@ -242,7 +248,14 @@ class NearDupIndex:
 
     def add(self, sketch: LeanMinHash, shingles: np.ndarray) -> int:
         """Index a record; return its key (0, 1, 2, ... in insertion order)."""
-        key = len(self._sets)
-        self._sets.add(shingles)
+        key = self._added
+        self._added += 1
+        if isinstance(self._sets, dict):
+            self._sets[key] = shingles
+            if (old := key - self.window) >= 0:  # type: ignore[operator]
+                del self._sets[old]
+                self.lsh.remove(old)
+        else:
+            self._sets.add(shingles)
         self.lsh.insert(key, sketch, check_duplication=False)
         return key

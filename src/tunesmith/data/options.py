@@ -33,6 +33,9 @@ class CleanOptions:
         max_invalid_share: Fail anyway when more than this share of records is invalid.
         examples_per_reason: Examples kept in the report for each drop reason.
         answer_repeat_min: Report answers that occur at least this many times in train.
+        dedup_window: Remember only the last N kept records of each side for exact and near
+            duplicates and leaks, so memory is bounded on a streamed input of any length;
+            None remembers every record.
         workers: Extra processes for the per-record work (normalize, filter, hash); 0 does
             it in-process. Decisions stay in one process, so results do not depend on it.
             Worth it for large inputs only (each worker takes about a second to start).
@@ -53,6 +56,7 @@ class CleanOptions:
     max_invalid_share: float = 0.2
     examples_per_reason: int = 3
     answer_repeat_min: int = 3
+    dedup_window: int | None = None
     workers: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +70,7 @@ class CleanOptions:
             "min_tokens",
             "max_tokens",
             "repeat_ngram",
+            "dedup_window",
             "workers",
         ):
             value = getattr(self, name)

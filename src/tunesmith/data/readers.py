@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.containers import raw_records
+from tunesmith.data.containers import RawRecord, raw_records
 from tunesmith.data.records import Conversation, Turn
+from tunesmith.data.sources import ReadOptions, rename_columns
 from tunesmith.data.validate import Invalid, check_conversation
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 
 Problem = tuple[str, str]  # (kind, reason)
 FORMATS = ("alpaca", "messages", "sharegpt")
@@ -169,43 +170,81 @@ def detect_format(row: dict[str, Any]) -> str | None:
     return None
 
 
-def read_file(path: str | Path, format: str | None = None) -> Iterator[Conversation | Invalid]:
+def read_file(
+    path: str | Path, format: str | None = None, columns: dict[str, str] | None = None
+) -> Iterator[Conversation | Invalid]:
     """Stream one file's records as validated conversations or :class:`Invalid` records.
 
     Args:
         path: A ``.jsonl``, ``.json`` (array), ``.csv``/``.tsv`` or ``.parquet`` file.
         format: ``alpaca``, ``messages`` or ``sharegpt``; None detects it from the first
             record whose keys fit a format, then holds it for the rest of the file.
+        columns: ``{field: column}``: columns renamed to format fields first (``--columns``).
 
     Raises:
         DataError: the file does not exist (bad records are yielded, not raised).
     """
     if format is not None and format not in PARSERS:
         raise ConfigError("format", format, " / ".join(FORMATS))
-    file = str(path)
-    fmt = format
     unit, records = raw_records(path)
+    yield from parse_records(str(path), unit, rename_columns(records, columns or {}), format)
+
+
+def parse_records(
+    label: str, unit: str, records: Iterable[RawRecord], format: str | None = None
+) -> Iterator[Conversation | Invalid]:
+    """Raw ``(position, record)`` pairs of one source as conversations or :class:`Invalid`.
+
+    Args:
+        label: The file (or dataset) the positions refer to.
+        unit: How positions count: ``line``, ``row`` (1-based) or ``index`` (0-based,
+            a dataset's row index).
+        records: The raw records, e.g. from :func:`~tunesmith.data.containers.raw_records`.
+        format: Forced format, or None to detect it from the first record that fits one.
+    """
+    fmt = format
     for pos, raw in records:
         if isinstance(raw, Invalid):
             yield raw
             continue
-        source = f"{file}:{pos}" if unit == "line" else f"{file}:row {pos}"
+        source = f"{label}:{pos}" if unit == "line" else f"{label}:{unit} {pos}"
         fmt = fmt or detect_format(raw)
         if fmt is None:
             reason = "unknown format: expected a 'messages', 'conversations' or 'instruction'/'output' field"
-            yield Invalid(file, pos, reason, "unknown_format", unit)
+            yield Invalid(label, pos, reason, "unknown_format", unit)
             continue
         parsed = PARSERS[fmt](raw, source)
         problem = parsed if isinstance(parsed, tuple) else check_conversation(parsed)
         if problem:
-            yield Invalid(file, pos, problem[1], problem[0], unit)
+            yield Invalid(label, pos, problem[1], problem[0], unit)
         else:
             yield parsed  # type: ignore[misc]
 
 
 def read_files(
-    paths: Iterable[str | Path], format: str | None = None
+    paths: Iterable[str | Path],
+    format: str | None = None,
+    options: ReadOptions | None = None,
 ) -> Iterator[Conversation | Invalid]:
-    """:func:`read_file` over several files in order (each file detects its own format)."""
+    """Every ``--data`` entry in order: files (each detects its own format) and datasets.
+
+    Args:
+        paths: Files, ``datasets`` folders or hub ids (:mod:`tunesmith.data.sources`).
+        format: Force a format instead of detecting it per source.
+        options: Split, revision, column mapping and streaming (:class:`ReadOptions`).
+    """
+    options = options or ReadOptions()
     for path in paths:
-        yield from read_file(path, format)
+        src = None
+        if not Path(path).is_file():
+            try:
+                src = options.resolve(str(path))
+            except DataError:
+                if Path(path).exists():
+                    raise  # a folder that holds no dataset; a missing file: read_file says so
+        if src is None or src.kind == "file":
+            yield from read_file(path, format, options.columns)
+        else:
+            from tunesmith.data.hub import read_dataset
+
+            yield from read_dataset(src, format, options)

@@ -36,7 +36,8 @@ class Invalid:
         kind: A stable category for counting: ``invalid_json``, ``invalid_utf8``,
             ``missing_field``, ``wrong_type``, ``unknown_format``, ``unknown_role``,
             ``bad_role_order``, ``empty_answer``, ``empty_prompt``, ``control_characters``.
-        unit: ``"line"`` or ``"row"``, how ``line`` counts.
+        unit: ``"line"``, ``"row"`` (1-based) or ``"index"`` (a dataset's 0-based row
+            index, as in ``dataset[i]``): how ``line`` counts.
     """
 
     file: str
@@ -47,10 +48,23 @@ class Invalid:
 
     @property
     def where(self) -> str:
-        return f"{self.file}:{self.line}" if self.unit == "line" else f"{self.file}:row {self.line}"
+        return (
+            f"{self.file}:{self.line}"
+            if self.unit == "line"
+            else f"{self.file}:{self.unit} {self.line}"
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "reason": self.reason, "kind": self.kind}
+        row = {"file": self.file, "line": self.line, "reason": self.reason, "kind": self.kind}
+        if self.unit == "index":  # a dataset: its name@split and the row index, spelled out
+            row.update(dataset_location(self.file, self.line))
+        return row
+
+
+def dataset_location(label: str, index: int) -> dict[str, Any]:
+    """``{"dataset", "split", "row"}`` of a dataset record labelled ``name[:config]@split``."""
+    name, _, split = label.rpartition("@")
+    return {"dataset": name, "split": split, "row": index}
 
 
 def text_problem(text: str) -> tuple[str, str] | None:

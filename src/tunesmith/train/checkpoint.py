@@ -35,6 +35,7 @@ from tunesmith.distributed.state import (
     shard_optimizer_state,
 )
 from tunesmith.errors import UserInputError
+from tunesmith.rundir import RunDir
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -163,6 +164,9 @@ def list_checkpoints(root: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+checkpoint_step = RunDir.checkpoint_step
 
 
 def verify_checkpoint(path: Path) -> bool:

@@ -27,16 +27,21 @@ GIB = 1024**3
 
 # -- paths ----------------------------------------------------------------------------------
 def check_paths(cfg: TrainConfig) -> None:
-    """Data files exist and are files; the run directory can be created where asked."""
+    """Data files and dataset folders exist (a hub id is checked when it loads); the run
+    directory can be created where asked."""
+    from tunesmith.data.sources import resolve_source
+    from tunesmith.errors import DataError
+
     for key, files in (("data", cfg.data), ("eval-data", [cfg.eval_data] if cfg.eval_data else [])):
         for f in files:
-            p = Path(f)
-            if p.is_dir():
-                raise ConfigError(
-                    key, f, "a data file (jsonl, json, csv, parquet), not a directory"
-                )
-            if not p.is_file():
-                raise UserInputError(f"data file not found: {f}")
+            try:
+                resolve_source(f)
+            except DataError:
+                if Path(f).is_dir():
+                    raise ConfigError(
+                        key, f, "a data file or a datasets folder; this directory holds neither"
+                    ) from None
+                raise UserInputError(f"data file not found: {f}") from None
     if cfg.output is None:
         return
     out = Path(cfg.output)

@@ -33,6 +33,7 @@ def preflight(cfg: TrainConfig, dist) -> Preflight:
     from tunesmith.methods import get_method
     from tunesmith.models.loading import resolve_model
     from tunesmith.train import guard
+    from tunesmith.train.data_plan import stream_plan
 
     if cfg.nproc > 1 and not dist.active:
         raise UserInputError(
@@ -48,6 +49,9 @@ def preflight(cfg: TrainConfig, dist) -> Preflight:
             }
         )
     guard.check_paths(cfg)
+    # config.yaml records whether the data streams (auto decides by size): --resume must read
+    # back the same examples even if the data has changed or gone since.
+    cfg = cfg.model_copy(update={"streaming": stream_plan(cfg).streaming})
     source = resolve_model(cfg.model)
     get_method(cfg.method)
     model_config = guard.model_config_for(source.path, cfg.trust_remote_code)

@@ -20,6 +20,9 @@ import torch
 from tunesmith.config import TrainConfig, make_config
 from tunesmith.errors import step
 from tunesmith.rundir import RunDir
+from tunesmith.track.session import Trackers, check_installed
+from tunesmith.track.session import for_run as track_run
+from tunesmith.trackers import parse_report_to
 from tunesmith.train.claim import Claim, claim_for_run
 from tunesmith.train.dist_steps import start_distributed, whole_model_on_main
 from tunesmith.train.preflight import Preflight, preflight, preflight_resume
@@ -92,6 +95,7 @@ def run_training(
 
     with step("checking the config"):
         pre = preflight_resume(resumed, dist, say) if resumed else preflight(cfg, dist)
+        check_installed(parse_report_to(pre.cfg.report_to))
     cfg = pre.cfg
     # Data first: a bad file should fail before minutes of model loading.
     with step("loading the tokenizer"):
@@ -173,7 +177,28 @@ def _train_and_save(
     timings: dict[str, float],
     t_start: float,
 ) -> RunResult:
-    """Evaluate the base, fit, save, evaluate the result and write the report."""
+    """Start the trackers (--report-to), then evaluate the base, fit, save, evaluate the
+    result and write the report; the trackers are closed however it ends."""
+    with step("starting the trackers"):
+        trackers = (
+            track_run(cfg, run, pre.resume_from, resumed=pre.resume_from is not None, say=say)
+            if dist.is_main
+            else Trackers({}, say)
+        )
+    try:
+        return _fit_and_save(
+            cfg, run, data, built, examples, pre, dist, claimed, say, progress_factory, timings,
+            t_start, trackers,
+        )  # fmt: skip
+    finally:
+        trackers.finish()
+
+
+def _fit_and_save(
+    cfg, run, data, built, examples, pre, dist, claimed, say, progress_factory, timings, t_start,
+    trackers,
+) -> RunResult:  # fmt: skip
+    """:func:`_train_and_save` once the trackers run."""
     from tunesmith.report.metrics import MetricsLog
     from tunesmith.train.loop import TrainLoop, steps_for_epochs
 
@@ -195,7 +220,7 @@ def _train_and_save(
     dist.barrier()  # the other ranks wait for rank 0's base evaluation
     loop = TrainLoop(
         model, train_ex, tokenizer.pad_token_id, _loop_settings(cfg, built, max_steps, dist.device),
-        run.path, dist.device, say=say, dist=dist,
+        run.path, dist.device, on_log=trackers.log, say=say, dist=dist,
     )  # fmt: skip
     per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     say(
@@ -213,9 +238,9 @@ def _train_and_save(
         with step("computing the eval loss"):
             loss = loop.eval_loss(eval_ex)
         if dist.is_main:
-            MetricsLog(run.metrics_path, resume_step=max_steps).write(
-                {"step": max_steps, "eval_loss": round(loss, 6)}
-            )
+            eval_row = {"step": max_steps, "eval_loss": round(loss, 6)}
+            MetricsLog(run.metrics_path, resume_step=max_steps).write(eval_row)
+            trackers.log(eval_row)
     if dist.active:
         # Rank 0 saves and evaluates a whole model; the other ranks are done.
         model = whole_model_on_main(model, loop, dist, cfg, dist.device)
@@ -238,6 +263,8 @@ def _train_and_save(
                 model, tokenizer, data.eval, base_side, cfg, run, built.source.display, final_dir
             )
     write_report(run, say)
+    trackers.log_eval(eval_json)
+    trackers.log_report(run)
     if claimed is not None:
         claimed.check_in_place()
     timings["total_s"] = time.perf_counter() - t_start

@@ -60,10 +60,12 @@ class BuiltModel:
 
 
 # -- prepare data ---------------------------------------------------------------------------
-def _read_convs(path: Path) -> list[Conversation]:
+def _read_convs(path: Path, limit: int | None = None) -> list[Conversation]:
+    from itertools import islice
+
     from tunesmith.data.readers import read_files
 
-    return [c for c in read_files([path]) if isinstance(c, Conversation)]
+    return list(islice((c for c in read_files([path]) if isinstance(c, Conversation)), limit))
 
 
 def prepare_data(cfg: TrainConfig, run: RunDir, tokenizer, reuse: bool = False) -> DataSplit:
@@ -72,15 +74,19 @@ def prepare_data(cfg: TrainConfig, run: RunDir, tokenizer, reuse: bool = False) 
     With no ``--data``, the bundled clinic demo is generated first (raw file with its planted
     duplicates and broken records, and the held-out eval file), then cleaned like user data.
     With ``reuse`` (resuming), data already cleaned is read back as it is: the step counter
-    indexes into *these* examples, so it is never cleaned again.
+    indexes into *these* examples, so it is never cleaned again. Streamed data
+    (:func:`~tunesmith.train.data_plan.stream_plan`) is cleaned with bounded memory and only the
+    examples ``--max-steps`` consumes are read back.
     """
     from tunesmith.data.clean import clean
+    from tunesmith.train.data_plan import stream_plan
 
     run = RunDir(run)
+    plan = stream_plan(cfg)
     if reuse and run.train_data.is_file() and run.clean_report.is_file():
         report = json.loads(run.clean_report.read_text())
-        evals = _read_convs(run.eval_data) if run.eval_data.is_file() else []
-        return DataSplit(_read_convs(run.train_data), _limit(evals, cfg), report)
+        evals = _read_convs(run.eval_data, plan.eval_limit) if run.eval_data.is_file() else []
+        return DataSplit(_read_convs(run.train_data, plan.train_limit), _limit(evals, cfg), report)
     inputs, eval_inputs = list(cfg.data), [cfg.eval_data] if cfg.eval_data else None
     if not inputs:
         from tunesmith.demo.dataset import write_demo_eval, write_raw_demo
@@ -96,9 +102,12 @@ def prepare_data(cfg: TrainConfig, run: RunDir, tokenizer, reuse: bool = False) 
         max_tokens=cfg.seq_len,
         seed=cfg.seed,
         on_error=cfg.on_error,
+        read_options=plan.read_options,
+        dedup_window=plan.dedup_window,
     )
-    evals = _read_convs(result.eval_path) if result.eval_path else []
-    return DataSplit(_read_convs(result.train_path), _limit(evals, cfg), result.report)
+    evals = _read_convs(result.eval_path, plan.eval_limit) if result.eval_path else []
+    train = _read_convs(result.train_path, plan.train_limit)
+    return DataSplit(train, _limit(evals, cfg), result.report)
 
 
 def _limit(evals: list[Conversation], cfg: TrainConfig) -> list[Conversation]:
