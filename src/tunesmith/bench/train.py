@@ -313,10 +313,11 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
 
     from tunesmith.config import make_config
     from tunesmith.data.dataset import tokenize_conversations
+    from tunesmith.train.fastpath import apply_fast_paths
     from tunesmith.train.loop import LoopSettings, TrainLoop
     from tunesmith.train.precision import default_device
     from tunesmith.train.run import load_for_training
-    from tunesmith.train.speed import adapter_autocast, pass_settings
+    from tunesmith.train.speed import adapter_autocast
 
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
@@ -336,6 +337,7 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
     )
     device = default_device()
     model, tok, _src, _spec, precision, autocast = load_for_training(cfg, device)
+    fast_paths = apply_fast_paths(model, device)
     examples = tokenize_conversations(
         tok, _read_conversations(data["train_messages"]), seq_len=settings.seq_len
     )
@@ -347,9 +349,11 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
         seed=settings.seed,
         autocast_dtype=autocast,
         keep_input_dtype=adapter_autocast("lora", precision),
-        **pass_settings(model, device),
     )
-    loop = TrainLoop(model, examples, tok.pad_token_id, loop_settings, workdir / "run", device)
+    loop = TrainLoop(
+        model, examples, tok.pad_token_id, loop_settings, workdir / "run", device,
+        fast_paths=fast_paths,
+    )  # fmt: skip
     clock = StepClock()
     setup_s = time.perf_counter() - t0
     # The loop restarts the resident high-water mark (its own peak is training's); the bench

@@ -20,12 +20,7 @@ from tunesmith.config import TrainConfig, load_yaml, make_config, to_yaml
 from tunesmith.data.records import Conversation
 from tunesmith.errors import UserInputError
 from tunesmith.train.precision import resolve_precision, torch_dtype
-from tunesmith.train.speed import (
-    adapter_autocast,
-    install_cpu_fast_paths,
-    pass_settings,
-    train_attention,
-)
+from tunesmith.train.speed import adapter_autocast, train_attention
 
 BASE_INFO = "tunesmith_base.json"  # written into adapter/: which base and method made it
 
@@ -191,7 +186,6 @@ def load_for_training(cfg: TrainConfig, device: torch.device, checkpointing: boo
     if qconf is None:
         model.to(device)
     model = spec.apply(model, args)
-    install_cpu_fast_paths(model, device)  # hand-fused dropout, RMSNorm and attention on CPU
     # Autocast: methods with fp32 master weights (full, freeze) and LoRA adapters (train/speed.py).
     mixed = trains_base or adapter_autocast(spec.name, precision)
     autocast = torch_dtype(precision) if (mixed and precision != "fp32") else None
@@ -230,6 +224,7 @@ def run_training(
     from tunesmith.plan import write_plan
     from tunesmith.train import checkpoint as ckpt
     from tunesmith.train import guard
+    from tunesmith.train.fastpath import apply_fast_paths
     from tunesmith.train.loop import LoopSettings, TrainLoop, steps_for_epochs
 
     timings: dict[str, float] = {}
@@ -320,6 +315,10 @@ def run_training(
         model, tokenizer, src, spec, precision, autocast = load_for_training(
             cfg, device, checkpointing=_plan_checkpointing(run_dir)
         )
+        # Hand-fused dropout, RMSNorm and attention on CPU, and the loop's pass policy.
+        fast_paths = apply_fast_paths(
+            model, device, kv_prefix=not spec.gradient_checkpointing, packed_rows=cfg.packing
+        )
         trainable, total = count_params(model)
         say(
             f"model: {src.display}, method {cfg.method}, precision {precision}, "
@@ -386,14 +385,12 @@ def run_training(
         autocast_dtype=autocast,
         on_nan=cfg.on_nan,
         keep_input_dtype=adapter_autocast(cfg.method, precision),
-        **pass_settings(
-            model, device, kv_prefix=not spec.gradient_checkpointing, packed_rows=cfg.packing
-        ),
     )
     dist.barrier()  # the other ranks wait for rank 0's base evaluation
     loop = TrainLoop(
-        model, train_ex, tokenizer.pad_token_id, settings, run_dir, device, say=say, dist=dist
-    )
+        model, train_ex, tokenizer.pad_token_id, settings, run_dir, device, say=say, dist=dist,
+        fast_paths=fast_paths,
+    )  # fmt: skip
     per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     say(
         f"training {max_steps} steps x {per_step} examples ({len(train_ex)} train examples)"

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith.train import chunked_ce
-from tunesmith.train.chunked_ce import chunked_cross_entropy
+from tunesmith.train.fastpath import chunked_ce
+from tunesmith.train.fastpath.chunked_ce import chunked_cross_entropy
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
