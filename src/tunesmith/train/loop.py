@@ -1,7 +1,7 @@
 """The training loop: setup -> train -> checkpoint, on top of accelerate for device placement.
 
-One micro-batch plan per epoch (:func:`tunesmith.data.dataset.batch_plan`) and a global step
-counter fully determine which examples a step sees, so resuming at step N replays nothing and
+Which examples a step sees, and as which forward passes, is :class:`StepBatches`
+(``step_batches.py``): derived from the step number, so resuming at step N replays nothing and
 skips nothing. The loss of a step is the sum of token losses over all its micro-batches
 divided by the step's total trained tokens, so gradient accumulation does not reweight
 examples by micro-batch length.
@@ -10,6 +10,10 @@ Faults cost a retry, not the run: an out-of-memory step is redone with each micr
 in two (twice the accumulation, the same examples, the same effective batch); a non-finite
 loss or gradient stops the run (keeping the last checkpoint) or, with ``on_nan="skip"``,
 drops that one update; SIGINT/SIGTERM save a checkpoint at the next step boundary.
+
+The CPU fast paths reach the loop only through their handle
+(:class:`tunesmith.train.fastpath.FastPaths`): how a micro-batch is cut into passes, the loss's
+cross-entropy and what to do after a step. Without one the loop runs the reference path.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from tests.tiny import make_tiny_model, make_tokenizer
 from tests.train.test_loop import _varied_examples
 from tunesmith.data.dataset import collate
 from tunesmith.data.packing import pack_examples
-from tunesmith.train.fastpath import attention as cpu_attention
+from tunesmith.train.fastpath import attention
 from tunesmith.train.fastpath.attention import grouped_attention, install, plain_attention
 from tunesmith.train.loss import loss_sum
 
@@ -119,4 +119,4 @@ def test_only_eager_models_with_plain_attention_are_switched():
     with pytest.raises(NotImplementedError, match="soft-capping"):
         (q, k, v), mask = _inputs(torch.float32)
         grouped_attention(_Module(), q, k, v, mask, scaling=0.25, softcap=30.0)
-    assert cpu_attention.register() == cpu_attention.NAME  # idempotent
+    assert attention.register() == attention.NAME  # idempotent

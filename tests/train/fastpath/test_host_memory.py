@@ -1,4 +1,4 @@
-"""Returning freed heap pages to the OS between steps (train/host_memory.py)."""
+"""Returning freed heap pages to the OS between steps (train/fastpath/host_memory.py)."""
 
 import sys
 

@@ -7,7 +7,7 @@ import torch
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from tunesmith.data.packing import block_causal_mask
-from tunesmith.train.fastpath import attention as cpu_attention
+from tunesmith.train.fastpath import attention
 from tunesmith.train.fastpath.attention import grouped_attention
 from tunesmith.train.fastpath.packed_attention import (
     LayoutCache,
@@ -50,8 +50,8 @@ def test_packed_rows_attend_as_eager_under_the_block_mask(dtype, rows):
     q, k, v = _qkv(*pos.shape, dtype)
     mask = block_causal_mask(pos, dtype)
     ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.25)
-    caches = cpu_attention.AttentionCaches()
-    setattr(module, cpu_attention.CACHES, caches)  # as install() hands them out
+    caches = attention.AttentionCaches()
+    setattr(module, attention.CACHES, caches)  # as install() hands them out
     out, probs = grouped_attention(module, q, k, v, mask, scaling=0.25, position_ids=pos)
     assert caches.layouts.layout is not None  # the packed path ran
     assert probs is None and out.shape == ref.shape
