@@ -103,13 +103,19 @@ def apply_fast_paths(
         logger.debug("CPU fast paths: none on %s (its library kernels are fused)", device.type)
         return FastPaths()
     fast = FastPaths(caches=AttentionCaches(), cross_entropy=cross_entropy_sum)
-    patches = {
-        "dropout": dropout.install(model),
-        "rmsnorm": rmsnorm.install(model),
-        "attention": attention.install(model, fast.caches),
+    installs = {
+        "dropout": dropout.install,
+        "rmsnorm": rmsnorm.install,
+        "attention": lambda m: attention.install(m, fast.caches),
     }
-    for name, patch in patches.items():
-        _record(fast, name, patch)
+    try:
+        for name, install in installs.items():
+            _record(fast, name, install(model))
+    except BaseException:
+        fast.undo()  # never leave a model half-changed
+        raise
+    if "attention" not in fast.installed:
+        fast.caches = None  # nothing reads them
     fast.pass_policy = _pass_policy(fast, model, kv_prefix=kv_prefix, packed_rows=packed_rows)
     if heap_trim_available():
         fast.trimmer = HeapTrimmer()
