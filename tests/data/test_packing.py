@@ -14,7 +14,6 @@ from tunesmith.data.packing import (
     block_causal_mask,
     native_packing,
     pack_examples,
-    pack_into_passes,
     segment_ids,
 )
 from tunesmith.data.records import Conversation
@@ -234,22 +233,3 @@ def test_packing_is_refused_for_prompt_tuning(tiny_llama_dir, small_data, tmp_pa
     )
     assert code == 2
     assert "packing" in capsys.readouterr().err
-
-
-def test_passes_cover_the_micro_batch_within_their_bounds():
-    lengths = [90, 75, 60, 120, 30, 85, 70, 95]
-    passes = pack_into_passes(range(8), lengths, max_size=8, max_tokens=384)
-    assert sorted(i for p in passes for i in p) == list(range(8))
-    loads = [sum(lengths[i] for i in p) for p in passes]
-    # 625 tokens need 2 passes of <= 384; dealt evenly, not 384 + 241 as first fit leaves them.
-    assert len(passes) == 2 and max(loads) <= 384 and max(loads) - min(loads) <= 60
-    assert all(p == sorted(p) for p in passes)
-    assert pack_into_passes(range(8), lengths, 8, 384) == passes  # deterministic
-
-
-def test_passes_respect_the_example_count_and_let_a_long_example_run_alone():
-    lengths = [500, 20, 20, 20, 20, 20]
-    passes = pack_into_passes([5, 4, 3, 2, 1, 0], lengths, max_size=2, max_tokens=384)
-    assert [0] in passes and all(len(p) <= 2 for p in passes)
-    assert len(passes) == 4  # the long one alone, then 5 short ones two by two
-    assert pack_into_passes(range(6), lengths, max_size=8, max_tokens=None) == [list(range(6))]

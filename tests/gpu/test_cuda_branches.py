@@ -38,10 +38,10 @@ def test_auto_precision_is_the_devices_bf16():
 
 
 def test_lora_loads_with_sdpa_bf16_base_and_no_cpu_fast_paths(tiny_llama_dir):
-    from tunesmith.train.speed import install_cpu_fast_paths, pass_settings
-    from tunesmith.train.steps import load_for_training
+    from tunesmith.train.steps import build_model
 
-    model, _tok, _src, _spec, precision, autocast = load_for_training(_config(tiny_llama_dir), CUDA)
+    built = build_model(_config(tiny_llama_dir), CUDA)
+    model, precision, autocast = built.model, built.precision, built.autocast
     base = model.get_base_model()
     assert base.config._attn_implementation == "sdpa"
     assert precision == "bf16" and autocast is torch.bfloat16
@@ -49,10 +49,8 @@ def test_lora_loads_with_sdpa_bf16_base_and_no_cpu_fast_paths(tiny_llama_dir):
     assert all(
         p.dtype is torch.float32 and p.is_cuda for p in model.parameters() if p.requires_grad
     )
-    assert install_cpu_fast_paths(model, CUDA) == {}
-    assert pass_settings(model, CUDA) == {
-        "split_overhead_tokens": None, "split_max_tokens": None, "pack_passes": False,
-    }  # fmt: skip
+    assert built.fast_paths.installed == {}  # nothing CPU-specific on CUDA
+    assert type(built.fast_paths.pass_policy).__name__ == "PassPolicy"  # the reference
 
 
 def test_sdpa_training_step_runs_on_a_fused_kernel_with_padding(tiny_llama_dir):
@@ -74,10 +72,11 @@ def test_sdpa_training_step_runs_on_a_fused_kernel_with_padding(tiny_llama_dir):
 
 def test_bf16_autocast_step_on_cuda_matches_fp32_within_bf16_rounding(tiny_llama_dir):
     from tunesmith.train.speed import compute_context
-    from tunesmith.train.steps import load_for_training
+    from tunesmith.train.steps import build_model
 
     torch.manual_seed(0)
-    model, *_, autocast = load_for_training(_config(tiny_llama_dir, dropout=0.0), CUDA)
+    built = build_model(_config(tiny_llama_dir, dropout=0.0), CUDA)
+    model, autocast = built.model, built.autocast
     ids = _batch(model.config.vocab_size)
     with compute_context(model, CUDA, autocast, keep_input_dtype=True):
         out = model(input_ids=ids, labels=ids)
@@ -95,9 +94,10 @@ def test_qlora_loads_nf4_with_double_quant_and_trains(tiny_llama_dir):
     import bitsandbytes as bnb
 
     from tunesmith.train.speed import compute_context
-    from tunesmith.train.steps import load_for_training
+    from tunesmith.train.steps import build_model
 
-    model, *_, autocast = load_for_training(_config(tiny_llama_dir, "qlora", dropout=0.0), CUDA)
+    built = build_model(_config(tiny_llama_dir, "qlora", dropout=0.0), CUDA)
+    model, autocast = built.model, built.autocast
     linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert linears and all(m.weight.is_cuda for m in linears)
     state = linears[0].weight.quant_state

@@ -7,10 +7,10 @@ from tunesmith.data.dataset import batch_plan, collate, tokenize_conversations
 from tunesmith.data.records import Conversation
 from tunesmith.loss import loss_sum
 from tunesmith.methods import MethodArgs, get_method
-from tunesmith.train import cpu_attention
 from tunesmith.train.checkpoint import latest_valid_checkpoint
+from tunesmith.train.fastpath import FastPaths, attention
+from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
 from tunesmith.train.loop import LoopSettings, TrainLoop
-from tunesmith.train.speed import pack_cpu_passes
 
 
 def _examples(tok, n=24):
@@ -117,13 +117,15 @@ def test_length_split_passes_train_like_the_reference_path(tmp_path):
     tok = make_tokenizer()
     examples = _varied_examples(tok)
     runs = {}
-    for name, overhead in (("reference", None), ("split", 4.0)):
+    for name, policy in (("reference", PassPolicy()), ("split", LengthSortedPasses(4.0, None))):
         model = _lora_model()
         s = LoopSettings(
-            max_steps=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, lr_scheduler="constant",
-            seed=3, split_overhead_tokens=overhead,
+            max_steps=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, lr_scheduler="constant", seed=3,
         )  # fmt: skip
-        loop = TrainLoop(model, examples, tok.pad_token_id, s, tmp_path / name, torch.device("cpu"))
+        loop = TrainLoop(
+            model, examples, tok.pad_token_id, s, tmp_path / name, torch.device("cpu"),
+            fast_paths=FastPaths(pass_policy=policy),
+        )  # fmt: skip
         passes = loop.micro_batches(0)
         runs[name] = (loop.train().losses, {n: p.detach() for n, p in model.named_parameters()})
         runs[name + "_passes"] = passes
@@ -143,15 +145,16 @@ def test_packed_passes_train_like_the_reference_path(tmp_path):
     tok = make_tokenizer()
     examples = _varied_examples(tok)
     runs = {}
-    for name, pack in (("reference", False), ("packed", True)):
+    for name, policy in (("reference", PassPolicy()), ("packed", PackedPasses(max_tokens=160))):
         model = _lora_model(attn_implementation="eager")
-        assert cpu_attention.install(model) == 1
-        assert pack_cpu_passes(model, torch.device("cpu"))
+        assert attention.install(model).count == 1
         s = LoopSettings(
-            max_steps=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, lr_scheduler="constant",
-            seed=3, split_max_tokens=160 if pack else None, pack_passes=pack,
+            max_steps=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, lr_scheduler="constant", seed=3,
         )  # fmt: skip
-        loop = TrainLoop(model, examples, tok.pad_token_id, s, tmp_path / name, torch.device("cpu"))
+        loop = TrainLoop(
+            model, examples, tok.pad_token_id, s, tmp_path / name, torch.device("cpu"),
+            fast_paths=FastPaths(pass_policy=policy),
+        )  # fmt: skip
         runs[name + "_passes"] = [b for step in range(6) for b in loop.micro_batches(step)]
         runs[name] = (loop.train().losses, {n: p.detach() for n, p in model.named_parameters()})
     packed = runs["packed_passes"]

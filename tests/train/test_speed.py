@@ -6,11 +6,7 @@ import torch
 from tests.tiny import make_tiny_model, make_tokenizer
 from tunesmith.data.dataset import collate
 from tunesmith.loss import loss_sum
-from tunesmith.train.speed import (
-    EAGER_MAX_SEQ_LEN,
-    split_overhead_tokens,
-    train_attention,
-)
+from tunesmith.train.speed import EAGER_MAX_SEQ_LEN, train_attention
 
 from .test_loop import _varied_examples
 
@@ -21,7 +17,6 @@ def test_eager_only_on_cpu_and_short_rows():
     assert train_attention(CPU, 256) == "eager"
     assert train_attention(CPU, EAGER_MAX_SEQ_LEN + 1) == "sdpa"
     assert train_attention(CUDA, 256) == "sdpa"
-    assert split_overhead_tokens(CPU) > 0 and split_overhead_tokens(CUDA) is None
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -84,48 +79,3 @@ def test_bf16_adapter_compute_matches_the_fp32_adapter_path(method):
         assert out["bf16"][1][n].dtype == torch.float32
         cos = torch.nn.functional.cosine_similarity(out["bf16"][1][n].flatten(), g.flatten(), dim=0)
         assert cos > 0.99, (n, float(cos))
-
-
-def test_cpu_fast_paths_are_installed_on_cpu_only():
-    from peft import LoraConfig, get_peft_model
-
-    from tunesmith.train.speed import install_cpu_fast_paths
-
-    def lora_model():
-        base = make_tiny_model("llama", vocab_size=64, attn_implementation="eager")
-        config = LoraConfig(
-            r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]
-        )
-        return get_peft_model(base, config)
-
-    untouched = lora_model()
-    assert install_cpu_fast_paths(untouched, CUDA) == {}
-    assert untouched.get_base_model().config._attn_implementation == "eager"
-    model = lora_model()
-    # q and v dropouts in 2 layers; 2 norms per layer and the final one; one attention switch.
-    assert install_cpu_fast_paths(model, CPU) == {"dropout": 4, "rmsnorm": 5, "attention": 1}
-    assert model.get_base_model().config._attn_implementation == "tunesmith_cpu"
-    ids = torch.randint(0, 64, (2, 9))
-    loss = model.train()(input_ids=ids, labels=ids).loss
-    loss.backward()
-    assert torch.isfinite(loss)
-
-
-def test_packed_passes_only_on_cpu_with_the_grouped_attention():
-    from peft import LoraConfig, PromptTuningConfig, get_peft_model
-
-    from tunesmith.train.speed import install_cpu_fast_paths, pack_cpu_passes, pass_settings
-
-    def base():
-        return make_tiny_model("llama", vocab_size=64, attn_implementation="eager")
-
-    lora = get_peft_model(base(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    assert not pack_cpu_passes(lora, CPU)  # plain eager would pay T^2 per packed row
-    install_cpu_fast_paths(lora, CPU)
-    assert pack_cpu_passes(lora, CPU) and not pack_cpu_passes(lora, CUDA)
-    assert not pack_cpu_passes(lora, CPU, kv_prefix=True)  # MAM's prefix is per row
-    assert pass_settings(lora, CPU)["pack_passes"]
-    assert not pass_settings(lora, CPU, packed_rows=True)["pack_passes"]  # --packing rows
-    prompt = get_peft_model(base(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
-    install_cpu_fast_paths(prompt, CPU)
-    assert not pack_cpu_passes(prompt, CPU)  # virtual tokens would be shared by a row

@@ -6,7 +6,6 @@ resumed run see exactly the examples an uninterrupted one would.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,60 +67,6 @@ def batch_plan(
         perm = torch.randperm(len(batches), generator=g).tolist()
         batches = [batches[i] for i in perm]
     return batches
-
-
-def split_by_length(
-    indices: Sequence[int],
-    lengths: Sequence[int],
-    max_size: int,
-    overhead_tokens: float | None,
-    max_tokens: int | None = None,
-) -> list[list[int]]:
-    """Cut one planned micro-batch into forward passes that waste the least padding.
-
-    Every example of the micro-batch is still trained in the same optimizer step, and the
-    step's loss is normalised by the step's total trained tokens, so how the examples are
-    grouped into forward passes does not change the gradient (only float summation order).
-    This recovers most of the padding of random batches (~20% on the demo) without the
-    quality cost of length-grouped *batches* (``group_by_length``), which changes which
-    examples train together.
-
-    The examples are sorted by length and cut into contiguous groups minimising
-    ``sum(group size * longest length) + overhead_tokens * groups``: ``overhead_tokens`` is
-    the fixed cost of one forward+backward pass expressed in tokens (Python and kernel
-    dispatch), so short micro-batches are not shredded into many tiny passes.
-
-    Args:
-        indices: The planned micro-batch (example indices).
-        lengths: Token count of every example.
-        max_size: Most examples per pass (an OOM retry lowers it).
-        overhead_tokens: Per-pass cost in tokens; None keeps the planned order and cuts it
-            into equal pieces of at most ``max_size`` (the reference path).
-        max_tokens: Most padded tokens per pass (a single longer example still gets its own
-            pass): activation memory grows with a pass's tokens, so this bounds the peak.
-
-    Returns:
-        The groups, each a list of indices; together exactly ``indices``.
-    """
-    if overhead_tokens is None:
-        return [list(indices[j : j + max_size]) for j in range(0, len(indices), max_size)]
-    order = sorted(indices, key=lambda i: (lengths[i], i))
-    n = len(order)
-    best = [0.0] + [math.inf] * n  # best[j]: cheapest cover of order[:j]
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(j - 1, max(0, j - max_size) - 1, -1):
-            padded = (j - i) * lengths[order[j - 1]]
-            if max_tokens is not None and padded > max_tokens and j - i > 1:
-                break  # longer groups ending at j only grow
-            cost = best[i] + padded + overhead_tokens
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], n
-    while j > 0:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    return groups[::-1]
 
 
 @dataclass

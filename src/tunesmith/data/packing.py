@@ -80,65 +80,6 @@ def pack_examples(examples: Sequence[Rendered], seq_len: int) -> list[PackedRow]
     return [pack_row([examples[i] for i in sorted(r)]) for r in rows]
 
 
-def pack_into_passes(
-    indices: Sequence[int], lengths: Sequence[int], max_size: int, max_tokens: int | None
-) -> list[list[int]]:
-    """Cut one micro-batch into as few packed forward passes as its bounds allow.
-
-    Used on CPU, where a forward + backward pass costs ~30-45 tokens' worth beyond its
-    tokens (train/speed.py) and a packed row has no padding: the demo's micro-batches of
-    ~600 tokens run as ~1.1 packed passes instead of ~2.6 padded ones with ~5% padding (at the
-    CPU bound of 640 tokens per pass). Each pass holds
-    at most ``max_size`` examples and ``max_tokens`` tokens (an example longer than that runs
-    alone). The number of passes comes from first-fit decreasing; the examples are then
-    dealt, longest first, to the emptiest pass, so the passes are even and the activation
-    peak (set by the largest pass) is as low as that count allows.
-
-    Args:
-        indices: The planned micro-batch (example indices).
-        lengths: Token count of every example.
-        max_size: Most examples per pass (an OOM retry lowers it).
-        max_tokens: Most tokens per pass; None: no bound.
-
-    Returns:
-        The passes, each a list of indices in increasing order; together exactly ``indices``.
-    """
-    cap = max_tokens if max_tokens is not None else sum(lengths[i] for i in indices)
-    order = sorted(indices, key=lambda i: (-lengths[i], i))
-
-    def deal(count: int | None) -> list[list[int]]:
-        load = [0] * (count or 0)
-        members: list[list[int]] = [[] for _ in load]
-
-        def fits(k: int, n: int) -> bool:
-            return len(members[k]) < max_size and (load[k] + n <= cap or not members[k])
-
-        for i in order:
-            n = lengths[i]
-            if count is None:  # first fit: the first pass with room, else a new one
-                k = next((k for k in range(len(load)) if fits(k, n)), len(load))
-            else:  # worst fit over `count` passes: the emptiest one with room
-                k = min(
-                    (k for k in range(count) if fits(k, n)),
-                    key=lambda k: (load[k], k),
-                    default=-1,
-                )
-                if k < 0:
-                    return []
-            if k == len(load):
-                load.append(0)
-                members.append([])
-            load[k] += n
-            members[k].append(i)
-        return members
-
-    first_fit = deal(None)
-    even = deal(len(first_fit)) if first_fit else []
-    # Worst fit can fail to place an example where first fit did; then first fit stands.
-    chosen = even if len(even) == len(first_fit) and all(even) else first_fit
-    return [sorted(p) for p in chosen]
-
-
 def padded_position_ids(examples: Sequence[Rendered], T: int) -> torch.Tensor:
     """(B, T) position ids; padding forms a segment of its own that restarts at 0."""
     out = torch.zeros((len(examples), T), dtype=torch.long)

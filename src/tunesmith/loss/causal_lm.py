@@ -7,17 +7,22 @@ both time and memory. Eligible only when the model is a plain causal LM whose bo
 ``.model`` and head ``.lm_head`` (true for Llama/Qwen2/Mistral/Gemma, incl. peft's
 LoRA-style injection); prompt-learning methods (prefix, prompt) change the forward and use the
 reference path, which is ``model(..., labels=...)`` as transformers defines it.
+
+The last step, the cross-entropy over the selected logits, is a parameter: the training loop
+passes its fast-path handle's choice (:class:`tunesmith.train.fastpath.FastPaths`); other
+callers (evaluation) get the device's best, :func:`~tunesmith.loss.chunked_ce.cross_entropy_sum`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 
 from tunesmith.data.dataset import Batch
 from tunesmith.data.packing import attention_inputs
 from tunesmith.data.render import IGNORE_INDEX
-from tunesmith.loss.chunked_ce import chunked_cross_entropy
+from tunesmith.loss.chunked_ce import cross_entropy_sum
 
 
 def _causal_lm(model):
@@ -41,8 +46,20 @@ def fast_path_eligible(model) -> bool:
     return _causal_lm(model) is not None
 
 
-def loss_sum(model, batch: Batch, fast: bool = True) -> torch.Tensor:
-    """Sum of token cross-entropies over trained positions (fp32). Divide by the token count."""
+def loss_sum(
+    model,
+    batch: Batch,
+    fast: bool = True,
+    cross_entropy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_sum,
+) -> torch.Tensor:
+    """Sum of token cross-entropies over trained positions (fp32). Divide by the token count.
+
+    Args:
+        model: The causal LM (peft-wrapped or not).
+        batch: The pass's tokens, labels and masks.
+        fast: Use the logits-at-trained-positions path where the model is eligible.
+        cross_entropy: ``(logits (N, V), targets (N,)) -> fp32 sum`` on the fast path.
+    """
     lm = _causal_lm(model) if fast else None
     # Packed rows (position_ids set) need a block-diagonal mask instead of the padding mask.
     attn = attention_inputs(model, batch.attention_mask, batch.position_ids)
@@ -56,7 +73,4 @@ def loss_sum(model, batch: Batch, fast: bool = True) -> torch.Tensor:
     keep = targets != IGNORE_INDEX
     h = hidden[:, :-1][keep]  # (N, C): only positions whose next token is trained
     logits = lm.lm_head(h)  # (N, V)
-    if logits.device.type == "cpu" and logits.dtype in (torch.bfloat16, torch.float16):
-        # Same fp32 log-softmax without fp32 copies of all of (N, V) (loss/chunked_ce.py).
-        return chunked_cross_entropy(logits, targets[keep])
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")  # fp32: stable
+    return cross_entropy(logits, targets[keep])

@@ -17,6 +17,7 @@ The math is the reference's: log-softmax in fp32 of the bf16 logits; gradient
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 CHUNK = 32  # rows upcast at a time: 32 x 49152 x 4 B = 6 MB
 
@@ -52,3 +53,17 @@ def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.
         targets: ``(N,)`` class indices, no ignore index (select the trained rows first).
     """
     return _ChunkedCrossEntropy.apply(logits, targets)
+
+
+def reference_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The reference: summed ``F.cross_entropy`` over fp32 logits (stable in any dtype)."""
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The summed token loss as the device does it best: :func:`chunked_cross_entropy` for
+    bf16/fp16 logits on CPU (same math, no fp32 copies of the whole logits), else the
+    reference. The CPU fast paths train with this; evaluation uses it too."""
+    if logits.device.type == "cpu" and logits.dtype in (torch.bfloat16, torch.float16):
+        return chunked_cross_entropy(logits, targets)
+    return reference_cross_entropy(logits, targets)

@@ -1,7 +1,7 @@
 """The training loop: setup -> train -> checkpoint, on top of accelerate for device placement.
 
-One micro-batch plan per epoch (:func:`tunesmith.data.dataset.batch_plan`) and a global step
-counter fully determine which examples a step sees, so resuming at step N replays nothing and
+Which examples a step sees, and as which forward passes, is :class:`StepBatches`
+(``step_batches.py``): derived from the step number, so resuming at step N replays nothing and
 skips nothing. The loss of a step is the sum of token losses over all its micro-batches
 divided by the step's total trained tokens, so gradient accumulation does not reweight
 examples by micro-batch length.
@@ -10,90 +10,39 @@ Faults cost a retry, not the run: an out-of-memory step is redone with each micr
 in two (twice the accumulation, the same examples, the same effective batch); a non-finite
 loss or gradient stops the run (keeping the last checkpoint) or, with ``on_nan="skip"``,
 drops that one update; SIGINT/SIGTERM save a checkpoint at the next step boundary.
+
+The CPU fast paths reach the loop only through their handle
+(:class:`tunesmith.train.fastpath.FastPaths`): how a micro-batch is cut into passes, the loss's
+cross-entropy and what to do after a step. Without one the loop runs the reference path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from tunesmith.data.dataset import Batch, batch_plan, collate, split_by_length
-from tunesmith.data.packing import pack_into_passes, pack_row
-from tunesmith.data.render import IGNORE_INDEX, Rendered
-from tunesmith.distributed import DistContext, rank_slice
-from tunesmith.errors import TunesmithError, WorkFailed
+from tunesmith.data.dataset import Batch, collate
+from tunesmith.data.render import Rendered
+from tunesmith.distributed import DistContext
+from tunesmith.errors import WorkFailed
 from tunesmith.loss import fast_path_eligible, loss_sum
 from tunesmith.report.metrics import MetricsLog
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import guard
-from tunesmith.train.host_memory import HeapTrimmer
+from tunesmith.train.fastpath import FastPaths
+from tunesmith.train.memory_stats import peak_memory_bytes, reset_peak_memory
+from tunesmith.train.settings import LoopSettings, TrainResult, steps_for_epochs
+from tunesmith.train.signals import Interrupted, StopRequest
 from tunesmith.train.speed import compute_context
+from tunesmith.train.step_batches import StepBatches
 
-
-class Interrupted(TunesmithError):
-    """SIGINT/SIGTERM arrived; a checkpoint was saved at the step boundary."""
-
-    exit_code = 130
-
-
-@dataclass
-class LoopSettings:
-    max_steps: int
-    batch_size: int = 8
-    # Off by default: on templated data, length-sorted batches hold near-identical records, and
-    # the benchmark measured a worse eval loss (0.93 vs 0.64 after 12 demo steps) with it on.
-    group_by_length: bool = False
-    grad_accum: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    lr_scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
-    logging_steps: int = 5
-    save_steps: int = 0
-    seed: int = 42
-    autocast_dtype: torch.dtype | None = (
-        None  # set when trainable weights stay fp32 under bf16 compute
-    )
-    fast_loss: bool = True
-    # LoRA adapters compute in autocast_dtype instead of upcasting inputs (train/speed.py).
-    keep_input_dtype: bool = False
-    # Per-forward cost in tokens for cutting each micro-batch into length-sorted passes
-    # (data.dataset.split_by_length); None: planned order, no cutting (the reference path).
-    split_overhead_tokens: float | None = None
-    split_max_tokens: int | None = None  # most (padded) tokens per pass (activation memory)
-    # Each pass as one packed, padding-free row (data.packing.pack_into_passes; CPU, with
-    # attention that runs packed rows per example). False: padded passes (the reference path).
-    pack_passes: bool = False
-    on_nan: str = "stop"  # "stop": fail keeping the last checkpoint; "skip": drop the update
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    losses: list[float] = field(default_factory=list)  # one per optimizer step
-    trained_tokens: int = 0
-    elapsed_s: float = 0.0
-    resumed_from: int | None = None
-    skipped_steps: int = 0  # updates dropped for a non-finite loss or gradient (on_nan="skip")
-    examples_seen: int = 0
-    oom_retries: int = 0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.trained_tokens / self.elapsed_s if self.elapsed_s else 0.0
-
-
-def steps_for_epochs(n_examples: int, batch_size: int, grad_accum: int, epochs: float) -> int:
-    per_epoch = math.ceil(n_examples / batch_size)
-    return max(1, math.ceil(per_epoch * epochs / grad_accum))
+# Importers of the loop's inputs and outputs find them here too.
+__all__ = ["Interrupted", "LoopSettings", "TrainLoop", "TrainResult", "steps_for_epochs"]
 
 
 class TrainLoop:
@@ -110,8 +59,12 @@ class TrainLoop:
         on_log: Callable[[dict], None] | None = None,
         say: Callable[[str], None] | None = None,
         dist: DistContext | None = None,
+        fast_paths: FastPaths | None = None,
     ):
         self.model = model
+        # The CPU fast paths' policies (passes, cross-entropy, heap trimming); the default
+        # handle is the reference path (train/fastpath/).
+        self.fast_paths = fast_paths or FastPaths()
         # Several processes (torchrun): each rank trains on its slice of every planned
         # micro-batch through `self.forward` (DDP/FSDP); rank 0 alone writes files.
         self.dist = dist or DistContext()
@@ -125,7 +78,7 @@ class TrainLoop:
         self.say = say or (lambda message: None)  # announces retries and skipped steps
         self.fast = settings.fast_loss and fast_path_eligible(model)
         self.forward = None
-        # DeepSpeed's engine reduces, clips and updates (train/deepspeed_engine.py).
+        # DeepSpeed's engine reduces, clips and updates (distributed/deepspeed_engine.py).
         self.engine = None
         if self.dist.active:
             from tunesmith.distributed.wrap import wrap
@@ -148,14 +101,23 @@ class TrainLoop:
             num_training_steps=settings.max_steps,
         )
         if self.dist.mode == "deepspeed":
-            from tunesmith.train import deepspeed_engine
+            from tunesmith.distributed import deepspeed_engine
 
             self.engine = deepspeed_engine.initialize(
                 self.forward, self.optimizer, self.dist.engine_config
             )
             self.forward = self.engine
-        self._lengths = [len(e.input_ids) for e in examples]
-        self._stop_requested = False
+        self.batches = StepBatches(
+            examples,
+            pad_id,
+            batch_size=settings.batch_size,
+            grad_accum=settings.grad_accum,
+            seed=settings.seed,
+            group_by_length=settings.group_by_length,
+            dist=self.dist,
+            policy=self.fast_paths.pass_policy,
+        )
+        self.stop = StopRequest()
         # Each planned micro-batch runs as `split` smaller ones; doubled after an OOM.
         self.split = 1
 
@@ -169,66 +131,13 @@ class TrainLoop:
 
     # -- data --------------------------------------------------------------------------
     def micro_batches(self, step: int, split: int = 1) -> list[Batch]:
-        """The micro-batches of optimizer step ``step`` (0-based), derived, not iterated.
-
-        ``split`` cuts each planned micro-batch into that many pieces: the step still sees
-        exactly the same examples, so an OOM retry changes memory, not the data.
-        """
-        plans: dict[int, list[list[int]]] = {}
-        world, rank = self.dist.world_size, self.dist.rank
-        # Planned at the global micro-batch size; each rank then takes its slice of it.
-        global_batch = self.s.batch_size * world
-        per_epoch = math.ceil(len(self.examples) / global_batch)
-        out = []
-        for k in range(step * self.s.grad_accum, (step + 1) * self.s.grad_accum):
-            epoch, idx = divmod(k, per_epoch)
-            if epoch not in plans:
-                plans[epoch] = batch_plan(
-                    self._lengths, global_batch, self.s.seed, epoch, self.s.group_by_length
-                )
-            planned = plans[epoch][idx]
-            stand_in = False
-            if world > 1:
-                planned, stand_in = rank_slice(planned, rank, world)
-            size = math.ceil(len(planned) / split)
-            out.extend(self._passes(planned, size))
-            if stand_in:  # this rank has no example here: run one, train on no token
-                out[-1].labels.fill_(IGNORE_INDEX)
-        return out
-
-    def _passes(self, planned: list[int], size: int) -> list[Batch]:
-        """One planned micro-batch as forward passes of at most ``size`` examples each."""
-        examples, lengths, cap = self.examples, self._lengths, self.s.split_max_tokens
-        if self.s.pack_passes:
-            groups = pack_into_passes(planned, lengths, size, cap)
-            return [collate([pack_row([examples[i] for i in g])], self.pad_id) for g in groups]
-        groups = split_by_length(planned, lengths, size, self.s.split_overhead_tokens, cap)
-        return [collate([examples[i] for i in g], self.pad_id) for g in groups]
+        """The forward passes of optimizer step ``step`` (0-based); see :class:`StepBatches`."""
+        return self.batches.of_step(step, split)
 
     def _compute_context(self):
         return compute_context(
             self.model, self.device, self.s.autocast_dtype, self.s.keep_input_dtype
         )
-
-    # -- signals -----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _graceful_signals(self) -> Iterator[None]:
-        def handler(signum, frame):
-            if self._stop_requested and signum == signal.SIGINT:
-                # A second Ctrl-C: quit now. Checkpoints are atomic, so the last one stays valid.
-                raise KeyboardInterrupt
-            # Only a flag: printing from a handler can re-enter a half-done write to stdout.
-            self._stop_requested = True
-
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not in the main thread
-                previous[sig] = signal.signal(sig, handler)
-        try:
-            yield
-        finally:
-            for sig, h in previous.items():
-                signal.signal(sig, h)
 
     # -- the loop ----------------------------------------------------------------------
     def train(
@@ -258,12 +167,10 @@ class TrainLoop:
         t0 = time.perf_counter()
         elapsed_before = state.get("elapsed_s", 0.0) if resume_from is not None else 0.0
         window_tokens, window_t = 0, time.perf_counter()
-        trimmer = HeapTrimmer() if self.device.type == "cpu" else None
-        with self._graceful_signals():
+        with self.stop.catching():
             for step in range(start_step, min(self.s.max_steps, stop_after or self.s.max_steps)):
                 loss, n_tok, grad_norm, n_ex = self._step_with_retry(step, result)
-                if trimmer is not None:  # freed activations back to the OS when they pile up
-                    trimmer.after_step()
+                self.fast_paths.after_step()  # e.g. freed activations back to the OS (CPU)
                 result.losses.append(loss)
                 result.trained_tokens += n_tok
                 result.examples_seen += n_ex
@@ -285,12 +192,12 @@ class TrainLoop:
                     progress(done, loss)
                 last = done == self.s.max_steps
                 # A signal may reach one rank only: all stop at the same step boundary.
-                self._stop_requested = self.dist.any(self._stop_requested)
-                if self._stop_requested or (
+                self.stop.requested = self.dist.any(self.stop.requested)
+                if self.stop.requested or (
                     self.s.save_steps and done % self.s.save_steps == 0 and not last
                 ):
                     self.save(done, result, elapsed_before + time.perf_counter() - t0)
-                if self._stop_requested:
+                if self.stop.requested:
                     raise Interrupted(
                         f"stopped at step {done}; checkpoint saved. Continue with: "
                         f"tunesmith train --resume {self.run_dir}"
@@ -414,7 +321,9 @@ class TrainLoop:
 
     def _loss_sum(self, b: Batch) -> torch.Tensor:
         if self.forward is None:
-            return loss_sum(self.model, b, fast=self.fast)
+            return loss_sum(
+                self.model, b, fast=self.fast, cross_entropy=self.fast_paths.cross_entropy
+            )
         if b.num_trained == 0:
             # A stand-in pass (rank_slice): every rank must run it, but it counts nothing. Any
             # valid labels, times 0, since a mean over no token (reference path) is NaN.
@@ -440,7 +349,7 @@ class TrainLoop:
         }
         root = self.run_dir / "checkpoints"
         if self.engine is not None:  # DeepSpeed's sharded format
-            from tunesmith.train import deepspeed_engine
+            from tunesmith.distributed import deepspeed_engine
 
             return deepspeed_engine.save_checkpoint(
                 root, step, self.engine, self.scheduler, extra, self.dist
@@ -457,7 +366,7 @@ class TrainLoop:
 
     def _load(self, path: Path) -> dict:
         if self.engine is not None:
-            from tunesmith.train import deepspeed_engine
+            from tunesmith.distributed import deepspeed_engine
 
             return deepspeed_engine.load_checkpoint(
                 path, self.engine, self.scheduler, self.dist.rank
@@ -486,37 +395,3 @@ def _as_float(x: torch.Tensor) -> float:
     from tunesmith.distributed.wrap import local_value
 
     return local_value(x)
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: CUDA's allocator statistics, or Linux's resident high-water mark.
-
-    Without this a CPU run reported the peak of the whole process, so a second run in the same
-    process (``tunesmith compare``) inherited the first one's peak, and base-model evaluation
-    before training counted as training memory. Writing ``5`` to ``/proc/self/clear_refs``
-    resets ``VmHWM`` (Linux >= 4.0); elsewhere the process peak stays.
-    """
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA: max allocated; CPU: peak resident memory since :func:`reset_peak_memory`."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

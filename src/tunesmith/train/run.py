@@ -26,7 +26,6 @@ from tunesmith.trackers import parse_report_to
 from tunesmith.train.claim import Claim, claim_for_run
 from tunesmith.train.dist_steps import start_distributed, whole_model_on_main
 from tunesmith.train.preflight import Preflight, preflight, preflight_resume
-from tunesmith.train.speed import adapter_autocast, pass_settings
 from tunesmith.train.steps import (
     BuiltModel,
     DataSplit,
@@ -35,6 +34,7 @@ from tunesmith.train.steps import (
     evaluate_base,
     format_metrics,
     load_base_side,
+    loop_settings,
     prepare_data,
     save_result,
     timed,
@@ -219,8 +219,8 @@ def _fit_and_save(
 
     dist.barrier()  # the other ranks wait for rank 0's base evaluation
     loop = TrainLoop(
-        model, train_ex, tokenizer.pad_token_id, _loop_settings(cfg, built, max_steps, dist.device),
-        run.path, dist.device, on_log=trackers.log, say=say, dist=dist,
+        model, train_ex, tokenizer.pad_token_id, loop_settings(cfg, built, max_steps), run.path,
+        dist.device, on_log=trackers.log, say=say, dist=dist, fast_paths=built.fast_paths,
     )  # fmt: skip
     per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     say(
@@ -279,34 +279,6 @@ def _fit_and_save(
         train_seconds=result.elapsed_s,
         tokens_per_s=result.tokens_per_s,
         timings=timings,
-    )
-
-
-def _loop_settings(cfg: TrainConfig, built: BuiltModel, max_steps: int, device: torch.device):
-    from tunesmith.train.loop import LoopSettings
-
-    return LoopSettings(
-        max_steps=max_steps,
-        batch_size=cfg.batch_size,
-        group_by_length=cfg.group_by_length,
-        grad_accum=cfg.grad_accum,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_ratio=cfg.warmup_ratio,
-        lr_scheduler=cfg.lr_scheduler,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        seed=cfg.seed,
-        autocast_dtype=built.autocast,
-        on_nan=cfg.on_nan,
-        keep_input_dtype=adapter_autocast(built.spec, built.precision),
-        **pass_settings(
-            built.model,
-            device,
-            kv_prefix=built.spec.kv_prefix,
-            packed_rows=cfg.packing,
-        ),
     )
 
 

@@ -22,7 +22,7 @@ from tunesmith.config import TrainConfig
 from tunesmith.data.records import Conversation
 from tunesmith.precision import resolve_precision, torch_dtype
 from tunesmith.rundir import RunDir
-from tunesmith.train.speed import adapter_autocast, install_cpu_fast_paths, train_attention
+from tunesmith.train.speed import adapter_autocast, train_attention
 
 
 @dataclass
@@ -53,6 +53,7 @@ class BuiltModel:
     spec: Any  # methods.MethodSpec
     precision: str
     autocast: torch.dtype | None
+    fast_paths: Any = None  # train.fastpath.FastPaths: the CPU fast paths, with undo()
 
     @property
     def params(self) -> tuple[int, int]:
@@ -146,6 +147,7 @@ def build_model(cfg: TrainConfig, device: torch.device, checkpointing: bool = Fa
     from tunesmith.methods import get_method
     from tunesmith.methods.targets import check_targets_exist
     from tunesmith.models import load_model_and_tokenizer
+    from tunesmith.train.fastpath import apply_fast_paths
 
     spec = get_method(cfg.method)
     precision = resolve_precision(cfg.precision, device)
@@ -174,17 +176,35 @@ def build_model(cfg: TrainConfig, device: torch.device, checkpointing: bool = Fa
     if qconf is None:
         model.to(device)
     model = spec.apply(model, args)
-    install_cpu_fast_paths(model, device)  # hand-fused dropout, RMSNorm and attention on CPU
+    # Hand-fused dropout, RMSNorm and attention on CPU, and the loop's pass policy.
+    fast_paths = apply_fast_paths(model, device, kv_prefix=spec.kv_prefix, packed_rows=cfg.packing)
     # Autocast: methods with fp32 master weights (full, freeze) and LoRA adapters (train/speed.py).
     mixed = trains_base or adapter_autocast(spec, precision)
     autocast = torch_dtype(precision) if (mixed and precision != "fp32") else None
-    return BuiltModel(model, tok, src, spec, precision, autocast)
+    return BuiltModel(model, tok, src, spec, precision, autocast, fast_paths)
 
 
-def load_for_training(cfg: TrainConfig, device: torch.device, checkpointing: bool = False):
-    """:func:`build_model` as a tuple ``(model, tokenizer, source, spec, precision, autocast)``."""
-    b = build_model(cfg, device, checkpointing)
-    return b.model, b.tokenizer, b.source, b.spec, b.precision, b.autocast
+def loop_settings(cfg: TrainConfig, built: BuiltModel, max_steps: int):
+    """The loop's settings from the run config and the built model's precision."""
+    from tunesmith.train.loop import LoopSettings
+
+    return LoopSettings(
+        max_steps=max_steps,
+        batch_size=cfg.batch_size,
+        group_by_length=cfg.group_by_length,
+        grad_accum=cfg.grad_accum,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        lr_scheduler=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        seed=cfg.seed,
+        autocast_dtype=built.autocast,
+        on_nan=cfg.on_nan,
+        keep_input_dtype=adapter_autocast(built.spec, built.precision),
+    )
 
 
 def count_params(model) -> tuple[int, int]:

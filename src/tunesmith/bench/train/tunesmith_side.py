@@ -38,19 +38,16 @@ def prepare_loop(settings: BenchSettings, train_path: str, workdir: Path, device
     """What ``tunesmith train`` does from the config to a ready loop, with the bench's settings.
 
     The same library calls as :func:`tunesmith.train.run.run_training`, in its order: the
-    config (``make_config``), the base loaded with the method applied (``load_for_training``:
-    precision policy, attention kernel, CPU fast paths), the tokenized examples, and the loop
-    settings with the device's pass choices (``pass_settings``). This is the one place the
-    bench wires those steps; what it leaves out (the memory plan, base evaluation, the run
-    directory's files) is not timed.
+    config (``make_config``), the ``build_model`` step (precision policy, attention kernel, CPU
+    fast paths), the tokenized examples, and the ``loop_settings`` step. What it leaves out
+    (the memory plan, base evaluation, the run directory's files) is not timed.
     """
     import torch
 
     from tunesmith.config import make_config
     from tunesmith.data.dataset import tokenize_conversations
-    from tunesmith.train.loop import LoopSettings, TrainLoop
-    from tunesmith.train.speed import adapter_autocast, pass_settings
-    from tunesmith.train.steps import load_for_training
+    from tunesmith.train.loop import TrainLoop
+    from tunesmith.train.steps import build_model, loop_settings
 
     torch.manual_seed(settings.seed)
     cfg = make_config(
@@ -65,21 +62,16 @@ def prepare_loop(settings: BenchSettings, train_path: str, workdir: Path, device
             "batch_size": settings.batch_size,
             "seq_len": settings.seq_len,
             "seed": settings.seed,
+            "warmup_ratio": settings.warmup_ratio,
         }
     )
-    model, tok, _src, _spec, precision, autocast = load_for_training(cfg, device)
+    built = build_model(cfg, device)
+    model, tok, precision, autocast = built.model, built.tokenizer, built.precision, built.autocast
     examples = tokenize_conversations(tok, read_conversations(train_path), seq_len=cfg.seq_len)
-    loop_settings = LoopSettings(
-        max_steps=settings.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        warmup_ratio=settings.warmup_ratio,
-        seed=cfg.seed,
-        autocast_dtype=autocast,
-        keep_input_dtype=adapter_autocast(cfg.method, precision),
-        **pass_settings(model, device),
-    )
-    loop = TrainLoop(model, examples, tok.pad_token_id, loop_settings, workdir / "run", device)
+    loop = TrainLoop(
+        model, examples, tok.pad_token_id, loop_settings(cfg, built, settings.steps),
+        workdir / "run", device, fast_paths=built.fast_paths,
+    )  # fmt: skip
     return PreparedLoop(loop, model, tok, precision, autocast)
 
 

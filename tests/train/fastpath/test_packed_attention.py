@@ -7,9 +7,9 @@ import torch
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from tunesmith.data.packing import block_causal_mask
-from tunesmith.train import cpu_attention
-from tunesmith.train.cpu_attention import grouped_attention
-from tunesmith.train.packed_attention import (
+from tunesmith.train.fastpath import attention
+from tunesmith.train.fastpath.attention import grouped_attention
+from tunesmith.train.fastpath.packed_attention import (
     LayoutCache,
     _SelectRows,
     build_layout,
@@ -50,9 +50,10 @@ def test_packed_rows_attend_as_eager_under_the_block_mask(dtype, rows):
     q, k, v = _qkv(*pos.shape, dtype)
     mask = block_causal_mask(pos, dtype)
     ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.25)
-    cpu_attention._LAYOUTS = LayoutCache()
+    caches = attention.AttentionCaches()
+    setattr(module, attention.CACHES, caches)  # as install() hands them out
     out, probs = grouped_attention(module, q, k, v, mask, scaling=0.25, position_ids=pos)
-    assert cpu_attention._LAYOUTS.layout is not None  # the packed path ran
+    assert caches.layouts.layout is not None  # the packed path ran
     assert probs is None and out.shape == ref.shape
     g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g)

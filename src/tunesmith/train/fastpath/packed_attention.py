@@ -17,7 +17,7 @@ It applies only where it computes exactly what the given mask says: the mask mus
 block-causal mask of the row's position ids (a new example starts where positions do not
 advance by one, transformers' ``find_packed_sequence_indices`` rule). That is checked once
 per forward pass, and any other mask (padding, a key prefix, a cache) keeps the reference
-path of :func:`tunesmith.train.cpu_attention.grouped_attention`.
+path of :func:`tunesmith.train.fastpath.attention.grouped_attention`.
 """
 
 from __future__ import annotations

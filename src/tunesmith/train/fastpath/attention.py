@@ -20,18 +20,21 @@ memory plan, which counts eager's, stays an upper bound.
 
 A packed row (several examples, position ids restarting at each) whose mask is exactly their
 block-causal mask is attended per example instead of as one ``T x T`` product
-(:mod:`tunesmith.train.packed_attention`); that is how CPU training runs its passes.
+(:mod:`tunesmith.train.fastpath.packed_attention`); that is how CPU training runs its passes.
 
 It is registered with transformers' ``AttentionInterface`` under :data:`NAME` (with eager's
-mask builder) and chosen by :func:`tunesmith.train.speed.train_attention` only for models
-whose attention is the plain formula (no logit soft-capping, no attention sinks).
+mask builder) and switched on by :func:`install` only for eager-attention models whose
+attention is the plain formula (no logit soft-capping, no attention sinks). The per-pass caches
+(expanded mask, packed layout) belong to the install: :func:`install` hands one
+:class:`AttentionCaches` to every attention module of the model, and ``undo`` takes it back.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tunesmith.train.packed_attention import LayoutCache
+from tunesmith.train.fastpath.packed_attention import LayoutCache
+from tunesmith.train.fastpath.patch import Patch, skipped
 
 NAME = "tunesmith_cpu"
 
@@ -61,8 +64,20 @@ class _GroupedMask:
         return self.grouped
 
 
-_MASKS = _GroupedMask()
-_LAYOUTS = LayoutCache()
+class AttentionCaches:
+    """What one forward pass builds once and every layer reuses: the grouped mask and the
+    packed layout. Holding the last pass's tensors keeps their memory from being reused."""
+
+    def __init__(self) -> None:
+        self.masks = _GroupedMask()
+        self.layouts = LayoutCache()
+
+    def clear(self) -> None:
+        """Drop the tensors of the last pass."""
+        self.__init__()
+
+
+CACHES = "_tunesmith_attention_caches"  # the attribute install() sets on attention modules
 
 
 def grouped_attention(
@@ -82,9 +97,11 @@ def grouped_attention(
     b, heads, q_len, d = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     groups = heads // kv_heads
+    # A module that install() did not reach (a direct call) gets caches for this call only.
+    caches = getattr(module, CACHES, None) or AttentionCaches()
     position_ids = kwargs.get("position_ids")
     if attention_mask is not None and position_ids is not None and q_len == kv_len:
-        layout = _LAYOUTS.get(attention_mask, position_ids, heads, kv_heads, query.dtype)
+        layout = caches.layouts.get(attention_mask, position_ids, heads, kv_heads, query.dtype)
         if layout is not None:  # packed rows: attend per example (packed_attention.py)
             q, k, v = layout.gather(query, key, value)
             out, _ = _attend(module, q, k.transpose(1, 2), v, layout.mask, scaling, dropout)
@@ -100,7 +117,7 @@ def grouped_attention(
             attention_mask = torch.zeros_like(attention_mask, dtype=q.dtype).masked_fill_(
                 ~attention_mask, torch.finfo(q.dtype).min
             )
-        mask = _MASKS.get(attention_mask, kv_heads, groups, kv_len, q.dtype)
+        mask = caches.masks.get(attention_mask, kv_heads, groups, kv_len, q.dtype)
     out, probs = _attend(module, q, k_t, v, mask, scaling, dropout)
     out = out.view(b, heads, q_len, d).transpose(1, 2).contiguous()
     return out, probs.view(b, heads, q_len, kv_len)
@@ -129,20 +146,54 @@ def register() -> str:
     return NAME
 
 
-def install(model: torch.nn.Module) -> int:
-    """Switch an eager-attention model with plain attention to :data:`NAME`; returns 1 or 0.
-
-    Only eager is replaced (sdpa and flash kernels were chosen for a reason, and the memory
-    plan counted eager's probabilities, which this keeps fewer of).
-    """
+def _base(model: torch.nn.Module) -> torch.nn.Module:
     from peft import PeftModel
 
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def runs_grouped(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (peft-wrapped or not) runs :data:`NAME` attention."""
+    return getattr(getattr(_base(model), "config", None), "_attn_implementation", None) == NAME
+
+
+def install(model: torch.nn.Module, caches: AttentionCaches | None = None) -> Patch:
+    """Switch an eager-attention model with plain attention to :data:`NAME`.
+
+    Only eager is replaced (sdpa and flash kernels were chosen for a reason, and the memory
+    plan counted eager's probabilities, which this keeps fewer of). The attention modules
+    (those with ``num_key_value_groups``, as transformers' eager code needs) share one
+    :class:`AttentionCaches` (``caches``, or new ones); ``undo`` restores the implementation
+    and takes the caches back.
+    """
+    base = _base(model)
     config = getattr(base, "config", None)
-    if getattr(config, "_attn_implementation", None) != "eager" or not plain_attention(config):
-        return 0
+    impl = getattr(config, "_attn_implementation", None)
+    if impl == NAME:
+        return skipped(f"the model already runs {NAME} attention")
+    if impl != "eager":
+        return skipped(f"the model runs {impl} attention; only eager is replaced")
+    if not plain_attention(config):
+        model_type = getattr(config, "model_type", None)
+        return skipped(
+            f"model type {model_type!r} is not known to compute plain softmax attention "
+            f"(known: {', '.join(sorted(PLAIN_ATTENTION_MODEL_TYPES))}; no soft-capping, no sinks)",
+            expected=False,
+        )
+    caches = caches if caches is not None else AttentionCaches()
+    modules = [m for m in base.modules() if hasattr(m, "num_key_value_groups")]
+    for m in modules:
+        setattr(m, CACHES, caches)
     base.set_attn_implementation(register())
-    return 1
+
+    def undo() -> None:
+        base.set_attn_implementation(impl)
+        for m in modules:
+            if CACHES in vars(m):
+                delattr(m, CACHES)
+        caches.clear()
+
+    return Patch(1, undo)
 
 
 def plain_attention(config) -> bool:

@@ -13,15 +13,18 @@ dtype directly, a free ``view`` away from a multiplicative mask. fp32 inputs use
 come from torch's default generator, so ``torch.manual_seed`` and the checkpointed RNG state
 make runs repeatable and resumable.
 
-On CUDA ``F.dropout`` is a fused kernel already, so :func:`install` is a CPU-only choice (see
-``train/speed.py``); the reference path is ``torch.nn.Dropout`` (``tests/train/test_fast_dropout.py``
-checks the keep rate, the scale, the backward and eval mode against it).
+On CUDA ``F.dropout`` is a fused kernel already, so :func:`install` is a CPU-only choice (made by
+:func:`tunesmith.train.fastpath.apply_fast_paths`); the reference path is ``torch.nn.Dropout``
+(``tests/train/fastpath/test_dropout.py`` checks the keep rate, the scale, the backward and eval
+mode against it).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from tunesmith.train.fastpath.patch import Patch, skipped
 
 # dtype -> (integer dtype of the same width, bit pattern of 1.0 in that dtype, random bits used)
 _LANES = {
@@ -79,19 +82,27 @@ class FastDropout(nn.Dropout):
         return _MaskedScale.apply(x, mask, 1.0 / (1.0 - self.p))
 
 
-def install(model: nn.Module) -> int:
+def install(model: nn.Module) -> Patch:
     """Swap every ``nn.Dropout`` with ``p > 0`` inside ``model`` for :class:`FastDropout`.
 
-    Returns how many were swapped. Dropout has no weights, so state dicts, saved adapters and
-    merging are unchanged.
+    Dropout has no weights, so state dicts, saved adapters and merging are unchanged. The
+    patch's ``undo`` puts the original modules back, in the training mode the model has then.
     """
     swaps = []
     for parent in model.modules():
         for name, child in parent.named_children():
             if type(child) is nn.Dropout and child.p > 0:
                 swaps.append((parent, name, child))
+    if not swaps:
+        return skipped("the model has no nn.Dropout with p > 0")
     for parent, name, child in swaps:
         fast = FastDropout(child.p, inplace=False)
         fast.train(child.training)
         setattr(parent, name, fast)  # also right for peft's ModuleDict of dropouts
-    return len(swaps)
+
+    def undo() -> None:
+        for parent, name, child in swaps:
+            child.train(getattr(parent, name).training)
+            setattr(parent, name, child)
+
+    return Patch(len(swaps), undo)

@@ -1,10 +1,10 @@
-"""Returning freed heap pages to the OS between steps (train/host_memory.py)."""
+"""Returning freed heap pages to the OS between steps (train/fastpath/host_memory.py)."""
 
 import sys
 
 import pytest
 
-from tunesmith.train.host_memory import release_free_heap
+from tunesmith.train.fastpath.host_memory import release_free_heap
 
 
 def _rss_kib() -> int:
@@ -31,7 +31,7 @@ def test_peak_memory_restarts_at_each_run():
     """A second run in one process (compare) must not inherit the first one's peak."""
     import torch
 
-    from tunesmith.train.loop import peak_memory_bytes, reset_peak_memory
+    from tunesmith.train.memory_stats import peak_memory_bytes, reset_peak_memory
 
     cpu = torch.device("cpu")
     big = bytearray(b"\x01" * (300 * 1024 * 1024))
@@ -43,7 +43,7 @@ def test_peak_memory_restarts_at_each_run():
 
 
 def test_memory_is_short_below_a_quarter_available():
-    from tunesmith.train import host_memory
+    from tunesmith.train.fastpath import host_memory
 
     gib = 1024**3
     assert not host_memory.memory_is_short(20 * gib, 24 * gib)
@@ -55,7 +55,7 @@ def test_memory_is_short_below_a_quarter_available():
 
 
 def test_trimmer_trims_on_creep_over_the_post_trim_baseline_and_under_pressure(monkeypatch):
-    from tunesmith.train import host_memory
+    from tunesmith.train.fastpath import host_memory
 
     gib = 1024**3
     readings = iter([1.00, 1.05, 1.09, 1.12, 1.30, 1.31, 1.32, 1.32])  # resident GiB per step

@@ -9,7 +9,7 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from tests.tiny import make_tiny_model
-from tunesmith.train.fast_norm import install, is_llama_rmsnorm, rms_norm
+from tunesmith.train.fastpath.rmsnorm import install, rms_norm, why_not_llama_formula
 
 
 def _norm(dtype, hidden=96, weight_grad=False):
@@ -62,28 +62,60 @@ def test_install_changes_llama_norms_only_and_keeps_class_weights_and_keys():
     ids = torch.randint(0, 64, (2, 9))
     with torch.no_grad():
         before = model(input_ids=ids).logits
-    assert install(model) == 2 * 2 + 1  # two per layer, the final norm
+    assert install(model).count == 2 * 2 + 1  # two per layer, the final norm
     norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
     assert all(isinstance(m, LlamaRMSNorm) and type(m) is not LlamaRMSNorm for m in norms)
     assert set(model.state_dict()) == keys
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
-    assert install(model) == 0  # already fused: nothing left to change
+    assert install(model).count == 0  # already fused: nothing left to change
     clone = pickle.loads(pickle.dumps(model))  # the fused class is importable by name
     assert type(clone.model.norm) is type(model.model.norm)
 
 
-def test_other_norm_formulas_are_left_alone():
-    class GemmaStyleRMSNorm(torch.nn.Module):  # (1 + weight), as Gemma writes it
-        def forward(self, x):
-            return x * (1 + self.weight)
+class GemmaStyleRMSNorm(LlamaRMSNorm):
+    """``(1 + weight)``, as Gemma writes it; weight ones at init, like Llama's."""
 
-    assert is_llama_rmsnorm(LlamaRMSNorm)
-    assert not is_llama_rmsnorm(GemmaStyleRMSNorm)
-    assert not is_llama_rmsnorm(torch.nn.LayerNorm)
+    def forward(self, x):
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return (
+            (1 + self.weight.float()) * x.float() * torch.rsqrt(var + self.variance_epsilon)
+        ).to(x.dtype)
+
+
+class RewrittenRMSNorm(LlamaRMSNorm):
+    """The Llama formula in other words: its source text differs, its math does not."""
+
+    def forward(self, hidden_states):
+        rms = hidden_states.float().square().mean(dim=-1, keepdim=True).add(self.variance_epsilon)
+        return self.weight * (hidden_states.float() / rms.sqrt()).to(hidden_states.dtype)
+
+
+def test_the_probe_judges_the_formula_not_the_name_or_the_source_text():
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-    assert is_llama_rmsnorm(Qwen2RMSNorm)  # copied from Llama's
+    assert why_not_llama_formula(LlamaRMSNorm(32)) is None
+    assert why_not_llama_formula(Qwen2RMSNorm(32)) is None  # copied from Llama's
+    assert why_not_llama_formula(RewrittenRMSNorm(32)) is None
+    assert "not the Llama formula" in why_not_llama_formula(GemmaStyleRMSNorm(32))
+    assert why_not_llama_formula(GemmaRMSNorm(32)) is not None  # its own eps attribute
+    assert why_not_llama_formula(torch.nn.LayerNorm(32)) is not None
+
+
+def test_install_fuses_what_passes_the_probe_and_says_what_does_not():
+    model = make_tiny_model("llama", vocab_size=64)
+    layer0 = model.model.layers[0]
+    layer0.input_layernorm.__class__ = GemmaStyleRMSNorm
+    layer0.post_attention_layernorm.__class__ = RewrittenRMSNorm
+    patch = install(model)
+    assert patch.count == 4 and not patch.expected  # 3 Llama norms + the rewritten one
+    assert "GemmaStyleRMSNorm" in patch.skipped and "not the Llama formula" in patch.skipped
+    assert type(layer0.input_layernorm) is GemmaStyleRMSNorm
+    assert isinstance(layer0.post_attention_layernorm, RewrittenRMSNorm)
+    patch.undo()
+    assert type(layer0.post_attention_layernorm) is RewrittenRMSNorm
+    assert type(model.model.norm) is LlamaRMSNorm
 
 
 def test_fp32_master_weight_with_bf16_activations_as_in_full_fine_tuning():

@@ -35,6 +35,11 @@ def _malloc_trim():
         return None
 
 
+def heap_trim_available() -> bool:
+    """Whether this process's allocator is glibc's, which :func:`release_free_heap` needs."""
+    return _malloc_trim() is not None
+
+
 def release_free_heap() -> bool:
     """Return the allocator's free pages to the OS; True when glibc did it."""
     trim = _malloc_trim()

@@ -7,13 +7,12 @@ import torch
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from tests.tiny import make_tiny_model, make_tokenizer
+from tests.train.test_loop import _varied_examples
 from tunesmith.data.dataset import collate
 from tunesmith.data.packing import pack_examples
 from tunesmith.loss import loss_sum
-from tunesmith.train import cpu_attention
-from tunesmith.train.cpu_attention import grouped_attention, install, plain_attention
-
-from .test_loop import _varied_examples
+from tunesmith.train.fastpath import attention
+from tunesmith.train.fastpath.attention import grouped_attention, install, plain_attention
 
 
 class _Module(torch.nn.Module):
@@ -93,7 +92,7 @@ def test_a_model_trains_and_generates_as_with_eager(arch):
     for name in ("eager", "grouped"):
         model = make_tiny_model(arch, vocab_size=len(tok), attn_implementation="eager").train()
         if name == "grouped":
-            assert install(model) == 1
+            assert install(model).count == 1
         assert model.config._attn_implementation == (
             "eager" if name == "eager" else "tunesmith_cpu"
         )
@@ -114,10 +113,10 @@ def test_a_model_trains_and_generates_as_with_eager(arch):
 def test_only_eager_models_with_plain_attention_are_switched():
     from transformers import Gemma2Config
 
-    assert install(make_tiny_model("llama", attn_implementation="sdpa")) == 0
+    assert install(make_tiny_model("llama", attn_implementation="sdpa")).count == 0
     assert plain_attention(make_tiny_model("llama").config)
     assert not plain_attention(Gemma2Config())  # logit soft-capping
     with pytest.raises(NotImplementedError, match="soft-capping"):
         (q, k, v), mask = _inputs(torch.float32)
         grouped_attention(_Module(), q, k, v, mask, scaling=0.25, softcap=30.0)
-    assert cpu_attention.register() == cpu_attention.NAME  # idempotent
+    assert attention.register() == attention.NAME  # idempotent

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunesmith.train.fast_dropout import FastDropout, install, keep_mask
+from tunesmith.train.fastpath.dropout import FastDropout, install, keep_mask
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -87,7 +87,7 @@ def test_install_swaps_peft_lora_dropout_and_keeps_the_adapter_state():
         LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]),
     )
     keys_before = set(model.state_dict())
-    assert install(model) == 4  # q and v in 2 layers
+    assert install(model).count == 4  # q and v in 2 layers
     assert set(model.state_dict()) == keys_before
     drops = [m for n, m in model.named_modules() if n.endswith("lora_dropout.default")]
     assert len(drops) == 4 and all(type(m) is FastDropout and m.p == 0.1 for m in drops)

@@ -1,0 +1,154 @@
+"""The CPU training fast paths, applied through one call that returns a handle with ``undo()``.
+
+On CPU the library kernels behind a training step are not fused, so tunesmith swaps in its own
+(each with a reference path, an equality test and its measurement in benchmarks/RESULTS.md):
+
+- ``dropout``: :class:`~tunesmith.train.fastpath.dropout.FastDropout`, four mask elements per
+  64-bit draw instead of a Bernoulli number each;
+- ``rmsnorm``: Llama-formula RMSNorm as one autograd function (``rmsnorm.py``);
+- ``attention``: grouped eager attention, per example inside packed rows (``attention.py``,
+  ``packed_attention.py``);
+
+and the loop gets three policies from the same handle: how a micro-batch is cut into passes
+(``passes.py``: packed rows where the grouped attention runs, length-sorted padded passes
+otherwise), the loss's cross-entropy (``chunked_ce.py``) and when to give freed heap pages
+back to the OS (``host_memory.py``). On CUDA the library kernels are fused already and extra
+passes cost launches, so there the handle changes nothing and hands out the reference policies.
+
+A path that cannot apply to a model says so once, in one ``tunesmith`` log line (a warning
+where the model is one the path does not know, info where skipping is by design).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from tunesmith.loss.chunked_ce import cross_entropy_sum, reference_cross_entropy
+from tunesmith.train.fastpath import attention, dropout, rmsnorm
+from tunesmith.train.fastpath.attention import AttentionCaches
+from tunesmith.train.fastpath.host_memory import HeapTrimmer, heap_trim_available
+from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
+from tunesmith.train.fastpath.patch import Patch
+
+__all__ = ["FastPaths", "PassPolicy", "apply_fast_paths"]
+
+logger = logging.getLogger("tunesmith")
+
+
+@dataclass
+class FastPaths:
+    """What :func:`apply_fast_paths` changed in a model, and the loop policies that go with it.
+
+    A default-constructed handle is the reference path: nothing installed, one pass per
+    micro-batch, ``F.cross_entropy`` on fp32 logits, no heap trimming.
+
+    Attributes:
+        installed: Modules (or switches) each model-changing path changed, by path name.
+        skipped: Why each path that did not apply did not, by path name.
+        pass_policy: How the loop cuts a micro-batch into forward passes.
+        cross_entropy: ``(logits (N, V), targets (N,)) -> fp32 sum``, the loss's last step.
+        trimmer: Returns freed heap pages after a step when memory crept (CPU), or None.
+        caches: The grouped attention's per-pass caches, or None.
+    """
+
+    installed: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    pass_policy: PassPolicy = field(default_factory=PassPolicy)
+    cross_entropy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = reference_cross_entropy
+    trimmer: HeapTrimmer | None = None
+    caches: AttentionCaches | None = None
+    _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def after_step(self) -> bool:
+        """Called by the loop after each optimizer step; True when it trimmed the heap."""
+        return self.trimmer is not None and self.trimmer.after_step()
+
+    def undo(self) -> None:
+        """Give the model back exactly as it was (classes, forwards, attention implementation,
+        state dict) and fall back to the reference policies. Idempotent."""
+        while self._undo:
+            self._undo.pop()()
+        if self.caches is not None:
+            self.caches.clear()
+        reference = FastPaths()
+        self.installed, self.pass_policy = {}, reference.pass_policy
+        self.cross_entropy, self.trimmer, self.caches = reference.cross_entropy, None, None
+
+
+def apply_fast_paths(
+    model: torch.nn.Module,
+    device: torch.device,
+    *,
+    kv_prefix: bool = False,
+    packed_rows: bool = False,
+) -> FastPaths:
+    """Install the CPU fast paths into ``model`` (after the method is applied) and return the
+    handle that owns them.
+
+    Args:
+        model: The model to train, peft-wrapped or not; changed in place until ``undo()``.
+        device: Where it trains; anything but CPU gets a handle that changes nothing.
+        kv_prefix: The method puts a key/value prefix in front of each row (MAM), which a
+            packed row's examples would share, so passes are not packed.
+        packed_rows: The examples are already packed rows (``--packing``), never packed again.
+
+    Returns:
+        The handle: counts, reasons for what did not apply, the loop policies, ``undo()``.
+    """
+    if device.type != "cpu":
+        logger.debug("CPU fast paths: none on %s (its library kernels are fused)", device.type)
+        return FastPaths()
+    fast = FastPaths(caches=AttentionCaches(), cross_entropy=cross_entropy_sum)
+    installs = {
+        "dropout": dropout.install,
+        "rmsnorm": rmsnorm.install,
+        "attention": lambda m: attention.install(m, fast.caches),
+    }
+    try:
+        for name, install in installs.items():
+            _record(fast, name, install(model))
+    except BaseException:
+        fast.undo()  # never leave a model half-changed
+        raise
+    if "attention" not in fast.installed:
+        fast.caches = None  # nothing reads them
+    fast.pass_policy = _pass_policy(fast, model, kv_prefix=kv_prefix, packed_rows=packed_rows)
+    if heap_trim_available():
+        fast.trimmer = HeapTrimmer()
+    else:
+        _say(fast, "heap trimming", "no glibc malloc_trim in this process", expected=True)
+    return fast
+
+
+def _record(fast: FastPaths, name: str, patch: Patch) -> None:
+    if patch.count:
+        fast.installed[name] = patch.count
+        fast._undo.append(patch.undo)
+    if patch.skipped is not None:
+        _say(fast, name, patch.skipped, expected=patch.expected)
+
+
+def _say(fast: FastPaths, name: str, reason: str, *, expected: bool) -> None:
+    fast.skipped[name] = reason
+    level = logging.INFO if expected else logging.WARNING
+    logger.log(level, "CPU fast path %s does not apply: %s", name, reason)
+
+
+def _pass_policy(fast: FastPaths, model, *, kv_prefix: bool, packed_rows: bool) -> PassPolicy:
+    """Packed passes where the grouped attention runs and a row's examples stay apart."""
+    from tunesmith.data.packing import packable
+
+    if packed_rows:
+        why = "the examples are packed rows already (--packing)"
+    elif not packable(model, kv_prefix=kv_prefix):
+        why = "the method shares virtual tokens or a key/value prefix across a row"
+    elif not attention.runs_grouped(model):
+        why = "the grouped attention is not installed (eager would pay T^2 per packed row)"
+    else:
+        return PackedPasses()
+    _say(fast, "packed passes", why + "; length-sorted padded passes instead", expected=True)
+    return LengthSortedPasses()
