@@ -86,10 +86,11 @@ def test_resume_under_fsdp_equals_the_uninterrupted_run(runs, tmp_path):
 
 def test_resume_on_another_world_size_is_refused(runs, tmp_path):
     from tunesmith.errors import UserInputError
-    from tunesmith.train.run import load_run_config, run_training
+    from tunesmith.rundir import RunDir
+    from tunesmith.train.run import run_training
 
     with pytest.raises(UserInputError, match="--nproc 2"):
-        run_training(load_run_config(runs["fsdp"]), resume=runs["fsdp"], say=lambda m: None)
+        run_training(RunDir(runs["fsdp"]).config, resume=runs["fsdp"], say=lambda m: None)
 
 
 def _rank_pid(launcher_pid: int, rank: int) -> int | None:

@@ -37,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     import math
     import os
     import sys
-    from pathlib import Path
 
     from tunesmith.commands._console import console, progress_factory, quiet_libraries
     from tunesmith.config import config_from_args
@@ -59,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from tunesmith.distributed.launch import relaunch
 
     if args.resume:
-        from tunesmith.train.run import load_run_config
+        from tunesmith.rundir import RunDir
 
-        cfg = load_run_config(Path(args.resume))  # --nproc comes from the run
+        cfg = RunDir(args.resume).config  # --nproc comes from the run
     extra = ("--json",) * args.json + ("--debug",) * bool(getattr(args, "debug", False))
     code = relaunch(cfg, args.resume, extra)
     if code is not None:

@@ -8,7 +8,6 @@ module only puts them in order, with the run directory's lock and the distribute
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,8 +40,6 @@ from tunesmith.train.steps import (
     write_report,
 )
 
-BASE_INFO = RunDir.BASE_INFO
-
 
 @dataclass
 class RunResult:
@@ -63,12 +60,22 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def load_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
-    """The resolved config of a run directory (:attr:`RunDir.config`)."""
-    return RunDir(run_dir).config
-
-
 # -- the workflow ---------------------------------------------------------------------------
+@dataclass
+class _Session:
+    """What every step of one run shares: its config, its processes, its voice and clocks."""
+
+    cfg: TrainConfig
+    pre: Preflight
+    dist: Any  # distributed.DistContext
+    claimed: Claim | None  # rank 0's lock on the run directory (None on other ranks)
+    say: Callable[[str], None]
+    progress_factory: Callable[[int], Any] | None
+    t_start: float
+    timings: dict[str, float] = field(default_factory=dict)
+    trackers: Any = None  # track.session.Trackers
+
+
 def run_training(
     cfg: TrainConfig,
     *,
@@ -81,7 +88,6 @@ def run_training(
     from tunesmith.models.loading import load_tokenizer
     from tunesmith.train import guard
 
-    timings: dict[str, float] = {}
     t_start = time.perf_counter()
     resumed = RunDir(resume) if resume else None
     # Launched by torchrun / accelerate launch: join the process group; rank 0 writes files.
@@ -96,20 +102,19 @@ def run_training(
     with step("checking the config"):
         pre = preflight_resume(resumed, dist, say) if resumed else preflight(cfg, dist)
         check_installed(parse_report_to(pre.cfg.report_to))
-    cfg = pre.cfg
     # Data first: a bad file should fail before minutes of model loading.
     with step("loading the tokenizer"):
-        tokenizer = load_tokenizer(pre.source, trust_remote_code=cfg.trust_remote_code)
-        ensure_chat_template(tokenizer, cfg.template)
+        tokenizer = load_tokenizer(pre.source, trust_remote_code=pre.cfg.trust_remote_code)
+        ensure_chat_template(tokenizer, pre.cfg.template)
     claimed = claim_for_run(pre, resumed, new_run_dir(pre.cfg)) if dist.is_main else None
+    s = _Session(pre.cfg, pre, dist, claimed, say, progress_factory, t_start)
     try:
-        paths = dist.broadcast(
+        staging, target = dist.broadcast(
             (str(claimed.run.path), str(claimed.target)) if claimed is not None else None
         )
-        run = RunDir(paths[0])
         # Until the swap below nothing of value exists: bad input or a stop leaves no trace.
         try:
-            data, built, examples = _inputs(cfg, run, tokenizer, pre, dist, say, timings)
+            data, built, examples = _inputs(s, RunDir(staging), tokenizer)
         except BaseException:
             if claimed is not None:
                 claimed.release() if resumed else claimed.abandon()
@@ -118,29 +123,35 @@ def run_training(
         if claimed is not None:
             claimed.commit()
         dist.barrier()
-        run = RunDir(paths[1])
-        return _train_and_save(
-            cfg, run, data, built, examples, pre, dist, claimed, say, progress_factory, timings,
-            t_start,
-        )  # fmt: skip
+        run = RunDir(target)
+        with step("starting the trackers"):
+            s.trackers = (
+                track_run(s.cfg, run, pre.resume_from, resumed=bool(resumed), say=say)
+                if dist.is_main
+                else Trackers({}, say)
+            )
+        try:
+            return _train_and_save(s, run, data, built, examples)
+        finally:
+            s.trackers.finish()
     finally:
         if claimed is not None:
             claimed.release()
 
 
-def _inputs(cfg: TrainConfig, run: RunDir, tokenizer, pre: Preflight, dist, say, timings):
+def _inputs(s: _Session, run: RunDir, tokenizer):
     """Prepare the data, build the model and tokenize: every input the run needs."""
     from tunesmith.data.dataset import tokenize_conversations
 
-    with timed(timings, "data_s"), dist.main_first(), step("preparing the data"):
-        data = prepare_data(
-            cfg, run, tokenizer, reuse=pre.resume_from is not None or not dist.is_main
-        )
-    say(data.summary())
-    with timed(timings, "load_s"), step("loading the model"):
+    cfg, pre, dist = s.cfg, s.pre, s.dist
+    with timed(s.timings, "data_s"), dist.main_first(), step("preparing the data"):
+        reuse = pre.resume_from is not None or not dist.is_main
+        data = prepare_data(cfg, run, tokenizer, reuse=reuse)
+    s.say(data.summary())
+    with timed(s.timings, "load_s"), step("loading the model"):
         built = build_model(cfg, dist.device, checkpointing=pre.checkpointing)
     trainable, total = built.params
-    say(
+    s.say(
         f"model: {built.source.display}, method {cfg.method}, precision {built.precision}, "
         f"trainable {trainable:,} / {total:,} ({100 * trainable / total:.3f}%)"
     )
@@ -157,53 +168,20 @@ def _inputs(cfg: TrainConfig, run: RunDir, tokenizer, pre: Preflight, dist, say,
             n_examples = len(train_ex)
             # From here on a training "example" is a packed row of up to seq-len tokens.
             train_ex = pack_examples(train_ex, cfg.seq_len)
-            say(
+            s.say(
                 f"packing: {n_examples} examples -> {len(train_ex)} rows of <= {cfg.seq_len} tokens"
             )
     return data, built, (train_ex, eval_ex)
 
 
-def _train_and_save(
-    cfg: TrainConfig,
-    run: RunDir,
-    data: DataSplit,
-    built: BuiltModel,
-    examples,
-    pre: Preflight,
-    dist,
-    claimed: Claim | None,
-    say,
-    progress_factory,
-    timings: dict[str, float],
-    t_start: float,
-) -> RunResult:
-    """Start the trackers (--report-to), then evaluate the base, fit, save, evaluate the
-    result and write the report; the trackers are closed however it ends."""
-    with step("starting the trackers"):
-        trackers = (
-            track_run(cfg, run, pre.resume_from, resumed=pre.resume_from is not None, say=say)
-            if dist.is_main
-            else Trackers({}, say)
-        )
-    try:
-        return _fit_and_save(
-            cfg, run, data, built, examples, pre, dist, claimed, say, progress_factory, timings,
-            t_start, trackers,
-        )  # fmt: skip
-    finally:
-        trackers.finish()
-
-
-def _fit_and_save(
-    cfg, run, data, built, examples, pre, dist, claimed, say, progress_factory, timings, t_start,
-    trackers,
-) -> RunResult:  # fmt: skip
-    """:func:`_train_and_save` once the trackers run."""
+def _train_and_save(s: _Session, run: RunDir, data: DataSplit, built: BuiltModel, examples):
+    """Evaluate the base, fit, save, evaluate the result and write the report."""
     from tunesmith.report.metrics import MetricsLog
     from tunesmith.train.loop import TrainLoop, steps_for_epochs
 
+    cfg, pre, dist, say = s.cfg, s.pre, s.dist, s.say
     train_ex, eval_ex = examples
-    model, tokenizer, spec = built.model, built.tokenizer, built.spec
+    model, tokenizer = built.model, built.tokenizer
     trainable, total = built.params
     max_steps = cfg.max_steps or steps_for_epochs(
         len(train_ex), cfg.batch_size * dist.world_size, cfg.grad_accum, cfg.epochs
@@ -211,7 +189,7 @@ def _fit_and_save(
     base_side = None
     if data.eval and not cfg.skip_base_eval and pre.resume_from is None and dist.is_main:
         say(f"evaluating the base model on {len(data.eval)} held-out examples ...")
-        with timed(timings, "base_eval_s"), step("evaluating the base model"):
+        with timed(s.timings, "base_eval_s"), step("evaluating the base model"):
             base_side = evaluate_base(model, tokenizer, data.eval, cfg, run)
         say("base: " + format_metrics(base_side.metrics))
     elif pre.resume_from is not None:
@@ -220,16 +198,16 @@ def _fit_and_save(
     dist.barrier()  # the other ranks wait for rank 0's base evaluation
     loop = TrainLoop(
         model, train_ex, tokenizer.pad_token_id, loop_settings(cfg, built, max_steps), run.path,
-        dist.device, on_log=trackers.log, say=say, dist=dist, fast_paths=built.fast_paths,
+        dist.device, on_log=s.trackers.log, say=say, dist=dist, fast_paths=built.fast_paths,
     )  # fmt: skip
     per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     say(
         f"training {max_steps} steps x {per_step} examples ({len(train_ex)} train examples)"
         + (f" on {dist.world_size} processes ({dist.mode})" if dist.active else "")
     )
-    progress = progress_factory(max_steps) if progress_factory else None
+    progress = s.progress_factory(max_steps) if s.progress_factory else None
     try:
-        with timed(timings, "train_s"), step("training"):
+        with timed(s.timings, "train_s"), step("training"):
             result = loop.train(resume_from=pre.resume_from, progress=progress)
     finally:
         if progress is not None and hasattr(progress, "close"):
@@ -240,46 +218,36 @@ def _fit_and_save(
         if dist.is_main:
             eval_row = {"step": max_steps, "eval_loss": round(loss, 6)}
             MetricsLog(run.metrics_path, resume_step=max_steps).write(eval_row)
-            trackers.log(eval_row)
+            s.trackers.log(eval_row)
+    done = RunResult(
+        run.path, max_steps, result.losses, None, trainable, total, result.elapsed_s,
+        result.tokens_per_s, s.timings,
+    )  # fmt: skip
     if dist.active:
         # Rank 0 saves and evaluates a whole model; the other ranks are done.
         model = whole_model_on_main(model, loop, dist, cfg, dist.device)
         del loop
         if not dist.is_main:
             dist.close()
-            return RunResult(
-                run.path, max_steps, result.losses, None, trainable, total,
-                result.elapsed_s, result.tokens_per_s, timings,
-            )  # fmt: skip
-    if claimed is not None:
-        claimed.check_in_place()
+            return done
+    if s.claimed is not None:
+        s.claimed.check_in_place()
     with step("saving the result"):
-        final_dir = save_result(model, tokenizer, run, cfg, spec)
-    eval_json = None
+        final_dir = save_result(model, tokenizer, run, cfg, built.spec)
     if data.eval:
         say("evaluating the fine-tuned model ...")
-        with timed(timings, "eval_s"), step("evaluating the fine-tuned model"):
-            eval_json = evaluate_adapted(
+        with timed(s.timings, "eval_s"), step("evaluating the fine-tuned model"):
+            done.eval = evaluate_adapted(
                 model, tokenizer, data.eval, base_side, cfg, run, built.source.display, final_dir
             )
     write_report(run, say)
-    trackers.log_eval(eval_json)
-    trackers.log_report(run)
-    if claimed is not None:
-        claimed.check_in_place()
-    timings["total_s"] = time.perf_counter() - t_start
+    s.trackers.log_eval(done.eval)
+    s.trackers.log_report(run)
+    if s.claimed is not None:
+        s.claimed.check_in_place()
+    s.timings["total_s"] = time.perf_counter() - s.t_start
     dist.close()
-    return RunResult(
-        run_dir=run.path,
-        steps=max_steps,
-        losses=result.losses,
-        eval=eval_json,
-        trainable_params=trainable,
-        total_params=total,
-        train_seconds=result.elapsed_s,
-        tokens_per_s=result.tokens_per_s,
-        timings=timings,
-    )
+    return done
 
 
 def _silent(message: str) -> None:
