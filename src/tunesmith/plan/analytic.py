@@ -199,7 +199,7 @@ def _lora_saved_inputs(shape: ModelShape, settings: StepSettings) -> int:
         if settings.dropout > 0:
             # peft applies a separate nn.Dropout per target: its output (fp32 after the cast
             # below) and its mask (bool on CUDA: torch native_dropout) are saved per target.
-            # On CPU LoRA computes in bf16 with train/fast_dropout.py's bf16 mask: 2 + 2
+            # On CPU LoRA computes in bf16 with train/fastpath/dropout.py's bf16 mask: 2 + 2
             # bytes, which these 5 cover.
             total += 4 * d_in + d_in
             continue
