@@ -14,8 +14,12 @@ model's attention is the plain formula, and owns how CPU micro-batches are cut i
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from tunesmith.methods.base import MethodSpec
 
 EAGER_MAX_SEQ_LEN = 512  # above this the s^2 probabilities cost more memory than eager saves time
 
@@ -25,24 +29,25 @@ def train_attention(device: torch.device, seq_len: int) -> str:
     return "eager" if device.type == "cpu" and seq_len <= EAGER_MAX_SEQ_LEN else "sdpa"
 
 
-# Methods whose adapters run the plain peft LoRA forward, `B(A(dropout(x))) * scale`, which is
-# safe to compute in bf16 under autocast. DoRA's weight-norm path and the other tuners keep
-# peft's own casting.
-AUTOCAST_ADAPTER_METHODS = frozenset({"lora", "rslora", "qlora"})
-
-
-def adapter_autocast(method: str, precision: str) -> bool:
+def adapter_autocast(method: MethodSpec | str, precision: str) -> bool:
     """Run LoRA adapters in the compute dtype (fp32 master weights, bf16 math) instead of fp32.
+
+    ``method`` is a :class:`~tunesmith.methods.base.MethodSpec` or a registered name; only
+    methods whose spec says ``autocast_adapters`` (the plain ``B(A(dropout(x)))·scale``
+    forward; DoRA's weight-norm path and the other tuners keep peft's own casting) qualify.
 
     peft casts every adapter input to the adapter's fp32 dtype, so each targeted projection
     pays a cast of its input, an fp32 dropout and fp32 matmuls, and keeps the fp32 copy for the
     backward. Under autocast with peft's input casting off, the same adapter computes in bf16
     from the bf16 activations (the fp32 weights are cast, which is tiny at rank r): half the
-    adapter activation memory; speed was neutral at 2 threads on the demo (a 1-thread A/B on a
-    shared machine had suggested ~12%, which did not hold). This is the usual mixed
-    precision recipe (TRL's bf16 mode does the same for the whole model).
+    adapter activation memory at the same speed. This is the usual mixed-precision recipe
+    (TRL's bf16 mode does the same for the whole model).
     """
-    return method in AUTOCAST_ADAPTER_METHODS and precision in ("bf16", "fp16")
+    if isinstance(method, str):
+        from tunesmith.methods import get_method
+
+        method = get_method(method)
+    return method.autocast_adapters and precision in ("bf16", "fp16")
 
 
 def compute_context(model, device: torch.device, autocast_dtype, keep_input_dtype: bool):
