@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tunesmith.loss.chunked_ce import chunked_cross_entropy
 
 from tunesmith.loss import chunked_ce
+from tunesmith.loss.chunked_ce import chunked_cross_entropy
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from tunesmith import trackers as names
 from tunesmith.errors import ConfigError, UserInputError
 from tunesmith.rundir import RunDir
-from tunesmith import trackers as names
 from tunesmith.track.base import eval_table, metric_tags
 from tunesmith.track.session import Trackers, open_trackers
 from tunesmith.trackers import parse_report_to
