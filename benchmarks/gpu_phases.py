@@ -205,7 +205,8 @@ def _short(r: dict[str, Any]) -> str:
 def prepare_trl(ctx: Context) -> Prepared:
     import importlib.util
 
-    from tunesmith.bench.train import LORA, BenchSettings, trl_config
+    from tunesmith.bench.train.measure import LORA, BenchSettings
+    from tunesmith.bench.train.trl_peer import trl_config
     from tunesmith.config import make_config
 
     settings = BenchSettings(model="embedded", steps=TRL_STEPS)

@@ -101,7 +101,7 @@ class TrainLoop:
             num_training_steps=settings.max_steps,
         )
         if self.dist.mode == "deepspeed":
-            from tunesmith.distributed import deepspeed_engine
+            from tunesmith.train import deepspeed_engine
 
             self.engine = deepspeed_engine.initialize(
                 self.forward, self.optimizer, self.dist.engine_config
@@ -349,7 +349,7 @@ class TrainLoop:
         }
         root = self.run_dir / "checkpoints"
         if self.engine is not None:  # DeepSpeed's sharded format
-            from tunesmith.distributed import deepspeed_engine
+            from tunesmith.train import deepspeed_engine
 
             return deepspeed_engine.save_checkpoint(
                 root, step, self.engine, self.scheduler, extra, self.dist
@@ -366,7 +366,7 @@ class TrainLoop:
 
     def _load(self, path: Path) -> dict:
         if self.engine is not None:
-            from tunesmith.distributed import deepspeed_engine
+            from tunesmith.train import deepspeed_engine
 
             return deepspeed_engine.load_checkpoint(
                 path, self.engine, self.scheduler, self.dist.rank

@@ -78,6 +78,8 @@ def trl_config(settings: BenchSettings, out_dir: Path, tuned: bool):
     if not tuned:
         # SFTConfig's bf16=True default refuses CPUs without use_cpu; a user sets bf16=False.
         return SFTConfig(**common, bf16=torch.cuda.is_available())
+    import importlib.util
+
     bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
     return SFTConfig(
         **{**common, "max_length": None},  # padding-free without packing needs max_length=None
@@ -85,6 +87,9 @@ def trl_config(settings: BenchSettings, out_dir: Path, tuned: bool):
         use_cpu=not torch.cuda.is_available(),
         padding_free=True,
         gradient_checkpointing=False,
+        # Liger's fused kernels (Triton, CUDA only) are part of TRL's tuned recipe where installed.
+        use_liger_kernel=torch.cuda.is_available()
+        and importlib.util.find_spec("liger_kernel") is not None,
     )
 
 
