@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "methods": "tunesmith.commands.methods",
     "bench": "tunesmith.commands.bench",
     "report": "tunesmith.commands.report",
+    "serve": "tunesmith.commands.serve",
 }
 
 

@@ -138,6 +138,8 @@ def create_app(server: Server, *, api_key: str | None = None) -> FastAPI:
             "models": list(server.models),
             "running": sum(r for r, _ in load),
             "waiting": sum(w for _, w in load),
+            "peak_batch": max(e.peak_rows for e in server.engines.values()),
+            "dropped": sum(e.dropped for e in server.engines.values()),
         }
 
     @app.get("/v1/models")

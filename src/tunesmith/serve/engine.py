@@ -79,6 +79,8 @@ class Engine:
         self._rows: list[Job] = []
         self._batch = KVBatch()
         self._stopping = False
+        self.peak_rows = 0  # the most rows one forward has decoded (batching at work)
+        self.dropped = 0  # rows ended early because their client went away
         self._thread: threading.Thread | None = None
         self._cache_arg = cache_argument(backend.model)
         self._device = next(backend.model.parameters()).device
@@ -152,6 +154,7 @@ class Engine:
             if keep:
                 self._batch.join(fresh)
                 self._rows += [joining[i] for i in keep]
+        self.peak_rows = max(self.peak_rows, len(self._rows))
 
     @property
     def _pad(self) -> int:
@@ -160,6 +163,7 @@ class Engine:
     def _drop_cancelled(self) -> None:
         keep = [i for i, j in enumerate(self._rows) if not j.cancelled]
         if len(keep) < len(self._rows):
+            self.dropped += len(self._rows) - len(keep)
             self._rows = [self._rows[i] for i in keep]
             self._batch.keep(keep)
 
@@ -179,6 +183,7 @@ class Engine:
         keep = []
         for i, job in enumerate(jobs):
             if job.cancelled:
+                self.dropped += 1
                 continue
             token = job.sampling.choose(logits[i])
             if not self._advance(job, token):
