@@ -77,6 +77,7 @@ class Engine:
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._rows: list[Job] = []
+        self._joining: list[Job] = []  # taken from the queue, being prefilled
         self._batch = KVBatch()
         self._stopping = False
         self.peak_rows = 0  # the most rows one forward has decoded (batching at work)
@@ -88,7 +89,7 @@ class Engine:
     @property
     def load(self) -> tuple[int, int]:
         """(running rows, waiting requests)."""
-        return len(self._rows), len(self._waiting)
+        return len(self._rows) + len(self._joining), len(self._waiting)
 
     def start(self) -> None:
         with self._cond:
@@ -126,14 +127,17 @@ class Engine:
                     if self._stopping and not (self._waiting or self._rows):
                         return
                     free = self.max_batch - len(self._rows)
-                    joining = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+                    taken = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+                    self._joining = [j for j in taken if not j.cancelled]
+                self.dropped += len(taken) - len(self._joining)
                 try:
-                    self._step([j for j in joining if not j.cancelled])
+                    self._step(self._joining)
                 except Exception as exc:  # a failed forward fails its batch, not the server
                     log.exception("decode step failed")
-                    for job in self._rows + joining:
+                    for job in self._rows + self._joining:
                         job.emit(Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
                     self._rows, self._batch = [], KVBatch()
+                self._joining = []
 
     def _step(self, joining: list[Job]) -> None:
         self._drop_cancelled()
@@ -154,6 +158,7 @@ class Engine:
             if keep:
                 self._batch.join(fresh)
                 self._rows += [joining[i] for i in keep]
+            self._joining = []  # counted as running from here on
         self.peak_rows = max(self.peak_rows, len(self._rows))
 
     @property
