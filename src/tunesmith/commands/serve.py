@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
+    import signal
 
     from tunesmith.errors import UserInputError
     from tunesmith.serve import API_KEY_ENV
@@ -90,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
     )
     names = ", ".join(app.state.server.models)
     print(f"tunesmith serve: {names} on http://{args.host}:{args.port}/v1", flush=True)
-    # uvicorn's own SIGTERM/SIGINT handling: stop accepting, let requests in flight finish.
+    # uvicorn handles SIGTERM and SIGINT: it stops accepting, lets the requests in flight finish,
+    # then raises the signal again under the handler it found. For SIGTERM that handler is a
+    # no-op, so a graceful stop exits 0 (Ctrl-C still ends as an interrupt, 130).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_keep_alive=5)
     return 0
 
