@@ -30,8 +30,18 @@ def _cases(model: str) -> list[tuple[str, str, bytes, int]]:
         ("empty-messages", chat, _chat(model, messages=[]), 400),
         ("messages-not-a-list", chat, _chat(model, messages="hello"), 400),
         ("wrong-role", chat, _chat(model, messages=[{"role": "wizard", "content": "x"}]), 400),
-        ("ends-with-assistant", chat, _chat(model, messages=[{"role": "assistant", "content": "x"}]), 400),
-        ("image-part", chat, _chat(model, messages=[{"role": "user", "content": [{"type": "image_url"}]}]), 400),
+        (
+            "ends-with-assistant",
+            chat,
+            _chat(model, messages=[{"role": "assistant", "content": "x"}]),
+            400,
+        ),
+        (
+            "image-part",
+            chat,
+            _chat(model, messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
+            400,
+        ),
         ("unknown-model", chat, _chat("no-such-model"), 404),
         ("missing-model", chat, json.dumps(GOOD).encode(), 400),
         ("max-tokens-zero", chat, _chat(model, max_tokens=0), 400),
@@ -42,10 +52,25 @@ def _cases(model: str) -> list[tuple[str, str, bytes, int]]:
         ("top-p-zero", chat, _chat(model, top_p=0), 400),
         ("n-two", chat, _chat(model, n=2), 400),
         ("too-many-stops", chat, _chat(model, stop=["a", "b", "c", "d", "e"]), 400),
-        ("prompt-over-context", chat, _chat(model, messages=[{"role": "user", "content": "SELECT name " * 600}]), 400),
-        ("completion-over-context", comp, json.dumps({"model": model, "prompt": "SELECT name " * 600}).encode(), 400),
+        (
+            "prompt-over-context",
+            chat,
+            _chat(model, messages=[{"role": "user", "content": "SELECT name " * 600}]),
+            400,
+        ),
+        (
+            "completion-over-context",
+            comp,
+            json.dumps({"model": model, "prompt": "SELECT name " * 600}).encode(),
+            400,
+        ),
         ("completion-empty-prompt", comp, json.dumps({"model": model, "prompt": ""}).encode(), 400),
-        ("completion-two-prompts", comp, json.dumps({"model": model, "prompt": ["a", "b"]}).encode(), 400),
+        (
+            "completion-two-prompts",
+            comp,
+            json.dumps({"model": model, "prompt": ["a", "b"]}).encode(),
+            400,
+        ),
         ("unknown-route", "/v1/nothing", b"{}", 404),
     ]
 
@@ -98,7 +123,10 @@ def test_api_key_is_required_on_the_api(keyed_url, serve_runs):
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(keyed_url + "/v1/models").status_code == 401
     right = {"authorization": "Bearer sekrit"}
-    assert httpx.post(keyed_url + "/v1/chat/completions", content=body, headers=right).status_code == 200
+    assert (
+        httpx.post(keyed_url + "/v1/chat/completions", content=body, headers=right).status_code
+        == 200
+    )
     assert httpx.get(keyed_url + "/health").status_code == 200  # probes need no key
     ok = OpenAI(base_url=keyed_url + "/v1", api_key="sekrit", max_retries=0)
     assert [m.id for m in ok.models.list().data][-1] == model

@@ -41,7 +41,9 @@ def test_chat_stream_and_non_stream_agree(client, serve_runs):
     assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
     assert full.usage.prompt_tokens > 0
     assert full.usage.total_tokens == full.usage.prompt_tokens + full.usage.completion_tokens
-    chunks = list(_ask(client, name, PROMPTS[0], stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        _ask(client, name, PROMPTS[0], stream=True, stream_options={"include_usage": True})
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == choice.message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
@@ -61,7 +63,9 @@ def test_completion_honours_max_tokens_stop_and_seed(client, serve_runs):
     sampled = [
         client.completions.create(
             model=name, prompt="SELECT", max_tokens=8, temperature=1.0, top_p=0.9, seed=7
-        ).choices[0].text
+        )
+        .choices[0]
+        .text
         for _ in range(2)
     ]
     assert sampled[0] == sampled[1]

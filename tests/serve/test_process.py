@@ -73,13 +73,19 @@ def test_a_full_queue_answers_429(process, serve_runs):
     _, url = process
     model = serve_runs[1].name
     with httpx.Client(base_url=url, timeout=120) as http:
-        with http.stream("POST", "/v1/chat/completions", content=_body(model, max_tokens=LONG, stream=True)) as first:
+        with http.stream(
+            "POST", "/v1/chat/completions", content=_body(model, max_tokens=LONG, stream=True)
+        ) as first:
             assert first.status_code == 200
             _wait(lambda: _health(url)["running"] == 1, "the first request to run")
             waiting: list[httpx.Response] = []
             second = threading.Thread(
                 target=lambda: waiting.append(
-                    httpx.post(url + "/v1/chat/completions", content=_body(model, max_tokens=4), timeout=120)
+                    httpx.post(
+                        url + "/v1/chat/completions",
+                        content=_body(model, max_tokens=4),
+                        timeout=120,
+                    )
                 )
             )
             second.start()
@@ -91,19 +97,28 @@ def test_a_full_queue_answers_429(process, serve_runs):
         second.join(120)
     assert lines[-1] == "data: [DONE]"
     assert waiting and waiting[0].status_code == 200
-    assert httpx.post(url + "/v1/chat/completions", content=_body(model, max_tokens=4), timeout=60).status_code == 200
+    assert (
+        httpx.post(
+            url + "/v1/chat/completions", content=_body(model, max_tokens=4), timeout=60
+        ).status_code
+        == 200
+    )
 
 
 def test_sigterm_lets_the_stream_in_flight_finish_then_exits_0(process, serve_runs):
     proc, url = process
     model = serve_runs[1].name
-    with httpx.Client(base_url=url, timeout=120) as http:
-        with http.stream("POST", "/v1/chat/completions", content=_body(model, max_tokens=LONG, stream=True)) as r:
-            assert r.status_code == 200
-            lines = (line for line in r.iter_lines() if line)
-            got = [next(lines), next(lines)]  # the role chunk and the first text
-            proc.send_signal(signal.SIGTERM)
-            got += list(lines)
+    with (
+        httpx.Client(base_url=url, timeout=120) as http,
+        http.stream(
+            "POST", "/v1/chat/completions", content=_body(model, max_tokens=LONG, stream=True)
+        ) as r,
+    ):
+        assert r.status_code == 200
+        lines = (line for line in r.iter_lines() if line)
+        got = [next(lines), next(lines)]  # the role chunk and the first text
+        proc.send_signal(signal.SIGTERM)
+        got += list(lines)
     assert got[-1] == "data: [DONE]"
     events = [json.loads(line.removeprefix("data: ")) for line in got[:-1]]
     assert events[-1]["choices"][0]["finish_reason"] == "length"

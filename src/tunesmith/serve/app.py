@@ -87,7 +87,9 @@ class Server:
         """Queue a request; returns its job and the asyncio queue its events arrive on."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-        job = Job(prompt, served, sampling, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        job = Job(
+            prompt, served, sampling, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)
+        )
         try:
             self.engines[id(served.backend)].submit(job)
         except QueueFull as exc:

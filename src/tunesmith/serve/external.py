@@ -26,7 +26,9 @@ MODULE = {"vllm": "vllm", "llamacpp": "llama_cpp"}
 def require(engine: str) -> None:
     """Raise a usage error naming what to install when ``engine``'s package is missing."""
     if importlib.util.find_spec(MODULE[engine]) is None:
-        raise UserInputError(f"--engine {engine} needs the {MODULE[engine]} package: {INSTALL_HINT[engine]}")
+        raise UserInputError(
+            f"--engine {engine} needs the {MODULE[engine]} package: {INSTALL_HINT[engine]}"
+        )
 
 
 def _base_path(base: str) -> str:
@@ -70,7 +72,7 @@ def vllm_command(
     argv = _vllm_head(_base_path(base), base, host, port, api_key)
     if loras:
         ranks = []
-        for name, art in loras:
+        for _name, art in loras:
             cfg = _adapter_config(art.path)
             if cfg.get("peft_type") != "LORA":
                 raise UserInputError(
