@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.serve.helpers import make_run, running
+from tests.serve.helpers import make_run
+from tunesmith.serve.thread import running
 
 
 @pytest.fixture(scope="session")

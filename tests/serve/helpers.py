@@ -1,11 +1,8 @@
-"""Tiny runs to serve and a real uvicorn server on 127.0.0.1 in a thread."""
+"""Tiny runs to serve, and a free loopback port for server subprocesses."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
-import time
 from pathlib import Path
 
 from tests.export.adapters import make_adapter
@@ -23,25 +20,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running(app):
-    """Serve ``app`` with uvicorn on a free loopback port; yields the base URL."""
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)

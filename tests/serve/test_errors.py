@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.serve.helpers import running
+from tunesmith.serve.thread import running
 
 GOOD = {"messages": [{"role": "user", "content": "How many patients?"}], "max_tokens": 4}
 

@@ -13,4 +13,5 @@ from __future__ import annotations
 BENCHMARKS: dict[str, str] = {
     "latency": "tunesmith.bench.latency",
     "train": "tunesmith.bench.train",  # issue 8: training throughput vs the TRL peer
+    "serve": "tunesmith.bench.serve",  # issue 18: the OpenAI server under concurrent requests
 }

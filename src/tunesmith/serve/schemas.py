@@ -9,7 +9,7 @@ send optional ones freely.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -169,6 +169,3 @@ def parse_body(body: bytes, schema: type[BaseModel]) -> Any:
         param = ".".join(str(p) for p in err.get("loc", ())) or None
         message = str(err.get("msg", "invalid request")).removeprefix("Value error, ")
         raise ApiError(400, f"{param}: {message}" if param else message, param=param) from None
-
-
-FinishReason = Literal["stop", "length"]
