@@ -62,6 +62,12 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
 
+    @field_validator("temperature", "top_p", "n", "stream", mode="before")
+    @classmethod
+    def _null_is_default(cls, value, info):
+        # Some clients send explicit nulls for the parameters they leave unset.
+        return cls.model_fields[info.field_name].default if value is None else value
+
     @field_validator("n")
     @classmethod
     def _one_choice(cls, n: int) -> int:
