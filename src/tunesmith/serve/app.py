@@ -12,6 +12,7 @@ status for bad input (429 when the queue is full, 401 without the API key).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -87,9 +88,13 @@ class Server:
         """Queue a request; returns its job and the asyncio queue its events arrive on."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-        job = Job(
-            prompt, served, sampling, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)
-        )
+
+        def emit(event: Event) -> None:  # called by the engine thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        job = Job(prompt, served, sampling, emit)
+
         try:
             self.engines[id(served.backend)].submit(job)
         except QueueFull as exc:
