@@ -184,3 +184,38 @@ def test_missing_engine_package_is_a_usage_error(engine, serve_runs, tmp_path, c
         source.write_bytes(b"GGUF")
     assert main(["serve", str(source), "--engine", engine]) == 2
     assert "pip install" in capsys.readouterr().err
+
+
+def test_runs_on_one_base_share_it_and_a_full_model_stands_alone(serve_runs, tmp_path):
+    import shutil
+
+    from tunesmith.serve.models import BASE_ROW, load_served_models
+
+    base, run_a, run_b = serve_runs
+    full = tmp_path / "full"
+    shutil.copytree(base, full / "model")  # a full fine-tune's run directory holds model/
+    served = {
+        m.name: m for m in load_served_models([run_a, full], adapters={"b": run_b / "adapter"})
+    }
+    assert set(served) == {str(base), "sql", "b", "full"}
+    shared = served[str(base)].backend
+    assert served["sql"].backend is shared and served["b"].backend is shared and shared.mixed
+    assert served[str(base)].adapter == BASE_ROW and served["sql"].adapter != served["b"].adapter
+    assert served["full"].kind == "model" and served["full"].backend is not shared
+    assert served["full"].adapter is None and not served["full"].backend.mixed
+
+
+def test_prompt_learning_runs_are_refused_and_names_must_be_unique(serve_runs, tmp_path):
+    from tests.export.adapters import make_adapter
+    from tunesmith.serve.models import load_served_models, parse_adapter_flags
+
+    base, run_a, _ = serve_runs
+    prefix = make_adapter(base, tmp_path / "prefix", "prefix")
+    with pytest.raises(UserInputError, match="cannot be served"):
+        load_served_models([prefix])
+    with pytest.raises(UserInputError, match="named 'sql'"):
+        load_served_models([run_a], adapters={"sql": run_a / "adapter"})
+    assert parse_adapter_flags(["a=/x", "b=/y"]) == {"a": "/x", "b": "/y"}
+    for bad in (["a"], ["=x"], ["a=/x", "a=/y"]):
+        with pytest.raises(UserInputError):
+            parse_adapter_flags(bad)

@@ -97,18 +97,20 @@ def load_served_models(
     """
     from tunesmith.models.adapted import locate
 
-    entries = [(_unique_name(Path(p), i), locate(p)) for i, p in enumerate(run_dirs)]
-    entries += [(name, locate(p)) for name, p in (adapters or {}).items()]
-    _check_unique([n for n, _ in entries])
+    named = [(_unique_name(Path(p), i), p) for i, p in enumerate(run_dirs)]
+    named += list((adapters or {}).items())
+    entries = [(name, str(p), locate(p)) for name, p in named]
+    _check_unique([n for n, _, _ in entries])
     if not entries:
         return _load_group(model or "embedded", [], dtype)
     served: list[ServedModel] = []
     groups: dict[str, list[tuple[str, Any]]] = {}
     if model is not None:
         groups[model] = []  # --model is served as itself too
-    for name, art in entries:
+    for name, path, art in entries:
+        _refuse_prompt_learning(art)
         if art.kind == "model":
-            served.append(_load_own(name, str(art.path), None, dtype, kind="model"))
+            served.append(_load_own(name, path, None, dtype, kind="model"))
             continue
         base = model or art.base_model
         if not base:
@@ -116,7 +118,7 @@ def load_served_models(
         if _mixable(art):
             groups.setdefault(base, []).append((name, art))
         else:
-            served.append(_load_own(name, str(art.path), model, dtype, kind="adapter"))
+            served.append(_load_own(name, path, model, dtype, kind="adapter"))
     for base, members in groups.items():
         served[:0] = _load_group(base, members, dtype)
     _check_unique([m.name for m in served])
@@ -150,22 +152,19 @@ def _mixable(art) -> bool:
     return art.method != "qlora"
 
 
-def _refuse_prompt_learning(path: str) -> None:
-    f = Path(path) / "adapter_config.json"
-    if f.is_file():
-        peft_type = str(json.loads(f.read_text(encoding="utf-8")).get("peft_type", ""))
-        if peft_type in ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"):
-            raise UserInputError(
-                f"{path}: {peft_type.lower()} adapters change the token sequence and cannot be "
-                "served; serve a LoRA-family, adapter or merged run"
-            )
+def _refuse_prompt_learning(art) -> None:
+    peft_type = str(_adapter_config(art).get("peft_type", ""))
+    if peft_type in ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"):
+        raise UserInputError(
+            f"{art.path}: {peft_type.lower()} adapters change the token sequence and cannot be "
+            "served; serve a LoRA-family, adapter or merged run"
+        )
 
 
 def _load_own(name: str, path: str, base: str | None, dtype: Any, *, kind: str) -> ServedModel:
     """A model on its own backend: a merged/full checkpoint or a non-mixable adapter."""
     from tunesmith.models.adapted import load_adapted
 
-    _refuse_prompt_learning(path)
     lm, tok, art = load_adapted(path, dtype=dtype, base_override=base)
     backend = _backend(lm, tok, mixed=False, label=name)
     return _served(name, backend, None, tok, kind, art.base_model or path)
