@@ -192,10 +192,9 @@ def _chat_prompt(served: ServedModel, req: ChatRequest) -> list[int]:
 
     if not getattr(served.tokenizer, "chat_template", None):
         raise ApiError(400, f"{served.name} has no chat template; use /v1/completions")
+    conversation = Conversation.from_messages(req.conversation())
     try:
-        text = render_prompt(served.tokenizer, Conversation.from_messages(req.conversation()))
-    except ApiError:
-        raise
+        text = render_prompt(served.tokenizer, conversation)
     except Exception as exc:  # a template that rejects the conversation (e.g. role order)
         raise ApiError(400, f"the chat template rejected the messages: {exc}") from None
     return served.tokenizer(text, add_special_tokens=False)["input_ids"]
