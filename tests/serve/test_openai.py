@@ -54,6 +54,10 @@ def test_completion_honours_max_tokens_stop_and_seed(client, serve_runs):
     name = serve_runs[2].name
     free = client.completions.create(model=name, prompt="SELECT", max_tokens=6, temperature=0)
     assert free.choices[0].finish_reason == "length" and free.usage.completion_tokens == 6
+    chunks = client.completions.create(
+        model=name, prompt="SELECT", max_tokens=6, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in chunks) == free.choices[0].text
     stop = free.choices[0].text[2:4]
     cut = client.completions.create(
         model=name, prompt="SELECT", max_tokens=6, temperature=0, stop=[stop]
