@@ -31,8 +31,9 @@ LAYERS: list[set[str]] = [
     {"models", "plan", "report", "track"},
     {"eval", "distributed", "export"},
     {"train"},  # the train workflow: plan, clean, load, train, evaluate, save, report
-    {"bench", "publish"},
-    {"compare", "serve"},
+    {"serve", "publish"},
+    {"bench"},
+    {"compare"},
     {"cli", "commands", "__main__"},
 ]
 ENTRY_LAYER = len(LAYERS) - 1

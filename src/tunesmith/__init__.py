@@ -29,6 +29,7 @@ _API = {
     "merge": "tunesmith.export:merge",
     "export": "tunesmith.export",
     "compare": "tunesmith.compare",
+    "serve": "tunesmith.serve",
     "TrainConfig": "tunesmith.config:TrainConfig",
 }
 

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "bench": "tunesmith.commands.bench",
     "report": "tunesmith.commands.report",
     "push": "tunesmith.commands.push",
+    "serve": "tunesmith.commands.serve",
 }
 
 

@@ -13,4 +13,5 @@ from __future__ import annotations
 BENCHMARKS: dict[str, str] = {
     "latency": "tunesmith.bench.latency",
     "train": "tunesmith.bench.train",  # training throughput vs the TRL peer
+    "serve": "tunesmith.bench.serve",  # the OpenAI server under concurrent requests
 }

@@ -4,6 +4,8 @@ latency  batch-1 forward and greedy-generation latency per PEFT method, as ratio
          model (the shape of Table 1 in the LoRA paper): merged LoRA costs nothing extra,
          adapters and prefixes do.
 train    training throughput against the TRL peer (offered when tunesmith.bench.train exists).
+serve    the OpenAI server under concurrent chat requests: requests/s, generated tokens/s,
+         time to first token and end-to-end latency at concurrency 1/4/16, one adapter vs a mix.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 
 from tunesmith.bench import BENCHMARKS
 
-HELP = "benchmarks: batch-1 latency per method (latency), training throughput (train)"
+HELP = "benchmarks: batch-1 latency (latency), training throughput (train), serving (serve)"
 
 
 def available_benchmarks() -> dict[str, object]:
