@@ -81,8 +81,7 @@ def test_greedy_answers_equal_tunesmith_chat(client, serve_runs, capsys):
     from tunesmith.data.records import Conversation
     from tunesmith.data.render import render_prompt
     from tunesmith.eval.generate import generate
-    from tunesmith.models import load_model_and_tokenizer
-    from tunesmith.models.adapted import load_adapted
+    from tunesmith.models import load_adapted, load_model_and_tokenizer
 
     base, run_a, run_b = serve_runs
     for name, source in ((str(base), None), (run_a.name, run_a), (run_b.name, run_b)):
@@ -93,7 +92,11 @@ def test_greedy_answers_equal_tunesmith_chat(client, serve_runs, capsys):
         served = _ask(client, name, PROMPTS[0])
         assert served.choices[0].message.content.strip() == answer, name
         # Token for token: the same number of new tokens as generate() (end-of-turn included).
-        model, tok, *_ = load_adapted(source) if source else load_model_and_tokenizer(str(base))
+        if source:
+            loaded = load_adapted(source)
+            model, tok = loaded.model, loaded.tokenizer
+        else:
+            model, tok, _ = load_model_and_tokenizer(str(base))
         conv = Conversation.from_messages([{"role": "user", "content": PROMPTS[0]}])
         ref = generate(model, tok, [render_prompt(tok, conv)], max_new_tokens=24, batch_size=1)
         assert served.usage.completion_tokens == ref[0].num_new_tokens, name

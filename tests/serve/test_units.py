@@ -142,10 +142,16 @@ def test_vllm_command_refuses_non_lora_and_two_bases(serve_runs, tmp_path):
     with pytest.raises(UserInputError, match="LoRA adapters only"):
         vllm_command([run_a, ia3])
     other = shutil.copytree(run_a, tmp_path / "other")
-    cfg_file = other / "adapter" / "adapter_config.json"
-    cfg = json.loads(cfg_file.read_text())
-    cfg["base_model_name_or_path"] = "/elsewhere"
-    cfg_file.write_text(json.dumps(cfg))
+    # The loader reads the base from tunesmith_base.json, the run's config.yaml, then peft's
+    # adapter_config.json: move the copy to another base in all three.
+    (other / "config.yaml").write_text("model: /elsewhere\nmethod: lora\n")
+    for name, key in (
+        ("tunesmith_base.json", "model"),
+        ("adapter_config.json", "base_model_name_or_path"),
+    ):
+        f = other / "adapter" / name
+        if f.is_file():
+            f.write_text(json.dumps({**json.loads(f.read_text()), key: "/elsewhere"}))
     with pytest.raises(UserInputError, match="one base per process"):
         vllm_command([run_a, other])
 

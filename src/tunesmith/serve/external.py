@@ -9,7 +9,6 @@ from the runs here; the CLI checks the package is installed and runs it.
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,17 +50,17 @@ def vllm_command(
 
     Every adapter must be LoRA-family (vLLM's multi-LoRA serving) on the same base.
     """
-    from tunesmith.models.adapted import locate
+    from tunesmith.models import locate
 
     named = [(Path(p).resolve().name, locate(p)) for p in run_dirs]
     named += [(n, locate(p)) for n, p in (adapters or {}).items()]
-    merged = [a for _, a in named if a.kind == "model"]
+    merged = [a for _, a in named if a.kind != "adapter"]  # full fine-tunes and merged runs
     loras = [(n, a) for n, a in named if a.kind == "adapter"]
     if merged and (loras or len(merged) > 1 or model):
         raise UserInputError("--engine vllm serves one merged model, or one base with adapters")
     if merged:
         served_name = named[0][0]
-        argv = _vllm_head(str(merged[0].path), served_name, host, port, api_key)
+        argv = _vllm_head(str(merged[0].dir), served_name, host, port, api_key)
         return argv
     bases = {model or a.base_model for _, a in loras} or {model or "embedded"}
     if len(bases) != 1 or "" in bases:
@@ -73,8 +72,8 @@ def vllm_command(
     if loras:
         ranks = []
         for _name, art in loras:
-            cfg = _adapter_config(art.path)
-            if cfg.get("peft_type") != "LORA":
+            cfg = art.adapter_config or {}
+            if art.peft_type != "LORA":
                 raise UserInputError(
                     f"{art.path}: vLLM serves LoRA adapters only; merge this run "
                     "(tunesmith merge) and serve the merged model"
@@ -82,7 +81,7 @@ def vllm_command(
             ranks.append(int(cfg.get("r", 8)))
         argv += ["--enable-lora", "--max-lora-rank", str(_vllm_rank(max(ranks)))]
         argv += ["--max-loras", str(len(loras)), "--lora-modules"]
-        argv += [f"{name}={art.path}" for name, art in loras]
+        argv += [f"{name}={art.dir}" for name, art in loras]
     return argv
 
 
@@ -98,11 +97,6 @@ def _vllm_rank(r: int) -> int:
         if r <= allowed:
             return allowed
     raise UserInputError(f"LoRA rank {r} is above vLLM's largest (512)")
-
-
-def _adapter_config(path: Path) -> dict:
-    f = Path(path) / "adapter_config.json"
-    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
 
 
 def find_gguf(source: str | Path) -> Path:
