@@ -27,6 +27,25 @@ class Preflight:
     resume_from: Path | None = None
 
 
+def check_objective(cfg: TrainConfig, method) -> None:
+    """Refuse an objective the method cannot train, with the spec's reason.
+
+    Raises:
+        UserInputError: a preference objective with a method whose spec refuses it, or
+            ``--init-from`` on a method that cannot be stacked on a merged adapter.
+    """
+    if cfg.objective != "sft" and method.preference_refusal:
+        raise UserInputError(
+            f"--objective {cfg.objective} does not work with --method {cfg.method}: "
+            f"{method.preference_refusal}"
+        )
+    if cfg.init_from and method.quantized_base:
+        raise UserInputError(
+            f"--init-from merges the earlier adapter into the base; --method {cfg.method} "
+            "loads a 4-bit base that cannot take the merge: use lora (or merge first)"
+        )
+
+
 # -- preflight ------------------------------------------------------------------------------
 def preflight(cfg: TrainConfig, dist) -> Preflight:
     """Validate what can be checked cheaply, and plan memory, before anything is written."""
@@ -53,7 +72,7 @@ def preflight(cfg: TrainConfig, dist) -> Preflight:
     # back the same examples even if the data has changed or gone since.
     cfg = cfg.model_copy(update={"streaming": stream_plan(cfg).streaming})
     source = resolve_model(cfg.model)
-    get_method(cfg.method)
+    check_objective(cfg, get_method(cfg.method))
     model_config = guard.model_config_for(source.path, cfg.trust_remote_code)
     guard.check_against_model(cfg, model_config)
     # Sharded: the per-rank plan decides (below), not the single-process one.
