@@ -39,6 +39,17 @@ def check_objective(cfg: TrainConfig, method) -> None:
             f"--objective {cfg.objective} does not work with --method {cfg.method}: "
             f"{method.preference_refusal}"
         )
+    if cfg.objective != "sft":
+        for bad, why in (
+            (cfg.packing, "--packing (a pair's two sides must stay whole rows)"),
+            (cfg.nproc > 1, "--nproc > 1 (the preference step runs in one process)"),
+            (
+                cfg.objective == "kto" and cfg.batch_size < 2,
+                "--batch-size 1 (KTO's KL term pairs each prompt with another example's completion)",
+            ),
+        ):
+            if bad:
+                raise UserInputError(f"--objective {cfg.objective} does not work with {why}")
     if cfg.init_from and method.quantized_base:
         raise UserInputError(
             f"--init-from merges the earlier adapter into the base; --method {cfg.method} "

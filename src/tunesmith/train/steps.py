@@ -33,6 +33,11 @@ class DataSplit:
     eval: list[Conversation]
     report: dict[str, Any]
 
+    @property
+    def eval_conversations(self) -> list[Conversation]:
+        """What the task metric scores (a preference split gives its chosen sides)."""
+        return self.eval
+
     def summary(self) -> str:
         r = self.report
         return (
