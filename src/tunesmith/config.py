@@ -159,7 +159,7 @@ class TrainConfig(BaseModel):
     )
     init_from: str | None = Field(
         None,
-        description="start from a finished run directory's adapter (e.g. SFT before DPO): it is merged into the base and a fresh adapter of --method trains on top",
+        description="continue training a finished run's adapter (e.g. SFT, then DPO): not merged, not stacked, one adapter on the same base; a preference objective's reference is that starting adapter",
     )
     template: Literal["chatml", "alpaca", "llama-2"] | None = Field(
         None,

@@ -77,3 +77,45 @@ def test_refusals(tiny_llama_dir, pair_files, tmp_path, capsys):
     assert "virtual tokens" in capsys.readouterr().err
     assert _train(tiny_llama_dir, tmp_path / "k", train, evals, "--objective", "kto") == 2
     assert "unpaired" in capsys.readouterr().err
+
+
+def test_sft_then_dpo_with_init_from(tiny_llama_dir, small_demo_data, pair_files, tmp_path):
+    """SFT -> DPO is two commands; DPO continues the SFT adapter, whose log-probs are its reference."""
+    sft_train, sft_eval = small_demo_data
+    train, evals, _ = pair_files
+    sft = tmp_path / "sft"
+    code = main(
+        [
+            "train", "--model", str(tiny_llama_dir), "--output", str(sft), "--data", str(sft_train),
+            "--eval-data", str(sft_eval), "--max-steps", "3", "--batch-size", "4", "--eval-limit", "2",
+            "--max-new-tokens", "4", "--skip-base-eval", "--lr", "5e-3",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    dpo = tmp_path / "dpo"
+    assert (
+        _train(tiny_llama_dir, dpo, train, evals, "--objective", "dpo", "--init-from", str(sft))
+        == 0
+    )
+    rows = [json.loads(r) for r in (dpo / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # step 1: policy == SFT reference
+    assert (dpo / "data" / "reference_logps_train.pt").is_file()
+    report = json.loads((dpo / "eval.json").read_text())
+    assert report["metrics"]["base"]["reward_margin"] == 0
+    assert "reward_margin" in report["metrics"]["adapted"]
+    # Another method than the SFT run's is refused before loading.
+    assert (
+        _train(
+            tiny_llama_dir,
+            tmp_path / "x",
+            train,
+            evals,
+            "--objective",
+            "dpo",
+            "--method",
+            "dora",
+            "--init-from",
+            str(sft),
+        )
+        == 2
+    )

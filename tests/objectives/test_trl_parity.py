@@ -20,6 +20,7 @@ from tunesmith.objectives import (
     UnpairedIds,
     collate_pairs,
     collate_unpaired,
+    live_reference,
     objective_params,
     orpo_loss,
     sequence_logps,
@@ -119,7 +120,9 @@ def test_dpo_loss_and_gradients_match_trl(tok, tmp_path):
     trainer.model.train()
     theirs = trainer.compute_loss(trainer.model, batch)
     theirs.backward()
-    result = OBJECTIVES["dpo"].compute(ours, mine, objective_params(OBJECTIVES["dpo"], beta=0.1))
+    result = OBJECTIVES["dpo"].compute(
+        ours, mine, objective_params(OBJECTIVES["dpo"], beta=0.1), live_reference(ours)
+    )
     result.loss.backward()
     assert abs(theirs.item() - 0.6931) > 1e-3  # the policy differs from its reference
     assert result.loss.item() == pytest.approx(theirs.item(), abs=TOL)
@@ -230,7 +233,7 @@ def test_kto_loss_and_gradients_match_trl(tok, tmp_path):
     theirs = trainer.compute_loss(trainer.model, batch)
     theirs.backward()
     spec = OBJECTIVES["kto"]
-    result = spec.compute(ours, mine, objective_params(spec))
+    result = spec.compute(ours, mine, objective_params(spec), live_reference(ours))
     result.loss.backward()
     assert result.loss.item() == pytest.approx(theirs.item(), abs=TOL)
     _assert_close_grads(ours, trainer.model)

@@ -23,14 +23,23 @@ from tunesmith.objectives.losses import (
     orpo_loss,
     simpo_loss,
 )
-from tunesmith.objectives.reference import reference_logps
-from tunesmith.objectives.registry import OBJECTIVES, ObjectiveSpec, get_objective, objective_params
+from tunesmith.objectives.reference import ReferenceCache, reference_logps
+from tunesmith.objectives.registry import (
+    OBJECTIVES,
+    ObjectiveSpec,
+    Reference,
+    get_objective,
+    live_reference,
+    objective_params,
+)
 
 __all__ = [
     "OBJECTIVES",
     "ObjectiveSpec",
     "PairIds",
     "PreferenceLoss",
+    "Reference",
+    "ReferenceCache",
     "SequenceBatch",
     "SequenceLogps",
     "UnpairedBatch",
@@ -41,6 +50,7 @@ __all__ = [
     "get_objective",
     "kto_kl",
     "kto_loss",
+    "live_reference",
     "objective_params",
     "orpo_loss",
     "reference_logps",

@@ -16,9 +16,17 @@ import torch.nn as nn
 
 from tunesmith.objectives import losses
 from tunesmith.objectives.batch import SequenceBatch, UnpairedBatch
-from tunesmith.objectives.logps import sequence_logps
+from tunesmith.objectives.logps import SequenceLogps, sequence_logps
 from tunesmith.objectives.losses import PreferenceLoss
 from tunesmith.objectives.reference import reference_logps
+
+# The reference policy's completion log-probs of a batch's rows (computed under no_grad).
+Reference = Callable[[SequenceBatch], SequenceLogps]
+
+
+def live_reference(model: nn.Module, frozen: nn.Module | None = None) -> Reference:
+    """Score the reference on the fly: ``model`` with its adapter off, or a frozen copy."""
+    return lambda rows: reference_logps(model, rows, frozen)
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,8 @@ class ObjectiveSpec:
         needs_reference: a reference pass (adapter off, or a frozen copy) runs every step.
         sequences_per_example: rows one example puts through the trained forward (pairs: 2).
         defaults: parameter name -> default (the papers' and TRL's).
-        compute: ``(model, batch, params, frozen) -> PreferenceLoss``; None for ``sft``.
+        compute: ``(model, batch, params, reference) -> PreferenceLoss``, ``reference`` a
+            :data:`Reference` (see :func:`live_reference`); None for ``sft``.
     """
 
     name: str
@@ -45,39 +54,38 @@ class ObjectiveSpec:
 
 
 def _dpo(
-    model: nn.Module, batch: SequenceBatch, params: dict[str, Any], frozen=None
+    model: nn.Module, batch: SequenceBatch, params: dict[str, Any], reference: Reference
 ) -> PreferenceLoss:
     chosen, rejected = sequence_logps(model, batch).halves()
-    ref_chosen, ref_rejected = reference_logps(model, batch, frozen).halves()
+    ref_chosen, ref_rejected = reference(batch).halves()
     return losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=params["beta"])
 
 
 def _orpo(
-    model: nn.Module, batch: SequenceBatch, params: dict[str, Any], frozen=None
+    model: nn.Module, batch: SequenceBatch, params: dict[str, Any], reference: Reference
 ) -> PreferenceLoss:
     chosen, rejected = sequence_logps(model, batch).halves()
     return losses.orpo_loss(chosen, rejected, beta=params["beta"])
 
 
 def _simpo(
-    model: nn.Module, batch: SequenceBatch, params: dict[str, Any], frozen=None
+    model: nn.Module, batch: SequenceBatch, params: dict[str, Any], reference: Reference
 ) -> PreferenceLoss:
     chosen, rejected = sequence_logps(model, batch).halves()
     return losses.simpo_loss(chosen, rejected, beta=params["beta"], gamma=params["simpo_gamma"])
 
 
 def _kto(
-    model: nn.Module, batch: UnpairedBatch, params: dict[str, Any], frozen=None
+    model: nn.Module, batch: UnpairedBatch, params: dict[str, Any], reference: Reference
 ) -> PreferenceLoss:
     # z0 is detached (see kto_kl): both of its passes run without a graph.
     with torch.no_grad():
         policy_kl = sequence_logps(model, batch.kl_rows)
-    kl = losses.kto_kl(policy_kl, reference_logps(model, batch.kl_rows, frozen))
+    kl = losses.kto_kl(policy_kl, reference(batch.kl_rows))
     policy = sequence_logps(model, batch.rows)
-    reference = reference_logps(model, batch.rows, frozen)
     return losses.kto_loss(
         policy,
-        reference,
+        reference(batch.rows),
         batch.desirable,
         kl,
         beta=params["beta"],

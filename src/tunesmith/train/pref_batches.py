@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from tunesmith.data.dataset import batch_plan
-from tunesmith.objectives import (
-    ObjectiveSpec,
+from tunesmith.objectives.batch import (
     PairIds,
     SequenceBatch,
     UnpairedBatch,
@@ -26,6 +25,8 @@ from tunesmith.objectives import (
     collate_pairs,
     collate_unpaired,
 )
+from tunesmith.objectives.reference import ReferenceCache
+from tunesmith.objectives.registry import ObjectiveSpec, Reference, live_reference
 
 
 @dataclass
@@ -33,7 +34,11 @@ class PreferenceMicroBatch:
     """One forward pass's worth of pairs (or KTO examples), in the objectives' layout."""
 
     batch: SequenceBatch | UnpairedBatch
-    num_examples: int
+    indices: tuple[int, ...]  # the examples' positions in the training set
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.indices)
 
     @property
     def rows(self) -> SequenceBatch:
@@ -54,16 +59,17 @@ class PreferenceMicroBatch:
             b = UnpairedBatch(b.rows.to(device), b.desirable.to(device), b.kl_rows.to(device))
         else:
             b = b.to(device)
-        return PreferenceMicroBatch(b, self.num_examples)
+        return PreferenceMicroBatch(b, self.indices)
 
 
 def collate_examples(
-    examples: Sequence[PairIds | UnpairedIds], pad_id: int
+    examples: Sequence[PairIds | UnpairedIds], indices: Sequence[int], pad_id: int
 ) -> PreferenceMicroBatch:
-    """Pairs or KTO examples as one micro-batch."""
-    if isinstance(examples[0], UnpairedIds):
-        return PreferenceMicroBatch(collate_unpaired(examples, pad_id), len(examples))  # type: ignore[arg-type]
-    return PreferenceMicroBatch(collate_pairs(examples, pad_id), len(examples))  # type: ignore[arg-type]
+    """The examples at ``indices`` (pairs or KTO examples) as one micro-batch."""
+    chosen = [examples[j] for j in indices]
+    if isinstance(chosen[0], UnpairedIds):
+        return PreferenceMicroBatch(collate_unpaired(chosen, pad_id), tuple(indices))  # type: ignore[arg-type]
+    return PreferenceMicroBatch(collate_pairs(chosen, pad_id), tuple(indices))  # type: ignore[arg-type]
 
 
 def example_length(e: PairIds | UnpairedIds) -> int:
@@ -113,24 +119,30 @@ class PreferenceBatches:
             planned = plans[epoch][idx]
             size = math.ceil(len(planned) / split)
             for i in range(0, len(planned), size):
-                out.append(
-                    collate_examples([self.examples[j] for j in planned[i : i + size]], self.pad_id)
-                )
+                out.append(collate_examples(self.examples, planned[i : i + size], self.pad_id))
         return out
 
 
 def objective_loss_fn(
-    spec: ObjectiveSpec, params: dict[str, Any], frozen: torch.nn.Module | None = None
+    spec: ObjectiveSpec,
+    params: dict[str, Any],
+    frozen: torch.nn.Module | None = None,
+    cache: ReferenceCache | None = None,
 ) -> Callable[[torch.nn.Module, PreferenceMicroBatch], torch.Tensor]:
     """The loop's ``loss_fn``: the objective's mean loss times the examples (a sum over them).
 
-    ``frozen``: the reference for methods that train the base weights (full, freeze); PEFT
-    methods score the reference with their adapter off.
+    The reference: ``cache`` (scored before the first step) when given; else ``frozen`` for
+    methods that train the base weights (full, freeze); else the model with its adapter off.
     """
     if spec.compute is None:
         raise ValueError(f"objective {spec.name!r} runs the plain causal-LM loss")
 
     def loss_sum(model: torch.nn.Module, mb: PreferenceMicroBatch) -> torch.Tensor:
-        return spec.compute(model, mb.batch, params, frozen).loss * mb.num_examples
+        if cache is not None:
+            device = mb.rows.input_ids.device
+            reference: Reference = lambda _rows: cache.rows(mb.indices, device)  # noqa: E731
+        else:
+            reference = live_reference(model, frozen)
+        return spec.compute(model, mb.batch, params, reference).loss * mb.num_examples
 
     return loss_sum

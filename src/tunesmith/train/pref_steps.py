@@ -10,6 +10,7 @@ likely than the rejected one, and the mean implicit-reward margin of the objecti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tunesmith.errors import DataError, UserInputError
 from tunesmith.objectives import (
     ObjectiveSpec,
     PairIds,
+    ReferenceCache,
     UnpairedIds,
     collate_pairs,
     reference_logps,
@@ -161,6 +163,7 @@ def preference_metrics(
     device,
     *,
     frozen=None,
+    cache: ReferenceCache | None = None,
     as_reference: bool = False,
     batch_size: int = 8,
 ) -> dict[str, float]:
@@ -169,7 +172,9 @@ def preference_metrics(
     The margin is the objective's implicit reward: ``beta·(log pi - log pi_ref)`` for the
     reference-based objectives (0 for the reference itself), ``beta·mean log pi`` for ORPO
     and SimPO. ``as_reference``: the model scored *is* the reference (the base before
-    training), so the reference-based margin is 0 by definition.
+    training), so the reference-based margin is 0 by definition. ``cache``: the pairs'
+    reference log-probs scored before training (``--init-from``); else ``frozen`` or the
+    model with its adapter off is the reference.
     """
     was_training = model.training
     model.eval()
@@ -182,7 +187,12 @@ def preference_metrics(
         if spec.needs_reference and as_reference:
             gap = torch.zeros_like(chosen.total)
         elif spec.needs_reference:
-            ref_c, ref_r = reference_logps(model, batch, frozen).halves()
+            ref = (
+                cache.rows(range(i, i + chosen.total.shape[0]), device)
+                if cache is not None
+                else reference_logps(model, batch, frozen)
+            )
+            ref_c, ref_r = ref.halves()
             gap = (chosen.total - ref_c.total) - (rejected.total - ref_r.total)
         else:
             gap = chosen.mean - rejected.mean
@@ -204,9 +214,13 @@ class PreferenceRun:
     device: Any
     eval_pairs: list[PairIds]
     frozen: Any = None  # a frozen copy of the starting weights (full, freeze)
+    caches: dict[str, ReferenceCache] | None = None  # --init-from: {"train", "eval"}
 
     @classmethod
-    def for_run(cls, cfg: TrainConfig, built, eval_ex) -> PreferenceRun:
+    def for_run(cls, cfg: TrainConfig, built, train_ex, eval_ex, run: RunDir) -> PreferenceRun:
+        """The objective's parameters, and its reference: with ``--init-from`` the starting
+        adapter, scored once now (or read back on resume); else the adapter off, or a
+        frozen copy for methods that train the base weights."""
         import copy
 
         from tunesmith.objectives import get_objective, objective_params
@@ -219,12 +233,20 @@ class PreferenceRun:
             desirable_weight=cfg.desirable_weight,
             undesirable_weight=cfg.undesirable_weight,
         )
-        frozen = None
-        if spec.needs_reference and not hasattr(built.model, "disable_adapter"):
-            frozen = copy.deepcopy(built.model).eval().requires_grad_(False)
         device = next(built.model.parameters()).device
+        pad_id = built.tokenizer.pad_token_id
         pairs = [e for e in eval_ex if isinstance(e, PairIds)]
-        return cls(spec, params, cfg, built.tokenizer.pad_token_id, device, pairs, frozen)
+        frozen, caches = None, None
+        if spec.needs_reference and cfg.init_from:
+            caches = {
+                split: _cached_reference(
+                    built.model, examples, pad_id, device, run.reference_logps(split)
+                )
+                for split, examples in (("train", train_ex), ("eval", pairs))
+            }
+        elif spec.needs_reference and not hasattr(built.model, "disable_adapter"):
+            frozen = copy.deepcopy(built.model).eval().requires_grad_(False)
+        return cls(spec, params, cfg, pad_id, device, pairs, frozen, caches)
 
     def loop_inputs(self, train_ex, pad_id: int) -> dict[str, Any]:
         """``batches`` and ``loss_fn`` for :class:`~tunesmith.train.loop.TrainLoop`."""
@@ -240,22 +262,26 @@ class PreferenceRun:
         )
         return {
             "batches": batches,
-            "loss_fn": objective_loss_fn(self.spec, self.params, self.frozen),
+            "loss_fn": objective_loss_fn(
+                self.spec, self.params, self.frozen, self.caches["train"] if self.caches else None
+            ),
         }
 
     def _metrics(self, model, as_reference: bool) -> dict[str, float]:
         return preference_metrics(
             model, self.pad_id, self.eval_pairs, self.spec, self.params, self.device,
-            frozen=self.frozen, as_reference=as_reference,
+            frozen=self.frozen, cache=self.caches["eval"] if self.caches else None,
+            as_reference=as_reference,
         )  # fmt: skip
 
     def add_base_metrics(self, model, base_side, run: RunDir) -> None:
-        """The base (= reference) side's preference metrics, into ``eval_base.json`` too."""
+        """The reference side's preference metrics, into ``eval_base.json`` too: the base
+        (adapter off), or with ``--init-from`` the starting model itself."""
         if not self.eval_pairs:
             return
         from tunesmith.train.steps import adapter_disabled
 
-        with adapter_disabled(model):
+        with contextlib.nullcontext() if self.cfg.init_from else adapter_disabled(model):
             base_side.metrics.update(self._metrics(model, as_reference=True))
         data = json.loads(run.eval_base_path.read_text())
         data["metrics"] = base_side.metrics
@@ -268,3 +294,17 @@ class PreferenceRun:
         report["metrics"].setdefault("adapted", {}).update(self._metrics(model, as_reference=False))
         report["objective"] = {"name": self.spec.name, **self.params}
         write_json(run.eval_path, report)
+
+
+def _cached_reference(model, examples, pad_id: int, device, path) -> ReferenceCache:
+    """The pairs' reference log-probs: read back (a resumed run) or scored now and saved."""
+    if path.is_file():
+        return ReferenceCache.load(path)
+    if any(not isinstance(e, PairIds) for e in examples):
+        raise UserInputError(
+            "--init-from with --objective kto is not supported (its KL rows change per batch)"
+        )
+    cache = ReferenceCache.score(model, examples, pad_id, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cache.save(path)
+    return cache

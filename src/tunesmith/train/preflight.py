@@ -32,7 +32,8 @@ def check_objective(cfg: TrainConfig, method) -> None:
 
     Raises:
         UserInputError: a preference objective with a method whose spec refuses it, or
-            ``--init-from`` on a method that cannot be stacked on a merged adapter.
+            a setting the preference step does not support (packing, several processes,
+            KTO with micro-batch 1).
     """
     if cfg.objective != "sft" and method.preference_refusal:
         raise UserInputError(
@@ -50,11 +51,6 @@ def check_objective(cfg: TrainConfig, method) -> None:
         ):
             if bad:
                 raise UserInputError(f"--objective {cfg.objective} does not work with {why}")
-    if cfg.init_from and method.quantized_base:
-        raise UserInputError(
-            f"--init-from merges the earlier adapter into the base; --method {cfg.method} "
-            "loads a 4-bit base that cannot take the merge: use lora (or merge first)"
-        )
 
 
 # -- preflight ------------------------------------------------------------------------------
@@ -84,6 +80,10 @@ def preflight(cfg: TrainConfig, dist) -> Preflight:
     cfg = cfg.model_copy(update={"streaming": stream_plan(cfg).streaming})
     source = resolve_model(cfg.model)
     check_objective(cfg, get_method(cfg.method))
+    if cfg.init_from:
+        from tunesmith.train.init_from import check_init_from
+
+        check_init_from(cfg.init_from, get_method(cfg.method), cfg.model)
     model_config = guard.model_config_for(source.path, cfg.trust_remote_code)
     guard.check_against_model(cfg, model_config)
     # Sharded: the per-rank plan decides (below), not the single-process one.

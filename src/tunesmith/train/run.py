@@ -195,7 +195,11 @@ def _train_and_save(s: _Session, run: RunDir, data: DataSplit, built: BuiltModel
     max_steps = cfg.max_steps or steps_for_epochs(
         len(train_ex), cfg.batch_size * dist.world_size, cfg.grad_accum, cfg.epochs
     )
-    pref = PreferenceRun.for_run(cfg, built, eval_ex) if cfg.objective != "sft" else None
+    pref = (
+        PreferenceRun.for_run(cfg, built, train_ex, eval_ex, run)
+        if cfg.objective != "sft"
+        else None
+    )
     evals = data.eval_conversations
     base_side = None
     if evals and not cfg.skip_base_eval and pre.resume_from is None and dist.is_main:
