@@ -56,8 +56,9 @@ class ObjectiveSpec:
 def _dpo(
     model: nn.Module, batch: SequenceBatch, params: dict[str, Any], reference: Reference
 ) -> PreferenceLoss:
-    chosen, rejected = sequence_logps(model, batch).halves()
+    # The reference first: its no_grad pass peaks before the policy's activations are saved.
     ref_chosen, ref_rejected = reference(batch).halves()
+    chosen, rejected = sequence_logps(model, batch).halves()
     return losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=params["beta"])
 
 
@@ -82,10 +83,10 @@ def _kto(
     with torch.no_grad():
         policy_kl = sequence_logps(model, batch.kl_rows)
     kl = losses.kto_kl(policy_kl, reference(batch.kl_rows))
-    policy = sequence_logps(model, batch.rows)
+    ref = reference(batch.rows)
     return losses.kto_loss(
-        policy,
-        reference(batch.rows),
+        sequence_logps(model, batch.rows),
+        ref,
         batch.desirable,
         kl,
         beta=params["beta"],
