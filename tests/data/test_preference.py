@@ -111,3 +111,14 @@ def test_tokenized_pair_shares_the_prompt_and_trains_eos_on_both_sides():
         tokenize_pair(tok, pair, seq_len=len(prompt))
     ex = parse_preference({"prompt": Q, "completion": GOOD, "label": True}, "f")
     assert tokenize_unpaired(tok, ex, 256) == (prompt, chosen)
+
+
+def test_data_preview_shows_both_sides_of_a_pair(tiny_llama_dir, tmp_path, capsys):
+    from tunesmith.cli import main
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(LAYOUTS["trl conversational"]) + "\n")
+    assert main(["data", "preview", str(path), "--model", str(tiny_llama_dir), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)["records"]
+    assert [r["source"].rsplit(" ", 1)[1] for r in records] == ["(chosen)", "(rejected)"]
+    assert all(r["eos_trained"] for r in records)

@@ -181,3 +181,24 @@ def read_preference_file(path: str | Path) -> Iterator[PreferenceRecord | Invali
             yield Invalid(str(path), pos, parsed[1], parsed[0], unit)
         else:
             yield parsed
+
+
+def is_preference_file(path: str | Path) -> bool:
+    """Whether the first well-formed record of ``path`` is a pair or a KTO example."""
+    _, records = raw_records(path)
+    for _, raw in records:
+        if not isinstance(raw, Invalid):
+            return detect_preference_format(raw) is not None
+    return False
+
+
+def sides(record: PreferenceRecord) -> list[Conversation]:
+    """Each completion of a record as a conversation, its source saying which side it is."""
+    if isinstance(record, PreferencePair):
+        named = [("chosen", record.chosen), ("rejected", record.rejected)]
+    else:
+        named = [("desirable" if record.desirable else "undesirable", record.completion)]
+    return [
+        Conversation(record.side(text).turns, f"{record.source} ({name})", record.meta)
+        for name, text in named
+    ]

@@ -16,6 +16,8 @@ from pathlib import Path
 from tunesmith.atomic import write_jsonl
 from tunesmith.demo.dataset import demo_splits
 
+SFT_DEMO_SIZES = (3000, 200)  # raw_demo's and write_demo_eval's defaults
+
 _SWAPS: dict[str, list[tuple[str, str]]] = {
     "aggregate": [
         ("COUNT(", "SUM("),
@@ -79,7 +81,10 @@ def demo_pairs(
     """``(train, eval)`` pair records (TRL conversational layout, the SQL scorer's meta kept)."""
     rng = random.Random(seed)
     out: tuple[list[dict], list[dict]] = ([], [])
-    for rows, convs in zip(out, demo_splits(seed, n_train, n_eval), strict=True):
+    # The SFT demo's own split (its sizes), so that a held-out question of one is never a
+    # training question of the other: SFT -> DPO is scored on the questions neither saw.
+    train, evals = demo_splits(seed, SFT_DEMO_SIZES[0], SFT_DEMO_SIZES[1])
+    for rows, convs in zip(out, (train[:n_train], evals[:n_eval]), strict=True):
         for conv in convs:
             wrong = wrong_query(conv.answer, rng)
             if wrong is None:
