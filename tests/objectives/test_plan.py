@@ -42,3 +42,27 @@ def test_run_config_picks_the_reference_the_run_uses():
     assert objective_plan_settings(make_config({"objective": "simpo"}), lora)["reference"] == "none"
     init = make_config({"objective": "dpo", "init-from": "runs/sft"})
     assert objective_plan_settings(init, lora)["reference"] == "cached"
+
+
+def test_compare_shows_preference_accuracy():
+    from rich.console import Console
+
+    from tunesmith.compare.rows import MethodRow, base_row
+    from tunesmith.compare.table import compare_table
+
+    ev = {
+        "task": "clinic-sql",
+        "metrics": {"base": {"preference_accuracy": 0.5, "reward_margin": 0.0}},
+    }
+    base = base_row(ev, 100)
+    tuned = MethodRow("lora", lr=1e-3, preference_accuracy=0.9, reward_margin=1.2)
+    assert (
+        base.preference_accuracy == 0.5
+        and tuned.to_dict("execution_accuracy")["reward_margin"] == 1.2
+    )
+    console = Console(width=200, record=True)
+    console.print(compare_table([base, tuned], "execution_accuracy"))
+    text = console.export_text()
+    assert "pref acc" in text and "0.900" in text
+    console.print(compare_table([MethodRow("lora")], "execution_accuracy"))
+    assert console.export_text().count("pref acc") == 0  # SFT-only tables are unchanged
