@@ -28,7 +28,8 @@ from tunesmith.objectives import (
     token_logps,
 )
 
-trl = pytest.importorskip("trl")
+# The oracle calls trl 1.x APIs (trl.experimental.orpo/cpo, the fused-head DPOTrainer).
+trl = pytest.importorskip("trl", minversion="1.16")
 datasets = pytest.importorskip("datasets")
 peft = pytest.importorskip("peft")
 
