@@ -24,5 +24,5 @@ def test_example_config_validates(path):
     kind = path.stem.rsplit("_", 1)[1]
     if kind == "compare":
         assert "method" not in raw and "lr" not in raw
-    else:
-        assert kind == cfg.method
+    else:  # <model>_<objective>.yaml for a preference run (e.g. smollm2_dpo.yaml)
+        assert kind in (cfg.method, cfg.objective)

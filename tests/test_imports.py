@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"atomic", "disk", "crashlog", "methods", "trackers"},  # file writes; the PEFT registry
     {"data"},
     {"config"},
-    {"rundir", "loss", "demo"},  # a run's files; the loss over a batch; the demo task
+    {"rundir", "loss", "demo", "objectives"},  # a run's files; the loss; the demo task; DPO and kin
     {"models", "plan", "report", "track"},
     {"eval", "distributed", "export"},
     {"train"},  # the train workflow: plan, clean, load, train, evaluate, save, report

@@ -139,6 +139,28 @@ class TrainConfig(BaseModel):
         description="non-finite loss or gradient: stop (keeping the last checkpoint) or skip that update",
     )
     train_on_prompt: bool = Field(False, description="also compute loss on prompt tokens")
+    objective: Literal["sft", "dpo", "orpo", "simpo", "kto"] = Field(
+        "sft",
+        description="training objective: sft (instruction data), dpo|orpo|simpo (chosen/rejected pairs) or kto (unpaired completions labelled desirable or not)",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        description="preference strength: DPO/KTO beta, ORPO lambda, SimPO beta; default: the paper's (dpo, orpo, kto 0.1; simpo 2.0)",
+    )
+    simpo_gamma: float | None = Field(
+        None, ge=0, description="SimPO target reward margin gamma (default 1.0: gamma/beta = 0.5)"
+    )
+    desirable_weight: float | None = Field(
+        None, gt=0, description="KTO weight of desirable examples (default 1.0)"
+    )
+    undesirable_weight: float | None = Field(
+        None, gt=0, description="KTO weight of undesirable examples (default 1.0)"
+    )
+    init_from: str | None = Field(
+        None,
+        description="continue training a finished run's adapter (e.g. SFT, then DPO): not merged, not stacked, one adapter on the same base; a preference objective's reference is that starting adapter",
+    )
     template: Literal["chatml", "alpaca", "llama-2"] | None = Field(
         None,
         description="chat template for a model without one (when given, replaces the model's own)",

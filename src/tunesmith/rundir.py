@@ -46,6 +46,8 @@ class RunDir:
     TRAIN_FILE = "train.jsonl"  # inside data/
     EVAL_FILE = "train.eval.jsonl"  # inside data/
     CLEAN_REPORT = "clean_report.json"  # inside data/
+    # inside data/: a preference run's reference log-probs, scored before its first step
+    REFERENCE_LOGPS = "reference_logps_{split}.pt"
     BASE_INFO = "tunesmith_base.json"  # inside adapter/ or model/: which base and method made it
     TRACKERS = "trackers.json"  # --report-to: each tracker's run id, so --resume continues it
     TENSORBOARD = "tensorboard"  # --report-to tensorboard: event files
@@ -90,6 +92,10 @@ class RunDir:
     @property
     def clean_report(self) -> Path:
         return self.data_dir / self.CLEAN_REPORT
+
+    def reference_logps(self, split: str) -> Path:
+        """``split`` ("train" or "eval") pairs' cached reference log-probs."""
+        return self.data_dir / self.REFERENCE_LOGPS.format(split=split)
 
     @property
     def metrics_path(self) -> Path:

@@ -158,15 +158,28 @@ def highlighted(record: RecordPreview, markers: bool = False):
 def _conversations(args: argparse.Namespace):
     """The first ``--n`` usable records and the invalid ones met on the way."""
     from tunesmith.data.records import Conversation
+    from tunesmith.data.validate import Invalid
 
     if args.file is None:
         from tunesmith.demo.dataset import demo_splits
 
         train, _ = demo_splits(seed=0, n_train=max(args.n, 50))
         return train[: args.n], []
+    from tunesmith.data.preference import is_preference_file, read_preference_file, sides
     from tunesmith.data.readers import read_files
 
     convs, invalid = [], []
+    if args.format is None and is_preference_file(args.file):
+        # A preference file: every record shows as its sides (chosen and rejected), each with
+        # the mask training uses, so both sides' end-of-turn token is seen trained.
+        for item in read_preference_file(args.file):
+            if isinstance(item, Invalid):
+                invalid.append(item)
+                continue
+            convs.extend(sides(item))
+            if len(convs) >= args.n:
+                return convs[: args.n], invalid
+        return convs, invalid
     for item in read_files([args.file], args.format):
         if isinstance(item, Conversation):
             convs.append(item)

@@ -36,6 +36,9 @@ class MethodRow:
             denominator for every method (the LoRA paper's "% of parameters").
         task_metric: Execution accuracy (demo) or ROUGE-L of the adapted model's generations.
         exact_match: Share of generations equal to the reference (after normalisation).
+        preference_accuracy: Share of held-out pairs whose chosen completion is the more likely
+            (preference runs only).
+        reward_margin: Mean implicit-reward margin of the objective on those pairs.
         eval_loss: Mean NLL per assistant token on the eval set after training.
         eval_perplexity: ``exp(eval_loss)``.
         general_perplexity: Perplexity on the bundled general-text set after training.
@@ -57,6 +60,8 @@ class MethodRow:
     trainable_share: float | None = None
     task_metric: float | None = None
     exact_match: float | None = None
+    preference_accuracy: float | None = None
+    reward_margin: float | None = None
     eval_loss: float | None = None
     eval_perplexity: float | None = None
     general_perplexity: float | None = None
@@ -70,8 +75,16 @@ class MethodRow:
     error: str | None = None
 
     def to_dict(self, metric_name: str) -> dict[str, Any]:
-        """A ``compare.json`` row; ``task_metric`` is stored under its real name."""
-        return {(metric_name if k == "task_metric" else k): v for k, v in asdict(self).items()}
+        """A ``compare.json`` row; ``task_metric`` is stored under its real name; the
+        preference figures only where a preference objective measured them."""
+        return {
+            (metric_name if k == "task_metric" else k): v
+            for k, v in asdict(self).items()
+            if v is not None or k not in _PREFERENCE_KEYS
+        }
+
+
+_PREFERENCE_KEYS = ("preference_accuracy", "reward_margin")
 
 
 def _last(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -100,6 +113,8 @@ def row_from_run(method: str, lr: float, result: Any) -> MethodRow:
         total_params=result.total_params,
         task_metric=adapted.get(task_metric_name(task)),
         exact_match=adapted.get("exact_match"),
+        preference_accuracy=adapted.get("preference_accuracy"),
+        reward_margin=adapted.get("reward_margin"),
         eval_loss=eval_loss,
         eval_perplexity=math.exp(eval_loss) if eval_loss is not None else None,
         general_perplexity=adapted.get("general_perplexity"),
@@ -121,6 +136,8 @@ def base_row(eval_json: dict[str, Any] | None, base_total: int | None) -> Method
         trainable_share=0.0,
         task_metric=base.get(task_metric_name(ev.get("task", ""))),
         exact_match=base.get("exact_match"),
+        preference_accuracy=base.get("preference_accuracy"),
+        reward_margin=base.get("reward_margin"),
         general_perplexity=base.get("general_perplexity"),
         forgetting=0.0 if base.get("general_perplexity") else None,
     )

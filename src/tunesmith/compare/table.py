@@ -45,9 +45,11 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
         show_edge=False,
         padding=(0, 0),
     )
+    # Preference runs (DPO and kin) add the held-out preference accuracy beside the task metric.
+    pref = any(r.preference_accuracy is not None for r in rows)
     for col in (
-        "method", "lr", "params", "share", _SHORT.get(metric_name, metric_name), "ppl",
-        "forget", "peak mem", "train s", "lat ms", "×base",
+        "method", "lr", "params", "share", _SHORT.get(metric_name, metric_name),
+        *(["pref acc"] if pref else []), "ppl", "forget", "peak mem", "train s", "lat ms", "×base",
     ):  # fmt: skip
         t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     failed = []
@@ -62,6 +64,7 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
             _count(r.trainable_params),
             _share(r.trainable_share),
             _num(r.task_metric, ".3f"),
+            *([_num(r.preference_accuracy, ".3f")] if pref else []),
             _num(r.eval_perplexity, ".4g"),
             "-" if r.forgetting is None else f"{100 * r.forgetting:+.1f}%",
             "-" if r.peak_mem_bytes is None else fmt_bytes(r.peak_mem_bytes),

@@ -86,6 +86,15 @@ class Batch:
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
+    @property
+    def num_examples(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def loss_units(self) -> int:
+        """What a step's loss is averaged over: trained tokens."""
+        return self.num_trained
+
     def to(self, device) -> Batch:
         return Batch(
             self.input_ids.to(device),

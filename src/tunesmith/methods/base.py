@@ -45,6 +45,16 @@ class MethodArgs:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Why prefix-style methods do not take a preference objective: the objectives read log-probs at
+# the completion positions of two rows per example, and virtual tokens move those positions
+# (prompt tuning returns logits for them) in ways the TRL parity tests do not cover.
+VIRTUAL_TOKEN_PREFERENCE_REFUSAL = (
+    "its virtual tokens shift every row's positions, so the chosen/rejected completion "
+    "log-probs (and the adapter-off reference) are not verified for it; use a method that "
+    "changes weights: the LoRA family, the bottleneck adapters, ia3 or full"
+)
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """A registered PEFT method: everything the rest of tunesmith asks about it.
@@ -80,6 +90,9 @@ class MethodSpec:
             and its rank-r intermediate for the backward; the planner counts them.
         kv_prefix: virtual tokens or keys/values are put in front of every row (prefix,
             prompt, MAM), shared by all examples of a packed row: packing is refused.
+        preference_refusal: why the preference objectives (DPO, ORPO, SimPO, KTO) are refused
+            for this method, or None where they work (the reference is the model with the
+            adapter off, or a frozen copy for methods that train base weights).
         autocast_adapters: the adapters run the plain ``B(A(dropout(x)))·scale`` forward, safe
             to compute in bf16 under autocast with peft's fp32 input cast off.
         default_lr: the peak learning rate ``compare`` uses when the user sets none (None: the
@@ -107,6 +120,7 @@ class MethodSpec:
     targets_modules: bool = False
     lora_branches: bool = False
     kv_prefix: bool = False
+    preference_refusal: str | None = None
     autocast_adapters: bool = False
     default_lr: float | None = None
     cheaper_alternatives: tuple[tuple[str, float], ...] = ()

@@ -13,7 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.methods.adapters import adapter_params
-from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
+from tunesmith.methods.base import (
+    VIRTUAL_TOKEN_PREFERENCE_REFUSAL,
+    MethodArgs,
+    MethodSpec,
+    UnifiedView,
+    register,
+)
 from tunesmith.methods.targets import position_modules
 from tunesmith.methods.tuners.mam import MamConfig  # registers PeftType.MAM
 from tunesmith.shape import model_shape
@@ -61,6 +67,7 @@ register(
         count_tensors=count_mam_tensors,
         gradient_checkpointing=False,
         kv_prefix=True,
+        preference_refusal=VIRTUAL_TOKEN_PREFERENCE_REFUSAL,
         default_lr=1e-3,  # He et al. 2022 train their adapters at 1e-4..1e-3
     )
 )

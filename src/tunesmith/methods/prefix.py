@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
+from tunesmith.methods.base import (
+    VIRTUAL_TOKEN_PREFERENCE_REFUSAL,
+    MethodArgs,
+    MethodSpec,
+    UnifiedView,
+    register,
+)
 from tunesmith.shape import model_shape
 
 
@@ -61,6 +67,7 @@ register(
         count_tensors=count_prefix_tensors,
         gradient_checkpointing=False,
         kv_prefix=True,
+        preference_refusal=VIRTUAL_TOKEN_PREFERENCE_REFUSAL,
         # It diverged at prompt tuning's 1e-2 on the demo (benchmarks/RESULTS.md); 3e-3 trains.
         default_lr=3e-3,
     )

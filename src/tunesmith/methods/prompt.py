@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunesmith.methods.base import MethodArgs, MethodSpec, UnifiedView, register
+from tunesmith.methods.base import (
+    VIRTUAL_TOKEN_PREFERENCE_REFUSAL,
+    MethodArgs,
+    MethodSpec,
+    UnifiedView,
+    register,
+)
 from tunesmith.shape import model_shape
 
 
@@ -43,6 +49,7 @@ register(
         count_trainable=count_prompt,
         count_tensors=count_prompt_tensors,
         kv_prefix=True,
+        preference_refusal=VIRTUAL_TOKEN_PREFERENCE_REFUSAL,
         default_lr=1e-2,  # as in peft's prompt-learning examples
     )
 )

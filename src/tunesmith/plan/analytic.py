@@ -15,7 +15,7 @@ optimizer step (all gradients alive, activations freed).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tunesmith.errors import ConfigError
 from tunesmith.methods.base import MethodSpec, get_method
@@ -68,6 +68,12 @@ class StepSettings:
     master_fp32: bool = True  # full/freeze: fp32 weights + autocast (tunesmith train's policy)
     device: str = "cuda"  # cuda | cpu
     eval_batch_size: int | None = None
+    # Preference objectives: rows per example in the trained forward (a pair: chosen and
+    # rejected) and how the reference is scored: "none", "adapter-off" (a no_grad forward of
+    # the same rows before the policy's), "frozen-copy" (a second set of weights) or "cached"
+    # (scored once before training: nothing per step).
+    sequences_per_example: int = 1
+    reference: str = "none"
 
 
 @dataclass(frozen=True)
@@ -280,9 +286,18 @@ def step_terms(
     """The itemized peak of one training step (see the module docstring for the timing)."""
     if settings.attn not in ("sdpa", "flash", "eager"):
         raise ConfigError("attn", settings.attn, "sdpa, flash or eager")
+    # A pair batch of B examples is a forward over B x sequences_per_example rows.
+    settings = replace(
+        settings,
+        batch_size=settings.batch_size * settings.sequences_per_example,
+        sequences_per_example=1,
+    )
     p = _p(settings)
     tokens = settings.batch_size * settings.seq_len
     weights = weight_bytes(shape, settings)
+    # A frozen copy of the starting weights scores the reference (full fine-tuning).
+    reference_weights = weights if settings.reference == "frozen-copy" else 0
+    weights += reference_weights
     tb = trainable_dtype_bytes(settings)
     spec = _spec(settings)
     full = spec.trains_base_weights
@@ -341,8 +356,13 @@ def step_terms(
     # Saving: safetensors copies each tensor to host; the device transient is one contiguous
     # copy of the largest tensor at most (the embedding).
     save_peak = shape.embed_params * p
+    # The live reference pass runs under no_grad before the policy's forward: it saves nothing,
+    # and its peak is its logits and their fp32 copy (as evaluation's), over the same rows.
+    reference_peak = 0
+    if settings.reference in ("adapter-off", "frozen-copy"):
+        reference_peak = settings.batch_size * settings.seq_len * shape.vocab * (act + 4)
     dynamic = activations + logits + gradients
-    excess = max(eval_peak, save_peak) - dynamic
+    excess = max(eval_peak, save_peak, reference_peak) - dynamic
     allocated = weights + trainable + opt + dynamic + max(excess, 0)
     if settings.device == "cpu":
         runtime = CPU_RUNTIME
@@ -353,6 +373,7 @@ def step_terms(
         logits_peak=logits_peak, gradients_all=grads_all, optimizer_step_tmp=step_tmp,
         autocast_weight_copies=autocast_copies,
         eval_peak=eval_peak, save_peak=save_peak, eval_save_excess=max(excess, 0),
+        reference_peak=reference_peak, reference_weights=reference_weights,
         runtime=runtime,
     )  # fmt: skip
     return Terms(

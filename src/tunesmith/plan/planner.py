@@ -207,6 +207,8 @@ def plan_config(
     model_name: str = "",
     nproc: int = 1,
     sharding: str = "ddp",
+    sequences_per_example: int = 1,
+    reference: str = "none",
 ) -> Plan:
     """Plan a run for an already resolved ``transformers`` config (see :func:`plan`)."""
     from tunesmith.methods.targets import resolve_targets
@@ -221,6 +223,7 @@ def plan_config(
         targets=targets, rank=rank, dropout=dropout, logits_fraction=logits_fraction,
         loss_chunk=loss_chunk, kbit_upcast=kbit_upcast, master_fp32=master_fp32,
         device="cpu" if is_cpu(str(device)) else "cuda",
+        sequences_per_example=sequences_per_example, reference=reference,
     )  # fmt: skip
     _check(base, grad_accum)
     check_sharding(nproc, sharding)

@@ -112,6 +112,22 @@ def plan_device(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
 
 
+def objective_plan_settings(cfg: TrainConfig, spec) -> dict[str, Any]:
+    """The planner's terms of a preference objective: rows per example and the reference pass
+    (the same choice :class:`~tunesmith.train.pref_steps.PreferenceRun` makes)."""
+    if cfg.objective == "sft":
+        return {}
+    from tunesmith.objectives import get_objective
+
+    objective = get_objective(cfg.objective)
+    reference = "none"
+    if objective.needs_reference:
+        reference = (
+            "cached" if cfg.init_from else "frozen-copy" if not spec.peft_format else "adapter-off"
+        )
+    return {"sequences_per_example": objective.sequences_per_example, "reference": reference}
+
+
 def memory_plan(cfg: TrainConfig, model_config: Any, device: torch.device, precision: str):
     """Plan the run from the config alone; refuse a run that will not fit unless ``--force``.
 
@@ -143,6 +159,7 @@ def memory_plan(cfg: TrainConfig, model_config: Any, device: torch.device, preci
             target=cfg.target if spec.targets_modules else "attn-qv",
             dropout=cfg.dropout,
             model_name=cfg.model,
+            **objective_plan_settings(cfg, spec),
         )
 
     # Activation checkpointing recomputes the forward (~1/3 more compute), so it is used only

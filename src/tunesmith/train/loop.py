@@ -14,6 +14,8 @@ drops that one update; SIGINT/SIGTERM save a checkpoint at the next step boundar
 The CPU fast paths reach the loop only through their handle
 (:class:`tunesmith.train.fastpath.FastPaths`): how a micro-batch is cut into passes, the loss's
 cross-entropy and what to do after a step. Without one the loop runs the reference path.
+A preference objective brings its own ``batches`` and ``loss_fn``; a micro-batch's
+``loss_units`` are what a step's loss averages over (SFT: tokens; DPO and kin: examples).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class TrainLoop:
         say: Callable[[str], None] | None = None,
         dist: DistContext | None = None,
         fast_paths: FastPaths | None = None,
+        batches: StepBatches | None = None,
+        loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None,  # sum over units
     ):
         self.model = model
         # The CPU fast paths' policies (passes, cross-entropy, heap trimming); the default
@@ -107,7 +111,8 @@ class TrainLoop:
                 self.forward, self.optimizer, self.dist.engine_config
             )
             self.forward = self.engine
-        self.batches = StepBatches(
+        self.loss_fn = loss_fn
+        self.batches = batches or StepBatches(
             examples,
             pad_id,
             batch_size=settings.batch_size,
@@ -210,16 +215,10 @@ class TrainLoop:
     ) -> dict:
         """A metrics.jsonl row; the loss averages the finite losses since the last row."""
         window = [x for x in result.losses[-self.s.logging_steps :] if math.isfinite(x)]
+        examples_per_step = self.s.grad_accum * self.s.batch_size * self.dist.world_size
         row = {
             "step": done,
-            "epoch": round(
-                done
-                * self.s.grad_accum
-                * self.s.batch_size
-                * self.dist.world_size
-                / len(self.examples),
-                4,
-            ),
+            "epoch": round(done * examples_per_step / len(self.examples), 4),
             "loss": round(sum(window) / len(window), 6) if window else None,
             "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else None,
             "lr": self.scheduler.get_last_lr()[0],
@@ -265,13 +264,14 @@ class TrainLoop:
         """One optimizer step: (loss, trained tokens, gradient norm, examples)."""
         batches = [b.to(self.device) for b in self.micro_batches(step, self.split)]
         total = sum(b.num_trained for b in batches)
-        n_examples = sum(int(b.input_ids.shape[0]) for b in batches)
+        n_examples = sum(b.num_examples for b in batches)
+        units = sum(b.loss_units for b in batches)  # what the loss averages over
         if self.dist.active:
             from tunesmith.distributed.batches import align_micro_batches
 
             # Same number of passes on every rank (FSDP gathers in each); global counts.
             batches = align_micro_batches(batches, self.dist)
-            total, n_examples = (int(x) for x in self.dist.sum(total, n_examples))
+            total, n_examples, units = (int(x) for x in self.dist.sum(total, n_examples, units))
         # DDP/FSDP average gradients over ranks; the loss is a sum over the global step.
         scale = self.dist.world_size
         loss_value = 0.0
@@ -279,7 +279,7 @@ class TrainLoop:
             ctx = self._compute_context()
             with self._gradient_sync(i == len(batches) - 1):
                 with ctx:
-                    loss = self._loss_sum(b) / max(total, 1)
+                    loss = self._loss_sum(b) / max(units, 1)
                 self._backward(loss * scale if scale > 1 else loss)
             loss_value += float(loss.detach())
         if self.dist.active:
@@ -320,6 +320,8 @@ class TrainLoop:
         self.engine.backward(loss, scale_wrt_gas=False)
 
     def _loss_sum(self, b: Batch) -> torch.Tensor:
+        if self.loss_fn is not None:
+            return self.loss_fn(self.model, b)
         if self.forward is None:
             return loss_sum(
                 self.model, b, fast=self.fast, cross_entropy=self.fast_paths.cross_entropy

@@ -27,6 +27,32 @@ class Preflight:
     resume_from: Path | None = None
 
 
+def check_objective(cfg: TrainConfig, method) -> None:
+    """Refuse an objective the method cannot train, with the spec's reason.
+
+    Raises:
+        UserInputError: a preference objective with a method whose spec refuses it, or
+            a setting the preference step does not support (packing, several processes,
+            KTO with micro-batch 1).
+    """
+    if cfg.objective != "sft" and method.preference_refusal:
+        raise UserInputError(
+            f"--objective {cfg.objective} does not work with --method {cfg.method}: "
+            f"{method.preference_refusal}"
+        )
+    if cfg.objective != "sft":
+        for bad, why in (
+            (cfg.packing, "--packing (a pair's two sides must stay whole rows)"),
+            (cfg.nproc > 1, "--nproc > 1 (the preference step runs in one process)"),
+            (
+                cfg.objective == "kto" and cfg.batch_size < 2,
+                "--batch-size 1 (KTO's KL term pairs each prompt with another example's completion)",
+            ),
+        ):
+            if bad:
+                raise UserInputError(f"--objective {cfg.objective} does not work with {why}")
+
+
 # -- preflight ------------------------------------------------------------------------------
 def preflight(cfg: TrainConfig, dist) -> Preflight:
     """Validate what can be checked cheaply, and plan memory, before anything is written."""
@@ -53,7 +79,11 @@ def preflight(cfg: TrainConfig, dist) -> Preflight:
     # back the same examples even if the data has changed or gone since.
     cfg = cfg.model_copy(update={"streaming": stream_plan(cfg).streaming})
     source = resolve_model(cfg.model)
-    get_method(cfg.method)
+    check_objective(cfg, get_method(cfg.method))
+    if cfg.init_from:
+        from tunesmith.train.init_from import check_init_from
+
+        check_init_from(cfg.init_from, get_method(cfg.method), cfg.model)
     model_config = guard.model_config_for(source.path, cfg.trust_remote_code)
     guard.check_against_model(cfg, model_config)
     # Sharded: the per-rank plan decides (below), not the single-process one.

@@ -24,6 +24,7 @@ from tunesmith.track.session import for_run as track_run
 from tunesmith.trackers import parse_report_to
 from tunesmith.train.claim import Claim, claim_for_run
 from tunesmith.train.dist_steps import start_distributed, whole_model_on_main
+from tunesmith.train.pref_steps import PreferenceRun, prepare_preference_data, tokenize_preferences
 from tunesmith.train.preflight import Preflight, preflight, preflight_resume
 from tunesmith.train.steps import (
     BuiltModel,
@@ -146,7 +147,10 @@ def _inputs(s: _Session, run: RunDir, tokenizer):
     cfg, pre, dist = s.cfg, s.pre, s.dist
     with timed(s.timings, "data_s"), dist.main_first(), step("preparing the data"):
         reuse = pre.resume_from is not None or not dist.is_main
-        data = prepare_data(cfg, run, tokenizer, reuse=reuse)
+        if cfg.objective != "sft":
+            data = prepare_preference_data(cfg, run, reuse=reuse)
+        else:
+            data = prepare_data(cfg, run, tokenizer, reuse=reuse)
     s.say(data.summary())
     with timed(s.timings, "load_s"), step("loading the model"):
         built = build_model(cfg, dist.device, checkpointing=pre.checkpointing)
@@ -155,6 +159,11 @@ def _inputs(s: _Session, run: RunDir, tokenizer):
         f"model: {built.source.display}, method {cfg.method}, precision {built.precision}, "
         f"trainable {trainable:,} / {total:,} ({100 * trainable / total:.3f}%)"
     )
+    if cfg.objective != "sft":
+        with step("tokenizing the pairs"):
+            train_ex = tokenize_preferences(built.tokenizer, data.train, cfg.seq_len)
+            eval_ex = tokenize_preferences(built.tokenizer, data.eval, cfg.seq_len)
+        return data, built, (train_ex, eval_ex)
     with step("tokenizing the data"):
         tok = built.tokenizer
         train_ex = tokenize_conversations(
@@ -186,11 +195,19 @@ def _train_and_save(s: _Session, run: RunDir, data: DataSplit, built: BuiltModel
     max_steps = cfg.max_steps or steps_for_epochs(
         len(train_ex), cfg.batch_size * dist.world_size, cfg.grad_accum, cfg.epochs
     )
+    pref = (
+        PreferenceRun.for_run(cfg, built, train_ex, eval_ex, run)
+        if cfg.objective != "sft"
+        else None
+    )
+    evals = data.eval_conversations
     base_side = None
-    if data.eval and not cfg.skip_base_eval and pre.resume_from is None and dist.is_main:
-        say(f"evaluating the base model on {len(data.eval)} held-out examples ...")
+    if evals and not cfg.skip_base_eval and pre.resume_from is None and dist.is_main:
+        say(f"evaluating the base model on {len(evals)} held-out examples ...")
         with timed(s.timings, "base_eval_s"), step("evaluating the base model"):
-            base_side = evaluate_base(model, tokenizer, data.eval, cfg, run)
+            base_side = evaluate_base(model, tokenizer, evals, cfg, run)
+            if pref is not None:
+                pref.add_base_metrics(model, base_side, run)
         say("base: " + format_metrics(base_side.metrics))
     elif pre.resume_from is not None:
         base_side = load_base_side(run)
@@ -199,6 +216,7 @@ def _train_and_save(s: _Session, run: RunDir, data: DataSplit, built: BuiltModel
     loop = TrainLoop(
         model, train_ex, tokenizer.pad_token_id, loop_settings(cfg, built, max_steps), run.path,
         dist.device, on_log=s.trackers.log, say=say, dist=dist, fast_paths=built.fast_paths,
+        **(pref.loop_inputs(train_ex, tokenizer.pad_token_id) if pref else {}),
     )  # fmt: skip
     per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
     say(
@@ -212,7 +230,7 @@ def _train_and_save(s: _Session, run: RunDir, data: DataSplit, built: BuiltModel
     finally:
         if progress is not None and hasattr(progress, "close"):
             progress.close()
-    if eval_ex:
+    if eval_ex and pref is None:
         with step("computing the eval loss"):
             loss = loop.eval_loss(eval_ex)
         if dist.is_main:
@@ -234,12 +252,14 @@ def _train_and_save(s: _Session, run: RunDir, data: DataSplit, built: BuiltModel
         s.claimed.check_in_place()
     with step("saving the result"):
         final_dir = save_result(model, tokenizer, run, cfg, built.spec)
-    if data.eval:
+    if evals:
         say("evaluating the fine-tuned model ...")
         with timed(s.timings, "eval_s"), step("evaluating the fine-tuned model"):
             done.eval = evaluate_adapted(
-                model, tokenizer, data.eval, base_side, cfg, run, built.source.display, final_dir
+                model, tokenizer, evals, base_side, cfg, run, built.source.display, final_dir
             )
+            if pref is not None:
+                pref.add_adapted_metrics(model, done.eval, run)
     write_report(run, say)
     s.trackers.log_eval(done.eval)
     s.trackers.log_report(run)

@@ -33,6 +33,11 @@ class DataSplit:
     eval: list[Conversation]
     report: dict[str, Any]
 
+    @property
+    def eval_conversations(self) -> list[Conversation]:
+        """What the task metric scores (a preference split gives its chosen sides)."""
+        return self.eval
+
     def summary(self) -> str:
         r = self.report
         return (
@@ -175,7 +180,12 @@ def build_model(cfg: TrainConfig, device: torch.device, checkpointing: bool = Fa
         check_targets_exist(model, args.target)
     if qconf is None:
         model.to(device)
-    model = spec.apply(model, args)
+    if cfg.init_from:  # SFT -> DPO: the earlier adapter keeps training (train/init_from.py)
+        from tunesmith.train.init_from import continue_adapter
+
+        model = continue_adapter(model, cfg.init_from, spec, cfg.model)
+    else:
+        model = spec.apply(model, args)
     # Hand-fused dropout, RMSNorm and attention on CPU, and the loop's pass policy.
     fast_paths = apply_fast_paths(model, device, kv_prefix=spec.kv_prefix, packed_rows=cfg.packing)
     # Autocast: methods with fp32 master weights (full, freeze) and LoRA adapters (train/speed.py).

@@ -1,0 +1,60 @@
+"""The log-probability of a completion given its prompt: summed over completion tokens.
+
+Every preference objective is a function of these per-sequence sums (and their token
+counts, for the length-normalized SimPO and ORPO). Position t's logits predict token t+1,
+so the mask is shifted by one; padding and prompt tokens never count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from tunesmith.objectives.batch import SequenceBatch
+
+
+@dataclass
+class SequenceLogps:
+    """Per-row completion log-probs.
+
+    Attributes:
+        total: (N,) sum of log p(token | prefix) over the completion tokens.
+        tokens: (N,) number of completion tokens.
+    """
+
+    total: torch.Tensor
+    tokens: torch.Tensor
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(N,) the length-normalized log-prob (SimPO's reward, ORPO's odds)."""
+        return self.total / self.tokens.clamp(min=1)
+
+    def halves(self) -> tuple[SequenceLogps, SequenceLogps]:
+        """The chosen and the rejected rows of a pair batch (chosen first)."""
+        n = self.total.shape[0] // 2
+        return (
+            SequenceLogps(self.total[:n], self.tokens[:n]),
+            SequenceLogps(self.total[n:], self.tokens[n:]),
+        )
+
+
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """(N, T-1) log p(input_ids[:, t+1] | ...) from (N, T, V) logits, in fp32.
+
+    ``logit[label] - logsumexp(logits)`` gathers first, so the (N, T, V) log-softmax is
+    never materialized beside the logits.
+    """
+    logits = logits[:, :-1].float()
+    labels = input_ids[:, 1:].unsqueeze(-1)
+    return logits.gather(-1, labels).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
+    """One forward pass over the batch; the completion log-prob of every row."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    per_token = token_logps(out.logits, batch.input_ids)  # (N, T-1)
+    mask = batch.completion_mask[:, 1:].to(per_token.dtype)
+    return SequenceLogps(total=(per_token * mask).sum(-1), tokens=mask.sum(-1))
