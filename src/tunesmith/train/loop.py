@@ -82,7 +82,7 @@ class TrainLoop:
         self.say = say or (lambda message: None)  # announces retries and skipped steps
         self.fast = settings.fast_loss and fast_path_eligible(model)
         self.forward = None
-        # DeepSpeed's engine reduces, clips and updates (distributed/deepspeed_engine.py).
+        # DeepSpeed's engine reduces, clips and updates (train/deepspeed_engine.py).
         self.engine = None
         if self.dist.active:
             from tunesmith.distributed.wrap import wrap
