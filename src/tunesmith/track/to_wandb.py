@@ -30,6 +30,9 @@ class WandbTracker:
             id=run_id,
             resume="allow" if run_id else None,
             reinit="create_new",
+            # W&B's console capture wraps sys.stdout/sys.stderr process-wide; tunesmith's own
+            # metrics rows already reach W&B, and the wrapper outlives the run in a host program.
+            settings=wandb.Settings(console="off"),
         )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
