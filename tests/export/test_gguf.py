@@ -37,7 +37,7 @@ def test_round_trip_through_transformers_reader(
     base = _base(arch, tiny_llama_dir, tiny_qwen2_dir)
     adapter = make_adapter(base, tmp_path / "adapter", "lora")
     out = tmp_path / "model.gguf"
-    result = export(adapter, "gguf", out, gguf_type=gguf_type)
+    result = export(adapter, "gguf", out, quant=gguf_type)
     assert result.verification.passed and result.verification.chat_template_preserved
 
     reloaded = AutoModelForCausalLM.from_pretrained(
@@ -64,7 +64,7 @@ def test_names_hparams_and_tokenizer_metadata(arch, tiny_llama_dir, tiny_qwen2_d
     base = _base(arch, tiny_llama_dir, tiny_qwen2_dir)
     adapter = make_adapter(base, tmp_path / "adapter", "lora")
     out = tmp_path / "model.gguf"
-    export(adapter, "gguf", out, gguf_type="f16")
+    export(adapter, "gguf", out, quant="f16")
     reader = GGUFReader(out)
 
     per_block = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"]
@@ -113,7 +113,7 @@ def test_rotary_permutation_only_for_llama(arch, tiny_llama_dir, tiny_qwen2_dir,
     adapter = make_adapter(base, tmp_path / "adapter", "lora")
     merged_dir = tmp_path / "merged"
     export(adapter, "safetensors", merged_dir, dtype="fp32")
-    export(adapter, "gguf", tmp_path / "m.gguf", gguf_type="f32")
+    export(adapter, "gguf", tmp_path / "m.gguf", quant="f32")
     hf = AutoModelForCausalLM.from_pretrained(merged_dir).model.layers[1].self_attn
     tensors = {
         t.name: torch.from_numpy(t.data.copy()) for t in GGUFReader(tmp_path / "m.gguf").tensors
