@@ -13,8 +13,9 @@ from tunesmith.export import export
 
 # Round-trip bound on max |Δlogit| against the unmerged adapted model, by tensor type, as a
 # fraction of max(1, max|logit|): f32 is exact up to float re-association; f16 rounds each
-# weight to 11 mantissa bits, bf16 to 8, q8_0 to int8 per 32-value block with an f16 scale.
-ROUND_TRIP = {"f32": 1e-5, "f16": 1e-2, "bf16": 4e-2, "q8_0": 6e-2}
+# weight to 11 mantissa bits, bf16 to 8, q8_0 to int8 per 32-value block with an f16 scale,
+# q5_0 / q4_0 to 5 / 4 bits per 32-value block (measured ~0.06 / ~0.21 on these random models).
+ROUND_TRIP = {"f32": 1e-5, "f16": 1e-2, "bf16": 4e-2, "q8_0": 6e-2, "q5_0": 0.15, "q4_0": 0.4}
 
 CASES = [
     ("llama", "f32"),
@@ -23,6 +24,8 @@ CASES = [
     ("qwen2", "f32"),
     ("qwen2", "bf16"),
     ("qwen2", "q8_0"),
+    ("llama", "q4_0"),
+    ("qwen2", "q5_0"),
 ]
 
 

@@ -2,9 +2,10 @@
 
 --format peft         the adapter directory (plus tokenizer and chat template), reloaded with stock peft
 --format safetensors  a merged HF checkpoint (see `tunesmith merge`), reloaded with stock transformers
---format gguf         one .gguf file for llama.cpp, Ollama, LM Studio (--quant, default f16),
-                      reloaded with transformers' GGUF reader and, with the [llamacpp] extra,
-                      run in llama.cpp itself on the held-out prompts (export.json beside it)
+--format gguf         one .gguf file for llama.cpp, Ollama, LM Studio (--quant, default f16;
+                      architectures: see --format), reloaded with transformers' GGUF reader and,
+                      with the [llamacpp] extra, run in llama.cpp itself on the held-out prompts
+                      (results in export.json beside it; --ollama adds a Modelfile)
 
 Every export is compared with the unmerged adapted model (max and mean logit difference,
 greedy agreement on a few prompts, or on --prompts FILE); a failed check exits 1 and leaves
