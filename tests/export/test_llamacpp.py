@@ -150,3 +150,37 @@ def test_k_quant_falls_back_on_rows_shorter_than_256(tiny_llama_dir, tmp_path):
     assert result.detail["llamacpp"]["passed"]
     types = _matrix_types(out)
     assert "Q4_K" not in types and types <= {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q6_K"}
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_embedded_model_end_to_end(tmp_path):
+    """SmolLM2-135M-Instruct + a small LoRA, clinic questions: f16 GGUF answers and stops in
+    llama.cpp as the adapted model does (execution accuracy scored on both)."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from tunesmith.atomic import write_jsonl
+    from tunesmith.demo.dataset import demo_splits
+    from tunesmith.export import export
+    from tunesmith.models import load_model_and_tokenizer
+
+    model, _, _ = load_model_and_tokenizer("embedded", dtype=torch.float32)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type=TaskType.CAUSAL_LM)
+    peft_model = get_peft_model(model, config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # small enough to keep the model fluent, large enough to merge
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    _, evals = demo_splits(seed=0, n_train=8, n_eval=8)
+    held_out = write_jsonl(tmp_path / "eval.jsonl", (c.to_json() for c in evals))
+    out = tmp_path / "smollm2.f16.gguf"
+    result = export(tmp_path / "adapter", "gguf", out, quant="f16", held_out=held_out)
+    rt = result.detail["llamacpp"]
+    assert rt["passed"], rt["failures"]
+    assert rt["metric"] == "execution_accuracy" and rt["n_prompts"] == 8
+    assert rt["stopped_at_end_of_turn"] >= rt["adapted_stopped"] > 0
+    assert rt["chat_template_preserved"] and rt["prompt_token_agreement"] == 1.0
