@@ -86,8 +86,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print("| quant | file MiB | llama.cpp tok/s | transformers tok/s | exec acc GGUF / adapted |"
-          " same answers | token agreement | stopped | export s | peak RSS MiB | check |")
+    print(
+        "| quant | file MiB | llama.cpp tok/s | transformers tok/s | exec acc GGUF / adapted |"
+        " same answers | token agreement | stopped | export s | peak RSS MiB | check |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for quant, r in rows.items():
         c = r["llamacpp"]

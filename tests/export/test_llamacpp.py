@@ -139,6 +139,28 @@ def test_diverging_answers_fail_and_name_the_prompts(trained, tmp_path):
     assert QA[2][0][:40] in message and QA[5][0][:20] in message
 
 
+def test_cli_failed_check_exits_1_names_prompts_and_publishes_nothing(
+    trained, tmp_path, capsys, monkeypatch
+):
+    from tunesmith.export import gguf_export, runtime_check
+
+    real = runtime_check.check_in_llamacpp
+
+    def against_another_answer(path, ref, quant):  # the adapted model "said" otherwise on #3
+        ref.generations[3] = type(ref.generations[3])("SELECT 0;", 4, True)
+        return real(path, ref, quant)
+
+    monkeypatch.setattr(gguf_export, "check_in_llamacpp", against_another_answer)
+    out = tmp_path / "model.gguf"
+    argv = ["export", str(trained("llama")), "--format", "gguf", "--quant", "q8_0"]
+    code = main([*argv, "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Diverged prompts: #3" in captured.err and QA[3][0] in captured.err
+    assert "FAILED" in captured.out and "same greedy answer" in captured.out
+    assert not out.exists() and not (tmp_path / "export.json").exists()
+
+
 def test_k_quant_falls_back_on_rows_shorter_than_256(tiny_llama_dir, tmp_path):
     """Hidden 64: no row fills a 256-value K-quant block, so llama.cpp stores the matrices in
     its fallback types (q5_0/q5_1/q8_0 for q4_k_m); the file still loads and stops in llama.cpp."""

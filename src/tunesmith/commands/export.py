@@ -58,19 +58,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tunesmith.export import export
+    from tunesmith.export import RuntimeCheckFailed, export
+    from tunesmith.export.table import print_result
 
     def work(probe):
-        return export(
-            args.source,
-            args.format,
-            args.out,
-            dtype=args.dtype,
-            quant=args.quant,
-            probe=probe,
-            held_out=args.held_out,
-            held_out_limit=args.held_out_limit,
-            ollama=args.ollama,
-        )
+        try:
+            return export(
+                args.source,
+                args.format,
+                args.out,
+                dtype=args.dtype,
+                quant=args.quant,
+                probe=probe,
+                held_out=args.held_out,
+                held_out_limit=args.held_out_limit,
+                ollama=args.ollama,
+            )
+        except RuntimeCheckFailed as exc:  # show the llama.cpp table (or JSON), then exit 1
+            payload = {"llamacpp": exc.report.to_dict()}
+            print_result(payload, None, "GGUF check in llama.cpp failed", args.json)
+            raise
 
     return run_verified(args, work, f"exported as {args.format}")
