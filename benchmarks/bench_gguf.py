@@ -24,13 +24,23 @@ QUANTS = ("f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0")
 
 
 def _export_one(run: str, out: str, quant: str) -> None:
-    """Child process: export without verification, print seconds and peak RSS as JSON."""
+    """Child process: export without verification, print seconds and peak RSS as JSON.
+
+    ``quant == "merge-only"`` loads the fp32 merged model and stops: the baseline the writer's
+    own memory is measured against.
+    """
     import resource
 
+    import torch
+
     from tunesmith.export import export
+    from tunesmith.models.adapted import load_merged
 
     start = time.perf_counter()
-    export(run, "gguf", out, quant=quant, verify=False)
+    if quant == "merge-only":
+        load_merged(run, torch.float32)
+    else:
+        export(run, "gguf", out, quant=quant, verify=False)
     print(
         json.dumps(
             {
@@ -66,12 +76,20 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=120, help="held-out questions")
     parser.add_argument("--quants", default=",".join(QUANTS))
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: QUANT
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: QUANT or merge-only
+    parser.add_argument(
+        "--baseline", action="store_true", help="only measure loading the fp32 merged model"
+    )
     args = parser.parse_args()
     if args.one:
         _export_one(args.run, str(args.out), args.one)
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.baseline:
+        child = [sys.executable, __file__, args.run, "--out", "-", "--one", "merge-only"]
+        done = subprocess.run(child, check=True, capture_output=True, text=True)
+        print(done.stdout.strip().splitlines()[-1])
+        return
     rows, files = {}, {}
     for quant in args.quants.split(","):
         path = args.out / f"model.{quant}.gguf"

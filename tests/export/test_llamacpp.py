@@ -176,6 +176,7 @@ def test_k_quant_falls_back_on_rows_shorter_than_256(tiny_llama_dir, tmp_path):
 
 @pytest.mark.embedded
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~4 min of CPU; more wall time where the cores are shared
 def test_embedded_model_end_to_end(tmp_path):
     """SmolLM2-135M-Instruct + a small LoRA, clinic questions: f16 GGUF answers and stops in
     llama.cpp as the adapted model does (execution accuracy scored on both)."""
@@ -197,12 +198,12 @@ def test_embedded_model_end_to_end(tmp_path):
             if "lora_B" in name:  # small enough to keep the model fluent, large enough to merge
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
     peft_model.save_pretrained(tmp_path / "adapter")
-    _, evals = demo_splits(seed=0, n_train=8, n_eval=8)
+    _, evals = demo_splits(seed=0, n_train=8, n_eval=6)
     held_out = write_jsonl(tmp_path / "eval.jsonl", (c.to_json() for c in evals))
     out = tmp_path / "smollm2.f16.gguf"
     result = export(tmp_path / "adapter", "gguf", out, quant="f16", held_out=held_out)
     rt = result.detail["llamacpp"]
     assert rt["passed"], rt["failures"]
-    assert rt["metric"] == "execution_accuracy" and rt["n_prompts"] == 8
+    assert rt["metric"] == "execution_accuracy" and rt["n_prompts"] == 6
     assert rt["stopped_at_end_of_turn"] >= rt["adapted_stopped"] > 0
     assert rt["chat_template_preserved"] and rt["prompt_token_agreement"] == 1.0
