@@ -66,7 +66,11 @@ def _check_all(run: str, files: dict[str, Path], limit: int) -> dict[str, dict]:
     loaded = load_adapted(art, dtype=torch.float32)
     ref = adapted_answers(loaded.model, loaded.tokenizer, held_out_conversations(art, None, limit))
     del loaded
-    return {q: check_in_llamacpp(path, ref, q).to_dict() for q, path in files.items()}
+    checks = {}
+    for quant, path in files.items():
+        checks[quant] = check_in_llamacpp(path, ref, quant).to_dict()
+        print(f"checked {quant}: {json.dumps(checks[quant])}", file=sys.stderr, flush=True)
+    return checks
 
 
 def main() -> None:
