@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument(
         "--baseline", action="store_true", help="only measure loading the fp32 merged model"
     )
+    parser.add_argument(
+        "--check-only", action="store_true", help="check the files already in --out, no export"
+    )
     args = parser.parse_args()
     if args.one:
         _export_one(args.run, str(args.out), args.one)
@@ -95,6 +98,10 @@ def main() -> None:
         print(done.stdout.strip().splitlines()[-1])
         return
     rows, files = {}, {}
+    if args.check_only:
+        files = {q: args.out / f"model.{q}.gguf" for q in args.quants.split(",")}
+        print(json.dumps(_check_all(args.run, files, args.limit), indent=2))
+        return
     for quant in args.quants.split(","):
         path = args.out / f"model.{quant}.gguf"
         child = [sys.executable, __file__, args.run, "--out", str(path), "--one", quant]
