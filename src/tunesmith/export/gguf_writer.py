@@ -169,15 +169,23 @@ def _add_tokenizer(writer, meta: dict[str, Any]) -> None:
         writer.add_chat_template(meta["chat_template"])
 
 
-def _tensor_type(shape, gguf_type: str, name: str):
+def _tensor_type(shape, gguf_type: str, name: str, output_name: str):
     """The ``GGMLQuantizationType`` one tensor is stored as (norms, biases and rows that do not
-    fill whole blocks keep a wider type)."""
+    fill whole blocks keep a wider type).
+
+    ``output_name`` is the matrix that produces the logits (``output.weight``, or
+    ``token_embd.weight`` when the embeddings are tied). Below 8 bits it is kept at q8_0, as
+    llama.cpp's own quantizer keeps it wider: every logit goes through it, and in 4 bits it
+    turns a small model's answers into noise that never ends its turn.
+    """
     from gguf import GGML_QUANT_SIZES
     from gguf import GGMLQuantizationType as Q
 
     if len(shape) <= 1 or name.endswith("_norm.weight") or gguf_type == "f32":
         return Q.F32
     qtype = Q[QUANTS[gguf_type].ggml_type]
+    if name == output_name and qtype in (Q.Q4_0, Q.Q5_0):
+        qtype = Q.Q8_0
     block = GGML_QUANT_SIZES[qtype][0]
     return qtype if shape[-1] % block == 0 else Q.F16
 
@@ -280,7 +288,9 @@ def write_gguf(
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(writer, meta)
     entries, data = _tensors(model, arch)
-    types = [_tensor_type(shape, gguf_type, gguf_name) for gguf_name, _, shape in entries]
+    names = {gguf_name for gguf_name, _, _ in entries}
+    output_name = "output.weight" if "output.weight" in names else "token_embd.weight"
+    types = [_tensor_type(shape, gguf_type, n, output_name) for n, _, shape in entries]
     for (gguf_name, _, shape), qtype in zip(entries, types, strict=True):
         # The logical shape with a float32 placeholder dtype: the writer records shape + type.
         writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), _nbytes(shape, qtype), qtype)
