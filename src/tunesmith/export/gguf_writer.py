@@ -175,8 +175,7 @@ def _tensor_type(shape, gguf_type: str, name: str, output_name: str):
 
     ``output_name`` is the matrix that produces the logits (``output.weight``, or
     ``token_embd.weight`` when the embeddings are tied). Below 8 bits it is kept at q8_0, as
-    llama.cpp's own quantizer keeps it wider: every logit goes through it, and in 4 bits it
-    turns a small model's answers into noise that never ends its turn.
+    llama.cpp's own quantizer keeps it wider: every logit goes through it.
     """
     from gguf import GGML_QUANT_SIZES
     from gguf import GGMLQuantizationType as Q
