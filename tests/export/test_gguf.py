@@ -13,8 +13,9 @@ from tunesmith.export import export
 
 # Round-trip bound on max |Δlogit| against the unmerged adapted model, by tensor type, as a
 # fraction of max(1, max|logit|): f32 is exact up to float re-association; f16 rounds each
-# weight to 11 mantissa bits, bf16 to 8, q8_0 to int8 per 32-value block with an f16 scale.
-ROUND_TRIP = {"f32": 1e-5, "f16": 1e-2, "bf16": 4e-2, "q8_0": 6e-2}
+# weight to 11 mantissa bits, bf16 to 8, q8_0 to int8 per 32-value block with an f16 scale,
+# q5_0 / q4_0 to 5 / 4 bits per 32-value block (measured ~0.06 / ~0.21 on these random models).
+ROUND_TRIP = {"f32": 1e-5, "f16": 1e-2, "bf16": 4e-2, "q8_0": 6e-2, "q5_0": 0.15, "q4_0": 0.4}
 
 CASES = [
     ("llama", "f32"),
@@ -23,6 +24,8 @@ CASES = [
     ("qwen2", "f32"),
     ("qwen2", "bf16"),
     ("qwen2", "q8_0"),
+    ("llama", "q4_0"),
+    ("qwen2", "q5_0"),
 ]
 
 
@@ -37,7 +40,7 @@ def test_round_trip_through_transformers_reader(
     base = _base(arch, tiny_llama_dir, tiny_qwen2_dir)
     adapter = make_adapter(base, tmp_path / "adapter", "lora")
     out = tmp_path / "model.gguf"
-    result = export(adapter, "gguf", out, gguf_type=gguf_type)
+    result = export(adapter, "gguf", out, quant=gguf_type)
     assert result.verification.passed and result.verification.chat_template_preserved
 
     reloaded = AutoModelForCausalLM.from_pretrained(
@@ -64,7 +67,7 @@ def test_names_hparams_and_tokenizer_metadata(arch, tiny_llama_dir, tiny_qwen2_d
     base = _base(arch, tiny_llama_dir, tiny_qwen2_dir)
     adapter = make_adapter(base, tmp_path / "adapter", "lora")
     out = tmp_path / "model.gguf"
-    export(adapter, "gguf", out, gguf_type="f16")
+    export(adapter, "gguf", out, quant="f16")
     reader = GGUFReader(out)
 
     per_block = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm"]
@@ -113,7 +116,7 @@ def test_rotary_permutation_only_for_llama(arch, tiny_llama_dir, tiny_qwen2_dir,
     adapter = make_adapter(base, tmp_path / "adapter", "lora")
     merged_dir = tmp_path / "merged"
     export(adapter, "safetensors", merged_dir, dtype="fp32")
-    export(adapter, "gguf", tmp_path / "m.gguf", gguf_type="f32")
+    export(adapter, "gguf", tmp_path / "m.gguf", quant="f32")
     hf = AutoModelForCausalLM.from_pretrained(merged_dir).model.layers[1].self_attn
     tensors = {
         t.name: torch.from_numpy(t.data.copy()) for t in GGUFReader(tmp_path / "m.gguf").tensors

@@ -8,53 +8,22 @@ renamed into place; a failed check leaves nothing at ``out`` and raises ``WorkFa
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tunesmith.atomic import atomic_dir, atomic_path
+from tunesmith.atomic import atomic_dir
 from tunesmith.disk import check_free_disk
 from tunesmith.errors import ConfigError, UserInputError, WorkFailed
-from tunesmith.export.gguf_writer import (
-    GGUF_BYTES_PER_PARAM,
-    GGUF_TYPES,
-    check_architecture,
-    write_gguf,
-)
+from tunesmith.export.gguf_export import export_gguf
 from tunesmith.export.merge import MergeResult, check_output_path, merge, reference_for
-from tunesmith.export.source import require_mergeable, resolve_source
-from tunesmith.export.verify import (
-    Probe,
-    VerificationFailed,
-    VerifyReport,
-    compare,
-    tolerance_for,
-)
-from tunesmith.models.adapted import attach_adapter, load_base, load_merged
+from tunesmith.export.quants import DEFAULT_QUANT
+from tunesmith.export.result import ExportResult
+from tunesmith.export.source import resolve_source
+from tunesmith.export.verify import Probe, VerificationFailed, compare, tolerance_for
+from tunesmith.models.adapted import attach_adapter, load_base
 from tunesmith.models.artifact import Artifact
 from tunesmith.models.identity import sha256_files
 
 FORMATS = ("peft", "safetensors", "gguf")
-
-
-@dataclass
-class ExportResult:
-    """What was written where, and the verification that let it be published."""
-
-    format: str
-    out: Path
-    method: str
-    verification: VerifyReport | None
-    detail: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": self.format,
-            "out": str(self.out),
-            "method": self.method,
-            **self.detail,
-            "verification": self.verification.to_dict() if self.verification else None,
-        }
 
 
 def _copy_adapter(source: Artifact, out: Path) -> list[str]:
@@ -103,71 +72,18 @@ def export_peft(
     return ExportResult("peft", out, source.method, report, {"files": files})
 
 
-def _base_config(source: Artifact):
-    """The base's ``PretrainedConfig``, read without loading weights."""
-    from transformers import AutoConfig
-
-    from tunesmith.models import resolve_model
-
-    return AutoConfig.from_pretrained(
-        resolve_model(source.base_model).path, trust_remote_code=source.trust_remote_code
-    )
-
-
-def export_gguf(
-    source: Artifact,
-    out: Path,
-    *,
-    gguf_type: str = "f16",
-    verify: bool = True,
-    probe: Probe | None = None,
-) -> ExportResult:
-    """Merge in fp32, write one GGUF, reload it with transformers' GGUF reader."""
-    import torch
-
-    if gguf_type not in GGUF_TYPES:
-        raise ConfigError("gguf-type", gguf_type, "one of " + ", ".join(GGUF_TYPES))
-    if out.suffix != ".gguf":
-        raise UserInputError(f"GGUF output must be a file ending in .gguf, got {out}")
-    require_mergeable(source)
-    check_architecture(_base_config(source))  # fail before any model is loaded
-    ref = reference_for(source, probe) if verify else None
-    # Merging in fp32 rounds once, into the GGUF type, instead of twice.
-    merged = load_merged(source, torch.float32)
-    n_params = sum(p.numel() for p in merged.model.parameters())
-    check_free_disk(out.parent, int(n_params * GGUF_BYTES_PER_PARAM[gguf_type]), "GGUF file")
-    report = None
-    with atomic_path(out) as tmp:
-        name = f"{source.base_model} + {source.method}"
-        write_gguf(merged.model, merged.tokenizer, tmp, gguf_type, name=name)
-        del merged
-        if ref is not None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            kw = {"gguf_file": tmp.name}
-            model = AutoModelForCausalLM.from_pretrained(tmp.parent, dtype=torch.float32, **kw)
-            report = compare(
-                model.eval(),
-                ref,
-                tolerance_for(gguf_type, source.quantized_base),
-                loader="transformers from_pretrained(gguf_file=...)",
-                candidate_tokenizer=AutoTokenizer.from_pretrained(tmp.parent, **kw),
-            )
-            if not report.passed:
-                raise VerificationFailed(report)
-        size = tmp.stat().st_size
-    return ExportResult("gguf", out, source.method, report, {"gguf_type": gguf_type, "bytes": size})
-
-
 def export(
     source: str | Path | Artifact,
     fmt: str,
     out: str | Path,
     *,
     dtype: str | None = None,
-    gguf_type: str = "f16",
+    quant: str = DEFAULT_QUANT,
     verify: bool = True,
     probe: Probe | None = None,
+    held_out: str | Path | None = None,
+    held_out_limit: int | None = None,
+    ollama: bool = False,
 ) -> ExportResult:
     """Export ``source`` (run or adapter directory) as ``fmt`` to ``out``, verified.
 
@@ -177,9 +93,16 @@ def export(
             or ``gguf`` (one ``.gguf`` file for llama.cpp; Llama-family and Qwen2).
         out: output directory (peft, safetensors) or file (gguf).
         dtype: safetensors only: ``auto`` (the base's dtype), ``bf16``, ``fp16``, ``fp32``.
-        gguf_type: gguf only: ``f32``, ``f16``, ``bf16`` or ``q8_0``.
-        verify: compare the reloaded output with the unmerged adapted model.
+        quant: gguf only: a type of :data:`~tunesmith.export.quants.QUANTS` (``f16``, ``bf16``,
+            ``q8_0``, ``q4_0``, ``q5_0``, ``q4_k_m``, ``q5_k_m``, ``q6_k``, also ``f32``); the
+            K-quants need the ``[llamacpp]`` extra.
+        verify: compare the reloaded output with the unmerged adapted model (gguf: also in
+            llama.cpp itself when the ``[llamacpp]`` extra is installed).
         probe: verification prompts and generation length (default: :class:`Probe`).
+        held_out: gguf only: the data file whose prompts the llama.cpp check answers (default:
+            the run's eval split).
+        held_out_limit: gguf only: at most this many held-out prompts.
+        ollama: gguf only: also write an Ollama ``Modelfile`` beside the file.
 
     Raises:
         UserInputError: bad input, unsupported format/architecture, unmergeable method for a
@@ -202,4 +125,13 @@ def export(
         raise UserInputError(
             f"GGUF output {out_path} is a directory; give a file name ending in .gguf"
         )
-    return export_gguf(src, out_path, gguf_type=gguf_type, verify=verify, probe=probe)
+    return export_gguf(
+        src,
+        out_path,
+        quant=quant,
+        verify=verify,
+        probe=probe,
+        held_out=held_out,
+        held_out_limit=held_out_limit,
+        ollama=ollama,
+    )

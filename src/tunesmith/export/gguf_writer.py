@@ -12,7 +12,12 @@ Two things the converter does that a plain rename does not:
   that llama.cpp's RoPE expects. Qwen2 uses llama.cpp's NEOX rope, which already matches HF,
   so its projections are written as they are.
 * Tensor types: norms and biases stay F32 (they are tiny and sensitive); matrices take the
-  requested type; a matrix whose rows do not divide into 32-value q8_0 blocks falls back to F16.
+  requested type; a matrix whose rows do not divide into 32-value blocks falls back to F16.
+
+Tensors are streamed: every tensor's name, shape and type go into the header first, then each
+tensor is encoded and written on its own, so writing needs the merged model plus one encoded
+tensor, not a second copy of the whole model. K-quants are not written here: the caller writes
+an f32 file and hands it to llama.cpp's quantizer (:mod:`tunesmith.export.llamacpp`).
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UserInputError
+from tunesmith.export.quants import QUANTS
 
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
-# File bytes per weight of each type (q8_0: 32 int8 values and one f16 scale per block).
-GGUF_BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
+# The types written here; the K-quants come from llama.cpp's quantizer.
+GGUF_TYPES = tuple(name for name, q in QUANTS.items() if not q.via_llamacpp)
 ARCHITECTURES = ("llama", "qwen2")
 
 # tokenizers' pre-tokenizer shapes -> llama.cpp's ``tokenizer.ggml.pre`` names.
@@ -130,6 +135,20 @@ def _add_hparams(writer, config, arch: str) -> None:
         writer.add_value_length(head_dim)
 
 
+def _end_of_turn_id(model, tokenizer) -> int | None:
+    """The token that ends an assistant turn: the generation config's stop token that is not
+    the tokenizer's EOS (Qwen2: ``<|im_end|>`` beside ``<|endoftext|>``), else the EOS itself.
+
+    llama.cpp stops at EOS, EOT and the tokens it recognises by name; writing the trained
+    end-of-turn id explicitly makes the stop independent of that name list.
+    """
+    from tunesmith.eval.generate import stop_token_ids
+
+    stops = stop_token_ids(model, tokenizer)
+    others = [i for i in stops if i != tokenizer.eos_token_id]
+    return others[0] if others else tokenizer.eos_token_id
+
+
 def _add_tokenizer(writer, meta: dict[str, Any]) -> None:
     writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
     writer.add_tokenizer_pre(meta["pre"])
@@ -141,6 +160,7 @@ def _add_tokenizer(writer, meta: dict[str, Any]) -> None:
         ("eos", writer.add_eos_token_id),
         ("pad", writer.add_pad_token_id),
         ("unk", writer.add_unk_token_id),
+        ("eot", writer.add_eot_token_id),
     ):
         if meta[key] is not None:
             add(meta[key])
@@ -149,23 +169,55 @@ def _add_tokenizer(writer, meta: dict[str, Any]) -> None:
         writer.add_chat_template(meta["chat_template"])
 
 
-def _encode_tensor(data, gguf_type: str, name: str):
-    """``(array, raw_dtype)`` for one tensor; ``data`` is float32 numpy."""
+def _tensor_type(shape, gguf_type: str, name: str, output_name: str):
+    """The ``GGMLQuantizationType`` one tensor is stored as (norms, biases and rows that do not
+    fill whole blocks keep a wider type).
+
+    ``output_name`` is the matrix that produces the logits (``output.weight``, or
+    ``token_embd.weight`` when the embeddings are tied). Below 8 bits it is kept at q8_0, as
+    llama.cpp's own quantizer keeps it wider: every logit goes through it.
+    """
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as Q
+
+    if len(shape) <= 1 or name.endswith("_norm.weight") or gguf_type == "f32":
+        return Q.F32
+    qtype = Q[QUANTS[gguf_type].ggml_type]
+    if name == output_name and qtype in (Q.Q4_0, Q.Q5_0):
+        qtype = Q.Q8_0
+    block = GGML_QUANT_SIZES[qtype][0]
+    return qtype if shape[-1] % block == 0 else Q.F16
+
+
+def _nbytes(shape, qtype) -> int:
+    from gguf import GGML_QUANT_SIZES
+
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    n = 1
+    for d in shape:
+        n *= d
+    return n // block * type_size
+
+
+def _encode(data, qtype):
+    """``data`` (float32 numpy) as the bytes of ``qtype`` (float arrays for F32/F16)."""
     import numpy as np
     from gguf import GGMLQuantizationType as Q
     from gguf import quants
 
-    if data.ndim <= 1 or name.endswith("_norm.weight") or gguf_type == "f32":
-        return data.astype(np.float32), None
-    if gguf_type == "bf16":
-        return quants.quantize(data, Q.BF16), Q.BF16
-    if gguf_type == "q8_0" and data.shape[-1] % 32 == 0:
-        return quants.quantize(data, Q.Q8_0), Q.Q8_0
-    return data.astype(np.float16), None
+    if qtype == Q.F32:
+        return data.astype(np.float32)
+    if qtype == Q.F16:
+        return data.astype(np.float16)
+    return quants.quantize(data, qtype)
 
 
 def _tensors(model, arch: str):
-    """Yield ``(gguf_name, float32 numpy array)`` in llama.cpp's layout."""
+    """``(gguf_name, hf_name, shape)`` in file order, and a function giving one tensor's data.
+
+    The data of a tensor (float32 numpy, in llama.cpp's layout) is produced only when asked
+    for, so at most one converted tensor exists at a time.
+    """
     import gguf
 
     config = model.config
@@ -175,18 +227,25 @@ def _tensors(model, arch: str):
         {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}[arch],
         config.num_hidden_layers,
     )
-    for hf_name, tensor in model.state_dict().items():
+    state = model.state_dict()
+    entries = []
+    for hf_name, tensor in state.items():
         if config.tie_word_embeddings and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd when no `output` tensor is present
         gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise UserInputError(f"GGUF export: no llama.cpp name for tensor {hf_name!r}")
-        data = tensor.detach().float().cpu().numpy()
+        entries.append((gguf_name, hf_name, tuple(tensor.shape)))
+
+    def data(gguf_name: str, hf_name: str):
+        array = state[hf_name].detach().float().cpu().numpy()
         if arch == "llama" and ".attn_q." in gguf_name:
-            data = _permute_rotary(data, n_head)
-        elif arch == "llama" and ".attn_k." in gguf_name:
-            data = _permute_rotary(data, n_kv)
-        yield gguf_name, data
+            return _permute_rotary(array, n_head)
+        if arch == "llama" and ".attn_k." in gguf_name:
+            return _permute_rotary(array, n_kv)
+        return array
+
+    return entries, data
 
 
 def check_architecture(config) -> str:
@@ -205,32 +264,39 @@ def write_gguf(
 ) -> Path:
     """Write ``model`` (merged, any float dtype) + ``tokenizer`` to the GGUF file ``path``.
 
+    ``gguf_type`` is one of :data:`GGUF_TYPES` (the types the ``gguf`` package encodes).
+
     Raises:
         UserInputError: unsupported architecture, tokenizer or tensor type.
     """
     import gguf
+    import numpy as np
 
     arch = check_architecture(model.config)
     if gguf_type not in GGUF_TYPES:
-        raise UserInputError(f"--gguf-type {gguf_type!r}: expected one of {', '.join(GGUF_TYPES)}")
-    file_type = {
-        "f32": gguf.LlamaFileType.ALL_F32,
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }[gguf_type]
+        raise UserInputError(
+            f"--quant {gguf_type!r} is not written by the gguf package; "
+            f"expected one of {', '.join(GGUF_TYPES)}"
+        )
     meta = tokenizer_metadata(tokenizer, model.config.vocab_size, arch)
+    meta["eot"] = _end_of_turn_id(model, tokenizer)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch.upper()]])
     writer.add_name(name or getattr(model.config, "_name_or_path", "") or arch)
     _add_hparams(writer, model.config, arch)
-    writer.add_file_type(file_type)
+    writer.add_file_type(gguf.LlamaFileType[QUANTS[gguf_type].file_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(writer, meta)
-    for gguf_name, data in _tensors(model, arch):
-        array, raw_dtype = _encode_tensor(data, gguf_type, gguf_name)
-        writer.add_tensor(gguf_name, array, raw_dtype=raw_dtype)
+    entries, data = _tensors(model, arch)
+    names = {gguf_name for gguf_name, _, _ in entries}
+    output_name = "output.weight" if "output.weight" in names else "token_embd.weight"
+    types = [_tensor_type(shape, gguf_type, n, output_name) for n, _, shape in entries]
+    for (gguf_name, _, shape), qtype in zip(entries, types, strict=True):
+        # The logical shape with a float32 placeholder dtype: the writer records shape + type.
+        writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), _nbytes(shape, qtype), qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    for (gguf_name, hf_name, _), qtype in zip(entries, types, strict=True):
+        writer.write_tensor_data(_encode(data(gguf_name, hf_name), qtype))
     writer.close()
     return Path(path)

@@ -58,6 +58,48 @@ def verification_table(report: VerifyReport, title: str):
     return table
 
 
+def runtime_table(runtime: dict[str, Any]):
+    """The llama.cpp check (:class:`~tunesmith.export.runtime_check.RuntimeReport` as a dict)."""
+    from rich.table import Table
+
+    table = Table(title=f"answers in {runtime['runtime']} vs the adapted model")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    table.add_column("limit", justify="right")
+    n = runtime["n_prompts"]
+    answers_limit = f"≥ {runtime['limits']['min_same_answers']:.0%}"
+    table.add_row(
+        "same greedy answer",
+        f"{runtime['same_answers']:.1%} of {n}",
+        answers_limit if runtime["check"] == "answers" else "reported",
+    )
+    table.add_row("tokens before divergence", f"{runtime['token_agreement']:.1%}", "reported")
+    if runtime["metric"]:
+        table.add_row(
+            f"{runtime['metric']} gguf / adapted",
+            f"{runtime['metric_gguf']:.1%} / {runtime['metric_adapted']:.1%}",
+            f"drop ≤ {runtime['limits']['max_metric_drop_points']:g} points"
+            if runtime["check"] == "task"
+            else "reported",
+        )
+    table.add_row(
+        "stopped at end-of-turn",
+        f"{runtime['stopped_at_end_of_turn']}/{n}",
+        f"≥ {runtime['adapted_stopped']} (where the adapted model stopped)",
+    )
+    table.add_row(
+        "chat template in the file", "yes" if runtime["chat_template_preserved"] else "NO", "yes"
+    )
+    table.add_row(
+        "tokens/s llama.cpp / transformers",
+        f"{runtime['tokens_per_s']:.0f} / {runtime['adapted_tokens_per_s']:.0f}",
+        "",
+    )
+    verdict = "[green]passed[/green]" if runtime["passed"] else "[red]FAILED[/red]"
+    table.caption = verdict + "".join(f"\nnote: {n}" for n in runtime["notes"])
+    return table
+
+
 def print_result(
     payload: dict[str, Any], report: VerifyReport | None, title: str, as_json: bool
 ) -> None:
@@ -71,3 +113,7 @@ def print_result(
     console.print(title)
     if report is not None:
         console.print(verification_table(report, "verification against the unmerged adapted model"))
+    if payload.get("llamacpp"):
+        console.print(runtime_table(payload["llamacpp"]))
+    if payload.get("note"):
+        console.print(f"note: {payload['note']}")

@@ -88,15 +88,30 @@ TOLERANCES: dict[str, Tolerance] = {
         1e-1,
         "int8 with one fp16 scale per block of 32 weights: error ≤ block max / 254 per weight",
     ),
+    # Below 8 bits the logits move visibly; these bounds catch a broken file (garbage, NaN,
+    # a wrong layout), while whether the answers survive is judged in llama.cpp on the task.
+    "q6_k": Tolerance(
+        "q6_k", 0.25, "6-bit K-quant blocks of 256 (llama.cpp's fallbacks on short rows)"
+    ),
+    "q5": Tolerance("q5", 0.35, "5-bit blocks of 32 (q5_0) or K-quant super-blocks (q5_k_m)"),
+    "q4": Tolerance("q4", 0.5, "4-bit blocks of 32 (q4_0) or K-quant super-blocks (q4_k_m)"),
+}
+_TOLERANCE_OF = {
+    "f32": "fp32",
+    "f16": "fp16",
+    "q5_0": "q5",
+    "q5_k_m": "q5",
+    "q4_0": "q4",
+    "q4_k_m": "q4",
 }
 
 
 def tolerance_for(label: str, quantized_base: bool = False) -> Tolerance:
-    """Tolerance by output dtype (fp32/fp16/bf16) or GGUF type (f32/f16/bf16/q8_0).
+    """Tolerance by output dtype (fp32/fp16/bf16) or GGUF type (any ``--quant``).
 
     With a 4-bit (QLoRA) reference the looser of the format's and the ``nf4`` tolerance holds.
     """
-    tol = TOLERANCES[{"f32": "fp32", "f16": "fp16"}.get(label, label)]
+    tol = TOLERANCES[_TOLERANCE_OF.get(label, label)]
     if quantized_base and TOLERANCES["nf4"].logit_rel > tol.logit_rel:
         return TOLERANCES["nf4"]
     return tol
