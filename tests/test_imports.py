@@ -29,7 +29,8 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"rundir", "loss", "demo", "objectives"},  # a run's files; the loss; the demo task; DPO and kin
     {"models", "plan", "report", "track"},
-    {"eval", "distributed", "export"},
+    {"eval", "distributed"},
+    {"export"},
     {"train"},  # the train workflow: plan, clean, load, train, evaluate, save, report
     {"serve", "publish"},
     {"bench"},
