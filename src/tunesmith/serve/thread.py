@@ -16,7 +16,10 @@ def running(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 60) ->
     """
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    # log_config=None: uvicorn's own logging set-up (dictConfig) would reconfigure the host
+    # process's logging, whose handlers may hold streams that are closed by now (a notebook's,
+    # a test runner's).
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="tunesmith-uvicorn", daemon=True)
     thread.start()
