@@ -6,26 +6,24 @@ import argparse
 import math
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (counts, lengths, sizes)."""
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; expected an integer >= 1")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; expected an integer >= {low}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (counts, lengths, sizes)."""
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (seeds, minimums)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; expected an integer >= 0")
-    return value
+    return _int_at_least(text, 0)
 
 
 def finite_float(text: str) -> float:
