@@ -22,7 +22,7 @@ run's eval split or ``--held-out FILE``). Any failed check raises :class:`Runtim
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 from tunesmith.data.records import Conversation
 from tunesmith.errors import WorkFailed
 from tunesmith.export.quants import MAX_METRIC_DROP, MIN_SAME_ANSWERS, get_quant
-from tunesmith.export.verify import DEFAULT_PROMPTS
+from tunesmith.export.verify import DEFAULT_PROMPTS, CheckResult
 from tunesmith.models.artifact import Artifact
 
 
@@ -49,7 +49,7 @@ class AdaptedAnswers:
 
 
 @dataclass
-class RuntimeReport:
+class RuntimeReport(CheckResult):
     """The llama.cpp check of one GGUF; ``passed`` is False when ``failures`` is not empty."""
 
     runtime: str
@@ -72,13 +72,6 @@ class RuntimeReport:
     diverged: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
 
 
 class RuntimeCheckFailed(WorkFailed):

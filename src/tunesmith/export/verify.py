@@ -132,8 +132,21 @@ class Reference:
     prompt_ids: list[list[int]] = field(default_factory=list)
 
 
+class CheckResult:
+    """What every export check's report shares: it passed when it recorded no failure."""
+
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
 @dataclass
-class VerifyReport:
+class VerifyReport(CheckResult):
     """Outcome of one verification; ``passed`` is False when any entry of ``failures`` exists."""
 
     loader: str
@@ -152,13 +165,6 @@ class VerifyReport:
     chat_template_preserved: bool | None = None
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
 
 
 class VerificationFailed(WorkFailed):
