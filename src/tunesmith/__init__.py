@@ -17,7 +17,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from tunesmith import cpu_share as _cpu_share
+
 __version__ = "0.1.0"
+
+# Before anything loads torch: how its OpenMP threads wait when another process shares the
+# cores (a 20x slowdown otherwise; see tunesmith.cpu_share). The CLI looks at the CPUs first.
+_cpu_share.configure(sample=False)
 
 # name -> "module[:attribute]". plan, train and export are subpackages that are callable as
 # their function (see tunesmith._callable), so either import order gives a working callable.

@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """The ``tunesmith`` command and ``python -m tunesmith`` (how launchers start each rank)."""
+    from tunesmith import cpu_share
+
+    cpu_share.configure()  # before torch loads: it fixes how idle OpenMP threads wait
     exit_process(main())
 
 

@@ -111,7 +111,7 @@ class TrainConfig(BaseModel):
         None,
         ge=1,
         le=1024,
-        description="CPU threads for torch (default: all cores; use fewer when other jobs share the CPU, since oversubscribed threads slow each step many times over)",
+        description="CPU threads for torch (default: all cores; idle threads stop spinning sooner when other jobs share the CPU at start-up, see tunesmith.cpu_share)",
     )
     nproc: int = Field(
         1,

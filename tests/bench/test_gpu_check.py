@@ -13,6 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
+# ~35 s alone on 2 cores; generous because the other xdist worker shares those cores.
+SCRIPT_TIMEOUT_S = 600
 
 
 @pytest.fixture
@@ -37,10 +39,18 @@ def _run_script(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedP
     environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])
     )
-    return subprocess.run(
-        ["bash", str(BENCH / "gpu_check.sh"), *args],
-        capture_output=True, text=True, env=environ, timeout=240,
-    )  # fmt: skip
+    try:
+        return subprocess.run(
+            ["bash", str(BENCH / "gpu_check.sh"), *args],
+            capture_output=True, text=True, env=environ, timeout=SCRIPT_TIMEOUT_S,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:  # say how far it got: the phase logs and stdout
+        logs = sorted(tmp_path.rglob("*.log"))
+        tails = "\n".join(f"--- {p.name}:\n{p.read_text()[-1500:]}" for p in logs)
+        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        pytest.fail(
+            f"gpu_check.sh ran over {SCRIPT_TIMEOUT_S} s\nstdout:\n{stdout[-3000:]}\n{tails}"
+        )
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")

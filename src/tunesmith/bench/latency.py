@@ -211,8 +211,10 @@ def latency_table(report: LatencyReport):
             f"{1e3 * r.generate_s:.0f} ms",
             f"{r.generate_ratio:.2f}",
         )
-    if report.skipped:
-        table.caption = "\n".join(f"skipped {s['method']}: {s['reason']}" for s in report.skipped)
+    from tunesmith.bench.machine import describe, one_line
+
+    skipped = [f"skipped {s['method']}: {s['reason']}" for s in report.skipped]
+    table.caption = "\n".join([one_line(describe()), *skipped])
     return table
 
 

@@ -189,7 +189,9 @@ def format_table(report: ServeBench) -> str:
             f"{r.ttft_p50_s:.2f} / {r.ttft_p95_s:.2f} | {r.e2e_p50_s:.2f} / {r.e2e_p95_s:.2f} | "
             f"{r.errors} |"
         )
-    return "\n".join(lines)
+    from tunesmith.bench.machine import describe, one_line
+
+    return "\n".join([*lines, "", one_line(describe())])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -101,7 +101,7 @@ def bench_train(
     """Prepare data once, then run ``reps`` alternated rounds of ``variants``.
 
     Returns:
-        ``{"settings", "ceilings": {"bf16", "fp32"} (FLOP/s), "rows": [...], "summary": {...}}``.
+        ``{"settings", "machine", "ceilings": {"bf16", "fp32"} (FLOP/s), "rows": [...], "summary": {...}}``.
     """
     say = progress or (lambda line: None)
     with tempfile.TemporaryDirectory(prefix="tunesmith-bench-") as tmp:
@@ -126,8 +126,11 @@ def bench_train(
         for row in rows:
             ceiling = ceilings[row["precision"] if row["precision"] in ceilings else "fp32"]
             row["ceiling_ratio"] = row["flops_per_s"] / ceiling if ceiling else 0.0
+    from tunesmith.bench.machine import describe
+
     return {
         "settings": asdict(settings),
+        "machine": describe(),
         "ceilings": ceilings,
         "rows": rows,
         "summary": summarize(rows),

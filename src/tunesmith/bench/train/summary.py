@@ -77,6 +77,10 @@ def results_table(report: dict[str, Any]):
     )  # fmt: skip
     for col in cols:
         table.add_column(col, justify="left" if col == "variant" else "right")
+    if "machine" in report:
+        from tunesmith.bench.machine import one_line
+
+        table.caption = one_line(report["machine"])
     for r in report["rows"]:
         total = r["processed_tokens"] + r["padded_tokens"]
         table.add_row(

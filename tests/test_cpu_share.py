@@ -1,0 +1,67 @@
+"""tunesmith.cpu_share: the OpenMP wait setting is chosen before torch loads, never over the user's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tunesmith import cpu_share
+
+
+def _fresh_python(code: str, **env: str) -> str:
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (*cpu_share.USER_SETTINGS, cpu_share.AUTO_MARK)
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**environ, **env}, capture_output=True, text=True,
+        check=True, timeout=120,
+    ).stdout.strip()  # fmt: skip
+
+
+def test_busy_cpus_choose_the_shared_spin_count():
+    assert cpu_share.choose_spin_count(None) == cpu_share.SPIN_ALONE
+    assert cpu_share.choose_spin_count(0.1) == cpu_share.SPIN_ALONE
+    assert cpu_share.choose_spin_count(1.0) == cpu_share.SPIN_SHARED
+    assert cpu_share.SPIN_SHARED < cpu_share.SPIN_ALONE < 300_000  # libgomp's own default
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_busy_cores_is_a_share_of_the_machine():
+    busy = cpu_share.busy_cores(0.05)
+    assert busy is not None and 0.0 <= busy <= (os.cpu_count() or 1)
+
+
+def test_import_sets_the_spin_count_before_torch_loads():
+    code = "import os, tunesmith, torch; print(os.environ['GOMP_SPINCOUNT'], torch.get_num_threads() > 0)"
+    assert _fresh_python(code) == f"{cpu_share.SPIN_ALONE} True"
+
+
+def test_the_users_own_setting_wins():
+    code = "import os, tunesmith; print(os.environ.get('GOMP_SPINCOUNT'))"
+    assert _fresh_python(code, GOMP_SPINCOUNT="5") == "5"
+    assert _fresh_python(code, OMP_WAIT_POLICY="PASSIVE") == "None"
+
+
+def test_a_child_decides_again_from_what_it_sees(monkeypatch):
+    """A value tunesmith chose is re-decided by the next process (the UI launching a training)."""
+    code = (
+        "import os; from tunesmith import cpu_share; "
+        "cpu_share.busy_cores = lambda: 2.0; print(cpu_share.configure(), os.environ['GOMP_SPINCOUNT'])"
+    )
+    out = _fresh_python(code, GOMP_SPINCOUNT="10000", TUNESMITH_GOMP_AUTO="1")
+    assert out.endswith(str(cpu_share.SPIN_SHARED)) and "shared" in out
+
+
+def test_after_torch_loaded_nothing_changes(monkeypatch):
+    import torch  # noqa: F401  (loaded: libgomp has read its settings)
+
+    for name in (*cpu_share.USER_SETTINGS, cpu_share.AUTO_MARK):
+        monkeypatch.delenv(name, raising=False)
+    assert cpu_share.configure(sample=False) == "torch already loaded: libgomp's default"
+    assert "GOMP_SPINCOUNT" not in os.environ
+    assert cpu_share.described() == "libgomp default (GOMP_SPINCOUNT=300000)"
