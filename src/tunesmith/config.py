@@ -157,6 +157,11 @@ class TrainConfig(BaseModel):
     undesirable_weight: float | None = Field(
         None, gt=0, description="KTO weight of undesirable examples (default 1.0)"
     )
+    sft_weight: float | None = Field(
+        None,
+        ge=0,
+        description="DPO: weight of an SFT term (the chosen answers' token-mean NLL) added to the loss, as RPO (Pang et al. 2024) and TRL's loss_type=['sigmoid', 'sft'] do; it keeps DPO from lowering the chosen answers' likelihood with the rejected ones' (default 0: plain DPO)",
+    )
     init_from: str | None = Field(
         None,
         description="continue training a finished run's adapter (e.g. SFT, then DPO): not merged, not stacked, one adapter on the same base; a preference objective's reference is that starting adapter",

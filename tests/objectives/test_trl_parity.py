@@ -91,22 +91,27 @@ def tok():
     return make_tokenizer()
 
 
-def _dpo_trainer(tok, tmp_path, base):
+def _dpo_trainer(tok, tmp_path, base, **config):
     data = datasets.Dataset.from_list(
         [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PROMPTS]
     )
     args = trl.DPOConfig(
         output_dir=str(tmp_path), beta=0.1, report_to=[], per_device_train_batch_size=3, use_cpu=True,
-        gradient_checkpointing=False,
+        gradient_checkpointing=False, **config,
     )  # fmt: skip
     return trl.DPOTrainer(
         model=base, args=args, train_dataset=data, processing_class=tok, peft_config=_lora_config()
     )
 
 
-def test_dpo_loss_and_gradients_match_trl(tok, tmp_path):
+@pytest.mark.parametrize("sft_weight", [0.0, 0.5])
+def test_dpo_loss_and_gradients_match_trl(tok, tmp_path, sft_weight):
+    """Plain DPO, and DPO with an SFT term (TRL: loss_type ["sigmoid", "sft"], weights [1, w])."""
     base = make_tiny_model(vocab_size=len(tok))
-    trainer = _dpo_trainer(tok, tmp_path, copy.deepcopy(base))
+    extra = (
+        {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]} if sft_weight else {}
+    )
+    trainer = _dpo_trainer(tok, tmp_path, copy.deepcopy(base), **extra)
     _perturb(trainer.model)
     ours = _twin(trainer.model, base)
     examples = [trainer.train_dataset[i] for i in range(len(PROMPTS))]
@@ -122,7 +127,10 @@ def test_dpo_loss_and_gradients_match_trl(tok, tmp_path):
     theirs = trainer.compute_loss(trainer.model, batch)
     theirs.backward()
     result = OBJECTIVES["dpo"].compute(
-        ours, mine, objective_params(OBJECTIVES["dpo"], beta=0.1), live_reference(ours)
+        ours,
+        mine,
+        objective_params(OBJECTIVES["dpo"], beta=0.1, sft_weight=sft_weight),
+        live_reference(ours),
     )
     result.loss.backward()
     assert abs(theirs.item() - 0.6931) > 1e-3  # the policy differs from its reference

@@ -48,6 +48,12 @@ def dpo_loss(
     return PreferenceLoss(loss, beta * chosen_ratio.detach(), beta * rejected_ratio.detach())
 
 
+def chosen_nll(chosen: SequenceLogps) -> torch.Tensor:
+    """The chosen completions' token-mean NLL over the batch: ORPO's SFT term, and the SFT term
+    added to DPO with ``--sft-weight`` (TRL's ``loss_type="sft"``)."""
+    return -chosen.total.sum() / chosen.tokens.sum().clamp(min=1)
+
+
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(x)) for x < 0, stable at both ends (Mächler 2012)."""
     return torch.where(
@@ -64,8 +70,7 @@ def orpo_loss(chosen: SequenceLogps, rejected: SequenceLogps, beta: float = 0.1)
     """
     cm, rm = chosen.mean.float(), rejected.mean.float()
     log_odds = (cm - rm) - (_log1mexp(cm) - _log1mexp(rm))
-    nll = -chosen.total.sum() / chosen.tokens.sum().clamp(min=1)
-    loss = nll - beta * F.logsigmoid(log_odds).mean()
+    loss = chosen_nll(chosen) - beta * F.logsigmoid(log_odds).mean()
     return PreferenceLoss(loss, beta * cm.detach(), beta * rm.detach())
 
 

@@ -59,7 +59,10 @@ def _dpo(
     # The reference first: its no_grad pass peaks before the policy's activations are saved.
     ref_chosen, ref_rejected = reference(batch).halves()
     chosen, rejected = sequence_logps(model, batch).halves()
-    return losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=params["beta"])
+    out = losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=params["beta"])
+    if params["sft_weight"]:  # RPO: DPO alone can lower the chosen answers' likelihood too
+        out.loss = out.loss + params["sft_weight"] * losses.chosen_nll(chosen)
+    return out
 
 
 def _orpo(
@@ -105,7 +108,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             "pairs",
             True,
             2,
-            {"beta": 0.1},
+            {"beta": 0.1, "sft_weight": 0.0},
             _dpo,
         ),
         ObjectiveSpec(

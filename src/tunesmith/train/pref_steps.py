@@ -232,6 +232,7 @@ class PreferenceRun:
             simpo_gamma=cfg.simpo_gamma,
             desirable_weight=cfg.desirable_weight,
             undesirable_weight=cfg.undesirable_weight,
+            sft_weight=cfg.sft_weight,
         )
         device = next(built.model.parameters()).device
         pad_id = built.tokenizer.pad_token_id
