@@ -76,7 +76,9 @@ def test_launch_watch_stop_resume_chat_compare(page, server, workspace, shots):
     )
     page.fill("[name='rank']", "")
     _fill(page, {**TINY_RUN, "max-steps": "6", "output": "runs/first"})
-    page.wait_for_selector("#plan .badge.fits")
+    page.wait_for_selector("#plan[data-model='models/tiny'] .badge.fits")
+    assert not err.text_content()
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=shots / "new-run.png")
 
     page.dblclick("#launch")  # one run per click, a double click included
@@ -91,9 +93,9 @@ def test_launch_watch_stop_resume_chat_compare(page, server, workspace, shots):
     # Stop (SIGTERM: a checkpoint at the next step) and Resume a longer run.
     page.goto(server + "/#/new")
     page.wait_for_selector("#plan .badge")
-    _fill(page, {**TINY_RUN, "max-steps": "120", "output": "runs/second", "skip-base-eval": ""})
+    _fill(page, {**TINY_RUN, "max-steps": "120", "output": "runs/second"})
     page.check("[name='skip-base-eval']")
-    page.wait_for_selector("#plan .badge.fits")
+    page.wait_for_selector("#plan[data-model='models/tiny'] .badge.fits")
     page.click("#launch")
     assert _run_name(page) == "runs/second"
     page.wait_for_function("Number(document.querySelector('#step')?.textContent) >= 1")
@@ -137,7 +139,8 @@ def test_launch_watch_stop_resume_chat_compare(page, server, workspace, shots):
 
     page.goto(server + "/#/run/runs%2Ffirst")
     page.click("#export")
-    page.wait_for_selector("#export-result .kv", timeout=120_000)
+    page.wait_for_selector("#export-result .notice", timeout=300_000)
+    assert page.text_content("#export-result .notice") == "verified: runs/first-merged"
     page.screenshot(path=shots / "export.png", full_page=True)
     if os.environ.get("TUNESMITH_UI_README_SHOT"):
         shutil.copy(shots / "run.png", os.environ["TUNESMITH_UI_README_SHOT"])

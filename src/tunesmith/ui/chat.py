@@ -27,14 +27,18 @@ class ChatModels:
         self._apps: OrderedDict[str, Any] = OrderedDict()  # run path -> serve app
         self._lock = threading.Lock()
 
-    def load(self, run: RunDir) -> dict[str, str]:
-        """Load ``run`` (once) and return its served names: ``{"model", "base"}``."""
+    def load(self, run: RunDir, base: str | None = None) -> dict[str, str]:
+        """Load ``run`` (once) and return its served names: ``{"model", "base"}``.
+
+        ``base`` overrides the base the run names (a path relative to the workspace that the
+        run recorded as given, resolved by the caller).
+        """
         from tunesmith.serve import serve
 
         key = str(run.path.resolve())
         with self._lock:
             if key not in self._apps:
-                app = serve(key, api_key="", default_max_tokens=self.default_max_tokens)
+                app = serve(key, model=base, api_key="", default_max_tokens=self.default_max_tokens)
                 for engine in app.state.server.engines.values():
                     engine.start()
                 self._apps[key] = app

@@ -63,9 +63,13 @@ def add_routes(app: FastAPI) -> None:  # noqa: C901 - one flat list of small end
         from tunesmith.rundir import RunDir
 
         state = RunDir(ws.resolve(name)).state()
-        if state in ("empty", "failed") and jobs.alive(name):
-            return "starting"  # launched, the trainer has not taken the run's lock yet
+        if state != "running" and jobs.alive(name):
+            return "starting"  # launched or resumed; the trainer has not taken the lock yet
         return state
+
+    def in_workspace(result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` with the workspace's absolute path left out of the records' sources."""
+        return json.loads(json.dumps(result).replace(json.dumps(str(ws.root) + "/")[1:-1], ""))
 
     # -- runs -------------------------------------------------------------------------------
     @app.get("/api/runs")
@@ -195,7 +199,7 @@ def add_routes(app: FastAPI) -> None:  # noqa: C901 - one flat list of small end
         path = ws.resolve(text(await body(request), "file"))
         if not path.is_file():
             raise UserInputError(f"{ws.relative(path)}: no such file in the workspace")
-        return await asyncio.to_thread(tools.clean_report, ws, path)
+        return in_workspace(await asyncio.to_thread(tools.clean_report, ws, path))
 
     @app.post("/api/data/preview")
     async def preview(request: Request):
@@ -212,7 +216,7 @@ def add_routes(app: FastAPI) -> None:  # noqa: C901 - one flat list of small end
         path = ws.resolve(file) if file else None
         if path is not None and not path.is_file():
             raise UserInputError(f"{file}: no such file in the workspace")
-        return await asyncio.to_thread(tools.masking_preview, path, model, n, seq_len)
+        return in_workspace(await asyncio.to_thread(tools.masking_preview, path, model, n, seq_len))
 
     # -- compare, chat, export --------------------------------------------------------------
     @app.post("/api/compare")
@@ -230,7 +234,10 @@ def add_routes(app: FastAPI) -> None:  # noqa: C901 - one flat list of small end
             raise UserInputError(
                 f"{run.path.name} has not finished training; chat needs its result"
             )
-        return await asyncio.to_thread(chat.load, run)
+        # A base the run recorded relative to the workspace (models/x), as the trainer ran there.
+        local = ws.root / run.config.model
+        base = str(local) if run.config.model != "embedded" and local.exists() else None
+        return await asyncio.to_thread(chat.load, run, base)
 
     @app.post("/api/export")
     async def export(request: Request):

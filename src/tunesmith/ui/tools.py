@@ -16,7 +16,7 @@ from tunesmith.errors import UserInputError
 from tunesmith.rundir import RunDir
 from tunesmith.ui.workspace import Workspace
 
-EXPORT_FORMATS = ("merged", "peft", "gguf")
+EXPORT_FORMATS = ("merged", "peft", "safetensors", "gguf")
 
 
 def clean_report(ws: Workspace, file: Path) -> dict[str, Any]:
@@ -67,8 +67,10 @@ def compare_runs(runs: list[RunDir]) -> dict[str, Any]:
     if len(runs) < 1:
         raise UserInputError("pick at least one run to compare")
     rows = [row_from_run_dir(r.path) for r in runs]
-    first = next((r for r in runs if r.eval_path.is_file()), None)
-    ev = _read_json(first.eval_path) if first else {}
+    # The base row comes from a run that evaluated the base (--skip-base-eval runs did not).
+    evals = [_read_json(r.eval_path) for r in runs]
+    ev = next((e for e in evals if (e.get("metrics") or {}).get("base")), None)
+    ev = ev or next((e for e in evals if e), {})
     metric = task_metric_name(ev.get("task", ""))
     base = None
     if ev and (ev.get("metrics") or {}).get("base"):
@@ -101,13 +103,20 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def export_run(ws: Workspace, run: RunDir, fmt: str) -> dict[str, Any]:
+def export_run(ws: Workspace, run: RunDir, fmt: str, timeout: float = 1800) -> dict[str, Any]:
     """Merge (``merged``) or export a finished run into ``<run>-<fmt>/``, verified.
 
-    Returns the command's result object (with ``verification``), or ``{"error",
-    "verification"}`` when the check failed (nothing is then left at the output).
+    Runs ``tunesmith merge`` / ``tunesmith export ... --json`` in the workspace, as a user would
+    there (a base the run names relative to the workspace resolves the same way), in its own
+    process (a merge holds the base and the merged model in memory at once).
+
+    Returns:
+        The command's JSON result (with ``verification``) and ``out``; when the verification
+        failed, ``error`` too (the command then leaves nothing at the output).
     """
-    from tunesmith.export import VerificationFailed, export, merge
+    import json
+    import subprocess
+    import sys
 
     if fmt not in EXPORT_FORMATS:
         raise UserInputError(f"format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
@@ -116,10 +125,24 @@ def export_run(ws: Workspace, run: RunDir, fmt: str) -> dict[str, Any]:
     out = run.path.parent / f"{run.path.name}-{fmt}"
     if out.exists():
         raise UserInputError(f"{ws.relative(out)} exists already; remove it to export again")
+    src, dst = ws.relative(run.path), ws.relative(out)
+    action = ["merge", src] if fmt == "merged" else ["export", src, "--format", fmt]
+    done = subprocess.run(
+        [sys.executable, "-m", "tunesmith", *action, "-o", dst, "--json"],
+        cwd=ws.root, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if done.returncode == 2:  # bad input: the command's one-line message
+        raise UserInputError(_last_line(done.stderr) or f"tunesmith {action[0]} refused {src}")
     try:
-        result = merge(run.path, out) if fmt == "merged" else export(run.path, fmt, out)
-    except VerificationFailed as exc:
-        return {"error": str(exc), "verification": exc.report.to_dict()}
-    payload = result.to_dict()
-    payload["out"] = ws.relative(out)
+        payload = json.loads(done.stdout)
+    except ValueError:
+        payload = {}
+    if done.returncode != 0:
+        payload["error"] = _last_line(done.stderr) or f"tunesmith {action[0]} failed"
+    payload["out"] = dst
     return payload
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.startswith("tunesmith ")]
+    return lines[-1] if lines else ""

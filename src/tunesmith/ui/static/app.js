@@ -54,8 +54,9 @@ function badge(state) { return el("span.badge." + state, { "data-state": state }
 function fmt(v, digits) {
   if (v === null || v === undefined) return "–";
   if (typeof v !== "number") return String(v);
-  if (Number.isInteger(v) && Math.abs(v) >= 1000) return v.toLocaleString("en-US");
-  if (Number.isInteger(v)) return String(v);
+  if (digits === 0 || (digits === undefined && Number.isInteger(v))) {
+    return Math.round(v).toLocaleString("en-US");
+  }
   return v.toFixed(digits === undefined ? 3 : digits);
 }
 
@@ -69,7 +70,7 @@ function bytes(n) {
 
 function signed(v) {
   if (v === null || v === undefined) return el("span.muted", "–");
-  return el("span." + (v > 0 ? "pos" : v < 0 ? "neg" : "muted"), (v > 0 ? "+" : "") + fmt(v));
+  return el("span." + (v > 0 ? "pos" : v < 0 ? "neg" : "muted"), (v > 0 ? "+" : "") + fmt(v, 3));
 }
 
 function table(columns, rows) {
@@ -79,6 +80,15 @@ function table(columns, rows) {
       const v = c.render ? c.render(r) : fmt(r[c.key]);
       return el("td" + (c.num ? ".num" : ""), v);
     })))));
+}
+
+// Axis labels: small values (a learning rate) in exponent form, large ones grouped.
+function tick(v) {
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  if (a < 0.01) return v.toExponential(1);
+  if (a >= 1000) return Math.round(v).toLocaleString("en-US");
+  return String(+v.toPrecision(3));
 }
 
 // A line chart (uPlot) whose data grow: push(x, y) then redraw().
@@ -92,7 +102,7 @@ class Curve {
       width, height: 180, legend: { show: false }, cursor: { drag: { x: false, y: false } },
       scales: { x: { time: false } },
       series: [{ label: "step" }, { label: title, stroke: color, width: 2, points: { size: 4 } }],
-      axes: [{ label: "step", size: 36 }, { size: 64 }],
+      axes: [{ label: "step", size: 36 }, { size: 64, values: (u, vals) => vals.map(tick) }],
     }, [this.xs, this.ys], this.box);
   }
   push(x, y) { if (y !== null && y !== undefined) { this.xs.push(x); this.ys.push(y); } }

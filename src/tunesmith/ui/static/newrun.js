@@ -47,9 +47,9 @@ UI.pages.new = async (main) => {
   const main_ = fields.filter(f => f.main), more = fields.filter(f => !f.main);
   main.append(el("h1", "New run"), el("div.grid-form",
     el("div.card", el("form#new-run", { onsubmit: e => e.preventDefault() }, dataList,
-      main_.map(fieldBox),
-      el("details.more", el("summary", `More settings (${more.length})`), more.map(fieldBox)))),
-    el("div", el("div.card", el("h2", "Memory plan"), planBox),
+      el("div.fields", main_.map(fieldBox)),
+      el("details.more", el("summary", `More settings (${more.length})`), el("div.fields", more.map(fieldBox))))),
+    el("div.sticky", el("div.card", el("h2", "Memory plan"), planBox),
       el("div.card", general, confirmBox, el("div.row", launchBtn,
         el("span.small.muted", "starts `tunesmith train` in the workspace"))))));
 
@@ -67,9 +67,11 @@ UI.pages.new = async (main) => {
   let seq = 0;
   const replan = async () => {
     const mine = ++seq;
-    const r = await api("/api/plan", { values: values() });
+    const v = values();
+    const r = await api("/api/plan", { values: v });
     if (mine !== seq) return;  // an older answer arriving late
     showErrors(r.errors);
+    planBox.dataset.model = v.model || "embedded";
     if (r.plan) {
       const apply = el("button#apply-plan", "Apply recommended");
       apply.onclick = () => {
@@ -130,5 +132,5 @@ function uploadRow(dataInput) {
       note.textContent = e.message;
     }
   };
-  return el("div.row.small", { style: "margin-top:4px" }, "or upload:", file, note);
+  return el("div.row.small", { style: "margin-top:4px" }, el("span", { style: "white-space:nowrap" }, "or upload"), file, note);
 }

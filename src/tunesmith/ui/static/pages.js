@@ -28,7 +28,7 @@ UI.pages.runs = async (main) => {
       { label: "model", render: r => el("span.small", String(r.model || "").split("/").pop()) },
       { label: "steps", num: true, render: r => `${r.step}${r.max_steps ? " / " + r.max_steps : ""}` },
       { label: "eval", render: r => r.headline
-          ? el("span", `${r.headline.metric} ${fmt(r.headline.adapted)} `, signed(r.headline.delta))
+          ? el("span", `${r.headline.metric.replace(/_/g, " ")} ${fmt(r.headline.adapted, 3)} `, signed(r.headline.delta))
           : el("span.muted", "–") },
     ], data.runs));
   };
@@ -79,14 +79,19 @@ UI.pages.run = async (main, name) => {
     try { await api("/api/run/resume", { name, key: crypto.randomUUID() }); follow(); }
     catch (e) { alert(e.message); }
   };
-  const cfg = data.config || {};
   main.append(el("h1", name, state, el("div.actions", stopBtn, resumeBtn, chatLink)));
-  main.append(el("div.card", el("div.row", { style: "gap:40px" },
-    el("div", el("div.muted.small", "step"), el("div", step,
-      el("span.muted", cfg["max-steps"] ? ` / ${cfg["max-steps"]}` : ""))),
-    el("div", el("div.muted.small", "method"), el("div.stat", cfg.method || "–")),
-    el("div", el("div.muted.small", "model"), el("div", String(cfg.model || "–"))),
-    el("div", el("div.muted.small", "data"), el("div.small", (cfg.data || []).join(", ") || "demo")))));
+  const info = el("div.row", { style: "gap:40px" });
+  const renderInfo = (d) => {
+    const c = d.config || {};
+    info.replaceChildren(
+      el("div", el("div.muted.small", "step"), el("div", step,
+        el("span.muted", c["max-steps"] ? ` / ${c["max-steps"]}` : ""))),
+      el("div", el("div.muted.small", "method"), el("div.stat", c.method || "–")),
+      el("div", el("div.muted.small", "model"), el("div", String(c.model || "–"))),
+      el("div", el("div.muted.small", "data"), el("div.small", (c.data || []).join(", ") || "demo")));
+  };
+  renderInfo(data);
+  main.append(el("div.card", info));
 
   const charts = el("div.grid2.card#charts");
   main.append(charts);
@@ -107,7 +112,8 @@ UI.pages.run = async (main, name) => {
   add(data.metrics || []);
 
   const lower = el("div");
-  main.append(lower);
+  const exportBox = el("div");  // built once: an export in progress outlives re-renders
+  main.append(lower, exportBox);
   const renderLower = (d) => {
     lower.replaceChildren();
     const ev = d.eval || { rows: [] };
@@ -122,8 +128,8 @@ UI.pages.run = async (main, name) => {
     if (ev.rows.length) {
       lower.append(el("div.card#eval", el("h2", `Evaluation (${ev.task || "held-out"})`), table([
         { label: "metric", render: r => r.metric === ev.headline ? el("b", r.metric) : r.metric },
-        { label: "base", num: true, key: "base" },
-        { label: "fine-tuned", num: true, key: "adapted" },
+        { label: "base", num: true, render: r => fmt(r.base, 3) },
+        { label: "fine-tuned", num: true, render: r => fmt(r.adapted, 3) },
         { label: "change", num: true, render: r => signed(r.delta) },
       ], ev.rows)));
     }
@@ -135,7 +141,7 @@ UI.pages.run = async (main, name) => {
         { label: "fine-tuned", render: r => el("code", r.adapted || "") },
       ], d.samples.slice(0, 6))));
     }
-    if (d.trained) lower.append(exportCard(name));
+    if (d.trained && !exportBox.hasChildNodes()) exportBox.append(exportCard(name));
     if (d.log && d.state !== "finished") lower.append(el("div.card", el("h2", "Log"), el("pre.log", d.log)));
   };
   renderLower(data);
@@ -152,6 +158,7 @@ UI.pages.run = async (main, name) => {
       source.close(); source = null;
       const fresh = await api("/api/run?name=" + encodeURIComponent(name));
       setState(fresh.state);
+      renderInfo(fresh);
       renderLower(fresh);
     });
   };
@@ -160,7 +167,7 @@ UI.pages.run = async (main, name) => {
 };
 
 function exportCard(name) {
-  const fmtSel = el("select", ["merged", "peft", "gguf"].map(f => el("option", { value: f }, f)));
+  const fmtSel = el("select", ["merged", "peft", "safetensors", "gguf"].map(f => el("option", { value: f }, f)));
   const out = el("div#export-result");
   const btn = el("button#export", "Export");
   btn.onclick = async () => {
@@ -171,7 +178,7 @@ function exportCard(name) {
       const v = r.verification || {};
       out.replaceChildren(
         el("div.notice" + (r.error ? ".error" : ""), r.error ? r.error :
-          `written to ${r.out}`),
+          `${v.passed ? "verified" : "written"}: ${r.out}`),
         el("div.kv", Object.entries(v).filter(([, x]) => typeof x !== "object").map(([k, x]) =>
           [el("b", k), el("span", fmt(x))]).flat()));
     } catch (e) {

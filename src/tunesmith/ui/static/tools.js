@@ -81,7 +81,7 @@ UI.pages.compare = async (main) => {
         { label: "run", render: x => x.run_dir || "" },
         { label: "trainable", num: true, key: "trainable_params" },
         { label: "% of base", num: true, render: x => x.trainable_share == null ? "–" : (100 * x.trainable_share).toFixed(3) + "%" },
-        { label: m.replace(/_/g, " "), num: true, key: m },
+        { label: m.replace(/_/g, " "), num: true, render: x => fmt(x[m], 3) },
         { label: "eval ppl", num: true, key: "eval_perplexity", render: x => fmt(x.eval_perplexity, 1) },
         { label: "forgetting", num: true, render: x => x.forgetting == null ? "–" : (100 * x.forgetting).toFixed(1) + "%" },
         { label: "train s", num: true, render: x => fmt(x.train_time_s, 1) },
