@@ -153,7 +153,7 @@ BAD = [  # (method, path, params, body): every endpoint, with input it must refu
     ("POST", "/api/run/resume", {}, {"name": "data", "key": "r"}),
     ("POST", "/api/run/resume", {}, {"name": "runs/x"}),
     ("POST", "/api/plan", {}, "not an object"),
-    ("POST", "/api/plan", {}, {"values": {"model": "does/not-exist-anywhere"}}),
+    ("POST", "/api/launch", {}, {"values": {"model": "does/not-exist-anywhere"}, "key": "m"}),
     ("POST", "/api/launch", {}, {"values": {"data": ["/etc/passwd"]}, "key": "a"}),
     ("POST", "/api/launch", {}, {"values": {"output": "../out"}, "key": "b"}),
     ("POST", "/api/launch", {}, {"values": {"bogus": 1}, "key": "c"}),

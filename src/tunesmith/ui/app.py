@@ -87,6 +87,10 @@ def create_app(
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error(400, f"{where}: {first.get('msg', 'invalid request')}")
 
+    @app.exception_handler(Exception)
+    async def _bug(_r: Request, exc: Exception):  # a bug: still JSON, with what went wrong
+        return error(500, f"internal error: {type(exc).__name__}: {exc}")
+
     @app.middleware("http")
     async def _guard(request: Request, call_next):
         path = request.url.path

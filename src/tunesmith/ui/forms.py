@@ -109,6 +109,8 @@ def validate(values: dict[str, Any]) -> TrainConfig:
     """The config these form values give, or the CLI's error (:class:`UserInputError`)."""
     from tunesmith.config import config_from_args
 
+    if not isinstance(values, dict):
+        raise UserInputError("the form must be an object of field -> value")
     check_paths(values)
     args = _parser().parse_args(to_argv(values))
     return config_from_args(args, None)

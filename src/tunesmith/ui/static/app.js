@@ -68,9 +68,11 @@ function bytes(n) {
   return `${n.toFixed(i ? 2 : 0)} ${units[i]}`;
 }
 
-function signed(v) {
+// A change with its sign, green when it is an improvement (`lowerBetter`: a fall is one).
+function signed(v, lowerBetter) {
   if (v === null || v === undefined) return el("span.muted", "–");
-  return el("span." + (v > 0 ? "pos" : v < 0 ? "neg" : "muted"), (v > 0 ? "+" : "") + fmt(v, 3));
+  const good = lowerBetter ? v < 0 : v > 0;
+  return el("span." + (v === 0 ? "muted" : good ? "pos" : "neg"), (v > 0 ? "+" : "") + fmt(v, 3));
 }
 
 function table(columns, rows) {

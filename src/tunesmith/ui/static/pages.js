@@ -6,6 +6,8 @@ const CURVE_TITLES = { loss: "loss", lr: "learning rate", grad_norm: "gradient n
                        tokens_per_s: "trained tokens / s" };
 const PLAN_COLORS = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#0891b2", "#db2777", "#64748b",
                      "#65a30d", "#ea580c"];
+// Metrics where a fall is an improvement (their change is coloured the other way round).
+const LOWER_IS_BETTER = /perplexity|error|limit|repeated|loss|forgetting/;
 const runLink = name => el("a", { href: "#/run/" + encodeURIComponent(name) }, name);
 
 // -- Runs ------------------------------------------------------------------------------------
@@ -101,8 +103,11 @@ UI.pages.run = async (main, name) => {
     charts.append(cell);
     curves[k] = new Curve(cell, CURVE_TITLES[k], COLORS[k]);
   }
+  let lastStep = 0;
   const add = (rows) => {
     for (const r of rows) {
+      if (r.step <= lastStep) continue;  // the stream starts at the file's first row
+      lastStep = r.step;
       for (const k of Object.keys(curves)) curves[k].push(r.step, r[k]);
       step.textContent = String(r.step);
     }
@@ -130,7 +135,7 @@ UI.pages.run = async (main, name) => {
         { label: "metric", render: r => r.metric === ev.headline ? el("b", r.metric) : r.metric },
         { label: "base", num: true, render: r => fmt(r.base, 3) },
         { label: "fine-tuned", num: true, render: r => fmt(r.adapted, 3) },
-        { label: "change", num: true, render: r => signed(r.delta) },
+        { label: "change", num: true, render: r => signed(r.delta, LOWER_IS_BETTER.test(r.metric)) },
       ], ev.rows)));
     }
     if ((d.samples || []).length) {
@@ -152,7 +157,10 @@ UI.pages.run = async (main, name) => {
     if (source) source.close();
     source = new EventSource("/api/run/events?name=" + encodeURIComponent(name));
     source.addEventListener("metrics", e => add(JSON.parse(e.data)));
-    source.addEventListener("reset", () => Object.values(curves).forEach(c => c.reset()));
+    source.addEventListener("reset", () => {
+      lastStep = 0;
+      Object.values(curves).forEach(c => c.reset());
+    });
     source.addEventListener("state", e => setState(JSON.parse(e.data).state));
     source.addEventListener("end", async () => {
       source.close(); source = null;
