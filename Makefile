@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunesmith-installed
 LLAMACPP_STAMP := $(VENV)/.llamacpp-installed
+BROWSER_STAMP := $(VENV)/.browser-installed
 # CPU build on machines without CUDA; a torch already in the venv (e.g. a CUDA build) is kept.
 TORCH  ?= torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -32,11 +33,18 @@ $(LLAMACPP_STAMP): $(STAMP)
 	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install -q -e ".[llamacpp]"
 	touch $(LLAMACPP_STAMP)
 
+# The web UI's browser tests drive Debian's chromium through Playwright (its own browser
+# download is not used); installed with apt when missing, with sudo only when not root.
+$(BROWSER_STAMP):
+	test -x /usr/bin/chromium || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+	mkdir -p $(VENV) && touch $(BROWSER_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/tunesmith train examples/smollm2_lora.yaml --output runs/demo --overwrite $(ARGS)
 
-test: $(STAMP) $(LLAMACPP_STAMP)
-	HF_HUB_OFFLINE=1 TUNESMITH_REQUIRE_LLAMACPP=1 $(PY) -m pytest -n 2 --dist loadgroup -q $(ARGS)
+test: $(STAMP) $(LLAMACPP_STAMP) $(BROWSER_STAMP)
+	HF_HUB_OFFLINE=1 TUNESMITH_REQUIRE_LLAMACPP=1 TUNESMITH_REQUIRE_BROWSER=1 $(PY) -m pytest -n 2 --dist loadgroup -q $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

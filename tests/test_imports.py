@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
     {"serve", "publish"},
     {"bench"},
     {"compare"},
+    {"ui"},  # the web app: over train, serve, export and compare's rows
     {"cli", "commands", "__main__"},
 ]
 ENTRY_LAYER = len(LAYERS) - 1

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "report": "tunesmith.commands.report",
     "push": "tunesmith.commands.push",
     "serve": "tunesmith.commands.serve",
+    "ui": "tunesmith.commands.ui",
 }
 
 

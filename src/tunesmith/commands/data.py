@@ -16,10 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from tunesmith.commands._args import positive_int
+from tunesmith.data.preview import (  # noqa: F401 - token_pieces: the command's API too
+    RecordPreview,
+    first_records,
+    preview_record,
+    summary,
+    token_pieces,
+)
 
 HELP = "preview rendered records with the trained tokens highlighted"
 
@@ -69,72 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="per-token {text, trained} on stdout")
 
 
-@dataclass
-class RecordPreview:
-    """One rendered record: its tokens as text pieces with their trained flag."""
-
-    source: str
-    tokens: list[dict]  # [{"text": str, "trained": bool}]
-    num_tokens: int
-    num_trained: int
-    eos_trained: bool
-    truncated: bool
-
-    @property
-    def trained_share(self) -> float:
-        return self.num_trained / self.num_tokens if self.num_tokens else 0.0
-
-
-def token_pieces(tokenizer, ids: Sequence[int], trained: Sequence[bool]) -> list[dict]:
-    """Decoded text per token; a character split over several byte-level tokens is kept whole
-    (decoding its first bytes alone would give U+FFFD), trained if any of its tokens is."""
-    pieces: list[dict] = []
-    buf: list[int] = []
-    flag = False
-    for i, (tid, t) in enumerate(zip(ids, trained, strict=True)):
-        buf.append(tid)
-        flag = flag or t
-        text = tokenizer.decode(buf)
-        if text.endswith("\ufffd") and i + 1 < len(ids):
-            continue
-        pieces.append({"text": text, "trained": flag})
-        buf, flag = [], False
-    return pieces
-
-
-def preview_record(
-    tokenizer, conv, *, seq_len: int, train_on_prompt: bool = False
-) -> RecordPreview:
-    """Render one conversation exactly as training does and describe its loss mask."""
-    from tunesmith.data.render import IGNORE_INDEX, render_example
-
-    full = render_example(tokenizer, conv, train_on_prompt=train_on_prompt)
-    r = render_example(tokenizer, conv, train_on_prompt=train_on_prompt, max_len=seq_len)
-    trained = [lab != IGNORE_INDEX for lab in r.labels]
-    eos = tokenizer.eos_token_id
-    return RecordPreview(
-        source=conv.source,
-        tokens=token_pieces(tokenizer, r.input_ids, trained),
-        num_tokens=len(r.input_ids),
-        num_trained=sum(trained),
-        eos_trained=any(t and i == eos for i, t in zip(r.input_ids, trained, strict=True)),
-        truncated=len(full.input_ids) > len(r.input_ids),
-    )
-
-
-def summary(records: Sequence[RecordPreview]) -> dict:
-    tokens = sum(r.num_tokens for r in records)
-    return {
-        "records": len(records),
-        "tokens_mean": round(tokens / len(records), 1) if records else 0.0,
-        "tokens_max": max((r.num_tokens for r in records), default=0),
-        "trained_share": round(sum(r.num_trained for r in records) / tokens, 4) if tokens else 0.0,
-        "eos_trained_records": sum(r.eos_trained for r in records),
-        "no_trained_token_records": sum(r.num_trained == 0 for r in records),
-        "truncated_records": sum(r.truncated for r in records),
-    }
-
-
 def highlighted(record: RecordPreview, markers: bool = False):
     """The record as rich Text: trained tokens bold green, prompt tokens dim.
 
@@ -156,38 +96,13 @@ def highlighted(record: RecordPreview, markers: bool = False):
 
 
 def _conversations(args: argparse.Namespace):
-    """The first ``--n`` usable records and the invalid ones met on the way."""
-    from tunesmith.data.records import Conversation
-    from tunesmith.data.validate import Invalid
-
+    """The first ``--n`` usable records (the demo's without FILE) and the invalid ones."""
     if args.file is None:
         from tunesmith.demo.dataset import demo_splits
 
         train, _ = demo_splits(seed=0, n_train=max(args.n, 50))
         return train[: args.n], []
-    from tunesmith.data.preference import is_preference_file, read_preference_file, sides
-    from tunesmith.data.readers import read_files
-
-    convs, invalid = [], []
-    if args.format is None and is_preference_file(args.file):
-        # A preference file: every record shows as its sides (chosen and rejected), each with
-        # the mask training uses, so both sides' end-of-turn token is seen trained.
-        for item in read_preference_file(args.file):
-            if isinstance(item, Invalid):
-                invalid.append(item)
-                continue
-            convs.extend(sides(item))
-            if len(convs) >= args.n:
-                return convs[: args.n], invalid
-        return convs, invalid
-    for item in read_files([args.file], args.format):
-        if isinstance(item, Conversation):
-            convs.append(item)
-            if len(convs) == args.n:
-                break
-        else:
-            invalid.append(item)
-    return convs, invalid
+    return first_records(args.file, args.n, args.format)
 
 
 def _print(records: list[RecordPreview], summ: dict, invalid, eos_token: str) -> None:

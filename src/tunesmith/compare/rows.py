@@ -165,3 +165,41 @@ def base_param_count(method: str, result: Any) -> int | None:
     if spec.trains_base_weights:
         return result.total_params
     return result.total_params - result.trainable_params
+
+
+def row_from_run_dir(run_dir: str | Path) -> MethodRow:
+    """The row of any finished run directory, from its files alone (for picking runs to compare).
+
+    Parameter counts come from the run's ``plan.json``; time and throughput from
+    ``metrics.jsonl`` (its last ``elapsed_s`` and the mean ``tokens_per_s``).
+    """
+    import json
+    from types import SimpleNamespace
+
+    from tunesmith.rundir import RunDir
+
+    run = RunDir(run_dir)
+
+    def read(path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    params = read(run.plan_path).get("params") or {}
+    metrics = read_metrics(run.metrics_path)
+    speeds = [r["tokens_per_s"] for r in metrics if isinstance(r.get("tokens_per_s"), (int, float))]
+    result = SimpleNamespace(
+        run_dir=run.path,
+        eval=read(run.eval_path) or None,
+        trainable_params=params.get("trainable"),
+        total_params=params.get("total"),
+        train_seconds=_last(metrics, "elapsed_s") or 0.0,
+        tokens_per_s=sum(speeds) / len(speeds) if speeds else 0.0,
+    )
+    method = run.config.method
+    row = row_from_run(method, run.config.lr, result)
+    if row.trainable_params and row.total_params:
+        base = base_param_count(method, result)
+        row.trainable_share = row.trainable_params / base if base else None
+    return row
