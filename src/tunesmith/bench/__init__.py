@@ -13,5 +13,6 @@ from __future__ import annotations
 BENCHMARKS: dict[str, str] = {
     "latency": "tunesmith.bench.latency",
     "train": "tunesmith.bench.train",  # training throughput vs the TRL peer
+    "dpo": "tunesmith.bench.dpo",  # DPO throughput and memory vs TRL's DPOTrainer
     "serve": "tunesmith.bench.serve",  # the OpenAI server under concurrent requests
 }

@@ -4,6 +4,7 @@ latency  batch-1 forward and greedy-generation latency per PEFT method, as ratio
          model (the shape of Table 1 in the LoRA paper): merged LoRA costs nothing extra,
          adapters and prefixes do.
 train    training throughput against the TRL peer (offered when tunesmith.bench.train exists).
+dpo      DPO throughput and memory against TRL's DPOTrainer, the same pairs, LoRA and batch.
 serve    the OpenAI server under concurrent chat requests: requests/s, generated tokens/s,
          time to first token and end-to-end latency at concurrency 1/4/16, one adapter vs a mix.
 """
@@ -14,7 +15,9 @@ import argparse
 
 from tunesmith.bench import BENCHMARKS
 
-HELP = "benchmarks: batch-1 latency (latency), training throughput (train), serving (serve)"
+HELP = (
+    "benchmarks: batch-1 latency (latency), training throughput (train), DPO (dpo), serving (serve)"
+)
 
 
 def available_benchmarks() -> dict[str, object]:

@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from tunesmith.bench.run_options import add_run_arguments, print_report, steps_and_reps
 from tunesmith.bench.train import trl_peer
 from tunesmith.bench.train.measure import BenchSettings
 from tunesmith.bench.train.runner import VARIANTS, bench_train
@@ -52,46 +52,19 @@ HELP = "training throughput, memory and loss vs TRL SFTTrainer (default and tune
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default="embedded", help="base model (default: embedded SmolLM2-135M)"
+    add_run_arguments(
+        parser,
+        steps=30,
+        quick="12 steps, 1 round (< 15 min on 2 CPU cores)",
+        variants=VARIANTS,
     )
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run (1 untimed)")
-    parser.add_argument("--reps", type=int, default=3, help="alternated rounds of all variants")
-    parser.add_argument(
-        "--quick", action="store_true", help="12 steps, 1 round (< 15 min on 2 CPU cores)"
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per step")
     parser.add_argument("--eval-limit", type=int, default=64, help="held-out records for eval loss")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch threads per process (default: torch's own; 1 resists a busy machine)",
-    )
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=list(VARIANTS),
-        choices=VARIANTS,
-        metavar="VARIANT",
-        help=f"variants to run (default: {' '.join(VARIANTS)})",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write every row to this JSON file")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tunesmith.errors import ConfigError, UserInputError
-
-    steps, reps = (12, 1) if args.quick else (args.steps, args.reps)
-    for key, value in (("steps", steps), ("reps", reps), ("batch-size", args.batch_size)):
-        if value < (2 if key == "steps" else 1):
-            raise ConfigError(
-                key, value, "an integer >= 2" if key == "steps" else "an integer >= 1"
-            )
-    if not trl_peer.available() and set(args.variants) & set(trl_peer.VARIANTS):
-        raise UserInputError(
-            "the TRL variants need trl: pip install 'tunesmith[bench]', or run --variants tunesmith"
-        )
+    steps, reps = steps_and_reps(
+        args, quick=(12, 1), trl_variants=trl_peer.VARIANTS, trl_available=trl_peer.available()
+    )
     settings = BenchSettings(
         model=args.model,
         steps=steps,
@@ -105,14 +78,5 @@ def run(args: argparse.Namespace) -> int:
         variants=tuple(args.variants),
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    if args.json:
-        from tunesmith.atomic import write_json
-
-        write_json(Path(args.json), report)
-    from rich.console import Console
-
-    # A fixed width: a pipe or log file would otherwise squeeze the 12 columns to 80 characters.
-    Console(width=160).print(results_table(report))
-    for line in final_lines(report["summary"]):
-        print(line, flush=True)
+    print_report(report, args.json, results_table, final_lines(report["summary"]))
     return 0

@@ -164,13 +164,17 @@ def finish_row(
     checkpointing: bool,
     clock: StepClock,
     per_step: list[tuple[int, int, int]],
-    params: dict[str, int],
+    params: dict[str, int] | None,
     losses: list[float],
     peak_rss: int,
     eval_value: float,
     setup_s: float,
 ) -> dict[str, Any]:
-    """Aggregate the timed steps (2..N) of one run; ``per_step`` is (trained, processed, padded)."""
+    """Aggregate the timed steps (2..N) of one run; ``per_step`` is (trained, processed, padded).
+
+    ``params``: the weights of the FLOP formula; None where the formula does not apply (the
+    row's FLOP fields are then 0).
+    """
     import torch
 
     timed = per_step[1 : len(clock.ends)]
@@ -178,7 +182,7 @@ def finish_row(
     processed = sum(p for _, p, _ in timed)
     padded = sum(q for _, _, q in timed)
     wall = clock.timed_s
-    flops = useful_flops(params, processed, trained)
+    flops = useful_flops(params, processed, trained) if params else 0.0
     last = losses[-LAST_LOSSES:]
     return asdict(
         RunRow(

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,36 +33,51 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def child_main(argv: list[str]) -> int:
-    """``python -m tunesmith.bench.train SPEC.json OUT.json``: one variant, one process."""
-    spec = json.loads(Path(argv[0]).read_text())
-    settings = BenchSettings(**spec["settings"])
-    set_threads(settings.threads)
-    workdir = Path(spec["workdir"])
-    variant = spec["variant"]
-    if variant == "tunesmith":
-        from tunesmith.bench.train.tunesmith_side import run_tunesmith
+def run_spec(argv: list[str], settings_type: type, tunesmith_side, trl_side) -> int:
+    """A child process's body: read ``SPEC.json``, run its variant, write ``OUT.json``.
 
-        row = run_tunesmith(settings, spec["data"], workdir)
-    elif variant in trl_peer.VARIANTS:
-        row = trl_peer.run_trl(settings, spec["data"], workdir, tuned=variant == "trl-tuned")
-    else:
-        raise SystemExit(f"unknown variant {variant!r}")
+    Args:
+        argv: ``[SPEC.json, OUT.json]`` (what :func:`run_child` passes).
+        settings_type: The bench's settings dataclass, rebuilt from the spec.
+        tunesmith_side: ``(settings, data, workdir) -> row``: the ``tunesmith`` variant.
+        trl_side: ``(settings, data, workdir, tuned) -> row``: ``trl-default``, ``trl-tuned``.
+    """
     from tunesmith.atomic import write_json
 
+    spec = json.loads(Path(argv[0]).read_text())
+    settings = settings_type(**spec["settings"])
+    set_threads(settings.threads)
+    variant, data, workdir = spec["variant"], spec["data"], Path(spec["workdir"])
+    if variant == "tunesmith":
+        row = tunesmith_side(settings, data, workdir)
+    elif variant in trl_peer.VARIANTS:
+        row = trl_side(settings, data, workdir, tuned=variant == "trl-tuned")
+    else:
+        raise SystemExit(f"unknown variant {variant!r}")
     write_json(Path(argv[1]), row)
     return 0
 
 
+def child_main(argv: list[str]) -> int:
+    """``python -m tunesmith.bench.train SPEC.json OUT.json``: one variant, one process."""
+    from tunesmith.bench.train.tunesmith_side import run_tunesmith
+
+    return run_spec(argv, BenchSettings, run_tunesmith, trl_peer.run_trl)
+
+
 def run_child(
     variant: str,
-    settings: BenchSettings,
+    settings: Any,
     data: dict[str, str],
     workdir: Path,
     *,
     timeout_s: float | None = None,
+    module: str = "tunesmith.bench.train",
 ) -> dict[str, Any]:
-    """Run one variant in a fresh Python process and return its row.
+    """Run one variant in a fresh Python process (``python -m module SPEC OUT``); its row.
+
+    ``settings``: a dataclass (:class:`BenchSettings` for this bench) that the child's
+    ``module`` reads back from the spec.
 
     Raises:
         WorkFailed: the child exited non-zero (its stderr tail is in the message).
@@ -78,7 +94,7 @@ def run_child(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     proc = subprocess.run(
-        [sys.executable, "-m", "tunesmith.bench.train", str(spec_path), str(out_path)],
+        [sys.executable, "-m", module, str(spec_path), str(out_path)],
         env=env,
         capture_output=True,
         text=True,
@@ -88,6 +104,46 @@ def run_child(
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
         raise WorkFailed(f"bench child {variant} failed (exit {proc.returncode}):\n{tail}")
     return json.loads(out_path.read_text())
+
+
+def alternate_rounds(
+    variants: tuple[str, ...],
+    reps: int,
+    run_one: Callable[[str, int], dict[str, Any]],
+    *,
+    say: Callable[[str], None],
+    label: str,
+    before_round: Callable[[int], None] | None = None,
+    extra: Callable[[dict[str, Any]], str] = lambda row: "",
+) -> list[dict[str, Any]]:
+    """``reps`` rounds of every variant in turn, so drift in machine load hits all alike.
+
+    Args:
+        variants: The variants, in the order each round runs them.
+        reps: Rounds.
+        run_one: ``(variant, rep) -> row`` (a child process).
+        say: Progress lines.
+        label: What one run is (``"30 steps"``), for the progress line.
+        before_round: Called with the round's index before its first variant.
+        extra: The row's bench-specific tail of its progress line.
+
+    Returns:
+        Every row, each with its ``rep``.
+    """
+    rows = []
+    for rep in range(reps):
+        if before_round is not None:
+            before_round(rep)
+        for variant in variants:
+            say(f"rep {rep + 1}/{reps}: {variant} ({label}) ...")
+            row = run_one(variant, rep)
+            row["rep"] = rep
+            rows.append(row)
+            say(
+                f"  {row['tokens_per_s']:.1f} trained tok/s, {row['wall_s']:.1f} s, "
+                f"peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB" + extra(row)
+            )
+    return rows
 
 
 def bench_train(
@@ -110,19 +166,20 @@ def bench_train(
         data = prepare_data(root / "data", settings)
         ceilings = {"bf16": 0.0, "fp32": 0.0}
         set_threads(settings.threads)  # the ceiling with the threads the runs get
-        rows = []
-        for rep in range(reps):
+
+        def each_round(rep: int) -> None:
             for name in ceilings:  # best of every round: the ceiling under the same load
                 ceilings[name] = max(ceilings[name], matmul_ceiling(name))
-            for variant in variants:
-                say(f"rep {rep + 1}/{reps}: {variant} ({settings.steps} steps) ...")
-                row = run_child(variant, settings, data, root / f"{variant}-{rep}")
-                row["rep"] = rep
-                rows.append(row)
-                say(
-                    f"  {row['tokens_per_s']:.1f} trained tok/s, {row['wall_s']:.1f} s, "
-                    f"peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB, eval loss {row['eval_loss']:.4f}"
-                )
+
+        rows = alternate_rounds(
+            variants,
+            reps,
+            lambda variant, rep: run_child(variant, settings, data, root / f"{variant}-{rep}"),
+            say=say,
+            label=f"{settings.steps} steps",
+            before_round=each_round,
+            extra=lambda row: f", eval loss {row['eval_loss']:.4f}",
+        )
         for row in rows:
             ceiling = ceilings[row["precision"] if row["precision"] in ceilings else "fp32"]
             row["ceiling_ratio"] = row["flops_per_s"] / ceiling if ceiling else 0.0

@@ -7,6 +7,7 @@ variant that did not run gives NaN rather than an error.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 FINAL_KEYS: tuple[str, ...] = (
@@ -17,84 +18,106 @@ FINAL_KEYS: tuple[str, ...] = (
 )
 
 
+def median_of(rows: list[dict[str, Any]], variant: str, key: str) -> float:
+    """The median of ``key`` over ``variant``'s rows (NaN where the variant did not run)."""
+    vals = [r[key] for r in rows if r["variant"] == variant]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
     """The four headline ratios from the medians over repetitions (NaN where a variant is absent)."""
-
-    def med(variant: str, key: str) -> float:
-        vals = [r[key] for r in rows if r["variant"] == variant]
-        return statistics.median(vals) if vals else float("nan")
-
-    def ratio(a: float, b: float) -> float:
-        return a / b if b else float("nan")
-
+    med = median_of
     return {
         "speedup_vs_trl_default": ratio(
-            med("tunesmith", "tokens_per_s"), med("trl-default", "tokens_per_s")
+            med(rows, "tunesmith", "tokens_per_s"), med(rows, "trl-default", "tokens_per_s")
         ),
         "speedup_vs_trl_tuned": ratio(
-            med("tunesmith", "tokens_per_s"), med("trl-tuned", "tokens_per_s")
+            med(rows, "tunesmith", "tokens_per_s"), med(rows, "trl-tuned", "tokens_per_s")
         ),
         "peak_rss_ratio": ratio(
-            med("tunesmith", "peak_rss_bytes"), med("trl-default", "peak_rss_bytes")
+            med(rows, "tunesmith", "peak_rss_bytes"), med(rows, "trl-default", "peak_rss_bytes")
         ),
-        "ceiling_ratio": med("tunesmith", "ceiling_ratio"),
+        "ceiling_ratio": med(rows, "tunesmith", "ceiling_ratio"),
     }
 
 
-def final_lines(summary: dict[str, float]) -> list[str]:
-    """The benchmark's last four lines, ``key=value`` in :data:`FINAL_KEYS` order."""
-    return [f"{key}={summary[key]:.3f}" for key in FINAL_KEYS]
+def final_lines(summary: dict[str, float], keys: tuple[str, ...] = FINAL_KEYS) -> list[str]:
+    """The benchmark's last lines, ``key=value`` in ``keys`` order."""
+    return [f"{key}={summary[key]:.3f}" for key in keys]
 
 
-def parse_final_lines(text: str) -> dict[str, float]:
-    """Read the four ``key=value`` lines back from the end of the benchmark's output.
+def parse_final_lines(text: str, keys: tuple[str, ...] = FINAL_KEYS) -> dict[str, float]:
+    """Read the ``key=value`` lines of ``keys`` back from the end of the benchmark's output.
 
     Raises:
-        ValueError: the output does not end with exactly those four lines.
+        ValueError: the output does not end with exactly those lines.
     """
-    lines = text.strip().splitlines()[-len(FINAL_KEYS) :]
-    keys = [line.split("=", 1)[0] for line in lines]
-    if keys != list(FINAL_KEYS):
-        raise ValueError(f"output does not end with {', '.join(FINAL_KEYS)}: {lines}")
-    return {k: float(line.split("=", 1)[1]) for k, line in zip(keys, lines, strict=True)}
+    lines = text.strip().splitlines()[-len(keys) :]
+    found = [line.split("=", 1)[0] for line in lines]
+    if found != list(keys):
+        raise ValueError(f"output does not end with {', '.join(keys)}: {lines}")
+    return {k: float(line.split("=", 1)[1]) for k, line in zip(found, lines, strict=True)}
 
 
-def results_table(report: dict[str, Any]):
+Column = tuple[str, Callable[[dict[str, Any]], str]]
+
+
+def rows_table(report: dict[str, Any], title: str, columns: list[Column]):
+    """A rich table of ``report["rows"]``, one column per ``(header, cell)``, the machine below."""
     from rich.table import Table
 
-    s = report["settings"]
-    c = report["ceilings"]
-    table = Table(
-        title=(
-            f"training, {s['model']}, LoRA r=8 q/v, batch {s['batch_size']}, "
-            f"{s['steps']} steps (1 warm-up), ceilings bf16 {c['bf16'] / 1e9:.0f} / "
-            f"fp32 {c['fp32'] / 1e9:.0f} GFLOP/s"
-        )
-    )
-    cols = (
-        "variant", "rep", "prec", "ckpt", "trained tok/s", "wall s", "pad %",
-        "peak RSS GiB", "train loss", "eval loss", "GFLOP/s", "of ceiling",
-    )  # fmt: skip
-    for col in cols:
-        table.add_column(col, justify="left" if col == "variant" else "right")
+    table = Table(title=title)
+    for header, _cell in columns:
+        table.add_column(header, justify="left" if header == "variant" else "right")
     if "machine" in report:
         from tunesmith.bench.machine import one_line
 
         table.caption = one_line(report["machine"])
     for r in report["rows"]:
-        total = r["processed_tokens"] + r["padded_tokens"]
-        table.add_row(
-            r["variant"],
-            str(r["rep"]),
-            r["precision"],
-            "yes" if r["gradient_checkpointing"] else "no",
-            f"{r['tokens_per_s']:.1f}",
-            f"{r['wall_s']:.1f}",
-            f"{100 * r['padded_tokens'] / max(total, 1):.0f}",
-            f"{r['peak_rss_bytes'] / 2**30:.2f}",
-            f"{r['final_train_loss']:.4f}",
-            f"{r['eval_loss']:.4f}",
-            f"{r['flops_per_s'] / 1e9:.1f}",
-            f"{r['ceiling_ratio']:.3f}",
-        )
+        table.add_row(*(cell(r) for _header, cell in columns))
     return table
+
+
+# The columns every training-style bench's table starts with.
+LEAD_COLUMNS: list[Column] = [
+    ("variant", lambda r: r["variant"]),
+    ("rep", lambda r: str(r["rep"])),
+    ("prec", lambda r: r["precision"]),
+    ("ckpt", lambda r: "yes" if r["gradient_checkpointing"] else "no"),
+]
+THROUGHPUT_COLUMNS: list[Column] = [
+    ("trained tok/s", lambda r: f"{r['tokens_per_s']:.1f}"),
+    ("wall s", lambda r: f"{r['wall_s']:.1f}"),
+]
+RSS_COLUMN: Column = ("peak RSS GiB", lambda r: f"{r['peak_rss_bytes'] / 2**30:.2f}")
+
+
+def pad_percent(r: dict[str, Any]) -> str:
+    """Padded positions as a share of all positions the forward passes saw."""
+    total = r["processed_tokens"] + r["padded_tokens"]
+    return f"{100 * r['padded_tokens'] / max(total, 1):.0f}"
+
+
+def results_table(report: dict[str, Any]):
+    s = report["settings"]
+    c = report["ceilings"]
+    title = (
+        f"training, {s['model']}, LoRA r=8 q/v, batch {s['batch_size']}, "
+        f"{s['steps']} steps (1 warm-up), ceilings bf16 {c['bf16'] / 1e9:.0f} / "
+        f"fp32 {c['fp32'] / 1e9:.0f} GFLOP/s"
+    )
+    columns: list[Column] = [
+        *LEAD_COLUMNS,
+        *THROUGHPUT_COLUMNS,
+        ("pad %", pad_percent),
+        RSS_COLUMN,
+        ("train loss", lambda r: f"{r['final_train_loss']:.4f}"),
+        ("eval loss", lambda r: f"{r['eval_loss']:.4f}"),
+        ("GFLOP/s", lambda r: f"{r['flops_per_s'] / 1e9:.1f}"),
+        ("of ceiling", lambda r: f"{r['ceiling_ratio']:.3f}"),
+    ]
+    return rows_table(report, title, columns)

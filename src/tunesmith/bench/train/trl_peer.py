@@ -53,14 +53,13 @@ class _CountingCollator:
         return batch
 
 
-def trl_config(settings: BenchSettings, out_dir: Path, tuned: bool):
-    """The ``SFTConfig`` a user writes: defaults (fp32 on CPU) or TRL's speed options."""
-    import torch
-    from trl import SFTConfig
+def trainer_args(settings, out_dir: Path) -> dict[str, Any]:
+    """The ``TrainingArguments`` both benches set to match tunesmith's run.
 
-    from tunesmith.precision import cpu_has_native_bf16
-
-    common = dict(
+    ``settings``: any bench settings with ``steps``, ``batch_size``, ``lr``,
+    ``warmup_ratio``, ``seed`` and ``seq_len``.
+    """
+    return dict(
         output_dir=str(out_dir),
         report_to="none",
         max_steps=settings.steps,
@@ -75,6 +74,74 @@ def trl_config(settings: BenchSettings, out_dir: Path, tuned: bool):
         disable_tqdm=True,
         max_length=settings.seq_len,
     )
+
+
+def lora_config():
+    """The bench's adapter (:data:`LORA`) as a peft ``LoraConfig`` for TRL's ``peft_config``."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=LORA["rank"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=list(LORA["target"]),
+        task_type="CAUSAL_LM",
+    )
+
+
+def step_recorder(clock: StepClock, losses: list[float]):
+    """A ``TrainerCallback`` that ticks ``clock`` at each step's end and collects the losses."""
+    from transformers import TrainerCallback
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            clock.tick()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    return Stamp()
+
+
+def build_trainer(
+    trainer_type, model_name: str, args, rows_path: str, clock: StepClock, losses: list[float]
+):
+    """A TRL trainer of ``trainer_type`` on the loaded model and a JSONL file's rows (offline).
+
+    The bench's adapter (:func:`lora_config`) and :func:`step_recorder` are attached.
+
+    Returns:
+        ``(trainer, tokenizer)``.
+    """
+    import torch
+    from datasets import Dataset
+
+    from tunesmith.models import load_model_and_tokenizer
+
+    model, tok, _src = load_model_and_tokenizer(model_name)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    rows = [json.loads(line) for line in Path(rows_path).read_text().splitlines()]
+    trainer = trainer_type(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=lora_config(),
+        callbacks=[step_recorder(clock, losses)],
+    )
+    return trainer, tok
+
+
+def trl_config(settings: BenchSettings, out_dir: Path, tuned: bool):
+    """The ``SFTConfig`` a user writes: defaults (fp32 on CPU) or TRL's speed options."""
+    import torch
+    from trl import SFTConfig
+
+    from tunesmith.precision import cpu_has_native_bf16
+
+    common = trainer_args(settings, out_dir)
     if not tuned:
         # SFTConfig's bf16=True default refuses CPUs without use_cpu; a user sets bf16=False.
         return SFTConfig(**common, bf16=torch.cuda.is_available())
@@ -98,44 +165,13 @@ def run_trl(
 ) -> dict[str, Any]:
     """TRL ``SFTTrainer`` on the already loaded model and an in-memory dataset (offline)."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from tunesmith.models import load_model_and_tokenizer
-
     t0 = time.perf_counter()
-    model, tok, _src = load_model_and_tokenizer(settings.model)
-    if torch.cuda.is_available():
-        model.to("cuda")
-    rows = [
-        json.loads(line) for line in Path(data["train_prompt_completion"]).read_text().splitlines()
-    ]
     args = trl_config(settings, workdir / "trl", tuned)
     clock, losses, counts = StepClock(), [], []
-
-    class Stamp(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            clock.tick()
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-        peft_config=LoraConfig(
-            r=LORA["rank"],
-            lora_alpha=LORA["alpha"],
-            lora_dropout=LORA["dropout"],
-            target_modules=list(LORA["target"]),
-            task_type="CAUSAL_LM",
-        ),
-        callbacks=[Stamp()],
+    trainer, tok = build_trainer(
+        SFTTrainer, settings.model, args, data["train_prompt_completion"], clock, losses
     )
     trainer.data_collator = _CountingCollator(trainer.data_collator, counts)
     setup_s = time.perf_counter() - t0
