@@ -27,7 +27,8 @@ LAYERS: list[set[str]] = [
     {"atomic", "disk", "crashlog", "methods", "trackers"},  # file writes; the PEFT registry
     {"data"},
     {"config"},
-    {"rundir", "loss", "demo", "objectives"},  # a run's files; the loss; the demo task; DPO and kin
+    {"rundir", "loss", "demo"},  # a run's files; the loss; the demo task
+    {"objectives"},  # DPO and kin (their log-probs use the loss's head-at-selected-positions path)
     {"models", "plan", "report", "track"},
     {"eval", "distributed"},
     {"export"},

@@ -34,3 +34,21 @@ def test_no_rows_is_zero_and_trains_nothing():
     loss = chunked_cross_entropy(logits, torch.zeros(0, dtype=torch.long))
     loss.backward()
     assert loss.item() == 0.0 and logits.grad.shape == (0, 10)
+
+
+@pytest.mark.parametrize("rows", [5, 70])
+def test_per_row_nll_and_its_weighted_gradient_equal_the_reference(rows):
+    """The preference log-probs' path: per-token NLLs, each row's gradient weighted differently."""
+    from tunesmith.loss.chunked_ce import chunked_token_nll
+
+    g = torch.Generator().manual_seed(rows)
+    logits = (torch.randn(rows, 1000, generator=g) * 4).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 1000, (rows,), generator=g)
+    weights = torch.randn(rows, generator=g)
+    ref = F.cross_entropy(logits.float(), targets, reduction="none")
+    (ref_grad,) = torch.autograd.grad((ref * weights).sum(), logits)
+    got = chunked_token_nll(logits, targets)
+    (grad,) = torch.autograd.grad((got * weights).sum(), logits)
+    assert got.shape == (rows,) and got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(grad, ref_grad, rtol=2 * 2.0**-8, atol=1e-6)

@@ -25,7 +25,7 @@ from tunesmith.data.render import IGNORE_INDEX
 from tunesmith.loss.chunked_ce import cross_entropy_sum
 
 
-def _causal_lm(model):
+def causal_lm_module(model):
     """The ``*ForCausalLM`` module under any peft wrapper, or None if the fast path is not eligible."""
     from peft import PeftModel
 
@@ -43,7 +43,7 @@ def _causal_lm(model):
 
 
 def fast_path_eligible(model) -> bool:
-    return _causal_lm(model) is not None
+    return causal_lm_module(model) is not None
 
 
 def loss_sum(
@@ -60,7 +60,7 @@ def loss_sum(
         fast: Use the logits-at-trained-positions path where the model is eligible.
         cross_entropy: ``(logits (N, V), targets (N,)) -> fp32 sum`` on the fast path.
     """
-    lm = _causal_lm(model) if fast else None
+    lm = causal_lm_module(model) if fast else None
     # Packed rows (position_ids set) need a block-diagonal mask instead of the padding mask.
     attn = attention_inputs(model, batch.attention_mask, batch.position_ids)
     if lm is None:

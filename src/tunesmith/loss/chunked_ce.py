@@ -22,15 +22,17 @@ import torch.nn.functional as F
 CHUNK = 32  # rows upcast at a time: 32 x 49152 x 4 B = 6 MB
 
 
-class _ChunkedCrossEntropy(torch.autograd.Function):
+class _ChunkedTokenNll(torch.autograd.Function):
+    """Per-row ``-log_softmax(logits.float())[i, targets[i]]``, ``CHUNK`` rows upcast at a time."""
+
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        nll = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         for r in range(0, logits.shape[0], CHUNK):
             log_probs = torch.log_softmax(logits[r : r + CHUNK].float(), dim=-1)
-            total -= log_probs.gather(1, targets[r : r + CHUNK, None]).sum()
+            nll[r : r + CHUNK] = -log_probs.gather(1, targets[r : r + CHUNK, None])[:, 0]
         ctx.save_for_backward(logits, targets)
-        return total
+        return nll
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -41,8 +43,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             probs = torch.softmax(logits[r : r + CHUNK].float(), dim=-1)
             t = targets[r : r + CHUNK, None]
             probs.scatter_add_(1, t, minus_one[: t.shape[0]])  # softmax - onehot
-            out[r : r + CHUNK] = probs.mul_(grad)
+            out[r : r + CHUNK] = probs.mul_(grad[r : r + CHUNK, None])
         return out, None
+
+
+def chunked_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` fp32 token NLLs of bf16/fp16 ``(N, V)`` logits (the preference log-probs)."""
+    return _ChunkedTokenNll.apply(logits, targets)
 
 
 def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -52,12 +59,19 @@ def chunked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.
         logits: ``(N, V)`` in bf16 or fp16 (fp32 logits gain nothing: use ``F.cross_entropy``).
         targets: ``(N,)`` class indices, no ignore index (select the trained rows first).
     """
-    return _ChunkedCrossEntropy.apply(logits, targets)
+    return chunked_token_nll(logits, targets).sum()
 
 
 def reference_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The reference: summed ``F.cross_entropy`` over fp32 logits (stable in any dtype)."""
     return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` fp32 token NLLs as the device does them best (see :func:`cross_entropy_sum`)."""
+    if logits.device.type == "cpu" and logits.dtype in (torch.bfloat16, torch.float16):
+        return chunked_token_nll(logits, targets)
+    return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -53,8 +53,28 @@ def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
-    """One forward pass over the batch; the completion log-prob of every row."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    per_token = token_logps(out.logits, batch.input_ids)  # (N, T-1)
-    mask = batch.completion_mask[:, 1:].to(per_token.dtype)
-    return SequenceLogps(total=(per_token * mask).sum(-1), tokens=mask.sum(-1))
+    """One forward pass over the batch; the completion log-prob of every row.
+
+    As the SFT loss does (:mod:`tunesmith.loss.causal_lm`), the vocabulary projection runs
+    only at positions whose next token is a completion token, and its log-softmax is taken in
+    row chunks: the (N, T, V) logits of a pair batch, and their fp32 copy, were most of a
+    DPO step's peak memory. Models the fast path does not fit take the full forward.
+    """
+    from tunesmith.loss.causal_lm import causal_lm_module
+    from tunesmith.loss.chunked_ce import token_nll
+
+    mask = batch.completion_mask[:, 1:]
+    lm = causal_lm_module(model)
+    if lm is None:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        per_token = token_logps(out.logits, batch.input_ids)  # (N, T-1)
+        weights = mask.to(per_token.dtype)
+        return SequenceLogps(total=(per_token * weights).sum(-1), tokens=weights.sum(-1))
+    hidden = lm.model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+    ).last_hidden_state  # (N, T, C)
+    keep = mask.bool()
+    logps = -token_nll(lm.lm_head(hidden[:, :-1][keep]), batch.input_ids[:, 1:][keep])  # (M,)
+    rows = keep.nonzero()[:, 0]
+    total = torch.zeros(keep.shape[0], dtype=logps.dtype, device=logps.device)
+    return SequenceLogps(total=total.index_add(0, rows, logps), tokens=keep.sum(-1).to(logps.dtype))
