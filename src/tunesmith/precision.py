@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import torch
 
 
 @lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(model name, instruction-set flags) of the first CPU in /proc/cpuinfo; empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return "", frozenset()
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    return (
+        model.group(1).strip() if model else "",
+        frozenset(flags.group(1).split()) if flags else frozenset(),
+    )
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX).
 
     Without them bf16 matmuls are emulated and slower than fp32, so ``auto`` keeps fp32.
     """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
+    flags = cpu_info()[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

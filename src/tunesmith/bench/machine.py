@@ -13,17 +13,10 @@ from typing import Any
 import torch
 
 from tunesmith import cpu_share
+from tunesmith.precision import cpu_info
 
 # The flags that change which kernels run: AVX-512 and its bf16 dot products, AMX tiles.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-
-
-def _cpuinfo() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return fh.read()
-    except OSError:
-        return ""
 
 
 def _onednn_version() -> str | None:
@@ -33,12 +26,9 @@ def _onednn_version() -> str | None:
 
 def describe() -> dict[str, Any]:
     """The machine as a dict for a benchmark's JSON."""
-    info = _cpuinfo()
-    model = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
-    flags_line = re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE)
-    flags = set(flags_line.group(1).split()) if flags_line else set()
+    model, flags = cpu_info()
     return {
-        "cpu": model.group(1).strip() if model else "unknown CPU",
+        "cpu": model or "unknown CPU",
         "isa": [f for f in ISA_FLAGS if f in flags],
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

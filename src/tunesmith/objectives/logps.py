@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from tunesmith.loss.causal_lm import causal_lm_module
+from tunesmith.loss.chunked_ce import token_nll
 from tunesmith.objectives.batch import SequenceBatch
 
 
@@ -60,9 +62,6 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
     row chunks: the (N, T, V) logits of a pair batch, and their fp32 copy, were most of a
     DPO step's peak memory. Models the fast path does not fit take the full forward.
     """
-    from tunesmith.loss.causal_lm import causal_lm_module
-    from tunesmith.loss.chunked_ce import token_nll
-
     mask = batch.completion_mask[:, 1:]
     lm = causal_lm_module(model)
     if lm is None:
