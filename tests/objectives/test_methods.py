@@ -31,6 +31,22 @@ def test_refused_methods_say_why_and_the_rest_pass(name):
     check_objective(make_config({"method": name}), spec)  # sft: every method
 
 
+@pytest.mark.parametrize(
+    ("objective", "given", "takes"),
+    [("orpo", {"sft-weight": 1.0}, "--beta"), ("sft", {"beta": 0.2}, "no preference parameters")],
+)
+def test_another_objectives_parameter_is_refused_before_loading(objective, given, takes):
+    from tunesmith.errors import ConfigError
+
+    cfg = make_config({"objective": objective, **given})
+    with pytest.raises(ConfigError, match=f"--objective {objective} takes {takes}") as err:
+        check_objective(cfg, get_method("lora"))
+    assert err.value.key == next(iter(given))
+    check_objective(
+        make_config({"objective": "dpo", "beta": 0.2, "sft-weight": 1.0}), get_method("lora")
+    )
+
+
 def _weight_methods():
     return [
         n

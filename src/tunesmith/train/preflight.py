@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import TrainConfig
-from tunesmith.errors import UserInputError
+from tunesmith.errors import ConfigError, UserInputError
 from tunesmith.precision import resolve_precision
 from tunesmith.rundir import RunDir, RunLock, RunLocked
 from tunesmith.train.dist_steps import per_rank_plan
@@ -31,10 +31,22 @@ def check_objective(cfg: TrainConfig, method) -> None:
     """Refuse an objective the method cannot train, with the spec's reason.
 
     Raises:
+        ConfigError: a parameter of another objective (``--sft-weight`` with ORPO, ``--beta``
+            with SFT).
         UserInputError: a preference objective with a method whose spec refuses it, or
             a setting the preference step does not support (packing, several processes,
             KTO with micro-batch 1).
     """
+    from tunesmith.objectives import OBJECTIVES
+
+    takes = OBJECTIVES[cfg.objective].defaults
+    for name in sorted({k for spec in OBJECTIVES.values() for k in spec.defaults}):
+        if getattr(cfg, name) is not None and name not in takes:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in takes) or "no preference parameters"
+            raise ConfigError(
+                name.replace("_", "-"), getattr(cfg, name),
+                f"no value: --objective {cfg.objective} takes {flags}",
+            )  # fmt: skip
     if cfg.objective != "sft" and method.preference_refusal:
         raise UserInputError(
             f"--objective {cfg.objective} does not work with --method {cfg.method}: "
