@@ -40,6 +40,8 @@ def test_run_config_picks_the_reference_the_run_uses():
     }
     assert objective_plan_settings(dpo, full)["reference"] == "frozen-copy"
     assert objective_plan_settings(make_config({"objective": "simpo"}), lora)["reference"] == "none"
+    kto = objective_plan_settings(make_config({"objective": "kto"}), lora)
+    assert kto == {"sequences_per_example": 1, "reference": "adapter-off"}  # KL row: no_grad
     init = make_config({"objective": "dpo", "init-from": "runs/sft"})
     assert objective_plan_settings(init, lora)["reference"] == "cached"
 

@@ -71,6 +71,8 @@ class ReferenceCache:
             chosen.append(torch.stack([c.total, c.tokens], -1).float().cpu())
             rejected.append(torch.stack([r.total, r.tokens], -1).float().cpu())
         model.train(was_training)
+        if not chosen:  # no pairs (e.g. no held-out pair): an empty cache, not a failed run
+            return cls(torch.zeros(0, 2), torch.zeros(0, 2))
         return cls(torch.cat(chosen), torch.cat(rejected))
 
     def rows(self, indices: Sequence[int], device=None) -> SequenceLogps:

@@ -38,7 +38,8 @@ class ObjectiveSpec:
         paper: citation and the equation implemented.
         data: ``"sft"`` (instruction records), ``"pairs"`` or ``"unpaired"`` (KTO).
         needs_reference: a reference pass (adapter off, or a frozen copy) runs every step.
-        sequences_per_example: rows one example puts through the trained forward (pairs: 2).
+        sequences_per_example: rows one example puts through the trained forward (pairs: 2;
+            KTO: 1, its KL row runs without gradients).
         defaults: parameter name -> default (the papers' and TRL's).
         compute: ``(model, batch, params, reference) -> PreferenceLoss``, ``reference`` a
             :data:`Reference` (see :func:`live_reference`); None for ``sft``.
@@ -135,7 +136,9 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             "(arXiv:2402.01306)",
             "unpaired",
             True,
-            2,  # each example and its mismatched KL row
+            # One row per example carries gradients; its mismatched KL row is scored under
+            # no_grad (z0 is detached), like the reference passes, so it saves nothing.
+            1,
             {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
             _kto,
         ),

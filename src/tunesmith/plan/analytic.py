@@ -357,10 +357,13 @@ def step_terms(
     # copy of the largest tensor at most (the embedding).
     save_peak = shape.embed_params * p
     # The live reference pass runs under no_grad before the policy's forward: it saves nothing,
-    # and its peak is its logits and their fp32 copy (as evaluation's), over the same rows.
+    # and its peak is its logits and their fp32 log-softmax over the same rows. It scores
+    # through the policy's path (objectives/logps.py), which projects only the scored
+    # positions, so ``logits_fraction`` applies as it does to the trained pass.
     reference_peak = 0
     if settings.reference in ("adapter-off", "frozen-copy"):
-        reference_peak = settings.batch_size * settings.seq_len * shape.vocab * (act + 4)
+        positions = settings.batch_size * settings.seq_len * settings.logits_fraction
+        reference_peak = math.ceil(positions * shape.vocab * (act + 4))
     dynamic = activations + logits + gradients
     excess = max(eval_peak, save_peak, reference_peak) - dynamic
     allocated = weights + trainable + opt + dynamic + max(excess, 0)
