@@ -10,10 +10,16 @@ On CPU (or with ``--cpu``): the analytic estimate (and, for full/LoRA, the trace
 tensors) against live bytes measured by PyTorch's profiler over the same two real steps of a
 small model; QLoRA runs bitsandbytes' real 4-bit layers on CPU.
 
+With ``--preference`` (CPU): preference steps (DPO with each reference: adapter-off for LoRA, a
+frozen copy for full, cached log-probs; SimPO with none; KTO), two real steps through
+tunesmith's own loss, reference and loop (:mod:`tunesmith.bench.pref_memory`), against the
+analytic plan of the same settings.
+
 Usage:
   python benchmarks/plan_vs_measured.py            # CUDA grid if a GPU is present, else CPU
   python benchmarks/plan_vs_measured.py --quick    # a few cells only
   python benchmarks/plan_vs_measured.py --cpu --json out.json
+  python benchmarks/plan_vs_measured.py --preference   # DPO/SimPO/KTO cells on CPU
 """
 
 from __future__ import annotations
@@ -190,6 +196,29 @@ def cpu_grid(quick: bool) -> list[dict]:
     return rows
 
 
+def preference_grid(quick: bool) -> list[dict]:
+    """LoRA and full x DPO (each reference), SimPO, KTO on the CPU grid's model, fp32."""
+    from tunesmith.bench.pref_memory import PrefCell, measure_cell, small_llama
+
+    cfg = small_llama(vocab=8000, hidden=256, inter=704, layers=4)
+    # (batch, prompt, completion): short completions, and long ones (most positions scored)
+    shapes = ((4, 64, 192),) if quick else ((1, 32, 96), (4, 64, 192), (4, 32, 480))
+    cells = [
+        PrefCell(method, objective, b, p, c, cached)
+        for method, objective, cached in (
+            ("lora", "dpo", False), ("lora", "dpo", True), ("full", "dpo", False),
+            ("lora", "simpo", False), ("full", "simpo", False),
+            ("lora", "kto", False), ("full", "kto", False),
+        )
+        for b, p, c in shapes
+    ]  # fmt: skip
+    rows = []
+    for cell in cells:
+        t0 = time.perf_counter()
+        rows.append({**measure_cell(cfg, cell), "seconds": round(time.perf_counter() - t0, 1)})
+    return rows
+
+
 def row(method, s, b, gc_on, pred, measured, seconds) -> dict:
     ratio = pred / measured
     return {
@@ -219,11 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few cells only")
     parser.add_argument("--cpu", action="store_true", help="the CPU comparison even with a GPU")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument(
+        "--preference", action="store_true", help="preference steps (DPO, SimPO, KTO) on CPU"
+    )
     args = parser.parse_args(argv)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    if torch.cuda.is_available() and not args.cpu:
+    if args.preference:
+        rows = preference_grid(args.quick)
+        title = "small Llama on CPU, preference steps: analytic vs profiler-measured live bytes"
+    elif torch.cuda.is_available() and not args.cpu:
         rows = cuda_grid(args.quick)
         title = f"Qwen2.5-0.5B on {torch.cuda.get_device_name()}: analytic vs max_memory_allocated"
     else:
