@@ -8,8 +8,13 @@ set over the base model's), peak memory, train time and batch-1 latency.
 OUTPUT/compare.json holds the rows (also tokens/s) and shared settings, OUTPUT/compare.png
 plots the task metric against trainable parameters. Without --lr each method uses its own
 default learning rate (see the lr column). A method that fails gets a row with its error; the others go on.
+With --objective dpo|orpo|simpo|kto every method trains on preference pairs (KTO: unpaired
+examples) with that objective, and the table adds the held-out preference accuracy and the
+mean reward margin of the base and of each method; a method the objective refuses (the
+virtual-token methods prompt, prefix and mam) gets an error row.
 
 Example: tunesmith compare --methods lora,qlora,houlsby,prefix,mam,full --max-steps 150
+         tunesmith compare --objective dpo --data pairs.jsonl --methods lora,houlsby,full
 """
 
 from __future__ import annotations

@@ -322,6 +322,7 @@ def _settings(
         "eval_data": shared[1] if shared else None,
         "task": (first_eval or {}).get("task"),
         "task_metric": metric,
+        "objective": cfg.objective,
         "eval_n": (first_eval or {}).get("n"),
         "max_steps": cfg.max_steps,
         "epochs": None if cfg.max_steps else cfg.epochs,

@@ -10,7 +10,8 @@ from tunesmith.report.format import fmt_bytes
 # Short column titles and compact numbers keep ten columns inside an 80-column terminal:
 # params = trainable parameters, share = of the base's, ppl = eval perplexity, forget = rise of
 # general-text perplexity over the base's, train s = seconds in the training loop, lat ms =
-# batch-1 forward latency, ×base = its ratio to the base's. tokens/s is in compare.json.
+# batch-1 forward latency, ×base = its ratio to the base's; preference runs add pref acc and
+# margin (the objective's mean implicit-reward margin). tokens/s is in compare.json.
 _SHORT = {"execution_accuracy": "exec acc", "rouge_l": "ROUGE-L"}
 
 
@@ -45,11 +46,13 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
         show_edge=False,
         padding=(0, 0),
     )
-    # Preference runs (DPO and kin) add the held-out preference accuracy beside the task metric.
+    # Preference runs (DPO and kin) add the held-out preference accuracy and the mean
+    # implicit-reward margin beside the task metric.
     pref = any(r.preference_accuracy is not None for r in rows)
     for col in (
         "method", "lr", "params", "share", _SHORT.get(metric_name, metric_name),
-        *(["pref acc"] if pref else []), "ppl", "forget", "peak mem", "train s", "lat ms", "×base",
+        *(["pref acc", "margin"] if pref else []), "ppl", "forget", "peak mem", "train s",
+        "lat ms", "×base",
     ):  # fmt: skip
         t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     failed = []
@@ -64,7 +67,7 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
             _count(r.trainable_params),
             _share(r.trainable_share),
             _num(r.task_metric, ".3f"),
-            *([_num(r.preference_accuracy, ".3f")] if pref else []),
+            *([_num(r.preference_accuracy, ".3f"), _num(r.reward_margin, ".3g")] if pref else []),
             _num(r.eval_perplexity, ".4g"),
             "-" if r.forgetting is None else f"{100 * r.forgetting:+.1f}%",
             "-" if r.peak_mem_bytes is None else fmt_bytes(r.peak_mem_bytes),
