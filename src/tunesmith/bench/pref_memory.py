@@ -94,26 +94,31 @@ def _run_config(cell: PrefCell):
     return make_config(values)
 
 
-def predicted_bytes(model_cfg, cell: PrefCell, args) -> int:
-    """``step_terms(...).allocated`` for the settings the run would plan with."""
+def planned_settings(cell: PrefCell, args):
+    """The StepSettings the run would plan with (its reference included), at this cell's shape."""
     from tunesmith.methods import get_method
-    from tunesmith.plan.analytic import StepSettings, step_terms
-    from tunesmith.shape import model_shape
+    from tunesmith.plan.analytic import StepSettings
     from tunesmith.train.guard import objective_plan_settings
 
-    spec = get_method(cell.method)
-    settings = StepSettings(
+    return StepSettings(
         cell.method, cell.batch_size, cell.seq_len, precision="fp32", targets=args.target,
         rank=args.rank, dropout=args.dropout, device="cpu", foreach=True,
         # position t's logits score token t+1: a row's completion tokens are its scored positions
         logits_fraction=cell.completion_len / cell.seq_len,
-        **objective_plan_settings(_run_config(cell), spec),
+        **objective_plan_settings(_run_config(cell), get_method(cell.method)),
     )  # fmt: skip
-    terms = step_terms(
-        model_shape(model_cfg), settings, spec.count_trainable(model_cfg, args),
-        spec.count_tensors(model_cfg, args),
-    )  # fmt: skip
-    return terms.allocated
+
+
+def predicted_bytes(model_cfg, settings, args) -> int:
+    """``step_terms(...).allocated`` of ``settings`` for ``model_cfg`` (``args``: the method's)."""
+    from tunesmith.methods import get_method
+    from tunesmith.plan.analytic import step_terms
+    from tunesmith.shape import model_shape
+
+    spec = get_method(settings.method)
+    n_trainable = spec.count_trainable(model_cfg, args)
+    n_tensors = spec.count_tensors(model_cfg, args)
+    return step_terms(model_shape(model_cfg), settings, n_trainable, n_tensors).allocated
 
 
 def measured_bytes(model_cfg, cell: PrefCell, args, seed: int = 0) -> int:
@@ -155,20 +160,13 @@ def measure_cell(model_cfg, cell: PrefCell, args=None) -> dict[str, Any]:
     from tunesmith.methods.base import MethodArgs
 
     args = args or MethodArgs(target=ALL_LINEARS, dropout=0.0)
+    settings = planned_settings(cell, args)
     measured = measured_bytes(model_cfg, cell, args)
-    pred = predicted_bytes(model_cfg, cell, args)
+    pred = predicted_bytes(model_cfg, settings, args)
     ratio = pred / measured
     return {
-        "method": cell.method, "objective": cell.objective,
-        "reference": "cached" if cell.cached else _reference_name(cell),
+        "method": cell.method, "objective": cell.objective, "reference": settings.reference,
         "batch": cell.batch_size, "seq": cell.seq_len,
         "predicted_gib": round(pred / GIB, 4), "measured_gib": round(measured / GIB, 4),
         "ratio": round(ratio, 3), "in_goal": 0.95 <= ratio <= 1.15,
     }  # fmt: skip
-
-
-def _reference_name(cell: PrefCell) -> str:
-    from tunesmith.methods import get_method
-    from tunesmith.train.guard import objective_plan_settings
-
-    return objective_plan_settings(_run_config(cell), get_method(cell.method))["reference"]
