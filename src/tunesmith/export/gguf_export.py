@@ -1,19 +1,23 @@
 """``export --format gguf``: merge, write one GGUF file, check it in two runtimes, publish.
 
-1. The adapted model (base + unmerged adapter, fp32) runs once: teacher-forced logits on the
-   probe prompts (:mod:`~tunesmith.export.verify`) and greedy answers on the held-out prompts
-   (:mod:`~tunesmith.export.runtime_check`); then it is freed.
-2. The merge (QLoRA: into the dequantized base) is written in fp32 arithmetic, once rounded into
-   the requested type: by the ``gguf`` package for the types it encodes, by llama.cpp's own
-   quantizer (from an intermediate f32 file) for the K-quants.
-3. transformers' GGUF reader reloads the file and its logits are compared with the adapted
-   model's; llama.cpp loads it and must answer (and stop) as the adapted model does.
+1. The adapted model (base + unmerged adapter) is loaded once, as stored: 16-bit weights (a
+   QLoRA base in 4-bit). It runs once in fp32 arithmetic (:mod:`~tunesmith.models.upcast`):
+   teacher-forced logits on the probe prompts (:mod:`~tunesmith.export.verify`) and greedy
+   answers on the held-out prompts (:mod:`~tunesmith.export.runtime_check`).
+2. The same model is written tensor by tensor, each adapted layer folded in fp32 when it is
+   written (:mod:`~tunesmith.export.lazy_merge`) and rounded once into the requested type: by
+   the ``gguf`` package for the types it encodes, by llama.cpp's own quantizer (from an
+   intermediate f32 file) for the K-quants. Host memory: the model as stored plus one layer in
+   fp32, never an fp32 copy of the whole model.
+3. transformers' GGUF reader reloads the file (16-bit, computing in fp32) and its logits are
+   compared with the adapted model's; llama.cpp loads it and must answer (and stop) as the adapted model does.
 4. Only then is the file renamed into place, ``export.json`` (one entry per GGUF in the
    directory) records both checks, and with ``--ollama`` a ``Modelfile`` is written beside it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from tunesmith.disk import check_free_disk
 from tunesmith.errors import UserInputError
 from tunesmith.export import llamacpp
 from tunesmith.export.gguf_writer import check_architecture, write_gguf
+from tunesmith.export.lazy_merge import NotStreamable, merged_tensors
 from tunesmith.export.quants import DEFAULT_QUANT, get_quant
 from tunesmith.export.result import ExportResult
 from tunesmith.export.runtime_check import (
@@ -38,10 +43,13 @@ from tunesmith.export.verify import (
     compare,
     tolerance_for,
 )
+from tunesmith.heap import map_large_blocks, release_free_heap
 from tunesmith.models.adapted import load_adapted, load_merged
 from tunesmith.models.artifact import Artifact
+from tunesmith.models.upcast import fp32_compute
 
 EXPORT_RECORD = "export.json"
+LARGE_BLOCK = 1 << 20  # bytes: blocks this large are mapped on their own during an export
 
 
 def _base_config(source: Artifact):
@@ -61,19 +69,46 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _check_with_transformers(path: Path, ref, quant: str, quantized_base: bool):
+def _load_for_export(source: Artifact):
+    """The adapted model as stored (16-bit base, adapter unmerged); a QLoRA base in 4-bit with
+    fp32 compute, as training ran it."""
     import torch
+
+    return load_adapted(source, dtype=torch.float32 if source.quantized_base else None)
+
+
+def _release_freed_memory() -> None:
+    """Give the pages of freed tensors back to the OS before the next phase loads a model."""
+    import gc
+
+    gc.collect()
+    release_free_heap()
+
+
+def _reader_dtype(quant: str):
+    """The dtype transformers' reader holds the file's weights in: exactly the file's values
+    for f16/bf16/f32; half precision for the quantized types (their dequantized values carry
+    an f16 scale, and the rounding is far below the quantization error)."""
+    import torch
+
+    return {"f32": torch.float32, "bf16": torch.bfloat16}.get(quant, torch.float16)
+
+
+def _check_with_transformers(path: Path, ref, quant: str, quantized_base: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = {"gguf_file": path.name}
-    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kw)
-    report = compare(
-        model.eval(),
-        ref,
-        tolerance_for(quant, quantized_base),
-        loader="transformers from_pretrained(gguf_file=...)",
-        candidate_tokenizer=AutoTokenizer.from_pretrained(path.parent, **kw),
-    )
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=_reader_dtype(quant), **kw)
+    with fp32_compute(model):
+        report = compare(
+            model.eval(),
+            ref,
+            tolerance_for(quant, quantized_base),
+            loader="transformers from_pretrained(gguf_file=...)",
+            candidate_tokenizer=AutoTokenizer.from_pretrained(path.parent, **kw),
+        )
+    del model
+    _release_freed_memory()
     if not report.passed:
         raise VerificationFailed(report)
     return report
@@ -125,37 +160,52 @@ def export_gguf(
         llamacpp.require(f"--quant {quant}")
     in_llamacpp = verify and llamacpp.available()
     ref = answers = None
+    # Widened layers, merged tensors and encoded tensors are freed one after another: map them
+    # so each is returned at once instead of accumulating in the heap (measured in RESULTS.md).
+    map_large_blocks(LARGE_BLOCK)
+    adapted = _load_for_export(source)
     if verify:
-        adapted = load_adapted(source, dtype=torch.float32)
-        ref = capture_reference(adapted.model, adapted.tokenizer, probe or Probe())
-        if in_llamacpp:
-            convs = held_out_conversations(source, held_out, held_out_limit)
-            answers = adapted_answers(adapted.model, adapted.tokenizer, convs)
-        del adapted
-    # Merging in fp32 rounds once, into the GGUF type, instead of twice.
-    merged = load_merged(source, torch.float32)
-    n_params = sum(p.numel() for p in merged.model.parameters())
+        with fp32_compute(adapted.model):
+            ref = capture_reference(adapted.model, adapted.tokenizer, probe or Probe())
+            if in_llamacpp:
+                convs = held_out_conversations(source, held_out, held_out_limit)
+                answers = adapted_answers(adapted.model, adapted.tokenizer, convs)
+    try:
+        tensors = merged_tensors(adapted.model)
+    except NotStreamable:
+        del adapted  # this layer type folds only with the whole model: merge it in fp32
+        adapted = load_merged(source, torch.float32)
+        tensors = None
+    n_params = sum(
+        math.prod(s) for s in (tensors or merged_tensors(adapted.model)).shapes().values()
+    )
     scratch = 4.0 if q.via_llamacpp else 0.0  # the intermediate f32 file
     check_free_disk(out.parent, int(n_params * (q.bytes_per_param + scratch)), "GGUF file")
-    tokenizer = merged.tokenizer
-    context_length = merged.model.config.max_position_embeddings
+    tokenizer = adapted.tokenizer
+    context_length = adapted.model.config.max_position_embeddings
     from tunesmith.eval.generate import stop_token_ids
 
-    stop_ids = stop_token_ids(merged.model, tokenizer)
+    stop_ids = stop_token_ids(adapted.model, tokenizer)
     detail: dict = {"quant": quant, "writer": "llama.cpp" if q.via_llamacpp else "gguf"}
     with atomic_path(out) as tmp:
         name = f"{source.base_model} + {source.method}"
-        if q.via_llamacpp:
-            f32 = tmp.with_name(tmp.name + ".f32")
-            try:
-                write_gguf(merged.model, tokenizer, f32, "f32", name=name)
-                del merged
-                llamacpp.quantize(f32, tmp, quant)
-            finally:
-                f32.unlink(missing_ok=True)
-        else:
-            write_gguf(merged.model, tokenizer, tmp, quant, name=name)
-            del merged
+        target = tmp.with_name(tmp.name + ".f32") if q.via_llamacpp else tmp
+        try:
+            write_gguf(
+                adapted.model,
+                tokenizer,
+                target,
+                "f32" if q.via_llamacpp else quant,
+                name=name,
+                tensors=tensors,
+            )
+            del adapted, tensors
+            _release_freed_memory()
+            if q.via_llamacpp:
+                llamacpp.quantize(target, tmp, quant)
+        finally:
+            if target != tmp:
+                target.unlink(missing_ok=True)
         report = None
         if ref is not None:
             report = _check_with_transformers(tmp, ref, quant, source.quantized_base)

@@ -212,11 +212,13 @@ def _encode(data, qtype):
     return quants.quantize(data, qtype)
 
 
-def _tensors(model, arch: str):
+def _tensors(model, arch: str, source=None):
     """``(gguf_name, hf_name, shape)`` in file order, and a function giving one tensor's data.
 
     The data of a tensor (float32 numpy, in llama.cpp's layout) is produced only when asked
-    for, so at most one converted tensor exists at a time.
+    for, so at most one converted tensor exists at a time. ``source`` (a
+    :class:`~tunesmith.export.lazy_merge.MergedTensors`) computes each merged tensor on demand;
+    without it the tensors are ``model``'s own.
     """
     import gguf
 
@@ -227,18 +229,23 @@ def _tensors(model, arch: str):
         {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}[arch],
         config.num_hidden_layers,
     )
-    state = model.state_dict()
+    if source is None:
+        state = model.state_dict()
+        shapes = {name: tuple(t.shape) for name, t in state.items()}
+        source_tensor = state.__getitem__
+    else:
+        shapes, source_tensor = source.shapes(), source.tensor
     entries = []
-    for hf_name, tensor in state.items():
+    for hf_name, shape in shapes.items():
         if config.tie_word_embeddings and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd when no `output` tensor is present
         gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise UserInputError(f"GGUF export: no llama.cpp name for tensor {hf_name!r}")
-        entries.append((gguf_name, hf_name, tuple(tensor.shape)))
+        entries.append((gguf_name, hf_name, shape))
 
     def data(gguf_name: str, hf_name: str):
-        array = state[hf_name].detach().float().cpu().numpy()
+        array = source_tensor(hf_name).detach().float().cpu().numpy()
         if arch == "llama" and ".attn_q." in gguf_name:
             return _permute_rotary(array, n_head)
         if arch == "llama" and ".attn_k." in gguf_name:
@@ -260,11 +267,20 @@ def check_architecture(config) -> str:
 
 
 def write_gguf(
-    model, tokenizer, path: Path, gguf_type: str = "f16", name: str | None = None
+    model,
+    tokenizer,
+    path: Path,
+    gguf_type: str = "f16",
+    name: str | None = None,
+    *,
+    tensors=None,
 ) -> Path:
     """Write ``model`` (merged, any float dtype) + ``tokenizer`` to the GGUF file ``path``.
 
     ``gguf_type`` is one of :data:`GGUF_TYPES` (the types the ``gguf`` package encodes).
+    ``tensors``: a :class:`~tunesmith.export.lazy_merge.MergedTensors` of ``model`` (the adapted
+    model, unmerged) that folds each layer when it is written; ``model`` then only supplies
+    the config and the stop tokens.
 
     Raises:
         UserInputError: unsupported architecture, tokenizer or tensor type.
@@ -286,7 +302,7 @@ def write_gguf(
     writer.add_file_type(gguf.LlamaFileType[QUANTS[gguf_type].file_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(writer, meta)
-    entries, data = _tensors(model, arch)
+    entries, data = _tensors(model, arch, tensors)
     names = {gguf_name for gguf_name, _, _ in entries}
     output_name = "output.weight" if "output.weight" in names else "token_embd.weight"
     types = [_tensor_type(shape, gguf_type, n, output_name) for n, _, shape in entries]

@@ -18,35 +18,11 @@ where glibc is not the allocator (macOS, musl, Windows) or ``/proc`` is absent.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-from functools import lru_cache
 
+from tunesmith.heap import heap_trim_available, release_free_heap
 
-@lru_cache(maxsize=1)
-def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-def heap_trim_available() -> bool:
-    """Whether this process's allocator is glibc's, which :func:`release_free_heap` needs."""
-    return _malloc_trim() is not None
-
-
-def release_free_heap() -> bool:
-    """Return the allocator's free pages to the OS; True when glibc did it."""
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
+__all__ = ["HeapTrimmer", "heap_trim_available", "release_free_heap"]
 
 
 SHORT_FRACTION = 0.25  # available / total below which freed pages go back after each step
