@@ -18,11 +18,6 @@ def _adapted(base_dir, adapter_dir, dtype=torch.float32, **kw):
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
 
 
-@pytest.fixture(params=["llama", "qwen2"])
-def base_dir(request, tiny_llama_dir, tiny_qwen2_dir):
-    return {"llama": tiny_llama_dir, "qwen2": tiny_qwen2_dir}[request.param]
-
-
 @pytest.mark.parametrize("method", ["lora", "dora", "rslora", "ia3"])
 def test_each_tensor_equals_the_whole_model_merge(base_dir, tmp_path, method):
     adapter = make_adapter(base_dir, tmp_path / "adapter", method)

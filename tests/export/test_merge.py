@@ -23,11 +23,6 @@ def _logits(path, ids=IDS):
         return model(input_ids=ids).logits.float()
 
 
-@pytest.fixture(params=["llama", "qwen2"])
-def base_dir(request, tiny_llama_dir, tiny_qwen2_dir):
-    return {"llama": tiny_llama_dir, "qwen2": tiny_qwen2_dir}[request.param]
-
-
 @pytest.mark.parametrize("method", ["lora", "dora", "rslora", "ia3"])
 def test_merged_matches_unmerged_adapter(base_dir, method, tmp_path):
     adapter = make_adapter(base_dir, tmp_path / "adapter", method)
