@@ -1,7 +1,9 @@
 """`tunesmith compare --lr-search --quick` end to end on a tiny Llama (no mocks).
 
-One search of lora and full on a small slice of the clinic demo, 3 steps a run, is shared by
-the tests of this module; then the same command again, to show that finished runs are kept.
+One search of lora and full on a small slice of the clinic demo, 6 steps a run, is shared by
+the tests of this module; its grid's x20000 makes full fine-tuning diverge (lr 1) and is more
+than the config allows for LoRA (lr 40), so both kinds of failure show. Then the same command
+again, to show that finished runs are kept.
 """
 
 import contextlib
@@ -29,7 +31,7 @@ def _argv(model, demo_files, out):
     return [
         "compare", "--methods", "lora,full", "--model", str(model), "--data", str(raw),
         "--eval-data", str(evals), "--output", str(out), "--lr-search", "--quick",
-        "--search-steps", "3", "--lr-grid", "1,3", "--batch-size", "4", "--eval-limit", "4",
+        "--search-steps", "6", "--lr-grid", "1,3,20000", "--batch-size", "4", "--eval-limit", "4",
         "--max-new-tokens", "6", "--logging-steps", "1", "--latency-runs", "2", "--json",
     ]  # fmt: skip
 
@@ -50,20 +52,38 @@ def test_every_method_and_rate_ran_on_the_same_split(searched):
     saved = json.loads((out / "compare.json").read_text())
     assert printed == saved
     runs = saved["search"]
+    grid = (1, 3, 20000)
     assert [(r["method"], r["lr"]) for r in runs] == [
-        (m, lr) for m in ("lora", "full") for lr in lr_grid(get_method(m).default_lr, (1, 3))
+        (m, lr) for m in ("lora", "full") for lr in lr_grid(get_method(m).default_lr, grid)
     ]
     s = saved["settings"]["lr_search"]
-    assert (s["grid"], s["steps"], s["validation_limit"]) == ([1.0, 3.0], 3, 40)
+    assert (s["grid"], s["steps"], s["validation_limit"]) == ([1.0, 3.0, 20000.0], 6, 40)
     validation = (out / "search" / "validation.jsonl").read_text().splitlines()
     assert len(validation) == s["validation_n"] >= 8
     for r in runs:
+        if r["multiplier"] > 3:
+            continue
         assert r["status"] == "ok" and 0.0 <= r["validation_metric"] <= 1.0
         assert r["validation_loss"] > 0 and r["forgetting"] is not None
         cfg = (out / r["method"] / f"lr-{r['lr']:g}" / "config.yaml").read_text()
-        assert "fit.jsonl" in cfg and "validation.jsonl" in cfg and "max-steps: 3" in cfg
+        assert "fit.jsonl" in cfg and "validation.jsonl" in cfg and "max-steps: 6" in cfg
         ev = json.loads((out / r["method"] / f"lr-{r['lr']:g}" / "eval.json").read_text())
         assert ev["n"] == len(validation)  # scored on the validation split, not the test set
+
+
+def test_failed_and_diverged_rates_are_kept_with_their_reason(searched):
+    out, _ = searched
+    runs = {
+        (r["method"], r["multiplier"]): r
+        for r in json.loads((out / "compare.json").read_text())["search"]
+    }
+    too_high = runs[("lora", 20000.0)]
+    assert too_high["status"] == "failed" and "less than or equal to 1" in too_high["reason"]
+    assert too_high["run_dir"] is None and not too_high["best"]
+    blown = runs[("full", 20000.0)]
+    assert blown["status"] == "diverged" and "diverg" in blown["reason"]
+    logged = (out / "full" / "lr-1" / "metrics.jsonl").read_text().splitlines()
+    assert len(logged) < 6  # stopped before its 6 steps
 
 
 def test_rows_report_each_method_at_its_best_validation_rate_with_test_figures(searched):
@@ -99,3 +119,5 @@ def test_a_second_call_keeps_the_finished_runs(searched, tiny_llama_dir, demo_fi
     assert len(before) == 4
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/lr-*/eval.json")} == before
     assert err.getvalue().count("done before (ok), kept") == 4
+    assert err.getvalue().count("done before (diverged), kept") == 1
+    assert err.getvalue().count("done before (failed), kept") == 1

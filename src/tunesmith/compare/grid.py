@@ -15,9 +15,9 @@ from tunesmith.errors import ConfigError
 
 # default x {1/3, 1, 3}: three rates a half-decade apart, the default in the middle.
 DEFAULT_GRID = (1 / 3, 1.0, 3.0)
-# A run is diverging when, after warm-up, its recent loss is this many times its first losses.
+# A run is diverging when, after warm-up, its recent loss is this many times its first one.
 DIVERGE_FACTOR = 1.5
-_WINDOW = 3  # steps averaged at the start and at the end of the comparison
+_WINDOW = 3  # recent steps averaged (one step's loss is noisy)
 
 
 def parse_grid(text: str | Sequence[float]) -> tuple[float, ...]:
@@ -49,22 +49,24 @@ def diverging(
 
     It stops a run whose last loss is not finite, or whose mean loss over the last 3 steps,
     once past ``warmup_steps`` (the schedule's warm-up, while a high rate may still wobble),
-    is above ``factor`` times the mean of its first 3 steps. A working rate lowers the loss;
-    one that ends well above where it began is only spending the budget.
+    is above ``factor`` times its first step's loss (the model before any update). A working
+    rate lowers the loss; one that ends well above where it began only spends the budget.
     """
 
     def check(losses: list[float]) -> str | None:
         if losses and not math.isfinite(losses[-1]):
             return f"loss {losses[-1]}"
-        if len(losses) <= max(warmup_steps, 2 * _WINDOW):
+        if len(losses) < max(warmup_steps, _WINDOW) + 1 or not math.isfinite(losses[0]):
             return None
-        start = [x for x in losses[:_WINDOW] if math.isfinite(x)]
         recent = losses[-_WINDOW:]
-        if not start or not all(math.isfinite(x) for x in recent):
+        if not all(math.isfinite(x) for x in recent):
             return None
-        s, r = sum(start) / len(start), sum(recent) / len(recent)
-        if r > factor * s:
-            return f"diverging: loss {r:.3g} over the last {_WINDOW} steps, {r / s:.1f}x its start"
+        r = sum(recent) / len(recent)
+        if r > factor * losses[0]:
+            return (
+                f"diverging: loss {r:.3g} over the last {_WINDOW} steps, "
+                f"{r / losses[0]:.1f}x its first step's {losses[0]:.3g}"
+            )
         return None
 
     return check

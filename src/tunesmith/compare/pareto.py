@@ -35,6 +35,18 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
 
 
+def _label_offsets(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
+    """Vertical label offsets (points): a label near an earlier one goes a line (10 pt) lower."""
+    xspan, yspan = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    out: list[float] = []
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        near = sum(
+            abs(x - xs[j]) < 0.06 * xspan and abs(y - ys[j]) < 0.04 * yspan for j in range(i)
+        )
+        out.append(4.0 - 10.0 * near)
+    return out
+
+
 def render_forgetting_png(runs: Sequence, metric_name: str) -> bytes | None:
     """PNG bytes of the plot of :class:`~tunesmith.compare.search.SearchRun` s, or None when
     no run has both a validation metric and a forgetting figure."""
@@ -43,7 +55,7 @@ def render_forgetting_png(runs: Sequence, metric_name: str) -> bytes | None:
     pts = [r for r in runs if r.validation_metric is not None and r.forgetting is not None]
     if not pts:
         return None
-    fig = Figure(figsize=(7.2, 4.6), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.6), layout="constrained")
     ax = fig.subplots()
     label = metric_name.replace("_", " ")
     ax.set_title(f"learning vs forgetting: validation {label}", loc="left", fontweight="bold")
@@ -58,6 +70,7 @@ def render_forgetting_png(runs: Sequence, metric_name: str) -> bytes | None:
     front = pareto_front(list(zip(xs, ys, strict=True)))
     ax.plot([xs[i] for i in front], [ys[i] for i in front], color=_GREY, linestyle="--",
             linewidth=1.2, zorder=2, label="Pareto front")  # fmt: skip
+    dy = _label_offsets(xs, ys)
     methods = list(dict.fromkeys(r.method for r in pts))
     for k, method in enumerate(methods):
         idx = [i for i, r in enumerate(pts) if r.method == method]
@@ -65,14 +78,17 @@ def render_forgetting_png(runs: Sequence, metric_name: str) -> bytes | None:
         ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], color=color, s=42, zorder=3,
                    label=method)  # fmt: skip
         for i in idx:
-            ax.annotate(f"{pts[i].lr:.2g}", (xs[i], ys[i]), xytext=(5, 4),
+            ax.annotate(f"{pts[i].lr:.3g}", (xs[i], ys[i]), xytext=(5, dy[i]),
                         textcoords="offset points", fontsize=8, color=color)  # fmt: skip
             if pts[i].best:
                 ax.scatter([xs[i]], [ys[i]], s=160, facecolors="none", edgecolors=color,
                            linewidths=1.5, zorder=4)  # fmt: skip
-    ax.legend(loc="lower right", fontsize=9, frameon=False)
+    # Scores are shares in [0, 1]: pad the axis so a flat row of points is not a hairline.
+    pad = max(0.05, 0.1 * (max(ys) - min(ys)))
+    ax.set_ylim(min(ys) - pad, max(ys) + 2 * pad)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
     ax.annotate("labels: learning rate; ringed: each method's pick", (0.0, 1.0),
-                xycoords="axes fraction", xytext=(0, -12), textcoords="offset points",
+                xycoords="axes fraction", xytext=(4, -12), textcoords="offset points",
                 fontsize=8, color=_GREY)  # fmt: skip
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

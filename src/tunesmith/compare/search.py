@@ -27,20 +27,16 @@ import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from tunesmith.atomic import write_json
 from tunesmith.compare.grid import DEFAULT_GRID, diverging, lr_grid
 from tunesmith.compare.lr import lr_for
-from tunesmith.compare.rows import (
-    MethodRow,
-    base_param_count,
-    row_from_run_dir,
-    task_metric_name,
-)
+from tunesmith.compare.rows import MethodRow, task_metric_name
 from tunesmith.compare.split import ValidationSplit, split_validation
+from tunesmith.compare.winners import evaluate_winners
 from tunesmith.config import TrainConfig, make_config
 from tunesmith.errors import ConfigError, UserInputError
 from tunesmith.report.metrics import read_metrics
@@ -88,6 +84,8 @@ class SearchRun:
         validation_loss: Eval loss (mean NLL per answer token) on the validation split.
         general_perplexity: Perplexity on the bundled general text after training.
         forgetting: ``general_perplexity`` over the base's, minus 1.
+        trainable_params: Parameters the optimizer updated.
+        total_params: All parameters of the trained model.
         best: The method's pick (best validation score).
         reason: Why it diverged or failed.
     """
@@ -101,22 +99,10 @@ class SearchRun:
     validation_loss: float | None = None
     general_perplexity: float | None = None
     forgetting: float | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
     best: bool = False
     reason: str | None = None
-
-
-def pick_best(runs: Sequence[SearchRun]) -> SearchRun | None:
-    """The finished run with the highest validation metric (ties: lower validation loss)."""
-    ok = [r for r in runs if r.status == "ok"]
-    if not ok:
-        return None
-
-    def key(r: SearchRun) -> tuple[float, float]:
-        metric = r.validation_metric if r.validation_metric is not None else -math.inf
-        loss = r.validation_loss if r.validation_loss is not None else math.inf
-        return (metric, -loss)
-
-    return max(ok, key=key)
 
 
 @dataclass
@@ -182,8 +168,10 @@ def search_methods(
             if run is None or (run.status == "ok" and not _finished(run.run_dir)):
                 say(f"[{i}/{len(names)}] {method} lr {lr:g} (x{lr / default:.3g})")
                 base = state["base_validation"]
-                run_cfg = _run_config(cfg, method, lr, out, split, steps, settings, base is None)
-                run = _train(run_cfg, default, say, progress_factory, stop)
+                run = _train(
+                    partial(_run_config, cfg, method, lr, out, split, steps, settings, base is None),
+                    SearchRun(method, lr, round(lr / default, 4), "ok"), say, progress_factory, stop,
+                )  # fmt: skip
                 if run.status == "ok" and base is None:
                     state["base_validation"] = _base_side(Path(run.run_dir))
                 state["runs"] = [r for r in state["runs"] if (r["method"], r["lr"]) != (method, lr)]
@@ -198,55 +186,8 @@ def search_methods(
         run.best = False
         if run.general_perplexity is not None and base_general:
             run.forgetting = run.general_perplexity / base_general - 1.0
-    _evaluate_winners(result, names, cfg, out, test, base_general, say)
+    evaluate_winners(result, names, cfg, out, test, base_general, say)
     return result
-
-
-def _evaluate_winners(
-    result: Searched,
-    names: list[str],
-    cfg: TrainConfig,
-    out: Path,
-    test: Path,
-    base_general: float | None,
-    say: Callable[[str], None],
-) -> None:
-    """Each method's best run and the base model, evaluated on the test set."""
-    say("evaluating the base model on the test set ...")
-    base = _test_eval(None, cfg, test, out / "search" / "base_test_eval.json")
-    if base_general is not None:
-        base.setdefault("metrics", {}).setdefault("base", {})["general_perplexity"] = base_general
-    result.first_eval = base
-    for method in names:
-        runs = [r for r in result.runs if r.method == method]
-        best = pick_best(runs)
-        if best is None:
-            why = "; ".join(f"lr {r.lr:g} {r.status}: {r.reason}" for r in runs)
-            result.rows.append(MethodRow(method, error=f"no learning rate finished ({why})"))
-            continue
-        best.best = True
-        say(f"{method}: best validation lr {best.lr:g}; evaluating it on the test set ...")
-        report = _test_eval(Path(best.run_dir), cfg, test, Path(best.run_dir) / "test_eval.json")
-        row = _test_row(best, report)
-        result.rows.append(row)
-        result.base_total = result.base_total or base_param_count(
-            method,
-            SimpleNamespace(total_params=row.total_params, trainable_params=row.trainable_params),
-        )
-
-
-def _test_row(best: SearchRun, report: dict[str, Any]) -> MethodRow:
-    """The method's row: its best run's parameters and time, with the *test* figures."""
-    row = row_from_run_dir(best.run_dir)
-    adapted = (report.get("metrics") or {}).get("adapted") or {}
-    row.task_metric = adapted.get(task_metric_name(report.get("task", "")))
-    row.exact_match = adapted.get("exact_match")
-    ppl = adapted.get("answer_perplexity")
-    row.eval_perplexity = ppl
-    row.eval_loss = math.log(ppl) if ppl else None
-    row.general_perplexity = best.general_perplexity
-    row.trainable_share = None  # compare divides by the base's count, the same for every row
-    return row
 
 
 def _clean_once(cfg: TrainConfig, root: Path) -> tuple[Path, Path]:
@@ -314,25 +255,32 @@ def _run_config(
 
 
 def _train(
-    run_cfg: TrainConfig,
-    default: float,
+    build: Callable[[], TrainConfig],
+    run: SearchRun,
     say: Callable[[str], None],
     progress_factory: Callable[[int], Any] | None,
     stop: Callable[[list[float]], str | None],
 ) -> SearchRun:
-    """One search run: train, then read its validation scores from what it wrote."""
+    """One search run (``run``, filled in): train, then read its validation scores from what
+    it wrote. A rate the config refuses (e.g. above its maximum) fails like a run."""
     import gc
 
     from tunesmith.compare.run import error_text
     from tunesmith.errors import WorkFailed
     from tunesmith.train.run import run_training
 
-    method, lr, run_dir = run_cfg.method, run_cfg.lr, Path(run_cfg.output)
-    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted try of this rate: start over
-    tag = f"{method} lr {lr:g}"
-    run = SearchRun(method, lr, round(lr / default, 4), "ok", str(run_dir))
+    tag = f"{run.method} lr {run.lr:g}"
     try:
-        run_training(
+        run_cfg = build()
+    except ConfigError as exc:
+        run.status, run.reason = "failed", error_text(exc)
+        say(f"  {tag}: failed: {run.reason}")
+        return run
+    run_dir = Path(run_cfg.output)
+    run.run_dir = str(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted try of this rate: start over
+    try:
+        trained = run_training(
             run_cfg, say=lambda m: say(f"  {tag}: {m}"), progress_factory=progress_factory,
             stop_when=stop,
         )  # fmt: skip
@@ -349,6 +297,7 @@ def _train(
         return run
     finally:
         gc.collect()  # the finished model is unreachable now; free it before the next
+    run.trainable_params, run.total_params = trained.trainable_params, trained.total_params
     ev = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
     adapted = (ev.get("metrics") or {}).get("adapted") or {}
     run.validation_metric = adapted.get(task_metric_name(ev.get("task", "")))
@@ -366,16 +315,3 @@ def _base_side(run_dir: Path) -> dict[str, Any] | None:
     """The base model's validation scores, from the run that evaluated it."""
     ev = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
     return (ev.get("metrics") or {}).get("base")
-
-
-def _test_eval(source: Path | None, cfg: TrainConfig, test: Path, target: Path) -> dict[str, Any]:
-    """``eval.json`` of ``source`` (a run; None: the base) on the test set, made once."""
-    if target.is_file():
-        return json.loads(target.read_text(encoding="utf-8"))
-    from tunesmith.eval.api import evaluate
-
-    return evaluate(
-        source, model=None if source else cfg.model, data=test, limit=cfg.eval_limit,
-        batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
-        base=source is None, forgetting=False, out=target,
-    )  # fmt: skip

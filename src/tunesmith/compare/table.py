@@ -18,6 +18,13 @@ def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _lr(v: float | None) -> str:
+    """``2e-03``; a searched rate such as 6.67e-4 keeps its digits (``6.67e-04``)."""
+    if v is None:
+        return "-"
+    return f"{v:.0e}" if float(f"{v:.0e}") == v else f"{v:.3g}" if v >= 0.01 else f"{v:.2e}"
+
+
 def _count(n: int | None) -> str:
     """``134_515_008 -> '134.5M'``, ``3_584 -> '3.6K'``."""
     if n is None:
@@ -55,12 +62,12 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
     failed = []
     for r in rows:
         if r.error:
-            t.add_row(r.method, _num(r.lr, ".0e"), "[red]failed[/red]")
+            t.add_row(r.method, _lr(r.lr), "[red]failed[/red]")
             failed.append(f"[red]{escape(r.method)} failed:[/red] {escape(r.error)}")
             continue
         t.add_row(
             r.method,
-            _num(r.lr, ".0e"),
+            _lr(r.lr),
             _count(r.trainable_params),
             _share(r.trainable_share),
             _num(r.task_metric, ".3f"),
