@@ -110,14 +110,25 @@ def test_forgetting_plot_written_and_shown_in_the_report(searched):
     assert 'alt="compare_forgetting"' in html and 'alt="compare"' in html
 
 
-def test_a_second_call_keeps_the_finished_runs(searched, tiny_llama_dir, demo_files):
+def test_a_second_call_trains_only_what_an_interruption_left(searched, tiny_llama_dir, demo_files):
+    """As if stopped during full's second rate: its run is half there and not recorded."""
     out, _ = searched
+    state_path = out / "search" / "state.json"
+    state = json.loads(state_path.read_text())
+    cut = out / "full" / "lr-0.00015"
+    state["runs"] = [r for r in state["runs"] if r["run_dir"] != str(cut)]
+    state_path.write_text(json.dumps(state))
+    (cut / "eval.json").unlink()
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/lr-*/eval.json")}
     stdout, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(err):
         assert main(_argv(tiny_llama_dir, demo_files, out)) == 0
-    assert len(before) == 4
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*/lr-*/eval.json")} == before
-    assert err.getvalue().count("done before (ok), kept") == 4
-    assert err.getvalue().count("done before (diverged), kept") == 1
-    assert err.getvalue().count("done before (failed), kept") == 1
+    assert len(before) == 3
+    after = {p: p.stat().st_mtime_ns for p in out.glob("*/lr-*/eval.json")}
+    assert {p: after[p] for p in before} == before and (cut / "eval.json") in after
+    log = err.getvalue()
+    assert log.count("done before (ok), kept") == 3 and "full lr 0.00015 (x3)" in log
+    assert log.count("done before (diverged), kept") == 1
+    assert log.count("done before (failed), kept") == 1
+    saved = json.loads((out / "compare.json").read_text())
+    assert len(saved["search"]) == 6 and all(r["status"] == "ok" for r in saved["search"][:2])

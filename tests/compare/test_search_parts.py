@@ -143,3 +143,22 @@ def test_forgetting_plot_is_a_png_and_needs_a_point():
     png = render_forgetting_png(runs, "execution_accuracy")
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     assert render_forgetting_png([_run("lora", 1.0, None, status="diverged")], "rouge_l") is None
+
+
+def test_help_states_the_grid_and_the_quick_settings(capsys):
+    from tunesmith.cli import main
+    from tunesmith.compare.search import QUICK_STEPS, QUICK_VALIDATION
+
+    assert main(["compare", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "x {1/3, 1, 3}" in text and DEFAULT_GRID == (1 / 3, 1, 3)
+    assert f"at most {QUICK_STEPS} steps per run and {QUICK_VALIDATION} validation" in text
+
+
+@pytest.mark.parametrize("flag", [["--quick"], ["--lr-grid", "1,3"], ["--search-steps", "5"]])
+def test_search_flags_without_lr_search_are_refused(flag, tmp_path, capsys):
+    from tunesmith.cli import main
+
+    out = tmp_path / "never"
+    assert main(["compare", "--methods", "lora", "--output", str(out), *flag]) == 2
+    assert "--lr-search" in capsys.readouterr().err and not out.exists()
