@@ -47,13 +47,13 @@ def test_split_size_bounds():
 
 def test_validation_never_holds_a_test_question(tmp_path, tiny_llama_dir):
     """Cleaning keeps the test set apart from training; validation is carved from training."""
-    from tunesmith.compare.search import _clean_once
+    from tunesmith.compare.search import clean_once
     from tunesmith.config import make_config
     from tunesmith.demo.dataset import write_demo_files
 
     raw, evals = write_demo_files(tmp_path / "demo", seed=0, n_train=96, n_eval=16)
     cfg = make_config({"model": str(tiny_llama_dir), "data": [str(raw)], "eval-data": str(evals)})
-    train, test = _clean_once(cfg, tmp_path / "search")
+    train, test = clean_once(cfg, tmp_path / "search")
     split = split_validation(train, tmp_path / "search", cfg.seed)
 
     def prompts(path):
@@ -162,3 +162,12 @@ def test_search_flags_without_lr_search_are_refused(flag, tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["compare", "--methods", "lora", "--output", str(out), *flag]) == 2
     assert "--lr-search" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_preference_objective_is_refused_before_the_output_is_made(tmp_path):
+    from tunesmith.compare import compare
+
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match="objective"):
+        compare("lora", base_config={"objective": "dpo"}, output=out, search=SearchSettings())
+    assert not out.exists()

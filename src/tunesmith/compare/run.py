@@ -40,7 +40,7 @@ from tunesmith.compare.rows import (
     row_from_run,
     task_metric_name,
 )
-from tunesmith.compare.search import SearchSettings, search_methods, started
+from tunesmith.compare.search import SearchSettings, check_searchable, search_methods, started
 from tunesmith.config import TrainConfig, make_config
 from tunesmith.errors import ConfigError, UserInputError
 from tunesmith.train.loop import Interrupted
@@ -206,6 +206,8 @@ def compare(
 
     check_paths(cfg.model_copy(update={"output": None}))  # data files and dataset folders
     out = Path(output or cfg.output or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    if search is not None:
+        check_searchable(cfg)  # before the output directory is made
     if search is None or cfg.overwrite or not started(out):
         _prepare_output(out, cfg.overwrite)
 

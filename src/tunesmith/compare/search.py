@@ -131,6 +131,16 @@ def started(out: Path) -> bool:
     return (out / STATE).is_file()
 
 
+def check_searchable(cfg: TrainConfig) -> None:
+    """Refuse what the search cannot score: a preference objective (no generation task).
+
+    Raises:
+        ConfigError: ``cfg.objective`` is not ``sft``.
+    """
+    if cfg.objective != "sft":
+        raise ConfigError("objective", cfg.objective, "sft with --lr-search")
+
+
 def search_methods(
     names: list[str],
     cfg: TrainConfig,
@@ -142,13 +152,12 @@ def search_methods(
     """Search every method's learning rate and evaluate each winner on the test set.
 
     Raises:
-        ConfigError: A preference objective (the search scores generations, an SFT task).
+        ConfigError: A preference objective (:func:`check_searchable`).
         UserInputError: ``out`` holds a search made with other settings, or too little data.
         Interrupted: Ctrl-C / SIGTERM; finished runs are kept for the next call.
     """
-    if cfg.objective != "sft":
-        raise ConfigError("objective", cfg.objective, "sft with --lr-search")
-    train, test = _clean_once(cfg, out / "search")
+    check_searchable(cfg)
+    train, test = clean_once(cfg, out / "search")
     split = split_validation(train, out / "search", cfg.seed)
     steps = settings.steps or cfg.max_steps
     state = _load_state(out, _fingerprint(cfg, split, steps, settings))
@@ -190,7 +199,7 @@ def search_methods(
     return result
 
 
-def _clean_once(cfg: TrainConfig, root: Path) -> tuple[Path, Path]:
+def clean_once(cfg: TrainConfig, root: Path) -> tuple[Path, Path]:
     """Clean the data as ``train`` does, once for the whole search: (training, test) files."""
     from tunesmith.data.render import ensure_chat_template
     from tunesmith.models.loading import load_tokenizer, resolve_model
