@@ -171,3 +171,18 @@ def test_a_preference_objective_is_refused_before_the_output_is_made(tmp_path):
     with pytest.raises(ConfigError, match="objective"):
         compare("lora", base_config={"objective": "dpo"}, output=out, search=SearchSettings())
     assert not out.exists()
+
+
+def test_search_table_marks_the_pick_and_says_why_a_rate_stopped():
+    from rich.console import Console
+
+    from tunesmith.compare.table import search_table
+
+    runs = [_run("lora", 6.67e-4, 0.8), _run("lora", 2e-3, 0.9)]
+    runs[1].best = True
+    runs.append(SearchRun("lora", 6e-3, 3.0, "diverged", reason="loss nan"))
+    console = Console(width=100, record=True)
+    console.print(search_table(runs, "execution_accuracy"))
+    text = console.export_text()
+    assert "6.67e-04" in text and "val exec acc" in text and "0.900" in text
+    assert "*" in text and "lora lr 6e-03 diverged: loss nan" in text

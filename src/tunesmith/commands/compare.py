@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from tunesmith.commands._console import console, progress_factory, quiet_libraries
     from tunesmith.compare import compare, parse_methods
     from tunesmith.compare.latency import LatencySettings
-    from tunesmith.compare.table import compare_table
+    from tunesmith.compare.table import compare_table, search_table
     from tunesmith.config import config_from_args
     from tunesmith.errors import ConfigError, UserInputError, WorkFailed
 
@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         steps = f"{s['max_steps']} steps" if s["max_steps"] else f"{s['epochs']} epochs"
         title = f"{s['model']}: {steps}, batch {s['batch_size']}, seed {s['seed']}, eval n={s['eval_n']}"
         out.print(compare_table(rows, result.metric_name, title))
+        if result.search:
+            out.print(search_table(result.search, result.metric_name))
         plots = [p.name for p in (result.plot, result.forgetting_plot) if p is not None]
         out.print(f"compare.json{''.join(' and ' + p for p in plots)} in {result.output}")
     if all(r.error for r in result.rows):
