@@ -58,6 +58,7 @@ def test_every_method_and_rate_ran_on_the_same_split(searched):
     ]
     s = saved["settings"]["lr_search"]
     assert (s["grid"], s["steps"], s["validation_limit"]) == ([1.0, 3.0, 20000.0], 6, 40)
+    assert 0.0 <= s["base_validation_metric"] <= 1.0
     validation = (out / "search" / "validation.jsonl").read_text().splitlines()
     assert len(validation) == s["validation_n"] >= 8
     for r in runs:

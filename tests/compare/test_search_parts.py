@@ -140,7 +140,7 @@ def test_pareto_front_keeps_the_undominated():
 def test_forgetting_plot_is_a_png_and_needs_a_point():
     runs = [_run("lora", 2e-3, 0.8), _run("full", 5e-5, 0.9, forgetting=0.01)]
     runs[0].best = True
-    png = render_forgetting_png(runs, "execution_accuracy")
+    png = render_forgetting_png(runs, "execution_accuracy", base_metric=0.0)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     assert render_forgetting_png([_run("lora", 1.0, None, status="diverged")], "rouge_l") is None
 

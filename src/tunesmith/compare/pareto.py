@@ -47,9 +47,12 @@ def _label_offsets(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
     return out
 
 
-def render_forgetting_png(runs: Sequence, metric_name: str) -> bytes | None:
+def render_forgetting_png(
+    runs: Sequence, metric_name: str, base_metric: float | None = None
+) -> bytes | None:
     """PNG bytes of the plot of :class:`~tunesmith.compare.search.SearchRun` s, or None when
-    no run has both a validation metric and a forgetting figure."""
+    no run has both a validation metric and a forgetting figure; ``base_metric`` (the untrained
+    model's validation score) is drawn as a grey point at no forgetting, for reference."""
     from matplotlib.figure import Figure
 
     pts = [r for r in runs if r.validation_metric is not None and r.forgetting is not None]
@@ -83,6 +86,9 @@ def render_forgetting_png(runs: Sequence, metric_name: str) -> bytes | None:
             if pts[i].best:
                 ax.scatter([xs[i]], [ys[i]], s=160, facecolors="none", edgecolors=color,
                            linewidths=1.5, zorder=4)  # fmt: skip
+    if base_metric is not None:
+        ax.scatter([0.0], [base_metric], color=_GREY, marker="s", s=36, zorder=3, label="base")
+        ys = [*ys, base_metric]
     # Scores are shares in [0, 1]: pad the axis so a flat row of points is not a hairline.
     pad = max(0.05, 0.1 * (max(ys) - min(ys)))
     ax.set_ylim(min(ys) - pad, max(ys) + 2 * pad)

@@ -241,7 +241,9 @@ def compare(
     write_json(out / "compare.json", result.to_dict())
     result.plot = _write_png(out / "compare.png", render_compare_png(rows, metric, base))
     if search is not None:
-        png = render_forgetting_png(trained.runs, metric)
+        png = render_forgetting_png(
+            trained.runs, metric, trained.settings["base_validation_metric"]
+        )
         result.forgetting_plot = _write_png(out / "compare_forgetting.png", png)
     return result
 

@@ -196,6 +196,10 @@ def search_methods(
         if run.general_perplexity is not None and base_general:
             run.forgetting = run.general_perplexity / base_general - 1.0
     evaluate_winners(result, names, cfg, out, test, base_general, say)
+    task = (result.first_eval or {}).get("task", "")
+    result.settings["base_validation_metric"] = (state["base_validation"] or {}).get(
+        task_metric_name(task)
+    )
     return result
 
 
