@@ -1,5 +1,6 @@
 """The training loop on a tiny real Llama: loss falls, only adapter weights move, resume is exact."""
 
+import pytest
 import torch
 
 from tests.tiny import make_tiny_model, make_tokenizer
@@ -11,6 +12,7 @@ from tunesmith.train.checkpoint import latest_valid_checkpoint
 from tunesmith.train.fastpath import FastPaths, attention
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
 from tunesmith.train.loop import LoopSettings, TrainLoop
+from tunesmith.train.signals import Diverged
 
 
 def _examples(tok, n=24):
@@ -168,10 +170,6 @@ def test_packed_passes_train_like_the_reference_path(tmp_path):
 
 def test_stop_when_ends_the_run_at_the_step_it_names(tmp_path):
     """The caller's predicate sees every step's loss; its reason ends the run there."""
-    import pytest
-
-    from tunesmith.train.signals import Diverged
-
     tok = make_tokenizer()
     seen = []
 
