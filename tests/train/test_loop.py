@@ -1,5 +1,6 @@
 """The training loop on a tiny real Llama: loss falls, only adapter weights move, resume is exact."""
 
+import pytest
 import torch
 
 from tests.tiny import make_tiny_model, make_tokenizer
@@ -11,6 +12,7 @@ from tunesmith.train.checkpoint import latest_valid_checkpoint
 from tunesmith.train.fastpath import FastPaths, attention
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
 from tunesmith.train.loop import LoopSettings, TrainLoop
+from tunesmith.train.signals import Diverged
 
 
 def _examples(tok, n=24):
@@ -164,3 +166,23 @@ def test_packed_passes_train_like_the_reference_path(tmp_path):
     torch.testing.assert_close(runs["packed"][0], runs["reference"][0], rtol=1e-5, atol=1e-5)
     for n, p in runs["reference"][1].items():
         torch.testing.assert_close(runs["packed"][1][n], p, rtol=1e-4, atol=1e-5)
+
+
+def test_stop_when_ends_the_run_at_the_step_it_names(tmp_path):
+    """The caller's predicate sees every step's loss; its reason ends the run there."""
+    tok = make_tokenizer()
+    seen = []
+
+    def stop_when(losses):
+        seen.append(list(losses))
+        return "enough" if len(losses) == 3 else None
+
+    s = LoopSettings(max_steps=12, batch_size=4, lr=1e-2, logging_steps=1, seed=3)
+    loop = TrainLoop(
+        _lora_model(), _examples(tok), tok.pad_token_id, s, tmp_path, torch.device("cpu"),
+        stop_when=stop_when,
+    )  # fmt: skip
+    with pytest.raises(Diverged, match="stopped at step 3: enough"):
+        loop.train()
+    assert [len(x) for x in seen] == [1, 2, 3]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3

@@ -13,8 +13,19 @@ examples) with that objective, and the table adds the held-out preference accura
 mean reward margin of the base and of each method; a method the objective refuses (the
 virtual-token methods prompt, prefix and mam) gets an error row.
 
+--lr-search tries each method at its default learning rate x {1/3, 1, 3} (--lr-grid to change
+the multipliers), every rate training on the cleaned training data minus a seeded 10%
+validation split (8 to 200 examples) and scored on that split; a rate whose loss blows up
+(non-finite, or 1.5x its start after warm-up) is stopped early. Each method is then reported
+at its best validation rate (lr column) with that run's test-set figures, and
+OUTPUT/compare_forgetting.png plots every rate's validation score against its forgetting.
+Runs go under OUTPUT/<method>/lr-<rate>/; running the same command again after an
+interruption trains only the rates not finished. --quick: at most 50 steps per run and 40
+validation examples scored per rate (the test set keeps --eval-limit).
+
 Example: tunesmith compare --methods lora,qlora,houlsby,prefix,mam,full --max-steps 150
          tunesmith compare --objective dpo --data pairs.jsonl --methods lora,houlsby,full
+         tunesmith compare examples/smollm2_compare.yaml --lr-search --quick --methods lora,full
 """
 
 from __future__ import annotations
@@ -47,6 +58,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=10,
         help="timed forward passes per model (median)",
     )
+    p.add_argument(
+        "--lr-search",
+        action="store_true",
+        help="search each method's learning rate on a validation split of the training data "
+        "(default x 1/3, 1, 3) and report each at its best",
+    )
+    p.add_argument(
+        "--lr-grid",
+        metavar="M1,M2,...",
+        help="--lr-search multipliers of each method's default learning rate (default 0.333,1,3)",
+    )
+    p.add_argument(
+        "--search-steps",
+        type=positive_int,
+        help="--lr-search: steps of every run (default: --max-steps; with --quick at most 50)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="--lr-search in short: at most 50 steps per run, 40 validation examples per rate",
+    )
     p.add_argument("--json", action="store_true", help="print compare.json on stdout")
     add_config_arguments(p)
     for action in p._actions:  # --methods replaces train's --method: hide it (run() refuses it)
@@ -61,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from tunesmith.commands._console import console, progress_factory, quiet_libraries
     from tunesmith.compare import compare, parse_methods
     from tunesmith.compare.latency import LatencySettings
-    from tunesmith.compare.table import compare_table
+    from tunesmith.compare.table import compare_table, search_table
     from tunesmith.config import config_from_args
     from tunesmith.errors import ConfigError, UserInputError, WorkFailed
 
@@ -72,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("latency-runs", args.latency_runs, "an integer >= 1")
     quiet_libraries()
     cfg = config_from_args(args, args.config_file)
+    search = _search_settings(args, cfg)
     out = console(stderr=args.json)
     result = compare(
         methods,
@@ -80,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         latency_settings=LatencySettings(runs=args.latency_runs),
         say=lambda m: out.print(m, highlight=False, markup=False),
         progress_factory=progress_factory(out),
+        search=search,
     )
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=2)
@@ -90,7 +124,28 @@ def run(args: argparse.Namespace) -> int:
         steps = f"{s['max_steps']} steps" if s["max_steps"] else f"{s['epochs']} epochs"
         title = f"{s['model']}: {steps}, batch {s['batch_size']}, seed {s['seed']}, eval n={s['eval_n']}"
         out.print(compare_table(rows, result.metric_name, title))
-        out.print(f"compare.json{' and compare.png' if result.plot else ''} in {result.output}")
+        if result.search:
+            out.print(search_table(result.search, result.metric_name))
+        plots = [p.name for p in (result.plot, result.forgetting_plot) if p is not None]
+        out.print(f"compare.json{''.join(' and ' + p for p in plots)} in {result.output}")
     if all(r.error for r in result.rows):
         raise WorkFailed("every method failed; see the error column")
     return 0
+
+
+def _search_settings(args: argparse.Namespace, cfg):
+    """The ``--lr-search`` settings, or None; the search flags without it are refused."""
+    from tunesmith.compare.grid import DEFAULT_GRID, parse_grid
+    from tunesmith.compare.search import SearchSettings
+    from tunesmith.errors import UserInputError
+
+    if not args.lr_search:
+        given = [f for f, v in (("--lr-grid", args.lr_grid), ("--search-steps", args.search_steps),
+                                ("--quick", args.quick)) if v]  # fmt: skip
+        if given:
+            raise UserInputError(f"{', '.join(given)} only apply with --lr-search")
+        return None
+    grid = parse_grid(args.lr_grid) if args.lr_grid else DEFAULT_GRID
+    if args.quick:
+        return SearchSettings.quick(cfg.max_steps, grid, args.search_steps)
+    return SearchSettings(grid, args.search_steps)

@@ -11,6 +11,11 @@ data is cleaned once, by the first run; later runs read that run's ``data/train.
 methods. Only the learning rate differs, per method (:mod:`tunesmith.compare.lr`), unless the
 user chose one. A method that fails (out of memory, a model it cannot adapt) gets a row with
 its error and the comparison goes on.
+
+With a :class:`~tunesmith.compare.search.SearchSettings` each method is trained at several
+learning rates instead, scored on a validation split of the training data, and reported at
+its best one (:mod:`tunesmith.compare.search`); ``compare_forgetting.png`` plots every rate's
+task metric against its forgetting (:mod:`tunesmith.compare.pareto`).
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunesmith.atomic import atomic_path, write_json
 from tunesmith.compare.latency import Latencies, LatencySettings, measure_latencies
 from tunesmith.compare.lr import lr_for
+from tunesmith.compare.pareto import render_forgetting_png
 from tunesmith.compare.plot import render_compare_png
 from tunesmith.compare.rows import (
     MethodRow,
@@ -34,6 +40,7 @@ from tunesmith.compare.rows import (
     row_from_run,
     task_metric_name,
 )
+from tunesmith.compare.search import SearchSettings, check_searchable, search_methods, started
 from tunesmith.config import TrainConfig, make_config
 from tunesmith.errors import ConfigError, UserInputError
 from tunesmith.train.loop import Interrupted
@@ -52,6 +59,8 @@ class CompareResult:
         metric_name: Name of the task metric (``execution_accuracy`` or ``rouge_l``).
         settings: The shared settings written to ``compare.json``.
         plot: Path of ``compare.png``, or None when there was nothing to plot.
+        search: With ``--lr-search``, every :class:`~tunesmith.compare.search.SearchRun`.
+        forgetting_plot: ``compare_forgetting.png`` (search only), or None.
     """
 
     output: Path
@@ -60,11 +69,17 @@ class CompareResult:
     metric_name: str
     settings: dict[str, Any] = field(default_factory=dict)
     plot: Path | None = None
+    search: list[Any] | None = None
+    forgetting_plot: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``compare.json`` object: ``{"settings": {...}, "rows": [base?, method...]}``."""
+        """The ``compare.json`` object: ``{"settings": {...}, "rows": [base?, method...]}``,
+        and with ``--lr-search`` ``"search"``: every (method, rate) tried."""
         rows = ([self.base] if self.base else []) + self.rows
-        return {"settings": self.settings, "rows": [r.to_dict(self.metric_name) for r in rows]}
+        out = {"settings": self.settings, "rows": [r.to_dict(self.metric_name) for r in rows]}
+        if self.search is not None:
+            out["search"] = [asdict(r) for r in self.search]
+        return out
 
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
@@ -142,7 +157,8 @@ def _first_prompt(shared: tuple[str, str] | None) -> str:
     return LATENCY_FALLBACK_PROMPT
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """The first line of an exception, after its type: a failed row's ``error``."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -156,6 +172,7 @@ def compare(
     latency_settings: LatencySettings = LatencySettings(),
     say: Callable[[str], None] = print,
     progress_factory: Callable[[int], Any] | None = None,
+    search: SearchSettings | None = None,
 ) -> CompareResult:
     """Train each method on the same data and budget and compare the results.
 
@@ -169,6 +186,9 @@ def compare(
         latency_settings: Prompt length, runs and warm-up of the latency measurement.
         say: Receives progress lines.
         progress_factory: Passed to each training run (a live progress bar).
+        search: Search each method's learning rate (:mod:`tunesmith.compare.search`); each row
+            is then the method at its best validation rate, with test-set figures, and an
+            ``output`` holding an unfinished search is continued, not refused.
 
     Returns:
         A :class:`CompareResult`; ``compare.json`` and ``compare.png`` are in ``output``.
@@ -186,10 +206,16 @@ def compare(
 
     check_paths(cfg.model_copy(update={"output": None}))  # data files and dataset folders
     out = Path(output or cfg.output or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    _prepare_output(out, cfg.overwrite)
+    if search is not None:
+        check_searchable(cfg)  # before the output directory is made
+    if search is None or cfg.overwrite or not started(out):
+        _prepare_output(out, cfg.overwrite)
 
     t0 = time.perf_counter()
-    trained = _train_each(names, cfg, out, say, progress_factory)
+    if search is not None:
+        trained = search_methods(names, cfg, out, search, say, progress_factory)
+    else:
+        trained = _train_each(names, cfg, out, say, progress_factory)
     rows, base_total = trained.rows, trained.base_total
     lat = None
     if latency:
@@ -209,13 +235,25 @@ def compare(
     )
     settings["total_s"] = round(time.perf_counter() - t0, 1)
     result = CompareResult(out, rows, base, metric, settings)
+    if search is not None:
+        settings["lr_search"], result.search = trained.settings, trained.runs
+        settings["max_steps"] = trained.settings["steps"]  # what every search run trained
     write_json(out / "compare.json", result.to_dict())
-    png = render_compare_png(rows, metric, base)
-    if png is not None:
-        result.plot = out / "compare.png"
-        with atomic_path(result.plot) as tmp:
-            tmp.write_bytes(png)
+    result.plot = _write_png(out / "compare.png", render_compare_png(rows, metric, base))
+    if search is not None:
+        png = render_forgetting_png(
+            trained.runs, metric, trained.settings["base_validation_metric"]
+        )
+        result.forgetting_plot = _write_png(out / "compare_forgetting.png", png)
     return result
+
+
+def _write_png(path: Path, png: bytes | None) -> Path | None:
+    if png is None:
+        return None
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png)
+    return path
 
 
 @dataclass
@@ -254,7 +292,7 @@ def _train_each(
             raise
         except Exception as exc:  # one method's failure (e.g. out of memory) must not end the rest
             run_dir = Path(run_cfg.output)
-            error = _error_text(exc)
+            error = error_text(exc)
             say(f"  {method}: failed: {error}")
             done.rows.append(
                 MethodRow(
@@ -292,7 +330,7 @@ def _time_latency(
         text,
         settings,
         trust_remote_code=cfg.trust_remote_code,
-        on_error=lambda m, exc: say(f"  {m}: latency not measured: {_error_text(exc)}"),
+        on_error=lambda m, exc: say(f"  {m}: latency not measured: {error_text(exc)}"),
     )
     for r in rows:
         if r.method in lat.methods:

@@ -1,4 +1,5 @@
-"""The comparison as a rich table for the terminal (exact numbers are in ``compare.json``)."""
+"""The comparison as rich tables for the terminal (exact numbers are in ``compare.json``): one
+line per method, and with ``--lr-search`` one per (method, rate) tried."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ _SHORT = {"execution_accuracy": "exec acc", "rouge_l": "ROUGE-L"}
 
 def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
+
+
+def _lr(v: float | None, digits: int = 2) -> str:
+    """``2e-03``; a searched rate keeps ``digits`` significant digits (6.67e-4 -> ``6.7e-04``)."""
+    if v is None:
+        return "-"
+    mantissa, exponent = f"{v:.{digits - 1}e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
 
 def _count(n: int | None) -> str:
@@ -58,12 +67,12 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
     failed = []
     for r in rows:
         if r.error:
-            t.add_row(r.method, _num(r.lr, ".0e"), "[red]failed[/red]")
+            t.add_row(r.method, _lr(r.lr), "[red]failed[/red]")
             failed.append(f"[red]{escape(r.method)} failed:[/red] {escape(r.error)}")
             continue
         t.add_row(
             r.method,
-            _num(r.lr, ".0e"),
+            _lr(r.lr),
             _count(r.trainable_params),
             _share(r.trainable_share),
             _num(r.task_metric, ".3f"),
@@ -77,4 +86,33 @@ def compare_table(rows: Sequence[MethodRow], metric_name: str, title: str = ""):
         )
     if failed:
         t.caption = "\n".join(failed)
+    return t
+
+
+def search_table(runs: Sequence, metric_name: str):
+    """One line per (method, rate): status, validation metric and loss, forgetting; ``*`` marks
+    each method's pick; reasons of diverged or failed rates go in the caption."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="learning-rate search (validation split)", box=box.SIMPLE_HEAD,
+              show_edge=False, padding=(0, 1))  # fmt: skip
+    for col in ("method", "lr", "×default", f"val {_SHORT.get(metric_name, metric_name)}",
+                "val loss", "forget", ""):  # fmt: skip
+        t.add_column(col, justify="left" if col in ("method", "") else "right", no_wrap=True)
+    notes = []
+    for r in runs:
+        if r.status != "ok":
+            notes.append(
+                f"{escape(r.method)} lr {_lr(r.lr, 3)} {r.status}: {escape(r.reason or '')}"
+            )
+        t.add_row(
+            r.method, _lr(r.lr, 3), f"{r.multiplier:.3g}", _num(r.validation_metric, ".3f"),
+            _num(r.validation_loss, ".4f"),
+            "-" if r.forgetting is None else f"{100 * r.forgetting:+.1f}%",
+            "*" if r.best else ("" if r.status == "ok" else f"[red]{r.status}[/red]"),
+        )  # fmt: skip
+    if notes:
+        t.caption = "\n".join(notes)
     return t

@@ -9,7 +9,8 @@ examples by micro-batch length.
 Faults cost a retry, not the run: an out-of-memory step is redone with each micro-batch split
 in two (twice the accumulation, the same examples, the same effective batch); a non-finite
 loss or gradient stops the run (keeping the last checkpoint) or, with ``on_nan="skip"``,
-drops that one update; SIGINT/SIGTERM save a checkpoint at the next step boundary.
+drops that one update; SIGINT/SIGTERM save a checkpoint at the next step boundary; a reason
+from ``stop_when(losses)``, asked after every step, ends the run (:class:`Diverged`).
 
 The CPU fast paths reach the loop only through their handle
 (:class:`tunesmith.train.fastpath.FastPaths`): how a micro-batch is cut into passes, the loss's
@@ -39,7 +40,7 @@ from tunesmith.train import guard
 from tunesmith.train.fastpath import FastPaths
 from tunesmith.train.memory_stats import peak_memory_bytes, reset_peak_memory
 from tunesmith.train.settings import LoopSettings, TrainResult, steps_for_epochs
-from tunesmith.train.signals import Interrupted, StopRequest
+from tunesmith.train.signals import Diverged, Interrupted, StopRequest
 from tunesmith.train.speed import compute_context
 from tunesmith.train.step_batches import StepBatches
 
@@ -64,6 +65,7 @@ class TrainLoop:
         fast_paths: FastPaths | None = None,
         batches: StepBatches | None = None,
         loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None,  # sum over units
+        stop_when: Callable[[list[float]], str | None] | None = None,
     ):
         self.model = model
         # The CPU fast paths' policies (passes, cross-entropy, heap trimming); the default
@@ -112,6 +114,7 @@ class TrainLoop:
             )
             self.forward = self.engine
         self.loss_fn = loss_fn
+        self.stop_when = stop_when  # losses so far -> why to stop now, or None
         self.batches = batches or StepBatches(
             examples,
             pad_id,
@@ -160,13 +163,8 @@ class TrainLoop:
             result.examples_seen = state.get("examples_seen", 0)
             self.split = state.get("micro_split", 1)
             result.resumed_from = start_step
-        log = (
-            MetricsLog(
-                self.run_dir / "metrics.jsonl", resume_step=start_step if resume_from else None
-            )
-            if self.dist.is_main
-            else None
-        )
+        resume_step = start_step if resume_from is not None else None
+        log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step) if self.dist.is_main else None
         self.model.train()
         reset_peak_memory(self.device)  # the logged peak is this run's training, not the process's
         t0 = time.perf_counter()
@@ -202,6 +200,8 @@ class TrainLoop:
                     self.s.save_steps and done % self.s.save_steps == 0 and not last
                 ):
                     self.save(done, result, elapsed_before + time.perf_counter() - t0)
+                if self.stop_when is not None and (why := self.stop_when(result.losses)):
+                    raise Diverged(f"stopped at step {done}: {why}")
                 if self.stop.requested:
                     raise Interrupted(
                         f"stopped at step {done}; checkpoint saved. Continue with: "

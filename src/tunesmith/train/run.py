@@ -75,6 +75,7 @@ class _Session:
     t_start: float
     timings: dict[str, float] = field(default_factory=dict)
     trackers: Any = None  # track.session.Trackers
+    stop_when: Callable[[list[float]], str | None] | None = None  # TrainLoop's stop predicate
 
 
 def run_training(
@@ -83,8 +84,13 @@ def run_training(
     resume: str | Path | None = None,
     say: Callable[[str], None] = print,
     progress_factory: Callable[[int], Any] | None = None,
+    stop_when: Callable[[list[float]], str | None] | None = None,
 ) -> RunResult:
-    """Run a whole fine-tune as configured; see the module docstring for the steps."""
+    """Run a whole fine-tune as configured; see the module docstring for the steps.
+
+    ``stop_when`` (the step losses so far -> a reason, or None) may end training early with
+    :class:`~tunesmith.train.signals.Diverged`; compare's learning-rate search passes one.
+    """
     from tunesmith.data.render import ensure_chat_template
     from tunesmith.models.loading import load_tokenizer
     from tunesmith.train import guard
@@ -108,7 +114,7 @@ def run_training(
         tokenizer = load_tokenizer(pre.source, trust_remote_code=pre.cfg.trust_remote_code)
         ensure_chat_template(tokenizer, pre.cfg.template)
     claimed = claim_for_run(pre, resumed, new_run_dir(pre.cfg)) if dist.is_main else None
-    s = _Session(pre.cfg, pre, dist, claimed, say, progress_factory, t_start)
+    s = _Session(pre.cfg, pre, dist, claimed, say, progress_factory, t_start, stop_when=stop_when)
     try:
         staging, target = dist.broadcast(
             (str(claimed.run.path), str(claimed.target)) if claimed is not None else None
@@ -216,6 +222,7 @@ def _train_and_save(s: _Session, run: RunDir, data: DataSplit, built: BuiltModel
     loop = TrainLoop(
         model, train_ex, tokenizer.pad_token_id, loop_settings(cfg, built, max_steps), run.path,
         dist.device, on_log=s.trackers.log, say=say, dist=dist, fast_paths=built.fast_paths,
+        stop_when=s.stop_when,
         **(pref.loop_inputs(train_ex, tokenizer.pad_token_id) if pref else {}),
     )  # fmt: skip
     per_step = cfg.batch_size * cfg.grad_accum * dist.world_size

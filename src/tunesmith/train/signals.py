@@ -1,4 +1,5 @@
-"""Stopping a run at a step boundary: SIGINT/SIGTERM only raise a flag the loop reads."""
+"""Stopping a run at a step boundary: SIGINT/SIGTERM only raise a flag the loop reads; a
+caller's stop predicate (``TrainLoop(stop_when=...)``) ends a run it judges hopeless."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, WorkFailed
 
 
 class Interrupted(TunesmithError):
     """SIGINT/SIGTERM arrived; a checkpoint was saved at the step boundary."""
 
     exit_code = 130
+
+
+class Diverged(WorkFailed):
+    """The caller's stop predicate ended the run early (e.g. a learning rate whose loss blew up)."""
 
 
 class StopRequest:
