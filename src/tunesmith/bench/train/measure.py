@@ -52,6 +52,9 @@ class RunRow:
     flops: float
     flops_per_s: float
     ceiling_ratio: float = 0.0
+    shape_limit_s: float = 0.0  # the step's GEMMs alone, per timed step (gemm_limit.py)
+    shape_limit_ratio: float = 0.0  # those GEMMs' time over the measured steps' wall time
+    shape_limit_gflop: float = 0.0  # their GFLOPs per timed step (recorded where measured)
     losses: list[float] = field(default_factory=list)
     setup_s: float = 0.0
 
