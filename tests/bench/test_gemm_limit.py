@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tunesmith.bench.train.gemm_limit import Gemm, record_gemms, replay, share_limit
-from tunesmith.bench.train.measure import LORA, BenchSettings
+from tunesmith.bench.train.gemm_limit import Gemm, record_gemms, replay
+from tunesmith.bench.train.measure import LORA, BenchSettings, share_limit
 
 
 def test_a_linear_records_its_product_with_the_weight_transposed():

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,33 +193,3 @@ def replay(
         flops=float(sum(g.flops * c for g, c in counts.items())),
         distinct=len(counts),
     )
-
-
-def limit_fields(limit: ShapeLimit, timed_steps: int, wall_s: float) -> dict[str, float]:
-    """A bench row's shape-limit fields: seconds per step, and the limit's share of the wall."""
-    return {
-        "shape_limit_s": limit.seconds / max(timed_steps, 1),
-        "shape_limit_ratio": limit.seconds / wall_s if wall_s else 0.0,
-        "shape_limit_gflop": limit.flops / max(timed_steps, 1) / 1e9,
-    }
-
-
-def share_limit(rows: Iterable[dict[str, Any]], measured: str = "tunesmith") -> None:
-    """Give every other variant's row the same workload's limit, per trained token.
-
-    Only ``measured`` records its steps' GEMMs; the peers train the same examples, so their
-    limit is the measured row's seconds per trained token (same round) times their own
-    trained tokens. Rows without a measured row of their round keep 0.
-    """
-    rows = list(rows)
-    per_token = {
-        r["rep"]: r["shape_limit_s"] * r["timed_steps"] / r["trained_tokens"]
-        for r in rows
-        if r["variant"] == measured and r.get("trained_tokens") and r.get("shape_limit_s")
-    }
-    for r in rows:
-        if r["variant"] == measured or r["rep"] not in per_token:
-            continue
-        seconds = per_token[r["rep"]] * r["trained_tokens"]
-        r["shape_limit_s"] = seconds / max(r["timed_steps"], 1)
-        r["shape_limit_ratio"] = seconds / r["wall_s"] if r["wall_s"] else 0.0

@@ -19,8 +19,7 @@ from typing import Any
 
 from tunesmith.bench.train import trl_peer
 from tunesmith.bench.train.data import prepare_data
-from tunesmith.bench.train.gemm_limit import share_limit
-from tunesmith.bench.train.measure import BenchSettings, matmul_ceiling
+from tunesmith.bench.train.measure import BenchSettings, matmul_ceiling, share_limit
 from tunesmith.bench.train.summary import summarize
 
 VARIANTS: tuple[str, ...] = ("tunesmith", *trl_peer.VARIANTS)

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tunesmith.bench.train.data import read_conversations
-from tunesmith.bench.train.gemm_limit import limit_fields
 from tunesmith.bench.train.measure import (
     LORA,
     BenchSettings,
     StepClock,
     eval_loss,
     finish_row,
+    limit_fields,
     linear_params,
     peak_rss_bytes,
 )
