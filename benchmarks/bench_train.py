@@ -1,13 +1,15 @@
 """Benchmark training against TRL: tunesmith vs TRL SFTTrainer (defaults, and tuned).
 
 The same run as ``tunesmith bench train``; see :mod:`tunesmith.bench.train` for what is
-measured and the FLOP formula. Its last four lines are ``speedup_vs_trl_default=X``,
-``speedup_vs_trl_tuned=Y``, ``peak_rss_ratio=Z`` (tunesmith over TRL default) and
-``ceiling_ratio=W`` (tunesmith's useful FLOP/s over the matmul ceiling at its precision).
+measured and the FLOP formula. Its last five lines are ``speedup_vs_trl_default=X``,
+``speedup_vs_trl_tuned=Y``, ``peak_rss_ratio=Z`` (tunesmith over TRL default),
+``ceiling_ratio=W`` (tunesmith's useful FLOP/s over the matmul ceiling at its precision) and
+``shape_limit_ratio=S`` (the time of the steps' own GEMMs alone over the steps' time).
 
 Goals (issue 8, 2-core CPU, demo config): speedup_vs_trl_default >= 3,
 speedup_vs_trl_tuned >= 1.3, peak_rss_ratio <= 0.75, ceiling_ratio >= 0.5, eval loss no
-worse than TRL's within run-to-run noise.
+worse than TRL's within run-to-run noise. Issue 25 (AMX CPUs): ceiling_ratio >= 0.35 and
+shape_limit_ratio >= 0.7.
 
 Usage:
     python benchmarks/bench_train.py --quick              # 12 steps, 1 round, < 15 min

@@ -74,21 +74,22 @@ def test_matmul_ceiling_is_a_rate():
     assert math.isfinite(rate) and rate > 1e6  # any CPU does > 1 MFLOP/s
 
 
-def _row(variant, tps, rss, ceiling=0.0, rep=0):
+def _row(variant, tps, rss, ceiling=0.0, rep=0, limit=0.0):
     return {
         "variant": variant,
         "rep": rep,
         "tokens_per_s": tps,
         "peak_rss_bytes": rss,
         "ceiling_ratio": ceiling,
+        "shape_limit_ratio": limit,
     }
 
 
 def test_summary_medians_and_final_lines():
     rows = [
-        _row("tunesmith", 600.0, 1000, 0.4, rep=0),
-        _row("tunesmith", 400.0, 1200, 0.6, rep=1),
-        _row("tunesmith", 500.0, 900, 0.5, rep=2),
+        _row("tunesmith", 600.0, 1000, 0.4, rep=0, limit=0.3),
+        _row("tunesmith", 400.0, 1200, 0.6, rep=1, limit=0.1),
+        _row("tunesmith", 500.0, 900, 0.5, rep=2, limit=0.2),
         _row("trl-default", 100.0, 2000),
         _row("trl-default", 200.0, 2000),
         _row("trl-tuned", 400.0, 1600),
@@ -100,6 +101,7 @@ def test_summary_medians_and_final_lines():
             "speedup_vs_trl_tuned": 1.25,
             "peak_rss_ratio": 0.5,
             "ceiling_ratio": 0.5,
+            "shape_limit_ratio": 0.2,
         }
     )
     lines = final_lines(summary)
@@ -108,6 +110,7 @@ def test_summary_medians_and_final_lines():
         "speedup_vs_trl_tuned=1.250",
         "peak_rss_ratio=0.500",
         "ceiling_ratio=0.500",
+        "shape_limit_ratio=0.200",
     ]
     output = "table ...\nrep 1/1\n" + "\n".join(lines) + "\n"
     assert parse_final_lines(output) == pytest.approx(
@@ -164,3 +167,26 @@ def test_child_runner_tunesmith_and_trl_default(tiny_llama_dir, tmp_path):
         ours["tokens_per_s"] / trl["tokens_per_s"], rel=2e-3, abs=1e-3
     )
     assert math.isnan(parsed["speedup_vs_trl_tuned"])  # not run here
+
+
+def test_a_tiny_run_reports_both_limits(tiny_llama_dir, tmp_path):
+    from rich.console import Console
+
+    from tunesmith.bench.train import bench_train
+    from tunesmith.bench.train.summary import results_table
+
+    settings = BenchSettings(
+        model=str(tiny_llama_dir), steps=2, n_train=60, n_eval=16, eval_limit=8, seq_len=256
+    )
+    report = bench_train(settings, variants=("tunesmith",), workdir=tmp_path)
+    (row,) = report["rows"]
+    assert row["shape_limit_s"] > 0 and row["shape_limit_gflop"] > 0
+    # The GEMMs alone take part of the step: the rest is elementwise work and overhead.
+    assert 0 < row["shape_limit_ratio"] < 1
+    assert row["shape_limit_ratio"] == pytest.approx(row["shape_limit_s"] / row["wall_s"])
+    assert report["summary"]["shape_limit_ratio"] == row["shape_limit_ratio"]
+    assert report["summary"]["ceiling_ratio"] == row["ceiling_ratio"] > 0
+    console = Console(width=200, record=True)
+    console.print(results_table(report))
+    text = console.export_text()
+    assert "of limit" in text and "of ceiling" in text

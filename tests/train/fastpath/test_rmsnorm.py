@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from tests.tiny import make_tiny_model
@@ -133,3 +134,37 @@ def test_fp32_master_weight_with_bf16_activations_as_in_full_fine_tuning():
     for got, want in zip(grads, ref_grads, strict=True):
         assert got.dtype == want.dtype
         torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
+
+
+class _MixedDtypeOps(TorchDispatchMode):
+    """Records every dispatched op whose floating-point tensor operands differ in dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.mixed = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        dtypes = {a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()}
+        if len(dtypes) > 1:
+            self.mixed.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_bf16_forward_and_backward_run_no_mixed_dtype_op():
+    """A bf16 x fp32 op first copies its bf16 operand to a new fp32 tensor on CPU: the fused
+    norm upcasts once per direction instead."""
+    norm = _norm(torch.bfloat16)
+    x = (torch.randn(2, 9, 96) * 3).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(2, 9, 96).to(torch.bfloat16)
+    with _MixedDtypeOps() as seen:
+        torch.autograd.grad(rms_norm(x, norm.weight, norm.variance_epsilon), x, g)
+    assert seen.mixed == []
+
+
+def test_an_fp32_incoming_gradient_is_left_as_it_was():
+    norm = _norm(torch.float32)
+    x = torch.randn(2, 9, 96).requires_grad_()
+    g = torch.randn(2, 9, 96)
+    kept = g.clone()
+    torch.autograd.grad(rms_norm(x, norm.weight, norm.variance_epsilon), x, g)
+    assert torch.equal(g, kept)

@@ -28,14 +28,22 @@ the 2N-forward / 4N-backward accounting this splits. Achieved FLOP/s are divided
 ``2048^3`` matmul ceiling measured on this machine in the same run, at the variant's
 compute precision.
 
+The shape-matched limit is the honest floor for this workload: every GEMM that tunesmith's
+timed steps dispatch (same shapes, dtype and operand layouts, forward and backward, the head
+at trained positions, the attention's products) recorded by running those steps again after
+the run, then timed alone, best of 3 (``gemm_limit.py``). ``shape_limit_s`` is that time per
+step and ``shape_limit_ratio`` its share of the measured steps' time; the TRL rows get the
+same workload's limit per trained token.
+
 Eval loss is the same for all variants: tunesmith's rendering of the held-out set, mean
 token loss over assistant tokens, computed with each model in the precision it trained in.
 """
 
 # This module is the subcommand (its docstring is the --help text); the parts: measure (rows,
 # the FLOP formula, the clock, eval loss), data (the cleaned demo), tunesmith_side (the
-# library's own training steps), trl_peer (the only module that imports trl), runner (child
-# processes, alternated rounds) and summary (ratios, final lines, table).
+# library's own training steps), gemm_limit (the shape-matched limit), trl_peer (the only
+# module that imports trl), runner (child processes, alternated rounds) and summary (ratios,
+# final lines, table).
 
 from __future__ import annotations
 

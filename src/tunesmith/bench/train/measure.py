@@ -7,6 +7,7 @@ token are stated in :mod:`tunesmith.bench.train` (the ``tunesmith bench train --
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,6 +53,9 @@ class RunRow:
     flops: float
     flops_per_s: float
     ceiling_ratio: float = 0.0
+    shape_limit_s: float = 0.0  # the step's GEMMs alone, per timed step (gemm_limit.py)
+    shape_limit_ratio: float = 0.0  # those GEMMs' time over the measured steps' wall time
+    shape_limit_gflop: float = 0.0  # their GFLOPs per timed step (recorded where measured)
     losses: list[float] = field(default_factory=list)
     setup_s: float = 0.0
 
@@ -208,3 +212,34 @@ def finish_row(
             setup_s=setup_s,
         )
     )
+
+
+def limit_fields(limit, timed_steps: int, wall_s: float) -> dict[str, float]:
+    """A row's shape-limit fields from a :class:`~tunesmith.bench.train.gemm_limit.ShapeLimit`
+    over ``timed_steps`` steps that took ``wall_s``: seconds per step, share of the wall."""
+    return {
+        "shape_limit_s": limit.seconds / max(timed_steps, 1),
+        "shape_limit_ratio": limit.seconds / wall_s if wall_s else 0.0,
+        "shape_limit_gflop": limit.flops / max(timed_steps, 1) / 1e9,
+    }
+
+
+def share_limit(rows: Iterable[dict[str, Any]], measured: str = "tunesmith") -> None:
+    """Give every other variant's row the same workload's limit, per trained token.
+
+    Only ``measured`` records its steps' GEMMs; the peers train on the same data, so their
+    limit is the measured row's seconds per trained token (same round) times their own
+    trained tokens. Rows without a measured row of their round keep 0.
+    """
+    rows = list(rows)
+    per_token = {
+        r["rep"]: r["shape_limit_s"] * r["timed_steps"] / r["trained_tokens"]
+        for r in rows
+        if r["variant"] == measured and r.get("trained_tokens") and r.get("shape_limit_s")
+    }
+    for r in rows:
+        if r["variant"] == measured or r["rep"] not in per_token:
+            continue
+        seconds = per_token[r["rep"]] * r["trained_tokens"]
+        r["shape_limit_s"] = seconds / max(r["timed_steps"], 1)
+        r["shape_limit_ratio"] = seconds / r["wall_s"] if r["wall_s"] else 0.0

@@ -19,7 +19,7 @@ from typing import Any
 
 from tunesmith.bench.train import trl_peer
 from tunesmith.bench.train.data import prepare_data
-from tunesmith.bench.train.measure import BenchSettings, matmul_ceiling
+from tunesmith.bench.train.measure import BenchSettings, matmul_ceiling, share_limit
 from tunesmith.bench.train.summary import summarize
 
 VARIANTS: tuple[str, ...] = ("tunesmith", *trl_peer.VARIANTS)
@@ -183,6 +183,7 @@ def bench_train(
         for row in rows:
             ceiling = ceilings[row["precision"] if row["precision"] in ceilings else "fp32"]
             row["ceiling_ratio"] = row["flops_per_s"] / ceiling if ceiling else 0.0
+        share_limit(rows)  # the peers' rows: the same workload's shape-matched limit
     from tunesmith.bench.machine import describe
 
     return {

@@ -1,4 +1,4 @@
-"""The training bench's results: headline ratios, their four final lines, the table.
+"""The training bench's results: headline ratios, their final lines, the table.
 
 The ratios are of medians over repetitions, so one disturbed round does not move them; a
 variant that did not run gives NaN rather than an error.
@@ -15,12 +15,13 @@ FINAL_KEYS: tuple[str, ...] = (
     "speedup_vs_trl_tuned",
     "peak_rss_ratio",
     "ceiling_ratio",
+    "shape_limit_ratio",
 )
 
 
 def median_of(rows: list[dict[str, Any]], variant: str, key: str) -> float:
-    """The median of ``key`` over ``variant``'s rows (NaN where the variant did not run)."""
-    vals = [r[key] for r in rows if r["variant"] == variant]
+    """The median of ``key`` over ``variant``'s rows (NaN where none of them has it)."""
+    vals = [r[key] for r in rows if r["variant"] == variant and key in r]
     return statistics.median(vals) if vals else float("nan")
 
 
@@ -29,7 +30,7 @@ def ratio(a: float, b: float) -> float:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The four headline ratios from the medians over repetitions (NaN where a variant is absent)."""
+    """The headline ratios from the medians over repetitions (NaN where a variant is absent)."""
     med = median_of
     return {
         "speedup_vs_trl_default": ratio(
@@ -42,6 +43,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
             med(rows, "tunesmith", "peak_rss_bytes"), med(rows, "trl-default", "peak_rss_bytes")
         ),
         "ceiling_ratio": med(rows, "tunesmith", "ceiling_ratio"),
+        "shape_limit_ratio": med(rows, "tunesmith", "shape_limit_ratio"),
     }
 
 
@@ -119,5 +121,7 @@ def results_table(report: dict[str, Any]):
         ("eval loss", lambda r: f"{r['eval_loss']:.4f}"),
         ("GFLOP/s", lambda r: f"{r['flops_per_s'] / 1e9:.1f}"),
         ("of ceiling", lambda r: f"{r['ceiling_ratio']:.3f}"),
+        ("limit s/step", lambda r: f"{r.get('shape_limit_s', 0.0):.3f}"),
+        ("of limit", lambda r: f"{r.get('shape_limit_ratio', 0.0):.3f}"),
     ]
     return rows_table(report, title, columns)

@@ -3,7 +3,8 @@
 :class:`tunesmith.train.loop.TrainLoop` as ``tunesmith train`` drives it (``--precision
 auto``: a bf16-stored frozen base where the hardware has native bf16). The set-up is the
 train workflow's own calls, made in one place (:func:`prepare_loop`); this module only adds
-the clock and the counts around them.
+the clock and the counts around them, and, after the eval loss, the shape-matched limit of
+the timed steps (:func:`step_limit`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tunesmith.bench.train.measure import (
     StepClock,
     eval_loss,
     finish_row,
+    limit_fields,
     linear_params,
     peak_rss_bytes,
 )
@@ -75,6 +77,25 @@ def prepare_loop(settings: BenchSettings, train_path: str, workdir: Path, device
     return PreparedLoop(loop, model, tok, precision, autocast)
 
 
+def step_limit(loop, steps: range):
+    """The shape-matched limit of ``steps``: their GEMMs recorded from the loop's own steps run
+    again (outside the clock, after the run's results are taken), then replayed alone.
+
+    Returns:
+        A :class:`tunesmith.bench.train.gemm_limit.ShapeLimit` over all of ``steps``.
+    """
+    from collections import Counter
+
+    from tunesmith.bench.train.gemm_limit import record_gemms, replay
+
+    loop.model.train()  # as during training (the eval loss left it in eval mode)
+    counts = Counter()
+    for step in steps:
+        # The loop's own step (passes, loss, backward, update), so the record follows it.
+        counts += record_gemms(lambda step=step: loop._step(step))
+    return replay(counts, device=loop.device)
+
+
 def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) -> dict[str, Any]:
     """Train ``settings.steps`` steps with :func:`prepare_loop`'s loop; returns the run's row."""
     from tunesmith.precision import default_device
@@ -99,7 +120,7 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
             )
         )
     held_out = read_conversations(data["eval_messages"])[: settings.eval_limit]
-    return finish_row(
+    row = finish_row(
         "tunesmith",
         precision=ready.precision,
         checkpointing=False,
@@ -111,3 +132,6 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
         eval_value=eval_loss(ready.model, ready.tokenizer, held_out, settings, ready.autocast),
         setup_s=setup_s,
     )
+    limit = step_limit(ready.loop, range(1, len(clock.ends)))  # the timed steps
+    row.update(limit_fields(limit, row["timed_steps"], row["wall_s"]))
+    return row

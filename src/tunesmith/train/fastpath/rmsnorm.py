@@ -12,6 +12,12 @@ computed in fp32 from the saved bf16 input and ``r`` (one value per row). Measur
 bf16 rounding, since transformers rounds ``g * w`` to bf16 before its fp32 backward and this
 does not).
 
+Every elementwise op runs on operands of one dtype: the input is upcast to fp32 once per
+direction and the fp32 temporaries are updated in place. A mixed bf16 x fp32 op would give
+the same values, but on CPU it first copies its bf16 operand to a new fp32 tensor, one
+hidden pass and allocation per op (most of the norm's time on an AMX CPU, where the
+surrounding matmuls are fast).
+
 Which norms are changed is decided by what they compute, not by their name or source text:
 :func:`why_not_llama_formula` runs a class's own ``forward`` and the fused one on a small
 random input (random weight, fp32) and compares them. Llama, Mistral, Qwen2/3 and other models
@@ -36,10 +42,11 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):  # the dtypes below are deliberate
-            ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+            xf = x.float()  # the one upcast (x itself when x is fp32)
+            ms = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
             r = ms.square_().div_(x.shape[-1]).add_(eps).rsqrt_()
-            y = torch.empty_like(x)
-            torch.mul(x, r, out=y)  # fp32 product, rounded once to x's dtype
+            # fp32 product, rounded once to x's dtype (in place when x was upcast).
+            y = (xf.mul_(r) if xf is not x else xf * r).to(x.dtype)
         ctx.save_for_backward(x, r, weight, y if weight.requires_grad else None)
         return weight * y
 
@@ -52,11 +59,13 @@ class _RMSNorm(torch.autograd.Function):
             grad_w = grad_w.to(weight.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            gy = torch.mul(grad, weight.float())  # fp32
-            c = (gy * x).mean(-1, keepdim=True).mul_(r).mul_(r)
-            torch.addcmul(gy, x, c, value=-1.0, out=gy)  # gy - x * r^2 * mean(gy * x)
-            grad_x = torch.empty_like(x)
-            torch.mul(gy, r, out=grad_x)
+            gy = grad.float()
+            # In place only on a fresh upcast copy: an fp32 ``grad`` is autograd's tensor.
+            gy = gy.mul_(weight.float()) if gy is not grad else gy * weight.float()
+            xf = x.float()
+            c = (gy * xf).mean(-1, keepdim=True).mul_(r).mul_(r)
+            gy.addcmul_(xf, c, value=-1.0)  # gy - x * r^2 * mean(gy * x)
+            grad_x = gy.mul_(r).to(x.dtype)
         return grad_x, grad_w, None
 
 

@@ -1,0 +1,87 @@
+"""bench train's shape-matched limit: the GEMMs a real step dispatches, replayed alone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tunesmith.bench.train.gemm_limit import Gemm, record_gemms, replay
+from tunesmith.bench.train.measure import LORA, BenchSettings, share_limit
+
+
+def test_a_linear_records_its_product_with_the_weight_transposed():
+    x = torch.randn(5, 3, 16, requires_grad=True)
+    w = torch.randn(32, 16)
+    counts = record_gemms(lambda: torch.nn.functional.linear(x, w).sum().backward())
+    # forward x @ W^T, backward dX = dY @ W; no weight gradient (W needs none).
+    assert counts == {
+        Gemm(1, 15, 32, 16, torch.float32, b_t=True): 1,
+        Gemm(1, 15, 16, 32, torch.float32): 1,
+    }
+
+
+def test_attention_counts_its_products_whichever_kernel_runs():
+    B, H, L, E = 2, 3, 7, 8
+    q, k, v = (torch.randn(B, H, L, E, requires_grad=True) for _ in range(3))
+    counts = record_gemms(
+        lambda: (
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            .sum()
+            .backward()
+        )
+    )
+    # Two products forward, four backward, each 2*B*H*L*L*E FLOPs (fused or decomposed).
+    assert sum(g.flops * n for g, n in counts.items()) == 6 * 2 * B * H * L * L * E
+
+
+def test_replay_is_a_time_and_counts_every_call():
+    counts = {Gemm(1, 64, 32, 16, torch.float32, b_t=True): 5, Gemm(4, 8, 8, 8, torch.float32): 2}
+    limit = replay(counts, reps=2, max_calls=2)
+    assert limit.seconds > 0 and math.isfinite(limit.seconds)
+    assert (limit.calls, limit.distinct) == (7, 2)
+    assert limit.flops == 5 * 2 * 64 * 32 * 16 + 2 * 2 * 4 * 8**3
+
+
+def test_a_tiny_steps_gemms_hold_the_head_and_the_lora_products(tiny_llama_dir, tmp_path):
+    from tunesmith.bench.train.data import prepare_data
+    from tunesmith.bench.train.tunesmith_side import prepare_loop, step_limit
+
+    settings = BenchSettings(model=str(tiny_llama_dir), steps=2, n_train=60, n_eval=16)
+    data = prepare_data(tmp_path / "data", settings)
+    ready = prepare_loop(settings, data["train_messages"], tmp_path, torch.device("cpu"))
+    ready.loop.train()
+    counts = record_gemms(lambda: ready.loop._step(1))
+    assert counts
+    c = ready.model.config
+    rank, vocab, hidden = LORA["rank"], c.vocab_size, c.hidden_size
+    passes = ready.loop.micro_batches(1)
+    # The head: forward (trained positions, C) @ (C, V) and its input gradient, once per pass,
+    # over exactly the positions whose next token is trained.
+    head = [(g, n) for g, n in counts.items() if g.n == vocab and g.k == hidden]
+    assert sum(g.m * n for g, n in head) == sum(b.num_trained for b in passes)
+    assert any(g.k == vocab and g.n == hidden for g in counts)
+    # LoRA: A's forward (T, C) @ (C, r), B's forward (T, r) @ (r, out), A's weight gradient.
+    assert any(g.n == rank and g.k == hidden for g in counts)
+    assert any(g.k == rank for g in counts)
+    assert any(g.m == rank and g.n == hidden for g in counts)
+    # The frozen base gets input gradients only: no (C, C) weight-gradient product.
+    assert not any(g.batch == 1 and (g.m, g.n) == (hidden, hidden) for g in counts)
+    limit = step_limit(ready.loop, range(1, 2))
+    assert limit.seconds > 0 and limit.calls == sum(counts.values())
+
+
+def test_share_limit_gives_the_peers_the_same_seconds_per_trained_token():
+    rows = [
+        {"variant": "tunesmith", "rep": 0, "timed_steps": 2, "trained_tokens": 100,
+         "wall_s": 4.0, "shape_limit_s": 0.5, "shape_limit_ratio": 0.25},
+        {"variant": "trl-default", "rep": 0, "timed_steps": 2, "trained_tokens": 200,
+         "wall_s": 20.0},
+        {"variant": "trl-tuned", "rep": 1, "timed_steps": 2, "trained_tokens": 100,
+         "wall_s": 5.0},
+    ]  # fmt: skip
+    share_limit(rows)
+    assert rows[1]["shape_limit_s"] == pytest.approx(1.0)  # 0.01 s/token * 200 / 2 steps
+    assert rows[1]["shape_limit_ratio"] == pytest.approx(0.1)
+    assert "shape_limit_s" not in rows[2]  # no tunesmith row in its round
