@@ -34,6 +34,8 @@ def test_likeliest_mistake_never_returns_the_reference_or_an_empty_answer():
     # A scorer may call the reference's own text wrong (exact match is after normalizing):
     # it is still never the rejected side.
     assert likeliest_mistake("SELECT 1", [" select  1", "", "  "], [False] * 3) is None
+    # Nor a completion the pair reader would refuse (control characters).
+    assert likeliest_mistake("r", ["a\x1bb", "a\x1bb", "w"], [False] * 3) == "w"
     assert likeliest_mistake("r", ["r", "r", "w"], [False, False, False]) == "w"
     assert likeliest_mistake("r", ["r", "r"], [True, True]) is None
 

@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
         say=lambda m: out.print(m, highlight=False),
     )
     table = Table(title=f"on-policy pairs ({args.samples} samples per prompt)")
-    for column in ("split", "prompts", "samples", "right", "all right", "pairs", "file"):
-        table.add_column(column, justify="left" if column in ("split", "file") else "right")
+    for column in ("split", "prompts", "samples", "right", "all right", "pairs"):
+        table.add_column(column, justify="left" if column == "split" else "right")
     for split in ("train", "eval"):
         if split in report:
             s = report[split]
@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{100 * s['right_share']:.1f}%",
                 str(s["prompts_all_right"]),
                 str(s["pairs"]),
-                report["files"][split],
             )
     out.print(table)
-    out.print(f"report: {Path(args.out) / REPORT_FILE}", highlight=False)
+    for split, path in report["files"].items():
+        out.print(f"{split} pairs: {path}", highlight=False, soft_wrap=True)
+    out.print(f"report: {Path(args.out) / REPORT_FILE}", highlight=False, soft_wrap=True)
     return 0

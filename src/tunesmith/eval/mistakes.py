@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.records import Conversation
+from tunesmith.data.validate import text_problem
 from tunesmith.demo.pairs import pair_record
 from tunesmith.errors import UserInputError
 from tunesmith.eval.evaluate import answer_matches, default_max_new_tokens, task_of
@@ -33,15 +34,17 @@ REPORT_FILE = "pairs_report.json"
 def likeliest_mistake(reference: str, answers: Sequence[str], right: Sequence[bool]) -> str | None:
     """The most frequent wrong answer among ``answers`` (ties: the first seen), or None.
 
-    An answer counts as a mistake when the scorer says it is wrong, it is not empty (a pair
-    needs a completion to train) and its text differs from ``reference`` (after
+    An answer counts as a mistake when the scorer says it is wrong, it is a usable completion
+    (not empty, no control character or broken UTF-8: the pair reader refuses those) and its
+    text differs from ``reference`` (after
     :func:`~tunesmith.eval.text_metrics.normalize_answer`), so the rejected side is never
     the chosen one.
     """
     ref = normalize_answer(reference)
     counts: dict[str, int] = {}
     for answer, ok in zip(answers, right, strict=True):
-        if not ok and answer.strip() and normalize_answer(answer) != ref:
+        usable = answer.strip() and text_problem(answer) is None
+        if not ok and usable and normalize_answer(answer) != ref:
             counts[answer] = counts.get(answer, 0) + 1
     # max() keeps the first of equal counts, and dicts keep insertion order: first seen wins.
     return max(counts, key=counts.__getitem__) if counts else None
@@ -73,7 +76,7 @@ class Mined:
             "samples": samples,
             "right_share": self.right / samples if samples else 0.0,
             "prompts_all_right": self.all_right,
-            # All wrong samples empty or equal to the reference text: rare, but no pair either.
+            # Every wrong sample empty, unreadable or the reference's text: no pair either.
             "prompts_without_usable_mistake": self.prompts - self.all_right - len(self.pairs),
             "pairs": len(self.pairs),
         }
