@@ -1,4 +1,4 @@
-"""Inspect training data as the model will see it.
+"""Inspect training data as the model will see it; build preference pairs from a run.
 
 `preview` renders the first records of FILE with the model's chat template (or a fallback
 template, --template) and shows which tokens are trained: answer tokens highlighted, prompt
@@ -6,9 +6,12 @@ tokens dim. The summary gives tokens per record, the trained share and whether t
 end-of-turn (EOS) token is trained — a model that never sees its EOS trained never stops.
 FILE defaults to the bundled clinic text-to-SQL demo data.
 
+`pairs` builds DPO pairs from a trained run's own wrong answers (`data pairs --help`).
+
 Example:
   tunesmith data preview train.jsonl --model Qwen/Qwen2.5-0.5B-Instruct --n 2
   tunesmith data preview --json | jq '.records[0].tokens[:5]'
+  tunesmith data pairs runs/smollm2-sft --out runs/smollm2-sft/pairs
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from tunesmith.commands import data_pairs
 from tunesmith.commands._args import positive_int
 from tunesmith.data.preview import (  # noqa: F401 - token_pieces: the command's API too
     RecordPreview,
@@ -73,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--trust-remote-code", action="store_true", help="allow tokenizer code")
     p.add_argument("--json", action="store_true", help="per-token {text, trained} on stdout")
+    data_pairs.add_parser(sub)
 
 
 def highlighted(record: RecordPreview, markers: bool = False):
@@ -147,6 +152,8 @@ def _print(records: list[RecordPreview], summ: dict, invalid, eos_token: str) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "pairs":
+        return data_pairs.run(args)
     from tunesmith.commands._console import quiet_libraries
     from tunesmith.data.render import ensure_chat_template
     from tunesmith.errors import UserInputError

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunesmith.atomic import write_jsonl
+from tunesmith.data.records import Conversation
 from tunesmith.demo.dataset import demo_splits
 
 SFT_DEMO_SIZES = (3000, 200)  # raw_demo's and write_demo_eval's defaults
@@ -89,15 +90,19 @@ def demo_pairs(
             wrong = wrong_query(conv.answer, rng)
             if wrong is None:
                 continue
-            rows.append(
-                {
-                    "prompt": [{"role": t.role, "content": t.content} for t in conv.prompt_turns],
-                    "chosen": [{"role": "assistant", "content": conv.answer}],
-                    "rejected": [{"role": "assistant", "content": wrong}],
-                    "meta": conv.meta,
-                }
-            )
+            rows.append(pair_record(conv, wrong))
     return out
+
+
+def pair_record(conv: Conversation, rejected: str) -> dict:
+    """A TRL conversational pair: ``conv``'s prompt, its reference answer as the chosen side,
+    ``rejected`` as the other; ``conv.meta`` kept for the task's scorer."""
+    return {
+        "prompt": [{"role": t.role, "content": t.content} for t in conv.prompt_turns],
+        "chosen": [{"role": "assistant", "content": conv.answer}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "meta": conv.meta,
+    }
 
 
 def write_demo_pairs(

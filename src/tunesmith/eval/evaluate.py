@@ -64,6 +64,21 @@ def score(
     return metrics
 
 
+def answer_matches(task: str, convs: Sequence[Conversation], preds: Sequence[str]) -> list[bool]:
+    """Whether each prediction is right, by the task's metric: execution match on the clinic
+    SQL task (each record's ``meta["db_seed"]`` database), exact match otherwise."""
+    if task == SQL_TASK:
+        from tunesmith.eval.sql import match_sql
+
+        seeds = [int(c.meta.get("db_seed", 0)) for c in convs]
+        return [m.match for m in match_sql(preds, [c.answer for c in convs], db_seed=seeds)]
+    from tunesmith.eval.text_metrics import normalize_answer
+
+    return [
+        normalize_answer(p) == normalize_answer(c.answer) for p, c in zip(preds, convs, strict=True)
+    ]
+
+
 def evaluate_side(
     model,
     tokenizer,

@@ -1,4 +1,4 @@
-"""Batched greedy generation for evaluation and chat."""
+"""Batched generation for evaluation and chat: greedy by default, seeded sampling on request."""
 
 from __future__ import annotations
 
@@ -13,6 +13,31 @@ class Generation:
     text: str
     num_new_tokens: int
     ended_with_eos: bool
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Temperature and nucleus (top-p) sampling instead of greedy decoding.
+
+    Attributes:
+        temperature: divides the logits; 1.0 samples the model's own distribution.
+        top_p: keep the smallest set of tokens whose probability reaches ``top_p``.
+        seed: seeds the draws, so the same call returns the same samples.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def generate_kwargs(self) -> dict:
+        # top_k=0: no top-k cut (a generation config's default of 50 would add one).
+        return dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0)
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -36,16 +61,35 @@ def generate(
     max_new_tokens: int = 96,
     batch_size: int = 32,
     device: torch.device | None = None,
+    sampling: SamplingSettings | None = None,
 ) -> list[Generation]:
-    """Greedy continuations of already-rendered prompts, in the order given.
+    """Continuations of already-rendered prompts, in the order given.
 
     Prompts are sorted by length so each batch carries little padding (left padding, as
     decoder-only generation requires), then results are put back in input order.
+
+    Args:
+        sampling: sample with these settings; None (the default) decodes greedily. The draws
+            come from torch's generator seeded with ``sampling.seed`` inside a forked RNG
+            state, so the caller's random state is left as it was.
     """
     device = device or next(model.parameters()).device
     stops = stop_token_ids(model, tokenizer)
+    if sampling is None:
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, stops, None)
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(sampling.seed)
+        return _generate(
+            model, tokenizer, prompts, max_new_tokens, batch_size, device, stops, sampling
+        )
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, stops, sampling):
     if _prefix_tuned(model):
-        return _greedy_without_generate(model, tokenizer, prompts, max_new_tokens, stops, device)
+        return _decode_without_generate(
+            model, tokenizer, prompts, max_new_tokens, stops, device, sampling
+        )
     was_training = model.training
     model.eval()
     old_side = tokenizer.padding_side
@@ -64,7 +108,7 @@ def generate(
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                **(sampling.generate_kwargs() if sampling else {"do_sample": False}),
                 eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id,
             )
@@ -92,8 +136,20 @@ def _prefix_tuned(model) -> bool:
     return str(getattr(config, "peft_type", "")).endswith("PREFIX_TUNING")
 
 
-def _greedy_without_generate(model, tokenizer, prompts, max_new_tokens, stops, device):
-    """Greedy decoding without ``generate``: one prefixed forward, then the cached base model.
+def _next_token(logits: torch.Tensor, sampling: SamplingSettings | None) -> torch.Tensor:
+    """The next token of each row of ``logits`` (B, V), as (B, 1): argmax, or a draw from
+    the temperature-scaled distribution cut to its top-p nucleus."""
+    if sampling is None:
+        return logits.argmax(-1, keepdim=True)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    # Drop a token when the tokens before it already reach top_p (the first always stays).
+    sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p >= sampling.top_p, 0.0)
+    return order.gather(-1, torch.multinomial(sorted_p, 1))
+
+
+def _decode_without_generate(model, tokenizer, prompts, max_new_tokens, stops, device, sampling):
+    """Decoding without ``generate``: one prefixed forward, then the cached base model.
 
     With peft 0.21 and transformers 5, ``generate`` on a prefix-tuned model never reaches
     peft's ``prepare_inputs_for_generation`` (which injects the learned key/value prefix), so
@@ -114,7 +170,7 @@ def _greedy_without_generate(model, tokenizer, prompts, max_new_tokens, stops, d
             # later tokens go to the base model with that cache (positions continue after it).
             out = model(input_ids=ids, use_cache=True)
             for _ in range(max_new_tokens):
-                next_id = out.logits[:, -1].argmax(-1, keepdim=True)
+                next_id = _next_token(out.logits[:, -1], sampling)
                 if int(next_id) in stops:
                     ended = True
                     break
