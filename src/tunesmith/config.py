@@ -93,7 +93,13 @@ class TrainConfig(BaseModel):
         description="batch examples of similar length (less padding; can hurt quality on templated data)",
     )
     grad_accum: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step")
-    lr: float = Field(2e-4, gt=0, le=1.0, description="peak learning rate (AdamW)")
+    lr: float = Field(
+        2e-4,
+        gt=0,
+        le=1.0,
+        description="peak learning rate (AdamW); unset, supervised runs take the method's own "
+        "(LoRA family 2e-3, full 5e-5, ...: `tunesmith methods --json`), preference runs 2e-4",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps with linear warm-up")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
@@ -260,6 +266,24 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
         return TrainConfig.model_validate(values)
     except ValidationError as err:
         raise _format_error(err) from None
+
+
+def resolve_lr(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the method's own learning rate when the user set none (supervised runs).
+
+    One rate cannot serve every method: LoRA's low-rank update wants ~10x the rate of full
+    fine-tuning (Schulman et al. 2025, "LoRA Without Regret"), and on the demo LoRA at 2e-4
+    learns a fraction of what it does at 2e-3 in the same steps (benchmarks/RESULTS.md, "The
+    learning-rate search"). Preference runs keep the field's default: they start from a trained
+    adapter and move it a little. The resolved rate is written into the run's config, so a
+    resume trains at the same rate.
+    """
+    from tunesmith.methods.base import get_method
+
+    if "lr" in cfg.model_fields_set or cfg.objective != "sft":
+        return cfg
+    default = get_method(cfg.method).default_lr
+    return cfg if default is None else cfg.model_copy(update={"lr": default})
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.config import TrainConfig, make_config
+from tunesmith.config import TrainConfig, make_config, resolve_lr
 from tunesmith.errors import step
 from tunesmith.rundir import RunDir
 from tunesmith.track.session import Trackers, check_installed
@@ -96,6 +96,7 @@ def run_training(
     from tunesmith.train import guard
 
     t_start = time.perf_counter()
+    cfg = resolve_lr(cfg)
     resumed = RunDir(resume) if resume else None
     # Launched by torchrun / accelerate launch: join the process group; rank 0 writes files.
     dist = start_distributed(resumed.config if resumed else cfg)
@@ -296,7 +297,7 @@ def train(
     """
     values: dict[str, Any] = {}
     if isinstance(config, TrainConfig):
-        values = config.model_dump()
+        values = config.model_dump(exclude_unset=True)  # unset fields keep their defaults' rules
     elif config:
         values = dict(config)
     values.update(kwargs)
