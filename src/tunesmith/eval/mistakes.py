@@ -30,6 +30,10 @@ PAIRS_FILE = "pairs.jsonl"
 EVAL_PAIRS_FILE = "pairs_eval.jsonl"
 REPORT_FILE = "pairs_report.json"
 
+# At 0.7 the sampled mistakes are the model's real ones (a wrong column or join); at 1.0 many
+# are noise no greedy decode would write (misspelt names), which teach DPO little.
+DEFAULT_SAMPLING = SamplingSettings(temperature=0.7)
+
 
 def likeliest_mistake(reference: str, answers: Sequence[str], right: Sequence[bool]) -> str | None:
     """The most frequent wrong answer among ``answers`` (ties: the first seen), or None.
@@ -99,7 +103,7 @@ def mine_pairs(
         tokenizer: its tokenizer (the run's own: the chat template it was trained with).
         convs: conversations whose final assistant turn is the reference answer.
         samples: K, answers sampled per prompt.
-        sampling: temperature, top-p and seed (default: temperature 1, top-p 1, seed 0).
+        sampling: temperature, top-p and seed (default :data:`DEFAULT_SAMPLING`: temperature 0.7, top-p 1, seed 0).
         max_new_tokens: generation limit (default by task, as ``eval``: 64 for the SQL demo).
         batch_size: prompts per generation batch (the K copies of a prompt count each).
 
@@ -122,7 +126,7 @@ def mine_pairs(
         [rendered[id(c)] for c in repeated],
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        sampling=sampling or SamplingSettings(),
+        sampling=sampling or DEFAULT_SAMPLING,
     )
     texts = [g.text for g in gens]
     right = answer_matches(task, repeated, texts)
@@ -191,7 +195,7 @@ def write_onpolicy_pairs(
     from tunesmith.atomic import write_json, write_jsonl
     from tunesmith.models.adapted import load_adapted
 
-    sampling = sampling or SamplingSettings()
+    sampling = sampling or DEFAULT_SAMPLING
     if data is None and eval_data is None:
         from tunesmith.demo.dataset import demo_splits
         from tunesmith.demo.pairs import SFT_DEMO_SIZES
