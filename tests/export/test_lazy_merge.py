@@ -62,3 +62,24 @@ def test_qlora_layers_fold_into_the_dequantized_4bit_base(tiny_llama_dir, tmp_pa
     assert list(streamed.shapes()) == list(expected)
     for name, want in expected.items():
         torch.testing.assert_close(streamed.tensor(name), want.float(), rtol=0, atol=1e-6)
+
+
+def test_a_4bit_model_that_already_ran_on_cpu_is_not_folded_from_its_repacked_weights(
+    tiny_llama_dir, tmp_path
+):
+    pytest.importorskip("bitsandbytes")
+    from tunesmith.export.lazy_merge import NotStreamable
+    from tunesmith.methods.qlora import quantization_config as qlora_quantization_config
+
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter", "qlora")
+    model = _adapted(tiny_llama_dir, adapter, quantization_config=qlora_quantization_config())
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([[1, 2, 3, 4]]))
+    layers = [
+        m for m in model.modules() if type(m).__name__ == "Linear4bit" and hasattr(m, "weight")
+    ]
+    repacked = any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    if not repacked:
+        pytest.skip("this bitsandbytes build keeps the loaded 4-bit layout on CPU")
+    with pytest.raises(NotStreamable, match="repacked"):
+        merged_tensors(model)

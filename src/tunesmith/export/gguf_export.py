@@ -170,6 +170,12 @@ def export_gguf(
             if in_llamacpp:
                 convs = held_out_conversations(source, held_out, held_out_limit)
                 answers = adapted_answers(adapted.model, adapted.tokenizer, convs)
+    if verify and source.quantized_base:
+        # The checks ran the 4-bit model, which repacks its weights for the CPU kernel:
+        # fold from a copy that has not run (only one is resident at a time).
+        del adapted
+        _release_freed_memory()
+        adapted = _load_for_export(source)
     try:
         tensors = merged_tensors(adapted.model)
     except NotStreamable:

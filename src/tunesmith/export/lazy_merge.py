@@ -10,8 +10,9 @@ unmerged) and each adapted layer is folded in fp32 when its weight is asked for:
   merge rule applies and the result is bit-identical to ``merge_and_unload`` in fp32;
 * a LoRA layer on a 4-bit NF4 base (QLoRA): the base weight is dequantized straight to fp32
   and peft's delta (``get_delta_weight``) added, as :func:`tunesmith.methods.qlora.dequantize`
-  then ``merge_and_unload`` would; DoRA on a 4-bit base is refused here (the caller falls back
-  to the whole-model merge);
+  then ``merge_and_unload`` would; DoRA on a 4-bit base, and a 4-bit model that has already run
+  a forward on CPU (bitsandbytes then holds its weights repacked), are refused here (the
+  caller loads afresh, or falls back to the whole-model merge);
 * every other tensor is the stored one, widened to fp32.
 
 Peak host memory is the adapted model as loaded plus one layer in fp32.
@@ -97,6 +98,11 @@ class MergedTensors:
         self.config = base.config
         self.generation_config = getattr(base, "generation_config", None)
         self._layers = _tuner_layers(base)
+        for module in base.modules():
+            if _is_4bit(module) and getattr(module.weight.quant_state, "packing_format_for_cpu", 0):
+                # bitsandbytes repacks a 4-bit weight for its CPU kernel on the first forward,
+                # and ``dequantize_4bit`` reads only the layout it was loaded in.
+                raise NotStreamable("a 4-bit weight already repacked by a CPU forward")
         for layer in self._layers.values():
             if _is_4bit(_base_of(layer)) and (
                 any(getattr(layer, "use_dora", {}).values())
