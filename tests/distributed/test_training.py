@@ -126,16 +126,23 @@ def test_sigterm_to_one_rank_stops_all_ranks_at_the_same_checkpointed_step(
            "--batch-size", "2", "--distributed", "fsdp", "--output", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 300
+        deadline, metrics = time.time() + 300, out / "metrics.jsonl"
         while time.time() < deadline and proc.poll() is None:
-            metrics = out / "metrics.jsonl"
             if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
                 break
             time.sleep(0.2)
         pid = _rank_pid(proc.pid, 1)
         assert pid is not None and proc.poll() is None, proc.stdout.read().decode()[-3000:]
         os.kill(pid, signal.SIGTERM)  # one rank only: the flag is all-reduced
-        log = proc.communicate(timeout=300)[0].decode()
+        try:
+            log = proc.communicate(timeout=300)[0].decode()
+        except subprocess.TimeoutExpired:
+            proc.kill()  # still running 300 s after the signal: show what the ranks printed
+            lines = metrics.read_text().splitlines() if metrics.is_file() else []
+            pytest.fail(
+                f"ranks still running 300 s after SIGTERM; {len(lines)} metrics rows; log tail:\n"
+                + proc.communicate()[0].decode()[-3000:]
+            )
     finally:
         if proc.poll() is None:
             proc.kill()
