@@ -10,8 +10,9 @@ by validation score is ringed. Drawn with matplotlib's object API, as ``compare.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
+
+from tunesmith.compare.plot import png_bytes, styled_axes
 
 _COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04")
 _GREY = "#64748b"
@@ -53,21 +54,16 @@ def render_forgetting_png(
     """PNG bytes of the plot of :class:`~tunesmith.compare.search.SearchRun` s, or None when
     no run has both a validation metric and a forgetting figure; ``base_metric`` (the untrained
     model's validation score) is drawn as a grey point at no forgetting, for reference."""
-    from matplotlib.figure import Figure
-
     pts = [r for r in runs if r.validation_metric is not None and r.forgetting is not None]
     if not pts:
         return None
-    fig = Figure(figsize=(8.0, 4.6), layout="constrained")
-    ax = fig.subplots()
     label = metric_name.replace("_", " ")
-    ax.set_title(f"learning vs forgetting: validation {label}", loc="left", fontweight="bold")
-    ax.set_xlabel("general-text perplexity rise over the base (%)")
-    ax.set_ylabel(f"validation {label}")
-    ax.grid(True, color="#e2e8f0", linewidth=0.8)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    fig, ax = styled_axes(
+        (8.0, 4.6),
+        f"learning vs forgetting: validation {label}",
+        "general-text perplexity rise over the base (%)",
+        f"validation {label}",
+    )
     xs = [100 * r.forgetting for r in pts]
     ys = [r.validation_metric for r in pts]
     front = pareto_front(list(zip(xs, ys, strict=True)))
@@ -96,6 +92,4 @@ def render_forgetting_png(
     ax.annotate("labels: learning rate; ringed: each method's pick", (0.0, 1.0),
                 xycoords="axes fraction", xytext=(4, -12), textcoords="offset points",
                 fontsize=8, color=_GREY)  # fmt: skip
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return png_bytes(fig)

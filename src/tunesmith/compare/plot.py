@@ -39,28 +39,43 @@ def label_offsets(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
     return out
 
 
+def styled_axes(size: tuple[float, float], title: str, xlabel: str, ylabel: str):
+    """``(fig, ax)``: the compare plots' shared look (left title, light grid, open frame)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    ax = fig.subplots()
+    ax.set_title(title, loc="left", fontweight="bold")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", color="#e2e8f0", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return fig, ax
+
+
+def png_bytes(fig) -> bytes:
+    """``fig`` as PNG bytes, at the resolution of every compare plot."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
 def render_compare_png(
     rows: Sequence[MethodRow], metric_name: str, base: MethodRow | None = None
 ) -> bytes | None:
     """PNG bytes of the plot, or None when no method has both a metric and a parameter count."""
-    from matplotlib.figure import Figure
-
     points = [
         r for r in rows if r.task_metric is not None and r.trainable_params and r.error is None
     ]
     if not points:
         return None
-    fig = Figure(figsize=(7.2, 4.4), layout="constrained")
-    ax = fig.subplots()
     label = metric_name.replace("_", " ")
-    ax.set_title(f"{label} vs trainable parameters", loc="left", fontweight="bold")
+    fig, ax = styled_axes(
+        (7.2, 4.4), f"{label} vs trainable parameters", "trainable parameters (log scale)", label
+    )
     ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel(label)
-    ax.grid(True, which="major", color="#e2e8f0", linewidth=0.8)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
     xs = [r.trainable_params for r in points]
     ys = [r.task_metric for r in points]
     ax.scatter(xs, ys, color=_BLUE, s=42, zorder=3)
@@ -85,6 +100,4 @@ def render_compare_png(
     if min(levels) >= 0 and lo < 0:
         lo = -0.03 * hi
     ax.set_ylim(lo, hi)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return png_bytes(fig)
