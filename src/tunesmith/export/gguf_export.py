@@ -182,9 +182,10 @@ def export_gguf(
         del adapted  # this layer type folds only with the whole model: merge it in fp32
         adapted = load_merged(source, torch.float32)
         tensors = None
-    n_params = sum(
-        math.prod(s) for s in (tensors or merged_tensors(adapted.model)).shapes().values()
-    )
+    if tensors is not None:
+        n_params = sum(math.prod(shape) for shape in tensors.shapes().values())
+    else:
+        n_params = sum(p.numel() for p in adapted.model.parameters())
     scratch = 4.0 if q.via_llamacpp else 0.0  # the intermediate f32 file
     check_free_disk(out.parent, int(n_params * (q.bytes_per_param + scratch)), "GGUF file")
     tokenizer = adapted.tokenizer

@@ -52,8 +52,8 @@ def _base_of(layer: nn.Module) -> nn.Module:
     return layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
 
 
-def _merged_weight(layer: nn.Module) -> dict[str, torch.Tensor]:
-    """``{"weight": ..., "bias"?: ...}`` of ``layer`` with its active adapter folded in, fp32.
+def _merged_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight of ``layer`` with its active adapter folded in, fp32 (the bias is unchanged).
 
     ``layer`` is a tuner layer, or a 4-bit linear no adapter touches (dequantized only).
     """
@@ -61,24 +61,20 @@ def _merged_weight(layer: nn.Module) -> dict[str, torch.Tensor]:
     if layer is base:  # a 4-bit linear outside the adapter's targets
         import bitsandbytes.functional as bnbf
 
-        out = {"weight": bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state).float()}
-    elif _is_4bit(base):
+        return bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state).float()
+    if _is_4bit(base):
         import bitsandbytes.functional as bnbf
 
         weight = bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state).float()
         for name in layer.active_adapters:
             weight = weight + layer.get_delta_weight(name).float()
-        out = {"weight": weight}
-    else:
-        one = copy.deepcopy(layer).float()
-        try:
-            one.merge(safe_merge=True)
-        except ValueError as exc:  # peft's NaN guard
-            raise WorkFailed(f"merge failed: {exc}") from exc
-        out = {"weight": one.get_base_layer().weight.data}
-    if getattr(base, "bias", None) is not None:
-        out["bias"] = base.bias.data.float()
-    return out
+        return weight
+    one = copy.deepcopy(layer).float()
+    try:
+        one.merge(safe_merge=True)
+    except ValueError as exc:  # peft's NaN guard
+        raise WorkFailed(f"merge failed: {exc}") from exc
+    return one.get_base_layer().weight.data
 
 
 class MergedTensors:
@@ -109,6 +105,8 @@ class MergedTensors:
                 or not hasattr(layer, "get_delta_weight")
             ):
                 raise NotStreamable(f"{type(layer).__name__} (DoRA or not LoRA) on a 4-bit base")
+            if any(getattr(layer, "lora_bias", {}).values()):
+                raise NotStreamable("a LoRA bias (lora_bias): its merge changes the base bias")
         self._plain: dict[str, torch.Tensor] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         inside = {id(m) for layer in self._layers.values() for m in layer.modules()}
@@ -120,7 +118,8 @@ class MergedTensors:
                 self._shapes[f"{mod_name}.weight"] = (
                     (b.out_features, b.in_features) if _is_4bit(b) else tuple(b.weight.shape)
                 )
-                if getattr(b, "bias", None) is not None:
+                if getattr(b, "bias", None) is not None:  # the merge leaves it (lora_bias refused)
+                    self._plain[f"{mod_name}.bias"] = b.bias
                     self._shapes[f"{mod_name}.bias"] = tuple(b.bias.shape)
                 continue
             if id(module) in inside:
@@ -143,8 +142,7 @@ class MergedTensors:
         if name in self._plain:
             t = self._plain[name].detach().float()
         else:
-            mod_name, _, kind = name.rpartition(".")
-            t = _merged_weight(self._layers[mod_name])[kind]
+            t = _merged_weight(self._layers[name.removesuffix(".weight")])
         if not torch.isfinite(t).all():
             raise WorkFailed(f"merged weights contain NaN/inf in {name}")
         return t
