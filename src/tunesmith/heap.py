@@ -36,26 +36,3 @@ def release_free_heap() -> bool:
         return False
     trim(0)
     return True
-
-
-# glibc's mallopt parameter: blocks at least this large get their own mapping.
-_M_MMAP_THRESHOLD = -3
-# glibc's default ceiling for its self-adjusting threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit).
-GLIBC_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
-
-
-def map_large_blocks(threshold: int) -> bool:
-    """Serve every allocation of ``threshold`` bytes or more from its own mapping.
-
-    Such a block goes back to the OS the moment it is freed, so resident memory follows live
-    memory. glibc otherwise raises its threshold to the largest block freed so far (up to
-    32 MiB), after which same-sized blocks come from the arenas and stay resident once freed:
-    a model that widens one layer at a time to fp32 would keep every widened copy's pages.
-    Each new mapping is zero-filled by the kernel, so this costs page faults on hot paths; use
-    it for one-shot work, not training steps. Returns False where the allocator is not glibc.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        return bool(ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, int(threshold))) if name else False
-    except (OSError, AttributeError):
-        return False

@@ -43,13 +43,12 @@ from tunesmith.export.verify import (
     compare,
     tolerance_for,
 )
-from tunesmith.heap import map_large_blocks, release_free_heap
+from tunesmith.heap import release_free_heap
 from tunesmith.models.adapted import load_adapted, load_merged
 from tunesmith.models.artifact import Artifact
 from tunesmith.models.upcast import fp32_compute
 
 EXPORT_RECORD = "export.json"
-LARGE_BLOCK = 1 << 20  # bytes: blocks this large are mapped on their own during an export
 
 
 def _base_config(source: Artifact):
@@ -160,9 +159,6 @@ def export_gguf(
         llamacpp.require(f"--quant {quant}")
     in_llamacpp = verify and llamacpp.available()
     ref = answers = None
-    # Widened layers, merged tensors and encoded tensors are freed one after another: map them
-    # so each is returned at once instead of accumulating in the heap (measured in RESULTS.md).
-    map_large_blocks(LARGE_BLOCK)
     adapted = _load_for_export(source)
     if verify:
         with fp32_compute(adapted.model):
