@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tunesmith.compare.grid import DEFAULT_GRID, diverging, lr_grid, parse_grid
+from tunesmith.compare.grid import DEFAULT_GRID, diverging, lr_grid, next_rate, parse_grid
 from tunesmith.compare.pareto import pareto_front, render_forgetting_png
 from tunesmith.compare.search import SearchRun, SearchSettings
 from tunesmith.compare.split import (
@@ -78,9 +78,22 @@ def test_grid_is_a_log_grid_around_the_default():
             parse_grid(bad)
 
 
+def test_a_best_rate_on_the_grids_edge_asks_for_one_more_past_it():
+    grid = DEFAULT_GRID
+    assert next_rate([6.67e-4, 2e-3, 6e-3], 6e-3, grid) == 0.018  # top edge: x3
+    assert next_rate([6.67e-4, 2e-3, 6e-3], 6.67e-4, grid) == 0.000222  # bottom edge: /3
+    assert next_rate([6.67e-4, 2e-3, 6e-3], 2e-3, grid) is None  # inside: settled
+    # a rate above the best that diverged counts as tried: never step into it again
+    assert next_rate([2e-3, 6e-3, 0.018], 6e-3, grid) is None
+    assert next_rate([1e-3, 2e-3, 0.1], 1e-3, (1, 2, 100)) == 0.0005  # the ratio at that edge
+    assert next_rate([2e-3], 2e-3, (1.0,)) is None  # one rate asked for: no search to extend
+    assert next_rate([2e-3, 6e-3], None, grid) is None  # nothing finished
+
+
 def test_quick_settings_shorten_the_runs():
     quick = SearchSettings.quick(150)
     assert (quick.grid, quick.steps, quick.validation_limit) == (DEFAULT_GRID, 50, 40)
+    assert (quick.extensions, SearchSettings().extensions) == (1, 2)
     assert SearchSettings.quick(20).steps == 20
     assert SearchSettings.quick(150, (1.0,), 7).steps == 7
 
@@ -186,3 +199,40 @@ def test_search_table_marks_the_pick_and_says_why_a_rate_stopped():
     text = console.export_text()
     assert "6.67e-04" in text and "val exec acc" in text and "0.900" in text
     assert "*" in text and "lora lr 6e-03 diverged: loss nan" in text
+
+
+@pytest.mark.parametrize(
+    ("peak", "extensions", "tried"),
+    [
+        (0.02, 2, [6.67e-4, 2e-3, 6e-3, 0.018, 0.054]),  # best on the edge twice: two more
+        (0.02, 1, [6.67e-4, 2e-3, 6e-3, 0.018]),  # --quick: one more at most
+        (0.007, 2, [6.67e-4, 2e-3, 6e-3, 0.018]),  # past the edge was worse: settled
+        (2e-3, 2, [6.67e-4, 2e-3, 6e-3]),  # best inside the grid: nothing more
+        (1e-4, 2, [6.67e-4, 2e-3, 6e-3, 0.000222, 7.4e-05]),  # downwards too
+    ],
+)
+def test_the_search_steps_past_the_grids_edge_while_the_best_is_on_it(
+    tmp_path, monkeypatch, peak, extensions, tried
+):
+    """The search's control flow alone: each run's validation score is a function of its rate
+    (best at ``peak``) instead of a training, so which rates get tried is exact."""
+    import tunesmith.compare.search as search
+    from tunesmith.config import make_config
+
+    def scored(build, run, say, progress, stop):
+        run.validation_metric, run.validation_loss = -abs(math.log(run.lr / peak)), 1.0
+        run.run_dir = str(tmp_path / f"lr-{run.lr:g}")
+        return run
+
+    train = _write_lines(tmp_path / "train.jsonl", 100)
+    monkeypatch.setattr(search, "clean_once", lambda cfg, root: (train, tmp_path / "test.jsonl"))
+    monkeypatch.setattr(search, "_train", scored)
+    monkeypatch.setattr(search, "_base_side", lambda run_dir: {})
+    monkeypatch.setattr(search, "evaluate_winners", lambda *args: None)
+    cfg = make_config({"method": "lora", "max-steps": 10})
+    settings = SearchSettings(extensions=extensions)
+    said = []
+    result = search.search_methods(["lora"], cfg, tmp_path / "out", settings, said.append)
+    assert [r.lr for r in result.runs] == tried
+    assert sum("on the grid's edge" in line for line in said) == len(tried) - 3
+    assert result.settings["extensions"] == extensions

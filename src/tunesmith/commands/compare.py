@@ -16,7 +16,9 @@ virtual-token methods prompt, prefix and mam) gets an error row.
 --lr-search tries each method at its default learning rate x {1/3, 1, 3} (--lr-grid to change
 the multipliers), every rate training on the cleaned training data minus a seeded 10%
 validation split (8 to 200 examples) and scored on that split; a rate whose loss blows up
-(non-finite, or 1.5x its start after warm-up) is stopped early. Each method is then reported
+(non-finite, or 1.5x its start after warm-up) is stopped early. While a method's best rate is
+the highest or lowest it tried, the search steps past that edge by the grid's ratio (at most 2
+more rates; 1 with --quick). Each method is then reported
 at its best validation rate (lr column) with that run's test-set figures, and
 OUTPUT/compare_forgetting.png plots every rate's validation score against its forgetting.
 Runs go under OUTPUT/<method>/lr-<rate>/; running the same command again after an

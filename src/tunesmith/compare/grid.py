@@ -15,6 +15,8 @@ from tunesmith.errors import ConfigError
 
 # default x {1/3, 1, 3}: three rates a half-decade apart, the default in the middle.
 DEFAULT_GRID = (1 / 3, 1.0, 3.0)
+# Rates tried past the grid's edge per method when the best rate sits on it (see next_rate).
+EDGE_EXTENSIONS = 2
 # A run is diverging when, after warm-up, its recent loss is this many times its first one.
 DIVERGE_FACTOR = 1.5
 _WINDOW = 3  # recent steps averaged (one step's loss is noisy)
@@ -40,6 +42,25 @@ def lr_grid(default: float, grid: Sequence[float] = DEFAULT_GRID) -> list[float]
     """The rates tried: ``default`` times each multiplier, rounded to 3 significant digits
     (so that ``2e-3 / 3`` names its run directory ``lr-0.000667``)."""
     return sorted({float(f"{default * m:.3g}") for m in grid})
+
+
+def next_rate(tried: Sequence[float], best: float | None, grid: Sequence[float]) -> float | None:
+    """The rate to try next when ``best`` is the highest or lowest rate ``tried``, else None.
+
+    A best rate on the grid's edge only says the optimum is there or beyond: the search steps
+    once more in that direction, by the grid's own ratio at that edge (3 for the default grid).
+    A rate above it that diverged or failed counts as tried, so the step is never retaken.
+    """
+    if best is None or len(tried) < 2:
+        return None
+    steps = sorted(grid)
+    if best >= max(tried):
+        ratio = steps[-1] / steps[-2] if len(steps) > 1 else 3.0
+    elif best <= min(tried):
+        ratio = steps[0] / steps[1] if len(steps) > 1 else 1 / 3
+    else:
+        return None
+    return float(f"{best * ratio:.3g}")
 
 
 def diverging(

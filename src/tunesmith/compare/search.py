@@ -10,6 +10,8 @@ The protocol, in order:
    ordinary :func:`~tunesmith.train.run.run_training` under ``OUTPUT/<method>/lr-<rate>/``, on
    the fit examples, scored on the validation ones (its ``eval.json``). Same examples, steps and
    seed for every method and rate; a diverging rate is stopped early, a failed one kept as such.
+   While the best rate so far is the highest or lowest tried, one more rate past that edge is
+   tried (:func:`~tunesmith.compare.grid.next_rate`), at most ``extensions`` times.
 4. Per method, the best validation task metric wins (ties: the lower validation loss). That
    run never saw the validation or the test examples, so its saved model is evaluated on the
    test set as it is (``test_eval.json`` in its directory): no retraining.
@@ -32,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.atomic import write_json
-from tunesmith.compare.grid import DEFAULT_GRID, diverging, lr_grid
+from tunesmith.compare.grid import DEFAULT_GRID, EDGE_EXTENSIONS, diverging, lr_grid, next_rate
 from tunesmith.compare.lr import lr_for
 from tunesmith.compare.rows import MethodRow, task_metric_name
 from tunesmith.compare.split import ValidationSplit, split_validation
-from tunesmith.compare.winners import evaluate_winners
+from tunesmith.compare.winners import evaluate_winners, pick_best
 from tunesmith.config import TrainConfig, make_config
 from tunesmith.errors import ConfigError, UserInputError
 from tunesmith.report.metrics import read_metrics
@@ -53,6 +55,8 @@ class SearchSettings:
 
     Attributes:
         grid: Multipliers of each method's default learning rate.
+        extensions: Rates tried past the grid's edge per method while its best rate is on the
+            edge (:func:`~tunesmith.compare.grid.next_rate`).
         steps: Optimizer steps of every search run; None: the compare's own budget.
         validation_limit: Validation examples scored per run; None: the compare's eval limit.
     """
@@ -60,14 +64,16 @@ class SearchSettings:
     grid: tuple[float, ...] = DEFAULT_GRID
     steps: int | None = None
     validation_limit: int | None = None
+    extensions: int = EDGE_EXTENSIONS
 
     @classmethod
     def quick(
         cls, max_steps: int | None, grid: Sequence[float] | None = None, steps: int | None = None
     ) -> SearchSettings:
-        """``--quick``: at most ``QUICK_STEPS`` steps, ``QUICK_VALIDATION`` scored examples."""
+        """``--quick``: at most ``QUICK_STEPS`` steps, ``QUICK_VALIDATION`` scored examples, one
+        rate past the grid's edge."""
         short = min(QUICK_STEPS, max_steps) if max_steps else QUICK_STEPS
-        return cls(tuple(grid or DEFAULT_GRID), steps or short, QUICK_VALIDATION)
+        return cls(tuple(grid or DEFAULT_GRID), steps or short, QUICK_VALIDATION, 1)
 
 
 @dataclass
@@ -165,14 +171,17 @@ def search_methods(
     stop = diverging(math.ceil(cfg.warmup_ratio * steps) if steps else 0)
     result = Searched(shared=(str(train), str(test)))
     result.settings = {
-        "grid": list(settings.grid), "steps": steps, "validation_n": split.n_validation,
+        "grid": list(settings.grid), "extensions": settings.extensions, "steps": steps, "validation_n": split.n_validation,
         "validation_limit": settings.validation_limit or cfg.eval_limit, "fit_n": split.n_fit,
         "validation_data": str(split.validation), "fit_data": str(split.fit),
     }  # fmt: skip
     for i, method in enumerate(names, 1):
         default = lr_for(method, cfg)
-        runs = []
-        for lr in lr_grid(default, settings.grid):
+        runs: list[SearchRun] = []
+        rates = lr_grid(default, settings.grid)
+        extended = 0
+        while rates:
+            lr = rates.pop(0)
             run = done.get((method, lr))
             if run is None or (run.status == "ok" and not _finished(run.run_dir)):
                 say(f"[{i}/{len(names)}] {method} lr {lr:g} (x{lr / default:.3g})")
@@ -189,6 +198,13 @@ def search_methods(
             else:
                 say(f"[{i}/{len(names)}] {method} lr {lr:g}: done before ({run.status}), kept")
             runs.append(run)
+            if not rates and extended < settings.extensions:
+                best = pick_best(runs)
+                nxt = next_rate([r.lr for r in runs], best and best.lr, settings.grid)
+                if nxt is not None:
+                    extended += 1
+                    say(f"[{i}/{len(names)}] {method}: best rate {best.lr:g} is on the grid's edge")
+                    rates.append(nxt)
         result.runs += runs
     base_general = (state["base_validation"] or {}).get("general_perplexity")
     for run in result.runs:
