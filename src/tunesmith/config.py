@@ -13,10 +13,11 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import ConfigError, UserInputError
 from tunesmith.methods.base import BUILTIN_METHODS, is_method, method_names
+from tunesmith.methods.recipes import DEFAULT_RECIPE, RECIPES
 
 
 def _kebab(name: str) -> str:
@@ -70,13 +71,31 @@ class TrainConfig(BaseModel):
         + ", ".join(BUILTIN_METHODS)
         + " or another registered one (see `tunesmith methods`)",
     )
-    target: str = Field(
-        "attn-qv",
-        description="target modules: preset attn-qv|attn|mlp|all-linear, or a comma list of module names",
+    recipe: Literal["default", "seed"] = Field(
+        "default",
+        description="LoRA-family placement, size and dropout: default (all-linear, rank 4, alpha "
+        "32, dropout 0) or seed (attn-qv, rank 8, alpha 32, dropout 0.05: the original LoRA "
+        "recipe); --target/--rank/--alpha/--dropout given explicitly win",
     )
-    rank: int = Field(8, ge=1, le=4096, description="LoRA rank r")
-    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha/r)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="adapter dropout")
+    target: str = Field(
+        DEFAULT_RECIPE["target"],
+        description="target modules: preset attn-qv|attn|mlp|all-linear, or a comma list of module "
+        "names (default: the recipe's)",
+    )
+    rank: int = Field(
+        DEFAULT_RECIPE["rank"], ge=1, le=4096, description="LoRA rank r (default: the recipe's)"
+    )
+    alpha: float = Field(
+        DEFAULT_RECIPE["alpha"],
+        gt=0,
+        description="LoRA alpha, scale = alpha/r (default: the recipe's)",
+    )
+    dropout: float = Field(
+        DEFAULT_RECIPE["dropout"],
+        ge=0,
+        lt=1,
+        description="LoRA-family dropout on the adapter's input (default: the recipe's)",
+    )
     output: str | None = Field(
         None, description="run directory (default runs/<method>-<timestamp>)"
     )
@@ -201,6 +220,15 @@ class TrainConfig(BaseModel):
     )
     overwrite: bool = Field(False, description="replace an existing --output directory")
     force: bool = Field(False, description="train even when the memory plan says it will not fit")
+
+    @model_validator(mode="after")
+    def _recipe_values(self) -> TrainConfig:
+        # The recipe fills what the user did not set; values set explicitly (flags, YAML) win.
+        unset = {k: v for k, v in RECIPES[self.recipe].items() if k not in self.model_fields_set}
+        if unset and any(getattr(self, k) != v for k, v in unset.items()):
+            # __dict__, not setattr: assignment would re-run this validator and mark them set
+            self.__dict__.update(unset)
+        return self
 
     @field_validator("method")
     @classmethod

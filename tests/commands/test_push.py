@@ -24,7 +24,7 @@ def run_dir(tiny_llama_dir, tmp_path_factory):
     code = main(
         [
             "train", "--model", str(tiny_llama_dir), "--data", str(data), "--output", str(out),
-            "--max-steps", "2", "--batch-size", "4", "--rank", "4", "--eval-limit", "3",
+            "--max-steps", "2", "--batch-size", "4", "--rank", "2", "--eval-limit", "3",
             "--max-new-tokens", "4",
         ]
     )  # fmt: skip
@@ -42,10 +42,10 @@ def test_dry_run_builds_the_folder_and_the_card(run_dir, tmp_path, capsys):
     }
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nbase_model: ") and "library_name: peft" in card
-    assert "**lora**" in card and "rank 4" in card
+    assert "**lora**" in card and "rank 2" in card
     assert "input records: 30" in card and "exact duplicates: 0" in card
     assert "| metric | base | adapted |" in card  # the eval table, base vs tuned
-    assert "tunesmith train --model" in card and "--rank 4" in card and "--max-steps 2" in card
+    assert "tunesmith train --model" in card and "--rank 2" in card and "--max-steps 2" in card
 
 
 def test_reproduce_command_parses_back_to_the_same_config(run_dir):

@@ -17,6 +17,8 @@ from tunesmith.cli import main
 from tunesmith.methods import get_method, method_names
 
 pytestmark = pytest.mark.xdist_group("compare-e2e")
+# the default recipe's targets on a Llama
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 ROW_KEYS = {
     "method", "lr", "trainable_params", "total_params", "trainable_share", "execution_accuracy",
@@ -93,7 +95,7 @@ def test_param_counts_and_shares(compared, tiny_llama_dir):
     )
     ref = get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
-        LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"]),
+        LoraConfig(r=4, lora_alpha=32, target_modules=ALL_LINEAR),  # the default recipe
     )
     lora_ref = sum(p.numel() for p in ref.parameters() if p.requires_grad)
     assert rows["lora"]["trainable_params"] == lora_ref

@@ -34,13 +34,24 @@ def test_counts_for_the_embedded_model_match_hand_computed_values(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     # SmolLM2-135M: d=576, L=30, kv_dim=3·64=192, d_ff=1536, V=49152, tied embeddings.
     assert rows["full"]["trainable"] == 134_515_008  # the published 134.5M
-    assert rows["lora"]["trainable"] == 30 * 8 * ((576 + 576) + (576 + 192))  # q_proj, v_proj
-    assert rows["dora"]["trainable"] == rows["lora"]["trainable"] + 30 * (576 + 192)
+    # the default recipe: rank 4 on q, k, v, o, gate, up, down
+    per_layer = (576 + 576) + 2 * (576 + 192) + (576 + 576) + 2 * (576 + 1536) + (1536 + 576)
+    assert rows["lora"]["trainable"] == 30 * 4 * per_layer
+    magnitudes = 576 + 2 * 192 + 576 + 2 * 1536 + 576
+    assert rows["dora"]["trainable"] == rows["lora"]["trainable"] + 30 * magnitudes
     assert rows["houlsby"]["trainable"] == 2 * 30 * (2 * 576 * 64 + 64 + 576)
     assert rows["prompt"]["trainable"] == 20 * 576
     assert rows["ia3"]["trainable"] == 30 * (192 + 192 + 1536)
     assert rows["mam"]["trainable"] == 30 * 2 * 20 * 192 + 30 * (2 * 576 * 64 + 64 + 576)
     assert rows["full"]["trainable_share"] == 1.0
+
+
+def test_counts_for_the_seed_recipe(capsys):
+    argv = ["methods", "--json", "--model-config", "embedded-size", "--target", "attn-qv"]
+    assert main([*argv, "--rank", "8"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["lora"]["trainable"] == 30 * 8 * ((576 + 576) + (576 + 192))  # q_proj, v_proj
+    assert rows["dora"]["trainable"] == rows["lora"]["trainable"] + 30 * (576 + 192)
 
 
 def test_table_for_a_model_directory(tiny_llama_dir, capsys):

@@ -129,7 +129,7 @@ CASES: dict[str, tuple[Callable[[Ctx], list[str]], list[str]]] = {
     "seq-len-beyond-context": (
         lambda c: ["--seq-len", "4096"], ["'seq-len'", "4096", "512", "max_position_embeddings"],
     ),
-    "rank-above-layer": (lambda c: ["--rank", "64"], ["'rank'", "64", "at most 32", "v_proj"]),
+    "rank-above-layer": (lambda c: ["--rank", "64"], ["'rank'", "64", "at most 32", "k_proj"]),
     "target-absent": (lambda c: ["--target", "wq,wv"], ["'target'", "wq,wv", "q_proj"]),
     "target-empty": (lambda c: ["--target", ","], ["'target'", "preset"]),
     "does-not-fit": (_huge_model, ["does not fit", "GiB", "Recommended", "--force"]),

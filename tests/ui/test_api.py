@@ -56,7 +56,8 @@ def finished(client):
 def test_form_has_every_field_with_help_and_default():
     fields = {f["name"]: f for f in forms.field_schema()}
     assert list(fields) == [n.replace("_", "-") for n in TrainConfig.model_fields]
-    assert fields["rank"]["default"] == 8 and fields["rank"]["kind"] == "int"
+    assert fields["rank"]["default"] == 4 and fields["rank"]["kind"] == "int"
+    assert fields["recipe"]["choices"] == ["default", "seed"]
     assert fields["lr-scheduler"]["choices"] == ["cosine", "linear", "constant"]
     assert all(f["help"] for f in fields.values())
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from tunesmith.commands._args import positive_int
 from tunesmith.errors import UserInputError
+from tunesmith.methods.recipes import DEFAULT_RECIPE
 
 HELP = "the PEFT methods: unified-view description, parameter formula, counts"
 
@@ -37,12 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="add trainable-parameter counts for this model config (config.json or model dir)",
     )
     parser.add_argument(
-        "--rank", type=positive_int, default=8, help="LoRA rank r for the counts (default 8)"
+        "--rank",
+        type=positive_int,
+        default=DEFAULT_RECIPE["rank"],
+        help=f"LoRA rank r for the counts (default {DEFAULT_RECIPE['rank']}, as train's)",
     )
     parser.add_argument(
         "--target",
-        default="attn-qv",
-        help="LoRA-family targets for the counts: preset or comma list (default attn-qv)",
+        default=DEFAULT_RECIPE["target"],
+        help="LoRA-family targets for the counts: preset or comma list "
+        f"(default {DEFAULT_RECIPE['target']}, as train's)",
     )
     parser.add_argument(
         "--num-virtual-tokens",

@@ -22,6 +22,7 @@ import argparse
 import json
 
 from tunesmith.commands._args import positive_int
+from tunesmith.methods.recipes import DEFAULT_RECIPE
 
 HELP = "memory plan for model x method x batch x seq-len x GPU, and the best config that fits"
 
@@ -51,9 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="recompute activations in the backward; auto = only if needed (default)",
     )
-    parser.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (default 8)")
     parser.add_argument(
-        "--target", default="attn-qv", help="preset (attn-qv, attn, mlp, all-linear) or names"
+        "--rank",
+        type=positive_int,
+        default=DEFAULT_RECIPE["rank"],
+        help=f"LoRA rank (default {DEFAULT_RECIPE['rank']}, as train's)",
+    )
+    parser.add_argument(
+        "--target",
+        default=DEFAULT_RECIPE["target"],
+        help="preset (attn-qv, attn, mlp, all-linear) or names "
+        f"(default {DEFAULT_RECIPE['target']}, as train's)",
     )
     parser.add_argument(
         "--optimizer",

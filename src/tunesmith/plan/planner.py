@@ -14,6 +14,7 @@ from typing import Any
 from tunesmith.atomic import write_json
 from tunesmith.errors import ConfigError
 from tunesmith.methods.base import MethodArgs, get_method
+from tunesmith.methods.recipes import DEFAULT_RECIPE
 from tunesmith.plan.analytic import OPTIMIZERS, StepSettings, Terms, step_terms
 from tunesmith.plan.configs import load_model_config
 from tunesmith.plan.gpus import device_budget_bytes, is_cpu
@@ -195,9 +196,9 @@ def plan_config(
     gradient_checkpointing: bool | None = None,
     optimizer: str = "adamw",
     precision: str = "bf16",
-    rank: int = 8,
-    target: str | list[str] | tuple[str, ...] = "attn-qv",
-    dropout: float = 0.05,
+    rank: int = DEFAULT_RECIPE["rank"],
+    target: str | list[str] | tuple[str, ...] = DEFAULT_RECIPE["target"],
+    dropout: float = DEFAULT_RECIPE["dropout"],
     attn: str = "sdpa",
     logits_fraction: float = 1.0,
     loss_chunk: int | None = None,
