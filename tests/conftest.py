@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # `pytest -n 2` runs two torch processes on two cores (and their CLI subprocesses): the
 # shared-cores wait setting, before torch loads (see tunesmith.cpu_share).
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+# Each test scores its own base model: a base evaluation read back from another test's run would
+# make results depend on test order (tests/eval/test_base_cache.py turns the cache on).
+os.environ["TUNESMITH_BASE_EVAL_CACHE"] = "0"
 
 import pytest  # noqa: E402
 

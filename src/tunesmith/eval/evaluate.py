@@ -32,10 +32,12 @@ def task_of(convs: Sequence[Conversation]) -> str:
 
 @dataclass
 class SideResult:
-    """Scores of one model (base or adapted) and its generations."""
+    """Scores of one model (base or adapted) and its generations; ``cached``: read back from
+    an identical earlier evaluation (:mod:`tunesmith.eval.base_cache`)."""
 
     metrics: dict[str, float]
     generations: list[Generation]
+    cached: bool = False
 
 
 def score(

@@ -215,7 +215,8 @@ def _train_and_save(s: _Session, run: RunDir, data: DataSplit, built: BuiltModel
             base_side = evaluate_base(model, tokenizer, evals, cfg, run)
             if pref is not None:
                 pref.add_base_metrics(model, base_side, run)
-        say("base: " + format_metrics(base_side.metrics))
+        reused = " (an identical earlier evaluation, from the cache)" if base_side.cached else ""
+        say(f"base{reused}: " + format_metrics(base_side.metrics))
     elif pre.resume_from is not None:
         base_side = load_base_side(run)
 

@@ -235,9 +235,21 @@ def adapter_disabled(model):
 
 
 def evaluate_base(model, tokenizer, evals: list[Conversation], cfg: TrainConfig, run: RunDir):
-    """Evaluate the model with its adapter disabled; written to ``eval_base.json``."""
-    from tunesmith.eval.evaluate import evaluate_side, perplexities
+    """Evaluate the model with its adapter disabled; written to ``eval_base.json``.
 
+    An identical earlier evaluation (same base files, questions, settings, versions and device:
+    :mod:`tunesmith.eval.base_cache`) is read back instead; the result says so (``cached``).
+    """
+    from tunesmith.eval import base_cache
+    from tunesmith.eval.evaluate import SideResult, evaluate_side, perplexities
+    from tunesmith.eval.generate import Generation
+
+    cache_key = base_cache.key(cfg, evals, next(model.parameters()).device)
+    cached = base_cache.load(cache_key)
+    if cached is not None:
+        write_json(run.eval_base_path, cached)
+        gens = [Generation(t, 0, True) for t in cached["generations"]]
+        return SideResult(cached["metrics"], gens, cached=True)
     with adapter_disabled(model):
         side = evaluate_side(
             model,
@@ -248,10 +260,9 @@ def evaluate_base(model, tokenizer, evals: list[Conversation], cfg: TrainConfig,
         )
         # Answer and general-text perplexity: the baseline for the forgetting check.
         side.metrics.update(perplexities(model, tokenizer, evals))
-    write_json(
-        run.eval_base_path,
-        {"metrics": side.metrics, "generations": [g.text for g in side.generations]},
-    )
+    data = {"metrics": side.metrics, "generations": [g.text for g in side.generations]}
+    write_json(run.eval_base_path, data)
+    base_cache.store(cache_key, data)
     return side
 
 
