@@ -114,7 +114,7 @@ def test_says_once_which_path_cannot_apply_and_why(caplog):
         path = record.getMessage().split("CPU fast path ")[1].split(" does not apply")[0]
         by_path.setdefault(path, []).append(record)
     assert {p: len(r) for p, r in by_path.items()} == {
-        "dropout": 1, "rmsnorm": 1, "attention": 1, "packed passes": 1,
+        "dropout": 1, "lora": 1, "rmsnorm": 1, "attention": 1, "packed passes": 1,
     }  # fmt: skip
     # A model the path does not know is a warning; a choice by design is info.
     assert by_path["attention"][0].levelno == logging.WARNING
@@ -145,12 +145,12 @@ def _train(fast: bool, tmp_path, steps: int = 8):
 
 
 def test_training_with_the_fast_paths_matches_the_reference_path(tmp_path):
-    """Fused RMSNorm, grouped packed attention, packed passes, chunked loss vs the reference:
+    """Fused LoRA and RMSNorm, grouped packed attention, packed passes, chunked loss vs the reference:
     same losses and trained weights within bf16 rounding. (Dropout is off: its masks are
     random draws, compared with nn.Dropout statistically in test_dropout.py.)"""
     ref_losses, ref_moved, _ = _train(False, tmp_path / "reference")
     losses, moved, handle = _train(True, tmp_path / "fast")
-    assert handle.installed == {"rmsnorm": 5, "attention": 1}
+    assert handle.installed == {"lora": 4, "rmsnorm": 5, "attention": 1}
     assert isinstance(handle.pass_policy, PackedPasses)
     assert ref_losses[-1] < ref_losses[0]  # it trained
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-2, atol=0)

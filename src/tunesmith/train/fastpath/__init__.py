@@ -5,6 +5,8 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
 
 - ``dropout``: :class:`~tunesmith.train.fastpath.dropout.FastDropout`, four mask elements per
   64-bit draw instead of a Bernoulli number each;
+- ``lora``: a LoRA branch without dropout added to its projection's output in one ``addmm``
+  (``lora.py``);
 - ``rmsnorm``: Llama-formula RMSNorm as one autograd function (``rmsnorm.py``);
 - ``attention``: grouped eager attention, per example inside packed rows (``attention.py``,
   ``packed_attention.py``);
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.loss.chunked_ce import cross_entropy_sum, reference_cross_entropy
-from tunesmith.train.fastpath import attention, dropout, rmsnorm
+from tunesmith.train.fastpath import attention, dropout, lora, rmsnorm
 from tunesmith.train.fastpath.attention import AttentionCaches
 from tunesmith.train.fastpath.host_memory import HeapTrimmer, heap_trim_available
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
@@ -105,6 +107,7 @@ def apply_fast_paths(
     fast = FastPaths(caches=AttentionCaches(), cross_entropy=cross_entropy_sum)
     installs = {
         "dropout": dropout.install,
+        "lora": lora.install,
         "rmsnorm": rmsnorm.install,
         "attention": lambda m: attention.install(m, fast.caches),
     }

@@ -1,0 +1,104 @@
+"""The fused LoRA branch against its reference, peft's own ``lora.Linear.forward``."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora.layer import Linear as LoraLinear
+
+from tests.tiny import make_tiny_model
+from tunesmith.train.fastpath.lora import install, why_not_plain
+from tunesmith.train.speed import compute_context
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _peft(dtype=torch.float32, dropout=0.0, **extra):
+    torch.manual_seed(0)
+    model = make_tiny_model().to(dtype)
+    cfg = LoraConfig(r=4, lora_alpha=32, lora_dropout=dropout, target_modules=TARGETS, **extra)
+    model = get_peft_model(model, cfg)  # adapter weights fp32, as peft upcasts them
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: give the branch something to add
+            p.data.normal_(0, 0.05)
+    return model.train()
+
+
+def _step(model, ids, autocast):
+    """Loss and every adapter gradient of one forward + backward, as tunesmith trains."""
+    ctx = compute_context(
+        model, torch.device("cpu"), torch.bfloat16 if autocast else None, autocast
+    )
+    with ctx:
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize(
+    ("dtype", "autocast", "tol"),
+    [(torch.float32, False, 1e-5), (torch.bfloat16, True, 3e-2)],
+    ids=["fp32", "bf16-autocast"],
+)
+def test_loss_and_gradients_match_peft(dtype, autocast, tol):
+    ref = _peft(dtype)
+    fast = copy.deepcopy(ref)
+    patch = install(fast)
+    assert patch.count == 2 * len(TARGETS)
+    ids = torch.randint(0, 512, (3, 21), generator=torch.Generator().manual_seed(1))
+    ref_loss, ref_grads = _step(ref, ids, autocast)
+    loss, grads = _step(fast, ids, autocast)
+    torch.testing.assert_close(loss, ref_loss, rtol=tol, atol=tol)
+    assert ref_grads.keys() == grads.keys() and len(grads) == 4 * len(TARGETS)
+    for name, want in ref_grads.items():
+        assert grads[name].dtype == want.dtype == torch.float32  # the masters' dtype
+        scale = want.abs().max().clamp_min(1e-6)
+        assert float((grads[name] - want).abs().max() / scale) < tol * 5, name
+
+
+def test_eval_and_no_grad_run_peft_forward_unchanged():
+    ref = _peft()
+    fast = copy.deepcopy(ref)
+    install(fast)
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(fast(input_ids=ids).logits, ref(input_ids=ids).logits)
+        fast.eval(), ref.eval()
+        assert torch.equal(fast(input_ids=ids).logits, ref(input_ids=ids).logits)
+        with fast.disable_adapter(), ref.disable_adapter():
+            assert torch.equal(fast(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+def test_only_plain_branches_are_changed_and_undo_restores_them():
+    with_dropout = _peft(dropout=0.1)
+    assert install(with_dropout).count == 0
+    layer = next(m for m in with_dropout.modules() if isinstance(m, LoraLinear))
+    assert why_not_plain(layer) == "it has dropout"
+    dora = _peft(use_dora=True)
+    patch = install(dora)
+    assert patch.count == 0 and "DoRA" in patch.skipped
+    plain = _peft()
+    keys = list(plain.state_dict())
+    patch = install(plain)
+    assert all(
+        type(m).__name__ == "FastLinear" for m in plain.modules() if isinstance(m, LoraLinear)
+    )
+    assert list(plain.state_dict()) == keys  # saved adapters are unchanged
+    patch.undo()
+    assert all(type(m) is LoraLinear for m in plain.modules() if isinstance(m, LoraLinear))
+
+
+def test_merge_after_training_with_the_fast_path_equals_peft_merge():
+    """The swapped class keeps peft's merge: the merged weights are the same either way."""
+    ref = _peft()
+    fast = copy.deepcopy(ref)
+    install(fast)
+    merged_ref = ref.merge_and_unload().state_dict()
+    merged = fast.merge_and_unload().state_dict()
+    assert merged.keys() == merged_ref.keys()
+    assert all(torch.equal(merged[k], merged_ref[k]) for k in merged)
