@@ -98,8 +98,6 @@ def _fused(original: Callable) -> Callable:
             return rope(q, k, cos, sin, kwargs.get("unsqueeze_dim", 1))
         return original(q, k, cos, sin, *args, **kwargs)
 
-    apply_rotary_pos_emb._tunesmith_original = original
-    apply_rotary_pos_emb.__doc__ = original.__doc__
     return apply_rotary_pos_emb
 
 
