@@ -42,9 +42,7 @@ def check_objective(cfg: TrainConfig, method) -> None:
     takes = OBJECTIVES[cfg.objective].defaults
     for name in sorted({k for spec in OBJECTIVES.values() for k in spec.defaults}):
         if getattr(cfg, name) is not None and name not in takes:
-            flags = (
-                ", ".join(f"--{k.replace('_', '-')}" for k in takes) or "no preference parameters"
-            )
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in takes) or "no preference parameters"
             raise ConfigError(
                 name.replace("_", "-"), getattr(cfg, name),
                 f"no value: --objective {cfg.objective} takes {flags}",
