@@ -42,8 +42,9 @@ def test_installed_on_cpu_only_with_the_counts_and_policies():
     assert untouched.get_base_model().config._attn_implementation == "eager"
     model = _lora()
     fast = apply_fast_paths(model, CPU)
-    # q and v dropouts in 2 layers; 2 norms per layer and the final one; one attention switch.
-    assert fast.installed == {"dropout": 4, "rmsnorm": 5, "attention": 1}
+    # q and v dropouts in 2 layers; 2 norms per layer and the final one; RoPE in 2 attention
+    # layers; one attention switch.
+    assert fast.installed == {"dropout": 4, "rmsnorm": 5, "rope": 2, "attention": 1}
     assert model.get_base_model().config._attn_implementation == "tunesmith_cpu"
     assert isinstance(fast.pass_policy, PackedPasses) and fast.cross_entropy is cross_entropy_sum
     ids = torch.randint(0, 64, (2, 9))
@@ -108,7 +109,7 @@ def test_says_once_which_path_cannot_apply_and_why(caplog):
     model = AutoModelForCausalLM.from_config(config)
     with caplog.at_level(logging.INFO, logger="tunesmith"):
         fast = apply_fast_paths(model, CPU)
-    assert fast.installed == {}
+    assert fast.installed == {"rope": 2}  # Gemma's RoPE is the standard formula
     by_path = {}
     for record in caplog.records:
         path = record.getMessage().split("CPU fast path ")[1].split(" does not apply")[0]
@@ -145,12 +146,12 @@ def _train(fast: bool, tmp_path, steps: int = 8):
 
 
 def test_training_with_the_fast_paths_matches_the_reference_path(tmp_path):
-    """Fused LoRA and RMSNorm, grouped packed attention, packed passes, chunked loss vs the reference:
-    same losses and trained weights within bf16 rounding. (Dropout is off: its masks are
-    random draws, compared with nn.Dropout statistically in test_dropout.py.)"""
+    """Fused LoRA, RMSNorm and RoPE, grouped packed attention, packed passes, chunked loss vs
+    the reference: same losses and trained weights within bf16 rounding. (Dropout is off: its
+    masks are random draws, compared with nn.Dropout statistically in test_dropout.py.)"""
     ref_losses, ref_moved, _ = _train(False, tmp_path / "reference")
     losses, moved, handle = _train(True, tmp_path / "fast")
-    assert handle.installed == {"lora": 4, "rmsnorm": 5, "attention": 1}
+    assert handle.installed == {"lora": 4, "rmsnorm": 5, "rope": 2, "attention": 1}
     assert isinstance(handle.pass_policy, PackedPasses)
     assert ref_losses[-1] < ref_losses[0]  # it trained
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-2, atol=0)

@@ -8,6 +8,7 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
 - ``lora``: a LoRA branch without dropout added to its projection's output in one ``addmm``
   (``lora.py``);
 - ``rmsnorm``: Llama-formula RMSNorm as one autograd function (``rmsnorm.py``);
+- ``rope``: the rotary position embedding in four ops per direction, bit for bit (``rope.py``);
 - ``attention``: grouped eager attention, per example inside packed rows (``attention.py``,
   ``packed_attention.py``);
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.loss.chunked_ce import cross_entropy_sum, reference_cross_entropy
-from tunesmith.train.fastpath import attention, dropout, lora, rmsnorm
+from tunesmith.train.fastpath import attention, dropout, lora, rmsnorm, rope
 from tunesmith.train.fastpath.attention import AttentionCaches
 from tunesmith.train.fastpath.host_memory import HeapTrimmer, heap_trim_available
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
@@ -109,6 +110,7 @@ def apply_fast_paths(
         "dropout": dropout.install,
         "lora": lora.install,
         "rmsnorm": rmsnorm.install,
+        "rope": rope.install,
         "attention": lambda m: attention.install(m, fast.caches),
     }
     try:

@@ -31,3 +31,24 @@ class Patch:
 def skipped(reason: str, *, expected: bool = True) -> Patch:
     """A path that changed nothing, and why."""
     return Patch(skipped=reason, expected=expected)
+
+
+def class_swaps(changed: list[tuple[object, type]], refused: list[str], *, none: str) -> Patch:
+    """The patch of a path that gave modules a subclass of their own class.
+
+    Args:
+        changed: ``(module, its original class)`` for every module changed; ``undo`` gives each
+            its class back.
+        refused: Why each candidate class was left alone (a model the path does not know).
+        none: Why nothing applied where the model had no candidate at all.
+    """
+
+    def undo() -> None:
+        for module, cls in changed:
+            module.__class__ = cls
+
+    if refused:
+        return Patch(len(changed), undo, "; ".join(refused), expected=False)
+    if not changed:
+        return skipped(none)
+    return Patch(len(changed), undo)

@@ -35,7 +35,7 @@ import functools
 import torch
 from torch import nn
 
-from tunesmith.train.fastpath.patch import Patch, skipped
+from tunesmith.train.fastpath.patch import Patch, class_swaps
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -149,13 +149,4 @@ def install(model: nn.Module) -> Patch:
         for module in modules:
             module.__class__ = _fast_class(cls)
             changed.append((module, cls))
-
-    def undo() -> None:
-        for module, cls in changed:
-            module.__class__ = cls
-
-    if refused:
-        return Patch(len(changed), undo, "; ".join(refused), expected=False)
-    if not changed:
-        return skipped("the model has no RMSNorm module left to fuse")
-    return Patch(len(changed), undo)
+    return class_swaps(changed, refused, none="the model has no RMSNorm module left to fuse")
