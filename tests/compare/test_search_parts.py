@@ -144,6 +144,19 @@ def test_best_rate_is_the_best_validation_score_then_the_lower_loss():
     assert pick_best([_run("lora", 1.0, None, status="failed")]) is None
 
 
+def test_a_metric_within_its_standard_error_of_the_best_ties_and_the_loss_decides():
+    # the quick search's LoRA: 0.900 at 6e-3 is one question of 40 above 0.875 at 2e-3
+    runs = [_run("lora", 2e-3, 0.875, 0.0225), _run("lora", 6e-3, 0.900, 0.0473)]
+    assert pick_best(runs).lr == 6e-3  # without the count, only equal metrics tie
+    assert pick_best(runs, scored=40).lr == 2e-3  # se(0.9, 40) = 0.047: a tie, lower loss
+    assert pick_best(runs, scored=2000).lr == 6e-3  # se = 0.0067: 0.875 is clearly worse
+    far = [_run("full", 5e-5, 0.775, 0.037), _run("full", 1.5e-4, 0.900, 0.029)]
+    assert pick_best(far, scored=40).lr == 1.5e-4
+    # at a perfect score the margin is one example, not zero
+    perfect = [_run("lora", 1e-3, 1.0, 0.5), _run("lora", 3e-3, 0.975, 0.1)]
+    assert pick_best(perfect, scored=40).lr == 3e-3
+
+
 def test_pareto_front_keeps_the_undominated():
     pts = [(0.10, 0.84), (0.14, 0.91), (0.30, 0.86), (0.05, 0.50), (0.14, 0.80)]
     assert pareto_front(pts) == [3, 0, 1]

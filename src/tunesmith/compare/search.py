@@ -12,7 +12,8 @@ The protocol, in order:
    seed for every method and rate; a diverging rate is stopped early, a failed one kept as such.
    While the best rate so far is the highest or lowest tried, one more rate past that edge is
    tried (:func:`~tunesmith.compare.grid.next_rate`), at most ``extensions`` times.
-4. Per method, the best validation task metric wins (ties: the lower validation loss). That
+4. Per method, the best validation task metric wins; among rates within its standard error
+   (at least one example) of it, the lower validation loss (:func:`~.winners.pick_best`). That
    run never saw the validation or the test examples, so its saved model is evaluated on the
    test set as it is (``test_eval.json`` in its directory): no retraining.
 5. The base model is evaluated once on the test set, its general-text perplexity taken from
@@ -38,7 +39,7 @@ from tunesmith.compare.grid import DEFAULT_GRID, EDGE_EXTENSIONS, diverging, lr_
 from tunesmith.compare.lr import lr_for
 from tunesmith.compare.rows import MethodRow, task_metric_name
 from tunesmith.compare.split import ValidationSplit, split_validation
-from tunesmith.compare.winners import evaluate_winners, pick_best
+from tunesmith.compare.winners import evaluate_winners, pick_best, scored_per_run
 from tunesmith.config import TrainConfig, make_config
 from tunesmith.errors import ConfigError, UserInputError
 from tunesmith.report.metrics import read_metrics
@@ -199,7 +200,7 @@ def search_methods(
                 say(f"[{i}/{len(names)}] {method} lr {lr:g}: done before ({run.status}), kept")
             runs.append(run)
             if not rates and extended < settings.extensions:
-                best = pick_best(runs)
+                best = pick_best(runs, scored_per_run(result.settings))
                 nxt = next_rate([r.lr for r in runs], best and best.lr, settings.grid)
                 if nxt is not None:
                     extended += 1

@@ -1,7 +1,7 @@
 """The end of ``compare --lr-search``: each method's pick, evaluated on the test set.
 
-The pick is the run with the best task metric on the validation split (ties: the lower
-validation loss). It trained on the training data minus the validation split and never saw
+The pick is the run with the best task metric on the validation split, or, among the runs
+within that metric's standard error of it, the one with the lowest validation loss. It trained on the training data minus the validation split and never saw
 the test set, so its saved model is evaluated as it is (``test_eval.json`` beside it), with
 the same evaluation code ``tunesmith eval`` runs; the base model is evaluated once.
 """
@@ -22,18 +22,38 @@ if TYPE_CHECKING:
     from tunesmith.compare.search import Searched, SearchRun
 
 
-def pick_best(runs: Sequence[SearchRun]) -> SearchRun | None:
-    """The finished run with the highest validation metric (ties: lower validation loss)."""
+def pick_best(runs: Sequence[SearchRun], scored: int | None = None) -> SearchRun | None:
+    """The finished run with the highest validation metric; among runs whose metric is within
+    noise of the highest, the one with the lowest validation loss.
+
+    ``scored`` is how many validation examples each metric counts. A share of ``n`` examples
+    has a standard error of ``sqrt(p (1 - p) / n)``, and never less than one example: on 40
+    questions 0.875 and 0.900 are one answer apart, and the validation loss (every answer
+    token of every example) tells those rates apart better. Without ``scored`` only equal
+    metrics tie.
+    """
     ok = [r for r in runs if r.status == "ok"]
     if not ok:
         return None
 
-    def key(r: SearchRun) -> tuple[float, float]:
-        metric = r.validation_metric if r.validation_metric is not None else -math.inf
-        loss = r.validation_loss if r.validation_loss is not None else math.inf
-        return (metric, -loss)
+    def metric(r: SearchRun) -> float:
+        return r.validation_metric if r.validation_metric is not None else -math.inf
 
-    return max(ok, key=key)
+    def loss(r: SearchRun) -> float:
+        return r.validation_loss if r.validation_loss is not None else math.inf
+
+    top = max(metric(r) for r in ok)
+    margin = 0.0
+    if scored and math.isfinite(top) and 0.0 <= top <= 1.0:
+        margin = max(math.sqrt(top * (1.0 - top) / scored), 1.0 / scored)
+    tied = [r for r in ok if metric(r) >= top - margin - 1e-12]
+    return min(tied, key=lambda r: (loss(r), -metric(r)))
+
+
+def scored_per_run(settings: dict[str, Any]) -> int | None:
+    """Validation examples each search run was scored on, from ``Searched.settings``."""
+    n, limit = settings.get("validation_n"), settings.get("validation_limit")
+    return min(n, limit) if n and limit else n or limit
 
 
 def evaluate_winners(
@@ -54,7 +74,7 @@ def evaluate_winners(
     result.first_eval = base
     for method in names:
         runs = [r for r in result.runs if r.method == method]
-        best = pick_best(runs)
+        best = pick_best(runs, scored_per_run(result.settings))
         if best is None:
             why = "; ".join(f"lr {r.lr:g} {r.status}: {r.reason}" for r in runs)
             result.rows.append(MethodRow(method, error=f"no learning rate finished ({why})"))
