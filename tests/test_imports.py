@@ -23,7 +23,8 @@ ROOT = "tunesmith"
 # Lowest first. A package may import only packages of strictly lower layers; the entry layer
 # (the CLI and its command modules) sits on top and may import anything, itself included.
 LAYERS: list[set[str]] = [
-    {"errors", "_callable", "precision", "shape", "cpu_share", "heap"},  # no tunesmith imports (but errors)
+    # no tunesmith imports (but errors)
+    {"errors", "_callable", "precision", "shape", "cpu_share", "heap"},
     {"atomic", "disk", "crashlog", "methods", "trackers"},  # file writes; the PEFT registry
     {"data"},
     {"config"},
