@@ -35,3 +35,20 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text} is not allowed; expected a finite number")
     return value
+
+
+def add_lora_size_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--rank`` and ``--target`` defaulting to the default recipe's, as ``train`` does;
+    ``what`` says what they size (shown in the help)."""
+    from tunesmith.methods.recipes import DEFAULT_RECIPE
+
+    rank, target = DEFAULT_RECIPE["rank"], DEFAULT_RECIPE["target"]
+    parser.add_argument(
+        "--rank", type=positive_int, default=rank,
+        help=f"LoRA rank r {what} (default {rank}, as train's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--target", default=target,
+        help=f"LoRA-family targets {what}: preset (attn-qv, attn, mlp, all-linear) or a comma "
+        f"list of module names (default {target}, as train's)",
+    )  # fmt: skip

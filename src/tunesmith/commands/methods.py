@@ -21,9 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunesmith.commands._args import positive_int
+from tunesmith.commands._args import add_lora_size_arguments, positive_int
 from tunesmith.errors import UserInputError
-from tunesmith.methods.recipes import DEFAULT_RECIPE
 
 HELP = "the PEFT methods: unified-view description, parameter formula, counts"
 
@@ -37,18 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="add trainable-parameter counts for this model config (config.json or model dir)",
     )
-    parser.add_argument(
-        "--rank",
-        type=positive_int,
-        default=DEFAULT_RECIPE["rank"],
-        help=f"LoRA rank r for the counts (default {DEFAULT_RECIPE['rank']}, as train's)",
-    )
-    parser.add_argument(
-        "--target",
-        default=DEFAULT_RECIPE["target"],
-        help="LoRA-family targets for the counts: preset or comma list "
-        f"(default {DEFAULT_RECIPE['target']}, as train's)",
-    )
+    add_lora_size_arguments(parser, "for the counts")
     parser.add_argument(
         "--num-virtual-tokens",
         type=positive_int,

@@ -21,8 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tunesmith.commands._args import positive_int
-from tunesmith.methods.recipes import DEFAULT_RECIPE
+from tunesmith.commands._args import add_lora_size_arguments, positive_int
 
 HELP = "memory plan for model x method x batch x seq-len x GPU, and the best config that fits"
 
@@ -52,18 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="recompute activations in the backward; auto = only if needed (default)",
     )
-    parser.add_argument(
-        "--rank",
-        type=positive_int,
-        default=DEFAULT_RECIPE["rank"],
-        help=f"LoRA rank (default {DEFAULT_RECIPE['rank']}, as train's)",
-    )
-    parser.add_argument(
-        "--target",
-        default=DEFAULT_RECIPE["target"],
-        help="preset (attn-qv, attn, mlp, all-linear) or names "
-        f"(default {DEFAULT_RECIPE['target']}, as train's)",
-    )
+    add_lora_size_arguments(parser, "of the plan")
     parser.add_argument(
         "--optimizer",
         default="adamw",

@@ -241,15 +241,13 @@ def evaluate_base(model, tokenizer, evals: list[Conversation], cfg: TrainConfig,
     :mod:`tunesmith.eval.base_cache`) is read back instead; the result says so (``cached``).
     """
     from tunesmith.eval import base_cache
-    from tunesmith.eval.evaluate import SideResult, evaluate_side, perplexities
-    from tunesmith.eval.generate import Generation
+    from tunesmith.eval.evaluate import evaluate_side, perplexities
 
     cache_key = base_cache.key(cfg, evals, next(model.parameters()).device)
     cached = base_cache.load(cache_key)
     if cached is not None:
         write_json(run.eval_base_path, cached)
-        gens = [Generation(t, 0, True) for t in cached["generations"]]
-        return SideResult(cached["metrics"], gens, cached=True)
+        return _base_side(cached, cached=True)
     with adapter_disabled(model):
         side = evaluate_side(
             model,
@@ -268,13 +266,19 @@ def evaluate_base(model, tokenizer, evals: list[Conversation], cfg: TrainConfig,
 
 def load_base_side(run: RunDir):
     """The base evaluation a run made before it was interrupted (None if it made none)."""
+    if not run.eval_base_path.is_file():
+        return None
+    return _base_side(json.loads(run.eval_base_path.read_text()))
+
+
+def _base_side(data: dict, cached: bool = False):
+    """An ``eval_base.json`` object as the side the adapted evaluation is compared with (the
+    generations' token counts are not stored: only their texts are reported)."""
     from tunesmith.eval.evaluate import SideResult
     from tunesmith.eval.generate import Generation
 
-    if not run.eval_base_path.is_file():
-        return None
-    data = json.loads(run.eval_base_path.read_text())
-    return SideResult(data["metrics"], [Generation(t, 0, True) for t in data["generations"]])
+    gens = [Generation(t, 0, True) for t in data["generations"]]
+    return SideResult(data["metrics"], gens, cached=cached)
 
 
 def evaluate_adapted(

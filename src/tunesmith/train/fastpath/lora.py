@@ -73,20 +73,16 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         or self.disable_adapters or self.merged or len(active) != 1
         or active[0] not in self.lora_A or active[0] in self.lora_variant
     ):  # fmt: skip
-        return _peft_forward(self)(x, *args, **kwargs)
+        return super(type(self), self).forward(x, *args, **kwargs)
     name = active[0]
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
     dtype = _compute_dtype(x, a)
     if dtype is None:
-        return _peft_forward(self)(x)
+        return super(type(self), self).forward(x)
     result = self.base_layer(x)
     if result.dtype != dtype:  # a base computing in another dtype: peft's casts decide
-        return _peft_forward(self)(x)
+        return super(type(self), self).forward(x)
     return _LoraAdd.apply(result, x, a, b, float(self.scaling[name]))
-
-
-def _peft_forward(module: nn.Module):
-    return functools.partial(type(module).__mro__[1].forward, module)
 
 
 def why_not_plain(module: nn.Module) -> str | None:
