@@ -102,8 +102,23 @@ def test_policies_cover_the_micro_batch_and_build_their_batches():
     )
     ref_pad = sum(b.input_ids.numel() - b.num_tokens for b in reference)
     assert sum(b.input_ids.numel() - b.num_tokens for b in sorted_passes) < ref_pad
-    packed = PackedPasses(max_tokens=64).passes(planned, examples, lengths, 6, pad_id=0)
+    packed = PackedPasses(max_tokens=64, bucket=1).passes(planned, examples, lengths, 6, pad_id=0)
     assert all(b.input_ids.shape[0] == 1 and b.num_tokens == b.input_ids.numel() for b in packed)
     assert all(b.position_ids is not None for b in packed)
     for passes in (reference, sorted_passes, packed):
         assert sum(b.num_tokens for b in passes) == sum(lengths)
+
+
+def test_packed_rows_are_padded_to_their_length_bucket_as_a_segment_of_their_own():
+    """A new row length every step would build new matmul primitives every step (module note)."""
+    lengths = [9, 30, 12, 31, 8, 29]
+    examples = _examples(lengths)
+    (row,) = PackedPasses(max_tokens=None, bucket=32).passes(
+        range(6), examples, lengths, 6, pad_id=0
+    )
+    assert row.input_ids.shape == (1, 128) and row.num_tokens == sum(lengths) == 119
+    assert row.num_trained == sum(lengths) - len(lengths)  # padding takes no loss
+    pads = row.position_ids[0, 119:]
+    assert pads.tolist() == list(range(9))  # restarts at 0: no example attends to it
+    exact = PackedPasses(max_tokens=None, bucket=1).passes(range(6), examples, lengths, 6, 0)
+    assert exact[0].input_ids.shape == (1, 119)

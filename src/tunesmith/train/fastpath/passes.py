@@ -11,9 +11,10 @@ speed/memory choice, owned by a :class:`PassPolicy`:
   On CPU a forward + backward pass costs ~30-45 tokens' worth beyond its tokens (mostly
   reading the weights again); cutting removes most padding (20% -> ~5% on the demo) but, at
   2 threads, gains memory rather than speed.
-- :class:`PackedPasses` (CPU, with the grouped attention installed): each pass one packed,
-  padding-free row (:func:`pack_into_passes`); the demo's ~2.6 padded passes per step become
-  ~1.1. Its attention runs per example (``packed_attention.py``); eager would pay ``T^2``.
+- :class:`PackedPasses` (CPU, with the grouped attention installed): each pass one packed
+  row (:func:`pack_into_passes`), padded only up to a multiple of
+  :data:`CPU_PASS_BUCKET_TOKENS`; the demo's ~2.6 padded passes per step become ~1.1. Its
+  attention runs per example (``packed_attention.py``); eager would pay ``T^2``.
 
 On CUDA kernel launches make extra passes expensive, so only the reference runs there.
 Measurements: benchmarks/RESULTS.md, "Training throughput vs TRL".
@@ -36,6 +37,15 @@ CPU_PASS_OVERHEAD_TOKENS = 32.0  # measured: 16 and 48 were equally fast, 128 lo
 # Measured on the demo with packed passes (12 steps, 2 threads): 640 tokens -> 1.08 passes per
 # step, -8 to -10% per step and +220 MB peak RSS (1.62 vs 1.40 GiB) against 384 -> 2 passes.
 CPU_PASS_MAX_TOKENS = 640
+# Packed rows are padded up to a multiple of this many tokens. oneDNN builds (JIT-compiles)
+# a matmul primitive per shape and keeps 1024 in its cache; a packed row of a new length every
+# step means new primitives for every projection, forward and backward, every step (with the
+# cache off a demo step ran 3.7x slower: building them is that dear). With every length its
+# own, 70 demo steps slowed ~12% from the first half to the second and peak RSS grew 1.3 ->
+# 2.6 GB; with lengths bucketed to 32 tokens (~2.5% padding) the 70 steps took 7% less time,
+# the second half 11% less, at 24% less peak RSS (16 and 64 gained less: more shapes, more
+# padding). Measurements: benchmarks/RESULTS.md, "Bucketed pass lengths".
+CPU_PASS_BUCKET_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -78,15 +88,20 @@ class LengthSortedPasses(PassPolicy):
 
 @dataclass(frozen=True)
 class PackedPasses(PassPolicy):
-    """Each pass one packed, padding-free row (:func:`pack_into_passes`)."""
+    """Each pass one packed row (:func:`pack_into_passes`), padded only to its length bucket.
+
+    The padding is a segment of its own (``padded_position_ids``) that no trained token
+    attends to and that takes no loss, so it changes the time of a pass, not its gradient.
+    """
 
     max_tokens: int | None = CPU_PASS_MAX_TOKENS
+    bucket: int = CPU_PASS_BUCKET_TOKENS
 
     def groups(self, planned, lengths, size):
         return pack_into_passes(planned, lengths, size, self.max_tokens)
 
     def batch(self, examples, pad_id):
-        return collate([pack_row(list(examples))], pad_id)
+        return collate([pack_row(list(examples))], pad_id, self.bucket)
 
 
 def split_by_length(
