@@ -104,13 +104,13 @@ class Batch:
         )
 
 
-def collate(examples: Sequence[Rendered], pad_id: int, multiple: int = 1) -> Batch:
-    """Right-pad a micro-batch to its longest example, rounded up to a ``multiple`` of tokens.
+def collate(examples: Sequence[Rendered], pad_id: int, length: int = 0) -> Batch:
+    """Right-pad a micro-batch to its longest example, or to ``length`` tokens if longer.
 
     Packed rows (:class:`tunesmith.data.packing.PackedRow`) also get their position ids; their
     padding is a segment of its own, which no trained token attends to.
     """
-    T = -(-max(len(e.input_ids) for e in examples) // multiple) * multiple
+    T = max(length, *(len(e.input_ids) for e in examples))
     B = len(examples)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.long)

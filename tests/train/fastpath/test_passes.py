@@ -3,11 +3,14 @@ padded passes, packed passes, and the reference policy."""
 
 import random
 
+import pytest
+
 from tunesmith.data.render import Rendered
 from tunesmith.train.fastpath.passes import (
     LengthSortedPasses,
     PackedPasses,
     PassPolicy,
+    bucketed_length,
     pack_into_passes,
     split_by_length,
 )
@@ -122,3 +125,12 @@ def test_packed_rows_are_padded_to_their_length_bucket_as_a_segment_of_their_own
     assert pads.tolist() == list(range(9))  # restarts at 0: no example attends to it
     exact = PackedPasses(max_tokens=None, bucket=1).passes(range(6), examples, lengths, 6, 0)
     assert exact[0].input_ids.shape == (1, 119)
+
+
+@pytest.mark.parametrize(
+    ("n", "cap", "want"),
+    [(119, None, 128), (128, None, 128), (600, 640, 608), (630, 640, 640), (90, 100, 96), (97, 100, 100),
+     (101, 100, 101)],  # a row over the cap (one long example) is not padded past it
+)  # fmt: skip
+def test_bucketed_length_rounds_up_but_never_past_the_pass_cap(n, cap, want):
+    assert bucketed_length(n, 32, cap) == want

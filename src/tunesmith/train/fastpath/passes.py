@@ -101,7 +101,19 @@ class PackedPasses(PassPolicy):
         return pack_into_passes(planned, lengths, size, self.max_tokens)
 
     def batch(self, examples, pad_id):
-        return collate([pack_row(list(examples))], pad_id, self.bucket)
+        row = pack_row(list(examples))
+        return collate(
+            [row], pad_id, bucketed_length(len(row.input_ids), self.bucket, self.max_tokens)
+        )
+
+
+def bucketed_length(n: int, bucket: int, cap: int | None) -> int:
+    """``n`` rounded up to a multiple of ``bucket``, never past ``cap`` (the bound the memory
+    plan allows a pass); a row over ``cap`` already (one long example) keeps its length."""
+    rounded = -(-n // bucket) * bucket
+    if cap is None:
+        return rounded
+    return n if n > cap else min(rounded, cap)
 
 
 def split_by_length(
