@@ -176,9 +176,9 @@ def pack_into_passes(
     """Cut one micro-batch into as few packed forward passes as its bounds allow.
 
     Used on CPU, where a forward + backward pass costs ~30-45 tokens' worth beyond its
-    tokens (:data:`CPU_PASS_OVERHEAD_TOKENS`) and a packed row has no padding: the demo's micro-batches of
-    ~600 tokens run as ~1.1 packed passes instead of ~2.6 padded ones with ~5% padding (at the
-    CPU bound of 640 tokens per pass). Each pass holds
+    tokens (:data:`CPU_PASS_OVERHEAD_TOKENS`) and a packed row has next to no padding: the
+    demo's micro-batches of ~600 tokens run as ~1.1 packed passes instead of ~2.6 padded ones
+    with ~5% padding (at the CPU bound of 640 tokens per pass). Each pass holds
     at most ``max_size`` examples and ``max_tokens`` tokens (an example longer than that runs
     alone). The number of passes comes from first-fit decreasing; the examples are then
     dealt, longest first, to the emptiest pass, so the passes are even and the activation
