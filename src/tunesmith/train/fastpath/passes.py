@@ -44,7 +44,9 @@ CPU_PASS_MAX_TOKENS = 640
 # own, 70 demo steps slowed ~12% from the first half to the second and peak RSS grew 1.3 ->
 # 2.6 GB; with lengths bucketed to 32 tokens (~2.5% padding) the 70 steps took 7% less time,
 # the second half 11% less, at 24% less peak RSS (16 and 64 gained less: more shapes, more
-# padding). Measurements: benchmarks/RESULTS.md, "Bucketed pass lengths".
+# padding). Padded passes (LengthSortedPasses) are not bucketed: their ~3 short rows per pass
+# would carry 25% more tokens, which cost more than the reuse saves (measured, prefix tuning).
+# Measurements: benchmarks/RESULTS.md, "Bucketed pass lengths".
 CPU_PASS_BUCKET_TOKENS = 32
 
 
