@@ -161,6 +161,8 @@ def test_packed_passes_train_like_the_reference_path(tmp_path):
         runs[name] = (loop.train().losses, {n: p.detach() for n, p in model.named_parameters()})
     packed = runs["packed_passes"]
     assert len(packed) > len(runs["reference_passes"])  # the 160-token bound split some steps
+    count = sum(b.num_examples for b in runs["reference_passes"])
+    assert sum(b.num_examples for b in packed) == count == 6 * 8  # examples, not rows
     bucket = PackedPasses().bucket
     assert all(b.input_ids.shape[0] == 1 and b.input_ids.numel() % bucket == 0 for b in packed)
     assert any(b.num_tokens < b.input_ids.numel() for b in packed)  # padding rides along

@@ -88,7 +88,11 @@ class Batch:
 
     @property
     def num_examples(self) -> int:
-        return int(self.input_ids.shape[0])
+        if self.position_ids is None:
+            return int(self.input_ids.shape[0])
+        # A packed row holds several examples, each starting where its positions restart at 0;
+        # the row's padding restarts too, but is masked.
+        return int((self.position_ids.eq(0) & self.attention_mask.bool()).sum())
 
     @property
     def loss_units(self) -> int:
