@@ -172,7 +172,8 @@ def search_methods(
     stop = diverging(math.ceil(cfg.warmup_ratio * steps) if steps else 0)
     result = Searched(shared=(str(train), str(test)))
     result.settings = {
-        "grid": list(settings.grid), "extensions": settings.extensions, "steps": steps, "validation_n": split.n_validation,
+        "grid": list(settings.grid), "extensions": settings.extensions, "steps": steps,
+        "validation_n": split.n_validation,
         "validation_limit": settings.validation_limit or cfg.eval_limit, "fit_n": split.n_fit,
         "validation_data": str(split.validation), "fit_data": str(split.fit),
     }  # fmt: skip

@@ -1,9 +1,10 @@
 """The end of ``compare --lr-search``: each method's pick, evaluated on the test set.
 
 The pick is the run with the best task metric on the validation split, or, among the runs
-within that metric's standard error of it, the one with the lowest validation loss. It trained on the training data minus the validation split and never saw
-the test set, so its saved model is evaluated as it is (``test_eval.json`` beside it), with
-the same evaluation code ``tunesmith eval`` runs; the base model is evaluated once.
+within that metric's standard error of it, the one with the lowest validation loss. It
+trained on the training data minus the validation split and never saw the test set, so its
+saved model is evaluated as it is (``test_eval.json`` beside it), with the same evaluation
+code ``tunesmith eval`` runs; the base model is evaluated once.
 """
 
 from __future__ import annotations
