@@ -124,7 +124,11 @@ def test_sigterm_to_one_rank_stops_all_ranks_at_the_same_checkpointed_step(
            "--model", str(tiny_llama_dir), "--data", str(train), "--eval-data", str(evals),
            "--max-steps", "100000", "--logging-steps", "1", "--skip-base-eval", "--threads", "1",
            "--batch-size", "2", "--distributed", "fsdp", "--output", str(out)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # A session of its own: on failure the whole group (launcher and ranks) is killed, so reading
+    # the log cannot wait forever on a pipe an orphaned rank still holds.
+    proc = subprocess.Popen(
+        cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline, metrics = time.time() + 300, out / "metrics.jsonl"
         while time.time() < deadline and proc.poll() is None:
@@ -137,7 +141,7 @@ def test_sigterm_to_one_rank_stops_all_ranks_at_the_same_checkpointed_step(
         try:
             log = proc.communicate(timeout=300)[0].decode()
         except subprocess.TimeoutExpired:
-            proc.kill()  # still running 300 s after the signal: show what the ranks printed
+            os.killpg(proc.pid, signal.SIGKILL)  # still running 300 s after the signal
             lines = metrics.read_text().splitlines() if metrics.is_file() else []
             pytest.fail(
                 f"ranks still running 300 s after SIGTERM; {len(lines)} metrics rows; log tail:\n"
@@ -145,7 +149,7 @@ def test_sigterm_to_one_rank_stops_all_ranks_at_the_same_checkpointed_step(
             )
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0 and "checkpoint saved" in log, log[-3000:]
     from tunesmith.train.checkpoint import latest_valid_checkpoint
 

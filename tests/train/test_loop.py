@@ -190,3 +190,29 @@ def test_stop_when_ends_the_run_at_the_step_it_names(tmp_path):
         loop.train()
     assert [len(x) for x in seen] == [1, 2, 3]
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_signal_during_the_ranks_agreement_stops_the_next_step(tmp_path, monkeypatch):
+    """SIGTERM landing while the ranks agree on stopping (inside the all-reduce) is not lost."""
+    import os
+    import signal
+
+    from tunesmith.train.signals import Interrupted
+
+    tok = make_tokenizer()
+    loop = _loop(_lora_model(), tok, tmp_path, steps=12)
+    agree = loop.dist.any
+    calls = []
+
+    def any_with_a_signal_in_flight(flag):
+        calls.append(flag)
+        answer = agree(flag)  # what the ranks agreed before the signal was handled
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before this call returns
+        return answer
+
+    monkeypatch.setattr(loop.dist, "any", any_with_a_signal_in_flight)
+    with pytest.raises(Interrupted, match="stopped at step 3"):
+        loop.train()
+    assert calls == [False, False, True]
+    assert latest_valid_checkpoint(tmp_path / "checkpoints")[0].name == "step-3"

@@ -194,15 +194,15 @@ class TrainLoop:
                 if progress is not None:
                     progress(done, loss)
                 last = done == self.s.max_steps
-                # A signal may reach one rank only: all stop at the same step boundary.
-                self.stop.requested = self.dist.any(self.stop.requested)
-                if self.stop.requested or (
-                    self.s.save_steps and done % self.s.save_steps == 0 and not last
-                ):
+                # A signal may reach one rank only: all stop at the same step boundary. The
+                # agreed answer goes to its own name: a signal that lands during the all-reduce
+                # sets ``requested`` afterwards, and overwriting it would lose that signal.
+                stopping = self.dist.any(self.stop.requested)
+                if stopping or (self.s.save_steps and done % self.s.save_steps == 0 and not last):
                     self.save(done, result, elapsed_before + time.perf_counter() - t0)
                 if self.stop_when is not None and (why := self.stop_when(result.losses)):
                     raise Diverged(f"stopped at step {done}: {why}")
-                if self.stop.requested:
+                if stopping:
                     raise Interrupted(
                         f"stopped at step {done}; checkpoint saved. Continue with: "
                         f"tunesmith train --resume {self.run_dir}"
