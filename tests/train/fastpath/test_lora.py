@@ -102,3 +102,79 @@ def test_merge_after_training_with_the_fast_path_equals_peft_merge():
     merged = fast.merge_and_unload().state_dict()
     assert merged.keys() == merged_ref.keys()
     assert all(torch.equal(merged[k], merged_ref[k]) for k in merged)
+
+
+def _calls(model, ids, monkeypatch) -> list[int]:
+    """The projections in each fused LoRA node one training step of ``model`` builds."""
+    from tunesmith.train.fastpath import lora_siblings
+    from tunesmith.train.fastpath.lora_linear import LoraLinears
+
+    seen = []
+
+    def counting(*args):
+        seen.append(args[3])  # the scales: one per projection in the node
+        return LoraLinears.apply(*args)
+
+    class Counting:
+        apply = staticmethod(counting)
+
+    monkeypatch.setattr(lora_siblings, "LoraLinears", Counting)
+    monkeypatch.setattr("tunesmith.train.fastpath.lora.LoraLinears", Counting)
+    model(input_ids=ids, labels=ids).loss.backward()
+    model.zero_grad(set_to_none=True)
+    monkeypatch.undo()
+    return [len(s) for s in seen]
+
+
+def test_q_k_v_share_one_stacked_weight_and_one_node_until_undo(monkeypatch):
+    model = _peft()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    patch = install(model)
+    attn = model.base_model.model.model.layers[0].self_attn
+    q, k, v = (getattr(attn, n).base_layer.weight for n in ("q_proj", "k_proj", "v_proj"))
+    assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+    assert v.data_ptr() == k.data_ptr() + k.numel() * k.element_size()
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(3))
+    # 2 layers: q/k/v as one node, then o, gate, up, down one node each.
+    assert _calls(model, ids, monkeypatch) == [3, 1, 1, 1, 1] * 2
+    patch.undo()
+    assert q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora" not in n)
+    assert not any("_tunesmith_siblings" in m.__dict__ for m in model.modules())
+
+
+def test_a_sibling_whose_weight_moved_computes_alone_with_the_same_result(monkeypatch):
+    ref = _peft()
+    fast = copy.deepcopy(ref)
+    install(fast)
+    attn = fast.base_model.model.model.layers[1].self_attn
+    attn.k_proj.base_layer.weight.data = attn.k_proj.base_layer.weight.data.clone()
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(4))
+    assert _calls(fast, ids, monkeypatch) == [3, 1, 1, 1, 1] + [1] * 7
+    ref_loss, ref_grads = _step(ref, ids, autocast=False)
+    loss, grads = _step(fast, ids, autocast=False)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for name, want in ref_grads.items():
+        torch.testing.assert_close(grads[name], want, rtol=1e-4, atol=1e-6)
+
+
+def test_projections_with_a_bias_match_peft():
+    """Qwen2's q, k and v carry a bias: it is stacked with the weights."""
+    torch.manual_seed(0)
+    model = make_tiny_model("qwen2")
+    cfg = LoraConfig(r=4, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS)
+    ref = get_peft_model(model, cfg).train()
+    for name, p in ref.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    fast = copy.deepcopy(ref)
+    install(fast)
+    attn = fast.base_model.model.model.layers[0].self_attn
+    assert attn.q_proj.base_layer.bias is not None and "_tunesmith_siblings" in attn.q_proj.__dict__
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(5))
+    ref_loss, ref_grads = _step(ref, ids, autocast=False)
+    loss, grads = _step(fast, ids, autocast=False)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name, want in ref_grads.items():
+        torch.testing.assert_close(grads[name], want, rtol=1e-4, atol=1e-6)

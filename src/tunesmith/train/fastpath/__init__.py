@@ -5,8 +5,8 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
 
 - ``dropout``: :class:`~tunesmith.train.fastpath.dropout.FastDropout`, four mask elements per
   64-bit draw instead of a Bernoulli number each;
-- ``lora``: a LoRA branch without dropout added to its projection's output in one ``addmm``
-  (``lora.py``);
+- ``lora``: a LoRA projection and its frozen base as one autograd node, a block's q, k and v
+  stacked into one (``lora.py``, ``lora_linear.py``, ``lora_siblings.py``);
 - ``rmsnorm``: Llama-formula RMSNorm as one autograd function (``rmsnorm.py``);
 - ``rope``: the rotary position embedding in four ops per direction, bit for bit (``rope.py``);
 - ``attention``: grouped eager attention, per example inside packed rows (``attention.py``,

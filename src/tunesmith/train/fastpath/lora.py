@@ -1,25 +1,28 @@
-"""A LoRA branch without dropout as one autograd function: ``result + x Aᵀ (s B)ᵀ`` in one ``addmm``.
+"""A LoRA projection without dropout as one autograd node: frozen base and branch together.
 
 peft adds a LoRA update to its frozen projection as ``result + lora_B(lora_A(x)) * scaling``:
 forward a matmul into a new ``(tokens, d_out)`` tensor, a multiply by the scale into another and
-an add into a third; backward the scale's multiply again over ``(tokens, d_out)``. On CPU each of
-those is a pass over the projection's whole output, per adapted projection (the default recipe
-adapts seven per block, up to ``d_out`` = 1536 on the demo model). Here the scale goes into the
-rank-r side (``s B`` is ``d_out x r``, tiny), and ``torch.addmm`` adds ``h (s B)ᵀ`` to
-``result`` in the same pass that computes it; the backward hands the output's gradient to
-``result`` as it is and computes the four rank-r products. Values equal peft's within bf16
-rounding (the scale is applied before rounding instead of after;
-``tests/train/fastpath/test_lora.py`` pins the tolerance). Measured on the demo (2-core AMX
-CPU, benchmarks/RESULTS.md "The default LoRA recipe"): 6% less peak memory; a step 5-6% faster
-on a loaded machine, the same on a quiet one.
+an add into a third; backward the scale's multiply again over ``(tokens, d_out)``, and the base
+layer's input gradient and the branch's added in one more pass over ``(tokens, d_in)``. On CPU
+each of those is a pass over a whole activation, per adapted projection (the default recipe
+adapts seven per block). Here :class:`~tunesmith.train.fastpath.lora_linear.LoraLinears`
+computes base and branch in one node (the scale goes into the rank-r side, ``s B``, and the
+branch is added in place with one ``addmm_``; the input gradient is one ``addmm``), and a
+block's q, k and v share one stacked weight and one node
+(:mod:`~tunesmith.train.fastpath.lora_siblings`). Values equal peft's within bf16 rounding
+(``tests/train/fastpath/test_lora.py`` pins the tolerance). Measured on the demo (2-core AMX
+CPU, benchmarks/RESULTS.md "The default LoRA recipe" and "One autograd node per LoRA
+projection"): 6% less peak memory than peft's branch, and a step ~5% faster again with the
+single node and the stacked q, k, v.
 
 Only the plain branch qualifies, checked per module at install time and per call: one active
-adapter, no dropout (with dropout the masked input is a new tensor anyway, and
-:mod:`~tunesmith.train.fastpath.dropout` is the cheaper part to fix there), no DoRA or other
-variant, no LoRA bias, an ``nn.Linear`` base (not 4-bit), training with gradients on. Anything
-else runs peft's own forward, which is also the reference path. Weight dtypes follow the compute
-context: under autocast (tunesmith's bf16 training of fp32 adapter weights) the product runs in
-the autocast dtype, as peft's would; without it, only when input and weights share a dtype.
+adapter, no dropout (with dropout the branch reads its own masked copy of the input, and this
+path measured no faster on the seed recipe, benchmarks/RESULTS.md), no DoRA or other variant,
+no LoRA bias, a frozen ``nn.Linear`` base (not 4-bit), training with gradients on. Anything
+else runs peft's own forward, which is also the reference path. Weight dtypes follow the
+compute context: under autocast (tunesmith's bf16 training of fp32 adapter weights) the
+product runs in the autocast dtype, as peft's would; without it, only when input
+and weights share a dtype.
 """
 
 from __future__ import annotations
@@ -29,33 +32,9 @@ import functools
 import torch
 from torch import nn
 
+from tunesmith.train.fastpath.lora_linear import LoraLinears
+from tunesmith.train.fastpath.lora_siblings import ATTR, group_siblings, ungroup
 from tunesmith.train.fastpath.patch import Patch, class_swaps, skipped
-
-
-class _LoraAdd(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, result, x, a_weight, b_weight, scale: float):
-        dtype = result.dtype
-        a = a_weight.to(dtype)
-        b = (b_weight * scale).to(dtype)  # scaled before rounding: one rounding, in B's dtype
-        x2 = x.reshape(-1, x.shape[-1])
-        h = x2 @ a.t()
-        out = torch.addmm(result.reshape(-1, result.shape[-1]), h, b.t())
-        ctx.save_for_backward(x2, h, a, b)
-        ctx.scale, ctx.x_shape = scale, x.shape
-        ctx.weight_dtypes = (a_weight.dtype, b_weight.dtype)
-        return out.view(result.shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x2, h, a, b = ctx.saved_tensors
-        g2 = grad.reshape(-1, grad.shape[-1])
-        dh = g2 @ b
-        a_dtype, b_dtype = ctx.weight_dtypes
-        d_a = (dh.t() @ x2).to(a_dtype)
-        d_b = (g2.t() @ h).to(b_dtype).mul_(ctx.scale)
-        dx = (dh @ a).view(ctx.x_shape) if ctx.needs_input_grad[1] else None
-        return grad, dx, d_a, d_b, None
 
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
@@ -66,23 +45,34 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     return x.dtype if x.dtype == weight.dtype else None
 
 
-def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+def _ready(self) -> bool:
+    """Whether this module's call takes the fused path (checked per call: modes change)."""
     active = self.active_adapters
-    if (
-        args or kwargs or not self.training or not torch.is_grad_enabled()
-        or self.disable_adapters or self.merged or len(active) != 1
-        or active[0] not in self.lora_A or active[0] in self.lora_variant
-    ):  # fmt: skip
+    return (
+        self.training and torch.is_grad_enabled() and not self.disable_adapters
+        and not self.merged and len(active) == 1 and active[0] in self.lora_A
+        and active[0] not in self.lora_variant
+    )  # fmt: skip
+
+
+def _takes_fast_path(self, x: torch.Tensor) -> bool:
+    """Per call: in training with its one adapter on, computing in its base weight's dtype."""
+    if not _ready(self):
+        return False
+    a = self.lora_A[self.active_adapters[0]].weight
+    return _compute_dtype(x, a) == self.base_layer.weight.dtype  # else peft's casts decide
+
+
+def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    if args or kwargs or not _takes_fast_path(self, x):
         return super(type(self), self).forward(x, *args, **kwargs)
-    name = active[0]
+    siblings = self.__dict__.get(ATTR)
+    if siblings is not None and (out := siblings.take(self, x)) is not None:
+        return out
+    name = self.active_adapters[0]
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
-    dtype = _compute_dtype(x, a)
-    if dtype is None:
-        return super(type(self), self).forward(x)
-    result = self.base_layer(x)
-    if result.dtype != dtype:  # a base computing in another dtype: peft's casts decide
-        return super(type(self), self).forward(x)
-    return _LoraAdd.apply(result, x, a, b, float(self.scaling[name]))
+    scale = (float(self.scaling[name]),)
+    return LoraLinears.apply(x, self.base_layer.weight, self.base_layer.bias, scale, a, b)
 
 
 def why_not_plain(module: nn.Module) -> str | None:
@@ -95,12 +85,14 @@ def why_not_plain(module: nn.Module) -> str | None:
         return f"its base layer is a {type(module.base_layer).__name__}"
     if name in module.lora_variant or module.use_dora.get(name, False):
         return "a LoRA variant (DoRA) computes its own branch"
-    if not isinstance(module.lora_dropout[name], nn.Identity):
-        return "it has dropout"
     if module.lora_B[name].bias is not None:
         return "it has a LoRA bias"
+    if not isinstance(module.lora_dropout[name], nn.Identity):
+        return "it has dropout"
     if getattr(module, "fan_in_fan_out", False):
         return "its weights are stored transposed (fan_in_fan_out)"
+    if any(p.requires_grad for p in module.base_layer.parameters()):
+        return "its base layer trains"
     return None
 
 
@@ -113,9 +105,11 @@ def _fast_class(cls: type) -> type:
 
 
 def install(model: nn.Module) -> Patch:
-    """Give every plain LoRA ``Linear`` branch (no dropout, no variant) the fused forward.
+    """Give every plain LoRA ``Linear`` branch (no dropout, no variant, frozen base) the fused
+    forward, and stack the frozen weights of each block's q, k and v (one process only).
 
-    ``undo`` gives every changed module its class back; weights and state dicts are untouched.
+    ``undo`` gives every changed module its class back and each stacked weight storage of its
+    own; weight values and state dicts are untouched.
     """
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
@@ -134,4 +128,23 @@ def install(model: nn.Module) -> Patch:
         changed.append((module, LoraLinear))
     # A branch left to peft is a choice by design (dropout, DoRA), never an unknown model.
     none = "; ".join(sorted(reasons)) if reasons else "the model has no LoRA Linear layer"
-    return class_swaps(changed, [], none=none)
+    patch = class_swaps(changed, [], none=none)
+    if not changed or _sharded():
+        return patch
+    fast = {id(m) for m, _ in changed}
+    groups = group_siblings(model, lambda m: id(m) in fast, _takes_fast_path)
+    swaps = patch.undo
+
+    def undo() -> None:
+        ungroup(groups)
+        swaps()
+
+    patch.undo = undo
+    return patch
+
+
+def _sharded() -> bool:
+    """Several ranks: FSDP re-homes each weight in its flat buffer, so none stays a view of a
+    stack of siblings (and DDP's buckets expect the weights it found)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -1,0 +1,73 @@
+"""Frozen projections and their LoRA branches as one autograd function, for one or several
+projections that read the same input.
+
+peft computes a LoRA projection as ``base(x) + B(A(x)) * s``: the frozen base and the branch are
+separate autograd nodes with a multiply by the scale and an add over the whole ``(tokens,
+d_out)`` output, and the backward computes the input gradient twice (``g W`` and ``(g sB) A``)
+and adds the two in one more pass over ``(tokens, d_in)``. A block's q, k and v projections then
+run three GEMMs of which two (k and v, ``d_out`` = 192 on the demo model) are too narrow to use
+AMX tiles well, and add three input gradients. Here one function does:
+
+- forward: ``out = x Wᵀ (+ bias)``, then ``out += (x Aᵀ)(s B)ᵀ`` in place (one ``addmm_``);
+- backward: ``dx = g W + (g sB) A`` as one ``addmm``, and the rank-r products for A and B.
+
+Given k projections (q, k, v), ``W`` is their weights stacked (``(Σ d_out, d_in)``; the
+modules' own weights are views into it, see :mod:`~tunesmith.train.fastpath.lora_siblings`),
+``A`` their A's stacked and ``s B`` block-diagonal, so the k projections cost one wide GEMM each
+way and one input gradient. The scale goes into the rank-r side before rounding; values equal
+peft's within bf16 rounding (``tests/train/fastpath/test_lora.py`` pins the tolerance).
+Measured per layer on the demo shapes (640 tokens, bf16, forward + backward, 2-core AMX CPU,
+benchmarks/RESULTS.md "One autograd node per LoRA projection"): q/k/v together 0.60-0.67x the
+time of three separate branches, ``down_proj`` 0.76-0.82x, ``o_proj`` 0.83-0.95x.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LoraLinears(torch.autograd.Function):
+    """``x -> x Wᵀ + bias + (x Aᵀ)(s B)ᵀ`` for k stacked projections; see the module doc.
+
+    ``apply(x, weight, bias, scales, *a_weights, *b_weights)``: ``weight`` ``(Σ d_out, d_in)``
+    and ``bias`` (or None) are frozen and in ``x``'s dtype; the i-th projection's output is its
+    ``d_out`` columns of the ``(..., Σ d_out)`` result, in order.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scales: tuple[float, ...], *ab):
+        k = len(scales)
+        a_weights, b_weights = ab[:k], ab[k:]
+        dtype = x.dtype
+        # One rounding of the scaled B, in the compute dtype, as peft's product rounds once.
+        scaled = [(b * s).to(dtype) for b, s in zip(b_weights, scales, strict=True)]
+        a = torch.cat([w.to(dtype) for w in a_weights]) if k > 1 else a_weights[0].to(dtype)
+        b = torch.block_diag(*scaled) if k > 1 else scaled[0]
+        x2 = x.reshape(-1, x.shape[-1])
+        out = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
+        h = x2 @ a.t()
+        out.addmm_(h, b.t())
+        ctx.save_for_backward(x2, h, a, b, weight)
+        ctx.x_shape, ctx.scales = x.shape, scales
+        ctx.ranks = [w.shape[0] for w in a_weights]
+        ctx.widths = [w.shape[0] for w in b_weights]
+        ctx.dtypes = [w.dtype for w in ab]
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, h, a, b, weight = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])
+        dh = g2 @ b  # (tokens, Σ r)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.addmm(dh @ a, g2, weight).view(ctx.x_shape)
+        d_a = dh.t() @ x2  # (Σ r, d_in)
+        d_b = g2.t() @ h  # (Σ d_out, Σ r); only its diagonal blocks are B's gradients
+        k = len(ctx.scales)
+        grads_a, grads_b, r0, o0 = [], [], 0, 0
+        for i, (r, width, s) in enumerate(zip(ctx.ranks, ctx.widths, ctx.scales, strict=True)):
+            grads_a.append(d_a[r0 : r0 + r].to(ctx.dtypes[i]))
+            grads_b.append(d_b[o0 : o0 + width, r0 : r0 + r].to(ctx.dtypes[k + i]).mul_(s))
+            r0, o0 = r0 + r, o0 + width
+        return dx, None, None, None, *grads_a, *grads_b
