@@ -137,6 +137,8 @@ def test_q_k_v_share_one_stacked_weight_and_one_node_until_undo(monkeypatch):
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(3))
     # 2 layers: q/k/v as one node, then o, gate, up, down one node each.
     assert _calls(model, ids, monkeypatch) == [3, 1, 1, 1, 1] * 2
+    group = attn.q_proj.__dict__["_tunesmith_siblings"]
+    assert group._x is None and not group._waiting  # no activation held past the block
     patch.undo()
     assert q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora" not in n)

@@ -65,7 +65,10 @@ class SiblingGroup:
         """``member``'s output for ``x``, computed with its siblings; None to compute alone."""
         i = self.members.index(member)
         if self._key == (id(x), x._version) and i in self._waiting:
-            return self._waiting.pop(i)
+            out = self._waiting.pop(i)
+            if not self._waiting:  # all taken: hold no activation past this block
+                self._key, self._x = None, None
+            return out
         self._waiting, self._key, self._x = {}, None, None
         if x.dtype != self.weight.dtype or not all(self.ready(m, x) for m in self.members):
             return None
