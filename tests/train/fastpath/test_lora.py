@@ -104,6 +104,16 @@ def test_merge_after_training_with_the_fast_path_equals_peft_merge():
     assert all(torch.equal(merged[k], merged_ref[k]) for k in merged)
 
 
+def _assert_same_fp32_step(ref, fast, ids) -> None:
+    """One fp32 training step of ``fast`` gives ``ref``'s loss and every adapter gradient."""
+    ref_loss, ref_grads = _step(ref, ids, autocast=False)
+    loss, grads = _step(fast, ids, autocast=False)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name, want in ref_grads.items():
+        torch.testing.assert_close(grads[name], want, rtol=1e-4, atol=1e-6)
+
+
 def _calls(model, ids, monkeypatch) -> list[int]:
     """The projections in each fused LoRA node one training step of ``model`` builds."""
     from tunesmith.train.fastpath import lora_siblings
@@ -153,11 +163,7 @@ def test_a_sibling_whose_weight_moved_computes_alone_with_the_same_result(monkey
     attn.k_proj.base_layer.weight.data = attn.k_proj.base_layer.weight.data.clone()
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(4))
     assert _calls(fast, ids, monkeypatch) == [3, 1, 1, 1, 1] + [1] * 7
-    ref_loss, ref_grads = _step(ref, ids, autocast=False)
-    loss, grads = _step(fast, ids, autocast=False)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
-    for name, want in ref_grads.items():
-        torch.testing.assert_close(grads[name], want, rtol=1e-4, atol=1e-6)
+    _assert_same_fp32_step(ref, fast, ids)
 
 
 def test_projections_with_a_bias_match_peft():
@@ -174,9 +180,14 @@ def test_projections_with_a_bias_match_peft():
     attn = fast.base_model.model.model.layers[0].self_attn
     assert attn.q_proj.base_layer.bias is not None and "_tunesmith_siblings" in attn.q_proj.__dict__
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(5))
-    ref_loss, ref_grads = _step(ref, ids, autocast=False)
-    loss, grads = _step(fast, ids, autocast=False)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
-    assert grads.keys() == ref_grads.keys()
-    for name, want in ref_grads.items():
-        torch.testing.assert_close(grads[name], want, rtol=1e-4, atol=1e-6)
+    _assert_same_fp32_step(ref, fast, ids)
+
+
+def test_siblings_with_their_own_ranks_and_scales_match_peft(monkeypatch):
+    """rank_pattern / alpha_pattern: k's block in the stacked node has its own width and scale."""
+    ref = _peft(rank_pattern={"k_proj": 2}, alpha_pattern={"v_proj": 8})
+    fast = copy.deepcopy(ref)
+    install(fast)
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(7))
+    assert _calls(fast, ids, monkeypatch) == [3, 1, 1, 1, 1] * 2
+    _assert_same_fp32_step(ref, fast, ids)
