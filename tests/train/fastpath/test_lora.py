@@ -191,3 +191,22 @@ def test_siblings_with_their_own_ranks_and_scales_match_peft(monkeypatch):
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(7))
     assert _calls(fast, ids, monkeypatch) == [3, 1, 1, 1, 1] * 2
     _assert_same_fp32_step(ref, fast, ids)
+
+
+def test_a_second_adapter_switched_to_runs_outside_the_stack(monkeypatch):
+    """The stack was built for the first adapter; another active one is computed per module."""
+    ref = _peft()
+    fast = copy.deepcopy(ref)
+    install(fast)
+    second = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=TARGETS)
+    for model in (ref, fast):
+        torch.manual_seed(9)  # the same initial A for both
+        model.add_adapter("second", second)
+        model.set_adapter("second")
+        for name, p in model.named_parameters():
+            if "lora_B.second" in name:
+                torch.manual_seed(len(name))
+                p.data.normal_(0, 0.05)
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(8))
+    assert _calls(fast, ids, monkeypatch) == [1] * 14  # each projection alone, on "second"
+    _assert_same_fp32_step(ref, fast, ids)

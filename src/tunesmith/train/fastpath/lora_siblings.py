@@ -70,11 +70,11 @@ class SiblingGroup:
                 self._key, self._x = None, None
             return out
         self._waiting, self._key, self._x = {}, None, None
+        name = self.adapter
         if x.dtype != self.weight.dtype or not all(self.ready(m, x) for m in self.members):
             return None
-        if not self.intact():
-            return None
-        name = self.adapter
+        if any(m.active_adapters != [name] for m in self.members) or not self.intact():
+            return None  # an adapter added and switched to since the stack was built
         a = [m.lora_A[name].weight for m in self.members]
         b = [m.lora_B[name].weight for m in self.members]
         scales = tuple(float(m.scaling[name]) for m in self.members)
