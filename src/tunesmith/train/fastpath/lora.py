@@ -46,12 +46,18 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
 
 
 def _ready(self) -> bool:
-    """Whether this module's call takes the fused path (checked per call: modes change)."""
+    """Whether this module's call takes the fused path (checked per call: modes change, and an
+    adapter added after install may have dropout or a bias)."""
     active = self.active_adapters
-    return (
+    if not (
         self.training and torch.is_grad_enabled() and not self.disable_adapters
         and not self.merged and len(active) == 1 and active[0] in self.lora_A
-        and active[0] not in self.lora_variant
+    ):  # fmt: skip
+        return False
+    name = active[0]
+    return (
+        name not in self.lora_variant and not self.use_dora.get(name, False)
+        and isinstance(self.lora_dropout[name], nn.Identity) and self.lora_B[name].bias is None
     )  # fmt: skip
 
 
