@@ -54,11 +54,7 @@ def _ready(self) -> bool:
         and not self.merged and len(active) == 1 and active[0] in self.lora_A
     ):  # fmt: skip
         return False
-    name = active[0]
-    return (
-        name not in self.lora_variant and not self.use_dora.get(name, False)
-        and isinstance(self.lora_dropout[name], nn.Identity) and self.lora_B[name].bias is None
-    )  # fmt: skip
+    return _why_branch_not_plain(self, active[0]) is None
 
 
 def _takes_fast_path(self, x: torch.Tensor) -> bool:
@@ -81,6 +77,17 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return LoraLinears.apply(x, self.base_layer.weight, self.base_layer.bias, scale, a, b)
 
 
+def _why_branch_not_plain(module: nn.Module, name: str) -> str | None:
+    """Why adapter ``name``'s branch is not the plain one this path computes, or None."""
+    if name in module.lora_variant or module.use_dora.get(name, False):
+        return "a LoRA variant (DoRA) computes its own branch"
+    if module.lora_B[name].bias is not None:
+        return "it has a LoRA bias"
+    if not isinstance(module.lora_dropout[name], nn.Identity):
+        return "it has dropout"
+    return None
+
+
 def why_not_plain(module: nn.Module) -> str | None:
     """Why ``module`` (a peft LoRA ``Linear``) keeps peft's forward, or None if it qualifies."""
     names = list(module.lora_A.keys())
@@ -89,12 +96,8 @@ def why_not_plain(module: nn.Module) -> str | None:
     name = names[0]
     if not isinstance(module.base_layer, nn.Linear):
         return f"its base layer is a {type(module.base_layer).__name__}"
-    if name in module.lora_variant or module.use_dora.get(name, False):
-        return "a LoRA variant (DoRA) computes its own branch"
-    if module.lora_B[name].bias is not None:
-        return "it has a LoRA bias"
-    if not isinstance(module.lora_dropout[name], nn.Identity):
-        return "it has dropout"
+    if (why := _why_branch_not_plain(module, name)) is not None:
+        return why
     if getattr(module, "fan_in_fan_out", False):
         return "its weights are stored transposed (fan_in_fan_out)"
     if any(p.requires_grad for p in module.base_layer.parameters()):

@@ -45,31 +45,24 @@ class SiblingGroup:
             if has_bias:
                 b.bias.data = self.bias[o : o + width]
             o += width
+        self._views = [_where(m) for m in members]
         self._waiting: dict[int, torch.Tensor] = {}
-        self._key: tuple | None = None
-        self._x: torch.Tensor | None = None
+        self._x: torch.Tensor | None = None  # the input the waiting outputs were computed from
+        self._version = 0
 
     def intact(self) -> bool:
-        """Whether every member's weight (and bias) is still a view of the stack."""
-        o = 0
-        for m, width in zip(self.members, self.widths, strict=True):
-            b = m.base_layer
-            if b.weight.data_ptr() != self.weight[o].data_ptr() or b.weight.shape[0] != width:
-                return False
-            if self.bias is not None and b.bias.data_ptr() != self.bias[o:].data_ptr():
-                return False
-            o += width
-        return True
+        """Whether every member's weight (and bias) is still its view of the stack."""
+        return all(_where(m) == v for m, v in zip(self.members, self._views, strict=True))
 
     def take(self, member: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         """``member``'s output for ``x``, computed with its siblings; None to compute alone."""
         i = self.members.index(member)
-        if self._key == (id(x), x._version) and i in self._waiting:
+        if self._x is x and self._version == x._version and i in self._waiting:
             out = self._waiting.pop(i)
             if not self._waiting:  # all taken: hold no activation past this block
-                self._key, self._x = None, None
+                self._x = None
             return out
-        self._waiting, self._key, self._x = {}, None, None
+        self._waiting, self._x = {}, None
         name = self.adapter
         if x.dtype != self.weight.dtype or not all(self.ready(m, x) for m in self.members):
             return None
@@ -81,18 +74,24 @@ class SiblingGroup:
         out = LoraLinears.apply(x, self.weight, self.bias, scales, *a, *b)
         parts = out.split(self.widths, dim=-1)
         self._waiting = {j: p for j, p in enumerate(parts) if j != i}
-        self._key = (id(x), x._version)
-        self._x = x  # held while others wait, so its id cannot be reused by another tensor
+        self._x, self._version = x, x._version
         return parts[i]
 
     def release(self) -> None:
         """Give each member a weight (and bias) of its own again, and drop waiting outputs."""
-        self._waiting, self._key, self._x = {}, None, None
+        self._waiting, self._x = {}, None
         for m in self.members:
             b = m.base_layer
             b.weight.data = b.weight.data.clone()
             if b.bias is not None:
                 b.bias.data = b.bias.data.clone()
+
+
+def _where(m: nn.Module) -> tuple:
+    """Where a member's base weight and bias live: their addresses and the weight's shape."""
+    b = m.base_layer
+    bias = None if b.bias is None else b.bias.data_ptr()
+    return b.weight.data_ptr(), tuple(b.weight.shape), bias
 
 
 def group_siblings(model: nn.Module, fast, ready) -> list[SiblingGroup]:
