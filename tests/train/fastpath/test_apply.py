@@ -42,9 +42,12 @@ def test_installed_on_cpu_only_with_the_counts_and_policies():
     assert untouched.get_base_model().config._attn_implementation == "eager"
     model = _lora()
     fast = apply_fast_paths(model, CPU)
-    # q and v dropouts in 2 layers; 2 norms per layer and the final one; RoPE in 2 attention
-    # layers; one attention switch.
-    assert fast.installed == {"dropout": 4, "rmsnorm": 5, "rope": 2, "attention": 1}
+    # q and v dropouts in 2 layers; 7 frozen projections per layer (q and v as LoRA base
+    # layers) and the head; 2 norms per layer and the final one; RoPE in 2 attention layers;
+    # one attention switch.
+    assert fast.installed == {
+        "dropout": 4, "frozen_linear": 15, "rmsnorm": 5, "rope": 2, "attention": 1,
+    }  # fmt: skip
     assert model.get_base_model().config._attn_implementation == "tunesmith_cpu"
     assert isinstance(fast.pass_policy, PackedPasses) and fast.cross_entropy is cross_entropy_sum
     ids = torch.randint(0, 64, (2, 9))
@@ -115,7 +118,8 @@ def test_says_once_which_path_cannot_apply_and_why(caplog):
         path = record.getMessage().split("CPU fast path ")[1].split(" does not apply")[0]
         by_path.setdefault(path, []).append(record)
     assert {p: len(r) for p, r in by_path.items()} == {
-        "dropout": 1, "lora": 1, "rmsnorm": 1, "attention": 1, "packed passes": 1,
+        "dropout": 1, "lora": 1, "frozen_linear": 1, "rmsnorm": 1, "attention": 1,
+        "packed passes": 1,
     }  # fmt: skip
     # A model the path does not know is a warning; a choice by design is info.
     assert by_path["attention"][0].levelno == logging.WARNING
@@ -151,7 +155,9 @@ def test_training_with_the_fast_paths_matches_the_reference_path(tmp_path):
     masks are random draws, compared with nn.Dropout statistically in test_dropout.py.)"""
     ref_losses, ref_moved, _ = _train(False, tmp_path / "reference")
     losses, moved, handle = _train(True, tmp_path / "fast")
-    assert handle.installed == {"lora": 4, "rmsnorm": 5, "rope": 2, "attention": 1}
+    assert handle.installed == {
+        "lora": 4, "frozen_linear": 15, "rmsnorm": 5, "rope": 2, "attention": 1,
+    }  # fmt: skip
     assert isinstance(handle.pass_policy, PackedPasses)
     assert ref_losses[-1] < ref_losses[0]  # it trained
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-2, atol=0)

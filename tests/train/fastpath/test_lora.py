@@ -10,6 +10,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from tests.tiny import make_tiny_model
+from tunesmith.train.fastpath import row_split
 from tunesmith.train.fastpath.lora import install, why_not_plain
 from tunesmith.train.speed import compute_context
 
@@ -45,7 +46,14 @@ def _step(model, ids, autocast):
     [(torch.float32, False, 1e-5), (torch.bfloat16, True, 3e-2)],
     ids=["fp32", "bf16-autocast"],
 )
-def test_loss_and_gradients_match_peft(dtype, autocast, tol):
+@pytest.mark.parametrize("row_blocks", [False, True], ids=["whole", "row-blocks"])
+def test_loss_and_gradients_match_peft(monkeypatch, dtype, autocast, tol, row_blocks):
+    measured = []
+    if row_blocks:  # every frozen product cut into 16-row blocks (row_split.py)
+        monkeypatch.setattr(row_split, "MIN_ROWS", 8)
+        monkeypatch.setattr(row_split, "MIN_WEIGHT", 1)
+        monkeypatch.setattr(row_split, "_measure", lambda a, b: measured.append(1) or 16)
+        monkeypatch.setattr(row_split, "_SPLITS", row_split.RowSplits(None))
     ref = _peft(dtype)
     fast = copy.deepcopy(ref)
     patch = install(fast)
@@ -59,6 +67,7 @@ def test_loss_and_gradients_match_peft(dtype, autocast, tol):
         assert grads[name].dtype == want.dtype == torch.float32  # the masters' dtype
         scale = want.abs().max().clamp_min(1e-6)
         assert float((grads[name] - want).abs().max() / scale) < tol * 5, name
+    assert bool(measured) == row_blocks
 
 
 def test_eval_and_no_grad_run_peft_forward_unchanged():

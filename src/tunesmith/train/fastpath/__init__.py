@@ -7,6 +7,9 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
   64-bit draw instead of a Bernoulli number each;
 - ``lora``: a LoRA projection and its frozen base as one autograd node, a block's q, k and v
   stacked into one (``lora.py``, ``lora_linear.py``, ``lora_siblings.py``);
+- ``frozen_linear``: every other frozen ``nn.Linear`` as one autograd function without a
+  weight gradient (``frozen_linear.py``); it and ``lora`` run their frozen GEMMs in the row
+  blocks this CPU measured fastest for the shape (``row_split.py``);
 - ``rmsnorm``: Llama-formula RMSNorm as one autograd function (``rmsnorm.py``);
 - ``rope``: the rotary position embedding in four ops per direction, bit for bit (``rope.py``);
 - ``attention``: grouped eager attention, per example inside packed rows (``attention.py``,
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.loss.chunked_ce import cross_entropy_sum, reference_cross_entropy
-from tunesmith.train.fastpath import attention, dropout, lora, rmsnorm, rope
+from tunesmith.train.fastpath import attention, dropout, frozen_linear, lora, rmsnorm, rope
 from tunesmith.train.fastpath.attention import AttentionCaches
 from tunesmith.train.fastpath.host_memory import HeapTrimmer, heap_trim_available
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
@@ -109,6 +112,7 @@ def apply_fast_paths(
     installs = {
         "dropout": dropout.install,
         "lora": lora.install,
+        "frozen_linear": frozen_linear.install,
         "rmsnorm": rmsnorm.install,
         "rope": rope.install,
         "attention": lambda m: attention.install(m, fast.caches),

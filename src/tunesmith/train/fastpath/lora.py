@@ -34,7 +34,7 @@ from torch import nn
 
 from tunesmith.train.fastpath.lora_linear import LoraLinears
 from tunesmith.train.fastpath.lora_siblings import ATTR, group_siblings, ungroup
-from tunesmith.train.fastpath.patch import Patch, class_swaps, skipped
+from tunesmith.train.fastpath.patch import Patch, class_swaps, fast_subclass, skipped
 
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
@@ -107,10 +107,8 @@ def why_not_plain(module: nn.Module) -> str | None:
 
 @functools.cache
 def _fast_class(cls: type) -> type:
-    """A subclass of ``cls`` with the fused forward: ``isinstance`` checks keep working."""
-    fast = type(f"Fast{cls.__name__}", (cls,), {"forward": _fast_forward, "__module__": __name__})
-    globals()[fast.__name__] = fast  # findable by name, so a module pickled here loads again
-    return fast
+    """``cls`` with this path's forward (:func:`~tunesmith.train.fastpath.patch.fast_subclass`)."""
+    return fast_subclass(cls, _fast_forward, globals())
 
 
 def install(model: nn.Module) -> Patch:

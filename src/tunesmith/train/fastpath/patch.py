@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def _nothing() -> None:
@@ -52,3 +53,14 @@ def class_swaps(changed: list[tuple[object, type]], refused: list[str], *, none:
     if not changed:
         return skipped(none)
     return Patch(len(changed), undo)
+
+
+def fast_subclass(cls: type, forward: Callable, namespace: dict[str, Any]) -> type:
+    """A subclass of ``cls`` named ``Fast<cls>`` whose ``forward`` is ``forward``, so
+    ``isinstance`` checks keep working. It is entered in ``namespace`` (the calling module's
+    ``globals()``) under that name: a model pickled in this process (``torch.save`` of the
+    module) loads again here; tunesmith itself saves state dicts, which never name the class."""
+    name = f"Fast{cls.__name__}"
+    fast = type(name, (cls,), {"forward": forward, "__module__": namespace["__name__"]})
+    namespace[name] = fast
+    return fast

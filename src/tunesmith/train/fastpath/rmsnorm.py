@@ -35,7 +35,7 @@ import functools
 import torch
 from torch import nn
 
-from tunesmith.train.fastpath.patch import Patch, class_swaps
+from tunesmith.train.fastpath.patch import Patch, class_swaps, fast_subclass
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -115,12 +115,8 @@ def why_not_llama_formula(module: nn.Module) -> str | None:
 
 @functools.cache
 def _fast_class(cls: type) -> type:
-    """A subclass of ``cls`` with the fused forward: ``isinstance`` checks keep working."""
-    fast = type(f"Fast{cls.__name__}", (cls,), {"forward": _fast_forward, "__module__": __name__})
-    # Findable by name, so a model pickled in this process (``torch.save`` of the module)
-    # loads again here; tunesmith itself saves state dicts, which never name the class.
-    globals()[fast.__name__] = fast
-    return fast
+    """``cls`` with this path's forward (:func:`~tunesmith.train.fastpath.patch.fast_subclass`)."""
+    return fast_subclass(cls, _fast_forward, globals())
 
 
 def _candidates(model: nn.Module) -> dict[type, list[nn.Module]]:

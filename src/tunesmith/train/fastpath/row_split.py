@@ -1,0 +1,194 @@
+"""Frozen-weight GEMMs cut into row blocks where this CPU's matmul runs the pieces faster.
+
+torch's CPU matmul (oneDNN for bf16) chooses its blocking and threading from the shape, and
+some shapes land badly. On the 2-core AMX Xeon (benchmarks/RESULTS.md, "GEMMs in row blocks"),
+``(608, 1536) x (1536, 576)`` takes 0.80 ms, but its first 512 rows and its last 96 as two
+products take 0.61 ms: above ~544 rows, products with 576 output columns stop using the second
+core. The same cut makes ``(608, 576) x (576, 1536)`` 30% slower, and which cut wins moves with
+the row count (two halves beat 512-row blocks at 704 rows). So the cut is measured, not
+guessed: the first time this process meets a shape, each candidate (the whole product, 512-row
+blocks, two halves) runs on the real operands, and the fastest is kept by a margin. The
+choices go to a small JSON file in the tunesmith cache, keyed by CPU, torch version and thread
+count, so later runs on the machine (and a resumed run) cut the same way; the pieces differ
+from the whole product in bf16 rounding only (the kernel's K blocking follows the row count).
+
+Only products big enough to be worth a measurement qualify (:func:`qualifies`), so the tiny
+models of the tests always take the whole product. ``TUNESMITH_ROW_SPLIT=0`` turns the cuts off
+(the reference path, for A/B runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger("tunesmith")
+
+ENV = "TUNESMITH_ROW_SPLIT"
+BLOCK = 512  # rows per block: the largest height at which the measured bad shapes run well
+MIN_ROWS = 256  # fewer rows: at most a few blocks of work, no cut pays its second call
+MIN_WEIGHT = 256 * 256  # K x N below this: the product is too small to be worth timing
+KEY_ROWS = 32  # row counts share a choice within 32 (packed passes are bucketed to 32 already)
+MARGIN = 0.95  # a cut must beat the whole product by 5% (timing noise on a busy machine)
+REPEATS = 3  # timed calls per candidate, after one that builds oneDNN's primitive
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def qualifies(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a @ b`` (2-D, CPU) is a product whose cut is worth measuring."""
+    return (
+        a.dim() == 2 and b.dim() == 2 and a.device.type == "cpu"
+        and a.shape[0] >= MIN_ROWS and b.shape[0] * b.shape[1] >= MIN_WEIGHT
+    )  # fmt: skip
+
+
+def candidates(rows: int) -> list[int]:
+    """Block heights to try for ``rows`` rows; 0 is the whole product."""
+    heights = [0]
+    if rows > BLOCK:
+        heights.append(BLOCK)
+    half = -(-rows // 2)
+    if half not in heights:
+        heights.append(half)
+    return heights
+
+
+def _blocks(rows: int, height: int) -> list[slice]:
+    if height <= 0 or height >= rows:
+        return [slice(0, rows)]
+    return [slice(r, min(r + height, rows)) for r in range(0, rows, height)]
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, height: int) -> torch.Tensor:
+    if height <= 0 or height >= a.shape[0]:
+        return a @ b
+    out = a.new_empty((a.shape[0], b.shape[1]))
+    for s in _blocks(a.shape[0], height):
+        torch.mm(a[s], b, out=out[s])
+    return out
+
+
+class RowSplits:
+    """The measured block height per product shape, for this CPU, torch and thread count.
+
+    Args:
+        path: The JSON file the choices are kept in; None keeps them in this process only.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._heights: dict[str, int] | None = None
+
+    def _table(self) -> dict[str, int]:
+        if self._heights is None:
+            self._heights = _load(self.path)
+        return self._heights
+
+    @staticmethod
+    def key(a: torch.Tensor, b: torch.Tensor) -> str:
+        layout = "t" if b.stride(0) == 1 and b.shape[0] > 1 else "n"  # W.t() views vs rows
+        rows = -(-a.shape[0] // KEY_ROWS) * KEY_ROWS  # e.g. the loss head's trained-token count
+        return f"{rows}x{a.shape[1]}x{b.shape[1]}{layout}-{a.dtype}-{torch.get_num_threads()}"
+
+    def height(self, a: torch.Tensor, b: torch.Tensor) -> int:
+        """The block height to compute ``a @ b`` with (0: whole), measured on first sight."""
+        if not enabled() or not qualifies(a, b):
+            return 0
+        key = self.key(a, b)
+        with self._lock:
+            table = self._table()
+            if key not in table:
+                table[key] = _measure(a, b)
+                _save(self.path, table)
+            return table[key]
+
+    def mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``a @ b``, in row blocks where that measured faster."""
+        return _mm(a, b, self.height(a, b))
+
+    def addmm(self, c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``c + a @ b`` with ``c`` broadcast over rows (a bias) or ``(rows, N)``; a new tensor."""
+        height = self.height(a, b)
+        if height == 0:
+            return torch.addmm(c, a, b)
+        out = a.new_empty((a.shape[0], b.shape[1]))
+        for s in _blocks(a.shape[0], height):
+            torch.addmm(c if c.dim() == 1 else c[s], a[s], b, out=out[s])
+        return out
+
+    def addmm_(self, c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``c += a @ b`` in place, in row blocks where that measured faster."""
+        for s in _blocks(a.shape[0], self.height(a, b)):
+            c[s].addmm_(a[s], b)
+        return c
+
+
+def _measure(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The fastest block height for ``a @ b`` on these operands (0 unless a cut wins by MARGIN)."""
+    times = {}
+    with torch.no_grad():
+        for height in candidates(a.shape[0]):
+            _mm(a, b, height)  # oneDNN builds (JIT-compiles) the primitive of each new shape
+            best = float("inf")
+            for _ in range(REPEATS):
+                start = time.perf_counter()
+                _mm(a, b, height)
+                best = min(best, time.perf_counter() - start)
+            times[height] = best
+    height = min(times, key=times.get)
+    return height if times[height] < MARGIN * times[0] else 0
+
+
+def _load(path: Path | None) -> dict[str, int]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {str(k): int(v) for k, v in data.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}  # none yet, or unreadable: measured again
+
+
+def _save(path: Path | None, table: dict[str, int]) -> None:
+    if path is None:
+        return
+    try:
+        from tunesmith.atomic import write_json
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, dict(sorted(table.items())))
+    except OSError as exc:  # a cache that cannot be written never fails a run
+        logger.debug("row-split choices not saved to %s: %s", path, exc)
+
+
+def table_path() -> Path:
+    """``<tunesmith cache>/row-split/<CPU, ISA flags, torch version>.json``."""
+    from tunesmith.models.embedded import cache_root
+    from tunesmith.precision import cpu_info
+
+    model, flags = cpu_info()
+    ident = f"{model}|{' '.join(sorted(flags))}|{torch.__version__}"
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return cache_root() / "row-split" / f"{digest}.json"
+
+
+_SPLITS: RowSplits | None = None
+
+
+def splits() -> RowSplits:
+    """This process's choices, read from and kept in :func:`table_path`."""
+    global _SPLITS
+    if _SPLITS is None:
+        _SPLITS = RowSplits(table_path())
+    return _SPLITS

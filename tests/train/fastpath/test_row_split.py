@@ -1,0 +1,118 @@
+"""Frozen GEMMs in row blocks: the cut equals the whole product, is measured once per shape,
+and is kept for the machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tunesmith.train.fastpath import row_split
+from tunesmith.train.fastpath.row_split import RowSplits, candidates
+
+
+def test_candidates_are_the_whole_product_512_row_blocks_and_two_halves():
+    assert candidates(608) == [0, 512, 304]
+    assert candidates(300) == [0, 150]
+    assert candidates(1024) == [0, 512]  # halves are 512-row blocks there
+    assert [(s.start, s.stop) for s in row_split._blocks(608, 512)] == [(0, 512), (512, 608)]
+    assert [(s.start, s.stop) for s in row_split._blocks(608, 0)] == [(0, 608)]
+
+
+def _operands(dtype, rows=600, k=96, n=80, transposed=True):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, k, generator=g).to(dtype)
+    w = torch.randn(n, k, generator=g).to(dtype)
+    return a, (w.t() if transposed else w.t().contiguous())
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Every product qualifies and measures as fastest in 256-row blocks; measurements counted."""
+    calls = []
+    monkeypatch.setattr(row_split, "MIN_ROWS", 8)
+    monkeypatch.setattr(row_split, "MIN_WEIGHT", 1)
+    monkeypatch.setattr(row_split, "_measure", lambda a, b: calls.append(a.shape) or 256)
+    return calls
+
+
+@pytest.mark.parametrize("transposed", [True, False], ids=["W.t()", "row-major"])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_blocks_equal_the_whole_product(forced, transposed, dtype, tol):
+    a, b = _operands(dtype, transposed=transposed)
+    rows = RowSplits(None)
+    bias = torch.randn(b.shape[1]).to(dtype)
+    c = torch.randn(a.shape[0], b.shape[1]).to(dtype)
+    want_mm, want_bias, want_c = a @ b, torch.addmm(bias, a, b), torch.addmm(c, a, b)
+    got_c_ = c.clone()
+    for got, want in [
+        (rows.mm(a, b), want_mm),
+        (rows.addmm(bias, a, b), want_bias),
+        (rows.addmm(c, a, b), want_c),
+        (rows.addmm_(got_c_, a, b), want_c),
+    ]:
+        assert got.shape == want.shape and got.dtype == dtype and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
+    assert rows.height(a, b) == 256
+    assert len(forced) == 1  # one measurement per shape, then the kept choice
+
+
+def test_a_choice_is_kept_for_the_machine_and_read_back(forced, tmp_path):
+    path = tmp_path / "row-split" / "cpu.json"
+    a, b = _operands(torch.float32)
+    assert RowSplits(path).height(a, b) == 256
+    saved = json.loads(path.read_text())
+    assert list(saved.values()) == [256]
+    assert next(iter(saved)).startswith("608x96x80t-torch.float32-")  # rows keyed per 32
+    # A second process reads the choice instead of measuring again.
+    assert RowSplits(path).height(a[:590], b) == 256
+    assert len(forced) == 1
+
+
+def test_an_unreadable_table_is_measured_again_and_rewritten(forced, tmp_path):
+    path = tmp_path / "cpu.json"
+    path.write_text("{not json")
+    a, b = _operands(torch.float32)
+    assert RowSplits(path).height(a, b) == 256
+    assert len(forced) == 1 and json.loads(path.read_text())
+
+
+def test_an_unwritable_cache_never_fails_the_product(forced, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    a, b = _operands(torch.float32)
+    rows = RowSplits(blocked / "sub" / "cpu.json")  # its parent is a file: cannot be made
+    torch.testing.assert_close(rows.mm(a, b), a @ b)
+
+
+def test_turned_off_or_too_small_products_are_never_measured(monkeypatch, tmp_path):
+    path = tmp_path / "cpu.json"
+    measured = []
+    monkeypatch.setattr(row_split, "_measure", lambda a, b: measured.append(1) or 256)
+    a, b = _operands(torch.float32)  # 96 x 80 weight: below MIN_WEIGHT
+    assert RowSplits(path).height(a, b) == 0
+    monkeypatch.setattr(row_split, "MIN_WEIGHT", 1)
+    monkeypatch.setenv(row_split.ENV, "0")
+    assert RowSplits(path).height(a, b) == 0
+    assert not measured and not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("costs", "want"),
+    [
+        ({0: 1.0, 512: 0.97, 304: 0.99}, 0),  # within the noise margin: the whole product
+        ({0: 1.0, 512: 0.70, 304: 0.80}, 512),
+        ({0: 1.0, 512: 0.90, 304: 0.60}, 304),
+    ],
+)
+def test_measurement_picks_a_cut_only_when_it_is_clearly_faster(monkeypatch, costs, want):
+    clock = [0.0]
+    monkeypatch.setattr(row_split.time, "perf_counter", lambda: clock[0])
+
+    def product(a, b, height):  # each call advances the clock by its candidate's cost
+        clock[0] += costs[height]
+
+    monkeypatch.setattr(row_split, "_mm", product)
+    a, b = _operands(torch.float32, rows=608)
+    assert row_split._measure(a, b) == want
