@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -20,6 +21,28 @@ def test_a_linear_records_its_product_with_the_weight_transposed():
         Gemm(1, 15, 32, 16, torch.float32, b_t=True): 1,
         Gemm(1, 15, 16, 32, torch.float32): 1,
     }
+
+
+def test_a_frozen_products_row_blocks_count_and_their_timing_runs_do_not(monkeypatch):
+    from tunesmith.train.fastpath import row_split
+
+    monkeypatch.setattr(row_split, "MIN_ROWS", 8)
+    monkeypatch.setattr(row_split, "MIN_WEIGHT", 1)
+    monkeypatch.setattr(row_split, "candidates", lambda rows: [0, 8])
+    product = row_split._mm
+
+    def slow_whole(a, b, height):  # real products; the whole one made the slowest
+        if height == 0:
+            time.sleep(0.005)
+        return product(a, b, height)
+
+    monkeypatch.setattr(row_split, "_mm", slow_whole)
+    rows = row_split.RowSplits(None)
+    x, w = torch.randn(16, 16), torch.randn(32, 16)
+    counts = record_gemms(lambda: rows.mm(x, w.t()))
+    # The step's own product: two 8-row blocks; the 2 x (1 + 3) timing calls are left out.
+    assert rows.height(x, w.t()) == 8
+    assert counts == {Gemm(1, 8, 32, 16, torch.float32, b_t=True): 2}
 
 
 def test_attention_counts_its_products_whichever_kernel_runs():
