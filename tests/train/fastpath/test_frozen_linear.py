@@ -39,7 +39,7 @@ def test_output_and_input_gradient_match_f_linear(split, dtype, tol, bias):
     assert install(fast).count == 1
     x = torch.randn(3, 21, 48).to(dtype).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
-    out, want = fast(x), ref(x_ref)
+    out, want = fast(input=x), ref(x_ref)  # nn.Linear's own argument name works
     assert type(out.grad_fn).__name__ == "FrozenLinearFnBackward"
     torch.testing.assert_close(out, want, rtol=tol, atol=tol)
     g = torch.randn_like(want)

@@ -45,12 +45,10 @@ def test_blocks_equal_the_whole_product(forced, transposed, dtype, tol):
     bias = torch.randn(b.shape[1]).to(dtype)
     c = torch.randn(a.shape[0], b.shape[1]).to(dtype)
     want_mm, want_bias, want_c = a @ b, torch.addmm(bias, a, b), torch.addmm(c, a, b)
-    got_c_ = c.clone()
     for got, want in [
         (rows.mm(a, b), want_mm),
         (rows.addmm(bias, a, b), want_bias),
         (rows.addmm(c, a, b), want_c),
-        (rows.addmm_(got_c_, a, b), want_c),
     ]:
         assert got.shape == want.shape and got.dtype == dtype and got.is_contiguous()
         torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())

@@ -60,12 +60,12 @@ def _takes_path(self: nn.Linear, x: torch.Tensor) -> bool:
     return not autocast or torch.get_autocast_dtype(x.device.type) == x.dtype
 
 
-def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
-    if not _takes_path(self, x):
-        return super(type(self), self).forward(x)
-    if torch.is_grad_enabled() and x.requires_grad:
-        return FrozenLinearFn.apply(x, self.weight, self.bias)
-    return _product(x, self.weight, self.bias)  # nothing to differentiate: no graph node
+def _fast_forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Linear's name
+    if not _takes_path(self, input):
+        return super(type(self), self).forward(input)
+    if torch.is_grad_enabled() and input.requires_grad:
+        return FrozenLinearFn.apply(input, self.weight, self.bias)
+    return _product(input, self.weight, self.bias)  # nothing to differentiate: no graph node
 
 
 @functools.cache

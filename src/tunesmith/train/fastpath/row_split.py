@@ -127,12 +127,6 @@ class RowSplits:
             torch.addmm(c if c.dim() == 1 else c[s], a[s], b, out=out[s])
         return out
 
-    def addmm_(self, c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``c += a @ b`` in place, in row blocks where that measured faster."""
-        for s in _blocks(a.shape[0], self.height(a, b)):
-            c[s].addmm_(a[s], b)
-        return c
-
 
 _STATE = threading.local()
 
