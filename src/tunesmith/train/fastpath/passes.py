@@ -37,7 +37,7 @@ CPU_PASS_OVERHEAD_TOKENS = 32.0  # measured: 16 and 48 were equally fast, 128 lo
 # Measured on the demo with packed passes (12 steps, 2 threads): 640 tokens -> 1.08 passes per
 # step, -8 to -10% per step and +220 MB peak RSS (1.62 vs 1.40 GiB) against 384 -> 2 passes;
 # 768 made the demo's 13 of 110 steps of 672-768 tokens one pass instead of two (those steps
-# 15.6 -> 12.7 s) at the bench's peak RSS within 1% (benchmarks/RESULTS.md, "GEMMs in row blocks").
+# 15.6 -> 12.7 s) at the bench's peak RSS within 1% (RESULTS.md, "Passes of up to 768 tokens").
 CPU_PASS_MAX_TOKENS = 768
 # Packed rows are padded up to a multiple of this many tokens. oneDNN builds (JIT-compiles)
 # a matmul primitive per shape and keeps 1024 in its cache; a packed row of a new length every
@@ -181,7 +181,7 @@ def pack_into_passes(
 
     Used on CPU, where a forward + backward pass costs ~30-45 tokens' worth beyond its
     tokens (:data:`CPU_PASS_OVERHEAD_TOKENS`) and a packed row has next to no padding: the
-    demo's micro-batches of ~600 tokens run as ~1.1 packed passes instead of ~2.6 padded ones
+    demo's micro-batches of ~600 tokens run as ~1.0-1.1 packed passes instead of ~2.6 padded ones
     with ~5% padding (at the CPU bound of 768 tokens per pass). Each pass holds
     at most ``max_size`` examples and ``max_tokens`` tokens (an example longer than that runs
     alone). The number of passes comes from first-fit decreasing; the examples are then
