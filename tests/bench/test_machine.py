@@ -26,3 +26,10 @@ def test_one_line_says_when_there_is_no_bf16_isa():
         "torch 2.13.0, oneDNN 3.12.0"
     )
     assert "amx_bf16" in one_line({**m, "isa": ["avx512_bf16", "amx_tile", "amx_bf16"]})
+
+
+def test_a_onednn_isa_cap_is_named(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    m = describe()
+    assert m["onednn_isa_cap"] == "AVX512_CORE_BF16"
+    assert "(oneDNN capped at AVX512_CORE_BF16)" in one_line(m)

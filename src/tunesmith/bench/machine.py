@@ -24,12 +24,19 @@ def _onednn_version() -> str | None:
     return found.group(1) if found else None
 
 
+def onednn_isa_cap() -> str | None:
+    """oneDNN's ISA cap when one is set (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` runs an AMX
+    CPU's matmuls without AMX, as on an AVX512-BF16 CPU), else None."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
 def describe() -> dict[str, Any]:
     """The machine as a dict for a benchmark's JSON."""
     model, flags = cpu_info()
     return {
         "cpu": model or "unknown CPU",
         "isa": [f for f in ISA_FLAGS if f in flags],
+        "onednn_isa_cap": onednn_isa_cap(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "omp_wait": cpu_share.described(),
@@ -43,6 +50,8 @@ def one_line(machine: dict[str, Any]) -> str:
     isa = (
         " ".join(f for f in machine["isa"] if f.startswith(("avx512_bf16", "amx"))) or "no bf16 ISA"
     )
+    if machine.get("onednn_isa_cap"):
+        isa += f" (oneDNN capped at {machine['onednn_isa_cap']})"
     return (
         f"{machine['cpu']} | {isa} | {machine['cores']} cores, {machine['torch_threads']} threads,"
         f" {machine['omp_wait']} | torch {machine['torch']}, oneDNN {machine['onednn']}"

@@ -114,3 +114,13 @@ def test_measurement_picks_a_cut_only_when_it_is_clearly_faster(monkeypatch, cos
     monkeypatch.setattr(row_split, "_mm", product)
     a, b = _operands(torch.float32, rows=608)
     assert row_split._measure(a, b) == want
+
+
+def test_the_table_is_per_cpu_and_onednn_isa_cap(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    plain = row_split.table_path()
+    assert plain.parent == tmp_path / "row-split"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # AMX off: other kernels
+    assert row_split.table_path() != plain

@@ -183,12 +183,14 @@ def _save(path: Path | None, table: dict[str, int]) -> None:
 
 
 def table_path() -> Path:
-    """``<tunesmith cache>/row-split/<CPU, ISA flags, torch version>.json``."""
+    """``<tunesmith cache>/row-split/<CPU, ISA flags, oneDNN ISA cap, torch version>.json``."""
     from tunesmith.models.embedded import cache_root
     from tunesmith.precision import cpu_info
 
     model, flags = cpu_info()
-    ident = f"{model}|{' '.join(sorted(flags))}|{torch.__version__}"
+    # oneDNN's ISA cap (e.g. AVX512_CORE_BF16 on an AMX CPU) changes the kernels, so the choices.
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    ident = f"{model}|{' '.join(sorted(flags))}|{isa}|{torch.__version__}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return cache_root() / "row-split" / f"{digest}.json"
 
