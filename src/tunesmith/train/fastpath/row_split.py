@@ -38,6 +38,7 @@ MIN_WEIGHT = 256 * 256  # K x N below this: the product is too small to be worth
 KEY_ROWS = 32  # row counts share a choice within 32 (packed passes are bucketed to 32 already)
 MARGIN = 0.95  # a cut must beat the whole product by 5% (timing noise on a busy machine)
 REPEATS = 3  # timed calls per candidate, after one that builds oneDNN's primitive
+_clock = time.perf_counter
 
 
 def enabled() -> bool:
@@ -152,9 +153,9 @@ def _fastest(a: torch.Tensor, b: torch.Tensor) -> int:
             _mm(a, b, height)  # oneDNN builds (JIT-compiles) the primitive of each new shape
             best = float("inf")
             for _ in range(REPEATS):
-                start = time.perf_counter()
+                start = _clock()
                 _mm(a, b, height)
-                best = min(best, time.perf_counter() - start)
+                best = min(best, _clock() - start)
             times[height] = best
     height = min(times, key=times.get)
     return height if times[height] < MARGIN * times[0] else 0
