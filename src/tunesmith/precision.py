@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 
@@ -22,6 +23,12 @@ def cpu_info() -> tuple[str, frozenset[str]]:
         model.group(1).strip() if model else "",
         frozenset(flags.group(1).split()) if flags else frozenset(),
     )
+
+
+def onednn_isa_cap() -> str | None:
+    """oneDNN's ISA cap when one is set (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` runs an AMX
+    CPU's matmuls without AMX, as on an AVX512-BF16 CPU), else None."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
 
 
 def cpu_has_native_bf16() -> bool:

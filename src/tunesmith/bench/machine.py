@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from tunesmith import cpu_share
-from tunesmith.precision import cpu_info
+from tunesmith.precision import cpu_info, onednn_isa_cap
 
 # The flags that change which kernels run: AVX-512 and its bf16 dot products, AMX tiles.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -22,12 +22,6 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 def _onednn_version() -> str | None:
     found = re.search(r"MKL-DNN v([\d.]+)", torch.__config__.show())
     return found.group(1) if found else None
-
-
-def onednn_isa_cap() -> str | None:
-    """oneDNN's ISA cap when one is set (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` runs an AMX
-    CPU's matmuls without AMX, as on an AVX512-BF16 CPU), else None."""
-    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
 
 
 def describe() -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tunesmith.train.fastpath import row_split
+from tunesmith.train.fastpath.call_context import compute_dtype, several_ranks
 from tunesmith.train.fastpath.patch import Patch, class_swaps, fast_subclass, skipped
 from tunesmith.train.fastpath.row_split import splits
 
@@ -51,13 +52,12 @@ def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
 
 
 def _takes_path(self: nn.Linear, x: torch.Tensor) -> bool:
-    weight = self.weight
-    if x.dim() < 2 or x.numel() < row_split.MIN_ROWS * x.shape[-1] or x.dtype != weight.dtype:
+    weight, bias = self.weight, self.bias
+    if x.dim() < 2 or x.numel() < row_split.MIN_ROWS * x.shape[-1]:
         return False
-    if self.bias is not None and self.bias.dtype != weight.dtype:
+    if bias is not None and bias.dtype != weight.dtype:
         return False
-    autocast = torch.is_autocast_enabled(x.device.type)
-    return not autocast or torch.get_autocast_dtype(x.device.type) == x.dtype
+    return compute_dtype(x, weight) == weight.dtype  # else F.linear's casts decide
 
 
 def _fast_forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Linear's name
@@ -77,8 +77,7 @@ def _fast_class(cls: type) -> type:
 def install(model: nn.Module) -> Patch:
     """Give every frozen ``nn.Linear`` (exactly that class, no parameter training) the
     row-split forward; ``undo`` gives each its class back."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if several_ranks():
         return skipped("several ranks: FSDP and DeepSpeed place the weights around F.linear")
     changed: list[tuple[nn.Module, type]] = []
     for module in model.modules():

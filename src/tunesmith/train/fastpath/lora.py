@@ -32,17 +32,10 @@ import functools
 import torch
 from torch import nn
 
+from tunesmith.train.fastpath.call_context import compute_dtype, several_ranks
 from tunesmith.train.fastpath.lora_linear import LoraLinears
 from tunesmith.train.fastpath.lora_siblings import ATTR, group_siblings, ungroup
 from tunesmith.train.fastpath.patch import Patch, class_swaps, fast_subclass, skipped
-
-
-def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
-    """The dtype peft's branch would compute in here, or None where this path does not apply."""
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        return dtype if x.dtype == dtype else None
-    return x.dtype if x.dtype == weight.dtype else None
 
 
 def _ready(self) -> bool:
@@ -62,7 +55,7 @@ def _takes_fast_path(self, x: torch.Tensor) -> bool:
     if not _ready(self):
         return False
     a = self.lora_A[self.active_adapters[0]].weight
-    return _compute_dtype(x, a) == self.base_layer.weight.dtype  # else peft's casts decide
+    return compute_dtype(x, a) == self.base_layer.weight.dtype  # else peft's casts decide
 
 
 def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -136,7 +129,9 @@ def install(model: nn.Module) -> Patch:
     # A branch left to peft is a choice by design (dropout, DoRA), never an unknown model.
     none = "; ".join(sorted(reasons)) if reasons else "the model has no LoRA Linear layer"
     patch = class_swaps(changed, [], none=none)
-    if not changed or _sharded():
+    # Several ranks: FSDP re-homes each weight in its flat buffer, so none stays a view of a
+    # stack of siblings (and DDP's buckets expect the weights it found).
+    if not changed or several_ranks():
         return patch
     fast = {id(m) for m, _ in changed}
     groups = group_siblings(model, lambda m: id(m) in fast, _takes_fast_path)
@@ -148,10 +143,3 @@ def install(model: nn.Module) -> Patch:
 
     patch.undo = undo
     return patch
-
-
-def _sharded() -> bool:
-    """Several ranks: FSDP re-homes each weight in its flat buffer, so none stays a view of a
-    stack of siblings (and DDP's buckets expect the weights it found)."""
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

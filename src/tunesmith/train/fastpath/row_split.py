@@ -71,10 +71,11 @@ def _blocks(rows: int, height: int) -> list[slice]:
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, height: int) -> torch.Tensor:
-    if height <= 0 or height >= a.shape[0]:
+    blocks = _blocks(a.shape[0], height)
+    if len(blocks) == 1:
         return a @ b
     out = a.new_empty((a.shape[0], b.shape[1]))
-    for s in _blocks(a.shape[0], height):
+    for s in blocks:
         torch.mm(a[s], b, out=out[s])
     return out
 
@@ -120,11 +121,11 @@ class RowSplits:
 
     def addmm(self, c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``c + a @ b`` with ``c`` broadcast over rows (a bias) or ``(rows, N)``; a new tensor."""
-        height = self.height(a, b)
-        if height == 0:
+        blocks = _blocks(a.shape[0], self.height(a, b))
+        if len(blocks) == 1:
             return torch.addmm(c, a, b)
         out = a.new_empty((a.shape[0], b.shape[1]))
-        for s in _blocks(a.shape[0], height):
+        for s in blocks:
             torch.addmm(c if c.dim() == 1 else c[s], a[s], b, out=out[s])
         return out
 
@@ -186,12 +187,11 @@ def _save(path: Path | None, table: dict[str, int]) -> None:
 def table_path() -> Path:
     """``<tunesmith cache>/row-split/<CPU, ISA flags, oneDNN ISA cap, torch version>.json``."""
     from tunesmith.models.embedded import cache_root
-    from tunesmith.precision import cpu_info
+    from tunesmith.precision import cpu_info, onednn_isa_cap
 
     model, flags = cpu_info()
     # oneDNN's ISA cap (e.g. AVX512_CORE_BF16 on an AMX CPU) changes the kernels, so the choices.
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
-    ident = f"{model}|{' '.join(sorted(flags))}|{isa}|{torch.__version__}"
+    ident = f"{model}|{' '.join(sorted(flags))}|{onednn_isa_cap() or ''}|{torch.__version__}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return cache_root() / "row-split" / f"{digest}.json"
 
