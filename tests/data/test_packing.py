@@ -165,6 +165,11 @@ def test_attention_inputs_choose_native_or_4d():
     assert attention_inputs(model, mask, None) == {"attention_mask": mask}
     native = attention_inputs(model, mask, pos)
     assert native["attention_mask"] is None and native["position_ids"] is pos
+    # A row sharing a prompt prefix (positions 2-3 continue tokens 0-1): transformers would
+    # cut it into separate sequences, so it gets the explicit mask that lets 2-3 see 0-1.
+    shared = attention_inputs(model, mask, torch.tensor([[0, 1, 2, 3, 2, 3]]))
+    assert shared["attention_mask"].shape == (1, 1, 6, 6)
+    assert (shared["attention_mask"][0, 0, 4, :2] == 0).all()
     model.config._attn_implementation = "some_custom_kernel"  # not known to masking_utils
     assert not native_packing(model)
     fallback = attention_inputs(model, mask, pos)

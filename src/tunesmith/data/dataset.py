@@ -74,7 +74,7 @@ class Batch:
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T), 1 on real tokens, 0 on padding
     labels: torch.Tensor  # (B, T), IGNORE_INDEX where no loss
-    # (B, T), set for packed rows (data/packing.py): restarts at 0 at every example.
+    # (B, T), set for packed rows (data/packing.py): restarts at every example.
     position_ids: torch.Tensor | None = None
 
     @property
@@ -90,9 +90,11 @@ class Batch:
     def num_examples(self) -> int:
         if self.position_ids is None:
             return int(self.input_ids.shape[0])
-        # A packed row holds several examples, each starting where its positions restart at 0;
-        # the row's padding restarts too, but is masked.
-        return int((self.position_ids.eq(0) & self.attention_mask.bool()).sum())
+        # A packed row holds several examples, each a segment of its own (positions restart,
+        # at 0 or at a shared prefix's length: data/packing.py); the padding's is masked.
+        from tunesmith.data.packing import segment_starts
+
+        return int((segment_starts(self.position_ids) & self.attention_mask.bool()).sum())
 
     @property
     def loss_units(self) -> int:

@@ -13,6 +13,11 @@ examples independent, so that the packed loss equals the sum of the unpacked los
 * the label of each example's first token is ``IGNORE_INDEX``: it would be predicted from the
   previous example's last token.
 
+A row may also store the examples' common prompt prefix once (``data/shared_prefix.py``): an
+example whose positions start at ``p > 0`` continues the row's first ``p`` tokens, and the
+mask lets it see them (:func:`shared_lengths`, :func:`block_causal`). transformers knows no
+such rows, so they always get the explicit 4D mask.
+
 Packing is a pure function of the example lengths, so a resumed run sees the same rows.
 """
 
@@ -90,20 +95,55 @@ def padded_position_ids(examples: Sequence[Rendered], T: int) -> torch.Tensor:
     return out
 
 
-def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) -> (B, T) example index per token: a new example starts where positions do not
-    advance by one (the rule of transformers' ``find_packed_sequence_indices``)."""
+def segment_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T) bool: True where a new example starts, i.e. where positions do not
+    advance by one (the rule of transformers' ``find_packed_sequence_indices``); the first
+    token of a row always starts one."""
     first = position_ids[:, :1] - 1
-    return (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+    starts = torch.diff(position_ids, prepend=first, dim=-1) != 1
+    starts[:, 0] = True
+    return starts
+
+
+def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T) example index per token, 0-based per row (:func:`segment_starts`)."""
+    return segment_starts(position_ids).cumsum(-1) - 1
+
+
+def shared_lengths(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T): how many of the row's first tokens each token's segment shares.
+
+    A segment other than the row's first that starts at position ``p > 0`` continues the
+    row's first ``p`` tokens: a prefix its examples have in common, stored once
+    (``data/shared_prefix.py``). Every other segment, the first included, shares nothing.
+    """
+    T = position_ids.shape[1]
+    index = torch.arange(T, device=position_ids.device).expand_as(position_ids)
+    start_index = torch.where(segment_starts(position_ids), index, 0).cummax(-1).values
+    start_position = position_ids - (index - start_index)
+    return torch.where(start_index > 0, start_position.clamp(min=0), 0)
+
+
+def shares_prefix(position_ids: torch.Tensor | None) -> bool:
+    """Whether any segment of a (B, T) batch continues its row's first tokens."""
+    return position_ids is not None and bool(shared_lengths(position_ids).any())
 
 
 def block_causal(position_ids: torch.Tensor) -> torch.Tensor:
     """(B, T) position ids -> (B, T, T) bool: True where a token may attend (its own example,
-    causally)."""
+    causally, and the row's first tokens that its segment shares, :func:`shared_lengths`)."""
     seg = segment_ids(position_ids)
     T = position_ids.shape[1]
     causal = torch.ones((T, T), dtype=torch.bool, device=position_ids.device).tril()
-    return (seg[:, :, None] == seg[:, None, :]) & causal
+    allowed = (seg[:, :, None] == seg[:, None, :]) & causal
+    shared = shared_lengths(position_ids)
+    if bool(shared.any()):
+        keys = torch.arange(T, device=position_ids.device)
+        # The first segment holds at least the shared tokens when the row was built by
+        # shared_prefix.py; a key outside it is never shared, whatever the positions say.
+        prefix = (keys[None, None, :] < shared[:, :, None]) & (seg[:, None, :] == 0)
+        allowed |= prefix
+    return allowed
 
 
 def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -137,8 +177,9 @@ def attention_inputs(model, attention_mask: torch.Tensor, position_ids: torch.Te
     """The attention keyword arguments of a forward pass over a (possibly packed) batch."""
     if position_ids is None:
         return {"attention_mask": attention_mask}
-    if native_packing(model):
-        # No 2D mask: transformers then derives the block-diagonal mask from position ids.
+    if native_packing(model) and not shares_prefix(position_ids):
+        # No 2D mask: transformers then derives the block-diagonal mask from position ids
+        # (it knows no shared prefix: rows with one get the explicit mask below).
         return {"attention_mask": None, "position_ids": position_ids, "use_cache": False}
     dtype = (
         torch.get_autocast_dtype(position_ids.device.type)

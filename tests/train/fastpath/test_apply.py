@@ -9,6 +9,7 @@ from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
 from tests.tiny import make_tiny_model, make_tokenizer
 from tests.train.test_loop import _varied_examples
+from tunesmith.data.shared_prefix import shareable_prefix
 from tunesmith.loss.chunked_ce import cross_entropy_sum, reference_cross_entropy
 from tunesmith.train.fastpath import FastPaths, apply_fast_paths
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
@@ -159,6 +160,9 @@ def test_training_with_the_fast_paths_matches_the_reference_path(tmp_path):
         "lora": 4, "frozen_linear": 15, "rmsnorm": 5, "rope": 2, "attention": 1,
     }  # fmt: skip
     assert isinstance(handle.pass_policy, PackedPasses)
+    # Its packed rows store the records' common prompt opening once (data/shared_prefix.py).
+    assert handle.pass_policy.share_prefix
+    assert shareable_prefix(_varied_examples(make_tokenizer())) >= 4
     assert ref_losses[-1] < ref_losses[0]  # it trained
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-2, atol=0)
     # Adam turns a gradient's sign into a full step, so an element whose gradient sits within

@@ -35,6 +35,14 @@ def _qkv(B, T, dtype, heads=6, kv_heads=2, d=16, seed=0):
     return [t.requires_grad_() for t in (q, k, v)]
 
 
+# Rows whose examples after the first continue a shared prefix (data/shared_prefix.py):
+# positions that restart at the prefix's length instead of 0.
+SHARED = [
+    [[0, 1, 2, 3, 4, 3, 4, 3, 4, 5, 6, 0, 1]],  # prefix 3, two continuing examples, padding
+    [[0, 1, 2, 3, 2, 3, 4, 0, 1, 0], [0, 1, 2, 3, 4, 5, 1, 2, 1, 0]],  # one per row, 2 and 1
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "rows",
@@ -42,11 +50,12 @@ def _qkv(B, T, dtype, heads=6, kv_heads=2, d=16, seed=0):
         [[5, 9, 1, 7]],  # one packed row, a 1-token example among them
         [[4, 8, 3], [6, 2, 7]],  # several packed rows
         [[3, 4, 8], [12, 3]],  # a tail segment, as padding forms in data/packing.py rows
+        *SHARED,
     ],
 )
 def test_packed_rows_attend_as_eager_under_the_block_mask(dtype, rows):
     module = _Module().train()
-    pos = _positions(rows)
+    pos = torch.tensor(rows) if rows in SHARED else _positions(rows)
     q, k, v = _qkv(*pos.shape, dtype)
     mask = block_causal_mask(pos, dtype)
     ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.25)
@@ -108,6 +117,26 @@ def test_layout_slots_are_distinct_and_inside_the_padded_rows():
     # Example 1 (tokens 4-5), head 5: rows (1 * 6 + 5) * 4 + {0, 1}.
     assert layout.q_slots[4:6, 5].tolist() == [44, 45]
     assert layout.mask.shape == (1, 3 * 4, 4)
+
+
+def test_a_shared_prefix_is_copied_to_the_first_slots_of_each_continuing_example():
+    pos = torch.tensor(SHARED[0])  # examples: tokens 0-4 (prefix 0-2), 5-6, 7-10, padding 11-12
+    layout = build_layout(pos, heads=6, kv_heads=2, dtype=torch.float32)
+    assert (layout.n, layout.longest) == (4, 7)
+    # Own tokens sit at their positions: token 5 (position 3) of example 1, K/V head 1.
+    assert layout.kv_slots[5, 1].item() == (1 * 2 + 1) * 7 + 3
+    # The prefix (tokens 0-2) goes to slots 0-2 of examples 1 and 2, for both K/V heads.
+    pairs = sorted(zip(layout.shared_rows.tolist(), layout.shared_slots.tolist(), strict=True))
+    want = sorted(
+        (token * 2 + h, (e * 2 + h) * 7 + token)
+        for e in (1, 2)
+        for h in (0, 1)
+        for token in range(3)
+    )
+    assert pairs == want
+    own = layout.kv_slots.flatten().tolist()
+    assert not set(own) & set(layout.shared_slots.tolist())  # copies never overwrite a token
+    assert build_layout(_positions([[4, 2]]), 6, 2, torch.float32).shared_rows is None
 
 
 def test_the_layout_is_built_once_per_pass():

@@ -127,6 +127,21 @@ def test_packed_rows_are_padded_to_their_length_bucket_as_a_segment_of_their_own
     assert exact[0].input_ids.shape == (1, 119)
 
 
+def test_packed_passes_store_a_shared_prompt_prefix_once():
+    ignore = -100
+    examples = [
+        Rendered([1, 2, 3, 4, *range(10, 10 + n)], [ignore] * 5 + list(range(11, 10 + n)))
+        for n in (6, 3, 5)
+    ]  # a 4-token untrained prompt opening, then each example's own tokens
+    lengths = [len(e.input_ids) for e in examples]
+    (shared,) = PackedPasses(max_tokens=None, bucket=1).passes(range(3), examples, lengths, 3, 0)
+    assert shared.input_ids[0, :5].tolist() == [1, 2, 3, 4, 10]
+    assert shared.num_tokens == sum(lengths) - 2 * 4 and shared.num_examples == 3
+    policy = PackedPasses(max_tokens=None, bucket=1, share_prefix=False)
+    (plain,) = policy.passes(range(3), examples, lengths, 3, 0)
+    assert plain.num_tokens == sum(lengths) and plain.num_trained == shared.num_trained
+
+
 @pytest.mark.parametrize(
     ("n", "cap", "want"),
     [(119, None, 128), (128, None, 128), (600, 640, 608), (630, 640, 640), (90, 100, 96), (97, 100, 100),

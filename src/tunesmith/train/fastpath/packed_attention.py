@@ -13,9 +13,14 @@ row without any. Padding slots are zeros: as keys they are masked, as queries th
 outputs are dropped. Both moves are copies to and from distinct rows (``index_copy`` and
 ``index_select``), each the other's backward.
 
+A row that stores its examples' common prefix once (``data/shared_prefix.py``) is laid out
+the same way, each example continuing the prefix getting the prefix's keys and values copied
+into its first slots: its attention is then the one it has in its own unshared row.
+
 It applies only where it computes exactly what the given mask says: the mask must equal the
 block-causal mask of the row's position ids (a new example starts where positions do not
-advance by one, transformers' ``find_packed_sequence_indices`` rule). That is checked once
+advance by one, transformers' ``find_packed_sequence_indices`` rule; one that starts at
+``p > 0`` also sees the row's first ``p`` tokens, ``packing.block_causal``). That is checked once
 per forward pass, and any other mask (padding, a key prefix, a cache) keeps the reference
 path of :func:`tunesmith.train.fastpath.attention.grouped_attention`.
 """
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.data.packing import block_causal, segment_ids
+from tunesmith.data.packing import block_causal, segment_ids, segment_starts, shared_lengths
 
 
 class _SelectRows(torch.autograd.Function):
@@ -54,10 +59,13 @@ class PackedLayout:
     """Where each token of a ``(B, T)`` packed batch sits in a padded per-example layout.
 
     ``q_slots`` is ``(B*T, H)``: the row of token ``t``, head ``h`` among the ``(n, H, L)``
-    padded query (and output) rows, ``(e * H + h) * L + p`` for the ``p``-th token of example
-    ``e``. Heads are numbered ``kv_h * g + g_h`` (``repeat_kv``'s order), so a view of those
-    rows as ``(n * kv, g * L)`` puts the queries of one K/V head in one block. ``kv_slots``
-    is ``(B*T, kv)`` among ``(n, kv, L)`` rows; ``mask`` the additive ``(1, g*L, L)`` mask.
+    padded query (and output) rows, ``(e * H + h) * L + p`` for the token at position ``p``
+    of example ``e``. Heads are numbered ``kv_h * g + g_h`` (``repeat_kv``'s order), so a view
+    of those rows as ``(n * kv, g * L)`` puts the queries of one K/V head in one block.
+    ``kv_slots`` is ``(B*T, kv)`` among ``(n, kv, L)`` rows; ``mask`` the additive
+    ``(1, g*L, L)`` mask. An example that continues its row's shared prefix
+    (``data/shared_prefix.py``) also gets that prefix's keys and values in its first slots:
+    row ``shared_rows[i]`` of the ``(B*T*kv, d)`` K/V rows goes to slot ``shared_slots[i]``.
     Padding slots stay zero: as keys they are masked, as queries their outputs are dropped.
     """
 
@@ -66,22 +74,28 @@ class PackedLayout:
     q_slots: torch.Tensor
     kv_slots: torch.Tensor
     mask: torch.Tensor
+    shared_rows: torch.Tensor | None = None
+    shared_slots: torch.Tensor | None = None
 
     def gather(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
         """``(B, H, T, d)`` / ``(B, kv, T, d)`` -> ``(n*kv, g*L, d)``, ``(n*kv, L, d)`` x2."""
         d = query.shape[-1]
         kv = key.shape[1]
 
-        def padded(x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        def padded(x: torch.Tensor, slots: torch.Tensor, shared: bool) -> torch.Tensor:
             # (B, heads, T, d) -> (B*T*heads, d) rows: a view when heads are laid out per token.
             rows = x.transpose(1, 2).reshape(-1, d)
             out = rows.new_zeros((self.n * x.shape[1] * self.longest, d))
-            return out.index_copy_(0, slots.view(-1), rows)  # backward: index_select
+            out.index_copy_(0, slots.view(-1), rows)  # backward: index_select
+            if shared and self.shared_rows is not None:
+                # A prefix row goes to every example sharing it; autograd sums its gradients.
+                out.index_copy_(0, self.shared_slots, rows.index_select(0, self.shared_rows))
+            return out
 
         rows = self.n * kv
-        q = padded(query, self.q_slots).view(rows, -1, d)
-        k = padded(key, self.kv_slots).view(rows, -1, d)
-        v = padded(value, self.kv_slots).view(rows, -1, d)
+        q = padded(query, self.q_slots, False).view(rows, -1, d)
+        k = padded(key, self.kv_slots, True).view(rows, -1, d)
+        v = padded(value, self.kv_slots, True).view(rows, -1, d)
         return q, k, v
 
     def scatter(self, out: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
@@ -103,26 +117,48 @@ def build_layout(
     n = int(per_row.sum())
     if n == B:
         return None
-    # Global example id of every token, then each example's start and length in the flat row.
+    # Global example id of every token; its slot is its position, so an example that
+    # continues a shared prefix of P tokens finds its own tokens from slot P on.
     offsets = torch.cumsum(per_row, 0) - per_row
     example = (seg + offsets[:, None]).view(-1)  # (B*T,)
-    lengths = torch.bincount(example, minlength=n)
-    starts = torch.cumsum(lengths, 0) - lengths
-    L = int(lengths.max())
-    pos = torch.arange(B * T, device=device) - starts[example]  # (B*T,) position in its example
+    pos = position_ids.reshape(-1)
+    L = int(pos.max()) + 1
     head = torch.arange(heads, device=device)
     kv_head = torch.arange(kv_heads, device=device)
     q_slots = (example[:, None] * heads + head[None, :]) * L + pos[:, None]
     kv_slots = (example[:, None] * kv_heads + kv_head[None, :]) * L + pos[:, None]
-    # Every example starts at slot 0 and its padding comes after its last token, so the plain
-    # causal mask hides the padding keys from every real query. One (g*L, L) mask (the g query
-    # heads of a K/V head stacked) broadcasts over all examples and K/V heads.
+    shared_rows, shared_slots = _shared_prefix_slots(position_ids, example, kv_heads, L)
+    # Every example's tokens fill its slots from 0 on (its shared prefix first), and its padding
+    # comes after its last token, so the plain causal mask hides the padding keys from every
+    # real query. One (g*L, L) mask (the g query heads of a K/V head stacked) broadcasts over
+    # all examples and K/V heads.
     keep = torch.ones((L, L), dtype=torch.bool, device=device).tril()
     mask = torch.zeros((L, L), dtype=dtype, device=device).masked_fill_(
         ~keep, torch.finfo(dtype).min
     )
     mask = mask.repeat(heads // kv_heads, 1)[None]  # (1, g*L, L)
-    return PackedLayout(n, L, q_slots, kv_slots, mask)
+    return PackedLayout(n, L, q_slots, kv_slots, mask, shared_rows, shared_slots)
+
+
+def _shared_prefix_slots(position_ids, example, kv_heads: int, L: int):
+    """``(rows, slots)`` that copy each shared prefix's K/V rows (``(B*T*kv, d)`` numbering)
+    into the first slots of every example continuing it; ``(None, None)`` when none does."""
+    shared = shared_lengths(position_ids)  # (B, T)
+    B, T = position_ids.shape
+    starts = segment_starts(position_ids) & (shared > 0)
+    if not bool(starts.any()):
+        return None, None
+    b, t = starts.nonzero(as_tuple=True)
+    count = shared[b, t]  # (m,) prefix length of each continuing example
+    prefix = torch.arange(int(count.max()), device=position_ids.device)
+    take = prefix[None, :] < count[:, None]  # (m, longest prefix)
+    token = (b[:, None] * T + prefix[None, :])[take]  # the prefix tokens, flat over B*T
+    owner = example.view(B, T)[b, t][:, None].expand_as(take)[take]
+    slot = prefix[None, :].expand_as(take)[take]
+    kv_head = torch.arange(kv_heads, device=position_ids.device)
+    rows = (token[:, None] * kv_heads + kv_head).reshape(-1)
+    slots = ((owner[:, None] * kv_heads + kv_head) * L + slot[:, None]).reshape(-1)
+    return rows, slots
 
 
 def mask_is_block_causal(mask: torch.Tensor, position_ids: torch.Tensor) -> bool:
