@@ -11,6 +11,7 @@ from tunesmith.train.fastpath import attention
 from tunesmith.train.fastpath.attention import grouped_attention
 from tunesmith.train.fastpath.packed_attention import (
     LayoutCache,
+    _PlaceRows,
     _SelectRows,
     build_layout,
     mask_is_block_causal,
@@ -153,3 +154,22 @@ def test_select_rows_backward_is_index_selects():
     x = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     index = torch.tensor([5, 0, 3, 6])
     assert torch.autograd.gradcheck(lambda t: _SelectRows.apply(t, index), (x,))
+
+
+def test_place_rows_gives_a_prefix_row_the_gradients_of_all_its_copies():
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    slots, rows, copies = (
+        torch.tensor([7, 0, 3, 9, 4]),
+        torch.tensor([0, 1, 0, 1]),
+        torch.tensor([1, 2, 5, 6]),
+    )
+    out = _PlaceRows.apply(x, 10, slots, rows, copies)
+    ref = x.new_zeros(10, 3).index_copy(0, slots, x)
+    ref = ref.index_copy(0, copies, x.index_select(0, rows))
+    assert torch.equal(out, ref)
+    g = torch.randn(10, 3, dtype=torch.float64)
+    (got,) = torch.autograd.grad(out, x, g)
+    (want,) = torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(got, want)
+    plain = _PlaceRows.apply(x, 10, slots, None, None)
+    assert torch.equal(torch.autograd.grad(plain, x, g)[0], g[slots])

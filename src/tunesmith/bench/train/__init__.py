@@ -14,7 +14,10 @@ trl-tuned    TRL with its speed options: bf16 autocast, padding-free batches, no
 
 Only the optimizer steps after one warm-up step are timed (callbacks stamp each step's end).
 Trained tokens are positions whose next token carries loss; processed tokens are the
-non-padding positions. The useful work of a step, the same formula for every variant, is::
+non-padding positions the step computes (tunesmith's passes hold the examples' common prompt
+prefix once, so it counts once there: the ratio to the ceiling stays a measure of how fast the
+hardware runs the work done, not of work avoided). The useful work of a step, the same formula
+for every variant, is::
 
     FLOPs = 4 * N_body * processed + 4 * V * C * trained + 6 * N_adapter * processed
 

@@ -54,6 +54,36 @@ class _SelectRows(torch.autograd.Function):
         return out.index_copy_(0, index, grad), None
 
 
+class _PlaceRows(torch.autograd.Function):
+    """Rows of ``x`` placed at distinct ``slots`` of a zero ``(size, d)`` tensor, and rows
+    ``shared_rows`` (a shared prefix's keys or values) also copied to ``shared_slots``.
+
+    The backward of the plain placement is an ``index_select``. A prefix row's gradient is the
+    sum over all its copies, added in fp32 and rounded once (autograd's chain of copies would
+    round after each). Measured on a demo step in bf16 against the same step in fp32 (LoRA
+    gradients, relative norm): 0.059 for the shared row, 0.056 for the unshared one, so
+    sharing adds no error beyond bf16's own; in fp32 shared and unshared agree to 4e-6.
+    """
+
+    @staticmethod
+    def forward(ctx, x, size: int, slots, shared_rows, shared_slots):
+        ctx.save_for_backward(slots, shared_rows, shared_slots)
+        out = x.new_zeros((size, x.shape[1]))
+        out.index_copy_(0, slots, x)
+        if shared_rows is not None:
+            out.index_copy_(0, shared_slots, x.index_select(0, shared_rows))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        slots, shared_rows, shared_slots = ctx.saved_tensors
+        g = grad.index_select(0, slots)
+        if shared_rows is not None:
+            total = g.float().index_add_(0, shared_rows, grad.index_select(0, shared_slots).float())
+            g = total.to(grad.dtype)
+        return g, None, None, None, None
+
+
 @dataclass
 class PackedLayout:
     """Where each token of a ``(B, T)`` packed batch sits in a padded per-example layout.
@@ -85,12 +115,9 @@ class PackedLayout:
         def padded(x: torch.Tensor, slots: torch.Tensor, shared: bool) -> torch.Tensor:
             # (B, heads, T, d) -> (B*T*heads, d) rows: a view when heads are laid out per token.
             rows = x.transpose(1, 2).reshape(-1, d)
-            out = rows.new_zeros((self.n * x.shape[1] * self.longest, d))
-            out.index_copy_(0, slots.view(-1), rows)  # backward: index_select
-            if shared and self.shared_rows is not None:
-                # A prefix row goes to every example sharing it; autograd sums its gradients.
-                out.index_copy_(0, self.shared_slots, rows.index_select(0, self.shared_rows))
-            return out
+            size = self.n * x.shape[1] * self.longest
+            copies = (self.shared_rows, self.shared_slots) if shared else (None, None)
+            return _PlaceRows.apply(rows, size, slots.view(-1), *copies)
 
         rows = self.n * kv
         q = padded(query, self.q_slots, False).view(rows, -1, d)
