@@ -39,7 +39,7 @@ class PackedRow(Rendered):
     """Examples concatenated into one row; ``position_ids`` restart at each example."""
 
     position_ids: list[int]
-    lengths: tuple[int, ...]  # tokens of each example, in row order
+    lengths: tuple[int, ...]  # row tokens of each example, in row order
 
 
 def pack_row(parts: Sequence[Rendered]) -> PackedRow:
@@ -110,6 +110,13 @@ def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
     return segment_starts(position_ids).cumsum(-1) - 1
 
 
+def _segment_start_index(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T): the row index at which each token's segment starts."""
+    index = torch.arange(position_ids.shape[1], device=position_ids.device)
+    index = index.expand_as(position_ids)
+    return torch.where(segment_starts(position_ids), index, 0).cummax(-1).values
+
+
 def shared_lengths(position_ids: torch.Tensor) -> torch.Tensor:
     """(B, T) -> (B, T): how many of the row's first tokens each token's segment shares.
 
@@ -117,11 +124,16 @@ def shared_lengths(position_ids: torch.Tensor) -> torch.Tensor:
     row's first ``p`` tokens: a prefix its examples have in common, stored once
     (``data/shared_prefix.py``). Every other segment, the first included, shares nothing.
     """
-    T = position_ids.shape[1]
-    index = torch.arange(T, device=position_ids.device).expand_as(position_ids)
-    start_index = torch.where(segment_starts(position_ids), index, 0).cummax(-1).values
-    start_position = position_ids - (index - start_index)
+    start_index = _segment_start_index(position_ids)
+    start_position = position_ids.gather(-1, start_index)
     return torch.where(start_index > 0, start_position.clamp(min=0), 0)
+
+
+def attended_offsets(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T): each token's index among the keys its segment attends to, the shared
+    prefix first (:func:`shared_lengths`), then the segment's own tokens from its start."""
+    index = torch.arange(position_ids.shape[1], device=position_ids.device)
+    return index - _segment_start_index(position_ids) + shared_lengths(position_ids)
 
 
 def shares_prefix(position_ids: torch.Tensor | None) -> bool:

@@ -14,7 +14,9 @@ An example after the first starts at position ``P``, which says "I continue the 
 ``P`` tokens"; the mask (``packing.block_causal``) lets it attend to them and to its own
 earlier tokens, nothing else. Every token then sees exactly the keys, at exactly the
 positions, it sees in its own unshared row, so the loss and the gradients are the unshared
-ones up to float summation order; only the repeated prefix tokens are not computed again.
+ones up to float rounding; only the repeated prefix tokens are not computed again. (In bf16
+the prefix's gradient is one rounded sum where the copies' were rounded apart, which leaves a
+step's LoRA gradients ~10% further from fp32's: benchmarks/RESULTS.md.)
 
 The prefix stops before the first trained label of every example (and before its last
 token), so no loss is ever taken on a prefix token or on the first token of a rest: those

@@ -41,6 +41,7 @@ def _qkv(B, T, dtype, heads=6, kv_heads=2, d=16, seed=0):
 SHARED = [
     [[0, 1, 2, 3, 4, 3, 4, 3, 4, 5, 6, 0, 1]],  # prefix 3, two continuing examples, padding
     [[0, 1, 2, 3, 2, 3, 4, 0, 1, 0], [0, 1, 2, 3, 4, 5, 1, 2, 1, 0]],  # one per row, 2 and 1
+    [[3, 4, 5, 6, 0, 1, 2]],  # a first segment starting past 0 shares nothing: own slots from 0
 ]
 
 

@@ -17,8 +17,8 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
 
 and the loop gets three policies from the same handle: how a micro-batch is cut into passes
 (``passes.py``: packed rows, with the examples' common prompt prefix stored once, where the
-grouped attention runs; length-sorted padded passes otherwise), the loss's cross-entropy (``chunked_ce.py``) and when to give freed heap pages
-back to the OS (``host_memory.py``). On CUDA the library kernels are fused already and extra
+grouped attention runs; length-sorted padded passes otherwise), the loss's cross-entropy
+(``chunked_ce.py``) and when to give freed heap pages back to the OS (``host_memory.py``). On CUDA the library kernels are fused already and extra
 passes cost launches, so there the handle changes nothing and hands out the reference policies.
 
 A path that cannot apply to a model says so once, in one ``tunesmith`` log line (a warning

@@ -19,9 +19,9 @@ into its first slots: its attention is then the one it has in its own unshared r
 
 It applies only where it computes exactly what the given mask says: the mask must equal the
 block-causal mask of the row's position ids (a new example starts where positions do not
-advance by one, transformers' ``find_packed_sequence_indices`` rule; one that starts at
-``p > 0`` also sees the row's first ``p`` tokens, ``packing.block_causal``). That is checked once
-per forward pass, and any other mask (padding, a key prefix, a cache) keeps the reference
+advance by one, transformers' ``find_packed_sequence_indices`` rule; one after the first that
+starts at ``p > 0`` also sees the row's first ``p`` tokens, ``packing.block_causal``). That is
+checked once per forward pass, and any other mask (padding, a key prefix, a cache) keeps the reference
 path of :func:`tunesmith.train.fastpath.attention.grouped_attention`.
 """
 
@@ -31,7 +31,13 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.data.packing import block_causal, segment_ids, segment_starts, shared_lengths
+from tunesmith.data.packing import (
+    attended_offsets,
+    block_causal,
+    segment_ids,
+    segment_starts,
+    shared_lengths,
+)
 
 
 class _SelectRows(torch.autograd.Function):
@@ -59,10 +65,10 @@ class _PlaceRows(torch.autograd.Function):
     ``shared_rows`` (a shared prefix's keys or values) also copied to ``shared_slots``.
 
     The backward of the plain placement is an ``index_select``. A prefix row's gradient is the
-    sum over all its copies, added in fp32 and rounded once (autograd's chain of copies would
-    round after each). Measured on a demo step in bf16 against the same step in fp32 (LoRA
-    gradients, relative norm): 0.059 for the shared row, 0.056 for the unshared one, so
-    sharing adds no error beyond bf16's own; in fp32 shared and unshared agree to 4e-6.
+    sum over all its copies, added in fp32 and rounded once; autograd's chain of copies would
+    round after each. (The shared row's bf16 gradients are still ~10% further from fp32 than
+    the unshared row's: the prefix carries one rounded sum where the copies carried separately
+    rounded parts; benchmarks/RESULTS.md, "A shared prompt prefix stored once".)
     """
 
     @staticmethod
@@ -144,11 +150,11 @@ def build_layout(
     n = int(per_row.sum())
     if n == B:
         return None
-    # Global example id of every token; its slot is its position, so an example that
-    # continues a shared prefix of P tokens finds its own tokens from slot P on.
+    # Global example id of every token, and its slot: its index in its example, after the
+    # shared prefix (of P tokens) that an example continuing one gets in its first P slots.
     offsets = torch.cumsum(per_row, 0) - per_row
     example = (seg + offsets[:, None]).view(-1)  # (B*T,)
-    pos = position_ids.reshape(-1)
+    pos = attended_offsets(position_ids).view(-1)
     L = int(pos.max()) + 1
     head = torch.arange(heads, device=device)
     kv_head = torch.arange(kv_heads, device=device)
