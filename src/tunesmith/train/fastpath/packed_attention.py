@@ -65,7 +65,7 @@ class _PlaceRows(torch.autograd.Function):
     ``shared_rows`` (a shared prefix's keys or values) also copied to ``shared_slots``.
 
     The backward of the plain placement is an ``index_select``. A prefix row's gradient is the
-    sum over all its copies, added in fp32 and rounded once; autograd's chain of copies would
+    sum over all its copies, added in fp32 (or wider) and rounded once; autograd's chain would
     round after each. (The shared row's bf16 gradients are still ~10% further from fp32 than
     the unshared row's: the prefix carries one rounded sum where the copies carried separately
     rounded parts; benchmarks/RESULTS.md, "A shared prompt prefix stored once".)
@@ -85,8 +85,9 @@ class _PlaceRows(torch.autograd.Function):
         slots, shared_rows, shared_slots = ctx.saved_tensors
         g = grad.index_select(0, slots)
         if shared_rows is not None:
-            total = g.float().index_add_(0, shared_rows, grad.index_select(0, shared_slots).float())
-            g = total.to(grad.dtype)
+            wide = torch.promote_types(grad.dtype, torch.float32)  # fp32, or fp64 if given
+            copies = grad.index_select(0, shared_slots).to(wide)
+            g = g.to(wide).index_add_(0, shared_rows, copies).to(grad.dtype)
         return g, None, None, None, None
 
 
