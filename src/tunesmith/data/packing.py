@@ -15,7 +15,7 @@ examples independent, so that the packed loss equals the sum of the unpacked los
 
 A row may also store the examples' common prompt prefix once (``data/shared_prefix.py``): an
 example whose positions start at ``p > 0`` continues the row's first ``p`` tokens, and the
-mask lets it see them (:func:`shared_lengths`, :func:`block_causal`). transformers knows no
+mask lets it see them (:class:`Segments`, :func:`block_causal`). transformers knows no
 such rows, so they always get the explicit 4D mask.
 
 Packing is a pure function of the example lengths, so a resumed run sees the same rows.
@@ -42,16 +42,26 @@ class PackedRow(Rendered):
     lengths: tuple[int, ...]  # row tokens of each example, in row order
 
 
-def pack_row(parts: Sequence[Rendered]) -> PackedRow:
-    """Concatenate examples; the first label of each is ignored (see the module docstring)."""
-    ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
+def pack_row(parts: Sequence[Rendered], shared: int = 0) -> PackedRow:
+    """Concatenate examples; the first label of each is ignored (see the module docstring).
+
+    ``shared``: the row stores the parts' first ``shared`` tokens once, which they must have
+    in common, untrained (``data/shared_prefix.py`` decides how many); each part after them
+    continues at position ``shared``. ``lengths`` are each part's row tokens.
+    """
+    ids: list[int] = list(parts[0].input_ids[:shared]) if parts else []
+    labels: list[int] = [IGNORE_INDEX] * len(ids)
+    positions: list[int] = list(range(len(ids)))
+    lengths = []
     for p in parts:
-        ids += p.input_ids
-        labels += [IGNORE_INDEX, *p.labels[1:]]
-        positions += range(len(p.input_ids))
-    return PackedRow(ids, labels, positions, tuple(len(p.input_ids) for p in parts))
+        n = len(p.input_ids)
+        ids += p.input_ids[shared:]
+        labels += [IGNORE_INDEX, *p.labels[shared + 1 :]]
+        positions += range(shared, n)
+        lengths.append(n - shared)
+    if lengths:
+        lengths[0] += shared
+    return PackedRow(ids, labels, positions, tuple(lengths))
 
 
 def pack_examples(examples: Sequence[Rendered], seq_len: int) -> list[PackedRow]:
@@ -105,55 +115,57 @@ def segment_starts(position_ids: torch.Tensor) -> torch.Tensor:
     return starts
 
 
+@dataclass(frozen=True)
+class Segments:
+    """The examples of a ``(B, T)`` batch of packed rows, per token, from its position ids.
+
+    ``starts``: a new example starts here (:func:`segment_starts`); ``ids``: the example's
+    0-based index in its row; ``shared``: how many of the row's first tokens the example
+    shares. An example other than the row's first that starts at position ``p > 0`` continues
+    the row's first ``p`` tokens, a prefix its examples have in common, stored once
+    (``data/shared_prefix.py``); every other example, the first included, shares nothing.
+    ``offsets``: the token's index among the keys its example attends to, the shared prefix
+    first, then the example's own tokens from its start.
+    """
+
+    starts: torch.Tensor
+    ids: torch.Tensor
+    shared: torch.Tensor
+    offsets: torch.Tensor
+
+
+def segments(position_ids: torch.Tensor) -> Segments:
+    """The :class:`Segments` of a ``(B, T)`` batch of position ids."""
+    starts = segment_starts(position_ids)
+    index = torch.arange(position_ids.shape[1], device=position_ids.device)
+    start_index = torch.where(starts, index, 0).cummax(-1).values
+    start_position = position_ids.gather(-1, start_index)
+    shared = torch.where(start_index > 0, start_position.clamp(min=0), 0)
+    return Segments(starts, starts.cumsum(-1) - 1, shared, index - start_index + shared)
+
+
 def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) -> (B, T) example index per token, 0-based per row (:func:`segment_starts`)."""
+    """(B, T) -> (B, T) example index per token, 0-based per row (:class:`Segments`)."""
     return segment_starts(position_ids).cumsum(-1) - 1
 
 
-def _segment_start_index(position_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) -> (B, T): the row index at which each token's segment starts."""
-    index = torch.arange(position_ids.shape[1], device=position_ids.device)
-    index = index.expand_as(position_ids)
-    return torch.where(segment_starts(position_ids), index, 0).cummax(-1).values
-
-
-def shared_lengths(position_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) -> (B, T): how many of the row's first tokens each token's segment shares.
-
-    A segment other than the row's first that starts at position ``p > 0`` continues the
-    row's first ``p`` tokens: a prefix its examples have in common, stored once
-    (``data/shared_prefix.py``). Every other segment, the first included, shares nothing.
-    """
-    start_index = _segment_start_index(position_ids)
-    start_position = position_ids.gather(-1, start_index)
-    return torch.where(start_index > 0, start_position.clamp(min=0), 0)
-
-
-def attended_offsets(position_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) -> (B, T): each token's index among the keys its segment attends to, the shared
-    prefix first (:func:`shared_lengths`), then the segment's own tokens from its start."""
-    index = torch.arange(position_ids.shape[1], device=position_ids.device)
-    return index - _segment_start_index(position_ids) + shared_lengths(position_ids)
-
-
 def shares_prefix(position_ids: torch.Tensor | None) -> bool:
-    """Whether any segment of a (B, T) batch continues its row's first tokens."""
-    return position_ids is not None and bool(shared_lengths(position_ids).any())
+    """Whether any example of a (B, T) batch continues its row's first tokens."""
+    return position_ids is not None and bool(segments(position_ids).shared.any())
 
 
 def block_causal(position_ids: torch.Tensor) -> torch.Tensor:
     """(B, T) position ids -> (B, T, T) bool: True where a token may attend (its own example,
-    causally, and the row's first tokens that its segment shares, :func:`shared_lengths`)."""
-    seg = segment_ids(position_ids)
+    causally, and the row's first tokens that its example shares, :class:`Segments`)."""
+    seg = segments(position_ids)
     T = position_ids.shape[1]
     causal = torch.ones((T, T), dtype=torch.bool, device=position_ids.device).tril()
-    allowed = (seg[:, :, None] == seg[:, None, :]) & causal
-    shared = shared_lengths(position_ids)
-    if bool(shared.any()):
+    allowed = (seg.ids[:, :, None] == seg.ids[:, None, :]) & causal
+    if bool(seg.shared.any()):
         keys = torch.arange(T, device=position_ids.device)
-        # The first segment holds at least the shared tokens when the row was built by
+        # The first example holds at least the shared tokens when the row was built by
         # shared_prefix.py; a key outside it is never shared, whatever the positions say.
-        prefix = (keys[None, None, :] < shared[:, :, None]) & (seg[:, None, :] == 0)
+        prefix = (keys[None, None, :] < seg.shared[:, :, None]) & (seg.ids[:, None, :] == 0)
         allowed |= prefix
     return allowed
 

@@ -56,20 +56,5 @@ def shareable_prefix(parts: Sequence[Rendered]) -> int:
 
 def pack_shared_row(parts: Sequence[Rendered]) -> PackedRow:
     """One packed row with the parts' :func:`shareable_prefix` stored once (the module
-    docstring's layout); a plain :func:`~tunesmith.data.packing.pack_row` when they share
-    nothing. ``lengths`` are the row tokens of each part (the first holds the prefix)."""
-    shared = shareable_prefix(parts)
-    if shared == 0:
-        return pack_row(parts)
-    ids = list(parts[0].input_ids[:shared])
-    labels = [IGNORE_INDEX] * shared
-    positions = list(range(shared))
-    lengths = []
-    for p in parts:
-        n = len(p.input_ids)
-        ids += p.input_ids[shared:]
-        labels += p.labels[shared:]  # its first entry is IGNORE_INDEX (shareable_prefix)
-        positions += range(shared, n)
-        lengths.append(n - shared)
-    lengths[0] += shared
-    return PackedRow(ids, labels, positions, tuple(lengths))
+    docstring's layout; a plain packed row when they share nothing)."""
+    return pack_row(parts, shareable_prefix(parts))

@@ -31,13 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.data.packing import (
-    attended_offsets,
-    block_causal,
-    segment_ids,
-    segment_starts,
-    shared_lengths,
-)
+from tunesmith.data.packing import Segments, block_causal, segments
 
 
 class _SelectRows(torch.autograd.Function):
@@ -146,22 +140,22 @@ def build_layout(
     """The layout of a packed ``(B, T)`` batch; None when no row holds more than one example."""
     B, T = position_ids.shape
     device = position_ids.device
-    seg = segment_ids(position_ids)  # (B, T), 0-based per row
-    per_row = seg[:, -1] + 1
+    seg = segments(position_ids)
+    per_row = seg.ids[:, -1] + 1
     n = int(per_row.sum())
     if n == B:
         return None
     # Global example id of every token, and its slot: its index in its example, after the
     # shared prefix (of P tokens) that an example continuing one gets in its first P slots.
     offsets = torch.cumsum(per_row, 0) - per_row
-    example = (seg + offsets[:, None]).view(-1)  # (B*T,)
-    pos = attended_offsets(position_ids).view(-1)
+    example = (seg.ids + offsets[:, None]).view(-1)  # (B*T,)
+    pos = seg.offsets.view(-1)
     L = int(pos.max()) + 1
     head = torch.arange(heads, device=device)
     kv_head = torch.arange(kv_heads, device=device)
     q_slots = (example[:, None] * heads + head[None, :]) * L + pos[:, None]
     kv_slots = (example[:, None] * kv_heads + kv_head[None, :]) * L + pos[:, None]
-    shared_rows, shared_slots = _shared_prefix_slots(position_ids, example, kv_heads, L)
+    shared_rows, shared_slots = _shared_prefix_slots(seg, example, kv_heads, L)
     # Every example's tokens fill its slots from 0 on (its shared prefix first), and its padding
     # comes after its last token, so the plain causal mask hides the padding keys from every
     # real query. One (g*L, L) mask (the g query heads of a K/V head stacked) broadcasts over
@@ -174,22 +168,21 @@ def build_layout(
     return PackedLayout(n, L, q_slots, kv_slots, mask, shared_rows, shared_slots)
 
 
-def _shared_prefix_slots(position_ids, example, kv_heads: int, L: int):
+def _shared_prefix_slots(seg: Segments, example, kv_heads: int, L: int):
     """``(rows, slots)`` that copy each shared prefix's K/V rows (``(B*T*kv, d)`` numbering)
     into the first slots of every example continuing it; ``(None, None)`` when none does."""
-    shared = shared_lengths(position_ids)  # (B, T)
-    B, T = position_ids.shape
-    starts = segment_starts(position_ids) & (shared > 0)
+    B, T = seg.ids.shape
+    starts = seg.starts & (seg.shared > 0)
     if not bool(starts.any()):
         return None, None
     b, t = starts.nonzero(as_tuple=True)
-    count = shared[b, t]  # (m,) prefix length of each continuing example
-    prefix = torch.arange(int(count.max()), device=position_ids.device)
+    count = seg.shared[b, t]  # (m,) prefix length of each continuing example
+    prefix = torch.arange(int(count.max()), device=example.device)
     take = prefix[None, :] < count[:, None]  # (m, longest prefix)
     token = (b[:, None] * T + prefix[None, :])[take]  # the prefix tokens, flat over B*T
     owner = example.view(B, T)[b, t][:, None].expand_as(take)[take]
     slot = prefix[None, :].expand_as(take)[take]
-    kv_head = torch.arange(kv_heads, device=position_ids.device)
+    kv_head = torch.arange(kv_heads, device=example.device)
     rows = (token[:, None] * kv_heads + kv_head).reshape(-1)
     slots = ((owner[:, None] * kv_heads + kv_head) * L + slot[:, None]).reshape(-1)
     return rows, slots
