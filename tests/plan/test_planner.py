@@ -90,6 +90,17 @@ def test_cpu_plan_uses_system_ram_and_no_cuda_context():
     assert p.detail["runtime"] == GIB
 
 
+def test_the_optimizer_step_temporaries_follow_the_loops_adamw_kernel():
+    # One CPU process trains with fused AdamW (no temporaries); torchrun ranks and CUDA use
+    # foreach, whose sqrt(exp_avg_sq) for every parameter is one state-sized temporary.
+    cpu = plan("embedded", "full", gpu="cpu", batch_size=1, seq_len=128)
+    ranks = plan("embedded", "full", gpu="cpu", batch_size=1, seq_len=128, nproc=2)
+    gpu = plan("embedded", "full", gpu="80GB", batch_size=1, seq_len=128)
+    assert cpu.detail["optimizer_step_tmp"] == 0
+    assert ranks.detail["optimizer_step_tmp"] > 0
+    assert gpu.detail["optimizer_step_tmp"] > 0
+
+
 def test_plan_for_run_with_a_loaded_config_and_write_plan(tiny_llama_dir, tmp_path):
     from transformers import AutoConfig
 

@@ -64,6 +64,7 @@ class StepSettings:
     logits_fraction: float = 1.0  # share of positions whose logits are computed
     loss_chunk: int | None = None  # chunked cross-entropy over this many positions at a time
     foreach: bool = True  # torch's multi-tensor optimizer path (default on CUDA)
+    fused_adamw: bool = False  # one kernel per tensor, no temporaries (train/optimizer.py)
     kbit_upcast: bool = True  # peft.prepare_model_for_kbit_training's fp32 upcast
     master_fp32: bool = True  # full/freeze: fp32 weights + autocast (tunesmith train's policy)
     device: str = "cuda"  # cuda | cpu
@@ -332,8 +333,8 @@ def step_terms(
     )
     after_loss = math.ceil(logits_grad) + head_grad if head_grad else 0
     largest = max(shape.embed_params, shape.lm_head_params) if full else 0
-    if settings.optimizer != "adamw":
-        step_tmp = 0  # SGD keeps nothing; bitsandbytes' fused kernels update in place
+    if settings.optimizer != "adamw" or settings.fused_adamw:
+        step_tmp = 0  # SGD keeps nothing; fused AdamW kernels update in place
     elif settings.foreach:
         # torch's foreach AdamW (_multi_tensor_adamw) materializes sqrt(exp_avg_sq) for all
         # parameters at once: one state-sized temporary.

@@ -21,6 +21,7 @@ from tunesmith.plan.gpus import device_budget_bytes, is_cpu
 from tunesmith.plan.recommend import HEADROOM, best_fit, checkpointing_choices, describe_changes
 from tunesmith.plan.sharding import check_sharding, shard_terms
 from tunesmith.shape import ModelShape, model_shape
+from tunesmith.train.optimizer import fused_adamw
 
 BREAKDOWN_KEYS = (
     "weights", "trainable", "gradients", "optimizer", "activations", "logits", "overhead",
@@ -218,12 +219,13 @@ def plan_config(
     args = MethodArgs(rank=rank, target=targets, dropout=dropout)
     budget = device_budget_bytes(device)
     shape = model_shape(cfg)
+    kind = "cpu" if is_cpu(str(device)) else "cuda"
     base = StepSettings(
         method=method, batch_size=batch_size, seq_len=seq_len, precision=precision,
         gradient_checkpointing=bool(gradient_checkpointing), attn=attn, optimizer=optimizer,
         targets=targets, rank=rank, dropout=dropout, logits_fraction=logits_fraction,
         loss_chunk=loss_chunk, kbit_upcast=kbit_upcast, master_fp32=master_fp32,
-        device="cpu" if is_cpu(str(device)) else "cuda",
+        device=kind, fused_adamw=fused_adamw(kind, nproc > 1),
         sequences_per_example=sequences_per_example, reference=reference,
     )  # fmt: skip
     _check(base, grad_accum)

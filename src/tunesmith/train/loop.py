@@ -39,6 +39,7 @@ from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import guard
 from tunesmith.train.fastpath import FastPaths
 from tunesmith.train.memory_stats import peak_memory_bytes, reset_peak_memory
+from tunesmith.train.optimizer import adamw_kernel
 from tunesmith.train.settings import LoopSettings, TrainResult, steps_for_epochs
 from tunesmith.train.signals import Diverged, Interrupted, StopRequest
 from tunesmith.train.speed import compute_context
@@ -94,8 +95,9 @@ class TrainLoop:
         if not self.params:
             raise WorkFailed("the method left no trainable parameter")
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True
-        )
+            self.params, lr=settings.lr, weight_decay=settings.weight_decay,
+            **adamw_kernel(device.type, self.dist.active),
+        )  # fmt: skip
         from transformers import get_scheduler
 
         self.scheduler = get_scheduler(
