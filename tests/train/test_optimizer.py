@@ -3,7 +3,7 @@
 import torch
 
 from tests.tiny import make_tokenizer
-from tests.train.test_loop import _lora_model, _loop
+from tests.train.test_loop import _loop, _lora_model
 from tunesmith.train.optimizer import adamw_kernel
 
 
