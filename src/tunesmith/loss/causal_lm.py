@@ -8,9 +8,10 @@ both time and memory. Eligible only when the model is a plain causal LM whose bo
 LoRA-style injection); prompt-learning methods (prefix, prompt) change the forward and use the
 reference path, which is ``model(..., labels=...)`` as transformers defines it.
 
-The last step, the cross-entropy over the selected logits, is a parameter: the training loop
-passes its fast-path handle's choice (:class:`tunesmith.train.fastpath.FastPaths`); other
-callers (evaluation) get the device's best, :func:`~tunesmith.loss.chunked_ce.cross_entropy_sum`.
+The last step, the head and the cross-entropy over its logits, is a parameter: the training
+loop passes its fast-path handle's choice (:class:`tunesmith.train.fastpath.FastPaths`); other
+callers (evaluation) get the head, then the device's best cross-entropy,
+:func:`~tunesmith.loss.chunked_ce.cross_entropy_sum`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from tunesmith.data.dataset import Batch
 from tunesmith.data.packing import attention_inputs
 from tunesmith.data.render import IGNORE_INDEX
-from tunesmith.loss.chunked_ce import cross_entropy_sum
+from tunesmith.loss.chunked_ce import head_cross_entropy
 
 
 def causal_lm_module(model):
@@ -50,7 +51,9 @@ def loss_sum(
     model,
     batch: Batch,
     fast: bool = True,
-    cross_entropy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy_sum,
+    head_loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = (
+        head_cross_entropy
+    ),
 ) -> torch.Tensor:
     """Sum of token cross-entropies over trained positions (fp32). Divide by the token count.
 
@@ -58,7 +61,7 @@ def loss_sum(
         model: The causal LM (peft-wrapped or not).
         batch: The pass's tokens, labels and masks.
         fast: Use the logits-at-trained-positions path where the model is eligible.
-        cross_entropy: ``(logits (N, V), targets (N,)) -> fp32 sum`` on the fast path.
+        head_loss: ``(lm_head, hidden (N, C), targets (N,)) -> fp32 sum`` on the fast path.
     """
     lm = causal_lm_module(model) if fast else None
     # Packed rows (position_ids set) need a block-diagonal mask instead of the padding mask.
@@ -72,5 +75,4 @@ def loss_sum(
     targets = batch.labels[:, 1:]  # (B, T-1)
     keep = targets != IGNORE_INDEX
     h = hidden[:, :-1][keep]  # (N, C): only positions whose next token is trained
-    logits = lm.lm_head(h)  # (N, V)
-    return cross_entropy(logits, targets[keep])
+    return head_loss(lm.lm_head, h, targets[keep])

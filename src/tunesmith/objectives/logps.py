@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from tunesmith.loss.causal_lm import causal_lm_module
-from tunesmith.loss.chunked_ce import token_nll
 from tunesmith.objectives.batch import SequenceBatch
+from tunesmith.train.fastpath.head_loss import head_token_nll
 
 
 @dataclass
@@ -60,7 +60,9 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
     As the SFT loss does (:mod:`tunesmith.loss.causal_lm`), the vocabulary projection runs
     only at positions whose next token is a completion token, and its log-softmax is taken in
     row chunks: the (N, T, V) logits of a pair batch, and their fp32 copy, were most of a
-    DPO step's peak memory. Models the fast path does not fit take the full forward.
+    DPO step's peak memory. A frozen half-precision head on CPU, with grad enabled, forms
+    its gradient in the forward (:mod:`tunesmith.train.fastpath.head_loss`). Models the fast
+    path does not fit take the full forward.
     """
     mask = batch.completion_mask[:, 1:]
     lm = causal_lm_module(model)
@@ -73,7 +75,7 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
     ).last_hidden_state  # (N, T, C)
     keep = mask.bool()
-    logps = -token_nll(lm.lm_head(hidden[:, :-1][keep]), batch.input_ids[:, 1:][keep])  # (M,)
+    logps = -head_token_nll(lm.lm_head, hidden[:, :-1][keep], batch.input_ids[:, 1:][keep])
     rows = keep.nonzero()[:, 0]
     total = torch.zeros(keep.shape[0], dtype=logps.dtype, device=logps.device)
     return SequenceLogps(total=total.index_add(0, rows, logps), tokens=keep.sum(-1).to(logps.dtype))

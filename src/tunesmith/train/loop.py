@@ -325,9 +325,7 @@ class TrainLoop:
         if self.loss_fn is not None:
             return self.loss_fn(self.model, b)
         if self.forward is None:
-            return loss_sum(
-                self.model, b, fast=self.fast, cross_entropy=self.fast_paths.cross_entropy
-            )
+            return loss_sum(self.model, b, fast=self.fast, head_loss=self.fast_paths.head_loss)
         if b.num_trained == 0:
             # A stand-in pass (rank_slice): every rank must run it, but it counts nothing. Any
             # valid labels, times 0, since a mean over no token (reference path) is NaN.

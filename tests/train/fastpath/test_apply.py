@@ -10,8 +10,9 @@ from peft import LoraConfig, PromptTuningConfig, get_peft_model
 from tests.tiny import make_tiny_model, make_tokenizer
 from tests.train.test_loop import _varied_examples
 from tunesmith.data.shared_prefix import shareable_prefix
-from tunesmith.loss.chunked_ce import cross_entropy_sum, reference_cross_entropy
+from tunesmith.loss.chunked_ce import reference_head_cross_entropy
 from tunesmith.train.fastpath import FastPaths, apply_fast_paths
+from tunesmith.train.fastpath.head_loss import head_cross_entropy_sum
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
 from tunesmith.train.loop import LoopSettings, TrainLoop
 
@@ -39,7 +40,7 @@ def test_installed_on_cpu_only_with_the_counts_and_policies():
     nothing = apply_fast_paths(untouched, CUDA)
     assert nothing.installed == {} and nothing.skipped == {}
     assert type(nothing.pass_policy) is PassPolicy and nothing.trimmer is None
-    assert nothing.cross_entropy is reference_cross_entropy
+    assert nothing.head_loss is reference_head_cross_entropy
     assert untouched.get_base_model().config._attn_implementation == "eager"
     model = _lora()
     fast = apply_fast_paths(model, CPU)
@@ -50,7 +51,7 @@ def test_installed_on_cpu_only_with_the_counts_and_policies():
         "dropout": 4, "frozen_linear": 15, "rmsnorm": 5, "rope": 2, "attention": 1,
     }  # fmt: skip
     assert model.get_base_model().config._attn_implementation == "tunesmith_cpu"
-    assert isinstance(fast.pass_policy, PackedPasses) and fast.cross_entropy is cross_entropy_sum
+    assert isinstance(fast.pass_policy, PackedPasses) and fast.head_loss is head_cross_entropy_sum
     ids = torch.randint(0, 64, (2, 9))
     loss = model.train()(input_ids=ids, labels=ids).loss
     loss.backward()

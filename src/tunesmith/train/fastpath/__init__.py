@@ -17,9 +17,12 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
 
 and the loop gets three policies from the same handle: how a micro-batch is cut into passes
 (``passes.py``: packed rows, with the examples' common prompt prefix stored once, where the
-grouped attention runs; length-sorted padded passes otherwise), the loss's cross-entropy
-(``chunked_ce.py``) and when to give freed heap pages back to the OS (``host_memory.py``). On CUDA the library kernels are fused already and extra
-passes cost launches, so there the handle changes nothing and hands out the reference policies.
+grouped attention runs; length-sorted padded passes otherwise), the loss's last step (the
+frozen head and its cross-entropy as one node whose gradient is formed in the forward,
+``head_loss.py``, else the chunked cross-entropy of ``chunked_ce.py``) and when to give freed
+heap pages back to the OS (``host_memory.py``). On CUDA the library kernels are fused already
+and extra passes cost launches, so there the handle changes nothing and hands out the
+reference policies.
 
 A path that cannot apply to a model says so once, in one ``tunesmith`` log line (a warning
 where the model is one the path does not know, info where skipping is by design).
@@ -33,9 +36,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunesmith.loss.chunked_ce import cross_entropy_sum, reference_cross_entropy
+from tunesmith.loss.chunked_ce import reference_head_cross_entropy
 from tunesmith.train.fastpath import attention, dropout, frozen_linear, lora, rmsnorm, rope
 from tunesmith.train.fastpath.attention import AttentionCaches
+from tunesmith.train.fastpath.head_loss import head_cross_entropy_sum
 from tunesmith.train.fastpath.host_memory import HeapTrimmer, heap_trim_available
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
 from tunesmith.train.fastpath.patch import Patch
@@ -56,7 +60,7 @@ class FastPaths:
         installed: Modules (or switches) each model-changing path changed, by path name.
         skipped: Why each path that did not apply did not, by path name.
         pass_policy: How the loop cuts a micro-batch into forward passes.
-        cross_entropy: ``(logits (N, V), targets (N,)) -> fp32 sum``, the loss's last step.
+        head_loss: ``(lm_head, hidden (N, C), targets (N,)) -> fp32 sum``, the loss's last step.
         trimmer: Returns freed heap pages after a step when memory crept (CPU), or None.
         caches: The grouped attention's per-pass caches, or None.
     """
@@ -64,7 +68,9 @@ class FastPaths:
     installed: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     pass_policy: PassPolicy = field(default_factory=PassPolicy)
-    cross_entropy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = reference_cross_entropy
+    head_loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = (
+        reference_head_cross_entropy
+    )
     trimmer: HeapTrimmer | None = None
     caches: AttentionCaches | None = None
     _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
@@ -82,7 +88,7 @@ class FastPaths:
             self.caches.clear()
         reference = FastPaths()
         self.installed, self.pass_policy = {}, reference.pass_policy
-        self.cross_entropy, self.trimmer, self.caches = reference.cross_entropy, None, None
+        self.head_loss, self.trimmer, self.caches = reference.head_loss, None, None
 
 
 def apply_fast_paths(
@@ -108,7 +114,7 @@ def apply_fast_paths(
     if device.type != "cpu":
         logger.debug("CPU fast paths: none on %s (its library kernels are fused)", device.type)
         return FastPaths()
-    fast = FastPaths(caches=AttentionCaches(), cross_entropy=cross_entropy_sum)
+    fast = FastPaths(caches=AttentionCaches(), head_loss=head_cross_entropy_sum)
     installs = {
         "dropout": dropout.install,
         "lora": lora.install,
