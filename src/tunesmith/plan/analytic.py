@@ -336,7 +336,7 @@ def step_terms(
     if settings.optimizer != "adamw" or settings.fused_adamw:
         step_tmp = 0  # SGD keeps nothing; fused AdamW kernels update in place
     elif settings.foreach:
-        # torch's foreach AdamW (_multi_tensor_adamw) materializes sqrt(exp_avg_sq) for all
+        # torch's foreach AdamW (_multi_tensor_adam) materializes sqrt(exp_avg_sq) for all
         # parameters at once: one state-sized temporary.
         step_tmp = n_trainable * tb
     else:

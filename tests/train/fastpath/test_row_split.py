@@ -49,6 +49,7 @@ def test_blocks_equal_the_whole_product(forced, transposed, dtype, tol):
         (rows.mm(a, b), want_mm),
         (rows.addmm(bias, a, b), want_bias),
         (rows.addmm(c, a, b), want_c),
+        (rows.addmm_(c.clone(), a, b), want_c),  # in place, block by block
     ]:
         assert got.shape == want.shape and got.dtype == dtype and got.is_contiguous()
         torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())

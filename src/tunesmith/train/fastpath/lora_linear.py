@@ -64,7 +64,7 @@ class LoraLinears(torch.autograd.Function):
         dh = g2 @ b  # (tokens, Σ r)
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = splits().addmm(dh @ a, g2, weight).view(ctx.x_shape)
+            dx = splits().addmm_(dh @ a, g2, weight).view(ctx.x_shape)  # into the fresh dh a
         d_a = dh.t() @ x2  # (Σ r, d_in)
         d_b = g2.t() @ h  # (Σ d_out, Σ r); only its diagonal blocks are B's gradients
         k = len(ctx.scales)
