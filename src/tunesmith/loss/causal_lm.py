@@ -10,8 +10,8 @@ reference path, which is ``model(..., labels=...)`` as transformers defines it.
 
 The last step, the head and the cross-entropy over its logits, is a parameter: the training
 loop passes its fast-path handle's choice (:class:`tunesmith.train.fastpath.FastPaths`); other
-callers (evaluation) get the head, then the device's best cross-entropy,
-:func:`~tunesmith.loss.chunked_ce.cross_entropy_sum`.
+callers (evaluation) get :func:`~tunesmith.loss.head_ce.head_cross_entropy_sum`, the device's
+best (without grad, as in evaluation: the head, then the chunked cross-entropy on CPU).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from tunesmith.data.dataset import Batch
 from tunesmith.data.packing import attention_inputs
 from tunesmith.data.render import IGNORE_INDEX
-from tunesmith.loss.chunked_ce import head_cross_entropy
+from tunesmith.loss.head_ce import head_cross_entropy_sum
 
 
 def causal_lm_module(model):
@@ -52,7 +52,7 @@ def loss_sum(
     batch: Batch,
     fast: bool = True,
     head_loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = (
-        head_cross_entropy
+        head_cross_entropy_sum
     ),
 ) -> torch.Tensor:
     """Sum of token cross-entropies over trained positions (fp32). Divide by the token count.

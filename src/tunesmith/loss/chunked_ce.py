@@ -86,17 +86,3 @@ def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     if _chunks_pay(logits):
         return chunked_cross_entropy(logits, targets)
     return reference_cross_entropy(logits, targets)
-
-
-def head_cross_entropy(
-    head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
-    """:func:`cross_entropy_sum` of ``head(h)``: the loss's last step as evaluation runs it."""
-    return cross_entropy_sum(head(h), targets)
-
-
-def reference_head_cross_entropy(
-    head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
-    """:func:`reference_cross_entropy` of ``head(h)``: the reference path's last step."""
-    return reference_cross_entropy(head(h), targets)

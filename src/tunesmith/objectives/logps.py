@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from tunesmith.loss.causal_lm import causal_lm_module
+from tunesmith.loss.head_ce import head_token_nll
 from tunesmith.objectives.batch import SequenceBatch
-from tunesmith.train.fastpath.head_loss import head_token_nll
 
 
 @dataclass
@@ -61,7 +61,7 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
     only at positions whose next token is a completion token, and its log-softmax is taken in
     row chunks: the (N, T, V) logits of a pair batch, and their fp32 copy, were most of a
     DPO step's peak memory. A frozen half-precision head on CPU, with grad enabled, forms
-    its gradient in the forward (:mod:`tunesmith.train.fastpath.head_loss`). Models the fast
+    its gradient in the forward (:mod:`tunesmith.loss.head_ce`). Models the fast
     path does not fit take the full forward.
     """
     mask = batch.completion_mask[:, 1:]

@@ -64,7 +64,7 @@ class StepSettings:
     logits_fraction: float = 1.0  # share of positions whose logits are computed
     loss_chunk: int | None = None  # chunked cross-entropy over this many positions at a time
     foreach: bool = True  # torch's multi-tensor optimizer path (default on CUDA)
-    fused_adamw: bool = False  # one kernel per tensor, no temporaries (train/optimizer.py)
+    fused_adamw: bool = False  # one kernel per tensor, no temporaries (adamw.py)
     kbit_upcast: bool = True  # peft.prepare_model_for_kbit_training's fp32 upcast
     master_fp32: bool = True  # full/freeze: fp32 weights + autocast (tunesmith train's policy)
     device: str = "cuda"  # cuda | cpu

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tunesmith.adamw import fused_adamw
 from tunesmith.atomic import write_json
 from tunesmith.errors import ConfigError
 from tunesmith.methods.base import MethodArgs, get_method
@@ -21,7 +22,6 @@ from tunesmith.plan.gpus import device_budget_bytes, is_cpu
 from tunesmith.plan.recommend import HEADROOM, best_fit, checkpointing_choices, describe_changes
 from tunesmith.plan.sharding import check_sharding, shard_terms
 from tunesmith.shape import ModelShape, model_shape
-from tunesmith.train.optimizer import fused_adamw
 
 BREAKDOWN_KEYS = (
     "weights", "trainable", "gradients", "optimizer", "activations", "logits", "overhead",

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.adamw import adamw_kernel
 from tunesmith.data.dataset import Batch, collate
 from tunesmith.data.render import Rendered
 from tunesmith.distributed import DistContext
@@ -39,7 +40,6 @@ from tunesmith.train import checkpoint as ckpt
 from tunesmith.train import guard
 from tunesmith.train.fastpath import FastPaths
 from tunesmith.train.memory_stats import peak_memory_bytes, reset_peak_memory
-from tunesmith.train.optimizer import adamw_kernel
 from tunesmith.train.settings import LoopSettings, TrainResult, steps_for_epochs
 from tunesmith.train.signals import Diverged, Interrupted, StopRequest
 from tunesmith.train.speed import compute_context

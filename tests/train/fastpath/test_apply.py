@@ -10,9 +10,8 @@ from peft import LoraConfig, PromptTuningConfig, get_peft_model
 from tests.tiny import make_tiny_model, make_tokenizer
 from tests.train.test_loop import _varied_examples
 from tunesmith.data.shared_prefix import shareable_prefix
-from tunesmith.loss.chunked_ce import reference_head_cross_entropy
-from tunesmith.train.fastpath import FastPaths, apply_fast_paths
-from tunesmith.train.fastpath.head_loss import head_cross_entropy_sum
+from tunesmith.loss.head_ce import reference_head_cross_entropy
+from tunesmith.train.fastpath import FastPaths, apply_fast_paths, fast_head_loss
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
 from tunesmith.train.loop import LoopSettings, TrainLoop
 
@@ -51,7 +50,7 @@ def test_installed_on_cpu_only_with_the_counts_and_policies():
         "dropout": 4, "frozen_linear": 15, "rmsnorm": 5, "rope": 2, "attention": 1,
     }  # fmt: skip
     assert model.get_base_model().config._attn_implementation == "tunesmith_cpu"
-    assert isinstance(fast.pass_policy, PackedPasses) and fast.head_loss is head_cross_entropy_sum
+    assert isinstance(fast.pass_policy, PackedPasses) and fast.head_loss is fast_head_loss
     ids = torch.randint(0, 64, (2, 9))
     loss = model.train()(input_ids=ids, labels=ids).loss
     loss.backward()

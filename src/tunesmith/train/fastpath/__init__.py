@@ -19,10 +19,10 @@ and the loop gets three policies from the same handle: how a micro-batch is cut 
 (``passes.py``: packed rows, with the examples' common prompt prefix stored once, where the
 grouped attention runs; length-sorted padded passes otherwise), the loss's last step (the
 frozen head and its cross-entropy as one node whose gradient is formed in the forward,
-``head_loss.py``, else the chunked cross-entropy of ``chunked_ce.py``) and when to give freed
-heap pages back to the OS (``host_memory.py``). On CUDA the library kernels are fused already
-and extra passes cost launches, so there the handle changes nothing and hands out the
-reference policies.
+``loss/head_ce.py``, with the head's products in row blocks; else the chunked cross-entropy)
+and when to give freed heap pages back to the OS (``host_memory.py``). On CUDA the library
+kernels are fused already and extra passes cost launches, so there the handle changes nothing
+and hands out the reference policies.
 
 A path that cannot apply to a model says so once, in one ``tunesmith`` log line (a warning
 where the model is one the path does not know, info where skipping is by design).
@@ -36,10 +36,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunesmith.loss.chunked_ce import reference_head_cross_entropy
-from tunesmith.train.fastpath import attention, dropout, frozen_linear, lora, rmsnorm, rope
+from tunesmith.loss.head_ce import head_cross_entropy_sum, reference_head_cross_entropy
+from tunesmith.train.fastpath import (
+    attention,
+    dropout,
+    frozen_linear,
+    lora,
+    rmsnorm,
+    rope,
+    row_split,
+)
 from tunesmith.train.fastpath.attention import AttentionCaches
-from tunesmith.train.fastpath.head_loss import head_cross_entropy_sum
 from tunesmith.train.fastpath.host_memory import HeapTrimmer, heap_trim_available
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
 from tunesmith.train.fastpath.patch import Patch
@@ -114,7 +121,7 @@ def apply_fast_paths(
     if device.type != "cpu":
         logger.debug("CPU fast paths: none on %s (its library kernels are fused)", device.type)
         return FastPaths()
-    fast = FastPaths(caches=AttentionCaches(), head_loss=head_cross_entropy_sum)
+    fast = FastPaths(caches=AttentionCaches(), head_loss=fast_head_loss)
     installs = {
         "dropout": dropout.install,
         "lora": lora.install,
@@ -167,3 +174,9 @@ def _pass_policy(fast: FastPaths, model, *, kv_prefix: bool, packed_rows: bool) 
         return PackedPasses()
     _say(fast, "packed passes", why + "; length-sorted padded passes instead", expected=True)
     return LengthSortedPasses()
+
+
+def fast_head_loss(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The fast paths' last step: :func:`~tunesmith.loss.head_ce.head_cross_entropy_sum` with
+    the head's products in the row blocks every frozen GEMM of the fast paths runs in."""
+    return head_cross_entropy_sum(head, h, targets, mm=row_split.splits().mm)

@@ -1,5 +1,5 @@
-"""The frozen vocabulary head and its cross-entropy as one autograd node, the gradient formed
-while the forward still holds the logits.
+"""The loss's last step from hidden states: the frozen vocabulary head and its cross-entropy as
+one autograd node, the gradient formed while the forward still holds the logits.
 
 The loss's last step is ``logits = h Wᵀ`` (a frozen head: the LoRA family, IA3, the prompt
 methods) and ``-log_softmax(logits)[target]`` in row chunks (:mod:`~tunesmith.loss.chunked_ce`).
@@ -19,29 +19,33 @@ once; here ``softmax - onehot`` is rounded, then the product's output, then its 
 ``g``, one bf16 rounding more (the head's input gradient 0.0024 from fp32 instead of 0.0017 on
 that head). The losses are the same values: the same log-softmax of the same logits.
 
-Taken only where it is the same math: grad enabled on a half-precision input, the head a
-frozen ``nn.Linear`` without bias in the input's dtype. Evaluation, a trained head (full
-fine-tuning), a LoRA-wrapped head and fp32 models keep the chunked cross-entropy over
-``head(h)``.
+Taken only where it is the same math and pays: on CPU, grad enabled on a half-precision input,
+the head a frozen ``nn.Linear`` without bias in the input's dtype, no distributed engine.
+Evaluation, a trained head (full fine-tuning), a LoRA-wrapped head, fp32 models, torchrun and
+CUDA keep ``head(h)`` and the chunked (or, off CPU, the reference) cross-entropy of
+:mod:`~tunesmith.loss.chunked_ce`. The two products are a parameter (``mm``): the CPU fast
+paths pass the row blocks they run every frozen GEMM in (``train/fastpath/row_split.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from tunesmith.loss.chunked_ce import CHUNK, head_cross_entropy, token_nll
-from tunesmith.train.fastpath.row_split import splits
+from tunesmith.loss.chunked_ce import CHUNK, cross_entropy_sum, reference_cross_entropy, token_nll
 
 HALF = (torch.bfloat16, torch.float16)
+Product = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, b) -> a @ b
 
 
 class _HeadNll(torch.autograd.Function):
     """Per-row ``-log_softmax(h Wᵀ)[i, targets[i]]`` with ``W`` frozen; gradient for ``h``."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
-        logits = splits().mm(h, weight.t())  # (N, V), becomes softmax - onehot in place
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mm: Product):
+        logits = mm(h, weight.t())  # (N, V), becomes softmax - onehot in place
         nll = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         minus_one = torch.full((CHUNK, 1), -1.0, device=h.device)
         for r in range(0, h.shape[0], CHUNK):
@@ -51,18 +55,23 @@ class _HeadNll(torch.autograd.Function):
             probs = log_probs.exp_().scatter_add_(1, t, minus_one[: t.shape[0]])
             logits[r : r + CHUNK] = probs  # rounded once to the logits' dtype
         ctx.save_for_backward(logits, weight)
+        ctx.mm = mm
         return nll
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         dlogits, weight = ctx.saved_tensors
-        dh = splits().mm(dlogits, weight)  # (N, C)
-        return dh.mul_(grad[:, None].to(dh.dtype)), None, None
+        dh = ctx.mm(dlogits, weight)  # (N, C)
+        return dh.mul_(grad[:, None].to(dh.dtype)), None, None, None
 
 
 def fuses(head: nn.Module, h: torch.Tensor) -> bool:
     """Whether ``head(h)``'s loss can take :class:`_HeadNll` (see the module docstring)."""
     if not (torch.is_grad_enabled() and h.requires_grad and h.dim() == 2):
+        return False
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # DDP, FSDP and DeepSpeed (ZeRO-3 even on one rank) decide where the head's weight
+        # lives between its module's calls; only ``head(h)`` is sure to see it whole.
         return False
     if not isinstance(head, nn.Linear) or head.bias is not None or head.weight.requires_grad:
         return False
@@ -72,22 +81,36 @@ def fuses(head: nn.Module, h: torch.Tensor) -> bool:
     )
 
 
-def head_token_nll(head: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def head_token_nll(
+    head: nn.Module, h: torch.Tensor, targets: torch.Tensor, mm: Product = torch.mm
+) -> torch.Tensor:
     """``(N,)`` fp32 token NLLs of ``head(h)`` (the preference log-probs), fused where
     :func:`fuses`, else :func:`~tunesmith.loss.chunked_ce.token_nll` of ``head(h)``."""
     if fuses(head, h):
-        return _HeadNll.apply(h, head.weight, targets)
+        return _HeadNll.apply(h, head.weight, targets, mm)
     return token_nll(head(h), targets)
 
 
-def head_cross_entropy_sum(head: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed token cross-entropy of ``head(h)`` (fp32 scalar), fused where :func:`fuses`.
+def head_cross_entropy_sum(
+    head: nn.Module, h: torch.Tensor, targets: torch.Tensor, mm: Product = torch.mm
+) -> torch.Tensor:
+    """Summed token cross-entropy of ``head(h)`` (fp32 scalar): fused where :func:`fuses`,
+    else :func:`~tunesmith.loss.chunked_ce.cross_entropy_sum` of ``head(h)``.
 
     Args:
         head: The vocabulary projection (``lm_head``).
         h: ``(N, C)`` hidden states of the trained positions.
         targets: ``(N,)`` next-token ids, no ignore index.
+        mm: How the head's two products are computed (``torch.mm``, or row blocks).
     """
     if fuses(head, h):
-        return _HeadNll.apply(h, head.weight, targets).sum()
-    return head_cross_entropy(head, h, targets)
+        return _HeadNll.apply(h, head.weight, targets, mm).sum()
+    return cross_entropy_sum(head(h), targets)
+
+
+def reference_head_cross_entropy(
+    head: nn.Module, h: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """:func:`~tunesmith.loss.chunked_ce.reference_cross_entropy` of ``head(h)``: the reference
+    path's last step."""
+    return reference_cross_entropy(head(h), targets)

@@ -4,7 +4,7 @@ import torch
 
 from tests.tiny import make_tokenizer
 from tests.train.test_loop import _loop, _lora_model
-from tunesmith.train.optimizer import adamw_kernel
+from tunesmith.adamw import adamw_kernel
 
 
 def test_fused_only_for_a_single_cpu_process():
