@@ -108,3 +108,18 @@ def test_never_under_a_distributed_engine(monkeypatch):
     assert fuses(head, h)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     assert not fuses(head, h)  # FSDP/DeepSpeed may hold the weight sharded outside head(h)
+
+
+def test_a_pass_without_trained_rows_and_under_autocast():
+    head, h, t = _head(torch.bfloat16)
+    empty = h.detach()[:0].requires_grad_()
+    loss = head_cross_entropy_sum(head, empty, t[:0])
+    loss.backward()
+    assert loss.item() == 0.0 and empty.grad.shape == (0, 48)
+    auto_h = h.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = head_cross_entropy_sum(head, auto_h, t)
+    plain = head_cross_entropy_sum(head, h, t)
+    under.backward()
+    plain.backward()
+    assert under.item() == plain.item() and torch.equal(auto_h.grad, h.grad)

@@ -45,6 +45,13 @@ class _HeadNll(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mm: Product):
+        # h and the weight share one dtype (fuses()); autocast is off so that the backward's
+        # product, which runs outside it, takes the same dtypes.
+        with torch.autocast(h.device.type, enabled=False):
+            return _HeadNll._forward(ctx, h, weight, targets, mm)
+
+    @staticmethod
+    def _forward(ctx, h, weight, targets, mm: Product) -> torch.Tensor:
         logits = mm(h, weight.t())  # (N, V), becomes softmax - onehot in place
         nll = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         minus_one = torch.full((CHUNK, 1), -1.0, device=h.device)

@@ -8,7 +8,7 @@ from torch import nn
 from tests.loss.test_head_ce import ROWS, _head
 from tests.train.fastpath.test_row_split import forced  # noqa: F401 - fixture
 from tunesmith.loss.head_ce import fuses, head_cross_entropy_sum
-from tunesmith.train.fastpath import fast_head_loss, frozen_linear
+from tunesmith.train.fastpath import fast_head_loss, frozen_linear, row_split
 
 
 def test_the_frozen_linear_fast_class_fuses():
@@ -19,7 +19,8 @@ def test_the_frozen_linear_fast_class_fuses():
     assert type(model.lm_head) is not nn.Linear and fuses(model.lm_head, h)
 
 
-def test_row_blocks_give_the_whole_products_loss_and_gradient(forced):  # noqa: F811
+def test_row_blocks_give_the_whole_products_loss_and_gradient(forced, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(row_split, "_SPLITS", row_split.RowSplits(None))  # no table on disk
     head, h, t = _head(torch.float32, vocab=300, width=48)
     head = head.to(torch.bfloat16)
     h = h.detach().to(torch.bfloat16).requires_grad_()
