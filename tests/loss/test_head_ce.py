@@ -10,6 +10,7 @@ from torch import nn
 
 from tunesmith.loss.chunked_ce import CHUNK, cross_entropy_sum, token_nll
 from tunesmith.loss.head_ce import (
+    ROW_BUCKET,
     _HeadNll,
     fuses,
     head_cross_entropy_sum,
@@ -123,3 +124,17 @@ def test_a_pass_without_trained_rows_and_under_autocast():
     under.backward()
     plain.backward()
     assert under.item() == plain.item() and torch.equal(auto_h.grad, h.grad)
+
+
+def test_the_products_run_on_a_bucketed_row_count():
+    head, h, t = _head(torch.bfloat16)
+    shapes = []
+
+    def mm(a, b):
+        shapes.append(tuple(a.shape))
+        return torch.mm(a, b)
+
+    head_cross_entropy_sum(head, h, t, mm=mm).backward()
+    padded = -(-ROWS // ROW_BUCKET) * ROW_BUCKET
+    assert padded != ROWS and shapes == [(padded, 48), (padded, 300)]
+    assert h.grad.shape == (ROWS, 48)

@@ -37,6 +37,14 @@ from torch import nn
 from tunesmith.loss.chunked_ce import CHUNK, cross_entropy_sum, reference_cross_entropy, token_nll
 
 HALF = (torch.bfloat16, torch.float16)
+# The head's products run on a row count rounded up to this. The trained-token count of a pass
+# changes from pass to pass (76 of the demo's 111 passes met a new one), and oneDNN builds a
+# primitive for every new GEMM shape: +8 ms forward and +11 ms backward for the demo's head.
+# Rounded, 8 shapes serve the whole run for 5.4% more rows: over the demo's sequence of passes
+# the head takes 4.2-4.6 s instead of 5.4-5.8 s (benchmarks/RESULTS.md). The padding rows are
+# zero and their outputs dropped; the real rows' logits came out bit-equal (42-387 rows), the
+# backward's product may round differently for a small count (it did at 42).
+ROW_BUCKET = 32
 Product = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, b) -> a @ b
 
 
@@ -52,23 +60,28 @@ class _HeadNll(torch.autograd.Function):
 
     @staticmethod
     def _forward(ctx, h, weight, targets, mm: Product) -> torch.Tensor:
-        logits = mm(h, weight.t())  # (N, V), becomes softmax - onehot in place
-        nll = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+        rows = h.shape[0]
+        padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
+        if padded != rows:  # zero rows: their logits are computed, then zeroed below
+            h = torch.cat([h, h.new_zeros((padded - rows, h.shape[1]))])
+        logits = mm(h, weight.t())  # (padded, V), becomes softmax - onehot in place
+        nll = torch.empty(rows, dtype=torch.float32, device=h.device)
         minus_one = torch.full((CHUNK, 1), -1.0, device=h.device)
-        for r in range(0, h.shape[0], CHUNK):
+        for r in range(0, rows, CHUNK):
             log_probs = torch.log_softmax(logits[r : r + CHUNK].float(), dim=-1)
             t = targets[r : r + CHUNK, None]
             nll[r : r + CHUNK] = -log_probs.gather(1, t)[:, 0]
             probs = log_probs.exp_().scatter_add_(1, t, minus_one[: t.shape[0]])
             logits[r : r + CHUNK] = probs  # rounded once to the logits' dtype
+        logits[rows:].zero_()  # the padding rows take no gradient
         ctx.save_for_backward(logits, weight)
-        ctx.mm = mm
+        ctx.mm, ctx.rows = mm, rows
         return nll
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         dlogits, weight = ctx.saved_tensors
-        dh = ctx.mm(dlogits, weight)  # (N, C)
+        dh = ctx.mm(dlogits, weight)[: ctx.rows]  # (N, C)
         return dh.mul_(grad[:, None].to(dh.dtype)), None, None, None
 
 
