@@ -41,7 +41,7 @@ HALF = (torch.bfloat16, torch.float16)
 # changes from pass to pass (76 of the demo's 111 passes met a new one), and oneDNN builds a
 # primitive for every new GEMM shape: +8 ms forward and +11 ms backward for the demo's head.
 # Rounded, 8 shapes serve the whole run for 5.4% more rows: over the demo's sequence of passes
-# the head takes 4.2-4.6 s instead of 5.4-5.8 s (benchmarks/RESULTS.md). The padding rows are
+# the head takes 4.0-4.1 s instead of 5.2 s (benchmarks/RESULTS.md). The padding rows are
 # zero and their outputs dropped; the real rows' logits came out bit-equal (42-387 rows), the
 # backward's product may round differently for a small count (it did at 42).
 ROW_BUCKET = 32
@@ -68,11 +68,12 @@ class _HeadNll(torch.autograd.Function):
         nll = torch.empty(rows, dtype=torch.float32, device=h.device)
         minus_one = torch.full((CHUNK, 1), -1.0, device=h.device)
         for r in range(0, rows, CHUNK):
-            log_probs = torch.log_softmax(logits[r : r + CHUNK].float(), dim=-1)
-            t = targets[r : r + CHUNK, None]
-            nll[r : r + CHUNK] = -log_probs.gather(1, t)[:, 0]
-            probs = log_probs.exp_().scatter_add_(1, t, minus_one[: t.shape[0]])
-            logits[r : r + CHUNK] = probs  # rounded once to the logits' dtype
+            end = min(r + CHUNK, rows)  # real rows only
+            log_probs = torch.log_softmax(logits[r:end].float(), dim=-1)
+            t = targets[r:end, None]
+            nll[r:end] = -log_probs.gather(1, t)[:, 0]
+            probs = log_probs.exp_().scatter_add_(1, t, minus_one[: end - r])
+            logits[r:end] = probs  # rounded once to the logits' dtype
         logits[rows:].zero_()  # the padding rows take no gradient
         ctx.save_for_backward(logits, weight)
         ctx.mm, ctx.rows = mm, rows
