@@ -10,6 +10,7 @@ import torch
 
 from tunesmith.bench.train.gemm_limit import Gemm, record_gemms, replay
 from tunesmith.bench.train.measure import LORA, BenchSettings, share_limit
+from tunesmith.loss.head_ce import ROW_BUCKET
 
 
 def test_a_linear_records_its_product_with_the_weight_transposed():
@@ -81,9 +82,10 @@ def test_a_tiny_steps_gemms_hold_the_head_and_the_lora_products(tiny_llama_dir, 
     rank, vocab, hidden = LORA["rank"], c.vocab_size, c.hidden_size
     passes = ready.loop.micro_batches(1)
     # The head: forward (trained positions, C) @ (C, V) and its input gradient, once per pass,
-    # over exactly the positions whose next token is trained.
+    # over the positions whose next token is trained, rounded up as the fused head runs them.
     head = [(g, n) for g, n in counts.items() if g.n == vocab and g.k == hidden]
-    assert sum(g.m * n for g, n in head) == sum(b.num_trained for b in passes)
+    rows = [-(-b.num_trained // ROW_BUCKET) * ROW_BUCKET for b in passes]
+    assert sum(g.m * n for g, n in head) == sum(rows)
     assert any(g.k == vocab and g.n == hidden for g in counts)
     # LoRA: A's forward (T, C) @ (C, r), B's forward (T, r) @ (r, out), A's weight gradient.
     assert any(g.n == rank and g.k == hidden for g in counts)

@@ -6,8 +6,9 @@ and run at a lower rate even alone. This limit is the honest floor for the workl
 every GEMM that real steps dispatch (a :class:`TorchDispatchMode` around the steps, so it
 stays right when the step changes: forward and backward, the frozen linears' input
 gradients without weight gradients, the LoRA products, the attention's batched products, the
-vocabulary head at the positions whose logits the loss takes), then time exactly those
-shapes, dtypes and operand layouts alone with ``torch.mm`` / ``torch.bmm``.
+vocabulary head at the positions whose logits the loss takes, in the row count the fused head
+rounds them up to), then time exactly those shapes, dtypes and operand layouts alone with
+``torch.mm`` / ``torch.bmm``.
 
 What counts as one GEMM:
 
