@@ -56,3 +56,17 @@ def test_pickled_code_in_a_checkpoint_is_not_executed(saved, tmp_path, capsys):
     with pytest.raises(UserInputError, match="cannot be restored"):
         load_checkpoint(saved, loop.model, loop.optimizer, loop.scheduler)
     assert "this ran" not in capsys.readouterr().out
+
+
+def test_a_resumed_optimizer_keeps_this_processs_adamw_kernel(saved, tmp_path):
+    # The checkpoint was written by a fused (one CPU process) run; a foreach optimizer, as a
+    # CUDA or torchrun process builds, keeps running foreach after loading it, and back.
+    other = _loop(tmp_path / "other")
+    params = [p for p in other.model.parameters() if p.requires_grad]
+    foreach = torch.optim.AdamW(params, lr=1e-3, foreach=True)
+    load_checkpoint(saved, other.model, foreach, other.scheduler)
+    assert all(g["foreach"] and not g["fused"] for g in foreach.param_groups)
+    assert torch.load(saved / "optimizer.pt", weights_only=True)["param_groups"][0]["fused"]
+    load_checkpoint(saved, other.model, other.optimizer, other.scheduler)
+    assert all(g["fused"] and not g["foreach"] for g in other.optimizer.param_groups)
+    assert other.optimizer.state  # the moments were restored

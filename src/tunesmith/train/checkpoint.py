@@ -214,16 +214,24 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> d
             f"checkpoint {path} does not match the model and method of this run (e.g. "
             f"{mismatch[0]}); was the run's config.yaml changed after it was saved?"
         )
+    # A state dict carries its param groups' kernel flags; this process keeps its own
+    # (tunesmith/adamw.py: a checkpoint of a foreach run resumed on one CPU runs fused).
+    kernels = [{k: g[k] for k in KERNEL_FLAGS if k in g} for g in optimizer.param_groups]
     try:
         opt_state = torch.load(path / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(shard_optimizer_state(opt_state, optimizer))
     except UNREADABLE as exc:
         raise unreadable(path, exc) from exc
+    for group, own in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(own)
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(shard_like(value.to(params[name].dtype), params[name]))
     return restore_position(path, scheduler, rank)
 
+
+# torch.optim param-group keys that pick the update kernel, not the optimization.
+KERNEL_FLAGS = ("fused", "foreach")
 
 # What a damaged or mismatched checkpoint raises while being read back.
 UNREADABLE = (pickle.UnpicklingError, RuntimeError, ValueError, KeyError)
