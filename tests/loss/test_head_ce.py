@@ -20,12 +20,12 @@ from tunesmith.loss.head_ce import (
 ROWS = 2 * CHUNK + 7  # a last chunk shorter than CHUNK
 
 
-def _head(dtype, vocab=300, width=48, seed=0):
+def _head(dtype, vocab=300, width=48, seed=0, rows=ROWS):
     torch.manual_seed(seed)
     head = nn.Linear(width, vocab, bias=False).to(dtype)
     head.weight.requires_grad_(False)
-    h = torch.randn(ROWS, width, dtype=dtype, requires_grad=True)
-    return head, h, torch.randint(0, vocab, (ROWS,))
+    h = torch.randn(rows, width, dtype=dtype, requires_grad=True)
+    return head, h, torch.randint(0, vocab, (rows,))
 
 
 def test_fp64_loss_and_gradient_equal_the_reference_with_a_per_row_scale():

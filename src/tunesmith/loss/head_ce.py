@@ -52,14 +52,10 @@ class _HeadNll(torch.autograd.Function):
     """Per-row ``-log_softmax(h Wᵀ)[i, targets[i]]`` with ``W`` frozen; gradient for ``h``."""
 
     @staticmethod
+    # h and the weight share one dtype (fuses()); autocast is off so that the forward's
+    # product takes the dtypes the backward's, which runs outside autocast, takes.
+    @torch.autocast("cpu", enabled=False)
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mm: Product):
-        # h and the weight share one dtype (fuses()); autocast is off so that the backward's
-        # product, which runs outside it, takes the same dtypes.
-        with torch.autocast(h.device.type, enabled=False):
-            return _HeadNll._forward(ctx, h, weight, targets, mm)
-
-    @staticmethod
-    def _forward(ctx, h, weight, targets, mm: Product) -> torch.Tensor:
         rows = h.shape[0]
         padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
         if padded != rows:  # zero rows: their logits are computed, then zeroed below

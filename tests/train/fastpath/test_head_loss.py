@@ -21,14 +21,13 @@ def test_the_frozen_linear_fast_class_fuses():
 
 def test_row_blocks_give_the_whole_products_loss_and_gradient(forced, monkeypatch):  # noqa: F811
     monkeypatch.setattr(row_split, "_SPLITS", row_split.RowSplits(None))  # no table on disk
-    head, h, t = _head(torch.float32, vocab=300, width=48)
-    head = head.to(torch.bfloat16)
-    h = h.detach().to(torch.bfloat16).requires_grad_()
+    # 300 rows (320 once bucketed): the fixture's 256-row blocks cut both products in two.
+    head, h, t = _head(torch.bfloat16, vocab=300, width=48, rows=300)
     whole_h = h.detach().clone().requires_grad_()
     blocks = fast_head_loss(head, h, t)
     whole = head_cross_entropy_sum(head, whole_h, t)  # torch.mm, one product each way
     blocks.backward()
     whole.backward()
-    assert forced  # the products were cut (the fixture's 256-row blocks)
+    assert forced == [(320, 48), (320, 300)]  # measured (and cut) forward and backward
     torch.testing.assert_close(blocks, whole, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(h.grad, whole_h.grad, rtol=2e-2, atol=1e-3)
