@@ -1,10 +1,12 @@
 """Benchmark training against TRL: tunesmith vs TRL SFTTrainer (defaults, and tuned).
 
 The same run as ``tunesmith bench train``; see :mod:`tunesmith.bench.train` for what is
-measured and the FLOP formula. Its last five lines are ``speedup_vs_trl_default=X``,
+measured and the FLOP formula. Its last six lines are ``speedup_vs_trl_default=X``,
 ``speedup_vs_trl_tuned=Y``, ``peak_rss_ratio=Z`` (tunesmith over TRL default),
-``ceiling_ratio=W`` (tunesmith's useful FLOP/s over the matmul ceiling at its precision) and
-``shape_limit_ratio=S`` (the time of the steps' own GEMMs alone over the steps' time).
+``ceiling_ratio=W`` (tunesmith's useful FLOP/s over the matmul ceiling at its precision),
+``shape_limit_ratio=S`` (the time of the steps' own GEMMs alone, each warm, over the steps'
+time) and ``order_limit_ratio=O`` (the same GEMMs once each in the steps' order, their
+weights coming from memory as in a step).
 
 Goals (issue 8, 2-core CPU, demo config): speedup_vs_trl_default >= 3,
 speedup_vs_trl_tuned >= 1.3, peak_rss_ratio <= 0.75, ceiling_ratio >= 0.5, eval loss no

@@ -82,6 +82,7 @@ def _row(variant, tps, rss, ceiling=0.0, rep=0, limit=0.0):
         "peak_rss_bytes": rss,
         "ceiling_ratio": ceiling,
         "shape_limit_ratio": limit,
+        "order_limit_ratio": 2 * limit,
     }
 
 
@@ -102,6 +103,7 @@ def test_summary_medians_and_final_lines():
             "peak_rss_ratio": 0.5,
             "ceiling_ratio": 0.5,
             "shape_limit_ratio": 0.2,
+            "order_limit_ratio": 0.4,
         }
     )
     lines = final_lines(summary)
@@ -111,6 +113,7 @@ def test_summary_medians_and_final_lines():
         "peak_rss_ratio=0.500",
         "ceiling_ratio=0.500",
         "shape_limit_ratio=0.200",
+        "order_limit_ratio=0.400",
     ]
     output = "table ...\nrep 1/1\n" + "\n".join(lines) + "\n"
     assert parse_final_lines(output) == pytest.approx(
@@ -185,8 +188,11 @@ def test_a_tiny_run_reports_both_limits(tiny_llama_dir, tmp_path):
     assert 0 < row["shape_limit_ratio"] < 1
     assert row["shape_limit_ratio"] == pytest.approx(row["shape_limit_s"] / row["wall_s"])
     assert report["summary"]["shape_limit_ratio"] == row["shape_limit_ratio"]
+    # In the step's order the same GEMMs take part of the step too.
+    assert 0 < row["order_limit_ratio"] < 1
+    assert row["order_limit_ratio"] == pytest.approx(row["order_limit_s"] / row["wall_s"])
     assert report["summary"]["ceiling_ratio"] == row["ceiling_ratio"] > 0
     console = Console(width=200, record=True)
     console.print(results_table(report))
     text = console.export_text()
-    assert "of limit" in text and "of ceiling" in text
+    assert "of limit" in text and "of ceiling" in text and "of in order" in text

@@ -35,8 +35,11 @@ The shape-matched limit is the honest floor for this workload: every GEMM that t
 timed steps dispatch (same shapes, dtype and operand layouts, forward and backward, the head
 at trained positions, the attention's products) recorded by running those steps again after
 the run, then timed alone, best of 3 (``gemm_limit.py``). ``shape_limit_s`` is that time per
-step and ``shape_limit_ratio`` its share of the measured steps' time; the TRL rows get the
-same workload's limit per trained token.
+step and ``shape_limit_ratio`` its share of the measured steps' time. Each product is timed
+warm there, on operands in cache; ``order_limit_s`` / ``order_limit_ratio`` time the same calls
+once each in the steps' order on buffers laid out as the step's (one per weight, for its
+forward and backward), so the weights come from memory as in a step. The TRL rows get the
+same workload's limits per trained token.
 
 Eval loss is the same for all variants: tunesmith's rendering of the held-out set, mean
 token loss over assistant tokens, computed with each model in the precision it trained in.

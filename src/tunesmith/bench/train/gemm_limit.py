@@ -12,15 +12,24 @@ rounds them up to), then time exactly those shapes, dtypes and operand layouts a
 
 What counts as one GEMM:
 
-- ``mm``, ``addmm``, ``bmm``, ``baddbmm``: their product; the bias or mask that ``addmm`` and
-  ``baddbmm`` add is elementwise work, not replayed.
+- ``mm``, ``addmm``, ``bmm``, ``baddbmm`` and the in-place ``addmm_`` / ``baddbmm_``: their
+  product; the bias, mask or tensor they add to is elementwise work, not replayed.
 - A fused scaled-dot-product attention kernel: its two products (``Q K^T`` and ``P V``)
   forward and the four gradient products (``dP = dO V^T``, ``dV = P^T dO``, ``dQ = dS K``,
   ``dK = dS^T Q``) backward, replayed as batched matmuls; the kernel's softmax and its
   recomputation of the scores are not GEMMs of the step's useful work.
 
-Each distinct GEMM is timed best-of-``reps`` on operands it reuses (warm in cache), so the
-sum is a floor the step can approach, not a prediction of it.
+Two replays, two floors:
+
+- :func:`replay`: each distinct GEMM timed best-of-``reps`` on operands it reuses (warm in
+  cache). The sum is the products' time at their best, a floor no step reaches on a model
+  larger than the caches.
+- :func:`replay_in_order`: the recorded calls once each, in the step's order, each operand in
+  a buffer of its own per storage the step used (a frozen weight is one buffer for its forward
+  and its backward; row blocks are views of one buffer). The weights then come from memory as
+  they do in a step, and the products meet each other's shapes as they do there. Activations
+  that an elementwise op wrote just before the step's product are cold here, so this floor
+  is a little higher than the step's products' own time.
 """
 
 from __future__ import annotations
@@ -38,7 +47,14 @@ from tunesmith.train.fastpath import row_split
 
 aten = torch.ops.aten
 # Where the two product operands sit in each GEMM op's arguments.
-_PRODUCT_ARGS = {aten.mm: (0, 1), aten.bmm: (0, 1), aten.addmm: (1, 2), aten.baddbmm: (1, 2)}
+_PRODUCT_ARGS = {
+    aten.mm: (0, 1),
+    aten.bmm: (0, 1),
+    aten.addmm: (1, 2),
+    aten.baddbmm: (1, 2),
+    aten.addmm_: (1, 2),  # LoRA's branch and its input gradient accumulate in place
+    aten.baddbmm_: (1, 2),
+}
 
 
 @dataclass(frozen=True)
@@ -65,12 +81,45 @@ class Gemm:
 
 @dataclass(frozen=True)
 class ShapeLimit:
-    """The replayed GEMMs: total seconds alone, how many calls, their FLOPs."""
+    """The replayed GEMMs: total seconds alone (each distinct one warm, see :func:`replay`;
+    all in the step's order, see :func:`replay_in_order`), how many calls, their FLOPs."""
 
     seconds: float
     calls: int
     flops: float
     distinct: int
+    in_order_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Operand:
+    """Where a recorded GEMM operand sat: its storage (by address) and its view of it."""
+
+    storage: int
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> Operand:
+        ptr = x.untyped_storage().data_ptr()
+        return cls(ptr, x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype)
+
+    @property
+    def extent(self) -> int:
+        """Elements of the storage the view reaches, from the start."""
+        span = sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True))
+        return self.offset + span + 1
+
+
+@dataclass(frozen=True)
+class Call:
+    """One recorded GEMM call and its operands (None: a fused kernel's internal product)."""
+
+    gemm: Gemm
+    a: Operand | None = None
+    b: Operand | None = None
 
 
 def _transposed(x: torch.Tensor) -> bool:
@@ -100,38 +149,54 @@ def _attention_products(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     ]
 
 
-def gemms_of(func, args: tuple) -> list[Gemm]:
-    """The GEMMs one dispatched aten call performs (none for any other op)."""
+def calls_of(func, args: tuple) -> list[Call]:
+    """The GEMM calls one dispatched aten call performs (none for any other op)."""
     packet = func.overloadpacket
     if packet in _PRODUCT_ARGS:
         i, j = _PRODUCT_ARGS[packet]
-        return [_product(args[i], args[j])]
+        a, b = args[i], args[j]
+        return [Call(_product(a, b), Operand.of(a), Operand.of(b))]
     name = packet.__name__
     if name.startswith("_scaled_dot_product"):
         # Forward: (query, key, value, ...); backward: (grad_out, query, key, value, ...).
         first = 1 if "backward" in name else 0
-        return _attention_products(name, *args[first : first + 3])
+        return [Call(g) for g in _attention_products(name, *args[first : first + 3])]
     return []
 
 
+def gemms_of(func, args: tuple) -> list[Gemm]:
+    """The GEMMs one dispatched aten call performs (none for any other op)."""
+    return [c.gemm for c in calls_of(func, args)]
+
+
 class GemmRecorder(TorchDispatchMode):
-    """Counts the GEMMs dispatched while active (forward and autograd's backward alike)."""
+    """Records the GEMMs dispatched while active (forward and autograd's backward alike):
+    ``calls`` in order, ``counts`` per distinct GEMM."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.counts: Counter[Gemm] = Counter()
+        self.calls: list[Call] = []
+
+    @property
+    def counts(self) -> Counter[Gemm]:
+        return Counter(c.gemm for c in self.calls)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not row_split.measuring():  # a first-seen shape's timing runs are not the step's
-            self.counts.update(gemms_of(func, args))
+            self.calls.extend(calls_of(func, args))
         return func(*args, **(kwargs or {}))
+
+
+def record_calls(run: Callable[[], Any]) -> list[Call]:
+    """The GEMM calls ``run()`` dispatches, in order."""
+    with GemmRecorder() as recorder:
+        run()
+    return recorder.calls
 
 
 def record_gemms(run: Callable[[], Any]) -> Counter[Gemm]:
     """The GEMMs ``run()`` dispatches, with how often each occurs."""
-    with GemmRecorder() as recorder:
-        run()
-    return recorder.counts
+    return Counter(c.gemm for c in record_calls(run))
 
 
 class _Operands:
@@ -197,3 +262,54 @@ def replay(
         flops=float(sum(g.flops * c for g, c in counts.items())),
         distinct=len(counts),
     )
+
+
+def _buffers(calls: list[Call], device: torch.device) -> dict[int, torch.Tensor]:
+    """One random buffer per recorded storage, large enough for every view the calls took of
+    it (an address the allocator handed out again is one buffer, as it was one memory)."""
+    extent: dict[tuple[int, torch.dtype], int] = {}
+    for c in calls:
+        for op in (c.a, c.b):
+            if op is not None:
+                key = (op.storage, op.dtype)
+                extent[key] = max(extent.get(key, 0), op.extent)
+    gen = torch.Generator().manual_seed(0)
+    return {key: torch.randn(n, generator=gen).to(device, key[1]) for key, n in extent.items()}
+
+
+def replay_in_order(
+    calls: list[Call], *, reps: int = 3, device: torch.device | None = None
+) -> float:
+    """Seconds to run ``calls`` once each, in order, on operands laid out as the step's were
+    (see the module doc): the best of ``reps`` runs after one warm-up run.
+
+    Args:
+        calls: What :func:`record_calls` returned (the steps' calls one after the other).
+        reps: Timed runs of the whole sequence.
+        device: Where to run them (default: CPU).
+    """
+    device = device or torch.device("cpu")
+    buffers = _buffers(calls, device)
+    fresh = _Operands(device)
+
+    def view(op: Operand | None, batch: int, rows: int, cols: int, dtype, transposed: bool):
+        if op is None:  # a fused kernel's product: operands of its shape, reused
+            return fresh.get(batch, rows, cols, dtype, transposed)
+        return buffers[(op.storage, op.dtype)].as_strided(op.shape, op.stride, op.offset)
+
+    program = []
+    for c in calls:
+        g = c.gemm
+        a = view(c.a, g.batch, g.m, g.k, g.dtype, g.a_t)
+        b = view(c.b, g.batch, g.k, g.n, g.dtype, g.b_t)
+        program.append((torch.bmm if a.dim() == 3 else torch.mm, a, b))
+    best = float("inf")
+    for i in range(reps + 1):  # the first run builds the kernels' primitives
+        _sync(device)
+        t = time.perf_counter()
+        for product, a, b in program:
+            product(a, b)
+        _sync(device)
+        if i:
+            best = min(best, time.perf_counter() - t)
+    return best

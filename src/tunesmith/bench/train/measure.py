@@ -56,6 +56,8 @@ class RunRow:
     shape_limit_s: float = 0.0  # the step's GEMMs alone, per timed step (gemm_limit.py)
     shape_limit_ratio: float = 0.0  # those GEMMs' time over the measured steps' wall time
     shape_limit_gflop: float = 0.0  # their GFLOPs per timed step (recorded where measured)
+    order_limit_s: float = 0.0  # the same GEMMs once each in the step's order, per timed step
+    order_limit_ratio: float = 0.0  # that time over the measured steps' wall time
     losses: list[float] = field(default_factory=list)
     setup_s: float = 0.0
 
@@ -216,11 +218,14 @@ def finish_row(
 
 def limit_fields(limit, timed_steps: int, wall_s: float) -> dict[str, float]:
     """A row's shape-limit fields from a :class:`~tunesmith.bench.train.gemm_limit.ShapeLimit`
-    over ``timed_steps`` steps that took ``wall_s``: seconds per step, share of the wall."""
+    over ``timed_steps`` steps that took ``wall_s``: seconds per step, share of the wall, for
+    the warm per-GEMM replay (``shape_limit_*``) and the in-order one (``order_limit_*``)."""
     return {
         "shape_limit_s": limit.seconds / max(timed_steps, 1),
         "shape_limit_ratio": limit.seconds / wall_s if wall_s else 0.0,
         "shape_limit_gflop": limit.flops / max(timed_steps, 1) / 1e9,
+        "order_limit_s": limit.in_order_seconds / max(timed_steps, 1),
+        "order_limit_ratio": limit.in_order_seconds / wall_s if wall_s else 0.0,
     }
 
 
@@ -232,14 +237,15 @@ def share_limit(rows: Iterable[dict[str, Any]], measured: str = "tunesmith") -> 
     trained tokens. Rows without a measured row of their round keep 0.
     """
     rows = list(rows)
-    per_token = {
-        r["rep"]: r["shape_limit_s"] * r["timed_steps"] / r["trained_tokens"]
-        for r in rows
-        if r["variant"] == measured and r.get("trained_tokens") and r.get("shape_limit_s")
-    }
-    for r in rows:
-        if r["variant"] == measured or r["rep"] not in per_token:
-            continue
-        seconds = per_token[r["rep"]] * r["trained_tokens"]
-        r["shape_limit_s"] = seconds / max(r["timed_steps"], 1)
-        r["shape_limit_ratio"] = seconds / r["wall_s"] if r["wall_s"] else 0.0
+    for name in ("shape_limit", "order_limit"):
+        per_token = {
+            r["rep"]: r[f"{name}_s"] * r["timed_steps"] / r["trained_tokens"]
+            for r in rows
+            if r["variant"] == measured and r.get("trained_tokens") and r.get(f"{name}_s")
+        }
+        for r in rows:
+            if r["variant"] == measured or r["rep"] not in per_token:
+                continue
+            seconds = per_token[r["rep"]] * r["trained_tokens"]
+            r[f"{name}_s"] = seconds / max(r["timed_steps"], 1)
+            r[f"{name}_ratio"] = seconds / r["wall_s"] if r["wall_s"] else 0.0

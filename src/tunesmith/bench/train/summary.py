@@ -16,6 +16,7 @@ FINAL_KEYS: tuple[str, ...] = (
     "peak_rss_ratio",
     "ceiling_ratio",
     "shape_limit_ratio",
+    "order_limit_ratio",
 )
 
 
@@ -44,6 +45,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
         ),
         "ceiling_ratio": med(rows, "tunesmith", "ceiling_ratio"),
         "shape_limit_ratio": med(rows, "tunesmith", "shape_limit_ratio"),
+        "order_limit_ratio": med(rows, "tunesmith", "order_limit_ratio"),
     }
 
 
@@ -123,5 +125,7 @@ def results_table(report: dict[str, Any]):
         ("of ceiling", lambda r: f"{r['ceiling_ratio']:.3f}"),
         ("limit s/step", lambda r: f"{r.get('shape_limit_s', 0.0):.3f}"),
         ("of limit", lambda r: f"{r.get('shape_limit_ratio', 0.0):.3f}"),
+        ("in order s/step", lambda r: f"{r.get('order_limit_s', 0.0):.3f}"),
+        ("of in order", lambda r: f"{r.get('order_limit_ratio', 0.0):.3f}"),
     ]
     return rows_table(report, title, columns)

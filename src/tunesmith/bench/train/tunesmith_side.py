@@ -79,21 +79,25 @@ def prepare_loop(settings: BenchSettings, train_path: str, workdir: Path, device
 
 def step_limit(loop, steps: range):
     """The shape-matched limit of ``steps``: their GEMMs recorded from the loop's own steps run
-    again (outside the clock, after the run's results are taken), then replayed alone.
+    again (outside the clock, after the run's results are taken), then replayed alone, each
+    distinct GEMM warm and all of them in the steps' order.
 
     Returns:
         A :class:`tunesmith.bench.train.gemm_limit.ShapeLimit` over all of ``steps``.
     """
+    import dataclasses
     from collections import Counter
 
-    from tunesmith.bench.train.gemm_limit import record_gemms, replay
+    from tunesmith.bench.train.gemm_limit import record_calls, replay, replay_in_order
 
     loop.model.train()  # as during training (the eval loss left it in eval mode)
-    counts = Counter()
+    calls = []
     for step in steps:
         # The loop's own step (passes, loss, backward, update), so the record follows it.
-        counts += record_gemms(lambda step=step: loop._step(step))
-    return replay(counts, device=loop.device)
+        calls += record_calls(lambda step=step: loop._step(step))
+    limit = replay(Counter(c.gemm for c in calls), device=loop.device)
+    in_order = replay_in_order(calls, device=loop.device)
+    return dataclasses.replace(limit, in_order_seconds=in_order)
 
 
 def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) -> dict[str, Any]:

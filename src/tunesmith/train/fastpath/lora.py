@@ -7,7 +7,7 @@ layer's input gradient and the branch's added in one more pass over ``(tokens, d
 each of those is a pass over a whole activation, per adapted projection (the default recipe
 adapts seven per block). Here :class:`~tunesmith.train.fastpath.lora_linear.LoraLinears`
 computes base and branch in one node (the scale goes into the rank-r side, ``s B``, and the
-branch is added in place with one ``addmm_``; the input gradient is one ``addmm``), and a
+branch is added in place with one ``addmm_``; the input gradient is one more), and a
 block's q, k and v share one stacked weight and one node
 (:mod:`~tunesmith.train.fastpath.lora_siblings`). Values equal peft's within bf16 rounding
 (``tests/train/fastpath/test_lora.py`` pins the tolerance). Measured on the demo (2-core AMX
