@@ -33,6 +33,14 @@ import torch
 from tunesmith.data.render import IGNORE_INDEX, Rendered
 from tunesmith.errors import ConfigError
 
+# transformers hands keyword arguments it does not know on to the attention function. A packed
+# batch passes its 2D mask (1 = token, 0 = padding) that way to the attention implementations
+# named here, which leave the padding out of their work (tunesmith's grouped CPU attention,
+# train/fastpath/attention.py). Only they get it: another model's forward may not accept an
+# unknown keyword.
+PADDING_KWARG = "tunesmith_token_mask"
+PADDING_AWARE_ATTENTION = frozenset({"tunesmith_cpu"})
+
 
 @dataclass(frozen=True)
 class PackedRow(Rendered):
@@ -201,19 +209,23 @@ def attention_inputs(model, attention_mask: torch.Tensor, position_ids: torch.Te
     """The attention keyword arguments of a forward pass over a (possibly packed) batch."""
     if position_ids is None:
         return {"attention_mask": attention_mask}
+    lm = _causal_lm(model)
+    impl = getattr(getattr(lm, "config", None), "_attn_implementation", None)
+    padding = {PADDING_KWARG: attention_mask} if impl in PADDING_AWARE_ATTENTION else {}
     if native_packing(model) and not shares_prefix(position_ids):
         # No 2D mask: transformers then derives the block-diagonal mask from position ids
         # (it knows no shared prefix: rows with one get the explicit mask below).
-        return {"attention_mask": None, "position_ids": position_ids, "use_cache": False}
+        return {"attention_mask": None, "position_ids": position_ids, "use_cache": False, **padding}
     dtype = (
         torch.get_autocast_dtype(position_ids.device.type)
         if torch.is_autocast_enabled(position_ids.device.type)
-        else _causal_lm(model).dtype
+        else lm.dtype
     )
     return {
         "attention_mask": block_causal_mask(position_ids, dtype),
         "position_ids": position_ids,
         "use_cache": False,
+        **padding,
     }
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from tunesmith.data.packing import block_causal_mask
+from tunesmith.data.packing import PADDING_KWARG, block_causal_mask
 from tunesmith.train.fastpath import attention
 from tunesmith.train.fastpath.attention import grouped_attention
 from tunesmith.train.fastpath.packed_attention import (
@@ -76,6 +76,82 @@ def test_packed_rows_attend_as_eager_under_the_block_mask(dtype, rows):
     torch.testing.assert_close(out.float(), ref.float(), **tol)
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+def _with_padding(rows: list[list[int]], pads: list[int]):
+    """Position ids of rows of examples, each followed by its padding (a segment restarting at
+    0, as collate pads a packed row), and the (B, T) token mask that marks the padding."""
+    pos = _positions([[*row, pad] for row, pad in zip(rows, pads, strict=True)])
+    tokens = torch.ones_like(pos)
+    for b, pad in enumerate(pads):
+        tokens[b, pos.shape[1] - pad :] = 0
+    return pos, tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("pos", "tokens", "real_examples"),
+    [
+        (*_with_padding([[5, 9, 3, 7]], [4]), 4),  # after the 3-token example: 7 <= 9 slots
+        (*_with_padding([[4, 8, 3], [6, 2, 7]], [2, 2]), 6),  # both rows' padding after the 2
+        (torch.tensor(SHARED[0]), torch.tensor([[1] * 11 + [0] * 2]), 3),  # shared prefix
+    ],
+)
+def test_padding_goes_after_the_shortest_example_and_no_real_token_changes(
+    dtype, pos, tokens, real_examples
+):
+    module = _Module().train()
+    q, k, v = _qkv(*pos.shape, dtype)
+    mask = block_causal_mask(pos, dtype)
+    ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.25)
+    caches = attention.AttentionCaches()
+    setattr(module, attention.CACHES, caches)
+    out, _ = grouped_attention(
+        module, q, k, v, mask, scaling=0.25, position_ids=pos, **{PADDING_KWARG: tokens}
+    )
+    layout = caches.layouts.layout
+    assert layout.n == real_examples  # the padding is no example of its own
+    assert layout.longest == build_layout(pos, 6, 2, dtype).longest  # nor a longer layout
+    real = tokens.bool()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out[real].float(), ref[real].float(), **tol)
+    # No loss reads the padding, so its output gradient is zero; then every gradient agrees,
+    # the padding's own (zero) included.
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    g[~real] = 0
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.float(), want.float(), **tol)
+
+
+@pytest.mark.parametrize(
+    ("pos", "tokens", "n"),
+    [
+        (*_with_padding([[4, 8, 3], [6, 2]], [2, 9]), 7),  # 2 + 11 > 8 slots: laid out alone
+        (_positions([[4, 6]]), torch.tensor([[1] * 4 + [0] * 2 + [1] * 4]), 2),  # not a tail
+        (_positions([[4, 6]]), torch.tensor([[1] * 8 + [0] * 2]), 2),  # a real example's end
+        (_positions([[4, 6]]), None, 2),
+    ],
+)
+def test_padding_that_does_not_fit_or_is_not_whole_tail_segments_stays_as_it_was(pos, tokens, n):
+    layout = build_layout(pos, 6, 2, torch.float32, tokens)
+    plain = build_layout(pos, 6, 2, torch.float32)
+    assert layout.n == plain.n == n
+    assert torch.equal(layout.q_slots, plain.q_slots)
+
+
+def test_only_padding_aware_attention_gets_the_token_mask():
+    from tests.tiny import make_tiny_model
+    from tunesmith.data.packing import PADDING_AWARE_ATTENTION, attention_inputs
+
+    assert attention.NAME in PADDING_AWARE_ATTENTION
+    model = make_tiny_model("llama", vocab_size=64, attn_implementation="eager")
+    pos, tokens = _with_padding([[3, 4]], [2])
+    assert PADDING_KWARG not in attention_inputs(model, tokens, pos)
+    model.set_attn_implementation(attention.register())
+    assert attention_inputs(model, tokens, pos)[PADDING_KWARG] is tokens
+    assert PADDING_KWARG not in attention_inputs(model, tokens, None)  # not packed
 
 
 def test_any_other_mask_keeps_the_reference_path():

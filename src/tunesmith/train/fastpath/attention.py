@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import torch
 
+from tunesmith.data.packing import PADDING_KWARG
 from tunesmith.train.fastpath.packed_attention import LayoutCache
 from tunesmith.train.fastpath.patch import Patch, skipped
 
-NAME = "tunesmith_cpu"
+NAME = "tunesmith_cpu"  # one of packing.PADDING_AWARE_ATTENTION: packed passes tell it the padding
 
 # Model types whose attention module computes softmax(QK^T * scale + mask) V with grouped
 # K/V heads and nothing else (soft-capping, sinks and scaled-norm variants are excluded).
@@ -101,7 +102,10 @@ def grouped_attention(
     caches = getattr(module, CACHES, None) or AttentionCaches()
     position_ids = kwargs.get("position_ids")
     if attention_mask is not None and position_ids is not None and q_len == kv_len:
-        layout = caches.layouts.get(attention_mask, position_ids, heads, kv_heads, query.dtype)
+        tokens = kwargs.get(PADDING_KWARG)  # where packing.attention_inputs passed it
+        layout = caches.layouts.get(
+            attention_mask, position_ids, heads, kv_heads, query.dtype, tokens
+        )
         if layout is not None:  # packed rows: attend per example (packed_attention.py)
             q, k, v = layout.gather(query, key, value)
             out, _ = _attend(module, q, k.transpose(1, 2), v, layout.mask, scaling, dropout)

@@ -13,11 +13,20 @@ row without any. Padding slots are zeros: as keys they are masked, as queries th
 outputs are dropped. Both moves are copies to and from distinct rows (``index_copy`` and
 ``index_select``), each the other's backward.
 
+The row's own padding tokens (its tail up to the length bucket, ``data/dataset.collate``) are
+a segment of their own in the position ids, and would be laid out as one more example. Given
+the batch's 2D mask (``packing.PADDING_KWARG``), the layout puts them instead in the free slots
+after the shortest example: there they come after every real token of that example, so the
+causal mask hides them from all real queries, and what their own queries compute is never
+read (no loss is taken there, so their gradients are zero). A pass of eight examples then
+lays out eight, not nine.
+
 A row that stores its examples' common prefix once (``data/shared_prefix.py``) is laid out
 the same way, each example continuing the prefix getting the prefix's keys and values copied
 into its first slots: its attention is then the one it has in its own unshared row.
 
-It applies only where it computes exactly what the given mask says: the mask must equal the
+It applies only where it computes exactly what the given mask says for every real token (the
+padding tokens' own outputs, above, are the one exception): the mask must equal the
 block-causal mask of the row's position ids (a new example starts where positions do not
 advance by one, transformers' ``find_packed_sequence_indices`` rule; one after the first that
 starts at ``p > 0`` also sees the row's first ``p`` tokens, ``packing.block_causal``). That is
@@ -135,21 +144,31 @@ class PackedLayout:
 
 
 def build_layout(
-    position_ids: torch.Tensor, heads: int, kv_heads: int, dtype: torch.dtype
+    position_ids: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    dtype: torch.dtype,
+    tokens: torch.Tensor | None = None,
 ) -> PackedLayout | None:
-    """The layout of a packed ``(B, T)`` batch; None when no row holds more than one example."""
+    """The layout of a packed ``(B, T)`` batch; None when no row holds more than one example.
+
+    ``tokens``: the batch's ``(B, T)`` mask, 0 at padding; where the padding is whole segments
+    at the rows' ends and fits after the shortest example, it goes there (see the module doc).
+    """
     B, T = position_ids.shape
     device = position_ids.device
     seg = segments(position_ids)
     per_row = seg.ids[:, -1] + 1
-    n = int(per_row.sum())
-    if n == B:
-        return None
     # Global example id of every token, and its slot: its index in its example, after the
     # shared prefix (of P tokens) that an example continuing one gets in its first P slots.
     offsets = torch.cumsum(per_row, 0) - per_row
     example = (seg.ids + offsets[:, None]).view(-1)  # (B*T,)
     pos = seg.offsets.view(-1)
+    folded = _fold_padding(example, pos, _padding(seg, tokens))
+    example, pos = folded if folded is not None else (example, pos)
+    n = int(example.max()) + 1
+    if n == B:
+        return None
     L = int(pos.max()) + 1
     head = torch.arange(heads, device=device)
     kv_head = torch.arange(kv_heads, device=device)
@@ -166,6 +185,46 @@ def build_layout(
     )
     mask = mask.repeat(heads // kv_heads, 1)[None]  # (1, g*L, L)
     return PackedLayout(n, L, q_slots, kv_slots, mask, shared_rows, shared_slots)
+
+
+def _padding(seg: Segments, tokens: torch.Tensor | None) -> torch.Tensor | None:
+    """``(B*T,)`` True at padding, where ``tokens`` marks some and all of it is whole segments at
+    the rows' ends (as ``collate`` pads); None otherwise, and then nothing is folded."""
+    if tokens is None or tokens.shape != seg.ids.shape:
+        return None
+    pad = tokens == 0
+    real = (~pad).sum(1)  # (B,) real tokens per row, all before the padding
+    T = pad.shape[1]
+    suffix = torch.arange(T, device=pad.device)[None, :] >= real[:, None]
+    if not bool(pad.any()) or not torch.equal(pad, suffix) or bool((real == 0).any()):
+        return None
+    rows = (real < T).nonzero().squeeze(1)
+    if not bool(seg.starts[rows, real[rows]].all()):  # a real example runs into the padding
+        return None
+    return pad.view(-1)
+
+
+def _fold_padding(example: torch.Tensor, pos: torch.Tensor, pad: torch.Tensor | None):
+    """``(example, pos)`` with the padding's segments dropped from the examples and its tokens
+    moved after the shortest example's, or None where it does not fit before the longest
+    example's length (laying out one more example is then cheaper than a longer layout)."""
+    if pad is None:
+        return None
+    real = ~pad
+    used = torch.zeros(int(example.max()) + 1, dtype=torch.bool, device=example.device)
+    used[example[real]] = True
+    renumber = torch.cumsum(used, 0) - 1  # the real examples' ids, without the padding's
+    example = renumber[example]
+    slots = torch.zeros(int(used.sum()), dtype=pos.dtype, device=pos.device)
+    slots.scatter_reduce_(0, example[real], pos[real] + 1, "amax")  # each example's slots
+    shortest = int(slots.argmin())
+    start, count = int(slots[shortest]), int(pad.sum())
+    if start + count > int(slots.max()):
+        return None
+    example, pos = example.clone(), pos.clone()
+    example[pad] = shortest
+    pos[pad] = torch.arange(start, start + count, device=pos.device)
+    return example, pos
 
 
 def _shared_prefix_slots(seg: Segments, example, kv_heads: int, L: int):
@@ -210,17 +269,24 @@ class LayoutCache:
         self.sources: tuple = ()
         self.layout: PackedLayout | None = None
 
-    def get(self, mask, position_ids, heads: int, kv_heads: int, dtype) -> PackedLayout | None:
+    def get(
+        self, mask, position_ids, heads: int, kv_heads: int, dtype, tokens=None
+    ) -> PackedLayout | None:
+        """The pass's layout; ``tokens`` is its 2D mask where the caller passed one."""
+
         def version(t):
+            if t is None:
+                return None
             return 0 if t.is_inference() else t._version  # inference tensors have none
 
-        key = (version(mask), version(position_ids), mask.shape, heads, kv_heads, dtype)
-        same = len(self.sources) == 2 and all(
-            a is b for a, b in zip(self.sources, (mask, position_ids), strict=True)
+        sources = (mask, position_ids, tokens)
+        key = (*map(version, sources), mask.shape, heads, kv_heads, dtype)
+        same = len(self.sources) == 3 and all(
+            a is b for a, b in zip(self.sources, sources, strict=True)
         )
         if not same or self.key != key:
-            self.sources, self.key = (mask, position_ids), key
+            self.sources, self.key = sources, key
             self.layout = None
             if mask_is_block_causal(mask, position_ids):
-                self.layout = build_layout(position_ids, heads, kv_heads, dtype)
+                self.layout = build_layout(position_ids, heads, kv_heads, dtype, tokens)
         return self.layout
