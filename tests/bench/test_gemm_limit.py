@@ -60,7 +60,9 @@ def test_a_lora_nodes_in_place_products_count():
     x = torch.randn(T, C, requires_grad=True)
     w = torch.randn(out, C)
     a, b = torch.randn(r, C, requires_grad=True), torch.randn(out, r, requires_grad=True)
-    counts = record_gemms(lambda: LoraLinears.apply(x, w, None, (2.0,), a, b).sum().backward())
+    counts = record_gemms(
+        lambda: LoraLinears.apply(x, w, None, (2.0,), None, a, b).sum().backward()
+    )
     # The branch's (T, r) @ (r, out) is added in place to the frozen product, and the frozen
     # input gradient (T, out) @ (out, C) in place to (dh a): both are the step's GEMMs.
     assert counts[Gemm(1, T, out, r, torch.float32, b_t=True)] == 1

@@ -43,11 +43,11 @@ def test_installed_on_cpu_only_with_the_counts_and_policies():
     assert untouched.get_base_model().config._attn_implementation == "eager"
     model = _lora()
     fast = apply_fast_paths(model, CPU)
-    # q and v dropouts in 2 layers; 7 frozen projections per layer (q and v as LoRA base
+    # q and v dropouts and fused LoRA nodes in 2 layers; 7 frozen projections per layer (q and v as LoRA base
     # layers) and the head; 2 norms per layer and the final one; RoPE in 2 attention layers;
     # one attention switch.
     assert fast.installed == {
-        "dropout": 4, "frozen_linear": 15, "rmsnorm": 5, "rope": 2, "attention": 1,
+        "dropout": 4, "lora": 4, "frozen_linear": 15, "rmsnorm": 5, "rope": 2, "attention": 1,
     }  # fmt: skip
     assert model.get_base_model().config._attn_implementation == "tunesmith_cpu"
     assert isinstance(fast.pass_policy, PackedPasses) and fast.head_loss is fast_head_loss

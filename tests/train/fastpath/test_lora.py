@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from tests.tiny import make_tiny_model
-from tunesmith.train.fastpath import row_split
+from tunesmith.train.fastpath import dropout, row_split
 from tunesmith.train.fastpath.lora import install, why_not_plain
 from tunesmith.train.speed import compute_context
 
@@ -70,6 +70,50 @@ def test_loss_and_gradients_match_peft(monkeypatch, dtype, autocast, tol, row_bl
     assert bool(measured) == row_blocks
 
 
+def _fixed_masks(monkeypatch):
+    """Make every dropout mask a function of its call's index only; records each mask's dtype."""
+    calls = []
+
+    def keep_mask(shape, p, dtype, device):
+        gen = torch.Generator().manual_seed(len(calls))
+        calls.append(dtype)
+        return (torch.rand(shape, generator=gen) >= p).to(device, dtype)
+
+    monkeypatch.setattr(dropout, "keep_mask", keep_mask)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("dtype", "autocast", "tol"),
+    [(torch.float32, False, 1e-5), (torch.bfloat16, True, 3e-2)],
+    ids=["fp32", "bf16-autocast"],
+)
+def test_a_branch_with_dropout_matches_peft_with_the_same_masks(monkeypatch, dtype, autocast, tol):
+    ref = _peft(dtype, dropout=0.25)
+    dropout.install(ref)  # both run tunesmith's dropout module: peft's forward calls it
+    fast = copy.deepcopy(ref)
+    assert install(fast).count == 2 * len(TARGETS)
+    ids = torch.randint(0, 512, (3, 21), generator=torch.Generator().manual_seed(1))
+    calls = _fixed_masks(monkeypatch)
+    ref_loss, ref_grads = _step(ref, ids, autocast)
+    # tunesmith's compute context turns off peft's input upcast: the masks are in x's dtype.
+    assert calls == [dtype] * 2 * len(TARGETS)
+    calls.clear()
+    loss, grads = _step(fast, ids, autocast)
+    assert calls == [dtype] * 2 * len(TARGETS)  # one mask per branch, in the same order
+    torch.testing.assert_close(loss, ref_loss, rtol=tol, atol=tol)
+    assert ref_grads.keys() == grads.keys() and len(grads) == 4 * len(TARGETS)
+    for name, want in ref_grads.items():
+        scale = want.abs().max().clamp_min(1e-6)
+        assert float((grads[name] - want).abs().max() / scale) < tol * 5, name
+    assert _calls(fast, ids, monkeypatch, autocast) == [1] * 2 * len(TARGETS)  # fused nodes ran
+    # Dropout is real: the same step without masks gives another loss.
+    monkeypatch.undo()
+    fast.eval()
+    with torch.no_grad():
+        assert not torch.allclose(fast(input_ids=ids, labels=ids).loss, loss, rtol=1e-3)
+
+
 def test_eval_and_no_grad_run_peft_forward_unchanged():
     ref = _peft()
     fast = copy.deepcopy(ref)
@@ -85,9 +129,11 @@ def test_eval_and_no_grad_run_peft_forward_unchanged():
 
 def test_only_plain_branches_are_changed_and_undo_restores_them():
     with_dropout = _peft(dropout=0.1)
-    assert install(with_dropout).count == 0
+    assert install(with_dropout).count == 0  # torch's dropout: its mask is not at hand
     layer = next(m for m in with_dropout.modules() if isinstance(m, LoraLinear))
-    assert why_not_plain(layer) == "it has dropout"
+    assert "dropout" in why_not_plain(layer)
+    dropout.install(with_dropout)
+    assert install(with_dropout).count == 2 * len(TARGETS)
     dora = _peft(use_dora=True)
     patch = install(dora)
     assert patch.count == 0 and "DoRA" in patch.skipped
@@ -123,7 +169,7 @@ def _assert_same_fp32_step(ref, fast, ids) -> None:
         torch.testing.assert_close(grads[name], want, rtol=1e-4, atol=1e-6)
 
 
-def _calls(model, ids, monkeypatch) -> list[int]:
+def _calls(model, ids, monkeypatch, autocast=False) -> list[int]:
     """The projections in each fused LoRA node one training step of ``model`` builds."""
     from tunesmith.train.fastpath import lora_siblings
     from tunesmith.train.fastpath.lora_linear import LoraLinears
@@ -139,8 +185,7 @@ def _calls(model, ids, monkeypatch) -> list[int]:
 
     monkeypatch.setattr(lora_siblings, "LoraLinears", Counting)
     monkeypatch.setattr("tunesmith.train.fastpath.lora.LoraLinears", Counting)
-    model(input_ids=ids, labels=ids).loss.backward()
-    model.zero_grad(set_to_none=True)
+    _step(model, ids, autocast)
     monkeypatch.undo()
     return [len(s) for s in seen]
 

@@ -122,7 +122,7 @@ def apply_fast_paths(
         logger.debug("CPU fast paths: none on %s (its library kernels are fused)", device.type)
         return FastPaths()
     fast = FastPaths(caches=AttentionCaches(), head_loss=fast_head_loss)
-    installs = {
+    installs = {  # in order: lora's fused node takes the masks of the FastDropout modules
         "dropout": dropout.install,
         "lora": lora.install,
         "frozen_linear": frozen_linear.install,

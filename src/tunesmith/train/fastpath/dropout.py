@@ -49,7 +49,7 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.
     return (keep & one).view(dtype).view(shape)
 
 
-def _masked_scale(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def masked_scale(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """``x * mask * scale`` in one pass: ``addcmul`` computes ``0 + scale * x * mask`` in fp32
     and rounds once, which is exactly how ``torch.nn.Dropout`` rounds ``x * mask * scale``
     (``mask`` is 0 or 1). Folding ``scale`` into the mask instead would round it to bf16
@@ -62,24 +62,30 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx, x, mask, scale: float):
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        return _masked_scale(x, mask, scale)
+        return masked_scale(x, mask, scale)
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return _masked_scale(grad, mask, ctx.scale), None, None
+        return masked_scale(grad, mask, ctx.scale), None, None
 
 
 class FastDropout(nn.Dropout):
     """``nn.Dropout`` with a cheaper mask (see the module docstring); same ``p``, same API."""
 
+    def draw(self, x: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        """The ``(mask, scale)`` this module applies to ``x`` now (``x * mask * scale``,
+        rounded by :func:`masked_scale`), drawn from torch's default generator; None where it
+        draws none (eval mode, ``p`` 0 or 1, a dtype without integer lanes)."""
+        if not self.training or not 0.0 < self.p < 1.0 or x.dtype not in _LANES:
+            return None
+        return keep_mask(x.shape, self.p, x.dtype, x.device), 1.0 / (1.0 - self.p)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.dtype not in _LANES:
+        drawn = self.draw(x)
+        if drawn is None:  # torch's own (identity in eval, zeros at p = 1)
             return super().forward(x)
-        if self.p == 1.0:
-            return x * 0.0
-        mask = keep_mask(x.shape, self.p, x.dtype, x.device)
-        return _MaskedScale.apply(x, mask, 1.0 / (1.0 - self.p))
+        return _MaskedScale.apply(x, *drawn)
 
 
 def install(model: nn.Module) -> Patch:

@@ -1,28 +1,33 @@
-"""A LoRA projection without dropout as one autograd node: frozen base and branch together.
+"""A LoRA projection as one autograd node: frozen base and branch together.
 
-peft adds a LoRA update to its frozen projection as ``result + lora_B(lora_A(x)) * scaling``:
-forward a matmul into a new ``(tokens, d_out)`` tensor, a multiply by the scale into another and
-an add into a third; backward the scale's multiply again over ``(tokens, d_out)``, and the base
-layer's input gradient and the branch's added in one more pass over ``(tokens, d_in)``. On CPU
-each of those is a pass over a whole activation, per adapted projection (the default recipe
-adapts seven per block). Here :class:`~tunesmith.train.fastpath.lora_linear.LoraLinears`
-computes base and branch in one node (the scale goes into the rank-r side, ``s B``, and the
-branch is added in place with one ``addmm_``; the input gradient is one more), and a
-block's q, k and v share one stacked weight and one node
-(:mod:`~tunesmith.train.fastpath.lora_siblings`). Values equal peft's within bf16 rounding
-(``tests/train/fastpath/test_lora.py`` pins the tolerance). Measured on the demo (2-core AMX
-CPU, benchmarks/RESULTS.md "The default LoRA recipe" and "One autograd node per LoRA
+peft adds a LoRA update to its frozen projection as ``result + lora_B(lora_A(dropout(x))) *
+scaling``: forward a matmul into a new ``(tokens, d_out)`` tensor, a multiply by the scale into
+another and an add into a third; backward the scale's multiply again over ``(tokens, d_out)``,
+and the base layer's input gradient and the branch's added in one more pass over ``(tokens,
+d_in)``. On CPU each of those is a pass over a whole activation, per adapted projection (the
+default recipe adapts seven per block). Here
+:class:`~tunesmith.train.fastpath.lora_linear.LoraLinears` computes base and branch in one node
+(the scale goes into the rank-r side, ``s B``, and the branch is added in place with one
+``addmm_``; the input gradient is one more), and a block's q, k and v share one stacked weight
+and one node (:mod:`~tunesmith.train.fastpath.lora_siblings`). Values equal peft's within bf16
+rounding (``tests/train/fastpath/test_lora.py`` pins the tolerance). Measured on the demo (2-core
+AMX CPU, benchmarks/RESULTS.md "The default LoRA recipe" and "One autograd node per LoRA
 projection"): 6% less peak memory than peft's branch, and a step ~5% faster again with the
 single node and the stacked q, k, v.
 
-Only the plain branch qualifies, checked per module at install time and per call: one active
-adapter, no dropout (with dropout the branch reads its own masked copy of the input, and this
-path measured no faster on the seed recipe, benchmarks/RESULTS.md), no DoRA or other variant,
-no LoRA bias, a frozen ``nn.Linear`` base (not 4-bit), training with gradients on. Anything
-else runs peft's own forward, which is also the reference path. Weight dtypes follow the
-compute context: under autocast (tunesmith's bf16 training of fp32 adapter weights) the
-product runs in the autocast dtype, as peft's would; without it, only when input
-and weights share a dtype.
+A branch with dropout is one node too, with the mask that its
+:class:`~tunesmith.train.fastpath.dropout.FastDropout` draws (the same draw, from the same
+generator, as peft's forward would make): the branch reads the masked input, the frozen base
+the plain one. It is never stacked with its siblings (each masked branch reads its own copy of
+the input). Measured on the bench's TRL-matched config (q, v with dropout 0.05): a step 1.5-2.5%
+faster (benchmarks/RESULTS.md, "LoRA branches with dropout as one node").
+
+Checked per module at install time and per call: one active adapter, no dropout or
+tunesmith's (torch's own draws its mask inside its kernel), no DoRA or other variant, no LoRA
+bias, a frozen ``nn.Linear`` base (not 4-bit), training with gradients on. Anything else runs
+peft's own forward, which is also the reference path. Weight dtypes follow the compute context:
+under autocast (tunesmith's bf16 training of fp32 adapter weights) the product runs in the
+autocast dtype, as peft's would; without it, only when input and weights share a dtype.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch
 from torch import nn
 
 from tunesmith.train.fastpath.call_context import compute_dtype, several_ranks
+from tunesmith.train.fastpath.dropout import FastDropout
 from tunesmith.train.fastpath.lora_linear import LoraLinears
 from tunesmith.train.fastpath.lora_siblings import ATTR, group_siblings, ungroup
 from tunesmith.train.fastpath.patch import Patch, class_swaps, fast_subclass, skipped
@@ -65,9 +71,15 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if siblings is not None and (out := siblings.take(self, x)) is not None:
         return out
     name = self.active_adapters[0]
+    dropout = None
+    if isinstance(drop := self.lora_dropout[name], FastDropout):
+        dropout = drop.draw(x)
+        if dropout is None:  # p of 1, or a dtype its masks do not cover: peft's own
+            return super(type(self), self).forward(x, *args, **kwargs)
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
     scale = (float(self.scaling[name]),)
-    return LoraLinears.apply(x, self.base_layer.weight, self.base_layer.bias, scale, a, b)
+    weight, bias = self.base_layer.weight, self.base_layer.bias
+    return LoraLinears.apply(x, weight, bias, scale, dropout, a, b)
 
 
 def _why_branch_not_plain(module: nn.Module, name: str) -> str | None:
@@ -76,8 +88,8 @@ def _why_branch_not_plain(module: nn.Module, name: str) -> str | None:
         return "a LoRA variant (DoRA) computes its own branch"
     if module.lora_B[name].bias is not None:
         return "it has a LoRA bias"
-    if not isinstance(module.lora_dropout[name], nn.Identity):
-        return "it has dropout"
+    if not isinstance(module.lora_dropout[name], (nn.Identity, FastDropout)):
+        return "its dropout is not tunesmith's (the dropout path installs it first)"
     return None
 
 
@@ -105,8 +117,9 @@ def _fast_class(cls: type) -> type:
 
 
 def install(model: nn.Module) -> Patch:
-    """Give every plain LoRA ``Linear`` branch (no dropout, no variant, frozen base) the fused
-    forward, and stack the frozen weights of each block's q, k and v (one process only).
+    """Give every plain LoRA ``Linear`` branch (no variant, no dropout or tunesmith's, frozen
+    base) the fused forward, and stack the frozen weights of each block's q, k and v without
+    dropout (one process only).
 
     ``undo`` gives every changed module its class back and each stacked weight storage of its
     own; weight values and state dicts are untouched.
@@ -126,7 +139,7 @@ def install(model: nn.Module) -> Patch:
             continue
         module.__class__ = _fast_class(LoraLinear)
         changed.append((module, LoraLinear))
-    # A branch left to peft is a choice by design (dropout, DoRA), never an unknown model.
+    # A branch left to peft is a choice by design (torch's dropout, DoRA), never an unknown model.
     none = "; ".join(sorted(reasons)) if reasons else "the model has no LoRA Linear layer"
     patch = class_swaps(changed, [], none=none)
     # Several ranks: FSDP re-homes each weight in its flat buffer, so none stays a view of a

@@ -14,7 +14,14 @@ AMX tiles well, and add three input gradients. Here one function does:
 Given k projections (q, k, v), ``W`` is their weights stacked (``(Σ d_out, d_in)``; the
 modules' own weights are views into it, see :mod:`~tunesmith.train.fastpath.lora_siblings`),
 ``A`` their A's stacked and ``s B`` block-diagonal, so the k projections cost one wide GEMM each
-way and one input gradient. The scale goes into the rank-r side before rounding; values equal
+way and one input gradient.
+
+A branch with dropout (one projection) reads ``x`` through a mask drawn by
+:class:`~tunesmith.train.fastpath.dropout.FastDropout`: the branch's input is ``x * m * c``
+(``c = 1 / (1 - p)``, rounded once, as the dropout module rounds it) and its input gradient
+``(g sB) A * m * c``, into which the frozen ``g W`` is accumulated in place. peft computes the
+same with a separate dropout node, a multiply by the scale and an add over ``(tokens, d_out)``
+each way, and one more add of the two input gradients over ``(tokens, d_in)``. The scale goes into the rank-r side before rounding; values equal
 peft's within bf16 rounding (``tests/train/fastpath/test_lora.py`` pins the tolerance).
 Measured per layer on the demo shapes (640 tokens, bf16, forward + backward, 2-core AMX CPU,
 benchmarks/RESULTS.md "One autograd node per LoRA projection"): q/k/v together 0.60-0.67x the
@@ -25,19 +32,22 @@ from __future__ import annotations
 
 import torch
 
+from tunesmith.train.fastpath.dropout import masked_scale
 from tunesmith.train.fastpath.row_split import splits
 
 
 class LoraLinears(torch.autograd.Function):
     """``x -> x Wᵀ + bias + (x Aᵀ)(s B)ᵀ`` for k stacked projections; see the module doc.
 
-    ``apply(x, weight, bias, scales, *a_weights, *b_weights)``: ``weight`` ``(Σ d_out, d_in)``
-    and ``bias`` (or None) are frozen and in ``x``'s dtype; the i-th projection's output is its
-    ``d_out`` columns of the ``(..., Σ d_out)`` result, in order.
+    ``apply(x, weight, bias, scales, dropout, *a_weights, *b_weights)``: ``weight``
+    ``(Σ d_out, d_in)`` and ``bias`` (or None) are frozen and in ``x``'s dtype; the i-th
+    projection's output is its ``d_out`` columns of the ``(..., Σ d_out)`` result, in order.
+    ``dropout``: None, or the ``(mask, scale)`` of :meth:`FastDropout.draw` for ``x`` (one
+    projection), applied to the branch's input only.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, scales: tuple[float, ...], *ab):
+    def forward(ctx, x, weight, bias, scales: tuple[float, ...], dropout, *ab):
         k = len(scales)
         a_weights, b_weights = ab[:k], ab[k:]
         dtype = x.dtype
@@ -48,6 +58,11 @@ class LoraLinears(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         rows = splits()  # the frozen GEMMs in row blocks where this CPU runs those faster
         out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
+        ctx.dropout = None
+        if dropout is not None:  # the branch reads the masked input; the frozen base does not
+            mask, keep = dropout
+            ctx.dropout = (mask.reshape(x2.shape), keep)
+            x2 = masked_scale(x2, *ctx.dropout)
         h = x2 @ a.t()
         out.addmm_(h, b.t())
         ctx.save_for_backward(x2, h, a, b, weight)
@@ -64,8 +79,11 @@ class LoraLinears(torch.autograd.Function):
         dh = g2 @ b  # (tokens, Σ r)
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = splits().addmm_(dh @ a, g2, weight).view(ctx.x_shape)  # into the fresh dh a
-        d_a = dh.t() @ x2  # (Σ r, d_in)
+            branch = dh @ a
+            if ctx.dropout is not None:
+                branch = masked_scale(branch, *ctx.dropout)
+            dx = splits().addmm_(branch, g2, weight).view(ctx.x_shape)  # into the fresh branch
+        d_a = dh.t() @ x2  # (Σ r, d_in); x2 is the masked input where the branch had dropout
         d_b = g2.t() @ h  # (Σ d_out, Σ r); only its diagonal blocks are B's gradients
         k = len(ctx.scales)
         grads_a, grads_b, r0, o0 = [], [], 0, 0
@@ -73,4 +91,4 @@ class LoraLinears(torch.autograd.Function):
             grads_a.append(d_a[r0 : r0 + r].to(ctx.dtypes[i]))
             grads_b.append(d_b[o0 : o0 + width, r0 : r0 + r].to(ctx.dtypes[k + i]).mul_(s))
             r0, o0 = r0 + r, o0 + width
-        return dx, None, None, None, *grads_a, *grads_b
+        return dx, None, None, None, None, *grads_a, *grads_b

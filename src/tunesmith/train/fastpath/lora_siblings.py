@@ -71,7 +71,7 @@ class SiblingGroup:
         a = [m.lora_A[name].weight for m in self.members]
         b = [m.lora_B[name].weight for m in self.members]
         scales = tuple(float(m.scaling[name]) for m in self.members)
-        out = LoraLinears.apply(x, self.weight, self.bias, scales, *a, *b)
+        out = LoraLinears.apply(x, self.weight, self.bias, scales, None, *a, *b)
         parts = out.split(self.widths, dim=-1)
         self._waiting = {j: p for j, p in enumerate(parts) if j != i}
         self._x, self._version = x, x._version
