@@ -20,7 +20,7 @@ A branch with dropout is one node too, with the mask that its
 generator, as peft's forward would make): the branch reads the masked input, the frozen base
 the plain one. It is never stacked with its siblings (each masked branch reads its own copy of
 the input). Measured on the bench's TRL-matched config (q, v with dropout 0.05): a step 1.5-2.5%
-faster (benchmarks/RESULTS.md, "LoRA branches with dropout as one node").
+faster (benchmarks/RESULTS.md, "... LoRA dropout in the fused node").
 
 Checked per module at install time and per call: one active adapter, no dropout or
 tunesmith's (torch's own draws its mask inside its kernel), no DoRA or other variant, no LoRA
