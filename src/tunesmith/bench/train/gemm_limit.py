@@ -264,9 +264,10 @@ def replay(
     )
 
 
-def _buffers(calls: list[Call], device: torch.device) -> dict[int, torch.Tensor]:
-    """One random buffer per recorded storage, large enough for every view the calls took of
-    it (an address the allocator handed out again is one buffer, as it was one memory)."""
+def _buffers(calls: list[Call], device: torch.device) -> dict[tuple, torch.Tensor]:
+    """One random buffer per recorded ``(storage, dtype)``, large enough for every view the
+    calls took of it (an address the allocator handed out again is one buffer, as it was one
+    memory)."""
     extent: dict[tuple[int, torch.dtype], int] = {}
     for c in calls:
         for op in (c.a, c.b):

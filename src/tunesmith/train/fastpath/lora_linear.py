@@ -9,23 +9,24 @@ run three GEMMs of which two (k and v, ``d_out`` = 192 on the demo model) are to
 AMX tiles well, and add three input gradients. Here one function does:
 
 - forward: ``out = x Wᵀ (+ bias)``, then ``out += (x Aᵀ)(s B)ᵀ`` in place (one ``addmm_``);
-- backward: ``dx = g W + (g sB) A`` as one ``addmm``, and the rank-r products for A and B.
+- backward: ``dx = g W + (g sB) A``, ``g W`` accumulated in place into ``(g sB) A`` (one
+  ``addmm_``), and the rank-r products for A and B.
 
 Given k projections (q, k, v), ``W`` is their weights stacked (``(Σ d_out, d_in)``; the
 modules' own weights are views into it, see :mod:`~tunesmith.train.fastpath.lora_siblings`),
 ``A`` their A's stacked and ``s B`` block-diagonal, so the k projections cost one wide GEMM each
-way and one input gradient.
+way and one input gradient. The scale goes into the rank-r side before rounding; values equal
+peft's within bf16 rounding (``tests/train/fastpath/test_lora.py`` pins the tolerance).
+Measured per layer on the demo shapes (640 tokens, bf16, forward + backward, 2-core AMX CPU,
+benchmarks/RESULTS.md "One autograd node per LoRA projection"): q/k/v together 0.60-0.67x the
+time of three separate branches, ``down_proj`` 0.76-0.82x, ``o_proj`` 0.83-0.95x.
 
 A branch with dropout (one projection) reads ``x`` through a mask drawn by
 :class:`~tunesmith.train.fastpath.dropout.FastDropout`: the branch's input is ``x * m * c``
 (``c = 1 / (1 - p)``, rounded once, as the dropout module rounds it) and its input gradient
 ``(g sB) A * m * c``, into which the frozen ``g W`` is accumulated in place. peft computes the
 same with a separate dropout node, a multiply by the scale and an add over ``(tokens, d_out)``
-each way, and one more add of the two input gradients over ``(tokens, d_in)``. The scale goes into the rank-r side before rounding; values equal
-peft's within bf16 rounding (``tests/train/fastpath/test_lora.py`` pins the tolerance).
-Measured per layer on the demo shapes (640 tokens, bf16, forward + backward, 2-core AMX CPU,
-benchmarks/RESULTS.md "One autograd node per LoRA projection"): q/k/v together 0.60-0.67x the
-time of three separate branches, ``down_proj`` 0.76-0.82x, ``o_proj`` 0.83-0.95x.
+each way, and one more add of the two input gradients over ``(tokens, d_in)``.
 """
 
 from __future__ import annotations
