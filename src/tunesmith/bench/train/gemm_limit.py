@@ -164,22 +164,13 @@ def calls_of(func, args: tuple) -> list[Call]:
     return []
 
 
-def gemms_of(func, args: tuple) -> list[Gemm]:
-    """The GEMMs one dispatched aten call performs (none for any other op)."""
-    return [c.gemm for c in calls_of(func, args)]
-
-
 class GemmRecorder(TorchDispatchMode):
-    """Records the GEMMs dispatched while active (forward and autograd's backward alike):
-    ``calls`` in order, ``counts`` per distinct GEMM."""
+    """Records the GEMM calls dispatched while active, in order (forward and autograd's
+    backward alike)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[Call] = []
-
-    @property
-    def counts(self) -> Counter[Gemm]:
-        return Counter(c.gemm for c in self.calls)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not row_split.measuring():  # a first-seen shape's timing runs are not the step's

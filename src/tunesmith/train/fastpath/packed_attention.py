@@ -164,8 +164,7 @@ def build_layout(
     offsets = torch.cumsum(per_row, 0) - per_row
     example = (seg.ids + offsets[:, None]).view(-1)  # (B*T,)
     pos = seg.offsets.view(-1)
-    folded = _fold_padding(example, pos, _padding(seg, tokens))
-    example, pos = folded if folded is not None else (example, pos)
+    example, pos = _fold_padding(example, pos, _padding(seg, tokens))
     n = int(example.max()) + 1
     if n == B:
         return None
@@ -206,22 +205,22 @@ def _padding(seg: Segments, tokens: torch.Tensor | None) -> torch.Tensor | None:
 
 def _fold_padding(example: torch.Tensor, pos: torch.Tensor, pad: torch.Tensor | None):
     """``(example, pos)`` with the padding's segments dropped from the examples and its tokens
-    moved after the shortest example's, or None where it does not fit before the longest
-    example's length (laying out one more example is then cheaper than a longer layout)."""
+    moved after the shortest example's; unchanged where there is no padding to fold or it does
+    not fit before the longest example's length (one more example is then cheaper to lay out
+    than a longer layout)."""
     if pad is None:
-        return None
+        return example, pos
     real = ~pad
     used = torch.zeros(int(example.max()) + 1, dtype=torch.bool, device=example.device)
     used[example[real]] = True
     renumber = torch.cumsum(used, 0) - 1  # the real examples' ids, without the padding's
-    example = renumber[example]
     slots = torch.zeros(int(used.sum()), dtype=pos.dtype, device=pos.device)
-    slots.scatter_reduce_(0, example[real], pos[real] + 1, "amax")  # each example's slots
+    slots.scatter_reduce_(0, renumber[example[real]], pos[real] + 1, "amax")  # each one's slots
     shortest = int(slots.argmin())
     start, count = int(slots[shortest]), int(pad.sum())
     if start + count > int(slots.max()):
-        return None
-    example, pos = example.clone(), pos.clone()
+        return example, pos
+    example, pos = renumber[example], pos.clone()
     example[pad] = shortest
     pos[pad] = torch.arange(start, start + count, device=pos.device)
     return example, pos
