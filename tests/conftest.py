@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -14,6 +17,13 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 # Each test scores its own base model: a base evaluation read back from another test's run would
 # make results depend on test order (tests/eval/test_base_cache.py turns the cache on).
 os.environ["TUNESMITH_BASE_EVAL_CACHE"] = "0"
+# The tests keep a tunesmith cache of their own, kept between test runs (the embedded model's
+# conversion is reused), never the user's: row-split timings taken while two test workers share
+# the cores would steer the user's later runs, and test crash logs and GGUF conversions of test
+# models do not belong there.
+os.environ["TUNESMITH_CACHE"] = str(
+    Path(tempfile.gettempdir()) / f"tunesmith-tests-{getpass.getuser()}"
+)
 
 import pytest  # noqa: E402
 
