@@ -34,7 +34,12 @@ def _forwards(model) -> list[tuple[str, type, object]]:
     ]
 
 
-def test_installed_on_cpu_only_with_the_counts_and_policies():
+def _kernel_paths(cpu_kernels) -> dict[str, int]:
+    """The paths that run tunesmith's CPU kernels in the tiny Llama: its 2 MLPs, where built."""
+    return {"swiglu": 2} if cpu_kernels is not None else {}
+
+
+def test_installed_on_cpu_only_with_the_counts_and_policies(cpu_kernels):
     untouched = _lora()
     nothing = apply_fast_paths(untouched, CUDA)
     assert nothing.installed == {} and nothing.skipped == {}
@@ -45,9 +50,10 @@ def test_installed_on_cpu_only_with_the_counts_and_policies():
     fast = apply_fast_paths(model, CPU)
     # q and v dropouts and fused LoRA nodes in 2 layers; 7 frozen projections per layer (q and v as LoRA base
     # layers) and the head; 2 norms per layer and the final one; RoPE in 2 attention layers;
-    # one attention switch.
+    # one attention switch; the 2 MLPs' SwiGLU where the kernels are built.
     assert fast.installed == {
         "dropout": 4, "lora": 4, "frozen_linear": 15, "rmsnorm": 5, "rope": 2, "attention": 1,
+        **_kernel_paths(cpu_kernels),
     }  # fmt: skip
     assert model.get_base_model().config._attn_implementation == "tunesmith_cpu"
     assert isinstance(fast.pass_policy, PackedPasses) and fast.head_loss is fast_head_loss
@@ -119,7 +125,7 @@ def test_says_once_which_path_cannot_apply_and_why(caplog):
         path = record.getMessage().split("CPU fast path ")[1].split(" does not apply")[0]
         by_path.setdefault(path, []).append(record)
     assert {p: len(r) for p, r in by_path.items()} == {
-        "dropout": 1, "lora": 1, "frozen_linear": 1, "rmsnorm": 1, "attention": 1,
+        "dropout": 1, "lora": 1, "frozen_linear": 1, "rmsnorm": 1, "swiglu": 1, "attention": 1,
         "packed passes": 1,
     }  # fmt: skip
     # A model the path does not know is a warning; a choice by design is info.
@@ -150,14 +156,16 @@ def _train(fast: bool, tmp_path, steps: int = 8):
     return losses, moved, handle
 
 
-def test_training_with_the_fast_paths_matches_the_reference_path(tmp_path):
-    """Fused LoRA, RMSNorm and RoPE, grouped packed attention, packed passes, chunked loss vs
-    the reference: same losses and trained weights within bf16 rounding. (Dropout is off: its
+def test_training_with_the_fast_paths_matches_the_reference_path(tmp_path, cpu_kernels):
+    """Fused LoRA, RMSNorm and RoPE, the kernels' SwiGLU (where built), grouped packed attention,
+    packed passes, chunked loss vs the reference: same losses and trained weights within bf16
+    rounding. (Dropout is off: its
     masks are random draws, compared with nn.Dropout statistically in test_dropout.py.)"""
     ref_losses, ref_moved, _ = _train(False, tmp_path / "reference")
     losses, moved, handle = _train(True, tmp_path / "fast")
     assert handle.installed == {
         "lora": 4, "frozen_linear": 15, "rmsnorm": 5, "rope": 2, "attention": 1,
+        **_kernel_paths(cpu_kernels),
     }  # fmt: skip
     assert isinstance(handle.pass_policy, PackedPasses)
     # Its packed rows store the records' common prompt opening once (data/shared_prefix.py).

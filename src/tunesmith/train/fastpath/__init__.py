@@ -12,6 +12,9 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
   blocks this CPU measured fastest for the shape (``row_split.py``);
 - ``rmsnorm``: Llama-formula RMSNorm as one autograd function (``rmsnorm.py``);
 - ``rope``: the rotary position embedding in four ops per direction, bit for bit (``rope.py``);
+- ``swiglu``: the gated MLP's ``silu(gate) * up`` as one node in tunesmith's CPU kernels
+  (``swiglu.py``), which also run the RMSNorm of bf16 norms with frozen weights; built once
+  per machine (``native/``), off where they are not built;
 - ``attention``: grouped eager attention, per example inside packed rows (``attention.py``,
   ``packed_attention.py``);
 
@@ -45,6 +48,7 @@ from tunesmith.train.fastpath import (
     rmsnorm,
     rope,
     row_split,
+    swiglu,
 )
 from tunesmith.train.fastpath.attention import AttentionCaches
 from tunesmith.train.fastpath.host_memory import HeapTrimmer, heap_trim_available
@@ -128,6 +132,7 @@ def apply_fast_paths(
         "frozen_linear": frozen_linear.install,
         "rmsnorm": rmsnorm.install,
         "rope": rope.install,
+        "swiglu": swiglu.install,
         "attention": lambda m: attention.install(m, fast.caches),
     }
     try:

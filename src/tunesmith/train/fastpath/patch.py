@@ -55,6 +55,29 @@ def class_swaps(changed: list[tuple[object, type]], refused: list[str], *, none:
     return Patch(len(changed), undo)
 
 
+def swap_probed_classes(
+    candidates: dict[type, list],
+    why_not: Callable[[object], str | None],
+    fast_class: Callable[[type], type],
+    *,
+    none: str,
+) -> Patch:
+    """Probe one module of each candidate class (``why_not``: why its class does not compute
+    what the path replaces, None when it does) and give every module of a passing class
+    ``fast_class(cls)``; the patch says which classes failed and why."""
+    changed: list[tuple[object, type]] = []
+    refused: list[str] = []
+    for cls, modules in candidates.items():
+        why = why_not(modules[0])
+        if why is not None:
+            refused.append(f"{cls.__name__}: {why}")
+            continue
+        for module in modules:
+            module.__class__ = fast_class(cls)
+            changed.append((module, cls))
+    return class_swaps(changed, refused, none=none)
+
+
 def fast_subclass(cls: type, forward: Callable, namespace: dict[str, Any]) -> type:
     """A subclass of ``cls`` named ``Fast<cls>`` whose ``forward`` is ``forward``, so
     ``isinstance`` checks keep working. It is entered in ``namespace`` (the calling module's

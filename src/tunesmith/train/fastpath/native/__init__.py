@@ -1,0 +1,142 @@
+"""tunesmith's CPU kernels (``kernels.cpp``): RMSNorm and the SwiGLU product, one pass each way.
+
+Eager torch runs each of these as a chain of 5-12 memory-bound ops per direction (casts, products,
+reductions; each a pass over the activations and an allocation), and on an AMX CPU, where the
+matmuls are fast, those chains are a large part of a training step. torch.compile fuses them
+too, but costs 13 s (cold) or 3 s (warm) of compilation per run and per model shape
+(benchmarks/RESULTS.md, "torch.compile on the AMX CPU"); these kernels are compiled once per
+machine and torch version (~20 s, ``python -m tunesmith.train.fastpath.native``; ``make``
+does it at install) and load in milliseconds afterwards. Measured: one bench step (SmolLM2-135M)
+0.92x the time of the eager ops (benchmarks/RESULTS.md, "tunesmith's CPU kernels").
+
+They are built with torch's own extension builder into torch's extension folder
+(``TORCH_EXTENSIONS_DIR``), under a name that changes with the source, torch's version and the
+CPU's vector ISA, with that ISA's ATen vector types (AVX-512, AVX2, or portable C++). A training
+run never compiles: where the kernels are not built (or cannot be: no C++ compiler, not Linux)
+:func:`kernels` returns None, the fast paths keep the eager ops and say how to build them.
+``TUNESMITH_NATIVE=0`` turns them off (the reference path, for A/B runs).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+logger = logging.getLogger("tunesmith")
+
+ENV = "TUNESMITH_NATIVE"
+SOURCE = Path(__file__).with_name("kernels.cpp")
+BUILD_COMMAND = "python -m tunesmith.train.fastpath.native"
+
+# CPU flags -> (ATen's vector ISA macro, compiler flags). -march=native would tie a shared
+# extension folder to one CPU; the ISA is part of the build's name instead.
+_ISAS = (
+    (
+        {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"},
+        ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512bw",
+         "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+    ),
+    (
+        {"avx2", "fma", "f16c"},
+        ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
+    ),
+)  # fmt: skip
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def compile_flags() -> list[str]:
+    """The compiler flags for this CPU: its best vector ISA that ATen has types for."""
+    from tunesmith.precision import cpu_info
+
+    _, flags = cpu_info()
+    isa = next((f for need, f in _ISAS if need <= flags), [])
+    return ["-O3", "-fopenmp", *isa]
+
+
+def extension_name() -> str:
+    """The build's name: changes with the source, torch's version and the compiler flags."""
+    import torch
+
+    ident = SOURCE.read_bytes() + f"|{torch.__version__}|{' '.join(compile_flags())}".encode()
+    return f"tunesmith_cpu_{hashlib.sha256(ident).hexdigest()[:12]}"
+
+
+def buildable() -> str | None:
+    """Why these kernels cannot be built here; None when they can."""
+    if not sys.platform.startswith("linux"):
+        return "they are built for Linux only"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no C++ compiler (c++ or $CXX) on PATH"
+    return None
+
+
+def _build_dir(name: str) -> Path:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False))
+
+
+def built() -> bool:
+    """Whether this machine has the current build (its shared library is in place)."""
+    name = extension_name()
+    return (_build_dir(name) / f"{name}.so").is_file()
+
+
+def _load(name: str) -> ModuleType:
+    from torch.utils.cpp_extension import load
+
+    return load(
+        name,
+        [str(SOURCE)],
+        extra_cflags=compile_flags(),
+        extra_ldflags=["-fopenmp"],  # resolves to the libgomp torch has loaded (same soname)
+        verbose=False,
+    )
+
+
+@functools.cache
+def _kernels() -> ModuleType | None:
+    if buildable() is not None or not built():
+        return None
+    try:
+        return _load(extension_name())
+    except Exception as exc:  # noqa: BLE001 - a broken build must never stop a run
+        logger.warning("tunesmith's CPU kernels did not load (%s); using torch's ops", exc)
+        return None
+
+
+def kernels() -> ModuleType | None:
+    """The built kernels, or None (not built, not buildable, or ``TUNESMITH_NATIVE=0``)."""
+    return _kernels() if enabled() else None
+
+
+def why_not() -> str:
+    """Why :func:`kernels` is None, as one line for the fast paths' log."""
+    if not enabled():
+        return f"{ENV}=0"
+    reason = buildable()
+    if reason is not None:
+        return reason
+    if not built():
+        return f"not built on this machine yet (~20 s once: `{BUILD_COMMAND}`)"
+    return "the build did not load (see the warning above)"
+
+
+def build() -> Path:
+    """Compile the kernels for this machine (no-op when built); the folder they are in."""
+    reason = buildable()
+    if reason is not None:
+        raise RuntimeError(f"tunesmith's CPU kernels cannot be built here: {reason}")
+    name = extension_name()
+    _load(name)
+    _kernels.cache_clear()
+    return _build_dir(name)

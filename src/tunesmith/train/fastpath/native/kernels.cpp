@@ -1,0 +1,187 @@
+// tunesmith's CPU kernels: elementwise chains that torch runs as many ops, as one pass each.
+//
+// RMSNorm and the SwiGLU product are memory-bound chains of 5-12 eager ops forward and
+// backward (casts to fp32 and back, products, reductions), each a pass over the activations
+// and an allocation. Here each direction reads its inputs once and writes its outputs once,
+// in fp32 inside and bf16 outside, with ATen's vector types and its thread pool (so
+// torch.set_num_threads governs them too). Values follow the eager formulas of rmsnorm.py and
+// transformers' LlamaMLP, rounding to bf16 where they round; the sums inside a row are in
+// another order, so results are within one bf16 rounding of theirs
+// (tests/train/fastpath/test_native.py).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::vec::convert_bfloat16_float;
+using at::vec::convert_float_bfloat16;
+using bf16 = c10::BFloat16;
+using fV = at::vec::Vectorized<float>;
+using bV = at::vec::Vectorized<bf16>;
+constexpr int64_t kGrain = 16384;  // elements per task: below this a second thread costs more
+
+inline float hsum(fV a) {
+  float t[fV::size()];
+  a.store(t);
+  float s = 0.f;
+  for (int k = 0; k < fV::size(); k++) s += t[k];
+  return s;
+}
+inline fV sigmoid(fV g) { return fV(1.f) / (fV(1.f) + g.neg().exp()); }
+inline float sigmoid(float g) { return 1.f / (1.f + std::exp(-g)); }
+inline std::tuple<fV, fV> load(const bf16* p) { return convert_bfloat16_float(bV::loadu(p)); }
+inline void store(bf16* p, fV a, fV b) { convert_float_bfloat16(a, b).store(p); }
+inline fV round_bf16(fV a) { return std::get<0>(convert_bfloat16_float(convert_float_bfloat16(a, a))); }
+
+void check(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kBFloat16 && t.is_contiguous(),
+              name, " must be a contiguous bf16 CPU tensor");
+}
+
+// h = bf16(silu(g)) * u, rounded as eager's silu output and product are.
+torch::Tensor swiglu_forward(torch::Tensor g, torch::Tensor u) {
+  check(g, "gate"); check(u, "up");
+  TORCH_CHECK(g.sizes() == u.sizes(), "gate and up differ in shape");
+  auto h = torch::empty_like(g);
+  const bf16* gp = g.data_ptr<bf16>();
+  const bf16* up = u.data_ptr<bf16>();
+  bf16* hp = h.data_ptr<bf16>();
+  at::parallel_for(0, g.numel(), kGrain, [&](int64_t b, int64_t e) {
+    int64_t i = b;
+    for (; i + bV::size() <= e; i += bV::size()) {
+      auto [g0, g1] = load(gp + i);
+      auto [u0, u1] = load(up + i);
+      store(hp + i, round_bf16(g0 * sigmoid(g0)) * u0, round_bf16(g1 * sigmoid(g1)) * u1);
+    }
+    for (; i < e; i++) {
+      float gv = gp[i];
+      hp[i] = bf16(float(bf16(gv * sigmoid(gv))) * float(up[i]));
+    }
+  });
+  return h;
+}
+
+// dg = dh * u * silu'(g), du = dh * silu(g), silu'(g) = s (1 + g (1 - s)), s = sigmoid(g).
+std::vector<torch::Tensor> swiglu_backward(torch::Tensor dh, torch::Tensor g, torch::Tensor u) {
+  check(dh, "grad"); check(g, "gate"); check(u, "up");
+  TORCH_CHECK(g.sizes() == u.sizes() && g.sizes() == dh.sizes(), "grad, gate and up differ in shape");
+  auto dg = torch::empty_like(g);
+  auto du = torch::empty_like(u);
+  const bf16* dp = dh.data_ptr<bf16>();
+  const bf16* gp = g.data_ptr<bf16>();
+  const bf16* up = u.data_ptr<bf16>();
+  bf16* dgp = dg.data_ptr<bf16>();
+  bf16* dup = du.data_ptr<bf16>();
+  const fV one(1.f);
+  at::parallel_for(0, g.numel(), kGrain, [&](int64_t b, int64_t e) {
+    int64_t i = b;
+    for (; i + bV::size() <= e; i += bV::size()) {
+      auto [d0, d1] = load(dp + i);
+      auto [g0, g1] = load(gp + i);
+      auto [u0, u1] = load(up + i);
+      fV s0 = sigmoid(g0), s1 = sigmoid(g1);
+      store(dup + i, d0 * round_bf16(g0 * s0), d1 * round_bf16(g1 * s1));
+      store(dgp + i, d0 * u0 * s0 * (one + g0 * (one - s0)), d1 * u1 * s1 * (one + g1 * (one - s1)));
+    }
+    for (; i < e; i++) {
+      float d = dp[i], gv = gp[i], uv = up[i], s = sigmoid(gv);
+      dup[i] = bf16(d * float(bf16(gv * s)));
+      dgp[i] = bf16(d * uv * s * (1.f + gv * (1.f - s)));
+    }
+  });
+  return {dg, du};
+}
+
+// y = w * bf16(x r), r = rsqrt(mean(x^2) + eps) per row; returns (y, r as fp32 rows).
+std::vector<torch::Tensor> rms_norm_forward(torch::Tensor x, torch::Tensor w, double eps) {
+  check(x, "input"); check(w, "weight");
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  TORCH_CHECK(w.numel() == d, "weight does not match the last dimension");
+  auto y = torch::empty_like(x);
+  auto r = torch::empty({rows}, x.options().dtype(at::kFloat));
+  const bf16* xp = x.data_ptr<bf16>();
+  const bf16* wp = w.data_ptr<bf16>();
+  bf16* yp = y.data_ptr<bf16>();
+  float* rp = r.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / d), [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; row++) {
+      const bf16* xr = xp + row * d;
+      bf16* yr = yp + row * d;
+      fV acc(0.f);
+      int64_t i = 0;
+      for (; i + bV::size() <= d; i += bV::size()) {
+        auto [a0, a1] = load(xr + i);
+        acc = at::vec::fmadd(a0, a0, acc);
+        acc = at::vec::fmadd(a1, a1, acc);
+      }
+      float ss = hsum(acc);
+      for (; i < d; i++) ss += float(xr[i]) * float(xr[i]);
+      const float rr = 1.f / std::sqrt(ss / d + static_cast<float>(eps));
+      rp[row] = rr;
+      const fV rv(rr);
+      for (i = 0; i + bV::size() <= d; i += bV::size()) {
+        auto [a0, a1] = load(xr + i);
+        auto [w0, w1] = load(wp + i);
+        store(yr + i, round_bf16(a0 * rv) * w0, round_bf16(a1 * rv) * w1);
+      }
+      for (; i < d; i++) yr[i] = bf16(float(bf16(float(xr[i]) * rr)) * float(wp[i]));
+    }
+  });
+  return {y, r};
+}
+
+// dx = r (gy - x r^2 mean(gy x)), gy = g w, from the saved input and r (frozen weight).
+torch::Tensor rms_norm_backward(torch::Tensor g, torch::Tensor x, torch::Tensor w, torch::Tensor r) {
+  check(g, "grad"); check(x, "input"); check(w, "weight");
+  const int64_t d = x.size(-1), rows = x.numel() / d;
+  TORCH_CHECK(g.sizes() == x.sizes() && w.numel() == d && r.numel() == rows, "shapes differ");
+  TORCH_CHECK(r.scalar_type() == at::kFloat && r.is_contiguous(), "r must be contiguous fp32");
+  auto dx = torch::empty_like(x);
+  const bf16* gp = g.data_ptr<bf16>();
+  const bf16* xp = x.data_ptr<bf16>();
+  const bf16* wp = w.data_ptr<bf16>();
+  const float* rp = r.data_ptr<float>();
+  bf16* dp = dx.data_ptr<bf16>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / d), [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; row++) {
+      const bf16* gr = gp + row * d;
+      const bf16* xr = xp + row * d;
+      bf16* dr = dp + row * d;
+      fV acc(0.f);
+      int64_t i = 0;
+      for (; i + bV::size() <= d; i += bV::size()) {
+        auto [g0, g1] = load(gr + i);
+        auto [x0, x1] = load(xr + i);
+        auto [w0, w1] = load(wp + i);
+        acc = at::vec::fmadd(g0 * w0, x0, acc);
+        acc = at::vec::fmadd(g1 * w1, x1, acc);
+      }
+      float dot = hsum(acc);
+      for (; i < d; i++) dot += float(gr[i]) * float(wp[i]) * float(xr[i]);
+      const float rr = rp[row], c = dot / d * rr * rr;
+      const fV rv(rr), cv(c);
+      for (i = 0; i + bV::size() <= d; i += bV::size()) {
+        auto [g0, g1] = load(gr + i);
+        auto [x0, x1] = load(xr + i);
+        auto [w0, w1] = load(wp + i);
+        store(dr + i, rv * (g0 * w0 - x0 * cv), rv * (g1 * w1 - x1 * cv));
+      }
+      for (; i < d; i++) dr[i] = bf16(rr * (float(gr[i]) * float(wp[i]) - float(xr[i]) * c));
+    }
+  });
+  return dx;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("swiglu_forward", &swiglu_forward);
+  m.def("swiglu_backward", &swiglu_backward);
+  m.def("rms_norm_forward", &rms_norm_forward);
+  m.def("rms_norm_backward", &rms_norm_backward);
+}

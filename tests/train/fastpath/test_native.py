@@ -1,0 +1,117 @@
+"""tunesmith's CPU kernels against the eager formulas they replace (``native/kernels.cpp``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunesmith.train.fastpath import native, rmsnorm
+from tunesmith.train.fastpath.swiglu import _SwiGLU
+
+BF16_STEP = 2.0**-7  # one bf16 rounding, relative
+
+
+@pytest.fixture
+def kernels(cpu_kernels):
+    if cpu_kernels is None:
+        pytest.skip(f"tunesmith's CPU kernels: {native.why_not()}")
+    return cpu_kernels
+
+
+def _close_within_a_rounding(got: torch.Tensor, want: torch.Tensor) -> None:
+    scale = want.detach().float().abs().clamp_min(1e-2)
+    got = got.detach()
+    assert float(((got.float() - want.float()).abs() / scale).max().detach()) <= 1.01 * BF16_STEP
+
+
+# Shapes: a demo pass, and widths with a tail after the last full vector (32 bf16 lanes).
+@pytest.mark.parametrize("shape", [(416, 1536), (3, 7, 45), (5, 33), (1, 1)])
+def test_swiglu_forward_is_eager_bit_for_bit_and_gradients_within_a_rounding(kernels, shape):
+    torch.manual_seed(0)
+    gate = (torch.randn(shape) * 3).bfloat16().requires_grad_()
+    up = torch.randn(shape).bfloat16().requires_grad_()
+    gate_ref = gate.detach().clone().requires_grad_()
+    up_ref = up.detach().clone().requires_grad_()
+    out, want = _SwiGLU.apply(gate, up), F.silu(gate_ref) * up_ref
+    assert torch.equal(out, want)
+    grad = torch.randn_like(want)
+    out.backward(grad)
+    want.backward(grad)
+    assert torch.equal(up.grad, up_ref.grad)  # grad * silu(gate), rounded as eager rounds it
+    _close_within_a_rounding(gate.grad, gate_ref.grad)  # eager rounds grad * up once more
+
+
+@pytest.mark.parametrize("shape", [(1, 416, 576), (5, 37), (2, 3, 64)])
+def test_rms_norm_matches_the_eager_norm_within_a_rounding(kernels, shape):
+    torch.manual_seed(1)
+    x = (torch.randn(shape) * 3).bfloat16().requires_grad_()
+    weight = (torch.randn(shape[-1]) * 0.2 + 1).bfloat16()
+    x_ref = x.detach().clone().requires_grad_()
+    out = rmsnorm.rms_norm(x, weight, 1e-5)
+    assert type(out.grad_fn).__name__ == "_NativeRMSNormBackward"
+    want = rmsnorm._RMSNorm.apply(x_ref, weight, 1e-5)
+    _close_within_a_rounding(out, want)
+    grad = torch.randn_like(want)
+    out.backward(grad)
+    want.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=BF16_STEP, atol=BF16_STEP)
+
+
+def test_norms_that_train_their_weight_or_are_not_bf16_keep_the_eager_path(kernels):
+    x = torch.randn(4, 64).bfloat16().requires_grad_()
+    trained = torch.ones(64, dtype=torch.bfloat16, requires_grad=True)
+    assert type(rmsnorm.rms_norm(x, trained, 1e-5).grad_fn).__name__ == "_RMSNormBackward"
+    x32 = torch.randn(4, 64, requires_grad=True)
+    assert type(rmsnorm.rms_norm(x32, torch.ones(64), 1e-5).grad_fn).__name__ == "_RMSNormBackward"
+
+
+def test_switched_off_by_the_environment(kernels, monkeypatch):
+    monkeypatch.setenv(native.ENV, "0")
+    assert native.kernels() is None and native.why_not() == f"{native.ENV}=0"
+    x = torch.randn(4, 64).bfloat16().requires_grad_()
+    weight = torch.ones(64, dtype=torch.bfloat16)
+    assert type(rmsnorm.rms_norm(x, weight, 1e-5).grad_fn).__name__ == "_RMSNormBackward"
+
+
+def test_kernels_refuse_what_they_do_not_handle(kernels):
+    with pytest.raises(RuntimeError, match="contiguous bf16"):
+        kernels.swiglu_forward(torch.randn(4, 8), torch.randn(4, 8))
+    with pytest.raises(RuntimeError, match="contiguous bf16"):
+        g = torch.randn(8, 4).bfloat16()
+        kernels.swiglu_forward(g.t(), g.t())
+
+
+def test_the_build_follows_the_source_torch_and_the_cpu(monkeypatch):
+    name = native.extension_name()
+    assert name.startswith("tunesmith_cpu_")
+    monkeypatch.setattr(
+        "tunesmith.precision.cpu_info", lambda: ("other", frozenset({"avx2", "fma", "f16c"}))
+    )
+    assert "-DCPU_CAPABILITY_AVX2" in native.compile_flags()
+    assert native.extension_name() != name
+    monkeypatch.setattr("tunesmith.precision.cpu_info", lambda: ("", frozenset()))
+    assert native.compile_flags() == ["-O3", "-fopenmp"]  # ATen's portable vector code
+
+
+def test_without_a_compiler_nothing_is_built_and_the_log_says_why(monkeypatch):
+    native._kernels.cache_clear()
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    try:
+        assert native.kernels() is None
+        assert "no C++ compiler" in native.why_not()
+        with pytest.raises(RuntimeError, match="cannot be built here"):
+            native.build()
+    finally:
+        native._kernels.cache_clear()
+
+
+def test_not_built_yet_says_how_to_build(monkeypatch):
+    native._kernels.cache_clear()
+    monkeypatch.setattr(native, "built", lambda: False)
+    monkeypatch.setattr(native, "buildable", lambda: None)
+    try:
+        assert native.kernels() is None
+        assert native.BUILD_COMMAND in native.why_not()
+    finally:
+        native._kernels.cache_clear()

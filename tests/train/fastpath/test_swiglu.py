@@ -1,0 +1,86 @@
+"""The SwiGLU fast path: which MLPs it takes, that they compute as before, and undo."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from tests.tiny import make_tiny_model
+from tunesmith.train.fastpath import native
+from tunesmith.train.fastpath.swiglu import install, why_not_swiglu
+
+
+@pytest.fixture
+def kernels(cpu_kernels):
+    if cpu_kernels is None:
+        pytest.skip(f"tunesmith's CPU kernels: {native.why_not()}")
+    return cpu_kernels
+
+
+def _mlp_classes(model) -> set[str]:
+    return {type(m).__name__ for m in model.modules() if type(m).__name__.endswith("MLP")}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_probe_accepts_the_swiglu_mlps(arch):
+    model = make_tiny_model(arch)
+    assert why_not_swiglu(model.model.layers[0].mlp) is None
+
+
+def test_probe_refuses_another_activation_and_leaves_the_module_alone():
+    mlp = make_tiny_model("llama", hidden_act="gelu").model.layers[0].mlp
+    projections = {n: getattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")}
+    assert "not down(silu" in why_not_swiglu(mlp)
+    assert all(getattr(mlp, n) is p for n, p in projections.items())  # the probe copied
+    assert why_not_swiglu(nn.Linear(4, 4)) == "it has no gate_proj, up_proj and down_proj"
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_installed_mlps_compute_as_before_and_undo(kernels, lora):
+    ref = make_tiny_model("llama").to(torch.bfloat16)
+    if lora:  # the projections stay the module's own calls: LoRA branches run as before
+        ref = get_peft_model(ref, LoraConfig(r=4, target_modules=["gate_proj", "up_proj"]))
+    fast = copy.deepcopy(ref)
+    patch = install(fast)
+    assert patch.count == 2 and patch.skipped is None
+    assert _mlp_classes(fast) == {"FastLlamaMLP"}
+    ids = torch.randint(0, 512, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(fast(input_ids=ids).logits, ref(input_ids=ids).logits)
+    fast.train()
+    ref.train()
+    loss = fast(input_ids=ids, labels=ids).loss
+    loss_ref = ref(input_ids=ids, labels=ids).loss
+    assert torch.equal(loss, loss_ref)  # the forward is bit for bit
+    loss.backward()
+    loss_ref.backward()
+    for (name, p), p_ref in zip(fast.named_parameters(), ref.parameters(), strict=True):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=0.05, atol=1e-3, msg=name)
+    patch.undo()
+    assert _mlp_classes(fast) == {"LlamaMLP"}
+
+
+def test_fp32_activations_keep_the_module_formula(kernels):
+    model = make_tiny_model("llama")  # fp32
+    install(model)
+    ids = torch.randint(0, 512, (1, 7))
+    out = model.train()(input_ids=ids, labels=ids)
+    names, seen, todo = set(), set(), [out.loss.grad_fn]
+    while todo:  # walk the graph: no kernel node for fp32
+        fn = todo.pop()
+        if fn is not None and id(fn) not in seen:
+            seen.add(id(fn))
+            names.add(type(fn).__name__)
+            todo.extend(f for f, _ in fn.next_functions)
+    assert "_SwiGLUBackward" not in names and "SiluBackward0" in names
+
+
+def test_without_the_kernels_it_says_why(monkeypatch):
+    monkeypatch.setenv(native.ENV, "0")
+    patch = install(make_tiny_model("llama"))
+    assert patch.count == 0 and native.ENV in patch.skipped and patch.expected
