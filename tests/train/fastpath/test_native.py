@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith.train.fastpath import native, rmsnorm
+from tunesmith.train.fastpath import native, rmsnorm, rope
 from tunesmith.train.fastpath.swiglu import _SwiGLU
 
 BF16_STEP = 2.0**-7  # one bf16 rounding, relative
@@ -115,3 +115,23 @@ def test_not_built_yet_says_how_to_build(monkeypatch):
         assert native.BUILD_COMMAND in native.why_not()
     finally:
         native._kernels.cache_clear()
+
+
+# (b, heads, t, d) as the model gives it: a transposed view of (b, t, heads, d); a head width
+# whose halves end in a tail after the last full vector.
+@pytest.mark.parametrize(("b", "heads", "t", "d"), [(1, 9, 416, 64), (2, 4, 5, 8), (1, 2, 3, 70)])
+def test_rope_is_the_eager_rope_bit_for_bit_both_ways(kernels, monkeypatch, b, heads, t, d):
+    torch.manual_seed(2)
+    x = torch.randn(b, t, heads, d).bfloat16().transpose(1, 2).requires_grad_()
+    angle = torch.randn(b, t, d // 2).repeat(1, 1, 2)
+    cos, sin = angle.cos().bfloat16(), (angle * 1.3).sin().bfloat16()  # halves of sin differ
+    out, _ = rope.rope(x, x, cos, sin)
+    assert type(out.grad_fn).__name__ == "_NativeRopeBackward"
+    grad = torch.randn_like(out)
+    (dx,) = torch.autograd.grad(out, x, grad)
+    monkeypatch.setenv(native.ENV, "0")
+    want, _ = rope.rope(x, x, cos, sin)
+    assert type(want.grad_fn).__name__ == "_RopeBackward"
+    (dx_want,) = torch.autograd.grad(want, x, grad)
+    assert torch.equal(out, want) and out.stride() == want.stride()
+    assert torch.equal(dx, dx_want)

@@ -23,6 +23,9 @@ transformers' code, and ``undo`` gives each layer its class back. A layer is cha
 after a probe shows its modeling module's function computes this formula
 (:func:`why_not_standard_rope`); the fused function falls back to the original for anything it
 is not built for (no gradient wanted, mixed dtypes, a rotary width other than the head's).
+
+Where tunesmith's CPU kernels are built (:mod:`~tunesmith.train.fastpath.native`), bf16 RoPE
+runs the same formulas, with the same roundings, in one pass each way (still bit for bit).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from tunesmith.train.fastpath import native
 from tunesmith.train.fastpath.patch import Patch, class_swaps
 
 FUNCTION = "apply_rotary_pos_emb"
@@ -61,6 +65,29 @@ class _Rope(torch.autograd.Function):
         return dx, None, None, None
 
 
+class _NativeRope(torch.autograd.Function):
+    """:class:`_Rope` in one pass each way of tunesmith's CPU kernels (bf16), bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return native.kernels().rope(x, cos, sin, False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+        return native.kernels().rope(grad, cos, sin, True), None, None
+
+
+def _native(x: torch.Tensor, cos: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4
+        and x.stride(-1) == 1 and cos.stride(-1) == 1 and cos.shape[1] == 1
+        and native.kernels() is not None
+    )  # fmt: skip
+
+
 def rope(q, k, cos, sin, unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' ``apply_rotary_pos_emb`` with the fused autograd function.
 
@@ -75,6 +102,8 @@ def rope(q, k, cos, sin, unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Te
         The rotated ``(q, k)``, same shapes, dtypes and layouts.
     """
     cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    if unsqueeze_dim == 1 and _native(q, cos) and _native(k, sin):
+        return _NativeRope.apply(q, cos, sin), _NativeRope.apply(k, cos, sin)
     h = sin.shape[-1] // 2
     sin_swapped = torch.cat((sin[..., h:], sin[..., :h]), dim=-1)  # shared by q and k
     return _Rope.apply(q, cos, sin, sin_swapped), _Rope.apply(k, cos, sin, sin_swapped)

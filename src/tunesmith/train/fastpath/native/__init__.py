@@ -1,13 +1,14 @@
-"""tunesmith's CPU kernels (``kernels.cpp``): RMSNorm and the SwiGLU product, one pass each way.
+"""tunesmith's CPU kernels (``kernels.cpp``): RMSNorm, SwiGLU and RoPE in one pass each way.
 
-Eager torch runs each of these as a chain of 5-12 memory-bound ops per direction (casts, products,
+Eager torch runs each of these as a chain of 4-12 memory-bound ops per direction (casts, products,
 reductions; each a pass over the activations and an allocation), and on an AMX CPU, where the
 matmuls are fast, those chains are a large part of a training step. torch.compile fuses them
 too, but costs 13 s (cold) or 3 s (warm) of compilation per run and per model shape
 (benchmarks/RESULTS.md, "torch.compile on the AMX CPU"); these kernels are compiled once per
 machine and torch version (~20 s, ``python -m tunesmith.train.fastpath.native``; ``make``
-does it at install) and load in milliseconds afterwards. Measured: one bench step (SmolLM2-135M)
-0.92x the time of the eager ops (benchmarks/RESULTS.md, "tunesmith's CPU kernels").
+does it at install) and load in milliseconds afterwards. Measured on the AMX Xeon: a bench step
+(SmolLM2-135M) 0.91x, a demo step 0.92-0.93x the time of the eager ops (benchmarks/RESULTS.md,
+"tunesmith's CPU kernels").
 
 They are built with torch's own extension builder into torch's extension folder
 (``TORCH_EXTENSIONS_DIR``), under a name that changes with the source, torch's version and the

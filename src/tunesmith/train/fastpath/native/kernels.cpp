@@ -1,6 +1,6 @@
 // tunesmith's CPU kernels: elementwise chains that torch runs as many ops, as one pass each.
 //
-// RMSNorm and the SwiGLU product are memory-bound chains of 5-12 eager ops forward and
+// RMSNorm, the SwiGLU product and RoPE are memory-bound chains of 5-12 eager ops forward and
 // backward (casts to fp32 and back, products, reductions), each a pass over the activations
 // and an allocation. Here each direction reads its inputs once and writes its outputs once,
 // in fp32 inside and bf16 outside, with ATen's vector types and its thread pool (so
@@ -177,6 +177,67 @@ torch::Tensor rms_norm_backward(torch::Tensor g, torch::Tensor x, torch::Tensor 
   return dx;
 }
 
+// RoPE on (b, heads, t, d) with any strides but a contiguous last dimension, cos and sin
+// (b, 1, t, d) broadcast over heads; halves 1, 2 of the head dimension:
+//   forward  y1 = x1 c1 - x2 s1,  y2 = x2 c2 + x1 s2
+//   backward (sign = -1)  dx1 = g1 c1 + g2 s2,  dx2 = g2 c2 - g1 s1
+// with every product rounded to bf16 before its sum, as transformers' eager ops round them, so
+// both directions equal transformers' bit for bit. The output keeps x's strides.
+torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, bool backward) {
+  TORCH_CHECK(x.dim() == 4 && cos.dim() == 4 && sin.dim() == 4, "rope takes 4-D tensors");
+  for (const auto* t : {&x, &cos, &sin})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kBFloat16 && t->stride(3) == 1,
+                "rope's tensors must be bf16 CPU tensors with a contiguous last dimension");
+  TORCH_CHECK(cos.strides() == sin.strides() && cos.sizes() == sin.sizes(), "cos and sin differ");
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), half = D / 2;
+  TORCH_CHECK(D % 2 == 0 && cos.size(3) == D && cos.size(2) == T && cos.size(1) == 1 &&
+              (cos.size(0) == B || cos.size(0) == 1), "cos and sin must be (b, 1, t, d)");
+  auto y = torch::empty_like(x);  // preserves x's layout
+  const bf16* xp = x.data_ptr<bf16>();
+  const bf16* cp = cos.data_ptr<bf16>();
+  const bf16* sp = sin.data_ptr<bf16>();
+  bf16* yp = y.data_ptr<bf16>();
+  const int64_t cb = cos.size(0) == 1 ? 0 : cos.stride(0), ct = cos.stride(2);
+  const int64_t xs0 = x.stride(0), xs1 = x.stride(1), xs2 = x.stride(2);
+  const int64_t ys0 = y.stride(0), ys1 = y.stride(1), ys2 = y.stride(2);
+  const float sign = backward ? -1.f : 1.f;  // backward rotates the other way
+  const fV sv(sign);
+  at::parallel_for(0, B * H * T, std::max<int64_t>(1, kGrain / D), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++) {
+      const int64_t bi = r / (H * T), hi = (r / T) % H, ti = r % T;
+      const bf16* xr = xp + bi * xs0 + hi * xs1 + ti * xs2;
+      bf16* yr = yp + bi * ys0 + hi * ys1 + ti * ys2;
+      const bf16* cr = cp + bi * cb + ti * ct;
+      const bf16* sr = sp + bi * cb + ti * ct;
+      int64_t i = 0;
+      for (; i + bV::size() <= half; i += bV::size()) {
+        auto [a0, a1] = load(xr + i);          // x1
+        auto [b0, b1] = load(xr + half + i);   // x2
+        auto [c0, c1] = load(cr + i);          // c1
+        auto [d0, d1] = load(cr + half + i);   // c2
+        auto [s0, s1] = load(sr + i);          // s1
+        auto [t0, t1] = load(sr + half + i);   // s2
+        // forward: y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2; backward: y1 = x1 c1 + x2 s2,
+        // y2 = x2 c2 - x1 s1 (the roles of s1 and s2 swap with the sign).
+        fV p0 = backward ? t0 : s0, p1 = backward ? t1 : s1;  // sine for the first half
+        fV q0 = backward ? s0 : t0, q1 = backward ? s1 : t1;  // sine for the second half
+        store(yr + i, round_bf16(a0 * c0) - sv * round_bf16(b0 * p0),
+              round_bf16(a1 * c1) - sv * round_bf16(b1 * p1));
+        store(yr + half + i, round_bf16(b0 * d0) + sv * round_bf16(a0 * q0),
+              round_bf16(b1 * d1) + sv * round_bf16(a1 * q1));
+      }
+      for (; i < half; i++) {
+        float x1 = xr[i], x2 = xr[half + i], c1 = cr[i], c2 = cr[half + i];
+        float s1 = sr[i], s2 = sr[half + i];
+        float p = backward ? s2 : s1, q = backward ? s1 : s2;
+        yr[i] = bf16(float(bf16(x1 * c1)) - sign * float(bf16(x2 * p)));
+        yr[half + i] = bf16(float(bf16(x2 * c2)) + sign * float(bf16(x1 * q)));
+      }
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -184,4 +245,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("swiglu_backward", &swiglu_backward);
   m.def("rms_norm_forward", &rms_norm_forward);
   m.def("rms_norm_backward", &rms_norm_backward);
+  m.def("rope", &rope);
 }
