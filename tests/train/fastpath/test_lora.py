@@ -79,7 +79,7 @@ def _fixed_masks(monkeypatch):
         calls.append(dtype)
         return (torch.rand(shape, generator=gen) >= p).to(device, dtype)
 
-    monkeypatch.setattr(dropout, "keep_mask", keep_mask)
+    monkeypatch.setattr(dropout, "draw_mask", keep_mask)
     return calls
 
 

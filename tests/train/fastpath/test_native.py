@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith.train.fastpath import native, rmsnorm, rope
+from tunesmith.train.fastpath import dropout, native, rmsnorm, rope
 from tunesmith.train.fastpath.swiglu import _SwiGLU
 
 BF16_STEP = 2.0**-7  # one bf16 rounding, relative
@@ -135,3 +135,34 @@ def test_rope_is_the_eager_rope_bit_for_bit_both_ways(kernels, monkeypatch, b, h
     (dx_want,) = torch.autograd.grad(want, x, grad)
     assert torch.equal(out, want) and out.stride() == want.stride()
     assert torch.equal(dx, dx_want)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5])
+@pytest.mark.parametrize("shape", [(416, 576), (3, 7, 45), (1, 1)])
+def test_dropout_kernel_applies_the_dense_mask_bit_for_bit(kernels, shape, p):
+    torch.manual_seed(3)
+    x = torch.randn(shape).bfloat16()
+    mask = dropout.draw_mask(torch.Size(shape), p, torch.bfloat16, "cpu")
+    assert isinstance(mask, dropout.PackedMask)
+    torch.manual_seed(3)
+    torch.randn(shape)  # the same generator state as before the draw
+    dense = dropout.keep_mask(torch.Size(shape), p, torch.bfloat16, "cpu")
+    assert torch.equal(mask.dense(), dense)  # the same draws make the same mask
+    got, want = (
+        dropout.masked_scale(x, mask, 1 / (1 - p)),
+        dropout.masked_scale(x, dense, 1 / (1 - p)),
+    )
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))  # bits, signed zeros too
+
+
+def test_fast_dropout_with_and_without_the_kernels_is_the_same(kernels, monkeypatch):
+    layer = dropout.FastDropout(0.1).train()
+    results = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(native.ENV, switch)
+        torch.manual_seed(4)
+        x = torch.randn(37, 45).bfloat16().requires_grad_()
+        out = layer(x)
+        out.backward(torch.ones_like(out))
+        results.append((out.detach(), x.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

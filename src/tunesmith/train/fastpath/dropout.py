@@ -9,7 +9,10 @@ sign bit masked off, are uniform on ``[0, 2**15)``, and an element is kept when 
 integer shifts and masks that produce the bit pattern of ``1.0`` or ``0.0`` in the input's
 dtype directly, a free ``view`` away from a multiplicative mask. fp32 inputs use 32-bit lanes
 (31 bits). The output is ``x * mask * (1 / (1 - p))`` in one ``addcmul``, rounded as
-``torch.nn.Dropout`` rounds it; the backward multiplies by the same mask the same way. Draws
+``torch.nn.Dropout`` rounds it; the backward multiplies by the same mask the same way. Where
+tunesmith's CPU kernels are built (:mod:`~tunesmith.train.fastpath.native`), a bf16 mask stays
+as its draws (:class:`PackedMask`) and one kernel pass reads the lanes, compares and scales,
+with the same values bit for bit. Draws
 come from torch's default generator, so ``torch.manual_seed`` and the checkpointed RNG state
 make runs repeatable and resumable.
 
@@ -21,9 +24,12 @@ mode against it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from tunesmith.train.fastpath import native
 from tunesmith.train.fastpath.patch import Patch, skipped
 
 # dtype -> (integer dtype of the same width, bit pattern of 1.0 in that dtype, random bits used)
@@ -34,52 +40,95 @@ _LANES = {
 }
 
 
-def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.Tensor:
-    """A tensor of ``1.0`` (kept, probability ``1 - p``) and ``0.0`` in ``dtype``."""
-    int_dtype, one, bits = _LANES[dtype]
-    n = shape.numel()
+def _words(n: int, bits: int, device) -> torch.Tensor:
+    """The 64-bit draws behind ``n`` mask elements of ``bits + 1``-bit lanes."""
     per_word = 64 // (bits + 1)
-    words = torch.empty((n + per_word - 1) // per_word, dtype=torch.int64, device=device)
-    lanes = words.random_().view(int_dtype)[:n]  # random_ fills [0, 2**63): all lanes but the
-    # top one are uniform on the full range; masking the sign bit makes every lane uniform.
-    uniform = lanes & ((1 << bits) - 1)
+    # random_ fills [0, 2**63): all lanes but the top one are uniform on the full range; masking
+    # the sign bit makes every lane uniform.
+    return torch.empty((n + per_word - 1) // per_word, dtype=torch.int64, device=device).random_()
+
+
+def _threshold(p: float, bits: int) -> int:
+    return round(p * (1 << bits))
+
+
+def _keep(words: torch.Tensor, n: int, p: float, dtype: torch.dtype) -> torch.Tensor:
+    int_dtype, one, bits = _LANES[dtype]
+    uniform = words.view(int_dtype)[:n] & ((1 << bits) - 1)
     # (threshold - 1 - u) >> bits is -1 (all ones) where u >= threshold (kept) and 0 where
     # dropped; no intermediate leaves the lane's signed range.
-    keep = ((round(p * (1 << bits)) - 1) - uniform) >> bits
-    return (keep & one).view(dtype).view(shape)
+    keep = ((_threshold(p, bits) - 1) - uniform) >> bits
+    return (keep & one).view(dtype)
 
 
-def masked_scale(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.Tensor:
+    """A tensor of ``1.0`` (kept, probability ``1 - p``) and ``0.0`` in ``dtype``."""
+    n = shape.numel()
+    return _keep(_words(n, _LANES[dtype][2], device), n, p, dtype).view(shape)
+
+
+@dataclass(frozen=True)
+class PackedMask:
+    """A bf16 keep mask as its draws: what :func:`keep_mask` would make of ``words``, applied by
+    tunesmith's CPU kernels in the same pass as the scaling (:func:`masked_scale`)."""
+
+    words: torch.Tensor
+    p: float
+    shape: torch.Size
+
+    def reshape(self, *shape) -> PackedMask:
+        return PackedMask(self.words, self.p, torch.Size(shape[0] if len(shape) == 1 else shape))
+
+    def dense(self) -> torch.Tensor:
+        """The mask as :func:`keep_mask` makes it."""
+        return _keep(self.words, self.shape.numel(), self.p, torch.bfloat16).view(self.shape)
+
+
+def draw_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.Tensor | PackedMask:
+    """:func:`keep_mask`'s mask, kept as its draws where tunesmith's CPU kernels apply it (bf16
+    on CPU): the same draws from the same generator, so the same mask."""
+    device = torch.device(device)
+    if dtype == torch.bfloat16 and device.type == "cpu" and native.kernels() is not None:
+        return PackedMask(_words(shape.numel(), _LANES[dtype][2], device), p, shape)
+    return keep_mask(shape, p, dtype, device)
+
+
+def masked_scale(x: torch.Tensor, mask: torch.Tensor | PackedMask, scale: float) -> torch.Tensor:
     """``x * mask * scale`` in one pass: ``addcmul`` computes ``0 + scale * x * mask`` in fp32
     and rounds once, which is exactly how ``torch.nn.Dropout`` rounds ``x * mask * scale``
     (``mask`` is 0 or 1). Folding ``scale`` into the mask instead would round it to bf16
-    (1/0.95 -> 1.0547, a 0.2% bias)."""
+    (1/0.95 -> 1.0547, a 0.2% bias). A :class:`PackedMask` is applied by the kernels with the
+    same arithmetic, or made dense where they are off."""
+    if isinstance(mask, PackedMask):
+        kernels = native.kernels()
+        if kernels is not None and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            threshold = _threshold(mask.p, _LANES[torch.bfloat16][2])
+            return kernels.dropout_scale(x.contiguous(), mask.words, threshold, scale).view(x.shape)
+        mask = mask.dense().view(x.shape)
     return torch.addcmul(x.new_zeros(()), x, mask, value=scale)
 
 
 class _MaskedScale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mask, scale: float):
-        ctx.save_for_backward(mask)
-        ctx.scale = scale
+        ctx.mask, ctx.scale = mask, scale  # a tensor or the draws behind one; not an output
         return masked_scale(x, mask, scale)
 
     @staticmethod
     def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        return masked_scale(grad, mask, ctx.scale), None, None
+        return masked_scale(grad, ctx.mask, ctx.scale), None, None
 
 
 class FastDropout(nn.Dropout):
     """``nn.Dropout`` with a cheaper mask (see the module docstring); same ``p``, same API."""
 
-    def draw(self, x: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    def draw(self, x: torch.Tensor) -> tuple[torch.Tensor | PackedMask, float] | None:
         """The ``(mask, scale)`` this module applies to ``x`` now (``x * mask * scale``,
         rounded by :func:`masked_scale`), drawn from torch's default generator; None where it
         draws none (eval mode, ``p`` 0 or 1, a dtype without integer lanes)."""
         if not self.training or not 0.0 < self.p < 1.0 or x.dtype not in _LANES:
             return None
-        return keep_mask(x.shape, self.p, x.dtype, x.device), 1.0 / (1.0 - self.p)
+        return draw_mask(x.shape, self.p, x.dtype, x.device), 1.0 / (1.0 - self.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         drawn = self.draw(x)

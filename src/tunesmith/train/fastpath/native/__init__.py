@@ -1,4 +1,4 @@
-"""tunesmith's CPU kernels (``kernels.cpp``): RMSNorm, SwiGLU and RoPE in one pass each way.
+"""tunesmith's CPU kernels (``kernels.cpp``): RMSNorm, SwiGLU, RoPE, dropout in one pass each way.
 
 Eager torch runs each of these as a chain of 4-12 memory-bound ops per direction (casts, products,
 reductions; each a pass over the activations and an allocation), and on an AMX CPU, where the
@@ -7,8 +7,8 @@ too, but costs 13 s (cold) or 3 s (warm) of compilation per run and per model sh
 (benchmarks/RESULTS.md, "torch.compile on the AMX CPU"); these kernels are compiled once per
 machine and torch version (~20 s, ``python -m tunesmith.train.fastpath.native``; ``make``
 does it at install) and load in milliseconds afterwards. Measured on the AMX Xeon: a bench step
-(SmolLM2-135M) 0.91x, a demo step 0.92-0.93x the time of the eager ops (benchmarks/RESULTS.md,
-"tunesmith's CPU kernels").
+(SmolLM2-135M, LoRA q/v with dropout) 0.86-0.87x, a demo step 0.92-0.93x the time of the eager
+ops (benchmarks/RESULTS.md, "tunesmith's CPU kernels").
 
 They are built with torch's own extension builder into torch's extension folder
 (``TORCH_EXTENSIONS_DIR``), under a name that changes with the source, torch's version and the

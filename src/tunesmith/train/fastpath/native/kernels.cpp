@@ -1,13 +1,13 @@
 // tunesmith's CPU kernels: elementwise chains that torch runs as many ops, as one pass each.
 //
-// RMSNorm, the SwiGLU product and RoPE are memory-bound chains of 5-12 eager ops forward and
-// backward (casts to fp32 and back, products, reductions), each a pass over the activations
-// and an allocation. Here each direction reads its inputs once and writes its outputs once,
-// in fp32 inside and bf16 outside, with ATen's vector types and its thread pool (so
-// torch.set_num_threads governs them too). Values follow the eager formulas of rmsnorm.py and
-// transformers' LlamaMLP, rounding to bf16 where they round; the sums inside a row are in
-// another order, so results are within one bf16 rounding of theirs
-// (tests/train/fastpath/test_native.py).
+// RMSNorm, the SwiGLU product, RoPE and dropout's masked scaling are memory-bound chains of
+// 4-12 eager ops forward and backward (casts to fp32 and back, products, reductions, integer
+// mask arithmetic), each a pass over the activations and an allocation. Here each direction
+// reads its inputs once and writes its outputs once, in fp32 inside and bf16 outside, with
+// ATen's vector types and its thread pool (so torch.set_num_threads governs them too). Values
+// follow the eager formulas (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP),
+// rounding to bf16 where they round; where a row's sum is added in another order, results are
+// within one bf16 rounding of theirs (tests/train/fastpath/test_native.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -238,6 +238,37 @@ torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, bool b
   return y;
 }
 
+// Dropout's x * keep * scale with the mask FastDropout draws (dropout.py): the 16-bit lanes
+// of `words` (int64 from torch's generator), an element kept where its lane's low 15 bits are
+// >= threshold; computed as addcmul computes 0 + scale * x * keep (fp32, one rounding), so the
+// values equal the eager mask's bit for bit, without the mask's own passes over memory.
+torch::Tensor dropout_scale(torch::Tensor x, torch::Tensor words, int64_t threshold, double scale) {
+  check(x, "input");
+  TORCH_CHECK(words.device().is_cpu() && words.scalar_type() == at::kLong && words.is_contiguous() &&
+              words.numel() * 4 >= x.numel(), "words must hold a 16-bit lane per element");
+  auto y = torch::empty_like(x);
+  const bf16* xp = x.data_ptr<bf16>();
+  const int16_t* lanes = reinterpret_cast<const int16_t*>(words.data_ptr<int64_t>());
+  bf16* yp = y.data_ptr<bf16>();
+  const float sc = static_cast<float>(scale);
+  const int16_t thr = static_cast<int16_t>(threshold);
+  const fV sv(sc), zero(0.f);
+  at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
+    int64_t i = b;
+    float keep[bV::size()];
+    for (; i + bV::size() <= e; i += bV::size()) {
+      for (int k = 0; k < bV::size(); k++) keep[k] = (lanes[i + k] & 0x7fff) >= thr ? 1.f : 0.f;
+      auto [x0, x1] = load(xp + i);
+      store(yp + i, zero + sv * x0 * fV::loadu(keep), zero + sv * x1 * fV::loadu(keep + fV::size()));
+    }
+    for (; i < e; i++) {
+      const float k = (lanes[i] & 0x7fff) >= thr ? 1.f : 0.f;
+      yp[i] = bf16(0.f + sc * float(xp[i]) * k);
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -246,4 +277,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_forward", &rms_norm_forward);
   m.def("rms_norm_backward", &rms_norm_backward);
   m.def("rope", &rope);
+  m.def("dropout_scale", &dropout_scale);
 }
