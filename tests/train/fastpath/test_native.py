@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -166,3 +168,13 @@ def test_fast_dropout_with_and_without_the_kernels_is_the_same(kernels, monkeypa
         out.backward(torch.ones_like(out))
         results.append((out.detach(), x.grad))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_the_build_finds_the_ninja_package_when_path_has_none(monkeypatch):
+    import ninja
+
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    monkeypatch.setenv("PATH", "/nowhere")
+    with native._ninja_on_path():
+        assert os.environ["PATH"].split(os.pathsep)[0] == str(ninja.BIN_DIR)
+    assert os.environ["PATH"] == "/nowhere"

@@ -12,9 +12,8 @@ dtype directly, a free ``view`` away from a multiplicative mask. fp32 inputs use
 ``torch.nn.Dropout`` rounds it; the backward multiplies by the same mask the same way. Where
 tunesmith's CPU kernels are built (:mod:`~tunesmith.train.fastpath.native`), a bf16 mask stays
 as its draws (:class:`PackedMask`) and one kernel pass reads the lanes, compares and scales,
-with the same values bit for bit. Draws
-come from torch's default generator, so ``torch.manual_seed`` and the checkpointed RNG state
-make runs repeatable and resumable.
+with the same values bit for bit. Draws come from torch's default generator, so
+``torch.manual_seed`` and the checkpointed RNG state make runs repeatable and resumable.
 
 On CUDA ``F.dropout`` is a fused kernel already, so :func:`install` is a CPU-only choice (made by
 :func:`tunesmith.train.fastpath.apply_fast_paths`); the reference path is ``torch.nn.Dropout``

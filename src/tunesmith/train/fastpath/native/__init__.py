@@ -20,6 +20,7 @@ run never compiles: where the kernels are not built (or cannot be: no C++ compil
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -92,16 +93,36 @@ def built() -> bool:
     return (_build_dir(name) / f"{name}.so").is_file()
 
 
+@contextlib.contextmanager
+def _ninja_on_path():
+    """torch's builder runs ``ninja`` from PATH; the ``ninja`` package's binary sits in the
+    environment's bin folder, which is not on PATH when a venv's python is run by its path."""
+    try:
+        import ninja
+
+        bin_dir = str(ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        bin_dir = None
+    saved = os.environ.get("PATH", "")
+    if bin_dir and shutil.which("ninja") is None:
+        os.environ["PATH"] = bin_dir + os.pathsep + saved
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved
+
+
 def _load(name: str) -> ModuleType:
     from torch.utils.cpp_extension import load
 
-    return load(
-        name,
-        [str(SOURCE)],
-        extra_cflags=compile_flags(),
-        extra_ldflags=["-fopenmp"],  # resolves to the libgomp torch has loaded (same soname)
-        verbose=False,
-    )
+    with _ninja_on_path():
+        return load(
+            name,
+            [str(SOURCE)],
+            extra_cflags=compile_flags(),
+            extra_ldflags=["-fopenmp"],  # resolves to the libgomp torch has loaded (same soname)
+            verbose=False,
+        )
 
 
 @functools.cache
