@@ -178,3 +178,12 @@ def test_the_build_finds_the_ninja_package_when_path_has_none(monkeypatch):
     with native._ninja_on_path():
         assert os.environ["PATH"].split(os.pathsep)[0] == str(ninja.BIN_DIR)
     assert os.environ["PATH"] == "/nowhere"
+
+
+def test_rope_that_the_kernel_does_not_take_runs_the_eager_function(kernels):
+    x = torch.randn(1, 5, 2, 8).bfloat16().transpose(1, 2).requires_grad_()
+    angle = torch.randn(1, 5, 4).repeat(1, 1, 2)
+    cos = angle.cos().bfloat16()
+    sin = angle.sin().bfloat16().transpose(1, 2).contiguous().transpose(1, 2)  # other strides
+    out, _ = rope.rope(x, x, cos, sin)
+    assert type(out.grad_fn).__name__ == "_RopeBackward"

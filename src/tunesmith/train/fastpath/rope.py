@@ -80,10 +80,13 @@ class _NativeRope(torch.autograd.Function):
         return native.kernels().rope(grad, cos, sin, True), None, None
 
 
-def _native(x: torch.Tensor, cos: torch.Tensor) -> bool:
+def _native(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether the kernel takes ``x`` (b, heads, t, d) with ``cos``, ``sin`` (b or 1, 1, t, d)."""
     return (
-        x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4
-        and x.stride(-1) == 1 and cos.stride(-1) == 1 and cos.shape[1] == 1
+        x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4 == cos.dim()
+        and x.stride(-1) == 1 and cos.stride(-1) == 1
+        and cos.shape == sin.shape and cos.stride() == sin.stride()
+        and cos.shape[0] in (1, x.shape[0]) and cos.shape[1] == 1 and cos.shape[2:] == x.shape[2:]
         and native.kernels() is not None
     )  # fmt: skip
 
@@ -102,7 +105,7 @@ def rope(q, k, cos, sin, unsqueeze_dim: int = 1) -> tuple[torch.Tensor, torch.Te
         The rotated ``(q, k)``, same shapes, dtypes and layouts.
     """
     cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
-    if unsqueeze_dim == 1 and _native(q, cos) and _native(k, sin):
+    if unsqueeze_dim == 1 and _native(q, cos, sin) and _native(k, cos, sin):
         return _NativeRope.apply(q, cos, sin), _NativeRope.apply(k, cos, sin)
     h = sin.shape[-1] // 2
     sin_swapped = torch.cat((sin[..., h:], sin[..., :h]), dim=-1)  # shared by q and k
