@@ -84,3 +84,11 @@ def test_without_the_kernels_it_says_why(monkeypatch):
     monkeypatch.setenv(native.ENV, "0")
     patch = install(make_tiny_model("llama"))
     assert patch.count == 0 and native.ENV in patch.skipped and patch.expected
+
+
+def test_kernels_that_could_be_built_but_are_not_are_a_warning(monkeypatch):
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    monkeypatch.setattr(native, "buildable", lambda: None)
+    monkeypatch.setattr(native, "built", lambda: False)
+    patch = install(make_tiny_model("llama"))
+    assert patch.count == 0 and native.BUILD_COMMAND in patch.skipped and not patch.expected

@@ -114,7 +114,10 @@ def install(model: nn.Module) -> Patch:
     """Give every MLP that computes the SwiGLU formula the kernels' product, where the kernels
     are built; ``undo`` gives every changed module its class back."""
     if native.kernels() is None:
-        return skipped(f"tunesmith's CPU kernels: {native.why_not()}")
+        # Buildable but not built is a speedup the user can have (a warning, with the command);
+        # switched off or no compiler is a choice or a fact (info).
+        missing = native.enabled() and native.buildable() is None and not native.built()
+        return skipped(f"tunesmith's CPU kernels: {native.why_not()}", expected=not missing)
     candidates: dict[type, list[nn.Module]] = {}
     for module in model.modules():
         cls = type(module)
