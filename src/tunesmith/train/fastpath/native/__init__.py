@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -82,6 +83,7 @@ def buildable() -> str | None:
 
 
 def _build_dir(name: str) -> Path:
+    # torch's own rule for where load() builds ``name`` (TORCH_EXTENSIONS_DIR, else its cache).
     from torch.utils.cpp_extension import _get_build_directory
 
     return Path(_get_build_directory(name, verbose=False))
@@ -90,7 +92,10 @@ def _build_dir(name: str) -> Path:
 def built() -> bool:
     """Whether this machine has the current build (its shared library is in place)."""
     name = extension_name()
-    return (_build_dir(name) / f"{name}.so").is_file()
+    try:
+        return (_build_dir(name) / f"{name}.so").is_file()
+    except (ImportError, AttributeError, OSError):  # a torch without that rule: build again
+        return False
 
 
 @contextlib.contextmanager
@@ -125,12 +130,23 @@ def _load(name: str) -> ModuleType:
         )
 
 
+def _import_built(name: str) -> ModuleType:
+    """The built library imported as it is: torch's load() would rebuild it wherever the source
+    file is newer than the library (a reinstall), and a run must never compile."""
+    import torch  # noqa: F401 - the library links against libtorch, loaded first
+
+    spec = importlib.util.spec_from_file_location(name, _build_dir(name) / f"{name}.so")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @functools.cache
 def _kernels() -> ModuleType | None:
     if buildable() is not None or not built():
         return None
     try:
-        return _load(extension_name())
+        return _import_built(extension_name())
     except Exception as exc:  # noqa: BLE001 - a broken build must never stop a run
         logger.warning("tunesmith's CPU kernels did not load (%s); using torch's ops", exc)
         return None
