@@ -86,8 +86,11 @@ class PackedMask:
 def draw_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.Tensor | PackedMask:
     """:func:`keep_mask`'s mask, kept as its draws where tunesmith's CPU kernels apply it (bf16
     on CPU): the same draws from the same generator, so the same mask."""
-    device = torch.device(device)
-    if dtype == torch.bfloat16 and device.type == "cpu" and native.kernels() is not None:
+    if (
+        dtype == torch.bfloat16
+        and torch.device(device).type == "cpu"
+        and native.kernels() is not None
+    ):
         return PackedMask(_words(shape.numel(), _LANES[dtype][2], device), p, shape)
     return keep_mask(shape, p, dtype, device)
 
@@ -99,10 +102,10 @@ def masked_scale(x: torch.Tensor, mask: torch.Tensor | PackedMask, scale: float)
     (1/0.95 -> 1.0547, a 0.2% bias). A :class:`PackedMask` is applied by the kernels with the
     same arithmetic, or made dense where they are off."""
     if isinstance(mask, PackedMask):
-        kernels = native.kernels()
-        if kernels is not None and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        if native.runs_on(x):
             threshold = _threshold(mask.p, _LANES[torch.bfloat16][2])
-            return kernels.dropout_scale(x.contiguous(), mask.words, threshold, scale).view(x.shape)
+            scaled = native.kernels().dropout_scale(x.contiguous(), mask.words, threshold, scale)
+            return scaled.view(x.shape)
         mask = mask.dense().view(x.shape)
     return torch.addcmul(x.new_zeros(()), x, mask, value=scale)
 

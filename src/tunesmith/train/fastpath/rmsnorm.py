@@ -91,17 +91,10 @@ class _NativeRMSNorm(torch.autograd.Function):
         return kernels.rms_norm_backward(grad.contiguous(), x, weight.contiguous(), r), None, None
 
 
-def _native(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (
-        x.device.type == "cpu" and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
-        and not weight.requires_grad and native.kernels() is not None
-    )  # fmt: skip
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)`` as transformers' LlamaRMSNorm
     (in tunesmith's CPU kernels for bf16 with a frozen weight, where they are built)."""
-    if _native(x, weight):
+    if not weight.requires_grad and native.runs_on(x, weight):
         return _NativeRMSNorm.apply(x, weight, eps)
     return _RMSNorm.apply(x, weight, eps)
 

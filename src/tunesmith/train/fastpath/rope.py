@@ -83,11 +83,10 @@ class _NativeRope(torch.autograd.Function):
 def _native(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     """Whether the kernel takes ``x`` (b, heads, t, d) with ``cos``, ``sin`` (b or 1, 1, t, d)."""
     return (
-        x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4 == cos.dim()
-        and x.stride(-1) == 1 and cos.stride(-1) == 1
+        x.dim() == 4 == cos.dim() and x.stride(-1) == 1 and cos.stride(-1) == 1
         and cos.shape == sin.shape and cos.stride() == sin.stride()
         and cos.shape[0] in (1, x.shape[0]) and cos.shape[1] == 1 and cos.shape[2:] == x.shape[2:]
-        and native.kernels() is not None
+        and native.runs_on(x, cos, sin)
     )  # fmt: skip
 
 

@@ -31,6 +31,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 logger = logging.getLogger("tunesmith")
 
 ENV = "TUNESMITH_NATIVE"
@@ -67,8 +69,6 @@ def compile_flags() -> list[str]:
 
 def extension_name() -> str:
     """The build's name: changes with the source, torch's version and the compiler flags."""
-    import torch
-
     ident = SOURCE.read_bytes() + f"|{torch.__version__}|{' '.join(compile_flags())}".encode()
     return f"tunesmith_cpu_{hashlib.sha256(ident).hexdigest()[:12]}"
 
@@ -133,8 +133,8 @@ def _load(name: str) -> ModuleType:
 def _import_built(name: str) -> ModuleType:
     """The built library imported as it is: torch's load() would rebuild it wherever the source
     file is newer than the library (a reinstall), and a run must never compile."""
-    import torch  # noqa: F401 - the library links against libtorch, loaded first
-
+    if name in sys.modules:  # build() just loaded it through torch's builder
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, _build_dir(name) / f"{name}.so")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -150,6 +150,13 @@ def _kernels() -> ModuleType | None:
     except Exception as exc:  # noqa: BLE001 - a broken build must never stop a run
         logger.warning("tunesmith's CPU kernels did not load (%s); using torch's ops", exc)
         return None
+
+
+def runs_on(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels are built and take these tensors: bf16 on CPU (their one dtype)."""
+    return all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors) and (
+        kernels() is not None
+    )
 
 
 def kernels() -> ModuleType | None:
