@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunesmith.train.fastpath.dropout import FastDropout, install, keep_mask
+from tunesmith.train.fastpath.dropout import FastDropout, _words, install, keep_mask
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -22,6 +22,23 @@ def test_keep_rate_is_one_minus_p(dtype, p):
     dropped = 1.0 - mask.float().mean().item()
     sigma = math.sqrt(p * (1 - p) / n)
     assert abs(dropped - p) < 5 * sigma + 2**-15
+
+
+def test_mask_words_are_splitmix64():
+    # The published generator's first outputs from state 0 (and from 1234567): the words are
+    # splitmix64 of seed + (w + 1) * gamma, as the kernels compute them.
+    want = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    assert [w & (2**64 - 1) for w in _words(0, 3, "cpu").tolist()] == want
+    assert _words(1234567, 1, "cpu").item() & (2**64 - 1) == 0x599ED017FB08FC85
+
+
+def test_masks_follow_torch_manual_seed():
+    torch.manual_seed(7)
+    a = keep_mask(torch.Size([1000]), 0.3, torch.bfloat16, "cpu")
+    b = keep_mask(torch.Size([1000]), 0.3, torch.bfloat16, "cpu")
+    torch.manual_seed(7)
+    assert torch.equal(keep_mask(torch.Size([1000]), 0.3, torch.bfloat16, "cpu"), a)
+    assert not torch.equal(a, b)  # each mask its own seed
 
 
 def test_lanes_are_independent_of_their_position_in_a_word():

@@ -3,17 +3,23 @@
 On the demo (SmolLM2-135M, LoRA on q/v, bf16 compute, 2 CPU threads) ``aten::bernoulli_``
 behind peft's ``lora_dropout`` took ~8% of a training step: torch's CPU Bernoulli draws one
 random number per element, and the bool mask is then promoted to bf16 by slow conversions,
-forward and backward. Here one 64-bit draw feeds four elements: its 16-bit lanes, with the
+forward and backward. Here one 64-bit word feeds four elements: its 16-bit lanes, with the
 sign bit masked off, are uniform on ``[0, 2**15)``, and an element is kept when its lane is
 ``>= round(p * 2**15)`` (so ``p`` is honoured to within ``2**-15``). The comparison is done with
 integer shifts and masks that produce the bit pattern of ``1.0`` or ``0.0`` in the input's
 dtype directly, a free ``view`` away from a multiplicative mask. fp32 inputs use 32-bit lanes
 (31 bits). The output is ``x * mask * (1 / (1 - p))`` in one ``addcmul``, rounded as
-``torch.nn.Dropout`` rounds it; the backward multiplies by the same mask the same way. Where
+``torch.nn.Dropout`` rounds it; the backward multiplies by the same mask the same way.
+
+The words are counter-based: word ``w`` of a mask is ``splitmix64(seed + (w + 1) * gamma)``
+(the finalizer of Java's ``SplittableRandom``; Steele, Lea & Flood, OOPSLA 2014), and each mask
+takes one 63-bit ``seed`` from torch's default generator, so ``torch.manual_seed`` and the
+checkpointed RNG state make runs repeatable and resumable. A mask is then its seed: where
 tunesmith's CPU kernels are built (:mod:`~tunesmith.train.fastpath.native`), a bf16 mask stays
-as its draws (:class:`PackedMask`) and one kernel pass reads the lanes, compares and scales,
-with the same values bit for bit. Draws come from torch's default generator, so
-``torch.manual_seed`` and the checkpointed RNG state make runs repeatable and resumable.
+a :class:`SeededMask` and one kernel pass, on every thread, computes the words, compares and
+scales, forward and again backward, with the values of the dense mask bit for bit. (Drawing
+the words from torch's generator ran serially, ~4 ns a word, and kept them for the backward:
+benchmarks/RESULTS.md, "Dropout masks from a counter-based hash".)
 
 On CUDA ``F.dropout`` is a fused kernel already, so :func:`install` is a CPU-only choice (made by
 :func:`tunesmith.train.fastpath.apply_fast_paths`); the reference path is ``torch.nn.Dropout``
@@ -39,12 +45,36 @@ _LANES = {
 }
 
 
-def _words(n: int, bits: int, device) -> torch.Tensor:
-    """The 64-bit draws behind ``n`` mask elements of ``bits + 1``-bit lanes."""
+def _signed(u: int) -> int:
+    """A 64-bit unsigned constant as the int64 with the same bits."""
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+_GAMMA, _MIX1, _MIX2 = map(_signed, (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shifted(z: torch.Tensor, k: int) -> torch.Tensor:
+    """``z >> k`` as unsigned 64-bit (torch shifts int64 arithmetically)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def _words(seed: int, count: int, device) -> torch.Tensor:
+    """Words ``0 .. count - 1`` of the mask of ``seed``: splitmix64 of ``seed + (w + 1) * gamma``,
+    in int64 arithmetic, which wraps as the kernels' unsigned arithmetic does."""
+    z = torch.arange(1, count + 1, dtype=torch.int64, device=device).mul_(_GAMMA).add_(seed)
+    z = (z ^ _shifted(z, 30)).mul_(_MIX1)
+    z = (z ^ _shifted(z, 27)).mul_(_MIX2)
+    return z ^ _shifted(z, 31)
+
+
+def _word_count(n: int, bits: int) -> int:
     per_word = 64 // (bits + 1)
-    # random_ fills [0, 2**63): all lanes but the top one are uniform on the full range; masking
-    # the sign bit makes every lane uniform.
-    return torch.empty((n + per_word - 1) // per_word, dtype=torch.int64, device=device).random_()
+    return (n + per_word - 1) // per_word
+
+
+def _seed() -> int:
+    """One mask's seed, in ``[0, 2**63)``, from torch's default (CPU) generator."""
+    return int(torch.empty((), dtype=torch.int64).random_())
 
 
 def _threshold(p: float, bits: int) -> int:
@@ -60,60 +90,65 @@ def _keep(words: torch.Tensor, n: int, p: float, dtype: torch.dtype) -> torch.Te
     return (keep & one).view(dtype)
 
 
+def _dense(seed: int, n: int, p: float, dtype: torch.dtype, device) -> torch.Tensor:
+    return _keep(_words(seed, _word_count(n, _LANES[dtype][2]), device), n, p, dtype)
+
+
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.Tensor:
     """A tensor of ``1.0`` (kept, probability ``1 - p``) and ``0.0`` in ``dtype``."""
-    n = shape.numel()
-    return _keep(_words(n, _LANES[dtype][2], device), n, p, dtype).view(shape)
+    return _dense(_seed(), shape.numel(), p, dtype, device).view(shape)
 
 
 @dataclass(frozen=True)
-class PackedMask:
-    """A bf16 keep mask as its draws: what :func:`keep_mask` would make of ``words``, applied by
-    tunesmith's CPU kernels in the same pass as the scaling (:func:`masked_scale`)."""
+class SeededMask:
+    """A bf16 keep mask as its seed: what :func:`keep_mask` makes from ``seed``, computed and
+    applied by tunesmith's CPU kernels in the same pass as the scaling (:func:`masked_scale`)."""
 
-    words: torch.Tensor
+    seed: int
     p: float
     shape: torch.Size
 
-    def reshape(self, *shape) -> PackedMask:
-        return PackedMask(self.words, self.p, torch.Size(shape[0] if len(shape) == 1 else shape))
+    def reshape(self, *shape) -> SeededMask:
+        return SeededMask(self.seed, self.p, torch.Size(shape[0] if len(shape) == 1 else shape))
 
-    def dense(self) -> torch.Tensor:
+    def dense(self, device="cpu") -> torch.Tensor:
         """The mask as :func:`keep_mask` makes it."""
-        return _keep(self.words, self.shape.numel(), self.p, torch.bfloat16).view(self.shape)
+        return _dense(self.seed, self.shape.numel(), self.p, torch.bfloat16, device).view(
+            self.shape
+        )
 
 
-def draw_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.Tensor | PackedMask:
-    """:func:`keep_mask`'s mask, kept as its draws where tunesmith's CPU kernels apply it (bf16
-    on CPU): the same draws from the same generator, so the same mask."""
+def draw_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> torch.Tensor | SeededMask:
+    """:func:`keep_mask`'s mask, kept as its seed where tunesmith's CPU kernels apply it (bf16
+    on CPU): the same seed from the same generator, so the same mask."""
     if (
         dtype == torch.bfloat16
         and torch.device(device).type == "cpu"
         and native.kernels() is not None
     ):
-        return PackedMask(_words(shape.numel(), _LANES[dtype][2], device), p, shape)
+        return SeededMask(_seed(), p, shape)
     return keep_mask(shape, p, dtype, device)
 
 
-def masked_scale(x: torch.Tensor, mask: torch.Tensor | PackedMask, scale: float) -> torch.Tensor:
+def masked_scale(x: torch.Tensor, mask: torch.Tensor | SeededMask, scale: float) -> torch.Tensor:
     """``x * mask * scale`` in one pass: ``addcmul`` computes ``0 + scale * x * mask`` in fp32
     and rounds once, which is exactly how ``torch.nn.Dropout`` rounds ``x * mask * scale``
     (``mask`` is 0 or 1). Folding ``scale`` into the mask instead would round it to bf16
-    (1/0.95 -> 1.0547, a 0.2% bias). A :class:`PackedMask` is applied by the kernels with the
+    (1/0.95 -> 1.0547, a 0.2% bias). A :class:`SeededMask` is applied by the kernels with the
     same arithmetic, or made dense where they are off."""
-    if isinstance(mask, PackedMask):
+    if isinstance(mask, SeededMask):
         if native.runs_on(x):
             threshold = _threshold(mask.p, _LANES[torch.bfloat16][2])
-            scaled = native.kernels().dropout_scale(x.contiguous(), mask.words, threshold, scale)
+            scaled = native.kernels().dropout_scale(x.contiguous(), mask.seed, threshold, scale)
             return scaled.view(x.shape)
-        mask = mask.dense().view(x.shape)
+        mask = mask.dense(x.device).view(x.shape)
     return torch.addcmul(x.new_zeros(()), x, mask, value=scale)
 
 
 class _MaskedScale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mask, scale: float):
-        ctx.mask, ctx.scale = mask, scale  # a tensor or the draws behind one; not an output
+        ctx.mask, ctx.scale = mask, scale  # a tensor or the seed of one; not an output
         return masked_scale(x, mask, scale)
 
     @staticmethod
@@ -124,7 +159,7 @@ class _MaskedScale(torch.autograd.Function):
 class FastDropout(nn.Dropout):
     """``nn.Dropout`` with a cheaper mask (see the module docstring); same ``p``, same API."""
 
-    def draw(self, x: torch.Tensor) -> tuple[torch.Tensor | PackedMask, float] | None:
+    def draw(self, x: torch.Tensor) -> tuple[torch.Tensor | SeededMask, float] | None:
         """The ``(mask, scale)`` this module applies to ``x`` now (``x * mask * scale``,
         rounded by :func:`masked_scale`), drawn from torch's default generator; None where it
         draws none (eval mode, ``p`` 0 or 1, a dtype without integer lanes)."""

@@ -13,6 +13,8 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -239,33 +241,50 @@ torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, bool b
   return y;
 }
 
-// Dropout's x * keep * scale with the mask FastDropout draws (dropout.py): the 16-bit lanes
-// of `words` (int64 from torch's generator), an element kept where its lane's low 15 bits are
-// >= threshold; computed as addcmul computes 0 + scale * x * keep (fp32, one rounding), so the
-// values equal the eager mask's bit for bit, without the mask's own passes over memory.
-torch::Tensor dropout_scale(torch::Tensor x, torch::Tensor words, int64_t threshold, double scale) {
+// Dropout's x * keep * scale with the mask FastDropout draws (dropout.py): word w of the mask
+// is splitmix64(seed + (w + 1) * golden gamma) (Steele, Lea & Flood, 2014, the finalizer of
+// Java's SplittableRandom), and element i is kept where the low 15 bits of 16-bit lane i % 4 of
+// word i / 4 are >= threshold. A counter-based mask is computed where it is applied, on every
+// thread, and again for the backward, instead of drawn serially from torch's generator and
+// kept. Scaled as addcmul computes 0 + scale * x * keep (fp32, one rounding), so the values
+// equal the eager mask's (dropout.keep_mask) bit for bit.
+constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ULL;
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+inline float kept(uint64_t seed, int64_t i, int16_t thr) {
+  const uint64_t word = mix64(seed + (static_cast<uint64_t>(i >> 2) + 1) * kGamma);
+  return static_cast<int16_t>((word >> (16 * (i & 3))) & 0x7fff) >= thr ? 1.f : 0.f;
+}
+
+torch::Tensor dropout_scale(torch::Tensor x, int64_t seed, int64_t threshold, double scale) {
   check(x, "input");
-  TORCH_CHECK(words.device().is_cpu() && words.scalar_type() == at::kLong && words.is_contiguous() &&
-              words.numel() * 4 >= x.numel(), "words must hold a 16-bit lane per element");
+  constexpr int64_t kBlock = bV::size();  // elements per vector step: kBlock / 4 whole words
+  static_assert(kBlock % 4 == 0, "a vector step covers whole 64-bit words");
   auto y = torch::empty_like(x);
   const bf16* xp = x.data_ptr<bf16>();
-  const int16_t* lanes = reinterpret_cast<const int16_t*>(words.data_ptr<int64_t>());
   bf16* yp = y.data_ptr<bf16>();
+  const uint64_t s = static_cast<uint64_t>(seed);
   const float sc = static_cast<float>(scale);
   const int16_t thr = static_cast<int16_t>(threshold);
   const fV sv(sc), zero(0.f);
   at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
     int64_t i = b;
-    float keep[bV::size()];
-    for (; i + bV::size() <= e; i += bV::size()) {
-      for (int k = 0; k < bV::size(); k++) keep[k] = (lanes[i + k] & 0x7fff) >= thr ? 1.f : 0.f;
+    for (; i < e && i % kBlock != 0; i++) yp[i] = bf16(0.f + sc * float(xp[i]) * kept(s, i, thr));
+    uint64_t words[kBlock / 4];
+    int16_t lanes[kBlock];
+    float keep[kBlock];
+    for (; i + kBlock <= e; i += kBlock) {
+      const uint64_t w0 = static_cast<uint64_t>(i >> 2) + 1;
+      for (int k = 0; k < kBlock / 4; k++) words[k] = mix64(s + (w0 + k) * kGamma);
+      std::memcpy(lanes, words, sizeof(words));  // little-endian: lane k of word j is k % 4
+      for (int k = 0; k < kBlock; k++) keep[k] = (lanes[k] & 0x7fff) >= thr ? 1.f : 0.f;
       auto [x0, x1] = load(xp + i);
       store(yp + i, zero + sv * x0 * fV::loadu(keep), zero + sv * x1 * fV::loadu(keep + fV::size()));
     }
-    for (; i < e; i++) {
-      const float k = (lanes[i] & 0x7fff) >= thr ? 1.f : 0.f;
-      yp[i] = bf16(0.f + sc * float(xp[i]) * k);
-    }
+    for (; i < e; i++) yp[i] = bf16(0.f + sc * float(xp[i]) * kept(s, i, thr));
   });
   return y;
 }
