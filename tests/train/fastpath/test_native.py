@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.train.fastpath import dropout, native, rmsnorm, rope
+from tunesmith.train.fastpath.packed_attention import _CausalSoftmax
 from tunesmith.train.fastpath.swiglu import _SwiGLU
 
 BF16_STEP = 2.0**-7  # one bf16 rounding, relative
@@ -188,3 +189,87 @@ def test_rope_that_the_kernel_does_not_take_runs_the_eager_function(kernels):
     sin = angle.sin().bfloat16().transpose(1, 2).contiguous().transpose(1, 2)  # other strides
     out, _ = rope.rope(x, x, cos, sin)
     assert type(out.grad_fn).__name__ == "_RopeBackward"
+
+
+def _node_named(node, name: str):
+    """The first autograd node called ``name`` in the graph below ``node``, or None."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n is None or n in seen:
+            continue
+        if type(n).__name__ == name:
+            return n
+        seen.add(n)
+        todo.extend(f for f, _ in n.next_functions)
+    return None
+
+
+def _causal_scores(L: int, d: int, g: int = 3, rows: int = 4):
+    """A packed layout's q (rows, g*L, d), k (rows, L, d) and its additive causal mask."""
+    gen = torch.Generator().manual_seed(L * d)
+    q = torch.randn(rows, g * L, d, generator=gen).bfloat16()
+    k = torch.randn(rows, L, d, generator=gen).bfloat16()
+    hidden = ~torch.ones(L, L, dtype=torch.bool).tril()
+    mask = torch.zeros(L, L).masked_fill_(hidden, torch.finfo(torch.bfloat16).min)
+    return q, k, mask.bfloat16().repeat(g, 1)[None]
+
+
+# d 64 and 16: a power-of-two scale; d 128: 1/sqrt(128). L 83: rows longer than one vector.
+@pytest.mark.parametrize(("L", "d"), [(83, 64), (40, 16), (7, 128), (1, 64)])
+def test_causal_softmax_is_the_masked_softmax(kernels, L, d):
+    q, k, mask = _causal_scores(L, d)
+    scale = d**-0.5
+    scores = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale).requires_grad_()
+    want = torch.softmax(scores, dim=-1)
+    raw = torch.bmm(q, k.transpose(1, 2)).requires_grad_()
+    got = _CausalSoftmax.apply(raw, scale)
+    grad = torch.randn(want.shape, generator=torch.Generator().manual_seed(1)).bfloat16()
+    (d_want,) = torch.autograd.grad(want, scores, grad)
+    d_want = d_want * scale  # baddbmm's backward scales the scores' gradient by alpha
+    (d_got,) = torch.autograd.grad(got, raw, grad)
+    for g in range(3):  # zeros past the diagonal, as exp(min - max) is in eager
+        block = got[:, g * L : (g + 1) * L]
+        assert torch.equal(block.triu(1), torch.zeros_like(block))
+        assert torch.equal(d_got[:, g * L : (g + 1) * L].triu(1), torch.zeros_like(block))
+    if d in (16, 64):  # the same scaled scores: the same probabilities and gradients
+        assert torch.equal(got, want)
+        torch.testing.assert_close(d_got.float(), d_want.float(), rtol=BF16_STEP, atol=1e-6)
+    else:  # eager rounds the scaled scores to bf16 first: exp moves by up to |s| * 2**-8
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=1e-3)
+        torch.testing.assert_close(d_got.float(), d_want.float(), rtol=2e-2, atol=1e-3)
+
+
+def test_causal_softmax_never_reads_the_keys_a_query_does_not_see(kernels):
+    q, k, _ = _causal_scores(50, 64)
+    raw = torch.bmm(q, k.transpose(1, 2))
+    poisoned = raw.clone()
+    for g in range(3):
+        block = poisoned[:, g * 50 : (g + 1) * 50]
+        block.masked_fill_(~torch.ones(50, 50, dtype=torch.bool).tril(), float("nan"))
+    assert torch.equal(_CausalSoftmax.apply(poisoned, 0.125), _CausalSoftmax.apply(raw, 0.125))
+
+
+def test_packed_attention_with_and_without_the_kernels_is_the_same(kernels, monkeypatch):
+    from tunesmith.data.packing import block_causal_mask
+    from tunesmith.train.fastpath import attention
+
+    module = torch.nn.Module().train()
+    module.num_key_value_groups = 3
+    pos = torch.tensor([[p for n in (5, 40, 1, 23) for p in range(n)]])
+    gen = torch.Generator().manual_seed(2)
+    shapes = [(1, 69, 6, 64), (1, 69, 2, 64), (1, 69, 2, 64)]
+    qkv = [torch.randn(s, generator=gen).bfloat16().transpose(1, 2) for s in shapes]
+    grad = torch.randn(1, 69, 6, 64, generator=gen).bfloat16()
+    results = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(native.ENV, switch)
+        q, k, v = (t.detach().requires_grad_() for t in qkv)
+        mask = block_causal_mask(pos, torch.bfloat16)
+        out, _ = attention.grouped_attention(module, q, k, v, mask, 0.125, position_ids=pos)
+        assert (_node_named(out.grad_fn, "_CausalSoftmaxBackward") is not None) == (switch == "1")
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
+    kernels_run, eager = results
+    assert torch.equal(kernels_run[0], eager[0])
+    for got, want in zip(kernels_run[1:], eager[1:], strict=True):
+        torch.testing.assert_close(got.float(), want.float(), rtol=BF16_STEP, atol=1e-3)

@@ -10,7 +10,9 @@ those backward. Here, with the same math:
 - the scores are one ``baddbmm``: ``mask + scale * Q K^T``. The additive mask, expanded to
   the grouped shape, is built once per forward pass and reused by every layer;
 - the softmax runs on the bf16 scores with fp32 accumulation inside the kernel, and its
-  output is rounded to bf16 as transformers rounds it.
+  output is rounded to bf16 as transformers rounds it. On packed passes with tunesmith's CPU
+  kernels built, scaling, mask and softmax are one causal kernel pass each way instead
+  (:func:`~tunesmith.train.fastpath.packed_attention.causal_attention`).
 
 Measured on the demo's shapes (2 CPU threads, bf16, forward + backward): -22% to -26% per
 layer. The output equals transformers' eager attention bit for bit in the forward; the
@@ -34,7 +36,7 @@ from __future__ import annotations
 import torch
 
 from tunesmith.data.packing import PADDING_KWARG
-from tunesmith.train.fastpath.packed_attention import LayoutCache
+from tunesmith.train.fastpath.packed_attention import LayoutCache, causal_attention
 from tunesmith.train.fastpath.patch import Patch, skipped
 
 NAME = "tunesmith_cpu"  # one of packing.PADDING_AWARE_ATTENTION: packed passes tell it the padding
@@ -108,7 +110,9 @@ def grouped_attention(
         )
         if layout is not None:  # packed rows: attend per example (packed_attention.py)
             q, k, v = layout.gather(query, key, value)
-            out, _ = _attend(module, q, k.transpose(1, 2), v, layout.mask, scaling, dropout)
+            out = None if dropout and module.training else causal_attention(q, k, v, scaling)
+            if out is None:
+                out, _ = _attend(module, q, k.transpose(1, 2), v, layout.mask, scaling, dropout)
             return layout.scatter(out, b, q_len), None
     # Head h uses K/V head h // groups (repeat_kv's order), so a (b, kv, g, q, d) view of the
     # queries puts each K/V head's queries in one (g * q, d) block.

@@ -32,6 +32,15 @@ advance by one, transformers' ``find_packed_sequence_indices`` rule; one after t
 starts at ``p > 0`` also sees the row's first ``p`` tokens, ``packing.block_causal``). That is
 checked once per forward pass, and any other mask (padding, a key prefix, a cache) keeps the reference
 path of :func:`tunesmith.train.fastpath.attention.grouped_attention`.
+
+In that layout every example's mask is the plain causal one (query slot ``p`` sees key slots
+``0 .. p``), so where tunesmith's CPU kernels are built (:mod:`~tunesmith.train.fastpath.native`)
+:func:`causal_attention` takes the scores from a plain ``bmm`` and one kernel pass each way
+scales, masks and normalizes them, reading and exponentiating only the keys each query sees:
+the additive mask, ``baddbmm``'s read of it and half the softmax's work are gone. The
+probabilities equal ``softmax(baddbmm(mask, q, kᵀ, alpha=scale))`` bit for bit where the scale
+is a power of two (``1/sqrt(64)``), and within one bf16 rounding elsewhere (the scaled scores
+are not rounded to bf16 first); the backward likewise (``tests/train/fastpath/test_native.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from tunesmith.data.packing import Segments, block_causal, segments
+from tunesmith.train.fastpath import native
 
 
 class _SelectRows(torch.autograd.Function):
@@ -92,6 +102,31 @@ class _PlaceRows(torch.autograd.Function):
             copies = grad.index_select(0, shared_slots).to(wide)
             g = g.to(wide).index_add_(0, shared_rows, copies).to(grad.dtype)
         return g, None, None, None, None
+
+
+class _CausalSoftmax(torch.autograd.Function):
+    """``softmax(scale * scores)`` under the causal mask of the layout's ``(rows, g*L, L)``
+    scores (row ``r`` is slot ``r % L``), by tunesmith's CPU kernels; 0 past the diagonal."""
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, scale: float) -> torch.Tensor:
+        probs = native.kernels().causal_softmax(scores, scale)
+        ctx.save_for_backward(probs)
+        ctx.scale = scale
+        return probs
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (probs,) = ctx.saved_tensors
+        return native.kernels().causal_softmax_backward(grad.contiguous(), probs, ctx.scale), None
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+    """The layout's attention, ``(n*kv, g*L, d)`` from :meth:`PackedLayout.gather`'s q, k, v,
+    by the kernels; None where they do not run (not built, or not bf16 on CPU)."""
+    if not native.runs_on(q, k, v):
+        return None
+    return torch.bmm(_CausalSoftmax.apply(torch.bmm(q, k.transpose(1, 2)), scale), v)
 
 
 @dataclass

@@ -1,20 +1,24 @@
 // tunesmith's CPU kernels: elementwise chains that torch runs as many ops, as one pass each.
 //
-// RMSNorm, the SwiGLU product, RoPE and dropout's masked scaling are memory-bound chains of
-// 4-12 eager ops forward and backward (casts to fp32 and back, products, reductions, integer
-// mask arithmetic), each a pass over the activations and an allocation. Here each direction
+// RMSNorm, the SwiGLU product, RoPE, dropout's masked scaling and packed attention's causal
+// softmax are memory-bound chains of 2-12 eager ops forward and backward (casts to fp32 and
+// back, products, reductions, integer mask arithmetic, an additive mask), each a pass over the
+// activations and an allocation. Here each direction
 // reads its inputs once and writes its outputs once, in fp32 inside and bf16 outside, with
 // ATen's vector types and its thread pool (so torch.set_num_threads governs them too). Values
-// follow the eager formulas (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP),
+// follow the eager formulas (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP,
+// attention.py),
 // rounding to bf16 where they round; where a row's sum is added in another order, results are
 // within one bf16 rounding of theirs (tests/train/fastpath/test_native.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -289,6 +293,102 @@ torch::Tensor dropout_scale(torch::Tensor x, int64_t seed, int64_t threshold, do
   return y;
 }
 
+// Causal softmax of packed attention's scores (packed_attention.py's per-example layout): row r
+// of a (rows, g * L, L) batch is query position r % L, which sees keys 0 .. r % L, so only those
+// are read, exponentiated and summed; p = softmax(scale * s) there and 0 after. The reference is
+// baddbmm(mask, q, k^T, alpha=scale) and torch.softmax: the scaled scores are the same where the
+// scale is a power of two (1/sqrt(64)), the row sums are added in another order, and the
+// probabilities are within one bf16 rounding of theirs.
+// Zeros from n up to len: the keys a row does not see.
+inline void zero_tail(bf16* y, int64_t n, int64_t len) {
+  for (int64_t j = n; j < len; j += bV::size())
+    bV(bf16(0.f)).store(y + j, static_cast<int>(std::min<int64_t>(bV::size(), len - j)));
+}
+// fp32 buffer room for a row of len, read in whole vectors past its end.
+inline int64_t room(int64_t len) { return (len / bV::size() + 1) * bV::size(); }
+
+void check_scores(const torch::Tensor& t, const char* name) {
+  check(t, name);
+  TORCH_CHECK(t.dim() == 3 && t.size(2) > 0 && t.size(1) % t.size(2) == 0,
+              name, " must be (rows, g * L, L)");
+}
+
+torch::Tensor causal_softmax(torch::Tensor s, double scale) {
+  check_scores(s, "scores");
+  const int64_t L = s.size(2), rows = s.size(0) * s.size(1);
+  auto p = torch::empty_like(s);
+  const bf16* sp = s.data_ptr<bf16>();
+  bf16* pp = p.data_ptr<bf16>();
+  const fV sc(static_cast<float>(scale));
+  const bV unseen(bf16(-std::numeric_limits<float>::infinity()));
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / L), [&](int64_t b, int64_t e) {
+    std::vector<float> buf(room(L));
+    for (int64_t r = b, n = b % L + 1; r < e; r++, n = n % L + 1) {
+      const bf16* x = sp + r * L;
+      fV vmax(-std::numeric_limits<float>::infinity());
+      for (int64_t j = 0; j < n; j += bV::size()) {
+        const int64_t c = std::min<int64_t>(bV::size(), n - j);
+        auto [a0, a1] = convert_bfloat16_float(bV::set(unseen, bV::loadu(x + j, c), c));
+        vmax = at::vec::maximum(vmax, at::vec::maximum(a0, a1));
+      }
+      const fV mx = fV(vmax.reduce_max()) * sc;
+      fV vsum(0.f);
+      for (int64_t j = 0; j < n; j += bV::size()) {
+        const int64_t c = std::min<int64_t>(bV::size(), n - j);
+        auto [a0, a1] = convert_bfloat16_float(bV::set(unseen, bV::loadu(x + j, c), c));
+        const fV e0 = (a0 * sc - mx).exp(), e1 = (a1 * sc - mx).exp();
+        e0.store(&buf[j]);
+        e1.store(&buf[j + fV::size()]);
+        vsum = vsum + e0 + e1;
+      }
+      const fV inv(1.f / vsum.reduce_add());
+      bf16* y = pp + r * L;
+      for (int64_t j = 0; j < n; j += bV::size()) {
+        const int c = static_cast<int>(std::min<int64_t>(bV::size(), n - j));
+        convert_float_bfloat16(fV::loadu(&buf[j]) * inv, fV::loadu(&buf[j + fV::size()]) * inv).store(y + j, c);
+      }
+      zero_tail(y, n, L);
+    }
+  });
+  return p;
+}
+
+// The scores' gradient: scale * p * (dp - sum(dp * p)) over the keys a row sees, 0 after.
+torch::Tensor causal_softmax_backward(torch::Tensor dp, torch::Tensor p, double scale) {
+  check_scores(dp, "grad");
+  check_scores(p, "probabilities");
+  TORCH_CHECK(dp.sizes() == p.sizes(), "grad and probabilities differ in shape");
+  const int64_t L = p.size(2), rows = p.size(0) * p.size(1);
+  auto ds = torch::empty_like(p);
+  const bf16* gp = dp.data_ptr<bf16>();
+  const bf16* pp = p.data_ptr<bf16>();
+  bf16* dsp = ds.data_ptr<bf16>();
+  const fV sc(static_cast<float>(scale));
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / L), [&](int64_t b, int64_t e) {
+    for (int64_t r = b, n = b % L + 1; r < e; r++, n = n % L + 1) {
+      const bf16* g = gp + r * L;
+      const bf16* q = pp + r * L;
+      fV vdot(0.f);  // lanes past the row load as zeros: they add nothing
+      for (int64_t j = 0; j < n; j += bV::size()) {
+        const int64_t c = std::min<int64_t>(bV::size(), n - j);
+        auto [g0, g1] = convert_bfloat16_float(bV::loadu(g + j, c));
+        auto [q0, q1] = convert_bfloat16_float(bV::loadu(q + j, c));
+        vdot = vdot + g0 * q0 + g1 * q1;
+      }
+      const fV dot(vdot.reduce_add());
+      bf16* y = dsp + r * L;
+      for (int64_t j = 0; j < n; j += bV::size()) {
+        const int64_t c = std::min<int64_t>(bV::size(), n - j);
+        auto [g0, g1] = convert_bfloat16_float(bV::loadu(g + j, c));
+        auto [q0, q1] = convert_bfloat16_float(bV::loadu(q + j, c));
+        convert_float_bfloat16(sc * q0 * (g0 - dot), sc * q1 * (g1 - dot)).store(y + j, static_cast<int>(c));
+      }
+      zero_tail(y, n, L);
+    }
+  });
+  return ds;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -298,4 +398,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_backward", &rms_norm_backward);
   m.def("rope", &rope);
   m.def("dropout_scale", &dropout_scale);
+  m.def("causal_softmax", &causal_softmax);
+  m.def("causal_softmax_backward", &causal_softmax_backward);
 }
