@@ -250,17 +250,27 @@ def test_causal_softmax_never_reads_the_keys_a_query_does_not_see(kernels):
     assert torch.equal(_CausalSoftmax.apply(poisoned, 0.125), _CausalSoftmax.apply(raw, 0.125))
 
 
-def test_packed_attention_with_and_without_the_kernels_is_the_same(kernels, monkeypatch):
+# Examples of 5, 40, 1 and 23 tokens; and a 9-token prompt prefix stored once, continued by
+# two examples (positions restart at 9: data/shared_prefix.py), the layout's copied slots.
+@pytest.mark.parametrize(
+    "positions",
+    [
+        [p for n in (5, 40, 1, 23) for p in range(n)],
+        [*range(20), *range(9, 30), *range(9, 17), *range(4)],
+    ],
+)
+def test_packed_attention_with_and_without_the_kernels_is_the_same(kernels, monkeypatch, positions):
     from tunesmith.data.packing import block_causal_mask
     from tunesmith.train.fastpath import attention
 
     module = torch.nn.Module().train()
     module.num_key_value_groups = 3
-    pos = torch.tensor([[p for n in (5, 40, 1, 23) for p in range(n)]])
+    pos = torch.tensor([positions])
+    T = len(positions)
     gen = torch.Generator().manual_seed(2)
-    shapes = [(1, 69, 6, 64), (1, 69, 2, 64), (1, 69, 2, 64)]
+    shapes = [(1, T, 6, 64), (1, T, 2, 64), (1, T, 2, 64)]
     qkv = [torch.randn(s, generator=gen).bfloat16().transpose(1, 2) for s in shapes]
-    grad = torch.randn(1, 69, 6, 64, generator=gen).bfloat16()
+    grad = torch.randn(1, T, 6, 64, generator=gen).bfloat16()
     results = []
     for switch in ("1", "0"):
         monkeypatch.setenv(native.ENV, switch)
@@ -273,3 +283,16 @@ def test_packed_attention_with_and_without_the_kernels_is_the_same(kernels, monk
     assert torch.equal(kernels_run[0], eager[0])
     for got, want in zip(kernels_run[1:], eager[1:], strict=True):
         torch.testing.assert_close(got.float(), want.float(), rtol=BF16_STEP, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.int64])
+def test_gather_rows_copies_rows_and_zeros_the_unplaced(kernels, dtype):
+    x = torch.arange(40 * 3).view(40, 3).to(dtype)
+    source = torch.randint(-1, 40, (3000,), generator=torch.Generator().manual_seed(0))
+    got = kernels.gather_rows(x, source)
+    want = torch.where((source >= 0)[:, None], x[source.clamp_min(0)], torch.zeros((), dtype=dtype))
+    assert torch.equal(got, want)
+    with pytest.raises(RuntimeError, match="out of range"):
+        kernels.gather_rows(x, torch.tensor([0, 40]))
+    with pytest.raises(RuntimeError, match="out of range"):
+        kernels.gather_rows(x, torch.tensor([-2]))

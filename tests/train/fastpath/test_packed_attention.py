@@ -227,13 +227,29 @@ def test_the_layout_is_built_once_per_pass():
     assert cache.get(other, _positions([[2, 5]]), 6, 2, torch.float32) is not first
 
 
-def test_select_rows_backward_is_index_selects():
+def _source(size: int, slots, rows=None, copies=None) -> torch.Tensor:
+    """Each of ``size`` slots' row: ``slots[i]`` gets row i, ``copies[j]`` row ``rows[j]``."""
+    source = torch.full((size,), -1)
+    source[slots] = torch.arange(len(slots))
+    if rows is not None:
+        source[copies] = rows
+    return source
+
+
+# "0": torch's index ops; "1": the kernels' row gather, where built (else the same as "0").
+@pytest.fixture(params=["1", "0"])
+def row_kernels(request, monkeypatch):
+    monkeypatch.setenv("TUNESMITH_NATIVE", request.param)
+
+
+def test_select_rows_backward_is_index_selects(row_kernels):
     x = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     index = torch.tensor([5, 0, 3, 6])
-    assert torch.autograd.gradcheck(lambda t: _SelectRows.apply(t, index), (x,))
+    source = torch.tensor([1, -1, -1, 2, -1, 0, 3])
+    assert torch.autograd.gradcheck(lambda t: _SelectRows.apply(t, index, source), (x,))
 
 
-def test_place_rows_gives_a_prefix_row_the_gradients_of_all_its_copies():
+def test_place_rows_gives_a_prefix_row_the_gradients_of_all_its_copies(row_kernels):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 3, dtype=torch.float64, generator=gen).requires_grad_()
     slots, rows, copies = (
@@ -241,7 +257,7 @@ def test_place_rows_gives_a_prefix_row_the_gradients_of_all_its_copies():
         torch.tensor([0, 1, 0, 1]),
         torch.tensor([1, 2, 5, 6]),
     )
-    out = _PlaceRows.apply(x, 10, slots, rows, copies)
+    out = _PlaceRows.apply(x, 10, slots, rows, copies, _source(10, slots, rows, copies))
     ref = x.new_zeros(10, 3).index_copy(0, slots, x)
     ref = ref.index_copy(0, copies, x.index_select(0, rows))
     assert torch.equal(out, ref)
@@ -249,5 +265,16 @@ def test_place_rows_gives_a_prefix_row_the_gradients_of_all_its_copies():
     (got,) = torch.autograd.grad(out, x, g)
     (want,) = torch.autograd.grad(ref, x, g)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)  # no rounding to fp32
-    plain = _PlaceRows.apply(x, 10, slots, None, None)
+    plain = _PlaceRows.apply(x, 10, slots, None, None, _source(10, slots))
+    assert torch.equal(plain, x.new_zeros(10, 3).index_copy(0, slots, x))
     assert torch.equal(torch.autograd.grad(plain, x, g)[0], g[slots])
+
+
+def test_layout_sources_are_the_slots_read_the_other_way():
+    pos = torch.tensor(SHARED[0])
+    layout = build_layout(pos, 6, 2, torch.float32)
+    assert torch.equal(layout.q_source, _source(layout.q_source.numel(), layout.q_slots.view(-1)))
+    kv = _source(
+        layout.kv_source.numel(), layout.kv_slots.view(-1), layout.shared_rows, layout.shared_slots
+    )
+    assert torch.equal(layout.kv_source, kv)

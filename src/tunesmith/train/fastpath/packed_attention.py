@@ -45,7 +45,7 @@ are not rounded to bf16 first); the backward likewise (``tests/train/fastpath/te
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -54,28 +54,34 @@ from tunesmith.train.fastpath import native
 
 
 class _SelectRows(torch.autograd.Function):
-    """``x.index_select(0, index)`` for an index without repeats.
+    """``x.index_select(0, index)`` for an index without repeats; ``source`` is its inverse
+    (the row of the result each row of ``x`` went to, -1 for none).
 
     autograd's backward of ``index_select`` is a scatter-add (it must allow repeats), which
-    took ~15% of a packed attention call on CPU; with distinct rows it is a plain copy.
+    took ~15% of a packed attention call on CPU; with distinct rows it is a plain copy, and
+    with tunesmith's CPU kernels one gather by the inverse.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(index)
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index, source)
         ctx.rows = x.shape[0]
         return x.index_select(0, index)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (index,) = ctx.saved_tensors
+        index, source = ctx.saved_tensors
+        if native.runs_on(grad, any_dtype=True):
+            return native.kernels().gather_rows(grad.contiguous(), source), None, None
         out = grad.new_zeros((ctx.rows, *grad.shape[1:]))
-        return out.index_copy_(0, index, grad), None
+        return out.index_copy_(0, index, grad), None, None
 
 
 class _PlaceRows(torch.autograd.Function):
     """Rows of ``x`` placed at distinct ``slots`` of a zero ``(size, d)`` tensor, and rows
-    ``shared_rows`` (a shared prefix's keys or values) also copied to ``shared_slots``.
+    ``shared_rows`` (a shared prefix's keys or values) also copied to ``shared_slots``;
+    ``source`` is the same placement read the other way (each slot's row of ``x``, -1 for a
+    zero slot), which tunesmith's CPU kernels gather in one pass.
 
     The backward of the plain placement is an ``index_select``. A prefix row's gradient is the
     sum over all its copies, added in fp32 (or wider) and rounded once; autograd's chain would
@@ -85,8 +91,10 @@ class _PlaceRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, size: int, slots, shared_rows, shared_slots):
+    def forward(ctx, x, size: int, slots, shared_rows, shared_slots, source):
         ctx.save_for_backward(slots, shared_rows, shared_slots)
+        if native.runs_on(x, any_dtype=True):
+            return native.kernels().gather_rows(x.contiguous(), source)
         out = x.new_zeros((size, x.shape[1]))
         out.index_copy_(0, slots, x)
         if shared_rows is not None:
@@ -101,7 +109,7 @@ class _PlaceRows(torch.autograd.Function):
             wide = torch.promote_types(grad.dtype, torch.float32)  # fp32, or fp64 if given
             copies = grad.index_select(0, shared_slots).to(wide)
             g = g.to(wide).index_add_(0, shared_rows, copies).to(grad.dtype)
-        return g, None, None, None, None
+        return g, None, None, None, None, None
 
 
 class _CausalSoftmax(torch.autograd.Function):
@@ -142,6 +150,8 @@ class PackedLayout:
     (``data/shared_prefix.py``) also gets that prefix's keys and values in its first slots:
     row ``shared_rows[i]`` of the ``(B*T*kv, d)`` K/V rows goes to slot ``shared_slots[i]``.
     Padding slots stay zero: as keys they are masked, as queries their outputs are dropped.
+    ``q_source`` and ``kv_source`` read the same placements from the slots' side: each slot's
+    row (-1 for a padding slot).
     """
 
     n: int
@@ -151,30 +161,42 @@ class PackedLayout:
     mask: torch.Tensor
     shared_rows: torch.Tensor | None = None
     shared_slots: torch.Tensor | None = None
+    q_source: torch.Tensor = field(init=False)
+    kv_source: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        def source(slots: torch.Tensor, shared: bool) -> torch.Tensor:
+            out = slots.new_full((self.n * slots.shape[1] * self.longest,), -1)
+            out[slots.view(-1)] = torch.arange(slots.numel(), device=slots.device)
+            if shared and self.shared_rows is not None:
+                out[self.shared_slots] = self.shared_rows
+            return out
+
+        self.q_source = source(self.q_slots, False)
+        self.kv_source = source(self.kv_slots, True)
 
     def gather(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
         """``(B, H, T, d)`` / ``(B, kv, T, d)`` -> ``(n*kv, g*L, d)``, ``(n*kv, L, d)`` x2."""
         d = query.shape[-1]
         kv = key.shape[1]
 
-        def padded(x: torch.Tensor, slots: torch.Tensor, shared: bool) -> torch.Tensor:
+        def padded(x: torch.Tensor, slots: torch.Tensor, source: torch.Tensor, shared: bool):
             # (B, heads, T, d) -> (B*T*heads, d) rows: a view when heads are laid out per token.
             rows = x.transpose(1, 2).reshape(-1, d)
-            size = self.n * x.shape[1] * self.longest
             copies = (self.shared_rows, self.shared_slots) if shared else (None, None)
-            return _PlaceRows.apply(rows, size, slots.view(-1), *copies)
+            return _PlaceRows.apply(rows, source.shape[0], slots.view(-1), *copies, source)
 
         rows = self.n * kv
-        q = padded(query, self.q_slots, False).view(rows, -1, d)
-        k = padded(key, self.kv_slots, True).view(rows, -1, d)
-        v = padded(value, self.kv_slots, True).view(rows, -1, d)
+        q = padded(query, self.q_slots, self.q_source, False).view(rows, -1, d)
+        k = padded(key, self.kv_slots, self.kv_source, True).view(rows, -1, d)
+        v = padded(value, self.kv_slots, self.kv_source, True).view(rows, -1, d)
         return q, k, v
 
     def scatter(self, out: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
         """``(n*kv, g*L, d)`` attention output -> ``(B, T, H, d)`` (transformers' layout)."""
         d = out.shape[-1]
         heads = self.q_slots.shape[1]
-        rows = _SelectRows.apply(out.reshape(-1, d), self.q_slots.view(-1))
+        rows = _SelectRows.apply(out.reshape(-1, d), self.q_slots.view(-1), self.q_source)
         return rows.view(batch, seq, heads, d)
 
 

@@ -1,6 +1,6 @@
 """tunesmith's CPU kernels (``kernels.cpp``): RMSNorm, SwiGLU, RoPE, dropout, causal softmax.
 
-Each runs in one pass each way.
+Each runs in one pass each way (and packed attention's row placement in one gather).
 
 Eager torch runs each of these as a chain of 4-12 memory-bound ops per direction (casts, products,
 reductions; each a pass over the activations and an allocation), and on an AMX CPU, where the
@@ -156,11 +156,12 @@ def _kernels() -> ModuleType | None:
         return None
 
 
-def runs_on(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels are built and take these tensors: bf16 on CPU (their one dtype)."""
-    return all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors) and (
-        kernels() is not None
-    )
+def runs_on(*tensors: torch.Tensor, any_dtype: bool = False) -> bool:
+    """Whether the kernels are built and take these tensors: bf16 on CPU (the one dtype of all
+    but the row copies, which take ``any_dtype``)."""
+    return all(
+        t.device.type == "cpu" and (any_dtype or t.dtype == torch.bfloat16) for t in tensors
+    ) and (kernels() is not None)
 
 
 def kernels() -> ModuleType | None:

@@ -3,7 +3,8 @@
 // RMSNorm, the SwiGLU product, RoPE, dropout's masked scaling and packed attention's causal
 // softmax are memory-bound chains of 2-12 eager ops forward and backward (casts to fp32 and
 // back, products, reductions, integer mask arithmetic, an additive mask), each a pass over the
-// activations and an allocation. Here each direction
+// activations and an allocation (and packed attention's placement of rows in its per-example
+// layout is a zero fill and a scattered copy). Here each direction
 // reads its inputs once and writes its outputs once, in fp32 inside and bf16 outside, with
 // ATen's vector types and its thread pool (so torch.set_num_threads governs them too). Values
 // follow the eager formulas (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP,
@@ -15,6 +16,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -389,6 +391,32 @@ torch::Tensor causal_softmax_backward(torch::Tensor dp, torch::Tensor p, double 
   return ds;
 }
 
+// Rows of src picked by index, a zero row where the index is -1, for any dtype: packed
+// attention's placement of tokens in their per-example slots (packed_attention.py), one pass
+// over the output instead of a zero fill and an index_copy of the tokens' rows.
+torch::Tensor gather_rows(torch::Tensor src, torch::Tensor index) {
+  TORCH_CHECK(src.device().is_cpu() && src.dim() == 2 && src.is_contiguous(),
+              "rows must be a contiguous 2-D CPU tensor");
+  TORCH_CHECK(index.device().is_cpu() && index.dim() == 1 && index.scalar_type() == at::kLong &&
+              index.is_contiguous(), "index must be a contiguous 1-D int64 CPU tensor");
+  const int64_t rows = src.size(0), m = index.size(0);
+  auto out = torch::empty({m, src.size(1)}, src.options());
+  const int64_t bytes = src.size(1) * src.element_size();
+  const char* sp = static_cast<const char*>(src.data_ptr());
+  char* op = static_cast<char*>(out.data_ptr());
+  const int64_t* ip = index.data_ptr<int64_t>();
+  std::atomic<bool> bad(false);
+  at::parallel_for(0, m, std::max<int64_t>(1, 2 * kGrain / std::max<int64_t>(bytes, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) {
+      if (ip[i] == -1) std::memset(op + i * bytes, 0, bytes);
+      else if (ip[i] >= 0 && ip[i] < rows) std::memcpy(op + i * bytes, sp + ip[i] * bytes, bytes);
+      else bad = true;
+    }
+  });
+  TORCH_CHECK(!bad, "index out of range [-1, ", rows, ")");
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -400,4 +428,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dropout_scale", &dropout_scale);
   m.def("causal_softmax", &causal_softmax);
   m.def("causal_softmax_backward", &causal_softmax_backward);
+  m.def("gather_rows", &gather_rows);
 }
