@@ -40,7 +40,8 @@ scales, masks and normalizes them, reading and exponentiating only the keys each
 the additive mask, ``baddbmm``'s read of it and half the softmax's work are gone. The
 probabilities equal ``softmax(baddbmm(mask, q, kᵀ, alpha=scale))`` bit for bit where the scale
 is a power of two (``1/sqrt(64)``), and within one bf16 rounding elsewhere (the scaled scores
-are not rounded to bf16 first); the backward likewise (``tests/train/fastpath/test_native.py``).
+are not rounded to bf16 first); the gradients within one bf16 rounding
+(``tests/train/fastpath/test_native.py``).
 """
 
 from __future__ import annotations

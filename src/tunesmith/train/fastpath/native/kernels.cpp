@@ -3,14 +3,13 @@
 // RMSNorm, the SwiGLU product, RoPE, dropout's masked scaling and packed attention's causal
 // softmax are memory-bound chains of 2-12 eager ops forward and backward (casts to fp32 and
 // back, products, reductions, integer mask arithmetic, an additive mask), each a pass over the
-// activations and an allocation (and packed attention's placement of rows in its per-example
-// layout is a zero fill and a scattered copy). Here each direction
-// reads its inputs once and writes its outputs once, in fp32 inside and bf16 outside, with
-// ATen's vector types and its thread pool (so torch.set_num_threads governs them too). Values
-// follow the eager formulas (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP,
-// attention.py),
-// rounding to bf16 where they round; where a row's sum is added in another order, results are
-// within one bf16 rounding of theirs (tests/train/fastpath/test_native.py).
+// activations and an allocation; packed attention's placement of rows in its per-example
+// layout is a zero fill and scattered copies. Here each direction reads its inputs once and
+// writes its outputs once, in fp32 inside and bf16 outside, with ATen's vector types and its
+// thread pool (so torch.set_num_threads governs them too). Values follow the eager formulas
+// (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP, attention.py), rounding to bf16
+// where they round; where a row's sum is added in another order, results are within one bf16
+// rounding of theirs (tests/train/fastpath/test_native.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -295,12 +294,6 @@ torch::Tensor dropout_scale(torch::Tensor x, int64_t seed, int64_t threshold, do
   return y;
 }
 
-// Causal softmax of packed attention's scores (packed_attention.py's per-example layout): row r
-// of a (rows, g * L, L) batch is query position r % L, which sees keys 0 .. r % L, so only those
-// are read, exponentiated and summed; p = softmax(scale * s) there and 0 after. The reference is
-// baddbmm(mask, q, k^T, alpha=scale) and torch.softmax: the scaled scores are the same where the
-// scale is a power of two (1/sqrt(64)), the row sums are added in another order, and the
-// probabilities are within one bf16 rounding of theirs.
 // Zeros from n up to len: the keys a row does not see.
 inline void zero_tail(bf16* y, int64_t n, int64_t len) {
   for (int64_t j = n; j < len; j += bV::size())
@@ -315,8 +308,15 @@ void check_scores(const torch::Tensor& t, const char* name) {
               name, " must be (rows, g * L, L)");
 }
 
+// Causal softmax of packed attention's scores (packed_attention.py's per-example layout): row r
+// of a (rows, g * L, L) batch is query position r % L, which sees keys 0 .. r % L, so only those
+// are read, exponentiated and summed; p = softmax(scale * s) there and 0 after. The reference is
+// baddbmm(mask, q, k^T, alpha=scale) and torch.softmax: the scaled scores are the same where the
+// scale is a power of two (1/sqrt(64)), the row sums are added in another order, and the
+// probabilities are within one bf16 rounding of theirs.
 torch::Tensor causal_softmax(torch::Tensor s, double scale) {
   check_scores(s, "scores");
+  TORCH_CHECK(scale > 0, "scale must be positive (the row maximum is taken before scaling)");
   const int64_t L = s.size(2), rows = s.size(0) * s.size(1);
   auto p = torch::empty_like(s);
   const bf16* sp = s.data_ptr<bf16>();
