@@ -24,7 +24,7 @@ ROOT = "tunesmith"
 # (the CLI and its command modules) sits on top and may import anything, itself included.
 LAYERS: list[set[str]] = [
     # no tunesmith imports (but errors)
-    {"errors", "_callable", "precision", "shape", "cpu_share", "heap", "adamw"},
+    {"errors", "_callable", "precision", "shape", "cpu_share", "heap", "adamw", "vector_math"},
     {"atomic", "disk", "crashlog", "methods", "trackers"},  # file writes; the PEFT registry
     {"data"},
     {"config"},

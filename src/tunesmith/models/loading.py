@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tunesmith import vector_math
 from tunesmith.errors import UserInputError
 from tunesmith.models import embedded
 
@@ -125,6 +126,7 @@ def load_model_and_tokenizer(
     """
     from transformers import AutoModelForCausalLM
 
+    vector_math.initialize()  # before the model's first (parallel) cos: see vector_math.py
     src = model if isinstance(model, ModelSource) else resolve_model(model)
     tok = load_tokenizer(src, trust_remote_code=trust_remote_code)
     kw = _load_kwargs(trust_remote_code, allow_pickle)
