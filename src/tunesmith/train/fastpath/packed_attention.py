@@ -37,11 +37,12 @@ In that layout every example's mask is the plain causal one (query slot ``p`` se
 ``0 .. p``), so where tunesmith's CPU kernels are built (:mod:`~tunesmith.train.fastpath.native`)
 :func:`causal_attention` takes the scores from a plain ``bmm`` and one kernel pass each way
 scales, masks and normalizes them, reading and exponentiating only the keys each query sees:
-the additive mask, ``baddbmm``'s read of it and half the softmax's work are gone. The
-probabilities equal ``softmax(baddbmm(mask, q, kᵀ, alpha=scale))`` bit for bit where the scale
-is a power of two (``1/sqrt(64)``), and within one bf16 rounding elsewhere (the scaled scores
-are not rounded to bf16 first); the gradients within one bf16 rounding
-(``tests/train/fastpath/test_native.py``).
+the additive mask, ``baddbmm``'s read of it and half the softmax's work are gone. Where the
+scale is a power of two (``1/sqrt(64)``) the scaled scores are the same as
+``baddbmm(mask, q, kᵀ, alpha=scale)``'s and the probabilities and gradients are within one bf16
+rounding of ``softmax``'s (its row sums may be added in another order; on the AMX Xeon they were
+equal bit for bit); elsewhere within the rounding of the scaled scores, which eager rounds to
+bf16 first (``tests/train/fastpath/test_native.py``).
 """
 
 from __future__ import annotations

