@@ -42,8 +42,8 @@ def test_masks_follow_torch_manual_seed():
 
 
 def test_lanes_are_independent_of_their_position_in_a_word():
-    # Four mask elements share one 64-bit draw; the top lane lacks a sign bit, so a bias
-    # there would show as a different drop rate at positions 3, 7, 11, ...
+    # Four mask elements share one 64-bit word (its 16-bit lanes, low 15 bits each); a bias in
+    # one lane would show as a different drop rate at positions 3, 7, 11, ...
     torch.manual_seed(1)
     mask = keep_mask(torch.Size([4 * 200_000]), 0.1, torch.bfloat16, "cpu").float().view(-1, 4)
     rates = 1.0 - mask.mean(dim=0)
