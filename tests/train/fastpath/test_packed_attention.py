@@ -257,7 +257,7 @@ def test_place_rows_gives_a_prefix_row_the_gradients_of_all_its_copies(row_kerne
         torch.tensor([0, 1, 0, 1]),
         torch.tensor([1, 2, 5, 6]),
     )
-    out = _PlaceRows.apply(x, 10, slots, rows, copies, _source(10, slots, rows, copies))
+    out = _PlaceRows.apply(x, slots, rows, copies, _source(10, slots, rows, copies))
     ref = x.new_zeros(10, 3).index_copy(0, slots, x)
     ref = ref.index_copy(0, copies, x.index_select(0, rows))
     assert torch.equal(out, ref)
@@ -265,7 +265,7 @@ def test_place_rows_gives_a_prefix_row_the_gradients_of_all_its_copies(row_kerne
     (got,) = torch.autograd.grad(out, x, g)
     (want,) = torch.autograd.grad(ref, x, g)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)  # no rounding to fp32
-    plain = _PlaceRows.apply(x, 10, slots, None, None, _source(10, slots))
+    plain = _PlaceRows.apply(x, slots, None, None, _source(10, slots))
     assert torch.equal(plain, x.new_zeros(10, 3).index_copy(0, slots, x))
     assert torch.equal(torch.autograd.grad(plain, x, g)[0], g[slots])
 

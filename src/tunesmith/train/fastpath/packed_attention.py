@@ -66,8 +66,7 @@ class _SelectRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(index, source)
-        ctx.rows = x.shape[0]
+        ctx.save_for_backward(index, source)  # source has a row for each of x's
         return x.index_select(0, index)
 
     @staticmethod
@@ -75,12 +74,12 @@ class _SelectRows(torch.autograd.Function):
         index, source = ctx.saved_tensors
         if native.runs_on(grad, any_dtype=True):
             return native.kernels().gather_rows(grad.contiguous(), source), None, None
-        out = grad.new_zeros((ctx.rows, *grad.shape[1:]))
+        out = grad.new_zeros((source.shape[0], *grad.shape[1:]))
         return out.index_copy_(0, index, grad), None, None
 
 
 class _PlaceRows(torch.autograd.Function):
-    """Rows of ``x`` placed at distinct ``slots`` of a zero ``(size, d)`` tensor, and rows
+    """Rows of ``x`` placed at distinct ``slots`` of a zero ``(len(source), d)`` tensor, and rows
     ``shared_rows`` (a shared prefix's keys or values) also copied to ``shared_slots``;
     ``source`` is the same placement read the other way (each slot's row of ``x``, -1 for a
     zero slot), which tunesmith's CPU kernels gather in one pass.
@@ -93,11 +92,11 @@ class _PlaceRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, size: int, slots, shared_rows, shared_slots, source):
+    def forward(ctx, x, slots, shared_rows, shared_slots, source):
         ctx.save_for_backward(slots, shared_rows, shared_slots)
         if native.runs_on(x, any_dtype=True):
             return native.kernels().gather_rows(x.contiguous(), source)
-        out = x.new_zeros((size, x.shape[1]))
+        out = x.new_zeros((source.shape[0], x.shape[1]))
         out.index_copy_(0, slots, x)
         if shared_rows is not None:
             out.index_copy_(0, shared_slots, x.index_select(0, shared_rows))
@@ -111,7 +110,7 @@ class _PlaceRows(torch.autograd.Function):
             wide = torch.promote_types(grad.dtype, torch.float32)  # fp32, or fp64 if given
             copies = grad.index_select(0, shared_slots).to(wide)
             g = g.to(wide).index_add_(0, shared_rows, copies).to(grad.dtype)
-        return g, None, None, None, None, None
+        return g, None, None, None, None
 
 
 class _CausalSoftmax(torch.autograd.Function):
@@ -186,7 +185,7 @@ class PackedLayout:
             # (B, heads, T, d) -> (B*T*heads, d) rows: a view when heads are laid out per token.
             rows = x.transpose(1, 2).reshape(-1, d)
             copies = (self.shared_rows, self.shared_slots) if shared else (None, None)
-            return _PlaceRows.apply(rows, source.shape[0], slots.view(-1), *copies, source)
+            return _PlaceRows.apply(rows, slots.view(-1), *copies, source)
 
         rows = self.n * kv
         q = padded(query, self.q_slots, self.q_source, False).view(rows, -1, d)
