@@ -65,3 +65,28 @@ def test_after_torch_loaded_nothing_changes(monkeypatch):
     assert cpu_share.configure(sample=False) == "torch already loaded: libgomp's default"
     assert "GOMP_SPINCOUNT" not in os.environ
     assert cpu_share.described() == "libgomp default (GOMP_SPINCOUNT=300000)"
+
+
+def test_a_watched_training_spins_longer_alone_and_as_short_when_shared():
+    assert cpu_share.choose_spin_count(None, watched=True) == cpu_share.SPIN_WATCHED
+    assert cpu_share.choose_spin_count(0.2, watched=True) == cpu_share.SPIN_WATCHED
+    assert cpu_share.choose_spin_count(1.0, watched=True) == cpu_share.SPIN_SHARED
+    assert cpu_share.SPIN_ALONE < cpu_share.SPIN_WATCHED < cpu_share.LIBGOMP_SPIN
+
+
+def test_only_the_train_command_is_watched():
+    assert cpu_share.watched_command(["train", "examples/smollm2_lora.yaml"])
+    assert cpu_share.watched_command(["--debug", "train", "--resume", "runs/x"])
+    assert not cpu_share.watched_command(["eval", "runs/x"])
+    assert not cpu_share.watched_command(["serve", "--adapter", "train"])  # not the command
+    assert not cpu_share.watched_command([])
+
+
+def test_the_train_command_configures_before_torch_loads():
+    code = (
+        "import os, sys; from tunesmith import cli, cpu_share; cpu_share.busy_cores = lambda: 0.0; "
+        "sys.argv = ['tunesmith', 'train', '--help']\n"
+        "try:\n    cli.entry()\nexcept SystemExit:\n    pass\n"
+        "print(os.environ['GOMP_SPINCOUNT'])"
+    )
+    assert _fresh_python(code).splitlines()[-1] == str(cpu_share.SPIN_WATCHED)

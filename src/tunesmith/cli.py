@@ -111,7 +111,8 @@ def entry() -> None:
     """The ``tunesmith`` command and ``python -m tunesmith`` (how launchers start each rank)."""
     from tunesmith import cpu_share
 
-    cpu_share.configure()  # before torch loads: it fixes how idle OpenMP threads wait
+    # Before torch loads: it fixes how idle OpenMP threads wait.
+    cpu_share.configure(watched=cpu_share.watched_command(sys.argv[1:]))
     exit_process(main())
 
 

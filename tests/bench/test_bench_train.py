@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -196,3 +199,36 @@ def test_a_tiny_run_reports_both_limits(tiny_llama_dir, tmp_path):
     console.print(results_table(report))
     text = console.export_text()
     assert "of limit" in text and "of ceiling" in text and "of in order" in text
+
+
+def test_a_peer_child_waits_as_torch_does_unless_the_user_chose():
+    from tunesmith import cpu_share
+    from tunesmith.bench.train.runner import child_env
+
+    ours = {"GOMP_SPINCOUNT": "10000", cpu_share.AUTO_MARK: "1", "PATH": "/bin"}
+    peer = child_env("trl-default", ours)
+    assert peer["GOMP_SPINCOUNT"] == "300000" and cpu_share.AUTO_MARK not in peer
+    assert peer["HF_HUB_OFFLINE"] == "1" and peer["PATH"] == "/bin"
+    assert child_env("trl-tuned", {})["GOMP_SPINCOUNT"] == "300000"
+    # tunesmith's child decides again (its __main__ configures the watched training's spin)
+    assert child_env("tunesmith", ours)[cpu_share.AUTO_MARK] == "1"
+    users = {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert child_env("trl-default", users)["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "GOMP_SPINCOUNT" not in child_env("trl-default", users)
+
+
+def test_the_tunesmith_child_waits_as_tunesmith_train_does():
+    from tunesmith import cpu_share
+
+    code = (
+        "import os, runpy, sys; sys.argv = ['x']\n"
+        "try:\n    runpy.run_module('tunesmith.bench.train', run_name='__main__')\n"
+        "except BaseException:\n    pass\n"
+        "print(os.environ['GOMP_SPINCOUNT'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in cpu_share.USER_SETTINGS}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, cpu_share.AUTO_MARK: "1"},
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert out.strip().splitlines()[-1] == str(cpu_share.SPIN_WATCHED)

@@ -187,7 +187,10 @@ def build_model(cfg: TrainConfig, device: torch.device, checkpointing: bool = Fa
     else:
         model = spec.apply(model, args)
     # Hand-fused dropout, RMSNorm and attention on CPU, and the loop's pass policy.
-    fast_paths = apply_fast_paths(model, device, kv_prefix=spec.kv_prefix, packed_rows=cfg.packing)
+    fast_paths = apply_fast_paths(
+        model, device, kv_prefix=spec.kv_prefix, packed_rows=cfg.packing,
+        own_threads=bool(cfg.threads),
+    )  # fmt: skip
     # Autocast: methods with fp32 master weights (full, freeze) and LoRA adapters (train/speed.py).
     mixed = trains_base or adapter_autocast(spec, precision)
     autocast = torch_dtype(precision) if (mixed and precision != "fp32") else None

@@ -33,6 +33,21 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def child_env(variant: str, environ: dict[str, str]) -> dict[str, str]:
+    """A child's environment: offline, and a peer's OpenMP wait is libgomp's default, what a
+    TRL user has (``import tunesmith`` would otherwise choose one), unless the user set one."""
+    from tunesmith import cpu_share
+
+    env = {**environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    users = any(n in env for n in cpu_share.USER_SETTINGS) and cpu_share.AUTO_MARK not in env
+    if variant != "tunesmith" and not users:
+        env.pop(cpu_share.AUTO_MARK, None)
+        env.pop("OMP_WAIT_POLICY", None)
+        env["GOMP_SPINCOUNT"] = str(cpu_share.LIBGOMP_SPIN)
+    return env
+
+
 def run_spec(argv: list[str], settings_type: type, tunesmith_side, trl_side) -> int:
     """A child process's body: read ``SPEC.json``, run its variant, write ``OUT.json``.
 
@@ -91,11 +106,9 @@ def run_child(
         spec_path,
         {"variant": variant, "settings": asdict(settings), "data": data, "workdir": str(workdir)},
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
     proc = subprocess.run(
         [sys.executable, "-m", module, str(spec_path), str(out_path)],
-        env=env,
+        env=child_env(variant, dict(os.environ)),
         capture_output=True,
         text=True,
         timeout=timeout_s,

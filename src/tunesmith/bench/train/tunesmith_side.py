@@ -65,6 +65,7 @@ def prepare_loop(settings: BenchSettings, train_path: str, workdir: Path, device
             "seq_len": settings.seq_len,
             "seed": settings.seed,
             "warmup_ratio": settings.warmup_ratio,
+            "threads": settings.threads or None,  # the bench's --threads, as --threads is
         }
     )
     built = build_model(cfg, device)

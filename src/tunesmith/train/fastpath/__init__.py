@@ -18,12 +18,13 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
 - ``attention``: grouped eager attention, per example inside packed rows (``attention.py``,
   ``packed_attention.py``);
 
-and the loop gets three policies from the same handle: how a micro-batch is cut into passes
+and the loop gets four policies from the same handle: how a micro-batch is cut into passes
 (``passes.py``: packed rows, with the examples' common prompt prefix stored once, where the
 grouped attention runs; length-sorted padded passes otherwise), the loss's last step (the
 frozen head and its cross-entropy as one node whose gradient is formed in the forward,
 ``loss/head_ce.py``, with the head's products in row blocks; else the chunked cross-entropy)
-and when to give freed heap pages back to the OS (``host_memory.py``). On CUDA the library
+when to give freed heap pages back to the OS (``host_memory.py``) and how many threads to run
+while other processes need cores (``core_watch.py``). On CUDA the library
 kernels are fused already and extra passes cost launches, so there the handle changes nothing
 and hands out the reference policies.
 
@@ -51,6 +52,8 @@ from tunesmith.train.fastpath import (
     swiglu,
 )
 from tunesmith.train.fastpath.attention import AttentionCaches
+from tunesmith.train.fastpath.call_context import several_ranks
+from tunesmith.train.fastpath.core_watch import CoreWatch, watch_cores
 from tunesmith.train.fastpath.host_memory import HeapTrimmer, heap_trim_available
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
 from tunesmith.train.fastpath.patch import Patch
@@ -73,6 +76,7 @@ class FastPaths:
         pass_policy: How the loop cuts a micro-batch into forward passes.
         head_loss: ``(lm_head, hidden (N, C), targets (N,)) -> fp32 sum``, the loss's last step.
         trimmer: Returns freed heap pages after a step when memory crept (CPU), or None.
+        watch: Runs fewer threads while other processes need the cores (CPU), or None.
         caches: The grouped attention's per-pass caches, or None.
     """
 
@@ -83,11 +87,14 @@ class FastPaths:
         reference_head_cross_entropy
     )
     trimmer: HeapTrimmer | None = None
+    watch: CoreWatch | None = None
     caches: AttentionCaches | None = None
     _undo: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def after_step(self) -> bool:
         """Called by the loop after each optimizer step; True when it trimmed the heap."""
+        if self.watch is not None:
+            self.watch.after_step()
         return self.trimmer is not None and self.trimmer.after_step()
 
     def undo(self) -> None:
@@ -97,9 +104,12 @@ class FastPaths:
             self._undo.pop()()
         if self.caches is not None:
             self.caches.clear()
+        if self.watch is not None:
+            self.watch.restore()
         reference = FastPaths()
         self.installed, self.pass_policy = {}, reference.pass_policy
         self.head_loss, self.trimmer, self.caches = reference.head_loss, None, None
+        self.watch = None
 
 
 def apply_fast_paths(
@@ -108,6 +118,7 @@ def apply_fast_paths(
     *,
     kv_prefix: bool = False,
     packed_rows: bool = False,
+    own_threads: bool = False,
 ) -> FastPaths:
     """Install the CPU fast paths into ``model`` (after the method is applied) and return the
     handle that owns them.
@@ -118,6 +129,8 @@ def apply_fast_paths(
         kv_prefix: The method puts a key/value prefix in front of each row (MAM), which a
             packed row's examples would share, so passes are not packed.
         packed_rows: The examples are already packed rows (``--packing``), never packed again.
+        own_threads: The thread count is the user's (``--threads``): never changed here;
+            otherwise a single process runs fewer threads while others need the cores.
 
     Returns:
         The handle: counts, reasons for what did not apply, the loop policies, ``undo()``.
@@ -148,6 +161,8 @@ def apply_fast_paths(
         fast.trimmer = HeapTrimmer()
     else:
         _say(fast, "heap trimming", "no glibc malloc_trim in this process", expected=True)
+    if not own_threads and not several_ranks():
+        fast.watch = watch_cores()
     return fast
 
 

@@ -1,0 +1,131 @@
+"""Run a CPU training on the cores other processes leave free, checked between optimizer steps.
+
+A training that starts alone lets torch's OpenMP workers spin long between parallel regions
+(``tunesmith.cpu_share.SPIN_WATCHED``): a demo step is ~7% faster than with short spins. But
+spinning workers take the cores from any CPU-bound process that starts later (two processes'
+spinning threads made a demo step ~20x slower; benchmarks/RESULTS.md, "Sharing the cores").
+libgomp reads its spin count once, so what can change during a run is the thread count: after
+each optimizer step :class:`CoreWatch` measures how many cores the rest of the machine used
+since its last look (``/proc/stat``'s busy time less this process's CPU time) and, where that
+takes a core, runs on the cores left (``torch.set_num_threads``; at least one). With fewer
+threads than before, the idle workers sleep after one last spin, so the other process gets its
+core. When the others stop, the next look gives the threads back.
+
+Only where tunesmith chose the thread count (``--threads`` unset), on one rank (distributed
+ranks on one machine are each other's "others" and are sized by their launcher). Some of
+torch's reductions split their work by thread, so a run that gave a core away can differ from
+one that did not in the last bits; ``--threads`` (or ``TUNESMITH_CORE_WATCH=0``) keeps the
+count fixed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+from tunesmith.cpu_share import BUSY_CORES_SHARED
+
+logger = logging.getLogger("tunesmith")
+
+ENV = "TUNESMITH_CORE_WATCH"
+INTERVAL_S = 1.0  # shortest window a decision is made over (/proc/stat counts in 10 ms ticks)
+# /proc/stat's first line: user nice system idle iowait irq softirq steal ...; busy is what ran.
+# Steal (another VM on the host) is left out: fewer threads would not give that time back.
+_BUSY_FIELDS = (0, 1, 2, 5, 6)
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all processes have run since boot (``/proc/stat``); None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return sum(fields[i] for i in _BUSY_FIELDS if i < len(fields)) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
+def threads_for(others: float, cores: int, most: int) -> int:
+    """Threads to run when other processes used ``others`` cores of ``cores``: a core is left
+    to them for each started core beyond :data:`~tunesmith.cpu_share.BUSY_CORES_SHARED`."""
+    taken = max(0, math.ceil(others - BUSY_CORES_SHARED))
+    return max(1, min(most, cores - taken))
+
+
+class CoreWatch:
+    """Decides, after each optimizer step, how many threads this training runs (module doc).
+
+    Args:
+        most: The thread count to run when nothing else needs the cores (the run's own).
+        cores: The machine's cores.
+        clock, own_cpu_s, busy_s, set_threads: Wall clock, this process's CPU seconds, the
+            machine's busy CPU seconds and the thread setter (replaceable for tests).
+    """
+
+    def __init__(
+        self,
+        most: int,
+        cores: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        own_cpu_s: Callable[[], float] = time.process_time,
+        busy_s: Callable[[], float | None] = machine_busy_s,
+        set_threads: Callable[[int], None] = torch.set_num_threads,
+    ):
+        self.most, self.cores, self.threads = most, cores, most
+        self._clock, self._own, self._busy, self._set = clock, own_cpu_s, busy_s, set_threads
+        self._start: tuple[float, float, float] | None = None
+        self.others: float | None = None  # cores the other processes used in the last window
+        self.changes = 0
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        busy = self._busy()
+        return None if busy is None else (self._clock(), self._own(), busy)
+
+    def after_step(self) -> int | None:
+        """Look at the cores if a window has passed; the new thread count when it changed."""
+        now = self._sample()
+        if now is None:
+            return None
+        if self._start is None:
+            self._start = now
+            return None
+        if now[0] - self._start[0] < INTERVAL_S:
+            return None
+        (t0, own0, busy0), (t1, own1, busy1) = self._start, now
+        self._start = now
+        self.others = others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+        threads = threads_for(others, self.cores, self.most)
+        if threads == self.threads:
+            return None
+        self._set(threads)
+        logger.info(
+            "other processes used %.1f of %d cores: training on %d of %d threads",
+            others, self.cores, threads, self.most,
+        )  # fmt: skip
+        self.threads = threads
+        self.changes += 1
+        return threads
+
+    def restore(self) -> None:
+        """Give the run its own thread count back (the loop ended)."""
+        if self.threads != self.most:
+            self._set(self.most)
+            self.threads = self.most
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def watch_cores() -> CoreWatch | None:
+    """A watch over this process's threads, or None where it has nothing to decide: one
+    thread, no ``/proc/stat``, or switched off (``TUNESMITH_CORE_WATCH=0``)."""
+    most = torch.get_num_threads()
+    if most <= 1 or not enabled() or machine_busy_s() is None:
+        return None
+    return CoreWatch(most, os.cpu_count() or most)
