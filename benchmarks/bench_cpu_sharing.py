@@ -3,7 +3,10 @@
 Runs the demo recipe (examples/smollm2_lora.yaml) for ``--steps`` steps and reads its trained
 tokens/s, alone and while a competitor already runs: a second demo training (started
 ``--lead-s`` seconds earlier, so it has chosen its own setting on an idle machine, as a user's
-first job would) or a one-thread pure-Python loop (a test run, a data script). Settings:
+first job would) or a one-thread pure-Python loop (a test run, a data script). The competitor
+``python loop, later`` starts after the measured training has logged ``--later-steps`` steps
+(so that training chose its setting on idle CPUs); its tokens/s are those logged from then on,
+and the table adds how fast the loop ran beside it, as a share of its speed alone. Settings:
 
 * ``libgomp default``: GOMP_SPINCOUNT=300000 in both processes, what torch does unconfigured
   (and so what a TRL SFTTrainer run gets);
@@ -14,7 +17,7 @@ Goal (issue 25): with one competing CPU-bound process a demo step is at most ~2.
 than alone, without losing speed alone. Medians over ``--rounds`` alternated rounds.
 
 Usage:
-    python benchmarks/bench_cpu_sharing.py                 # 1 round, ~8 min on 2 cores
+    python benchmarks/bench_cpu_sharing.py                 # 1 round, ~12 min on 2 cores
     python benchmarks/bench_cpu_sharing.py --rounds 3 --json sharing.json
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +40,13 @@ SETTINGS = {
     "tunesmith": {},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
 }
-COMPETITORS = ("none", "training", "python loop")
+COMPETITORS = ("none", "training", "python loop", "python loop, later")
+# A one-thread CPU-bound loop that prints its iterations per second when stopped.
+LOOP = (
+    "import signal, sys, time\nn, t = 0, time.perf_counter()\n"
+    "def stop(*_):\n    print(n / (time.perf_counter() - t), flush=True)\n    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, stop)\nwhile True:\n    n += 1\n"
+)
 CLEARED = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "TUNESMITH_GOMP_AUTO", "OMP_NUM_THREADS")
 
 
@@ -45,12 +55,55 @@ def _env(setting: str) -> dict[str, str]:
     return {**env, "HF_HUB_OFFLINE": "1", **SETTINGS[setting]}
 
 
-def _train_argv(out: Path, steps: int) -> list[str]:
+def _train_argv(out: Path, steps: int, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "tunesmith", "train", "examples/smollm2_lora.yaml",
         "--max-steps", str(steps), "--eval-limit", "1", "--skip-base-eval",
-        "--output", str(out), "--overwrite", "--json",
+        "--output", str(out), "--overwrite", "--json", *extra,
     ]  # fmt: skip
+
+
+def _loop() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", LOOP], stdout=subprocess.PIPE, text=True)
+
+
+def _loop_rate(loop: subprocess.Popen) -> float:
+    loop.send_signal(signal.SIGTERM)
+    return float(loop.communicate(timeout=30)[0])
+
+
+def loop_alone(seconds: float = 5.0) -> float:
+    """Iterations/s of the competitor loop on the otherwise idle machine."""
+    loop = _loop()
+    time.sleep(seconds)
+    return _loop_rate(loop)
+
+
+def measure_later(setting: str, steps: int, later_steps: int, tmp: Path) -> tuple[float, float]:
+    """(trained tokens/s, loop iterations/s) of a demo training that starts alone and has a
+    Python loop beside it from its ``later_steps``-th logged step on."""
+    out = tmp / f"later-{time.monotonic_ns()}"  # new: the run writes its metrics in place
+    proc = subprocess.Popen(
+        _train_argv(out, later_steps + steps, "--logging-steps", "1"), cwd=REPO,
+        env=_env(setting), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    metrics, loop = out / "metrics.jsonl", None
+    try:
+        while loop is None and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= later_steps:
+                loop = _loop()
+            time.sleep(0.2)
+        stdout = proc.communicate()[0]
+        if loop is None or proc.returncode != 0:
+            raise SystemExit(f"the measured training ended before the loop started: {stdout}")
+        rate = _loop_rate(loop)
+    finally:
+        if loop is not None and loop.poll() is None:
+            loop.kill()
+        proc.kill()
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    shared = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r and r["step"] > later_steps]
+    return statistics.mean(shared), rate
 
 
 def measure(setting: str, competitor: str, steps: int, lead_s: float, tmp: Path) -> float:
@@ -83,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--lead-s", type=float, default=20.0, help="competitor's head start")
+    parser.add_argument(
+        "--later-steps", type=int, default=5, help="steps before the later loop starts"
+    )
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument(
         "--competitors", nargs="+", default=list(COMPETITORS), choices=list(COMPETITORS)
@@ -95,31 +151,47 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[float]]] = {
         s: {c: [] for c in args.competitors} for s in args.settings
     }
+    loop_share: dict[str, list[float]] = {s: [] for s in args.settings}
     with tempfile.TemporaryDirectory(prefix="tunesmith-sharing-") as tmp:
         for rnd in range(args.rounds):
             for competitor in args.competitors:
                 for setting in args.settings:
-                    tok_s = measure(setting, competitor, args.steps, args.lead_s, Path(tmp))
+                    extra = ""
+                    if competitor == "python loop, later":
+                        alone = loop_alone()
+                        tok_s, rate = measure_later(
+                            setting, args.steps, args.later_steps, Path(tmp)
+                        )
+                        loop_share[setting].append(rate / alone)
+                        extra = f", the loop at {rate / alone:.2f} of its speed alone"
+                    else:
+                        tok_s = measure(setting, competitor, args.steps, args.lead_s, Path(tmp))
                     results[setting][competitor].append(tok_s)
-                    print(f"round {rnd + 1}: {setting:15s} beside {competitor:11s} {tok_s:7.1f} tok/s",
+                    print(f"round {rnd + 1}: {setting:15s} beside {competitor:18s} {tok_s:7.1f} tok/s{extra}",
                           file=sys.stderr, flush=True)  # fmt: skip
     med = {s: {c: statistics.median(v) for c, v in by.items()} for s, by in results.items()}
+    loop_med = {s: statistics.median(v) for s, v in loop_share.items() if v}
     machine = describe() | {"omp_wait": "per row"}
     alone = [m["none"] for m in med.values() if "none" in m]
     fastest_alone = max(alone) if alone else float("nan")
     cols = ["setting"]
     for c in args.competitors:
         cols += ["alone tok/s"] if c == "none" else [f"beside a {c} tok/s", "slowdown"]
+    if loop_med:
+        cols += ["later loop's speed"]
     print("| " + " | ".join(cols) + " |")
     print("|---" + "|---:" * (len(cols) - 1) + "|")
     for setting, m in med.items():
         cells = [setting]
         for c in args.competitors:
             cells += [f"{m[c]:.1f}"] + ([] if c == "none" else [f"{fastest_alone / m[c]:.1f}x"])
+        if loop_med:
+            cells += [f"{loop_med[setting]:.2f}x"]
         print("| " + " | ".join(cells) + " |")
     print(f"\nslowdown: the fastest setting alone over this one shared. {one_line(machine)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rounds": results, "medians": med,
+                                               "later_loop_share": loop_share,
                                                "machine": machine}, indent=2))  # fmt: skip
     return 0
 

@@ -74,8 +74,9 @@ def test_a_watched_training_spins_longer_alone_and_as_short_when_shared():
     assert cpu_share.SPIN_ALONE < cpu_share.SPIN_WATCHED < cpu_share.LIBGOMP_SPIN
 
 
-def test_only_the_train_command_is_watched():
+def test_only_the_training_commands_are_watched():
     assert cpu_share.watched_command(["train", "examples/smollm2_lora.yaml"])
+    assert cpu_share.watched_command(["compare", "--methods", "lora,ia3"])
     assert cpu_share.watched_command(["--debug", "train", "--resume", "runs/x"])
     assert not cpu_share.watched_command(["eval", "runs/x"])
     assert not cpu_share.watched_command(["serve", "--adapter", "train"])  # not the command

@@ -10,7 +10,7 @@ of 10,000 keeps most of the speed alone and most of the shared speed; 1,000 trad
 the speed alone for more of the shared speed. libgomp reads the variable once, when torch loads
 it, so the choice is made at start-up from how busy the CPUs are then.
 
-A training (``tunesmith train``, the training bench's tunesmith side) spins longer when it
+A training (``tunesmith train`` and ``compare``, the benches' tunesmith side) spins longer when it
 starts alone (:data:`SPIN_WATCHED`, a CPU demo step ~7% faster than at 10,000): its loop
 watches the cores between optimizer steps and runs on fewer threads while another process needs
 them (``tunesmith.train.fastpath.core_watch``), so a process that starts later is not starved.
@@ -30,8 +30,8 @@ SPIN_ALONE = 10_000
 SPIN_SHARED = 1_000
 LIBGOMP_SPIN = 300_000  # libgomp's own default
 SPIN_WATCHED = 100_000  # alone, in a process whose training loop gives cores back (docstring)
-# The commands whose work is a training loop that watches the cores.
-WATCHED_COMMANDS = ("train",)
+# The commands whose work is training loops, which watch the cores.
+WATCHED_COMMANDS = ("train", "compare")
 # Other processes using at least half a core at start-up mean the cores are shared.
 BUSY_CORES_SHARED = 0.5
 USER_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")

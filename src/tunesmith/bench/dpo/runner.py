@@ -16,7 +16,13 @@ from tunesmith.bench.dpo import trl_side
 from tunesmith.bench.dpo.data import prepare_pairs
 from tunesmith.bench.dpo.measure import DpoSettings
 from tunesmith.bench.dpo.summary import summarize
-from tunesmith.bench.train.runner import alternate_rounds, run_child, run_spec, set_threads
+from tunesmith.bench.train.runner import (
+    alternate_rounds,
+    machine_of,
+    run_child,
+    run_spec,
+    set_threads,
+)
 
 VARIANTS: tuple[str, ...] = ("tunesmith", *trl_side.VARIANTS)
 CHILD = "tunesmith.bench.dpo"  # the module each child runs (its __main__)
@@ -42,14 +48,12 @@ def bench_dpo(
     Returns:
         ``{"settings", "machine", "rows": [...], "summary": {...}}``.
     """
-    from tunesmith.bench.machine import describe
-
     say = progress or (lambda line: None)
     with tempfile.TemporaryDirectory(prefix="tunesmith-bench-dpo-") as tmp:
         root = Path(workdir or tmp)
         say("preparing the clinic demo pairs ...")
         data = prepare_pairs(root / "data", settings)
-        set_threads(settings.threads)  # describe() reports the threads the runs get
+        set_threads(settings.threads)  # machine_of() reports the threads the runs get
         rows = alternate_rounds(
             variants,
             reps,
@@ -62,7 +66,7 @@ def bench_dpo(
         )
     return {
         "settings": asdict(settings),
-        "machine": describe(),
+        "machine": machine_of(rows),
         "rows": rows,
         "summary": summarize(rows),
     }

@@ -48,6 +48,18 @@ def child_env(variant: str, environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def machine_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The machine the children ran on, with each variant's OpenMP wait setting."""
+    from tunesmith.bench.machine import describe
+
+    waits: dict[str, list[str]] = {}
+    for row in rows:
+        names = waits.setdefault(row.get("omp_wait", "unknown wait setting"), [])
+        if row["variant"] not in names:
+            names.append(row["variant"])
+    return describe() | {"omp_wait": "; ".join(f"{'/'.join(v)}: {w}" for w, v in waits.items())}
+
+
 def run_spec(argv: list[str], settings_type: type, tunesmith_side, trl_side) -> int:
     """A child process's body: read ``SPEC.json``, run its variant, write ``OUT.json``.
 
@@ -69,6 +81,9 @@ def run_spec(argv: list[str], settings_type: type, tunesmith_side, trl_side) -> 
         row = trl_side(settings, data, workdir, tuned=variant == "trl-tuned")
     else:
         raise SystemExit(f"unknown variant {variant!r}")
+    from tunesmith import cpu_share
+
+    row["omp_wait"] = cpu_share.described()  # the children's settings differ (child_env)
     write_json(Path(argv[1]), row)
     return 0
 
@@ -197,11 +212,9 @@ def bench_train(
             ceiling = ceilings[row["precision"] if row["precision"] in ceilings else "fp32"]
             row["ceiling_ratio"] = row["flops_per_s"] / ceiling if ceiling else 0.0
         share_limit(rows)  # the peers' rows: the same workload's shape-matched limit
-    from tunesmith.bench.machine import describe
-
     return {
         "settings": asdict(settings),
-        "machine": describe(),
+        "machine": machine_of(rows),
         "ceilings": ceilings,
         "rows": rows,
         "summary": summarize(rows),
