@@ -91,3 +91,12 @@ def test_the_train_command_configures_before_torch_loads():
         "print(os.environ['GOMP_SPINCOUNT'])"
     )
     assert _fresh_python(code).splitlines()[-1] == str(cpu_share.SPIN_WATCHED)
+
+
+def test_libgomps_own_spin_count_is_named_as_its_default(monkeypatch):
+    for name in (*cpu_share.USER_SETTINGS, cpu_share.AUTO_MARK):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", str(cpu_share.LIBGOMP_SPIN))  # a bench's TRL child
+    assert cpu_share.described() == "libgomp default (GOMP_SPINCOUNT=300000)"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
+    assert cpu_share.described() == "GOMP_SPINCOUNT=5 (set by the user)"

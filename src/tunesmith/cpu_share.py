@@ -98,6 +98,11 @@ def watched_command(argv: list[str]) -> bool:
 
 def described() -> str:
     """The wait setting this process runs with (for benchmark tables)."""
+    if (
+        os.environ.get("GOMP_SPINCOUNT") == str(LIBGOMP_SPIN)
+        and "OMP_WAIT_POLICY" not in os.environ
+    ):
+        return f"libgomp default (GOMP_SPINCOUNT={LIBGOMP_SPIN})"
     for name in USER_SETTINGS:
         if name in os.environ:
             chosen = "tunesmith's choice" if AUTO_MARK in os.environ else "set by the user"
