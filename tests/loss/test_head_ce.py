@@ -15,6 +15,7 @@ from tunesmith.loss.head_ce import (
     fuses,
     head_cross_entropy_sum,
     head_token_nll,
+    softmax_nll_,
 )
 
 ROWS = 2 * CHUNK + 7  # a last chunk shorter than CHUNK
@@ -34,7 +35,7 @@ def test_fp64_loss_and_gradient_equal_the_reference_with_a_per_row_scale():
     ref_h = h.detach().clone().requires_grad_()
     ref = F.cross_entropy(ref_h @ head.weight.t(), t, reduction="none")
     (ref * scale).sum().backward()
-    nll = _HeadNll.apply(h, head.weight, t, torch.mm)
+    nll = _HeadNll.apply(h, head.weight, t, torch.mm, softmax_nll_)
     (nll * scale.float()).sum().backward()
     torch.testing.assert_close(nll.double(), ref, rtol=1e-6, atol=1e-6)  # fp32 NLLs
     torch.testing.assert_close(h.grad, ref_h.grad, rtol=1e-6, atol=1e-7)
@@ -88,7 +89,7 @@ def test_row_counts_at_the_chunk_edges(rows):
     h, t = h.detach()[:rows].requires_grad_(), t[:rows]
     ref_h = h.detach().clone().requires_grad_()
     F.cross_entropy(ref_h @ head.weight.t(), t, reduction="sum").backward()
-    _HeadNll.apply(h, head.weight, t, torch.mm).sum().backward()
+    _HeadNll.apply(h, head.weight, t, torch.mm, softmax_nll_).sum().backward()
     torch.testing.assert_close(h.grad, ref_h.grad, rtol=1e-6, atol=1e-7)
 
 

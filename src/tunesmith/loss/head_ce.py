@@ -24,7 +24,10 @@ the head a frozen ``nn.Linear`` without bias in the input's dtype, no distribute
 Evaluation, a trained head (full fine-tuning), a LoRA-wrapped head, fp32 models, torchrun and
 CUDA keep ``head(h)`` and the chunked (or, off CPU, the reference) cross-entropy of
 :mod:`~tunesmith.loss.chunked_ce`. The two products are a parameter (``mm``): the CPU fast
-paths pass the row blocks they run every frozen GEMM in (``train/fastpath/row_split.py``).
+paths pass the row blocks they run every frozen GEMM in (``train/fastpath/row_split.py``), and
+the softmax step is one too (``nll_``): they pass tunesmith's CPU kernel, one read of each bf16
+row instead of an fp32 copy and four passes (bit for bit on the bench's logits; within fp32
+rounding where its sum is added in another order).
 """
 
 from __future__ import annotations
@@ -46,6 +49,26 @@ HALF = (torch.bfloat16, torch.float16)
 # backward's product may round differently for a small count (it did at 42).
 ROW_BUCKET = 32
 Product = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, b) -> a @ b
+# (logits (N, V), targets (N,)) -> fp32 NLLs (N,), the logits overwritten with softmax - onehot
+SoftmaxNll = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def softmax_nll_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row ``-log_softmax(logits)[i, targets[i]]`` in fp32, and ``logits`` overwritten with
+    ``softmax - onehot`` (rounded once to their dtype): 32-row chunks in fp32, so that no
+    ``(N, V)`` fp32 copy exists. The CPU fast paths pass tunesmith's kernel for bf16, which
+    reads each row from memory once (``train/fastpath/native``)."""
+    rows = logits.shape[0]
+    nll = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    minus_one = torch.full((CHUNK, 1), -1.0, device=logits.device)
+    for r in range(0, rows, CHUNK):
+        end = min(r + CHUNK, rows)
+        log_probs = torch.log_softmax(logits[r:end].float(), dim=-1)
+        t = targets[r:end, None]
+        nll[r:end] = -log_probs.gather(1, t)[:, 0]
+        probs = log_probs.exp_().scatter_add_(1, t, minus_one[: end - r])
+        logits[r:end] = probs
+    return nll
 
 
 class _HeadNll(torch.autograd.Function):
@@ -55,21 +78,16 @@ class _HeadNll(torch.autograd.Function):
     # h and the weight share one dtype (fuses()); autocast is off so that the forward's
     # product takes the dtypes the backward's, which runs outside autocast, takes.
     @torch.autocast("cpu", enabled=False)
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mm: Product):
+    def forward(
+        ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mm: Product,
+        nll_: SoftmaxNll,
+    ):  # fmt: skip
         rows = h.shape[0]
         padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
         if padded != rows:  # zero rows: their logits are computed, then zeroed below
             h = torch.cat([h, h.new_zeros((padded - rows, h.shape[1]))])
         logits = mm(h, weight.t())  # (padded, V), becomes softmax - onehot in place
-        nll = torch.empty(rows, dtype=torch.float32, device=h.device)
-        minus_one = torch.full((CHUNK, 1), -1.0, device=h.device)
-        for r in range(0, rows, CHUNK):
-            end = min(r + CHUNK, rows)  # real rows only
-            log_probs = torch.log_softmax(logits[r:end].float(), dim=-1)
-            t = targets[r:end, None]
-            nll[r:end] = -log_probs.gather(1, t)[:, 0]
-            probs = log_probs.exp_().scatter_add_(1, t, minus_one[: end - r])
-            logits[r:end] = probs  # rounded once to the logits' dtype
+        nll = nll_(logits[:rows], targets)  # real rows only
         logits[rows:].zero_()  # the padding rows take no gradient
         ctx.save_for_backward(logits, weight)
         ctx.mm, ctx.rows = mm, rows
@@ -79,7 +97,7 @@ class _HeadNll(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         dlogits, weight = ctx.saved_tensors
         dh = ctx.mm(dlogits, weight)[: ctx.rows]  # (N, C)
-        return dh.mul_(grad[:, None].to(dh.dtype)), None, None, None
+        return dh.mul_(grad[:, None].to(dh.dtype)), None, None, None, None
 
 
 def fuses(head: nn.Module, h: torch.Tensor) -> bool:
@@ -104,12 +122,16 @@ def head_token_nll(
     """``(N,)`` fp32 token NLLs of ``head(h)`` (the preference log-probs), fused where
     :func:`fuses`, else :func:`~tunesmith.loss.chunked_ce.token_nll` of ``head(h)``."""
     if fuses(head, h):
-        return _HeadNll.apply(h, head.weight, targets, mm)
+        return _HeadNll.apply(h, head.weight, targets, mm, softmax_nll_)
     return token_nll(head(h), targets)
 
 
 def head_cross_entropy_sum(
-    head: nn.Module, h: torch.Tensor, targets: torch.Tensor, mm: Product = torch.mm
+    head: nn.Module,
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    mm: Product = torch.mm,
+    nll_: SoftmaxNll = softmax_nll_,
 ) -> torch.Tensor:
     """Summed token cross-entropy of ``head(h)`` (fp32 scalar): fused where :func:`fuses`,
     else :func:`~tunesmith.loss.chunked_ce.cross_entropy_sum` of ``head(h)``.
@@ -119,9 +141,10 @@ def head_cross_entropy_sum(
         h: ``(N, C)`` hidden states of the trained positions.
         targets: ``(N,)`` next-token ids, no ignore index.
         mm: How the head's two products are computed (``torch.mm``, or row blocks).
+        nll_: How the logits become NLLs and ``softmax - onehot`` (:func:`softmax_nll_`).
     """
     if fuses(head, h):
-        return _HeadNll.apply(h, head.weight, targets, mm).sum()
+        return _HeadNll.apply(h, head.weight, targets, mm, nll_).sum()
     return cross_entropy_sum(head(h), targets)
 
 

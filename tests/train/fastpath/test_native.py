@@ -296,3 +296,54 @@ def test_gather_rows_copies_rows_and_zeros_the_unplaced(kernels, dtype):
         kernels.gather_rows(x, torch.tensor([0, 40]))
     with pytest.raises(RuntimeError, match="out of range"):
         kernels.gather_rows(x, torch.tensor([-2]))
+
+
+# A demo head's width, and vocabularies with a tail after the last full vector (32 bf16 lanes).
+@pytest.mark.parametrize("rows,vocab", [(37, 49152), (5, 45), (3, 1)])
+def test_softmax_nll_is_the_chunked_eager_step(kernels, rows, vocab):
+    from tunesmith.loss.head_ce import softmax_nll_
+
+    torch.manual_seed(0)
+    logits = (torch.randn(rows, vocab) * 4).bfloat16()
+    targets = torch.randint(0, vocab, (rows,))
+    want_grad, got_grad = logits.clone(), logits.clone()
+    want = softmax_nll_(want_grad, targets)
+    got = kernels.softmax_nll_(got_grad, targets)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # the sum may add in another order
+    _close_within_a_rounding(got_grad, want_grad)
+    assert (got_grad.view(torch.int16) == want_grad.view(torch.int16)).float().mean() >= 0.999
+    assert (got_grad.float().sum(1)).abs().max() < 0.1  # softmax - onehot sums to ~0 per row
+
+
+def test_softmax_nll_refuses_targets_outside_the_vocabulary(kernels):
+    logits = torch.zeros(2, 8, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="target 8 of row 1 is outside"):
+        kernels.softmax_nll_(logits, torch.tensor([0, 8]))
+    with pytest.raises(RuntimeError, match="bf16"):
+        kernels.softmax_nll_(logits.float(), torch.tensor([0, 1]))
+
+
+def test_the_fast_head_loss_takes_the_kernel_and_equals_the_reference_step(kernels, monkeypatch):
+    from tests.loss.test_head_ce import _head
+    from tunesmith.loss.head_ce import head_cross_entropy_sum
+    from tunesmith.train.fastpath import fast_head_loss
+
+    class Counting:
+        calls = 0
+
+        def softmax_nll_(self, *args):
+            self.calls += 1
+            return kernels.softmax_nll_(*args)
+
+    counting = Counting()
+    monkeypatch.setattr(native, "kernels", lambda: counting)
+    head, h, t = _head(torch.bfloat16, vocab=300, width=48, rows=70)
+    ref_h = h.detach().clone().requires_grad_()
+    fast = fast_head_loss(head, h, t)
+    want = head_cross_entropy_sum(head, ref_h, t)  # the chunked eager softmax step
+    assert counting.calls == 1
+    fast.backward()
+    want.backward()
+    torch.testing.assert_close(fast, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h.grad, ref_h.grad, rtol=2e-2, atol=1e-3)

@@ -22,7 +22,8 @@ and the loop gets four policies from the same handle: how a micro-batch is cut i
 (``passes.py``: packed rows, with the examples' common prompt prefix stored once, where the
 grouped attention runs; length-sorted padded passes otherwise), the loss's last step (the
 frozen head and its cross-entropy as one node whose gradient is formed in the forward,
-``loss/head_ce.py``, with the head's products in row blocks; else the chunked cross-entropy)
+``loss/head_ce.py``, with the head's products in row blocks and its softmax in tunesmith's
+kernel; else the chunked cross-entropy)
 when to give freed heap pages back to the OS (``host_memory.py``) and how many threads to run
 while other processes need cores (``core_watch.py``). On CUDA the library
 kernels are fused already and extra passes cost launches, so there the handle changes nothing
@@ -40,12 +41,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunesmith.loss.head_ce import head_cross_entropy_sum, reference_head_cross_entropy
+from tunesmith.loss.head_ce import (
+    head_cross_entropy_sum,
+    reference_head_cross_entropy,
+    softmax_nll_,
+)
 from tunesmith.train.fastpath import (
     attention,
     dropout,
     frozen_linear,
     lora,
+    native,
     rmsnorm,
     rope,
     row_split,
@@ -199,4 +205,11 @@ def _pass_policy(fast: FastPaths, model, *, kv_prefix: bool, packed_rows: bool) 
 def fast_head_loss(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The fast paths' last step: :func:`~tunesmith.loss.head_ce.head_cross_entropy_sum` with
     the head's products in the row blocks every frozen GEMM of the fast paths runs in."""
-    return head_cross_entropy_sum(head, h, targets, mm=row_split.splits().mm)
+    return head_cross_entropy_sum(head, h, targets, mm=row_split.splits().mm, nll_=_softmax_nll)
+
+
+def _softmax_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:func:`~tunesmith.loss.head_ce.softmax_nll_` by tunesmith's kernel for bf16 logits."""
+    if native.runs_on(logits):
+        return native.kernels().softmax_nll_(logits, targets)
+    return softmax_nll_(logits, targets)

@@ -1,15 +1,15 @@
 // tunesmith's CPU kernels: elementwise chains that torch runs as many ops, as one pass each.
 //
-// RMSNorm, the SwiGLU product, RoPE, dropout's masked scaling and packed attention's causal
-// softmax are memory-bound chains of 2-12 eager ops forward and backward (casts to fp32 and
-// back, products, reductions, integer mask arithmetic, an additive mask), each a pass over the
-// activations and an allocation; packed attention's placement of rows in its per-example
-// layout is a zero fill and scattered copies. Here each direction reads its inputs once and
-// writes its outputs once, in fp32 inside and bf16 outside, with ATen's vector types and its
-// thread pool (so torch.set_num_threads governs them too). Values follow the eager formulas
-// (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP, attention.py), rounding to bf16
-// where they round; where a row's sum is added in another order, results are within one bf16
-// rounding of theirs (tests/train/fastpath/test_native.py).
+// RMSNorm, the SwiGLU product, RoPE, dropout's masked scaling, packed attention's causal
+// softmax and the loss head's softmax and NLL are memory-bound chains of 2-12 eager ops forward
+// and backward (casts to fp32 and back, products, reductions, integer mask arithmetic, an
+// additive mask), each a pass over the activations and an allocation; packed attention's
+// placement of rows in its per-example layout is a zero fill and scattered copies. Here each
+// direction reads its inputs once and writes its outputs once, in fp32 inside and bf16 outside,
+// with ATen's vector types and its thread pool (so torch.set_num_threads governs them too).
+// Values follow the eager formulas (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP,
+// attention.py, head_ce.py), rounding to bf16 where they round; where a row's sum is added in
+// another order, results are within one bf16 rounding of theirs (test_native.py).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -434,6 +434,64 @@ torch::Tensor gather_rows(torch::Tensor src, torch::Tensor index) {
   return out;
 }
 
+// The loss head's last step per row of bf16 logits (rows, V) and its target t: returns the fp32
+// NLL -log_softmax(x)[t] and overwrites the row with bf16(softmax(x) - onehot(t)), the loss's
+// gradient up to the backward's scale (loss/head_ce.py). One read of the row from memory, the
+// later passes from cache, where the eager chunk loop copies it to fp32 and makes four more
+// passes. log_softmax as ATen computes it, (x - max) - log(sum(exp(x - max))); the sum's
+// order may differ, so the values are within fp32 rounding of its (test_native.py).
+torch::Tensor softmax_nll_(torch::Tensor logits, torch::Tensor targets) {
+  check(logits, "logits");
+  TORCH_CHECK(logits.dim() == 2, "logits must be (rows, vocabulary)");
+  TORCH_CHECK(targets.device().is_cpu() && targets.scalar_type() == at::kLong &&
+              targets.dim() == 1 && targets.size(0) == logits.size(0) && targets.is_contiguous(),
+              "targets must be a contiguous int64 CPU tensor with one entry per row");
+  const int64_t rows = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(V > 0, "logits have no vocabulary");
+  const int64_t* tp = targets.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; r++)
+    TORCH_CHECK(tp[r] >= 0 && tp[r] < V, "target ", tp[r], " of row ", r, " is outside [0, ", V, ")");
+  auto nll = torch::empty({rows}, logits.options().dtype(at::kFloat));
+  bf16* lp = logits.data_ptr<bf16>();
+  float* np = nll.data_ptr<float>();
+  constexpr int64_t W = bV::size();
+  at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++) {
+      bf16* x = lp + r * V;
+      const int64_t body = V - V % W;
+      fV m0(-std::numeric_limits<float>::infinity()), m1 = m0;
+      for (int64_t i = 0; i < body; i += W) {
+        auto [a, c] = load(x + i);
+        m0 = at::vec::maximum(m0, a);
+        m1 = at::vec::maximum(m1, c);
+      }
+      float m = std::max(fast_hmax(m0), fast_hmax(m1));
+      for (int64_t i = body; i < V; i++) m = std::max(m, float(x[i]));
+      const fV mv(m);
+      fV acc(0.f);
+      for (int64_t i = 0; i < body; i += W) {
+        auto [a, c] = load(x + i);
+        acc = acc + (a - mv).exp();
+        acc = acc + (c - mv).exp();
+      }
+      float sum = fast_hsum(acc);
+      for (int64_t i = body; i < V; i++) sum += std::exp(float(x[i]) - m);
+      const float log_sum = std::log(sum);
+      const fV lv(log_sum);
+      const int64_t t = tp[r];
+      const float log_p_t = (float(x[t]) - m) - log_sum;
+      for (int64_t i = 0; i < body; i += W) {
+        auto [a, c] = load(x + i);
+        store(x + i, ((a - mv) - lv).exp(), ((c - mv) - lv).exp());
+      }
+      for (int64_t i = body; i < V; i++) x[i] = bf16(std::exp((float(x[i]) - m) - log_sum));
+      np[r] = -log_p_t;
+      x[t] = bf16(std::exp(log_p_t) - 1.f);
+    }
+  });
+  return nll;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -446,4 +504,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_softmax", &causal_softmax);
   m.def("causal_softmax_backward", &causal_softmax_backward);
   m.def("gather_rows", &gather_rows);
+  m.def("softmax_nll_", &softmax_nll_);
 }
