@@ -10,10 +10,11 @@ of 10,000 keeps most of the speed alone and most of the shared speed; 1,000 trad
 the speed alone for more of the shared speed. libgomp reads the variable once, when torch loads
 it, so the choice is made at start-up from how busy the CPUs are then.
 
-A training (``tunesmith train`` and ``compare``, the benches' tunesmith side) spins longer when it
-starts alone (:data:`SPIN_WATCHED`, a CPU demo step ~7% faster than at 10,000): its loop
-watches the cores between optimizer steps and runs on fewer threads while another process needs
-them (``tunesmith.train.fastpath.core_watch``), so a process that starts later is not starved.
+A training (``tunesmith train`` and ``compare``, the benches' tunesmith side) spins longer
+when it starts alone (:data:`SPIN_WATCHED`, a CPU demo step ~7% faster than at 10,000): its
+loop watches the cores between optimizer steps and runs on fewer threads while another process
+needs them (``tunesmith.train.fastpath.core_watch``), so a process that starts later is not
+starved.
 
 A user's own ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` always wins. A value this module set is
 marked (``TUNESMITH_GOMP_AUTO``) so that a child process, e.g. a training the web UI launches

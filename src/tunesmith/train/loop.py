@@ -172,7 +172,8 @@ class TrainLoop:
         t0 = time.perf_counter()
         elapsed_before = state.get("elapsed_s", 0.0) if resume_from is not None else 0.0
         window_tokens, window_t = 0, time.perf_counter()
-        with self.stop.catching():
+        # fast_paths.training(): e.g. a shared machine's cores given back when the loop stops
+        with self.stop.catching(), self.fast_paths.training():
             for step in range(start_step, min(self.s.max_steps, stop_after or self.s.max_steps)):
                 loss, n_tok, grad_norm, n_ex = self._step_with_retry(step, result)
                 self.fast_paths.after_step()  # e.g. freed activations back to the OS (CPU)

@@ -23,11 +23,10 @@ and the loop gets four policies from the same handle: how a micro-batch is cut i
 grouped attention runs; length-sorted padded passes otherwise), the loss's last step (the
 frozen head and its cross-entropy as one node whose gradient is formed in the forward,
 ``loss/head_ce.py``, with the head's products in row blocks and its softmax in tunesmith's
-kernel; else the chunked cross-entropy)
-when to give freed heap pages back to the OS (``host_memory.py``) and how many threads to run
-while other processes need cores (``core_watch.py``). On CUDA the library
-kernels are fused already and extra passes cost launches, so there the handle changes nothing
-and hands out the reference policies.
+kernel; else the chunked cross-entropy), when to give freed heap pages back to the OS
+(``host_memory.py``) and how many threads to run while other processes need the cores
+(``core_watch.py``). On CUDA the library kernels are fused already and extra passes cost
+launches, so there the handle changes nothing and hands out the reference policies.
 
 A path that cannot apply to a model says so once, in one ``tunesmith`` log line (a warning
 where the model is one the path does not know, info where skipping is by design).
@@ -35,8 +34,9 @@ where the model is one the path does not know, info where skipping is by design)
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -102,6 +102,16 @@ class FastPaths:
         if self.watch is not None:
             self.watch.after_step()
         return self.trimmer is not None and self.trimmer.after_step()
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """Around the loop's steps: when they stop, however, the run's own thread count again
+        (evaluation and a next training in the process start from it)."""
+        try:
+            yield
+        finally:
+            if self.watch is not None:
+                self.watch.restore()
 
     def undo(self) -> None:
         """Give the model back exactly as it was (classes, forwards, attention implementation,
