@@ -91,6 +91,7 @@ def test_sees_a_real_busy_process_beside_this_one():
 
 def test_the_fast_paths_watch_only_threads_tunesmith_chose(monkeypatch):
     monkeypatch.delenv(core_watch.ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -98,6 +99,9 @@ def test_the_fast_paths_watch_only_threads_tunesmith_chose(monkeypatch):
         assert isinstance(fast.watch, CoreWatch) and fast.watch.most == 2
         assert apply_fast_paths(_lora(), torch.device("cpu"), own_threads=True).watch is None
         assert apply_fast_paths(_lora(), torch.device("cuda")).watch is None
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's count, as --threads is
+        assert apply_fast_paths(_lora(), torch.device("cpu")).watch is None
+        monkeypatch.delenv("OMP_NUM_THREADS")
         monkeypatch.setenv(core_watch.ENV, "0")
         assert apply_fast_paths(_lora(), torch.device("cpu")).watch is None
         torch.set_num_threads(1)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -145,8 +146,9 @@ def apply_fast_paths(
         kv_prefix: The method puts a key/value prefix in front of each row (MAM), which a
             packed row's examples would share, so passes are not packed.
         packed_rows: The examples are already packed rows (``--packing``), never packed again.
-        own_threads: The thread count is the user's (``--threads``): never changed here;
-            otherwise a single process runs fewer threads while others need the cores.
+        own_threads: The thread count is the user's (``--threads``; ``OMP_NUM_THREADS`` is
+            too): never changed here; otherwise a single process runs fewer threads while
+            others need the cores.
 
     Returns:
         The handle: counts, reasons for what did not apply, the loop policies, ``undo()``.
@@ -177,7 +179,7 @@ def apply_fast_paths(
         fast.trimmer = HeapTrimmer()
     else:
         _say(fast, "heap trimming", "no glibc malloc_trim in this process", expected=True)
-    if not own_threads and not several_ranks():
+    if not own_threads and "OMP_NUM_THREADS" not in os.environ and not several_ranks():
         fast.watch = watch_cores()
     return fast
 

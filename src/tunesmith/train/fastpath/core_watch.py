@@ -11,11 +11,11 @@ takes a core, runs on the cores left (``torch.set_num_threads``; at least one). 
 threads than before, the idle workers sleep after one last spin, so the other process gets its
 core. When the others stop, the next look gives the threads back.
 
-Only where tunesmith chose the thread count (``--threads`` unset), on one rank (distributed
-ranks on one machine are each other's "others" and are sized by their launcher). Some of
-torch's reductions split their work by thread, so a run that gave a core away can differ from
-one that did not in the last bits; ``--threads`` (or ``TUNESMITH_CORE_WATCH=0``) keeps the
-count fixed.
+Only where tunesmith chose the thread count (``--threads`` and ``OMP_NUM_THREADS`` unset), on
+one rank (distributed ranks on one machine are each other's "others" and are sized by their
+launcher). Some of torch's reductions split their work by thread, so a run that gave a core
+away can differ from one that did not in the last bits; ``--threads`` (or
+``TUNESMITH_CORE_WATCH=0``) keeps the count fixed.
 """
 
 from __future__ import annotations
