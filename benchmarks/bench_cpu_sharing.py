@@ -114,7 +114,7 @@ def measure(setting: str, competitor: str, steps: int, lead_s: float, tmp: Path)
         rival = subprocess.Popen(argv, cwd=REPO, env=_env(setting), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)  # fmt: skip
     elif competitor == "python loop":
-        rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        rival = _loop()
     try:
         if rival is not None:
             time.sleep(lead_s)

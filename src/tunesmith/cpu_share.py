@@ -39,12 +39,20 @@ USER_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 AUTO_MARK = "TUNESMITH_GOMP_AUTO"
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies over all CPUs from /proc/stat, or None where there is none."""
+def cpu_jiffies() -> list[int] | None:
+    """/proc/stat's first line (all CPUs: user, nice, system, idle, iowait, irq, softirq,
+    steal, ...) in clock ticks, or None where there is none."""
     try:
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
+            return [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
+        return None
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies over all CPUs from /proc/stat, or None where there is none."""
+    fields = cpu_jiffies()
+    if fields is None:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return sum(fields) - idle, sum(fields)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from tunesmith.cpu_share import BUSY_CORES_SHARED
+from tunesmith.cpu_share import BUSY_CORES_SHARED, cpu_jiffies
 
 logger = logging.getLogger("tunesmith")
 
@@ -41,12 +41,10 @@ _BUSY_FIELDS = (0, 1, 2, 5, 6)
 
 def machine_busy_s() -> float | None:
     """CPU seconds all processes have run since boot (``/proc/stat``); None where there is none."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        return sum(fields[i] for i in _BUSY_FIELDS if i < len(fields)) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
+    fields = cpu_jiffies()
+    if fields is None:
         return None
+    return sum(fields[i] for i in _BUSY_FIELDS if i < len(fields)) / os.sysconf("SC_CLK_TCK")
 
 
 def threads_for(others: float, cores: int, most: int) -> int:

@@ -439,7 +439,7 @@ torch::Tensor gather_rows(torch::Tensor src, torch::Tensor index) {
 // gradient up to the backward's scale (loss/head_ce.py). One read of the row from memory, the
 // later passes from cache, where the eager chunk loop copies it to fp32 and makes four more
 // passes. log_softmax as ATen computes it, (x - max) - log(sum(exp(x - max))); the sum's
-// order may differ, so the values are within fp32 rounding of its (test_native.py).
+// order may differ, so the values are within fp32 rounding of ATen's (test_native.py).
 torch::Tensor softmax_nll_(torch::Tensor logits, torch::Tensor targets) {
   check(logits, "logits");
   TORCH_CHECK(logits.dim() == 2, "logits must be (rows, vocabulary)");
@@ -480,6 +480,8 @@ torch::Tensor softmax_nll_(torch::Tensor logits, torch::Tensor targets) {
       const fV lv(log_sum);
       const int64_t t = tp[r];
       const float log_p_t = (float(x[t]) - m) - log_sum;
+      // exp of the log-probabilities, as eager's exp_ of log_softmax: the first pass's
+      // exp(x - max) over the sum would round differently.
       for (int64_t i = 0; i < body; i += W) {
         auto [a, c] = load(x + i);
         store(x + i, ((a - mv) - lv).exp(), ((c - mv) - lv).exp());
