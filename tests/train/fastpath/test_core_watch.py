@@ -111,42 +111,96 @@ def test_the_fast_paths_watch_only_threads_tunesmith_chose(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_the_loops_hooks_ask_the_watch_and_give_the_count_back():
+def _peft_tiny():
+    from peft import LoraConfig, get_peft_model
+
+    from tests.tiny import make_tiny_model
+
+    return get_peft_model(
+        make_tiny_model("llama", attn_implementation="eager"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+
+
+def test_every_forward_pass_asks_the_watch_until_undo():
     m = _Machine()
-    fast = FastPaths(watch=m.watch())
-    fast.after_step()
+    model = _peft_tiny()
+    ids = torch.tensor([[1, 2, 3]])
+    fast = FastPaths()
+    fast.attach_watch(model, m.watch())
+    model(input_ids=ids)  # the first look starts the window
     m.run(INTERVAL_S, own_cores=1.0, other_cores=1.0)
-    fast.after_step()
+    fast.after_step()  # the loop's own call no longer looks: the passes do
+    assert m.set_to == []
+    model(input_ids=ids)
     assert m.set_to == [1]
     with pytest.raises(KeyboardInterrupt), fast.training():
         raise KeyboardInterrupt  # the loop stopped, however: evaluation and the next start at 2
     assert m.set_to == [1, 2] and fast.watch is not None
     m.run(INTERVAL_S, own_cores=1.0, other_cores=1.0)
-    fast.after_step()
+    model(input_ids=ids)
     fast.undo()
     assert m.set_to == [1, 2, 1, 2] and fast.watch is None
+    m.run(INTERVAL_S, own_cores=1.0, other_cores=1.0)
+    model(input_ids=ids)  # the hook went with undo()
+    assert m.set_to == [1, 2, 1, 2]
+
+
+def test_a_model_without_input_embeddings_is_watched_at_its_own_forward():
+    m = _Machine()
+    w = m.watch()
+    layer = torch.nn.Linear(2, 2)
+    handle = w.watch_forwards(layer)
+    layer(torch.ones(1, 2))
+    m.run(INTERVAL_S, own_cores=1.0, other_cores=1.0)
+    layer(torch.ones(1, 2))
+    assert m.set_to == [1]
+    handle.remove()
+
+
+def test_generation_asks_the_watch_at_every_new_token_and_generates_the_same():
+    from tests.tiny import make_tokenizer
+    from tunesmith.eval.generate import generate
+
+    tok = make_tokenizer()
+    model = _peft_tiny()
+    prompts = ["count the patients", "which city"]
+    alone = [g.text for g in generate(model, tok, prompts, max_new_tokens=6, batch_size=2)]
+    m = _Machine()
+    looks = []
+
+    def clock() -> float:  # each pass takes a window in which another process took a core
+        looks.append(m.t)
+        m.run(INTERVAL_S, own_cores=1.0, other_cores=1.0)
+        return m.t
+
+    watch = CoreWatch(
+        2, 2, clock=clock, own_cpu_s=lambda: m.own, busy_s=lambda: m.busy,
+        set_threads=m.set_to.append,
+    )  # fmt: skip
+    FastPaths().attach_watch(model, watch)
+    shared = [g.text for g in generate(model, tok, prompts, max_new_tokens=6, batch_size=2)]
+    assert shared == alone
+    assert len(looks) >= 6  # the prompt's pass and one per generated token (up to a stop)
+    assert m.set_to == [1] and watch.threads == 1
 
 
 def test_a_training_loop_gives_the_threads_back_when_it_stops(tmp_path):
-    from peft import LoraConfig, get_peft_model
-
-    from tests.tiny import make_tiny_model, make_tokenizer
+    from tests.tiny import make_tokenizer
     from tests.train.test_loop import _varied_examples
     from tunesmith.train.loop import TrainLoop
     from tunesmith.train.settings import LoopSettings
 
     m = _Machine()
-    fast = FastPaths(watch=m.watch())
 
     def busy_neighbour(_row) -> None:  # before each step's look: another process took a core
         m.run(INTERVAL_S, own_cores=1.0, other_cores=1.0)
 
     tok = make_tokenizer()
     settings = LoopSettings(max_steps=3, batch_size=4, lr=1e-3, warmup_ratio=0.0, logging_steps=1)
-    model = get_peft_model(
-        make_tiny_model("llama", attn_implementation="eager"),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
-    )
+    model = _peft_tiny()
+    fast = FastPaths()
+    fast.attach_watch(model, m.watch())
     loop = TrainLoop(
         model, _varied_examples(tok), tok.pad_token_id, settings, tmp_path,
         torch.device("cpu"), fast_paths=fast, on_log=busy_neighbour,

@@ -18,15 +18,16 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
 - ``attention``: grouped eager attention, per example inside packed rows (``attention.py``,
   ``packed_attention.py``);
 
-and the loop gets four policies from the same handle: how a micro-batch is cut into passes
+and the loop gets three policies from the same handle: how a micro-batch is cut into passes
 (``passes.py``: packed rows, with the examples' common prompt prefix stored once, where the
 grouped attention runs; length-sorted padded passes otherwise), the loss's last step (the
 frozen head and its cross-entropy as one node whose gradient is formed in the forward,
 ``loss/head_ce.py``, with the head's products in row blocks and its softmax in tunesmith's
-kernel; else the chunked cross-entropy), when to give freed heap pages back to the OS
-(``host_memory.py``) and how many threads to run while other processes need the cores
-(``core_watch.py``). On CUDA the library kernels are fused already and extra passes cost
-launches, so there the handle changes nothing and hands out the reference policies.
+kernel; else the chunked cross-entropy) and when to give freed heap pages back to the OS
+(``host_memory.py``). Until ``undo()`` every forward pass of the model, the command's
+evaluations included, also runs on the cores other processes leave free (``core_watch.py``).
+On CUDA the library kernels are fused already and extra passes cost launches, so there the
+handle changes nothing and hands out the reference policies.
 
 A path that cannot apply to a model says so once, in one ``tunesmith`` log line (a warning
 where the model is one the path does not know, info where skipping is by design).
@@ -100,9 +101,13 @@ class FastPaths:
 
     def after_step(self) -> bool:
         """Called by the loop after each optimizer step; True when it trimmed the heap."""
-        if self.watch is not None:
-            self.watch.after_step()
         return self.trimmer is not None and self.trimmer.after_step()
+
+    def attach_watch(self, model: torch.nn.Module, watch: CoreWatch) -> None:
+        """Let ``watch`` size the threads at every forward pass of ``model`` (training and the
+        command's evaluations) until :meth:`undo`."""
+        self.watch = watch
+        self._undo.append(watch.watch_forwards(model).remove)
 
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:
@@ -180,7 +185,9 @@ def apply_fast_paths(
     else:
         _say(fast, "heap trimming", "no glibc malloc_trim in this process", expected=True)
     if not own_threads and "OMP_NUM_THREADS" not in os.environ and not several_ranks():
-        fast.watch = watch_cores()
+        watch = watch_cores()
+        if watch is not None:
+            fast.attach_watch(model, watch)
     return fast
 
 

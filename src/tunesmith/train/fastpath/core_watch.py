@@ -1,15 +1,19 @@
-"""Run a CPU training on the cores other processes leave free, checked between optimizer steps.
+"""Run a CPU training on the cores other processes leave free, checked between forward passes.
 
 A training that starts alone lets torch's OpenMP workers spin long between parallel regions
 (``tunesmith.cpu_share.SPIN_WATCHED``): a demo step is ~7% faster than with short spins. But
 spinning workers take the cores from any CPU-bound process that starts later (two processes'
 spinning threads made a demo step ~20x slower; benchmarks/RESULTS.md, "Sharing the cores").
-libgomp reads its spin count once, so what can change during a run is the thread count: after
-each optimizer step :class:`CoreWatch` measures how many cores the rest of the machine used
-since its last look (``/proc/stat``'s busy time less this process's CPU time) and, where that
-takes a core, runs on the cores left (``torch.set_num_threads``; at least one). With fewer
-threads than before, the idle workers sleep after one last spin, so the other process gets its
-core. When the others stop, the next look gives the threads back.
+libgomp reads its spin count once, so what can change during a run is the thread count: at the
+start of each forward pass of the model (:meth:`CoreWatch.watch_forwards`: training passes and
+the command's evaluations, whose generation is one pass per new token), at most once a second,
+:class:`CoreWatch` measures how many cores the rest of the machine used since its last look
+(``/proc/stat``'s busy time less this process's CPU time) and, where that takes a core, runs on
+the cores left (``torch.set_num_threads``; at least one). With fewer threads than before, the
+idle workers sleep after one last spin, so the other process gets its core. When the others
+stop, the next look gives the threads back. The evaluation needs it as much as the loop: beside
+a later one-thread process, generation at the training's spin ran ~9x slower without it
+(benchmarks/RESULTS.md, "The evaluation on the cores other processes leave free").
 
 Only where tunesmith chose the thread count (``--threads`` and ``OMP_NUM_THREADS`` unset), on
 one rank (distributed ranks on one machine are each other's "others" and are sized by their
@@ -27,6 +31,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from tunesmith.cpu_share import BUSY_CORES_SHARED, cpu_jiffies
 
@@ -55,7 +60,7 @@ def threads_for(others: float, cores: int, most: int) -> int:
 
 
 class CoreWatch:
-    """Decides, after each optimizer step, how many threads this training runs (module doc).
+    """Decides, between forward passes, how many threads this process runs (module doc).
 
     Args:
         most: The thread count to run when nothing else needs the cores (the run's own).
@@ -86,6 +91,8 @@ class CoreWatch:
 
     def after_step(self) -> int | None:
         """Look at the cores if a window has passed; the new thread count when it changed."""
+        if self._start is not None and self._clock() - self._start[0] < INTERVAL_S:
+            return None  # the clock alone: a generated token's pass is ~10 ms, /proc/stat ~30 us
         now = self._sample()
         if now is None:
             return None
@@ -108,6 +115,21 @@ class CoreWatch:
         self.threads = threads
         self.changes += 1
         return threads
+
+    def watch_forwards(self, model: torch.nn.Module) -> RemovableHandle:
+        """Look at the start of every forward pass of ``model`` (a hook on its input embeddings,
+        which every pass calls, peft's wrappers and ``generate`` included; the model itself
+        where it has none); ``.remove()`` the handle to stop."""
+        try:
+            module = model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            module = None
+        if not isinstance(module, torch.nn.Module):
+            module = model
+        return module.register_forward_pre_hook(self._look)
+
+    def _look(self, _module, _args) -> None:
+        self.after_step()  # a pre-hook's return value would replace the module's inputs
 
     def restore(self) -> None:
         """Give the run its own thread count back (the loop ended)."""
