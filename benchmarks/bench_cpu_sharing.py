@@ -16,9 +16,14 @@ and the table adds how fast the loop ran beside it, as a share of its speed alon
 Goal (issue 25): with one competing CPU-bound process a demo step is at most ~2.5x slower
 than alone, without losing speed alone. Medians over ``--rounds`` alternated rounds.
 
+``--evaluation N`` measures the other half of ``tunesmith train`` instead: the evaluation on
+``N`` held-out questions after a 4-step training, alone and with a Python loop that starts when
+the training ends (its ``timings.eval_s``), and how fast the loop ran beside it.
+
 Usage:
     python benchmarks/bench_cpu_sharing.py                 # 1 round, ~12 min on 2 cores
     python benchmarks/bench_cpu_sharing.py --rounds 3 --json sharing.json
+    python benchmarks/bench_cpu_sharing.py --evaluation 32 --settings tunesmith --rounds 2
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +85,28 @@ def loop_alone(seconds: float = 5.0) -> float:
     return _loop_rate(loop)
 
 
+def _beside_loop_from(proc: subprocess.Popen, ready: Callable[[], bool]) -> tuple[str, float]:
+    """(stdout, loop iterations/s) of ``proc`` with a Python loop beside it once ``ready()``."""
+    loop = None
+    try:
+        while loop is None and proc.poll() is None:
+            if ready():
+                loop = _loop()
+            time.sleep(0.2)
+        stdout = proc.communicate()[0]
+        if loop is None or proc.returncode != 0:
+            raise SystemExit(f"the measured command ended before the loop started: {stdout}")
+        return stdout, _loop_rate(loop)
+    finally:
+        if loop is not None and loop.poll() is None:
+            loop.kill()
+        proc.kill()
+
+
+def _logged_steps(metrics: Path) -> int:
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+
 def measure_later(setting: str, steps: int, later_steps: int, tmp: Path) -> tuple[float, float]:
     """(trained tokens/s, loop iterations/s) of a demo training that starts alone and has a
     Python loop beside it from its ``later_steps``-th logged step on."""
@@ -87,23 +115,28 @@ def measure_later(setting: str, steps: int, later_steps: int, tmp: Path) -> tupl
         _train_argv(out, later_steps + steps, "--logging-steps", "1"), cwd=REPO,
         env=_env(setting), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
-    metrics, loop = out / "metrics.jsonl", None
-    try:
-        while loop is None and proc.poll() is None:
-            if metrics.is_file() and len(metrics.read_text().splitlines()) >= later_steps:
-                loop = _loop()
-            time.sleep(0.2)
-        stdout = proc.communicate()[0]
-        if loop is None or proc.returncode != 0:
-            raise SystemExit(f"the measured training ended before the loop started: {stdout}")
-        rate = _loop_rate(loop)
-    finally:
-        if loop is not None and loop.poll() is None:
-            loop.kill()
-        proc.kill()
+    metrics = out / "metrics.jsonl"
+    _, rate = _beside_loop_from(proc, lambda: _logged_steps(metrics) >= later_steps)
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     shared = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r and r["step"] > later_steps]
     return statistics.mean(shared), rate
+
+
+def measure_evaluation(setting: str, examples: int, beside: bool, tmp: Path) -> tuple[float, float]:
+    """(seconds, loop iterations/s) of the evaluation after a 4-step demo training, on
+    ``examples`` held-out questions; ``beside``: a Python loop starts when training ends."""
+    out, steps = tmp / f"evaluation-{time.monotonic_ns()}", 4
+    argv = _train_argv(out, steps, "--logging-steps", "1", "--eval-limit", str(examples))
+    proc = subprocess.Popen(argv, cwd=REPO, env=_env(setting), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    if beside:
+        metrics = out / "metrics.jsonl"
+        stdout, rate = _beside_loop_from(proc, lambda: _logged_steps(metrics) >= steps)
+    else:
+        stdout, rate = proc.communicate()[0], float("nan")
+        if proc.returncode != 0:
+            raise SystemExit(f"the measured command failed: {stdout}")
+    return float(json.loads(stdout)["timings"]["eval_s"]), rate
 
 
 def measure(setting: str, competitor: str, steps: int, lead_s: float, tmp: Path) -> float:
@@ -143,10 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--competitors", nargs="+", default=list(COMPETITORS), choices=list(COMPETITORS)
     )
+    parser.add_argument(
+        "--evaluation", type=int, default=0, metavar="N",
+        help="measure instead the evaluation after training, on N questions: alone and with a "
+        "Python loop that starts when training ends",
+    )  # fmt: skip
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
     from tunesmith.bench.machine import describe, one_line
+
+    if args.evaluation:
+        return evaluation_table(args, describe() | {"omp_wait": "per row"}, one_line)
 
     results: dict[str, dict[str, list[float]]] = {
         s: {c: [] for c in args.competitors} for s in args.settings
@@ -192,6 +233,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"rounds": results, "medians": med,
                                                "later_loop_share": loop_share,
+                                               "machine": machine}, indent=2))  # fmt: skip
+    return 0
+
+
+def evaluation_table(args, machine: dict, one_line) -> int:
+    """``--evaluation``: the evaluation's seconds alone and beside a later loop, per setting."""
+    runs: dict[str, dict[str, list[float]]] = {
+        s: {"alone": [], "beside": [], "loop share": []} for s in args.settings
+    }
+    with tempfile.TemporaryDirectory(prefix="tunesmith-sharing-") as tmp:
+        for rnd in range(args.rounds):
+            for setting in args.settings:
+                alone, _ = measure_evaluation(setting, args.evaluation, False, Path(tmp))
+                loop_alone_rate = loop_alone()
+                beside, rate = measure_evaluation(setting, args.evaluation, True, Path(tmp))
+                row = runs[setting]
+                row["alone"].append(alone)
+                row["beside"].append(beside)
+                row["loop share"].append(rate / loop_alone_rate)
+                print(f"round {rnd + 1}: {setting:15s} evaluation {alone:.1f} s alone, "
+                      f"{beside:.1f} s beside a later loop (the loop at "
+                      f"{rate / loop_alone_rate:.2f} of its speed)", file=sys.stderr, flush=True)  # fmt: skip
+    med = {s: {k: statistics.median(v) for k, v in row.items()} for s, row in runs.items()}
+    print("| setting | evaluation alone s | beside a later loop s | slowdown | loop's speed |")
+    print("|---|---:|---:|---:|---:|")
+    for setting, m in med.items():
+        print(f"| {setting} | {m['alone']:.1f} | {m['beside']:.1f} | "
+              f"{m['beside'] / m['alone']:.1f}x | {m['loop share']:.2f}x |")  # fmt: skip
+    print(f"\n{args.evaluation} questions after a 4-step demo training. {one_line(machine)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"evaluation": runs, "medians": med,
                                                "machine": machine}, indent=2))  # fmt: skip
     return 0
 
