@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 # Training tests keep the thread count they start with: the other worker would otherwise take
 # a core from every run, and a run's last bits follow its thread count (tests that compare two
-# runs bit for bit). tests/train/fastpath/test_core_watch.py turns it on.
+# runs bit for bit). tests/test_core_watch.py turns it on.
 os.environ["TUNESMITH_CORE_WATCH"] = "0"
 # Each test scores its own base model: a base evaluation read back from another test's run would
 # make results depend on test order (tests/eval/test_base_cache.py turns the cache on).

@@ -25,7 +25,14 @@ ROOT = "tunesmith"
 LAYERS: list[set[str]] = [
     # no tunesmith imports (but errors)
     {"errors", "_callable", "precision", "shape", "cpu_share", "heap", "adamw", "vector_math"},
-    {"atomic", "disk", "crashlog", "methods", "trackers"},  # file writes; the PEFT registry
+    {
+        "atomic",
+        "disk",
+        "crashlog",
+        "methods",
+        "trackers",
+        "core_watch",
+    },  # file writes; the PEFT registry; threads
     {"data"},
     {"config"},
     {"rundir", "loss", "demo"},  # a run's files; the loss; the demo task

@@ -136,7 +136,7 @@ class TrainConfig(BaseModel):
         None,
         ge=1,
         le=1024,
-        description="CPU threads for torch, fixed (default: all cores, fewer while other processes need them during a CPU training; see tunesmith.cpu_share and train/fastpath/core_watch.py)",
+        description="CPU threads for torch, fixed (default: all cores, fewer while other processes need them during a CPU training and its evaluations; see tunesmith.cpu_share and tunesmith.core_watch)",
     )
     nproc: int = Field(
         1,

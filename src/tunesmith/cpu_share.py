@@ -12,9 +12,9 @@ it, so the choice is made at start-up from how busy the CPUs are then.
 
 A training (``tunesmith train`` and ``compare``, the benches' tunesmith side) spins longer
 when it starts alone (:data:`SPIN_WATCHED`, a CPU demo step ~7% faster than at 10,000): its
-loop watches the cores between optimizer steps and runs on fewer threads while another process
-needs them (``tunesmith.train.fastpath.core_watch``), so a process that starts later is not
-starved.
+model's forward passes watch the cores, training and evaluation alike, and run on fewer threads
+while another process needs them (``tunesmith.core_watch``), so a process that starts later is
+not starved.
 
 A user's own ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` always wins. A value this module set is
 marked (``TUNESMITH_GOMP_AUTO``) so that a child process, e.g. a training the web UI launches

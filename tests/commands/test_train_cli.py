@@ -172,3 +172,25 @@ def test_threads_flag_sets_torch_threads(tiny_llama_dir, small_demo_data, tmp_pa
         assert code == 0 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_eval_and_chat_generate_on_the_cores_other_processes_leave(demo_run, tmp_path, monkeypatch):
+    from tunesmith import core_watch
+
+    looks: list[str] = []
+
+    def counting_watch():
+        def clock() -> float:
+            looks.append(command)
+            return float(len(looks))
+
+        return core_watch.CoreWatch(2, 2, clock=clock, busy_s=lambda: 0.0, set_threads=print)
+
+    monkeypatch.setattr(core_watch, "watch_cores", counting_watch)
+    command = "chat"
+    argv = ["chat", str(demo_run), "--prompt", "How many doctors?", "--max-new-tokens", "5"]
+    assert main(argv) == 0
+    command = "eval"
+    argv = ["eval", str(demo_run), "--limit", "2", "--max-new-tokens", "3", "--no-forgetting"]
+    assert main([*argv, "-o", str(tmp_path / "e.json")]) == 0
+    assert looks.count("chat") >= 2 and looks.count("eval") >= 2  # each at its forward passes

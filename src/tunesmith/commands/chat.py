@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from tunesmith.commands._console import quiet_libraries
 
     quiet_libraries()
+    from tunesmith.core_watch import watching
     from tunesmith.data.records import Conversation
     from tunesmith.data.render import render_prompt
     from tunesmith.eval.generate import generate
@@ -75,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
     def answer(message: str) -> str:
         history.append({"role": "user", "content": message})
         prompt = render_prompt(tok, Conversation.from_messages(history))
-        text = generate(model, tok, [prompt], max_new_tokens=args.max_new_tokens, batch_size=1)[
-            0
-        ].text
+        with watching(model):  # on the cores other processes leave free (core_watch.py)
+            out = generate(model, tok, [prompt], max_new_tokens=args.max_new_tokens, batch_size=1)
+        text = out[0].text
         history.append({"role": "assistant", "content": text})
         return text
 

@@ -63,6 +63,7 @@ def evaluate(
         The eval.json object.
     """
     from tunesmith.atomic import write_json
+    from tunesmith.core_watch import watching
     from tunesmith.eval.evaluate import eval_report, evaluate_side, perplexities
     from tunesmith.models import load_model_and_tokenizer
     from tunesmith.models.adapted import load_adapted, load_base
@@ -95,13 +96,14 @@ def evaluate(
         else:
             base_lm = lm
             ctx = lm.disable_adapter() if adapter else contextlib.nullcontext()
-        with ctx:
+        with ctx, watching(base_lm):
             base_side = evaluate_side(base_lm, tok, convs, **kw)
             extra["base"] = side_extra(base_lm)
     if adapter is not None:
         say(f"evaluating {adapter} ...")
-        adapted_side = evaluate_side(lm, tok, convs, **kw)
-        extra["adapted"] = side_extra(lm)
+        with watching(lm):  # on the cores other processes leave free (core_watch.py)
+            adapted_side = evaluate_side(lm, tok, convs, **kw)
+            extra["adapted"] = side_extra(lm)
     report = eval_report(
         convs, base_side, adapted_side, model=model_name, adapter=adapter, extra=extra
     )

@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from tunesmith.core_watch import CoreWatch, watch_cores
 from tunesmith.loss.head_ce import (
     head_cross_entropy_sum,
     reference_head_cross_entropy,
@@ -61,7 +61,6 @@ from tunesmith.train.fastpath import (
 )
 from tunesmith.train.fastpath.attention import AttentionCaches
 from tunesmith.train.fastpath.call_context import several_ranks
-from tunesmith.train.fastpath.core_watch import CoreWatch, watch_cores
 from tunesmith.train.fastpath.host_memory import HeapTrimmer, heap_trim_available
 from tunesmith.train.fastpath.passes import LengthSortedPasses, PackedPasses, PassPolicy
 from tunesmith.train.fastpath.patch import Patch
@@ -184,7 +183,7 @@ def apply_fast_paths(
         fast.trimmer = HeapTrimmer()
     else:
         _say(fast, "heap trimming", "no glibc malloc_trim in this process", expected=True)
-    if not own_threads and "OMP_NUM_THREADS" not in os.environ and not several_ranks():
+    if not own_threads and not several_ranks():
         watch = watch_cores()
         if watch is not None:
             fast.attach_watch(model, watch)

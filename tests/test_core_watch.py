@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from tests.train.fastpath.test_apply import _lora
-from tunesmith.train.fastpath import FastPaths, apply_fast_paths, core_watch
-from tunesmith.train.fastpath.core_watch import INTERVAL_S, CoreWatch, threads_for
+from tunesmith import core_watch
+from tunesmith.core_watch import INTERVAL_S, CoreWatch, threads_for
+from tunesmith.train.fastpath import FastPaths, apply_fast_paths
 
 
 def test_a_core_is_left_for_each_started_core_the_others_use():
@@ -46,18 +47,18 @@ class _Machine:
 def test_gives_a_core_away_while_another_process_needs_it_and_takes_it_back():
     m = _Machine()
     w = m.watch()
-    assert w.after_step() is None  # the first look starts the window
+    assert w.look() is None  # the first look starts the window
     m.run(0.4, own_cores=2.0, other_cores=0.0)
-    assert w.after_step() is None and w.others is None  # shorter than a window: no look
+    assert w.look() is None and w.others is None  # shorter than a window: no look
     m.run(INTERVAL_S, own_cores=1.5, other_cores=0.9)
-    assert w.after_step() == 1 and w.others == pytest.approx(0.9 / 1.4)  # over the window
+    assert w.look() == 1 and w.others == pytest.approx(0.9 / 1.4)  # over the window
     assert m.set_to == [1] and w.threads == 1
     m.run(2.0, own_cores=1.0, other_cores=1.0)
-    assert w.after_step() is None  # still needed: nothing to change
+    assert w.look() is None  # still needed: nothing to change
     m.run(2.0, own_cores=1.0, other_cores=0.1)
-    assert w.after_step() == 2 and m.set_to == [1, 2]
+    assert w.look() == 2 and m.set_to == [1, 2]
     m.run(2.0, own_cores=2.0, other_cores=0.9)
-    assert w.after_step() == 1
+    assert w.look() == 1
     w.restore()  # the loop ended: the run's own count again
     assert m.set_to == [1, 2, 1, 2] and w.threads == 2 and w.changes == 3
 
@@ -67,7 +68,7 @@ def test_a_machine_without_proc_stat_is_never_changed():
     w = CoreWatch(2, 2, clock=lambda: m.t, busy_s=lambda: None, set_threads=m.set_to.append)
     for _ in range(3):
         m.run(2.0, own_cores=0.0, other_cores=2.0)
-        assert w.after_step() is None
+        assert w.look() is None
     assert m.set_to == []
 
 
@@ -78,9 +79,9 @@ def test_sees_a_real_busy_process_beside_this_one():
     rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)  # the rival is running
-        w.after_step()
+        w.look()
         time.sleep(INTERVAL_S + 0.3)  # this process sleeps: what ran was someone else
-        w.after_step()
+        w.look()
     finally:
         rival.kill()
         rival.wait()
@@ -208,3 +209,36 @@ def test_a_training_loop_gives_the_threads_back_when_it_stops(tmp_path):
     loop.train()
     assert m.set_to[0] == 1  # given away during the run
     assert m.set_to[-1] == 2 and fast.watch.threads == 2  # and back when the loop stopped
+
+
+def test_watching_looks_at_the_passes_inside_and_gives_the_count_back(monkeypatch):
+    m = _Machine()
+    model = _peft_tiny()
+    ids = torch.tensor([[1, 2, 3]])
+    monkeypatch.setattr(core_watch, "watch_cores", m.watch)
+    with core_watch.watching(model) as watch:
+        model(input_ids=ids)
+        m.run(INTERVAL_S, own_cores=1.0, other_cores=1.0)
+        model(input_ids=ids)
+        assert m.set_to == [1] and watch.threads == 1
+    assert m.set_to == [1, 2]  # the process's own count on the way out
+    m.run(INTERVAL_S, own_cores=1.0, other_cores=1.0)
+    model(input_ids=ids)  # and no hook left behind
+    assert m.set_to == [1, 2]
+
+
+def test_watching_nothing_where_the_count_is_the_users_or_the_model_not_on_cpu(monkeypatch):
+    monkeypatch.delenv(core_watch.ENV, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        with core_watch.watching(torch.nn.Linear(2, 2)) as watch:
+            assert watch is None
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        with core_watch.watching(torch.nn.Module()) as watch:  # no parameters: no device
+            assert watch is None
+        with core_watch.watching(torch.nn.Linear(2, 2).to("meta")) as watch:
+            assert watch is None
+    finally:
+        torch.set_num_threads(before)

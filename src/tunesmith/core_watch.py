@@ -1,4 +1,5 @@
-"""Run a CPU training on the cores other processes leave free, checked between forward passes.
+"""Run CPU training and generation on the cores other processes leave free, checked between
+forward passes.
 
 A training that starts alone lets torch's OpenMP workers spin long between parallel regions
 (``tunesmith.cpu_share.SPIN_WATCHED``): a demo step is ~7% faster than with short spins. But
@@ -13,7 +14,9 @@ the cores left (``torch.set_num_threads``; at least one). With fewer threads tha
 idle workers sleep after one last spin, so the other process gets its core. When the others
 stop, the next look gives the threads back. The evaluation needs it as much as the loop: beside
 a later one-thread process, generation at the training's spin ran ~9x slower without it
-(benchmarks/RESULTS.md, "The evaluation on the cores other processes leave free").
+(benchmarks/RESULTS.md, "The evaluation on the cores other processes leave free"). The CPU
+fast paths attach a watch to the model they train (``FastPaths.attach_watch``); the commands
+that generate without them (``tunesmith eval``, ``chat``) use :func:`watching`.
 
 Only where tunesmith chose the thread count (``--threads`` and ``OMP_NUM_THREADS`` unset), on
 one rank (distributed ranks on one machine are each other's "others" and are sized by their
@@ -24,11 +27,12 @@ away can differ from one that did not in the last bits; ``--threads`` (or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -89,7 +93,7 @@ class CoreWatch:
         busy = self._busy()
         return None if busy is None else (self._clock(), self._own(), busy)
 
-    def after_step(self) -> int | None:
+    def look(self) -> int | None:
         """Look at the cores if a window has passed; the new thread count when it changed."""
         if self._start is not None and self._clock() - self._start[0] < INTERVAL_S:
             return None  # the clock alone: a generated token's pass is ~10 ms, /proc/stat ~30 us
@@ -126,13 +130,13 @@ class CoreWatch:
             module = None
         if not isinstance(module, torch.nn.Module):
             module = model
-        return module.register_forward_pre_hook(self._look)
+        return module.register_forward_pre_hook(self._before_pass)
 
-    def _look(self, _module, _args) -> None:
-        self.after_step()  # a pre-hook's return value would replace the module's inputs
+    def _before_pass(self, _module, _args) -> None:
+        self.look()  # a pre-hook's return value would replace the module's inputs
 
     def restore(self) -> None:
-        """Give the run its own thread count back (the loop ended)."""
+        """Give the process its own thread count back (the loop or the generation ended)."""
         if self.threads != self.most:
             self._set(self.most)
             self.threads = self.most
@@ -144,8 +148,29 @@ def enabled() -> bool:
 
 def watch_cores() -> CoreWatch | None:
     """A watch over this process's threads, or None where it has nothing to decide: one
-    thread, no ``/proc/stat``, or switched off (``TUNESMITH_CORE_WATCH=0``)."""
+    thread, the user's count (``OMP_NUM_THREADS``), no ``/proc/stat``, or switched off
+    (``TUNESMITH_CORE_WATCH=0``)."""
     most = torch.get_num_threads()
-    if most <= 1 or not enabled() or machine_busy_s() is None:
+    if most <= 1 or "OMP_NUM_THREADS" in os.environ or not enabled():
+        return None
+    if machine_busy_s() is None:
         return None
     return CoreWatch(most, os.cpu_count() or most)
+
+
+@contextlib.contextmanager
+def watching(model: torch.nn.Module) -> Iterator[CoreWatch | None]:
+    """``model``'s forward passes watched while inside (a CPU model, where :func:`watch_cores`
+    gives a watch); the process's own thread count again on the way out. For the commands that
+    generate without the training's fast paths (``tunesmith eval``, ``chat``)."""
+    param = next(model.parameters(), None)
+    watch = watch_cores() if param is not None and param.device.type == "cpu" else None
+    if watch is None:
+        yield None
+        return
+    handle = watch.watch_forwards(model)
+    try:
+        yield watch
+    finally:
+        handle.remove()
+        watch.restore()
