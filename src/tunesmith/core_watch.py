@@ -16,7 +16,8 @@ stop, the next look gives the threads back. The evaluation needs it as much as t
 a later one-thread process, generation at the training's spin ran ~9x slower without it
 (benchmarks/RESULTS.md, "The evaluation on the cores other processes leave free"). The CPU
 fast paths attach a watch to the model they train (``FastPaths.attach_watch``); the commands
-that generate without them (``tunesmith eval``, ``chat``) use :func:`watching`.
+that generate without them (``tunesmith eval``, ``chat``, each ``serve`` engine's decode
+thread) use :func:`watching`.
 
 Only where tunesmith chose the thread count (``--threads`` and ``OMP_NUM_THREADS`` unset), on
 one rank (distributed ranks on one machine are each other's "others" and are sized by their
@@ -162,7 +163,7 @@ def watch_cores() -> CoreWatch | None:
 def watching(model: torch.nn.Module) -> Iterator[CoreWatch | None]:
     """``model``'s forward passes watched while inside (a CPU model, where :func:`watch_cores`
     gives a watch); the process's own thread count again on the way out. For the commands that
-    generate without the training's fast paths (``tunesmith eval``, ``chat``)."""
+    generate without the training's fast paths (``tunesmith eval``, ``chat``, ``serve``)."""
     param = next(model.parameters(), None)
     watch = watch_cores() if param is not None and param.device.type == "cpu" else None
     if watch is None:

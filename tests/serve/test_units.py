@@ -225,3 +225,38 @@ def test_prompt_learning_runs_are_refused_and_names_must_be_unique(serve_runs, t
     for bad in (["a"], ["=x"], ["a=/x", "a=/y"]):
         with pytest.raises(UserInputError):
             parse_adapter_flags(bad)
+
+
+@pytest.mark.parametrize("watch_cores", [True, False])
+def test_the_engine_decodes_on_the_cores_other_processes_leave(
+    serve_runs, monkeypatch, watch_cores
+):
+    from openai import OpenAI
+
+    from tunesmith import core_watch, serve
+    from tunesmith.serve.thread import running
+
+    looks: list[float] = []
+
+    def counting_watch():  # a watch whose every look sees a busy neighbour take a core
+        def clock() -> float:
+            looks.append(1.0)
+            return float(len(looks))
+
+        busy = iter(range(0, 10_000, 2))
+        return core_watch.CoreWatch(
+            2, 2, clock=clock, own_cpu_s=lambda: 0.0, busy_s=lambda: float(next(busy)),
+            set_threads=set_to.append,
+        )  # fmt: skip
+
+    set_to: list[int] = []
+    monkeypatch.setattr(core_watch, "watch_cores", counting_watch)
+    _, run_a, _ = serve_runs
+    with running(serve(run_a, default_max_tokens=6, watch_cores=watch_cores)) as url:
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        out = client.completions.create(model=run_a.name, prompt="count the", max_tokens=6)
+    assert out.choices[0].text is not None
+    if watch_cores:  # looked at its passes, gave a core away, and took it back on stopping
+        assert len(looks) >= 2 and set_to[0] == 1 and set_to[-1] == 2
+    else:
+        assert looks == [] and set_to == []

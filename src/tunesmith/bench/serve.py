@@ -158,7 +158,10 @@ def measure(args: argparse.Namespace) -> ServeBench:
     levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     convs = conversations(args.requests)
     names = [Path(r).resolve().name for r in args.runs]
-    app = serve(*args.runs, max_batch=max(levels), max_queue=max(args.requests, 64))
+    app = serve(
+        *args.runs, max_batch=max(levels), max_queue=max(args.requests, 64),
+        watch_cores=not args.threads,
+    )  # fmt: skip
     report = ServeBench([str(r) for r in args.runs], _threads(), args.max_tokens)
     single = [(names[0], c) for c in convs]
     mixed = [(names[i % 2], c) for i, c in enumerate(convs)]

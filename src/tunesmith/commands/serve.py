@@ -51,7 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-tokens", type=int, default=256, help="answer limit when a request sets none (256)"
     )
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int,
+        help="torch CPU threads, fixed (default: all cores, fewer while other processes need them)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         default_max_tokens=args.max_tokens,
+        watch_cores=not args.threads,  # --threads: the user's count, never changed
     )
     names = ", ".join(app.state.server.models)
     print(f"tunesmith serve: {names} on http://{args.host}:{args.port}/v1", flush=True)

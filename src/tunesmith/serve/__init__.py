@@ -33,6 +33,7 @@ def serve(
     max_queue: int = 64,
     default_max_tokens: int = 256,
     dtype: Any = None,
+    watch_cores: bool = True,
 ):
     """Load runs (or ``model`` with named ``adapters``) and return the OpenAI-compatible app.
 
@@ -47,6 +48,9 @@ def serve(
         max_queue: requests that may wait for a row; past it the server answers 429.
         default_max_tokens: the answer limit when a request gives no ``max_tokens``.
         dtype: torch dtype of the weights (default: the checkpoint's own).
+        watch_cores: on CPU, decode on the cores other processes leave free, checked between
+            forward passes (``tunesmith.core_watch``); False keeps the thread count fixed (the
+            command's ``--threads``).
 
     Returns:
         A FastAPI app; ``app.state.server`` holds the served models and their engines.
@@ -56,8 +60,9 @@ def serve(
 
     served = load_served_models(run_dirs, model=model, adapters=adapters, dtype=dtype)
     server = Server(
-        served, max_batch=max_batch, max_queue=max_queue, default_max_tokens=default_max_tokens
-    )
+        served, max_batch=max_batch, max_queue=max_queue, default_max_tokens=default_max_tokens,
+        watch_cores=watch_cores,
+    )  # fmt: skip
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     return create_app(server, api_key=key)
 

@@ -41,13 +41,14 @@ class Server:
         max_batch: int = 16,
         max_queue: int = 64,
         default_max_tokens: int = 256,
+        watch_cores: bool = True,
     ):
         self.models = {m.name: m for m in served}
         self.engines: dict[int, Engine] = {}
         for m in served:
             if id(m.backend) not in self.engines:
                 self.engines[id(m.backend)] = Engine(
-                    m.backend, max_batch=max_batch, max_queue=max_queue
+                    m.backend, max_batch=max_batch, max_queue=max_queue, watch_cores=watch_cores
                 )
         self.default_max_tokens = default_max_tokens
 

@@ -12,6 +12,7 @@ request, which the app points at that request's asyncio queue.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tunesmith.core_watch import watching
 from tunesmith.serve.batch import KVBatch, cache_argument, left_padded, returned_cache
 from tunesmith.serve.models import Backend, ServedModel
 from tunesmith.serve.sampling import Sampling
@@ -69,11 +71,21 @@ class Engine:
         backend: the loaded model.
         max_batch: rows decoded together at most.
         max_queue: requests that may wait for a row; past it :meth:`submit` raises.
+        watch_cores: decode on the cores other processes leave free
+            (:func:`tunesmith.core_watch.watching`); False where the thread count is the user's.
     """
 
-    def __init__(self, backend: Backend, *, max_batch: int = 16, max_queue: int = 64):
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        watch_cores: bool = True,
+    ):
         self.backend = backend
         self.max_batch, self.max_queue = max_batch, max_queue
+        self.watch_cores = watch_cores
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._rows: list[Job] = []
@@ -119,7 +131,9 @@ class Engine:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        with torch.inference_mode():
+        model = self.backend.model
+        watched = watching(model) if self.watch_cores else contextlib.nullcontext()
+        with torch.inference_mode(), watched:
             while True:
                 with self._cond:
                     while not (self._waiting or self._rows or self._stopping):
