@@ -214,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     loop_med = {s: statistics.median(v) for s, v in loop_share.items() if v}
     machine = describe() | {"omp_wait": "per row"}
     alone = [m["none"] for m in med.values() if "none" in m]
-    fastest_alone = max(alone) if alone else float("nan")
+    fastest_alone = max(alone) if alone else None  # no "none" competitor: no slowdown column
     cols = ["setting"]
     for c in args.competitors:
-        cols += ["alone tok/s"] if c == "none" else [f"beside a {c} tok/s", "slowdown"]
+        shared = [f"beside a {c} tok/s"] + (["slowdown"] if fastest_alone else [])
+        cols += ["alone tok/s"] if c == "none" else shared
     if loop_med:
         cols += ["later loop's speed"]
     print("| " + " | ".join(cols) + " |")
@@ -225,11 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     for setting, m in med.items():
         cells = [setting]
         for c in args.competitors:
-            cells += [f"{m[c]:.1f}"] + ([] if c == "none" else [f"{fastest_alone / m[c]:.1f}x"])
+            slowdown = c != "none" and fastest_alone
+            cells += [f"{m[c]:.1f}"] + ([f"{fastest_alone / m[c]:.1f}x"] if slowdown else [])
         if loop_med:
             cells += [f"{loop_med[setting]:.2f}x"]
         print("| " + " | ".join(cells) + " |")
-    print(f"\nslowdown: the fastest setting alone over this one shared. {one_line(machine)}")
+    about = "slowdown: the fastest setting alone over this one shared. " if fastest_alone else ""
+    print(f"\n{about}{one_line(machine)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rounds": results, "medians": med,
                                                "later_loop_share": loop_share,
