@@ -1,4 +1,4 @@
-"""core_watch: a CPU training runs on the cores other processes leave free, and takes them back."""
+"""core_watch: CPU training and generation run on the cores other processes leave free."""
 
 from __future__ import annotations
 
@@ -242,3 +242,34 @@ def test_watching_nothing_where_the_count_is_the_users_or_the_model_not_on_cpu(m
             assert watch is None
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_gives_the_threads_back_after_its_evaluations(tmp_path, tiny_llama_dir, monkeypatch):
+    from tests.compare.test_search_parts import _demo
+    from tunesmith.config import make_config
+    from tunesmith.train import fastpath
+    from tunesmith.train.run import run_training
+
+    m = _Machine()
+
+    def clock() -> float:  # each pass takes a window in which another process took a core
+        m.run(INTERVAL_S, own_cores=1.0, other_cores=1.0)
+        return m.t
+
+    def busy_watch() -> CoreWatch:
+        return CoreWatch(
+            2, 2, clock=clock, own_cpu_s=lambda: m.own, busy_s=lambda: m.busy,
+            set_threads=m.set_to.append,
+        )  # fmt: skip
+
+    monkeypatch.setattr(fastpath, "watch_cores", busy_watch)
+    raw, evals = _demo(tmp_path)
+    cfg = make_config(
+        {"model": str(tiny_llama_dir), "max-steps": 2, "batch-size": 4, "data": [str(raw)],
+         "eval-data": str(evals), "eval-limit": 2, "max-new-tokens": 3, "skip-base-eval": True,
+         "output": str(tmp_path / "run")}
+    )  # fmt: skip
+    run_training(cfg, say=lambda msg: None)
+    # Given away in training, back when the loop stopped, given away in the evaluation, and
+    # back when the run ended (a compare's next method or a notebook's next run starts at 2).
+    assert m.set_to[:2] == [1, 2] and m.set_to[-2:] == [1, 2] and len(m.set_to) >= 4

@@ -139,7 +139,8 @@ def run_training(
                 else Trackers({}, say)
             )
         try:
-            return _train_and_save(s, run, data, built, examples)
+            with built.fast_paths.training():  # a watch that gave cores away gives them back
+                return _train_and_save(s, run, data, built, examples)
         finally:
             s.trackers.finish()
     finally:

@@ -110,8 +110,9 @@ class FastPaths:
 
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:
-        """Around the loop's steps: when they stop, however, the run's own thread count again
-        (evaluation and a next training in the process start from it)."""
+        """Around the loop's steps, and around a whole run (its evaluations are watched too):
+        when they stop, however, the run's own thread count again (what follows starts from it:
+        the evaluation, a ``compare``'s next method, a notebook's next run)."""
         try:
             yield
         finally:
