@@ -90,21 +90,17 @@ class CoreWatch:
         self.others: float | None = None  # cores the other processes used in the last window
         self.changes = 0
 
-    def _sample(self) -> tuple[float, float, float] | None:
-        busy = self._busy()
-        return None if busy is None else (self._clock(), self._own(), busy)
-
     def look(self) -> int | None:
         """Look at the cores if a window has passed; the new thread count when it changed."""
-        if self._start is not None and self._clock() - self._start[0] < INTERVAL_S:
+        t = self._clock()
+        if self._start is not None and t - self._start[0] < INTERVAL_S:
             return None  # the clock alone: a generated token's pass is ~10 ms, /proc/stat ~30 us
-        now = self._sample()
-        if now is None:
+        busy = self._busy()
+        if busy is None:
             return None
+        now = (t, self._own(), busy)
         if self._start is None:
             self._start = now
-            return None
-        if now[0] - self._start[0] < INTERVAL_S:
             return None
         (t0, own0, busy0), (t1, own1, busy1) = self._start, now
         self._start = now
@@ -114,7 +110,7 @@ class CoreWatch:
             return None
         self._set(threads)
         logger.info(
-            "other processes used %.1f of %d cores: training on %d of %d threads",
+            "other processes used %.1f of %d cores: running on %d of %d threads",
             others, self.cores, threads, self.most,
         )  # fmt: skip
         self.threads = threads
@@ -152,9 +148,7 @@ def watch_cores() -> CoreWatch | None:
     thread, the user's count (``OMP_NUM_THREADS``), no ``/proc/stat``, or switched off
     (``TUNESMITH_CORE_WATCH=0``)."""
     most = torch.get_num_threads()
-    if most <= 1 or "OMP_NUM_THREADS" in os.environ or not enabled():
-        return None
-    if machine_busy_s() is None:
+    if most <= 1 or "OMP_NUM_THREADS" in os.environ or not enabled() or machine_busy_s() is None:
         return None
     return CoreWatch(most, os.cpu_count() or most)
 
