@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    if args.evaluation < 0:
+        parser.error("--evaluation takes a number of questions (0: measure training steps)")
 
     from tunesmith.bench.machine import describe, one_line
 

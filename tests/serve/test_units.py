@@ -260,3 +260,12 @@ def test_the_engine_decodes_on_the_cores_other_processes_leave(
         assert len(looks) >= 2 and set_to[0] == 1 and set_to[-1] == 2
     else:
         assert looks == [] and set_to == []
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--max-batch"])
+def test_serve_refuses_a_count_below_one_before_loading(serve_runs, flag, capsys):
+    from tunesmith.cli import main
+
+    _, run_a, _ = serve_runs
+    assert main(["serve", str(run_a), flag, "-1"]) == 2
+    assert f"{flag} must be at least 1" in capsys.readouterr().err

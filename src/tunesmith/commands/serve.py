@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
     adapters = parse_adapter_flags(args.adapter)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    for flag in ("max_batch", "max_queue", "max_tokens"):
-        if getattr(args, flag) < 1:
+    for flag in ("max_batch", "max_queue", "max_tokens", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
             raise UserInputError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.engine != "tunesmith":
         return _external(args, adapters, api_key)
