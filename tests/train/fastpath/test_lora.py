@@ -272,3 +272,48 @@ def test_a_second_adapter_switched_to_runs_outside_the_stack(dropout, nodes, mon
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     if not dropout:
         _assert_same_fp32_step(ref, fast, ids)
+
+
+@pytest.mark.parametrize(
+    ("dropout", "extra"),
+    [(0.0, {"rank_pattern": {"k_proj": 6}}), (0.25, {})],
+    ids=["stacked-own-ranks", "dropout"],
+)
+def test_bf16_steps_with_and_without_the_rank_r_kernels_agree(monkeypatch, dropout, extra):
+    """Where tunesmith's CPU kernels are built, a bf16 step's rank-r products run in them
+    (every node, forward and backward); loss and gradients are those of the step without them,
+    within bf16 rounding (they round the same products, summed in another order)."""
+    from tunesmith.train.fastpath import native
+
+    kernels = native.kernels()
+    if kernels is None:
+        pytest.skip(f"tunesmith's CPU kernels: {native.why_not()}")
+    ref = _peft(torch.bfloat16, dropout=dropout, **extra)
+    dropout_module_installed = dropout > 0
+    if dropout_module_installed:
+        from tunesmith.train.fastpath import dropout as fast_dropout
+
+        fast_dropout.install(ref)
+    install(ref)
+    ids = torch.randint(0, 512, (3, 21), generator=torch.Generator().manual_seed(1))
+
+    ran = []
+
+    class Spy:  # the built module, counting its LoRA calls
+        def __getattr__(self, name):
+            fn = getattr(kernels, name)
+            return (lambda *a: ran.append(name) or fn(*a)) if name.startswith("lora_") else fn
+
+    _fixed_masks(monkeypatch)
+    monkeypatch.setattr(native, "kernels", Spy)
+    loss, grads = _step(ref, ids, autocast=True)
+    nodes = 2 * (5 if dropout == 0 else len(TARGETS))
+    assert ran.count("lora_forward_") == ran.count("lora_backward") == nodes
+    monkeypatch.undo()
+    _fixed_masks(monkeypatch)
+    monkeypatch.setenv(native.ENV, "0")
+    want_loss, want_grads = _step(ref, ids, autocast=True)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-2, atol=1e-2)
+    for name, want in want_grads.items():
+        scale = want.abs().max().clamp_min(1e-6)
+        assert float((grads[name] - want).abs().max() / scale) < 0.05, name

@@ -347,3 +347,65 @@ def test_the_fast_head_loss_takes_the_kernel_and_equals_the_reference_step(kerne
     want.backward()
     torch.testing.assert_close(fast, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(h.grad, ref_h.grad, rtol=2e-2, atol=1e-3)
+
+
+def _bf16_exact(t: torch.Tensor) -> torch.Tensor:
+    return t.double().bfloat16().double()  # a rounding to bf16 of an exact (fp64) value
+
+
+# (rows, d_in, ranks, widths): a demo q/k/v pass stacked; rows, widths and a rank with tails
+# after the last block of four rows, the last vector and the last block of four ranks; two
+# branches of their own ranks; one element.
+LORA_SHAPES = [
+    (416, 576, [4, 4, 4], [576, 192, 192]),
+    (63, 45, [6], [33]),
+    (7, 40, [3, 5], [20, 9]),
+    (1, 1, [1], [1]),
+]
+
+
+@pytest.mark.parametrize(("rows", "d_in", "ranks", "widths"), LORA_SHAPES)
+def test_lora_products_are_their_formulas_within_a_rounding(kernels, rows, d_in, ranks, widths):
+    torch.manual_seed(4)
+    r, n = sum(ranks), sum(widths)
+    x = torch.randn(rows, d_in).bfloat16()
+    a = (torch.randn(r, d_in) * 0.1).bfloat16()
+    blocks = [torch.randn(w, k) * 0.1 for k, w in zip(ranks, widths, strict=True)]
+    b = torch.block_diag(*blocks).bfloat16()  # sB: zero off its diagonal blocks
+    on_blocks = torch.block_diag(*[torch.ones(w, k) for k, w in zip(ranks, widths, strict=True)])
+    out0 = torch.randn(rows, n).bfloat16()
+    g = torch.randn(rows, n).bfloat16()
+
+    out = out0.clone()
+    h = kernels.lora_forward_(out, x, a, b, ranks, widths)
+    want_h = _bf16_exact(x.double() @ a.double().t())
+    _close_within_a_rounding(h, want_h)
+    _close_within_a_rounding(out, out0.double() + h.double() @ b.double().t())
+
+    dh, d_a, d_b, branch = kernels.lora_backward(g, h, x, a, b, ranks, widths, True)
+    _close_within_a_rounding(dh, g.double() @ b.double())
+    _close_within_a_rounding(d_a, dh.double().t() @ x.double())  # from dh as rounded
+    _close_within_a_rounding(branch, dh.double() @ a.double())
+    _close_within_a_rounding(d_b, (g.double().t() @ h.double()) * on_blocks.double())
+    assert not d_b[on_blocks == 0].any()  # off the blocks: zero, not computed
+    *same, no_branch = kernels.lora_backward(g, h, x, a, b, ranks, widths, False)
+    assert no_branch.numel() == 0
+    assert all(torch.equal(p, q) for p, q in zip(same, (dh, d_a, d_b), strict=True))
+
+
+def test_lora_kernels_refuse_shapes_that_do_not_pair_up(kernels):
+    x, a, b = (torch.zeros(shape).bfloat16() for shape in ((4, 8), (2, 8), (6, 2)))
+    with pytest.raises(RuntimeError, match=r"output must be \(4, 6\)"):
+        kernels.lora_forward_(torch.zeros(4, 5).bfloat16(), x, a, b, [2], [6])
+    with pytest.raises(RuntimeError, match=r"B must be \(7, 2\)"):
+        kernels.lora_forward_(torch.zeros(4, 7).bfloat16(), x, a, b, [1, 1], [6, 1])
+    with pytest.raises(RuntimeError, match="pair up"):
+        kernels.lora_backward(torch.zeros(4, 6).bfloat16(), torch.zeros(4, 2).bfloat16(), x, a, b,
+                              [2], [3, 3], True)  # fmt: skip
+    wide = torch.zeros(native.LORA_MAX_RANK + 1, 8).bfloat16()
+    with pytest.raises(RuntimeError, match="above 64"):
+        kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x, wide,
+                              torch.zeros(6, native.LORA_MAX_RANK + 1).bfloat16(),
+                              [native.LORA_MAX_RANK + 1], [6])  # fmt: skip
+    with pytest.raises(RuntimeError, match="contiguous bf16"):
+        kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x.float(), a, b, [2], [6])

@@ -27,14 +27,35 @@ A branch with dropout (one projection) reads ``x`` through a mask drawn by
 ``(g sB) A * m * c``, into which the frozen ``g W`` is accumulated in place. peft computes the
 same with a separate dropout node, a multiply by the scale and an add over ``(tokens, d_out)``
 each way, and one more add of the two input gradients over ``(tokens, d_in)``.
+
+The rank-r products (``x Aᵀ``, the branch added into ``out``; backward ``g sB``, ``dh A`` and the
+gradients of A and B) are small for oneDNN: ~900 products, ~16% of a demo step's time.
+Where tunesmith's CPU kernels are built, they run in one pass over the rows each way
+(``native.kernels().lora_forward_`` / ``lora_backward``), only ``sB``'s diagonal blocks
+computed: a demo step 0.92x the time (benchmarks/RESULTS.md, "The LoRA branch's rank-r
+products in one pass").
 """
 
 from __future__ import annotations
 
 import torch
 
+from tunesmith.train.fastpath import native
 from tunesmith.train.fastpath.dropout import masked_scale
 from tunesmith.train.fastpath.row_split import splits
+
+
+def _kernels(*tensors: torch.Tensor, rank: int):
+    """tunesmith's CPU kernels where they take the rank-r products of these tensors, else None.
+
+    None under a dispatch mode too: a kernel call is not an aten op, so the bench's GEMM
+    recorder (the shape-matched limit) would not see the products, nor fake tensors their data.
+    """
+    if rank > native.LORA_MAX_RANK or not all(t.is_contiguous() for t in tensors):
+        return None
+    if torch._C._len_torch_dispatch_stack():
+        return None
+    return native.kernels() if native.runs_on(*tensors) else None
 
 
 class LoraLinears(torch.autograd.Function):
@@ -64,12 +85,15 @@ class LoraLinears(torch.autograd.Function):
             mask, keep = dropout
             ctx.dropout = (mask.reshape(x2.shape), keep)
             x2 = masked_scale(x2, *ctx.dropout)
-        h = x2 @ a.t()
-        out.addmm_(h, b.t())
+        ranks, widths = [w.shape[0] for w in a_weights], [w.shape[0] for w in b_weights]
+        kernels = _kernels(x2, a, b, out, rank=a.shape[0])
+        if kernels is not None:  # sB's diagonal blocks only
+            h = kernels.lora_forward_(out, x2, a, b, ranks, widths)
+        else:
+            h = x2 @ a.t()
+            out.addmm_(h, b.t())
         ctx.save_for_backward(x2, h, a, b, weight)
-        ctx.x_shape, ctx.scales = x.shape, scales
-        ctx.ranks = [w.shape[0] for w in a_weights]
-        ctx.widths = [w.shape[0] for w in b_weights]
+        ctx.x_shape, ctx.scales, ctx.ranks, ctx.widths = x.shape, scales, ranks, widths
         ctx.dtypes = [w.dtype for w in ab]
         return out.view(*x.shape[:-1], out.shape[-1])
 
@@ -77,15 +101,22 @@ class LoraLinears(torch.autograd.Function):
     def backward(ctx, grad):
         x2, h, a, b, weight = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])
-        dh = g2 @ b  # (tokens, Σ r)
+        want_dx = ctx.needs_input_grad[0]
+        kernels = _kernels(g2, h, x2, a, b, rank=a.shape[0])
+        if kernels is not None:  # d_b is zero off sB's diagonal blocks, which are all read
+            _, d_a, d_b, branch = kernels.lora_backward(
+                g2, h, x2, a, b, ctx.ranks, ctx.widths, want_dx
+            )
+        else:
+            dh = g2 @ b  # (tokens, Σ r)
+            branch = dh @ a if want_dx else None
+            d_a = dh.t() @ x2  # (Σ r, d_in); x2 is the masked input where the branch had dropout
+            d_b = g2.t() @ h  # (Σ d_out, Σ r); only its diagonal blocks are B's gradients
         dx = None
-        if ctx.needs_input_grad[0]:
-            branch = dh @ a
+        if want_dx:
             if ctx.dropout is not None:
                 branch = masked_scale(branch, *ctx.dropout)
             dx = splits().addmm_(branch, g2, weight).view(ctx.x_shape)  # into the fresh branch
-        d_a = dh.t() @ x2  # (Σ r, d_in); x2 is the masked input where the branch had dropout
-        d_b = g2.t() @ h  # (Σ d_out, Σ r); only its diagonal blocks are B's gradients
         k = len(ctx.scales)
         grads_a, grads_b, r0, o0 = [], [], 0, 0
         for i, (r, width, s) in enumerate(zip(ctx.ranks, ctx.widths, ctx.scales, strict=True)):

@@ -9,7 +9,9 @@
 // with ATen's vector types and its thread pool (so torch.set_num_threads governs them too).
 // Values follow the eager formulas (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP,
 // attention.py, head_ce.py), rounding to bf16 where they round; where a row's sum is added in
-// another order, results are within one bf16 rounding of theirs (test_native.py).
+// another order, results are within one bf16 rounding of theirs (test_native.py). A LoRA
+// branch's rank-r products (lora_linear.py) are small products, not a chain; they are here
+// because oneDNN runs them far below its rate, and one pass over the rows serves all of them.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -21,6 +23,7 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -494,6 +497,298 @@ torch::Tensor softmax_nll_(torch::Tensor logits, torch::Tensor targets) {
   return nll;
 }
 
+// A LoRA branch's rank-r products (r of 4-64 in all): forward h = x Aᵀ and out += h (sB)ᵀ; backward
+// dh = g sB, d_A = dhᵀ x, d_B = gᵀ h and the branch's input gradient dh A.
+//
+// oneDNN runs each as its own product far below its matmul rate: in a demo step (every linear
+// layer, rank 4) they are ~0.9 of the step's 1,100 products and take ~16% of the step
+// (benchmarks/RESULTS.md, "The LoRA branch's rank-r products in one pass"), and on stacked
+// q/k/v it computes the dense products of a block-diagonal sB, three times the work. Here rows
+// are taken four at a time: each row of g and x is read once for every product that needs it,
+// A and sB are fp32 rows in cache, the sums over rows (d_A, d_B) are kept per thread, and only
+// sB's diagonal blocks are computed. Sums in fp32, rounded to bf16 where oneDNN's bf16 products
+// round (the order of a sum differs: test_native.py).
+
+struct Blocks {  // sB's diagonal blocks: ranks r_t and output widths w_t, with their offsets
+  std::vector<int64_t> r0, r, o0, w;
+  int64_t R = 0, N = 0;
+  Blocks(const std::vector<int64_t>& ranks, const std::vector<int64_t>& widths) {
+    TORCH_CHECK(ranks.size() == widths.size() && !ranks.empty(), "ranks and widths must pair up");
+    for (size_t t = 0; t < ranks.size(); t++) {
+      r0.push_back(R); r.push_back(ranks[t]); o0.push_back(N); w.push_back(widths[t]);
+      R += ranks[t]; N += widths[t];
+    }
+  }
+  int64_t block_of(int64_t j) const {
+    int64_t t = 0;
+    while (j >= r0[t] + r[t]) t++;
+    return t;
+  }
+};
+
+std::vector<float> to_float(const torch::Tensor& t, bool transpose) {
+  const int64_t rows = t.size(0), cols = t.size(1);
+  const bf16* p = t.data_ptr<bf16>();
+  std::vector<float> f(rows * cols);
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < cols; j++) f[transpose ? j * rows + i : i * cols + j] = float(p[i * cols + j]);
+  return f;
+}
+
+// dst[q][0:n] = fp32 of src rows q (row stride ld), for RB rows.
+template <int RB>
+inline void rows_to_float(const bf16* src, int64_t ld, int64_t n, float* dst) {
+  constexpr int64_t W = bV::size();
+  for (int q = 0; q < RB; q++) {
+    const bf16* s = src + q * ld;
+    float* d = dst + q * n;
+    int64_t k = 0;
+    for (; k + W <= n; k += W) {
+      auto [a, b] = load(s + k);
+      a.store(d + k);
+      b.store(d + k + fV::size());
+    }
+    for (; k < n; k++) d[k] = float(s[k]);
+  }
+}
+
+// out[q][jj] = sum_k rows[q][k] w[jj][k] over k in [0, n): RB rows of stride ld against JB rows
+// of w (stride ldw), all fp32; each loaded chunk serves JB (or RB) products.
+template <int RB, int JB>
+inline void dots(const float* rows, int64_t ld, const float* w, int64_t ldw, int64_t n, float* out) {
+  constexpr int64_t F = fV::size();
+  fV acc[RB][JB];
+  for (int q = 0; q < RB; q++)
+    for (int jj = 0; jj < JB; jj++) acc[q][jj] = fV(0.f);
+  int64_t k = 0;
+  for (; k + F <= n; k += F) {
+    fV xr[RB];
+    for (int q = 0; q < RB; q++) xr[q] = fV::loadu(rows + q * ld + k);
+    for (int jj = 0; jj < JB; jj++) {
+      const fV wv = fV::loadu(w + jj * ldw + k);
+      for (int q = 0; q < RB; q++) acc[q][jj] = at::vec::fmadd(xr[q], wv, acc[q][jj]);
+    }
+  }
+  for (int q = 0; q < RB; q++)
+    for (int jj = 0; jj < JB; jj++) {
+      float v = fast_hsum(acc[q][jj]);
+      for (int64_t kk = k; kk < n; kk++) v += rows[q * ld + kk] * w[jj * ldw + kk];
+      out[q * JB + jj] = v;
+    }
+}
+
+// acc[jj][0:n] += sum_q c[q][jj] rows[q][0:n]: RB fp32 rows of stride ld into JB accumulator
+// rows of stride lda.
+template <int RB, int JB>
+inline void accumulate(const float* c, const float* rows, int64_t ld, int64_t n, float* acc, int64_t lda) {
+  constexpr int64_t F = fV::size();
+  fV cv[RB][JB];
+  for (int q = 0; q < RB; q++)
+    for (int jj = 0; jj < JB; jj++) cv[q][jj] = fV(c[q * JB + jj]);
+  int64_t k = 0;
+  for (; k + F <= n; k += F) {
+    fV xr[RB];
+    for (int q = 0; q < RB; q++) xr[q] = fV::loadu(rows + q * ld + k);
+    for (int jj = 0; jj < JB; jj++) {
+      fV a = fV::loadu(acc + jj * lda + k);
+      for (int q = 0; q < RB; q++) a = at::vec::fmadd(cv[q][jj], xr[q], a);
+      a.store(acc + jj * lda + k);
+    }
+  }
+  for (; k < n; k++)
+    for (int jj = 0; jj < JB; jj++)
+      for (int q = 0; q < RB; q++) acc[jj * lda + k] += c[q * JB + jj] * rows[q * ld + k];
+}
+
+// fn(std::integral_constant<int, JB>, j) over [j0, j0 + r) in blocks of 4, then one at a time.
+template <typename Fn>
+inline void in_blocks_of_4(int64_t j0, int64_t r, Fn fn) {
+  int64_t j = j0;
+  for (; j + 4 <= j0 + r; j += 4) fn(std::integral_constant<int, 4>(), j);
+  for (; j < j0 + r; j++) fn(std::integral_constant<int, 1>(), j);
+}
+
+// out[q][0:n] = bf16(base[q][0:n] + sum_j c[q][j] w[j][0:n]) for RB rows (base may be null);
+// c is (RB, rc) with row stride ldc, w is (rc, n) with row stride ldw, out/base row stride ld.
+template <int RB>
+inline void combine(const bf16* base, const float* c, int64_t ldc, int64_t rc, const float* w,
+                    int64_t ldw, int64_t n, bf16* out, int64_t ld) {
+  constexpr int64_t W = bV::size(), F = fV::size();
+  int64_t k = 0;
+  for (; k + W <= n; k += W) {
+    fV o0[RB], o1[RB];
+    for (int q = 0; q < RB; q++) {
+      if (base != nullptr) {
+        std::tie(o0[q], o1[q]) = load(base + q * ld + k);
+      } else {
+        o0[q] = fV(0.f);
+        o1[q] = fV(0.f);
+      }
+    }
+    for (int64_t j = 0; j < rc; j++) {
+      const fV w0 = fV::loadu(w + j * ldw + k), w1 = fV::loadu(w + j * ldw + k + F);
+      for (int q = 0; q < RB; q++) {
+        const fV cv(c[q * ldc + j]);
+        o0[q] = at::vec::fmadd(cv, w0, o0[q]);
+        o1[q] = at::vec::fmadd(cv, w1, o1[q]);
+      }
+    }
+    for (int q = 0; q < RB; q++) store(out + q * ld + k, o0[q], o1[q]);
+  }
+  for (; k < n; k++)
+    for (int q = 0; q < RB; q++) {
+      float v = base != nullptr ? float(base[q * ld + k]) : 0.f;
+      for (int64_t j = 0; j < rc; j++) v += c[q * ldc + j] * w[j * ldw + k];
+      out[q * ld + k] = bf16(v);
+    }
+}
+
+void check_matrix(const torch::Tensor& t, const char* name, int64_t rows, int64_t cols) {
+  check(t, name);
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must be (", rows,
+              ", ", cols, "), got ", t.sizes());
+}
+
+constexpr int kRows = 4;  // rows per block: each A and sB element loaded once per four rows
+constexpr int64_t kMaxRank = 64;  // a node's ranks summed (native.LORA_MAX_RANK)
+
+// fn(std::integral_constant<int, RB>, i) for the blocks [lo, hi) of kRows rows (of m); the last
+// block's rows one at a time where m is not a multiple of kRows.
+template <typename Fn>
+inline void each_row_block(int64_t lo, int64_t hi, int64_t m, Fn fn) {
+  for (int64_t blk = lo; blk < hi; blk++) {
+    const int64_t i = blk * kRows;
+    if (i + kRows <= m) {
+      fn(std::integral_constant<int, kRows>(), i);
+    } else {
+      for (int64_t ii = i; ii < m; ii++) fn(std::integral_constant<int, 1>(), ii);
+    }
+  }
+}
+
+// Forward: h = bf16(x Aᵀ), out += h sBᵀ in place (sB's diagonal blocks only; one rounding).
+// x (m, d_in), a (R, d_in), b (N, R), out (m, N). Returns h.
+torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, torch::Tensor a, torch::Tensor b,
+                            std::vector<int64_t> ranks, std::vector<int64_t> widths) {
+  const Blocks bl(ranks, widths);
+  const int64_t m = x.size(0), d_in = x.size(1), R = bl.R, N = bl.N;
+  check_matrix(x, "input", m, d_in); check_matrix(a, "A", R, d_in);
+  check_matrix(b, "B", N, R); check_matrix(out, "output", m, N);
+  TORCH_CHECK(R <= kMaxRank, "ranks above ", kMaxRank, " in all are not handled");
+  auto h = torch::empty({m, R}, x.options());
+  const auto af = to_float(a, false), bt = to_float(b, true);  // (R, d_in), (R, N)
+  const bf16* xp = x.data_ptr<bf16>();
+  bf16* op = out.data_ptr<bf16>();
+  bf16* hp = h.data_ptr<bf16>();
+  auto rows = [&](auto rb, int64_t i, float* xf) {
+    constexpr int RB = decltype(rb)::value;
+    rows_to_float<RB>(xp + i * d_in, d_in, d_in, xf);
+    float hr[RB * kMaxRank];
+    in_blocks_of_4(0, R, [&](auto jb, int64_t j) {
+      constexpr int JB = decltype(jb)::value;
+      float d[RB * JB];
+      dots<RB, JB>(xf, d_in, af.data() + j * d_in, d_in, d_in, d);
+      for (int q = 0; q < RB; q++)
+        for (int jj = 0; jj < JB; jj++) {
+          hp[(i + q) * R + j + jj] = bf16(d[q * JB + jj]);
+          hr[q * R + j + jj] = float(hp[(i + q) * R + j + jj]);
+        }
+    });
+    for (size_t t = 0; t < bl.r.size(); t++)
+      combine<RB>(op + i * N + bl.o0[t], hr + bl.r0[t], R, bl.r[t], bt.data() + bl.r0[t] * N + bl.o0[t],
+                  N, bl.w[t], op + i * N + bl.o0[t], N);
+  };
+  at::parallel_for(0, (m + kRows - 1) / kRows, std::max<int64_t>(1, kGrain / (kRows * (d_in + N))),
+                   [&](int64_t lo, int64_t hi) {
+    std::vector<float> xf(kRows * d_in);
+    each_row_block(lo, hi, m, [&](auto rb, int64_t i) { rows(rb, i, xf.data()); });
+  });
+  return h;
+}
+
+// Backward from g (m, N) with the forward's h, x (the branch's input), a and b: returns
+// dh = bf16(g sB), d_a = bf16(dhᵀ x) (R, d_in), d_b = bf16(gᵀ h) on sB's diagonal blocks (zero
+// elsewhere; (N, R)), and with_branch the branch's input gradient bf16(dh A) (m, d_in).
+std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch::Tensor x,
+                                         torch::Tensor a, torch::Tensor b, std::vector<int64_t> ranks,
+                                         std::vector<int64_t> widths, bool with_branch) {
+  const Blocks bl(ranks, widths);
+  const int64_t m = x.size(0), d_in = x.size(1), R = bl.R, N = bl.N;
+  check_matrix(g, "grad", m, N); check_matrix(h, "h", m, R); check_matrix(x, "input", m, d_in);
+  check_matrix(a, "A", R, d_in); check_matrix(b, "B", N, R);
+  TORCH_CHECK(R <= kMaxRank, "ranks above ", kMaxRank, " in all are not handled");
+  auto dh = torch::empty({m, R}, x.options());
+  auto branch = torch::empty({with_branch ? m : 0, d_in}, x.options());
+  const auto af = to_float(a, false), bt = to_float(b, true);
+  const int64_t threads = at::get_num_threads(), per = R * (d_in + N);
+  std::vector<float> partial(threads * per, 0.f);  // per thread: d_a (R, d_in), then d_bᵀ (R, N)
+  const bf16* gp = g.data_ptr<bf16>();
+  const bf16* hp = h.data_ptr<bf16>();
+  const bf16* xp = x.data_ptr<bf16>();
+  bf16* dhp = dh.data_ptr<bf16>();
+  bf16* brp = with_branch ? branch.data_ptr<bf16>() : nullptr;
+  auto rows = [&](auto rb, int64_t i, float* gf, float* xf, float* da, float* dbt) {
+    constexpr int RB = decltype(rb)::value;
+    rows_to_float<RB>(gp + i * N, N, N, gf);
+    rows_to_float<RB>(xp + i * d_in, d_in, d_in, xf);
+    float dr[RB * kMaxRank];
+    for (size_t t = 0; t < bl.r.size(); t++) {
+      const int64_t o0 = bl.o0[t], w = bl.w[t];
+      in_blocks_of_4(bl.r0[t], bl.r[t], [&](auto jb, int64_t j) {
+        constexpr int JB = decltype(jb)::value;
+        float d[RB * JB], hc[RB * JB];
+        dots<RB, JB>(gf + o0, N, bt.data() + j * N + o0, N, w, d);
+        for (int q = 0; q < RB; q++)
+          for (int jj = 0; jj < JB; jj++) {
+            dhp[(i + q) * R + j + jj] = bf16(d[q * JB + jj]);
+            d[q * JB + jj] = dr[q * R + j + jj] = float(dhp[(i + q) * R + j + jj]);
+            hc[q * JB + jj] = float(hp[(i + q) * R + j + jj]);
+          }
+        accumulate<RB, JB>(hc, gf + o0, N, w, dbt + j * N + o0, N);
+        accumulate<RB, JB>(d, xf, d_in, d_in, da + j * d_in, d_in);
+      });
+    }
+    if (with_branch) combine<RB>(nullptr, dr, R, R, af.data(), d_in, d_in, brp + i * d_in, d_in);
+  };
+  at::parallel_for(0, (m + kRows - 1) / kRows, std::max<int64_t>(1, kGrain / (kRows * (d_in + N))),
+                   [&](int64_t lo, int64_t hi) {
+    float* da = partial.data() + at::get_thread_num() * per;
+    float* dbt = da + R * d_in;
+    std::vector<float> gf(kRows * N), xf(kRows * d_in);
+    each_row_block(lo, hi, m, [&](auto rb, int64_t i) { rows(rb, i, gf.data(), xf.data(), da, dbt); });
+  });
+  auto d_a = torch::empty({R, d_in}, x.options());
+  auto d_b = torch::zeros({N, R}, x.options());
+  bf16* dap = d_a.data_ptr<bf16>();
+  bf16* dbp = d_b.data_ptr<bf16>();
+  {
+    constexpr int64_t W = bV::size(), F = fV::size();
+    int64_t k = 0;
+    for (; k + W <= R * d_in; k += W) {
+      fV s0(0.f), s1(0.f);
+      for (int64_t t = 0; t < threads; t++) {
+        s0 = s0 + fV::loadu(partial.data() + t * per + k);
+        s1 = s1 + fV::loadu(partial.data() + t * per + k + F);
+      }
+      store(dap + k, s0, s1);
+    }
+    for (; k < R * d_in; k++) {
+      float v = 0.f;
+      for (int64_t t = 0; t < threads; t++) v += partial[t * per + k];
+      dap[k] = bf16(v);
+    }
+  }
+  for (int64_t j = 0; j < R; j++) {
+    const int64_t t = bl.block_of(j);
+    for (int64_t o = bl.o0[t]; o < bl.o0[t] + bl.w[t]; o++) {
+      float s = 0.f;
+      for (int64_t th = 0; th < threads; th++) s += partial[th * per + R * d_in + j * N + o];
+      dbp[o * R + j] = bf16(s);
+    }
+  }
+  return {dh, d_a, d_b, branch};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -507,4 +802,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_softmax_backward", &causal_softmax_backward);
   m.def("gather_rows", &gather_rows);
   m.def("softmax_nll_", &softmax_nll_);
+  m.def("lora_forward_", &lora_forward_);
+  m.def("lora_backward", &lora_backward);
 }
