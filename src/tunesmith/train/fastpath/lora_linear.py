@@ -44,6 +44,9 @@ from tunesmith.train.fastpath import native
 from tunesmith.train.fastpath.dropout import masked_scale
 from tunesmith.train.fastpath.row_split import splits
 
+# How many dispatch modes are active (torch's own count; 0 where a torch lacks it).
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+
 
 def _kernels(*tensors: torch.Tensor, rank: int):
     """tunesmith's CPU kernels where they take the rank-r products of these tensors, else None.
@@ -53,7 +56,7 @@ def _kernels(*tensors: torch.Tensor, rank: int):
     """
     if rank > native.LORA_MAX_RANK or not all(t.is_contiguous() for t in tensors):
         return None
-    if torch._C._len_torch_dispatch_stack():
+    if _dispatch_modes():
         return None
     return native.kernels() if native.runs_on(*tensors) else None
 

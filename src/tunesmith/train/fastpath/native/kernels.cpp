@@ -501,7 +501,7 @@ torch::Tensor softmax_nll_(torch::Tensor logits, torch::Tensor targets) {
 // dh = g sB, d_A = dhᵀ x, d_B = gᵀ h and the branch's input gradient dh A.
 //
 // oneDNN runs each as its own product far below its matmul rate: in a demo step (every linear
-// layer, rank 4) they are ~0.9 of the step's 1,100 products and take ~16% of the step
+// layer, rank 4) they were ~900 products and ~16% of the step's time
 // (benchmarks/RESULTS.md, "The LoRA branch's rank-r products in one pass"), and on stacked
 // q/k/v it computes the dense products of a block-diagonal sB, three times the work. Here rows
 // are taken four at a time: each row of g and x is read once for every product that needs it,
