@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from tests.tiny import make_tiny_model
-from tunesmith.train.fastpath import dropout, row_split
+from tunesmith.train.fastpath import dropout, native, row_split
 from tunesmith.train.fastpath.lora import install, why_not_plain
 from tunesmith.train.speed import compute_context
 
@@ -275,25 +275,20 @@ def test_a_second_adapter_switched_to_runs_outside_the_stack(dropout, nodes, mon
 
 
 @pytest.mark.parametrize(
-    ("dropout", "extra"),
+    ("p", "extra"),
     [(0.0, {"rank_pattern": {"k_proj": 6}}), (0.25, {})],
     ids=["stacked-own-ranks", "dropout"],
 )
-def test_bf16_steps_with_and_without_the_rank_r_kernels_agree(monkeypatch, dropout, extra):
+def test_bf16_steps_with_and_without_the_rank_r_kernels_agree(monkeypatch, p, extra):
     """Where tunesmith's CPU kernels are built, a bf16 step's rank-r products run in them
     (every node, forward and backward); loss and gradients are those of the step without them,
     within bf16 rounding (they round the same products, summed in another order)."""
-    from tunesmith.train.fastpath import native
-
     kernels = native.kernels()
     if kernels is None:
         pytest.skip(f"tunesmith's CPU kernels: {native.why_not()}")
-    ref = _peft(torch.bfloat16, dropout=dropout, **extra)
-    dropout_module_installed = dropout > 0
-    if dropout_module_installed:
-        from tunesmith.train.fastpath import dropout as fast_dropout
-
-        fast_dropout.install(ref)
+    ref = _peft(torch.bfloat16, dropout=p, **extra)
+    if p:  # tunesmith's dropout module, as training installs it
+        dropout.install(ref)
     install(ref)
     ids = torch.randint(0, 512, (3, 21), generator=torch.Generator().manual_seed(1))
 
@@ -307,7 +302,7 @@ def test_bf16_steps_with_and_without_the_rank_r_kernels_agree(monkeypatch, dropo
     _fixed_masks(monkeypatch)
     monkeypatch.setattr(native, "kernels", Spy)
     loss, grads = _step(ref, ids, autocast=True)
-    nodes = 2 * (5 if dropout == 0 else len(TARGETS))
+    nodes = 2 * (5 if p == 0 else len(TARGETS))
     assert ran.count("lora_forward_") == ran.count("lora_backward") == nodes
     monkeypatch.undo()
     _fixed_masks(monkeypatch)
