@@ -106,7 +106,8 @@ class FastPaths:
         """Let ``watch`` size the threads at every forward pass of ``model`` (training and the
         command's evaluations) until :meth:`undo`."""
         self.watch = watch
-        self._undo.append(watch.watch_forwards(model).remove)
+        # undo() runs these last first: the hook goes, then the run's own thread count is back.
+        self._undo += [watch.restore, watch.watch_forwards(model).remove]
 
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:
@@ -126,8 +127,6 @@ class FastPaths:
             self._undo.pop()()
         if self.caches is not None:
             self.caches.clear()
-        if self.watch is not None:
-            self.watch.restore()
         reference = FastPaths()
         self.installed, self.pass_policy = {}, reference.pass_policy
         self.head_loss, self.trimmer, self.caches = reference.head_loss, None, None

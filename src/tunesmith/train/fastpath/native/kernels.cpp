@@ -519,11 +519,6 @@ struct Blocks {  // sB's diagonal blocks: ranks r_t and output widths w_t, with 
       R += ranks[t]; N += widths[t];
     }
   }
-  int64_t block_of(int64_t j) const {
-    int64_t t = 0;
-    while (j >= r0[t] + r[t]) t++;
-    return t;
-  }
 };
 
 std::vector<float> to_float(const torch::Tensor& t, bool transpose) {
@@ -652,18 +647,23 @@ void check_matrix(const torch::Tensor& t, const char* name, int64_t rows, int64_
 constexpr int kRows = 4;  // rows per block: each A and sB element loaded once per four rows
 constexpr int64_t kMaxRank = 64;  // a node's ranks summed (native.LORA_MAX_RANK)
 
-// fn(std::integral_constant<int, RB>, i) for the blocks [lo, hi) of kRows rows (of m); the last
-// block's rows one at a time where m is not a multiple of kRows.
-template <typename Fn>
-inline void each_row_block(int64_t lo, int64_t hi, int64_t m, Fn fn) {
-  for (int64_t blk = lo; blk < hi; blk++) {
-    const int64_t i = blk * kRows;
-    if (i + kRows <= m) {
-      fn(std::integral_constant<int, kRows>(), i);
-    } else {
-      for (int64_t ii = i; ii < m; ii++) fn(std::integral_constant<int, 1>(), ii);
+// m rows of `width` elements in blocks of kRows over the thread pool: each task calls
+// rows_of_task() once for its function fn, then fn(std::integral_constant<int, RB>, i) per
+// block (the last block's rows one at a time where m is not a multiple of kRows).
+template <typename Task>
+inline void in_row_blocks(int64_t m, int64_t width, Task rows_of_task) {
+  at::parallel_for(0, (m + kRows - 1) / kRows, std::max<int64_t>(1, kGrain / (kRows * width)),
+                   [&](int64_t lo, int64_t hi) {
+    auto fn = rows_of_task();
+    for (int64_t blk = lo; blk < hi; blk++) {
+      const int64_t i = blk * kRows;
+      if (i + kRows <= m) {
+        fn(std::integral_constant<int, kRows>(), i);
+      } else {
+        for (int64_t ii = i; ii < m; ii++) fn(std::integral_constant<int, 1>(), ii);
+      }
     }
-  }
+  });
 }
 
 // Forward: h = bf16(x Aᵀ), out += h sBᵀ in place (sB's diagonal blocks only; one rounding).
@@ -698,10 +698,10 @@ torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, torch::Tensor a,
       combine<RB>(op + i * N + bl.o0[t], hr + bl.r0[t], R, bl.r[t], bt.data() + bl.r0[t] * N + bl.o0[t],
                   N, bl.w[t], op + i * N + bl.o0[t], N);
   };
-  at::parallel_for(0, (m + kRows - 1) / kRows, std::max<int64_t>(1, kGrain / (kRows * (d_in + N))),
-                   [&](int64_t lo, int64_t hi) {
-    std::vector<float> xf(kRows * d_in);
-    each_row_block(lo, hi, m, [&](auto rb, int64_t i) { rows(rb, i, xf.data()); });
+  in_row_blocks(m, d_in + N, [&] {
+    return [&, xf = std::vector<float>(kRows * d_in)](auto rb, int64_t i) mutable {
+      rows(rb, i, xf.data());
+    };
   });
   return h;
 }
@@ -750,12 +750,10 @@ std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch
     }
     if (with_branch) combine<RB>(nullptr, dr, R, R, af.data(), d_in, d_in, brp + i * d_in, d_in);
   };
-  at::parallel_for(0, (m + kRows - 1) / kRows, std::max<int64_t>(1, kGrain / (kRows * (d_in + N))),
-                   [&](int64_t lo, int64_t hi) {
-    float* da = partial.data() + at::get_thread_num() * per;
-    float* dbt = da + R * d_in;
-    std::vector<float> gf(kRows * N), xf(kRows * d_in);
-    each_row_block(lo, hi, m, [&](auto rb, int64_t i) { rows(rb, i, gf.data(), xf.data(), da, dbt); });
+  in_row_blocks(m, d_in + N, [&] {
+    float* da = partial.data() + at::get_thread_num() * per;  // this task's sums
+    return [&, da, gf = std::vector<float>(kRows * N), xf = std::vector<float>(kRows * d_in)](
+               auto rb, int64_t i) mutable { rows(rb, i, gf.data(), xf.data(), da, da + R * d_in); };
   });
   auto d_a = torch::empty({R, d_in}, x.options());
   auto d_b = torch::zeros({N, R}, x.options());
@@ -778,14 +776,13 @@ std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch
       dap[k] = bf16(v);
     }
   }
-  for (int64_t j = 0; j < R; j++) {
-    const int64_t t = bl.block_of(j);
-    for (int64_t o = bl.o0[t]; o < bl.o0[t] + bl.w[t]; o++) {
-      float s = 0.f;
-      for (int64_t th = 0; th < threads; th++) s += partial[th * per + R * d_in + j * N + o];
-      dbp[o * R + j] = bf16(s);
-    }
-  }
+  for (size_t t = 0; t < bl.r.size(); t++)
+    for (int64_t j = bl.r0[t]; j < bl.r0[t] + bl.r[t]; j++)
+      for (int64_t o = bl.o0[t]; o < bl.o0[t] + bl.w[t]; o++) {
+        float s = 0.f;
+        for (int64_t th = 0; th < threads; th++) s += partial[th * per + R * d_in + j * N + o];
+        dbp[o * R + j] = bf16(s);
+      }
   return {dh, d_a, d_b, branch};
 }
 
