@@ -364,48 +364,80 @@ LORA_SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("master", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("rows", "d_in", "ranks", "widths"), LORA_SHAPES)
-def test_lora_products_are_their_formulas_within_a_rounding(kernels, rows, d_in, ranks, widths):
+def test_lora_products_are_their_formulas_within_a_rounding(
+    kernels, rows, d_in, ranks, widths, master
+):
     torch.manual_seed(4)
-    r, n = sum(ranks), sum(widths)
+    n = sum(widths)
     x = torch.randn(rows, d_in).bfloat16()
-    a = (torch.randn(r, d_in) * 0.1).bfloat16()
-    blocks = [torch.randn(w, k) * 0.1 for k, w in zip(ranks, widths, strict=True)]
-    b = torch.block_diag(*blocks).bfloat16()  # sB: zero off its diagonal blocks
+    a_w = [(torch.randn(k, d_in) * 0.1).to(master) for k in ranks]  # the trained masters
+    b_w = [(torch.randn(w, k) * 0.1).to(master) for k, w in zip(ranks, widths, strict=True)]
+    scales = [2.0 + 0.37 * i for i in range(len(ranks))]
+    a = torch.cat([w.bfloat16() for w in a_w])  # A and sB as the eager path rounds them
+    b = torch.block_diag(*[(w * s).bfloat16() for w, s in zip(b_w, scales, strict=True)])
     on_blocks = torch.block_diag(*[torch.ones(w, k) for k, w in zip(ranks, widths, strict=True)])
     out0 = torch.randn(rows, n).bfloat16()
     g = torch.randn(rows, n).bfloat16()
 
     out = out0.clone()
-    h = kernels.lora_forward_(out, x, a, b, ranks, widths)
+    h = kernels.lora_forward_(out, x, a_w, b_w, scales)
     want_h = _bf16_exact(x.double() @ a.double().t())
     _close_within_a_rounding(h, want_h)
     _close_within_a_rounding(out, out0.double() + h.double() @ b.double().t())
 
-    dh, d_a, d_b, branch = kernels.lora_backward(g, h, x, a, b, ranks, widths, True)
+    dh, branch, *grads = kernels.lora_backward(g, h, x, a_w, b_w, scales, True)
     _close_within_a_rounding(dh, g.double() @ b.double())
-    _close_within_a_rounding(d_a, dh.double().t() @ x.double())  # from dh as rounded
     _close_within_a_rounding(branch, dh.double() @ a.double())
-    _close_within_a_rounding(d_b, (g.double().t() @ h.double()) * on_blocks.double())
-    assert not d_b[on_blocks == 0].any()  # off the blocks: zero, not computed
-    *same, no_branch = kernels.lora_backward(g, h, x, a, b, ranks, widths, False)
+    d_a = _bf16_exact(dh.double().t() @ x.double())  # from dh as rounded
+    d_b = _bf16_exact(g.double().t() @ h.double()) * on_blocks.double()
+    r0 = o0 = 0
+    for i, (k, w) in enumerate(zip(ranks, widths, strict=True)):
+        grad_a, grad_b = grads[i], grads[len(ranks) + i]
+        assert grad_a.dtype == grad_b.dtype == master
+        assert grad_a.shape == a_w[i].shape and grad_b.shape == b_w[i].shape
+        _close_within_a_rounding(grad_a, d_a[r0 : r0 + k])
+        _close_within_a_rounding(grad_b, d_b[o0 : o0 + w, r0 : r0 + k] * scales[i])
+        r0, o0 = r0 + k, o0 + w
+    dh2, no_branch, *same = kernels.lora_backward(g, h, x, a_w, b_w, scales, False)
     assert no_branch.numel() == 0
-    assert all(torch.equal(p, q) for p, q in zip(same, (dh, d_a, d_b), strict=True))
+    assert all(torch.equal(p, q) for p, q in zip([dh2, *same], [dh, *grads], strict=True))
+
+
+def test_lora_kernels_round_the_masters_as_the_eager_casts_do(kernels):
+    """A and sB from fp32 masters are rounded to bf16 as ``A.to(bf16)`` and ``(B * s).to(bf16)``
+    round them, and a gradient is its bf16 sum widened, then scaled in fp32: with one row, one
+    input and rank one, every product but ``g sB`` is a single term, so bit for bit."""
+    torch.manual_seed(5)
+    x = torch.randn(1, 1).bfloat16()
+    a_w, b_w, s = [torch.randn(1, 1)], [torch.randn(3, 1)], 1.7
+    out = torch.zeros(1, 3).bfloat16()
+    h = kernels.lora_forward_(out, x, a_w, b_w, [s])
+    assert torch.equal(h, x @ a_w[0].bfloat16().t())
+    assert torch.equal(out, h @ (b_w[0] * s).bfloat16().t())
+    g = torch.randn(1, 3).bfloat16()
+    dh, _, grad_a, grad_b = kernels.lora_backward(g, h, x, a_w, b_w, [s], False)
+    assert torch.equal(grad_a, (dh.t() @ x).float())
+    assert torch.equal(grad_b, (g.t() @ h).float().mul_(s))
 
 
 def test_lora_kernels_refuse_shapes_that_do_not_pair_up(kernels):
     x, a, b = (torch.zeros(shape).bfloat16() for shape in ((4, 8), (2, 8), (6, 2)))
     with pytest.raises(RuntimeError, match=r"output must be \(4, 6\)"):
-        kernels.lora_forward_(torch.zeros(4, 5).bfloat16(), x, a, b, [2], [6])
-    with pytest.raises(RuntimeError, match=r"B must be \(7, 2\)"):
-        kernels.lora_forward_(torch.zeros(4, 7).bfloat16(), x, a, b, [1, 1], [6, 1])
+        kernels.lora_forward_(torch.zeros(4, 5).bfloat16(), x, [a], [b], [1.0])
+    with pytest.raises(RuntimeError, match=r"B must be \(width, 2\)"):
+        kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x, [a], [b.t().contiguous()], [1.0])
+    with pytest.raises(RuntimeError, match=r"A must be \(rank, 8\)"):
+        kernels.lora_backward(torch.zeros(4, 6).bfloat16(), torch.zeros(4, 2).bfloat16(), x,
+                              [a[:, :4].contiguous()], [b], [1.0], True)  # fmt: skip
     with pytest.raises(RuntimeError, match="pair up"):
-        kernels.lora_backward(torch.zeros(4, 6).bfloat16(), torch.zeros(4, 2).bfloat16(), x, a, b,
-                              [2], [3, 3], True)  # fmt: skip
-    wide = torch.zeros(native.LORA_MAX_RANK + 1, 8).bfloat16()
+        kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x, [a], [b], [1.0, 2.0])
+    wide = torch.zeros(native.LORA_MAX_RANK + 1, 8)
     with pytest.raises(RuntimeError, match=f"above {native.LORA_MAX_RANK}"):
-        kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x, wide,
-                              torch.zeros(6, native.LORA_MAX_RANK + 1).bfloat16(),
-                              [native.LORA_MAX_RANK + 1], [6])  # fmt: skip
+        kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x, [wide],
+                              [torch.zeros(6, native.LORA_MAX_RANK + 1)], [1.0])  # fmt: skip
     with pytest.raises(RuntimeError, match="contiguous bf16"):
-        kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x.float(), a, b, [2], [6])
+        kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x.float(), [a], [b], [1.0])
+    with pytest.raises(RuntimeError, match="contiguous fp32 or bf16"):
+        kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x, [a.half()], [b], [1.0])

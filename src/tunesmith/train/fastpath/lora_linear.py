@@ -33,7 +33,9 @@ gradients of A and B) are small for oneDNN: ~900 products, ~16% of a demo step's
 Where tunesmith's CPU kernels are built, they run in one pass over the rows each way
 (``native.kernels().lora_forward_`` / ``lora_backward``), only ``sB``'s diagonal blocks
 computed: a demo step 0.92x the time (benchmarks/RESULTS.md, "The LoRA branch's rank-r
-products in one pass").
+products in one pass"). The kernels read A and B as the trained weights (fp32 under autocast)
+and give their gradients in those dtypes, rounded as :func:`_rounded_sides` and
+:func:`_branch_grads` round them here, so such a node runs no casts, stacking or slicing.
 """
 
 from __future__ import annotations
@@ -46,19 +48,37 @@ from tunesmith.train.fastpath.row_split import splits
 
 # How many dispatch modes are active (torch's own count; 0 where a torch lacks it).
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+_MASTER_DTYPES = (torch.float32, torch.bfloat16)  # what the kernels read A and B from
 
 
-def _kernels(*tensors: torch.Tensor, rank: int):
-    """tunesmith's CPU kernels where they take the rank-r products of these tensors, else None.
+def _kernels(*tensors: torch.Tensor, weights: tuple[torch.Tensor, ...]):
+    """tunesmith's CPU kernels where they take the rank-r products of these bf16 tensors and
+    the branches' A and B ``weights`` (fp32 or bf16), else None.
 
     None under a dispatch mode too: a kernel call is not an aten op, so the bench's GEMM
     recorder (the shape-matched limit) would not see the products, nor fake tensors their data.
     """
-    if rank > native.LORA_MAX_RANK or not all(t.is_contiguous() for t in tensors):
+    k = len(weights) // 2
+    if sum(a.shape[0] for a in weights[:k]) > native.LORA_MAX_RANK:
         return None
-    if _dispatch_modes():
+    if not all(t.is_contiguous() for t in (*tensors, *weights)):
         return None
-    return native.kernels() if native.runs_on(*tensors) else None
+    if any(w.dtype not in _MASTER_DTYPES for w in weights) or _dispatch_modes():
+        return None
+    if not native.runs_on(*tensors) or not native.runs_on(*weights, any_dtype=True):
+        return None
+    return native.kernels()
+
+
+def _rounded_sides(
+    a_weights, b_weights, scales: tuple[float, ...], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A`` stacked and ``s B`` block-diagonal, in the compute dtype: one rounding of the
+    scaled B, as peft's product rounds once."""
+    scaled = [(b * s).to(dtype) for b, s in zip(b_weights, scales, strict=True)]
+    if len(scaled) == 1:
+        return a_weights[0].to(dtype), scaled[0]
+    return torch.cat([w.to(dtype) for w in a_weights]), torch.block_diag(*scaled)
 
 
 class LoraLinears(torch.autograd.Function):
@@ -73,13 +93,6 @@ class LoraLinears(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, scales: tuple[float, ...], dropout, *ab):
-        k = len(scales)
-        a_weights, b_weights = ab[:k], ab[k:]
-        dtype = x.dtype
-        # One rounding of the scaled B, in the compute dtype, as peft's product rounds once.
-        scaled = [(b * s).to(dtype) for b, s in zip(b_weights, scales, strict=True)]
-        a = torch.cat([w.to(dtype) for w in a_weights]) if k > 1 else a_weights[0].to(dtype)
-        b = torch.block_diag(*scaled) if k > 1 else scaled[0]
         x2 = x.reshape(-1, x.shape[-1])
         rows = splits()  # the frozen GEMMs in row blocks where this CPU runs those faster
         out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
@@ -88,42 +101,50 @@ class LoraLinears(torch.autograd.Function):
             mask, keep = dropout
             ctx.dropout = (mask.reshape(x2.shape), keep)
             x2 = masked_scale(x2, *ctx.dropout)
-        ranks, widths = [w.shape[0] for w in a_weights], [w.shape[0] for w in b_weights]
-        kernels = _kernels(x2, a, b, out, rank=a.shape[0])
-        if kernels is not None:  # sB's diagonal blocks only
-            h = kernels.lora_forward_(out, x2, a, b, ranks, widths)
+        kernels = _kernels(x2, out, weights=ab)
+        if kernels is not None:  # A and sB rounded as below, inside; sB's diagonal blocks only
+            h = kernels.lora_forward_(out, x2, ab[: len(scales)], ab[len(scales) :], scales)
         else:
+            a, b = _rounded_sides(ab[: len(scales)], ab[len(scales) :], scales, x.dtype)
             h = x2 @ a.t()
             out.addmm_(h, b.t())
-        ctx.save_for_backward(x2, h, a, b, weight)
-        ctx.x_shape, ctx.scales, ctx.ranks, ctx.widths = x.shape, scales, ranks, widths
-        ctx.dtypes = [w.dtype for w in ab]
+        ctx.save_for_backward(x2, h, weight, *ab)
+        ctx.x_shape, ctx.scales = x.shape, scales
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        x2, h, a, b, weight = ctx.saved_tensors
+        x2, h, weight, *ab = ctx.saved_tensors
+        k = len(ctx.scales)
+        a_weights, b_weights = ab[:k], ab[k:]
         g2 = grad.reshape(-1, grad.shape[-1])
         want_dx = ctx.needs_input_grad[0]
-        kernels = _kernels(g2, h, x2, a, b, rank=a.shape[0])
-        if kernels is not None:  # d_b is zero off sB's diagonal blocks, which are all read
-            _, d_a, d_b, branch = kernels.lora_backward(
-                g2, h, x2, a, b, ctx.ranks, ctx.widths, want_dx
+        kernels = _kernels(g2, h, x2, weights=tuple(ab))
+        if kernels is not None:  # gradients in the masters' dtypes, B's scaled, as below
+            _, branch, *grads = kernels.lora_backward(
+                g2, h, x2, a_weights, b_weights, ctx.scales, want_dx
             )
         else:
+            a, b = _rounded_sides(a_weights, b_weights, ctx.scales, x2.dtype)
             dh = g2 @ b  # (tokens, Σ r)
             branch = dh @ a if want_dx else None
-            d_a = dh.t() @ x2  # (Σ r, d_in); x2 is the masked input where the branch had dropout
-            d_b = g2.t() @ h  # (Σ d_out, Σ r); only its diagonal blocks are B's gradients
+            grads = _branch_grads(dh.t() @ x2, g2.t() @ h, a_weights, b_weights, ctx.scales)
         dx = None
         if want_dx:
             if ctx.dropout is not None:
                 branch = masked_scale(branch, *ctx.dropout)
             dx = splits().addmm_(branch, g2, weight).view(ctx.x_shape)  # into the fresh branch
-        k = len(ctx.scales)
-        grads_a, grads_b, r0, o0 = [], [], 0, 0
-        for i, (r, width, s) in enumerate(zip(ctx.ranks, ctx.widths, ctx.scales, strict=True)):
-            grads_a.append(d_a[r0 : r0 + r].to(ctx.dtypes[i]))
-            grads_b.append(d_b[o0 : o0 + width, r0 : r0 + r].to(ctx.dtypes[k + i]).mul_(s))
-            r0, o0 = r0 + r, o0 + width
-        return dx, None, None, None, None, *grads_a, *grads_b
+        return dx, None, None, None, None, *grads
+
+
+def _branch_grads(d_a, d_b, a_weights, b_weights, scales) -> list[torch.Tensor]:
+    """Each A's rows of ``d_a`` (``(Σ r, d_in)``; ``x2`` is the masked input where the branch had
+    dropout) and each B's diagonal block of ``d_b`` (``(Σ d_out, Σ r)``) times its scale, in
+    the weights' dtypes."""
+    grads_a, grads_b, r0, o0 = [], [], 0, 0
+    for a, b, s in zip(a_weights, b_weights, scales, strict=True):
+        r, width = a.shape[0], b.shape[0]
+        grads_a.append(d_a[r0 : r0 + r].to(a.dtype))
+        grads_b.append(d_b[o0 : o0 + width, r0 : r0 + r].to(b.dtype).mul_(s))
+        r0, o0 = r0 + r, o0 + width
+    return grads_a + grads_b

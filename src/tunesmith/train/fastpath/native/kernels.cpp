@@ -507,28 +507,9 @@ torch::Tensor softmax_nll_(torch::Tensor logits, torch::Tensor targets) {
 // are taken four at a time: each row of g and x is read once for every product that needs it,
 // A and sB are fp32 rows in cache, the sums over rows (d_A, d_B) are kept per thread, and only
 // sB's diagonal blocks are computed. Sums in fp32, rounded to bf16 where oneDNN's bf16 products
-// round (the order of a sum differs: test_native.py).
-
-struct Blocks {  // sB's diagonal blocks: ranks r_t and output widths w_t, with their offsets
-  std::vector<int64_t> r0, r, o0, w;
-  int64_t R = 0, N = 0;
-  Blocks(const std::vector<int64_t>& ranks, const std::vector<int64_t>& widths) {
-    TORCH_CHECK(ranks.size() == widths.size() && !ranks.empty(), "ranks and widths must pair up");
-    for (size_t t = 0; t < ranks.size(); t++) {
-      r0.push_back(R); r.push_back(ranks[t]); o0.push_back(N); w.push_back(widths[t]);
-      R += ranks[t]; N += widths[t];
-    }
-  }
-};
-
-std::vector<float> to_float(const torch::Tensor& t, bool transpose) {
-  const int64_t rows = t.size(0), cols = t.size(1);
-  const bf16* p = t.data_ptr<bf16>();
-  std::vector<float> f(rows * cols);
-  for (int64_t i = 0; i < rows; i++)
-    for (int64_t j = 0; j < cols; j++) f[transpose ? j * rows + i : i * cols + j] = float(p[i * cols + j]);
-  return f;
-}
+// round (the order of a sum differs: test_native.py). A and B come as the trained weights
+// (fp32 masters under autocast) and their gradients go back in those dtypes, rounded and
+// scaled as the eager path's casts round them, so a node runs no cast or slice ops of its own.
 
 // dst[q][0:n] = fp32 of src rows q (row stride ld), for RB rows.
 template <int RB>
@@ -647,6 +628,54 @@ void check_matrix(const torch::Tensor& t, const char* name, int64_t rows, int64_
 constexpr int kRows = 4;  // rows per block: each A and sB element loaded once per four rows
 constexpr int64_t kMaxRank = 64;  // a node's ranks summed (native.LORA_MAX_RANK)
 
+// A node's branches: A_t (r_t, d_in) and B_t (w_t, r_t), in fp32 (the trained masters) or
+// bf16, and their scales s_t. The products read bf16(A) and bf16(s_t B_t), rounded as the eager
+// path's casts (`A.to(bf16)`, `(B * s).to(bf16)`) round them, as fp32 rows: af (R, d_in) and
+// bt, sB transposed (R, N), zero off its diagonal blocks.
+struct Branches {
+  std::vector<int64_t> r0, r, o0, w;  // per branch: rank and output width, with their offsets
+  int64_t R = 0, N = 0, d_in = 0;
+  std::vector<float> af, bt;
+  Branches(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b,
+           const std::vector<double>& scales, int64_t d_in_) : d_in(d_in_) {
+    TORCH_CHECK(!a.empty() && a.size() == b.size() && a.size() == scales.size(),
+                "A, B and scales must pair up");
+    for (size_t t = 0; t < a.size(); t++) {
+      check_master(a[t], "A"); check_master(b[t], "B");
+      TORCH_CHECK(a[t].dim() == 2 && a[t].size(1) == d_in, "A must be (rank, ", d_in, "), got ",
+                  a[t].sizes());
+      TORCH_CHECK(b[t].dim() == 2 && b[t].size(1) == a[t].size(0), "B must be (width, ",
+                  a[t].size(0), "), got ", b[t].sizes());
+      r0.push_back(R); r.push_back(a[t].size(0)); o0.push_back(N); w.push_back(b[t].size(0));
+      R += a[t].size(0); N += b[t].size(0);
+    }
+    TORCH_CHECK(R <= kMaxRank, "ranks above ", kMaxRank, " in all are not handled");
+    af.resize(R * d_in);
+    bt.assign(R * N, 0.f);
+    for (size_t t = 0; t < a.size(); t++) {
+      const float s = static_cast<float>(scales[t]);
+      for (int64_t j = 0; j < r[t]; j++)
+        for (int64_t k = 0; k < d_in; k++) af[(r0[t] + j) * d_in + k] = rounded(value(a[t], j * d_in + k));
+      for (int64_t o = 0; o < w[t]; o++)
+        for (int64_t j = 0; j < r[t]; j++)
+          bt[(r0[t] + j) * N + o0[t] + o] = rounded(value(b[t], o * r[t] + j) * s);
+    }
+  }
+
+  static float value(const torch::Tensor& t, int64_t i) {
+    return t.scalar_type() == at::kFloat ? t.data_ptr<float>()[i] : float(t.data_ptr<bf16>()[i]);
+  }
+  // As a cast to bf16 rounds (a product with the scale, in fp32 or bf16, computes in fp32 and
+  // rounds once too).
+  static float rounded(float v) { return float(bf16(v)); }
+
+  static void check_master(const torch::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() &&
+                (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
+                name, " must be a contiguous fp32 or bf16 CPU tensor");
+  }
+};
+
 // m rows of `width` elements in blocks of kRows over the thread pool: each task calls
 // rows_of_task() once for its function fn, then fn(std::integral_constant<int, RB>, i) per
 // block (the last block's rows one at a time where m is not a multiple of kRows).
@@ -666,17 +695,28 @@ inline void in_row_blocks(int64_t m, int64_t width, Task rows_of_task) {
   });
 }
 
+// t[i] = v in t's dtype (fp32, or bf16 rounded once, as a bf16 product with a scale rounds).
+inline void put(torch::Tensor& t, int64_t i, float v) {
+  if (t.scalar_type() == at::kFloat) {
+    t.data_ptr<float>()[i] = v;
+  } else {
+    t.data_ptr<bf16>()[i] = bf16(v);
+  }
+}
+
 // Forward: h = bf16(x Aᵀ), out += h sBᵀ in place (sB's diagonal blocks only; one rounding).
-// x (m, d_in), a (R, d_in), b (N, R), out (m, N). Returns h.
-torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, torch::Tensor a, torch::Tensor b,
-                            std::vector<int64_t> ranks, std::vector<int64_t> widths) {
-  const Blocks bl(ranks, widths);
+// x (m, d_in), the branches' a_t (r_t, d_in), b_t (w_t, r_t) and scales, out (m, Σ w_t).
+// Returns h (m, Σ r_t).
+torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, std::vector<torch::Tensor> a,
+                            std::vector<torch::Tensor> b, std::vector<double> scales) {
+  check(x, "input");
+  TORCH_CHECK(x.dim() == 2, "input must be 2-D, got ", x.sizes());
+  const Branches bl(a, b, scales, x.size(1));
   const int64_t m = x.size(0), d_in = x.size(1), R = bl.R, N = bl.N;
-  check_matrix(x, "input", m, d_in); check_matrix(a, "A", R, d_in);
-  check_matrix(b, "B", N, R); check_matrix(out, "output", m, N);
-  TORCH_CHECK(R <= kMaxRank, "ranks above ", kMaxRank, " in all are not handled");
+  check_matrix(out, "output", m, N);
   auto h = torch::empty({m, R}, x.options());
-  const auto af = to_float(a, false), bt = to_float(b, true);  // (R, d_in), (R, N)
+  const auto& af = bl.af;
+  const auto& bt = bl.bt;
   const bf16* xp = x.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
   bf16* hp = h.data_ptr<bf16>();
@@ -706,20 +746,22 @@ torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, torch::Tensor a,
   return h;
 }
 
-// Backward from g (m, N) with the forward's h, x (the branch's input), a and b: returns
-// dh = bf16(g sB), d_a = bf16(dhᵀ x) (R, d_in), d_b = bf16(gᵀ h) on sB's diagonal blocks (zero
-// elsewhere; (N, R)), and with_branch the branch's input gradient bf16(dh A) (m, d_in).
+// Backward from g (m, Σ w_t) with the forward's h, x (the branch's input) and branches: returns
+// dh = bf16(g sB) (m, Σ r_t), with_branch the branch's input gradient bf16(dh A) (m, d_in) (else
+// empty), then each A_t's gradient bf16(dhᵀ x) and each B_t's bf16(gᵀ h) (its diagonal block)
+// times s_t, in their masters' dtypes, as the eager path's casts and scaling give them.
 std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch::Tensor x,
-                                         torch::Tensor a, torch::Tensor b, std::vector<int64_t> ranks,
-                                         std::vector<int64_t> widths, bool with_branch) {
-  const Blocks bl(ranks, widths);
+                                         std::vector<torch::Tensor> a, std::vector<torch::Tensor> b,
+                                         std::vector<double> scales, bool with_branch) {
+  check(x, "input");
+  TORCH_CHECK(x.dim() == 2, "input must be 2-D, got ", x.sizes());
+  const Branches bl(a, b, scales, x.size(1));
   const int64_t m = x.size(0), d_in = x.size(1), R = bl.R, N = bl.N;
-  check_matrix(g, "grad", m, N); check_matrix(h, "h", m, R); check_matrix(x, "input", m, d_in);
-  check_matrix(a, "A", R, d_in); check_matrix(b, "B", N, R);
-  TORCH_CHECK(R <= kMaxRank, "ranks above ", kMaxRank, " in all are not handled");
+  check_matrix(g, "grad", m, N); check_matrix(h, "h", m, R);
   auto dh = torch::empty({m, R}, x.options());
   auto branch = torch::empty({with_branch ? m : 0, d_in}, x.options());
-  const auto af = to_float(a, false), bt = to_float(b, true);
+  const auto& af = bl.af;
+  const auto& bt = bl.bt;
   const int64_t threads = at::get_num_threads(), per = R * (d_in + N);
   std::vector<float> partial(threads * per, 0.f);  // per thread: d_a (R, d_in), then d_bᵀ (R, N)
   const bf16* gp = g.data_ptr<bf16>();
@@ -755,35 +797,41 @@ std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch
     return [&, da, gf = std::vector<float>(kRows * N), xf = std::vector<float>(kRows * d_in)](
                auto rb, int64_t i) mutable { rows(rb, i, gf.data(), xf.data(), da, da + R * d_in); };
   });
-  auto d_a = torch::empty({R, d_in}, x.options());
-  auto d_b = torch::zeros({N, R}, x.options());
-  bf16* dap = d_a.data_ptr<bf16>();
-  bf16* dbp = d_b.data_ptr<bf16>();
+  // The sums over threads, rounded to bf16 where the eager product rounds them.
+  std::vector<float> d_a(R * d_in);
   {
-    constexpr int64_t W = bV::size(), F = fV::size();
+    constexpr int64_t F = fV::size();
     int64_t k = 0;
-    for (; k + W <= R * d_in; k += W) {
-      fV s0(0.f), s1(0.f);
-      for (int64_t t = 0; t < threads; t++) {
-        s0 = s0 + fV::loadu(partial.data() + t * per + k);
-        s1 = s1 + fV::loadu(partial.data() + t * per + k + F);
-      }
-      store(dap + k, s0, s1);
+    for (; k + F <= R * d_in; k += F) {
+      fV s0(0.f);
+      for (int64_t t = 0; t < threads; t++) s0 = s0 + fV::loadu(partial.data() + t * per + k);
+      round_bf16(s0).store(d_a.data() + k);
     }
     for (; k < R * d_in; k++) {
       float v = 0.f;
       for (int64_t t = 0; t < threads; t++) v += partial[t * per + k];
-      dap[k] = bf16(v);
+      d_a[k] = Branches::rounded(v);
     }
   }
-  for (size_t t = 0; t < bl.r.size(); t++)
-    for (int64_t j = bl.r0[t]; j < bl.r0[t] + bl.r[t]; j++)
-      for (int64_t o = bl.o0[t]; o < bl.o0[t] + bl.w[t]; o++) {
-        float s = 0.f;
-        for (int64_t th = 0; th < threads; th++) s += partial[th * per + R * d_in + j * N + o];
-        dbp[o * R + j] = bf16(s);
+  std::vector<torch::Tensor> out = {dh, branch};
+  for (size_t t = 0; t < bl.r.size(); t++) {  // A_t's rows of d_a, as they are
+    auto ga = torch::empty_like(a[t]);
+    for (int64_t k = 0; k < bl.r[t] * d_in; k++) put(ga, k, d_a[bl.r0[t] * d_in + k]);
+    out.push_back(ga);
+  }
+  for (size_t t = 0; t < bl.r.size(); t++) {  // B_t's diagonal block of d_b, times s_t
+    auto gb = torch::empty_like(b[t]);
+    const float scale = static_cast<float>(scales[t]);
+    for (int64_t o = 0; o < bl.w[t]; o++)
+      for (int64_t j = 0; j < bl.r[t]; j++) {
+        const int64_t idx = (bl.r0[t] + j) * N + bl.o0[t] + o;
+        float v = 0.f;
+        for (int64_t th = 0; th < threads; th++) v += partial[th * per + R * d_in + idx];
+        put(gb, o * bl.r[t] + j, Branches::rounded(v) * scale);
       }
-  return {dh, d_a, d_b, branch};
+    out.push_back(gb);
+  }
+  return out;
 }
 
 }  // namespace
