@@ -7,7 +7,7 @@ import torch
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from tunesmith.data.packing import PADDING_KWARG, block_causal_mask
-from tunesmith.train.fastpath import attention
+from tunesmith.train.fastpath import attention, native
 from tunesmith.train.fastpath.attention import grouped_attention
 from tunesmith.train.fastpath.packed_attention import (
     LayoutCache,
@@ -268,6 +268,40 @@ def test_place_rows_gives_a_prefix_row_the_gradients_of_all_its_copies(row_kerne
     plain = _PlaceRows.apply(x, slots, None, None, _source(10, slots))
     assert torch.equal(plain, x.new_zeros(10, 3).index_copy(0, slots, x))
     assert torch.equal(torch.autograd.grad(plain, x, g)[0], g[slots])
+
+
+@pytest.mark.parametrize("width", [64, 45])  # a head's width; one with a tail after the vectors
+def test_place_rows_adds_bf16_copies_as_the_eager_fp32_sums_do(cpu_kernels, monkeypatch, width):
+    """The kernels' sum of a prefix row's copies equals the eager path's fp32 ``index_add_``
+    bit for bit: the same order of adds, one rounding."""
+    if cpu_kernels is None:
+        pytest.skip(f"tunesmith's CPU kernels: {native.why_not()}")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, width, generator=gen).bfloat16().requires_grad_()
+    slots = torch.tensor([3, 10, 0, 12, 7, 1])
+    rows, copies = torch.tensor([0, 0, 0, 2, 2, 5]), torch.tensor([2, 4, 13, 5, 9, 14])
+    g = (torch.randn(15, width, generator=gen) * 4).bfloat16()  # sums that round
+    source = _source(15, slots, rows, copies)
+    grads = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(native.ENV, switch)
+        out = _PlaceRows.apply(x, slots, rows, copies, source)
+        grads.append(torch.autograd.grad(out, x, g)[0])
+    assert torch.equal(grads[0], grads[1])
+    total = g[3].float()  # row 0's own slot, then its copies in order, in fp32
+    for c in (2, 4, 13):
+        total = total + g[c].float()
+    assert torch.equal(grads[0][0], total.bfloat16())
+    assert torch.equal(grads[0][1], g[10])  # a row without copies: its own slot's gradient
+
+
+def test_prefix_copies_are_sorted_by_row_in_the_examples_order():
+    layout = build_layout(torch.tensor(SHARED[0]), 6, 2, torch.float32)
+    rows = layout.shared_rows.tolist()
+    assert rows == sorted(rows) and len(rows) > len(set(rows))  # each row copied twice
+    for r in set(rows):
+        own = [s for row, s in zip(rows, layout.shared_slots.tolist(), strict=True) if row == r]
+        assert own == sorted(own)  # the first continuing example's slot first
 
 
 def test_layout_sources_are_the_slots_read_the_other_way():

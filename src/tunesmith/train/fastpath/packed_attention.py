@@ -105,11 +105,19 @@ class _PlaceRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         slots, shared_rows, shared_slots = ctx.saved_tensors
-        g = grad.index_select(0, slots)
-        if shared_rows is not None:
-            wide = torch.promote_types(grad.dtype, torch.float32)  # fp32, or fp64 if given
-            copies = grad.index_select(0, shared_slots).to(wide)
-            g = g.to(wide).index_add_(0, shared_rows, copies).to(grad.dtype)
+        if native.runs_on(grad, any_dtype=True):
+            grad = grad.contiguous()
+            g = native.kernels().gather_rows(grad, slots)
+        else:
+            g = grad.index_select(0, slots)
+        if shared_rows is None:
+            return g, None, None, None, None
+        if native.runs_on(grad):  # the same sums in one pass over the copies, bit for bit
+            native.kernels().add_copies_(g, grad, shared_rows, shared_slots)
+            return g, None, None, None, None
+        wide = torch.promote_types(grad.dtype, torch.float32)  # fp32, or fp64 if given
+        copies = grad.index_select(0, shared_slots).to(wide)
+        g = g.to(wide).index_add_(0, shared_rows, copies).to(grad.dtype)
         return g, None, None, None, None
 
 
@@ -286,7 +294,9 @@ def _fold_padding(example: torch.Tensor, pos: torch.Tensor, pad: torch.Tensor | 
 
 def _shared_prefix_slots(seg: Segments, example, kv_heads: int, L: int):
     """``(rows, slots)`` that copy each shared prefix's K/V rows (``(B*T*kv, d)`` numbering)
-    into the first slots of every example continuing it; ``(None, None)`` when none does."""
+    into the first slots of every example continuing it; ``(None, None)`` when none does.
+    Sorted by row, a row's copies in the order of the examples continuing it (the order their
+    gradients are added in)."""
     B, T = seg.ids.shape
     starts = seg.starts & (seg.shared > 0)
     if not bool(starts.any()):
@@ -301,7 +311,8 @@ def _shared_prefix_slots(seg: Segments, example, kv_heads: int, L: int):
     kv_head = torch.arange(kv_heads, device=example.device)
     rows = (token[:, None] * kv_heads + kv_head).reshape(-1)
     slots = ((owner[:, None] * kv_heads + kv_head) * L + slot[:, None]).reshape(-1)
-    return rows, slots
+    order = torch.argsort(rows, stable=True)
+    return rows[order], slots[order]
 
 
 def mask_is_block_causal(mask: torch.Tensor, position_ids: torch.Tensor) -> bool:

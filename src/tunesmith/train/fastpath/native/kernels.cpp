@@ -437,6 +437,54 @@ torch::Tensor gather_rows(torch::Tensor src, torch::Tensor index) {
   return out;
 }
 
+// A shared prefix's gradient in packed attention's placement (packed_attention.py): g holds
+// each token's gradient from its own slot; a prefix row r also has copies at other slots, and
+// its gradient is float(g[r]) plus float(grad[copy]) over its copies, in their order, rounded
+// once, as the eager fp32 index_add_ adds them. rows come sorted, a row's copies together.
+void add_copies_(torch::Tensor g, torch::Tensor grad, torch::Tensor rows, torch::Tensor copies) {
+  check(g, "gradient"); check(grad, "layout gradient");
+  TORCH_CHECK(g.dim() == 2 && grad.dim() == 2 && g.size(1) == grad.size(1),
+              "gradient and layout gradient must be 2-D with one row width");
+  for (const auto* t : {&rows, &copies})
+    TORCH_CHECK(t->device().is_cpu() && t->dim() == 1 && t->scalar_type() == at::kLong &&
+                t->is_contiguous() && t->size(0) == rows.size(0),
+                "rows and copies must be contiguous 1-D int64 CPU tensors of one length");
+  const int64_t n = rows.size(0), d = g.size(1), W = bV::size();
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  const int64_t* cp = copies.data_ptr<int64_t>();
+  std::vector<int64_t> starts;  // where each row's run of copies begins
+  for (int64_t i = 0; i < n; i++) {
+    TORCH_CHECK(rp[i] >= 0 && rp[i] < g.size(0) && cp[i] >= 0 && cp[i] < grad.size(0),
+                "row or copy out of range");
+    TORCH_CHECK(i == 0 || rp[i] >= rp[i - 1], "rows must be sorted");
+    if (i == 0 || rp[i] != rp[i - 1]) starts.push_back(i);
+  }
+  starts.push_back(n);
+  bf16* gp = g.data_ptr<bf16>();
+  const bf16* sp = grad.data_ptr<bf16>();
+  const int64_t runs = static_cast<int64_t>(starts.size()) - 1;
+  at::parallel_for(0, runs, std::max<int64_t>(1, kGrain / std::max<int64_t>(d * 4, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t u = b; u < e; u++) {
+      bf16* y = gp + rp[starts[u]] * d;
+      int64_t k = 0;
+      for (; k + W <= d; k += W) {
+        auto [a0, a1] = load(y + k);
+        for (int64_t i = starts[u]; i < starts[u + 1]; i++) {
+          auto [c0, c1] = load(sp + cp[i] * d + k);
+          a0 = a0 + c0;
+          a1 = a1 + c1;
+        }
+        store(y + k, a0, a1);
+      }
+      for (; k < d; k++) {
+        float a = float(y[k]);
+        for (int64_t i = starts[u]; i < starts[u + 1]; i++) a += float(sp[cp[i] * d + k]);
+        y[k] = bf16(a);
+      }
+    }
+  });
+}
+
 // The loss head's last step per row of bf16 logits (rows, V) and its target t: returns the fp32
 // NLL -log_softmax(x)[t] and overwrites the row with bf16(softmax(x) - onehot(t)), the loss's
 // gradient up to the backward's scale (loss/head_ce.py). One read of the row from memory, the
@@ -846,6 +894,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_softmax", &causal_softmax);
   m.def("causal_softmax_backward", &causal_softmax_backward);
   m.def("gather_rows", &gather_rows);
+  m.def("add_copies_", &add_copies_);
   m.def("softmax_nll_", &softmax_nll_);
   m.def("lora_forward_", &lora_forward_);
   m.def("lora_backward", &lora_backward);
