@@ -702,16 +702,24 @@ struct Branches {
     bt.assign(R * N, 0.f);
     for (size_t t = 0; t < a.size(); t++) {
       const float s = static_cast<float>(scales[t]);
-      for (int64_t j = 0; j < r[t]; j++)
-        for (int64_t k = 0; k < d_in; k++) af[(r0[t] + j) * d_in + k] = rounded(value(a[t], j * d_in + k));
-      for (int64_t o = 0; o < w[t]; o++)
-        for (int64_t j = 0; j < r[t]; j++)
-          bt[(r0[t] + j) * N + o0[t] + o] = rounded(value(b[t], o * r[t] + j) * s);
+      float* rows_a = af.data() + r0[t] * d_in;  // A_t's rows, in order
+      each_value(a[t], [&](int64_t i, float v) { rows_a[i] = rounded(v); });
+      const int64_t rt = r[t], ot = o0[t];
+      each_value(b[t], [&](int64_t i, float v) { bt[(r0[t] + i % rt) * N + ot + i / rt] = rounded(v * s); });
     }
   }
 
-  static float value(const torch::Tensor& t, int64_t i) {
-    return t.scalar_type() == at::kFloat ? t.data_ptr<float>()[i] : float(t.data_ptr<bf16>()[i]);
+  // fn(i, float(t[i])) for every element of a contiguous fp32 or bf16 tensor.
+  template <typename Fn>
+  static void each_value(const torch::Tensor& t, Fn fn) {
+    const int64_t n = t.numel();
+    if (t.scalar_type() == at::kFloat) {
+      const float* p = t.data_ptr<float>();
+      for (int64_t i = 0; i < n; i++) fn(i, p[i]);
+    } else {
+      const bf16* p = t.data_ptr<bf16>();
+      for (int64_t i = 0; i < n; i++) fn(i, float(p[i]));
+    }
   }
   // As a cast to bf16 rounds (a product with the scale, in fp32 or bf16, computes in fp32 and
   // rounds once too).
@@ -743,12 +751,17 @@ inline void in_row_blocks(int64_t m, int64_t width, Task rows_of_task) {
   });
 }
 
-// t[i] = v in t's dtype (fp32, or bf16 rounded once, as a bf16 product with a scale rounds).
-inline void put(torch::Tensor& t, int64_t i, float v) {
+// t[i] = value(i) for every element of a contiguous fp32 or bf16 tensor (bf16 rounded once,
+// as a bf16 product with a scale rounds).
+template <typename Fn>
+inline void fill(torch::Tensor& t, Fn value) {
+  const int64_t n = t.numel();
   if (t.scalar_type() == at::kFloat) {
-    t.data_ptr<float>()[i] = v;
+    float* p = t.data_ptr<float>();
+    for (int64_t i = 0; i < n; i++) p[i] = value(i);
   } else {
-    t.data_ptr<bf16>()[i] = bf16(v);
+    bf16* p = t.data_ptr<bf16>();
+    for (int64_t i = 0; i < n; i++) p[i] = bf16(value(i));
   }
 }
 
@@ -864,19 +877,20 @@ std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch
   std::vector<torch::Tensor> out = {dh, branch};
   for (size_t t = 0; t < bl.r.size(); t++) {  // A_t's rows of d_a, as they are
     auto ga = torch::empty_like(a[t]);
-    for (int64_t k = 0; k < bl.r[t] * d_in; k++) put(ga, k, d_a[bl.r0[t] * d_in + k]);
+    const float* rows_t = d_a.data() + bl.r0[t] * d_in;
+    fill(ga, [&](int64_t i) { return rows_t[i]; });
     out.push_back(ga);
   }
   for (size_t t = 0; t < bl.r.size(); t++) {  // B_t's diagonal block of d_b, times s_t
     auto gb = torch::empty_like(b[t]);
     const float scale = static_cast<float>(scales[t]);
-    for (int64_t o = 0; o < bl.w[t]; o++)
-      for (int64_t j = 0; j < bl.r[t]; j++) {
-        const int64_t idx = (bl.r0[t] + j) * N + bl.o0[t] + o;
-        float v = 0.f;
-        for (int64_t th = 0; th < threads; th++) v += partial[th * per + R * d_in + idx];
-        put(gb, o * bl.r[t] + j, Branches::rounded(v) * scale);
-      }
+    const int64_t rt = bl.r[t], r0 = bl.r0[t], o0 = bl.o0[t];
+    fill(gb, [&](int64_t i) {  // element (o, j) of B_t, o = i / r_t, j = i % r_t
+      const int64_t idx = (r0 + i % rt) * N + o0 + i / rt;
+      float v = 0.f;
+      for (int64_t th = 0; th < threads; th++) v += partial[th * per + R * d_in + idx];
+      return Branches::rounded(v) * scale;
+    });
     out.push_back(gb);
   }
   return out;
