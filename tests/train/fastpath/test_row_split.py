@@ -97,6 +97,21 @@ def test_turned_off_or_too_small_products_are_never_measured(monkeypatch, tmp_pa
     assert not measured and not path.exists()
 
 
+def test_a_product_met_again_reads_its_answer_and_the_switch_still_decides(
+    forced, monkeypatch, tmp_path
+):
+    rows = RowSplits(tmp_path / "cpu.json")
+    a, b = _operands(torch.float32)
+    monkeypatch.setenv(row_split.ENV, "0")
+    assert rows.height(a, b) == 0 and not forced  # off: not measured, nor remembered as 0
+    monkeypatch.setenv(row_split.ENV, "1")
+    assert rows.height(a, b) == 256 and len(forced) == 1
+    monkeypatch.setattr(rows, "key", None)  # met again: no key, no table
+    assert rows.height(a, b) == 256 and len(forced) == 1
+    monkeypatch.setenv(row_split.ENV, "0")
+    assert rows.height(a, b) == 0  # a remembered cut is not taken while the switch is off
+
+
 @pytest.mark.parametrize(
     ("costs", "want"),
     [
