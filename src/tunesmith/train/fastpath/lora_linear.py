@@ -63,11 +63,9 @@ def _kernels(*tensors: torch.Tensor, weights: tuple[torch.Tensor, ...]):
         return None
     if not all(t.is_contiguous() for t in (*tensors, *weights)):
         return None
-    if any(w.dtype not in _MASTER_DTYPES for w in weights) or _dispatch_modes():
+    if any(w.dtype not in _MASTER_DTYPES or not w.is_cpu for w in weights) or _dispatch_modes():
         return None
-    if not native.runs_on(*tensors) or not native.runs_on(*weights, any_dtype=True):
-        return None
-    return native.kernels()
+    return native.kernels() if native.runs_on(*tensors) else None
 
 
 def _rounded_sides(
@@ -93,6 +91,7 @@ class LoraLinears(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, scales: tuple[float, ...], dropout, *ab):
+        a_weights, b_weights = ab[: len(scales)], ab[len(scales) :]
         x2 = x.reshape(-1, x.shape[-1])
         rows = splits()  # the frozen GEMMs in row blocks where this CPU runs those faster
         out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
@@ -103,9 +102,9 @@ class LoraLinears(torch.autograd.Function):
             x2 = masked_scale(x2, *ctx.dropout)
         kernels = _kernels(x2, out, weights=ab)
         if kernels is not None:  # A and sB rounded as below, inside; sB's diagonal blocks only
-            h = kernels.lora_forward_(out, x2, ab[: len(scales)], ab[len(scales) :], scales)
+            h = kernels.lora_forward_(out, x2, a_weights, b_weights, scales)
         else:
-            a, b = _rounded_sides(ab[: len(scales)], ab[len(scales) :], scales, x.dtype)
+            a, b = _rounded_sides(a_weights, b_weights, scales, x.dtype)
             h = x2 @ a.t()
             out.addmm_(h, b.t())
         ctx.save_for_backward(x2, h, weight, *ab)

@@ -106,15 +106,16 @@ class _PlaceRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         slots, shared_rows, shared_slots = ctx.saved_tensors
-        if native.runs_on(grad, any_dtype=True):
+        kernels = native.kernels() if native.runs_on(grad, any_dtype=True) else None
+        if kernels is not None:
             grad = grad.contiguous()
-            g = native.kernels().gather_rows(grad, slots)
+            g = kernels.gather_rows(grad, slots)
         else:
             g = grad.index_select(0, slots)
         if shared_rows is None:
             return g, None, None, None, None
-        if native.runs_on(grad):  # the same sums in one pass over the copies, bit for bit
-            native.kernels().add_copies_(g, grad, shared_rows, shared_slots)
+        if kernels is not None and grad.dtype == torch.bfloat16:  # the same sums, bit for bit
+            kernels.add_copies_(g, grad, shared_rows, shared_slots)
             return g, None, None, None, None
         wide = torch.promote_types(grad.dtype, torch.float32)  # fp32, or fp64 if given
         copies = grad.index_select(0, shared_slots).to(wide)

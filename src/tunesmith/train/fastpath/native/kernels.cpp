@@ -682,10 +682,10 @@ constexpr int64_t kMaxRank = 64;  // a node's ranks summed (native.LORA_MAX_RANK
 // bt, sB transposed (R, N), zero off its diagonal blocks.
 struct Branches {
   std::vector<int64_t> r0, r, o0, w;  // per branch: rank and output width, with their offsets
-  int64_t R = 0, N = 0, d_in = 0;
+  int64_t R = 0, N = 0;
   std::vector<float> af, bt;
   Branches(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b,
-           const std::vector<double>& scales, int64_t d_in_) : d_in(d_in_) {
+           const std::vector<double>& scales, int64_t d_in) {
     TORCH_CHECK(!a.empty() && a.size() == b.size() && a.size() == scales.size(),
                 "A, B and scales must pair up");
     for (size_t t = 0; t < a.size(); t++) {
