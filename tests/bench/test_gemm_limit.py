@@ -36,7 +36,7 @@ def test_a_frozen_products_row_blocks_count_and_their_timing_runs_do_not(monkeyp
 
     monkeypatch.setattr(row_split, "MIN_ROWS", 8)
     monkeypatch.setattr(row_split, "MIN_WEIGHT", 1)
-    monkeypatch.setattr(row_split, "candidates", lambda rows: [0, 8])
+    monkeypatch.setattr(row_split, "candidates", lambda rows, amx=False: [0, 8])
     product = row_split._mm
 
     def slow_whole(a, b, height):  # real products; the whole one made the slowest

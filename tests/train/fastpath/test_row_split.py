@@ -14,6 +14,7 @@ from tunesmith.train.fastpath.row_split import RowSplits, candidates
 
 def test_candidates_are_the_whole_product_512_row_blocks_and_two_halves():
     assert candidates(608) == [0, 512, 304]
+    assert candidates(608, amx=True) == [0, 512, 304, row_split.AMX]  # and the AMX kernel
     assert candidates(300) == [0, 150]
     assert candidates(1024) == [0, 512]  # halves are 512-row blocks there
     assert [(s.start, s.stop) for s in row_split._blocks(608, 512)] == [(0, 512), (512, 608)]
@@ -130,6 +131,71 @@ def test_measurement_picks_a_cut_only_when_it_is_clearly_faster(monkeypatch, cos
     monkeypatch.setattr(row_split, "_mm", product)
     a, b = _operands(torch.float32, rows=608)
     assert row_split._measure(a, b) == want
+
+
+def test_the_amx_kernel_is_chosen_only_when_it_is_clearly_faster(monkeypatch):
+    clock = [0.0]
+    costs = {0: 1.0, 512: 0.9, 304: 0.8, row_split.AMX: 0.6}
+    monkeypatch.setattr(row_split, "_clock", lambda: clock[0])
+    monkeypatch.setattr(row_split, "_mm", lambda a, b, h: clock.__setitem__(0, clock[0] + costs[h]))
+    monkeypatch.setattr(row_split, "amx_takes", lambda a, b: True)
+    monkeypatch.setattr(row_split.native, "kernels", lambda: object())
+    a, b = _operands(torch.float32, rows=608)
+    assert row_split._measure(a, b) == row_split.AMX
+    monkeypatch.setattr(row_split.native, "kernels", lambda: None)  # switched off: not a candidate
+    assert row_split._measure(a, b) == 304
+
+
+def test_the_amx_kernel_takes_only_what_it_computes(monkeypatch):
+    monkeypatch.setattr(row_split.native, "amx", lambda: True)
+    a, b = _operands(torch.bfloat16, rows=64, k=64, n=96)
+    assert row_split.amx_takes(a, b) and row_split.amx_takes(a, b.contiguous())
+    assert not row_split.amx_takes(a.float(), b.float())  # bf16 only
+    assert not row_split.amx_takes(a[:, :48], b[:48])  # K a multiple of 32
+    assert not row_split.amx_takes(a, b[:, :80])  # N a multiple of 32
+    assert not row_split.amx_takes(a.t().contiguous().t(), b)  # a's rows contiguous
+    monkeypatch.setattr(row_split.native, "amx", lambda: False)  # no tiles here
+    assert not row_split.amx_takes(a, b)
+
+
+@pytest.fixture
+def amx_chosen(monkeypatch, cpu_kernels):
+    """A CPU with AMX tiles where every qualifying product measured fastest in the kernel."""
+    if cpu_kernels is None or not row_split.native.amx():
+        pytest.skip("no AMX-BF16 tiles, or tunesmith's CPU kernels are not built")
+    monkeypatch.setattr(row_split, "MIN_ROWS", 8)
+    monkeypatch.setattr(row_split, "MIN_WEIGHT", 1)
+    monkeypatch.setattr(row_split, "_measure", lambda a, b: row_split.AMX)
+
+
+@pytest.mark.parametrize("transposed", [True, False], ids=["W.t()", "row-major"])
+def test_products_in_the_amx_kernel_equal_torchs_within_a_rounding(amx_chosen, transposed):
+    a, b = _operands(torch.bfloat16, rows=200, k=96, n=64, transposed=transposed)
+    rows = RowSplits(None)
+    bias = torch.randn(b.shape[1]).bfloat16()
+    c = torch.randn(a.shape[0], b.shape[1]).bfloat16()
+    assert rows.height(a, b) == row_split.AMX and rows.key(a, b).endswith("-amx")
+    for got, want in [
+        (rows.mm(a, b), a @ b),
+        (rows.addmm(bias, a, b), torch.addmm(bias, a, b)),
+        (rows.addmm(c, a, b), torch.addmm(c, a, b)),
+        (rows.addmm_(c.clone(), a, b), torch.addmm(c, a, b)),
+    ]:
+        assert got.shape == want.shape and got.dtype == torch.bfloat16 and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+
+
+def test_a_recorder_of_dispatched_ops_sees_the_amx_products_through_torch(amx_chosen, monkeypatch):
+    from tunesmith.bench.train.gemm_limit import Gemm, record_gemms
+
+    a, b = _operands(torch.bfloat16, rows=64, k=96, n=64)
+    rows = RowSplits(None)
+    assert not record_gemms(lambda: rows.mm(a, b))  # the kernel's product is not dispatched
+    with row_split.through_torch():
+        seen = record_gemms(lambda: rows.mm(a, b))
+    assert seen == {Gemm(1, 64, 64, 96, torch.bfloat16, b_t=True): 1}
+    monkeypatch.setenv(row_split.native.ENV, "0")  # the kernels off: torch's product
+    assert record_gemms(lambda: rows.mm(a, b))
 
 
 def test_the_table_is_per_cpu_and_onednn_isa_cap(monkeypatch, tmp_path):

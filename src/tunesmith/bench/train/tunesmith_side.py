@@ -90,12 +90,15 @@ def step_limit(loop, steps: range):
     from collections import Counter
 
     from tunesmith.bench.train.gemm_limit import record_calls, replay, replay_in_order
+    from tunesmith.train.fastpath import row_split
 
     loop.model.train()  # as during training (the eval loss left it in eval mode)
     calls = []
     for step in steps:
-        # The loop's own step (passes, loss, backward, update), so the record follows it.
-        calls += record_calls(lambda step=step: loop._step(step))
+        # The loop's own step (passes, loss, backward, update), so the record follows it; its
+        # products in torch's ops, which the recorder sees (the AMX kernel's are not dispatched).
+        with row_split.through_torch():
+            calls += record_calls(lambda step=step: loop._step(step))
     limit = replay(Counter(c.gemm for c in calls), device=loop.device)
     in_order = replay_in_order(calls, device=loop.device)
     return dataclasses.replace(limit, in_order_seconds=in_order)

@@ -12,13 +12,21 @@ choices go to a small JSON file in the tunesmith cache, keyed by CPU, torch vers
 count, so later runs on the machine (and a resumed run) cut the same way; the pieces differ
 from the whole product in bf16 rounding only (the kernel's K blocking follows the row count).
 
+On a CPU with AMX tiles one more candidate is timed: the whole product in tunesmith's own AMX
+kernel (``native/amx_gemm.cpp``), which packs the weight's panels itself and beats oneDNN on
+the thin products of a small model (a (416, 576) x (576, 192) product 0.45x its time, a
+(480, 576) x (576, 576) one ~0.95x) but not on every shape (the vocabulary head: 1.2-1.8x), so
+it too is taken only where it measured faster. Such a product's key says the kernel was a
+candidate, so choices made without it (another CPU, the kernels switched off) stay apart.
+
 Only products big enough to be worth a measurement qualify (:func:`qualifies`), so the tiny
-models of the tests always take the whole product. ``TUNESMITH_ROW_SPLIT=0`` turns the cuts off
-(the reference path, for A/B runs).
+models of the tests always take the whole product. ``TUNESMITH_ROW_SPLIT=0`` turns the cuts and
+the kernel off (the reference path, for A/B runs); ``TUNESMITH_NATIVE=0`` the kernel alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.train.fastpath import native
+
 logger = logging.getLogger("tunesmith")
 
 ENV = "TUNESMITH_ROW_SPLIT"
@@ -38,6 +48,7 @@ MIN_WEIGHT = 256 * 256  # K x N below this: the product is too small to be worth
 KEY_ROWS = 32  # row counts share a choice within 32 (packed passes are bucketed to 32 already)
 MARGIN = 0.95  # a cut must beat the whole product by 5% (timing noise on a busy machine)
 REPEATS = 3  # timed calls per candidate, after one that builds oneDNN's primitive
+AMX = -1  # the "height" of the whole product in tunesmith's AMX kernel
 _clock = time.perf_counter
 
 
@@ -53,14 +64,36 @@ def qualifies(a: torch.Tensor, b: torch.Tensor) -> bool:
     )  # fmt: skip
 
 
-def candidates(rows: int) -> list[int]:
-    """Block heights to try for ``rows`` rows; 0 is the whole product."""
+def amx_takes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether tunesmith's AMX kernel can compute ``a @ b`` here: bf16, K and N multiples of 32,
+    ``a`` with unit column stride, ``b`` a row-major matrix or the transpose of one (a weight's
+    ``W.t()``), on a CPU whose tiles the kernels use (:func:`~tunesmith.train.fastpath.native.amx`)."""
+    if a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16 or a.stride(1) != 1:
+        return False
+    k, n = b.shape
+    if k % 32 or n % 32:
+        return False
+    if b.stride(1) != 1 and not (b.stride(0) == 1 and b.stride(1) >= k):
+        return False
+    return native.amx()
+
+
+def _amx_mm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
+    # The switch was read where the height was chosen (RowSplits.height, _fastest).
+    native._kernels().amx_mm_(out, a, b, accumulate)
+
+
+def candidates(rows: int, amx: bool = False) -> list[int]:
+    """Block heights to try for ``rows`` rows; 0 is the whole product, :data:`AMX` the whole
+    product in tunesmith's AMX kernel (tried where ``amx``)."""
     heights = [0]
     if rows > BLOCK:
         heights.append(BLOCK)
     half = -(-rows // 2)
     if half not in heights:
         heights.append(half)
+    if amx:
+        heights.append(AMX)
     return heights
 
 
@@ -71,6 +104,10 @@ def _blocks(rows: int, height: int) -> list[slice]:
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor, height: int) -> torch.Tensor:
+    if height == AMX:
+        out = a.new_empty((a.shape[0], b.shape[1]))
+        _amx_mm_(out, a, b, accumulate=False)
+        return out
     blocks = _blocks(a.shape[0], height)
     if len(blocks) == 1:
         return a @ b
@@ -106,7 +143,9 @@ class RowSplits:
     def key(a: torch.Tensor, b: torch.Tensor) -> str:
         layout = "t" if b.stride(0) == 1 and b.shape[0] > 1 else "n"  # W.t() views vs rows
         rows = -(-a.shape[0] // KEY_ROWS) * KEY_ROWS  # e.g. the loss head's trained-token count
-        return f"{rows}x{a.shape[1]}x{b.shape[1]}{layout}-{a.dtype}-{torch.get_num_threads()}"
+        kernel = "-amx" if amx_takes(a, b) else ""  # the AMX kernel was one of the candidates
+        key = f"{rows}x{a.shape[1]}x{b.shape[1]}{layout}-{a.dtype}-{torch.get_num_threads()}"
+        return key + kernel
 
     def height(self, a: torch.Tensor, b: torch.Tensor) -> int:
         """The block height to compute ``a @ b`` with (0: whole), measured on first sight."""
@@ -118,7 +157,11 @@ class RowSplits:
                 return 0
             self._seen[seen] = height
         # A cut is taken only while the switch is on (read per call: tests and A/B runs flip it).
-        return height if height and enabled() else 0
+        if not height or not enabled():
+            return 0
+        if height == AMX and (native.kernels() is None or getattr(_STATE, "torch_only", False)):
+            return 0  # the kernels switched off, or a recorder that sees only torch's ops
+        return height
 
     def _look_up(self, a: torch.Tensor, b: torch.Tensor) -> int | None:
         """The table's height for ``a @ b``, measured if new and the switch is on (else None)."""
@@ -128,7 +171,7 @@ class RowSplits:
         with self._lock:
             table = self._table()
             if key not in table:
-                if not enabled():
+                if not enabled() or (key.endswith("-amx") and native.kernels() is None):
                     return None
                 table[key] = _measure(a, b)
                 _save(self.path, table)
@@ -140,7 +183,12 @@ class RowSplits:
 
     def addmm(self, c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``c + a @ b`` with ``c`` broadcast over rows (a bias) or ``(rows, N)``; a new tensor."""
-        blocks = _blocks(a.shape[0], self.height(a, b))
+        height = self.height(a, b)
+        if height == AMX and c.dtype == a.dtype:
+            out = a.new_empty((a.shape[0], b.shape[1])).copy_(c)  # never c itself: a new tensor
+            _amx_mm_(out, a, b, accumulate=True)  # fp32(c) + the product, rounded once
+            return out
+        blocks = _blocks(a.shape[0], height if height != AMX else 0)
         if len(blocks) == 1:
             return torch.addmm(c, a, b)
         out = a.new_empty((a.shape[0], b.shape[1]))
@@ -155,12 +203,28 @@ class RowSplits:
         output that :meth:`addmm` makes (0.05-0.09 ms of a 0.3-0.7 ms demo-sized product);
         the values are the same.
         """
-        for s in _blocks(a.shape[0], self.height(a, b)):
+        height = self.height(a, b)
+        if height == AMX and c.stride(1) == 1:
+            _amx_mm_(c, a, b, accumulate=True)
+            return c
+        for s in _blocks(a.shape[0], height if height != AMX else 0):
             c[s].addmm_(a[s], b)
         return c
 
 
 _STATE = threading.local()
+
+
+@contextlib.contextmanager
+def through_torch():
+    """Every product in torch's own ops while active, as a recorder of dispatched ops needs
+    (the bench's shape-matched limit): the AMX kernel's products are not dispatched."""
+    saved = getattr(_STATE, "torch_only", False)
+    _STATE.torch_only = True
+    try:
+        yield
+    finally:
+        _STATE.torch_only = saved
 
 
 def measuring() -> bool:
@@ -179,8 +243,9 @@ def _measure(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def _fastest(a: torch.Tensor, b: torch.Tensor) -> int:
     times = {}
+    amx = amx_takes(a, b) and native.kernels() is not None
     with torch.no_grad():
-        for height in candidates(a.shape[0]):
+        for height in candidates(a.shape[0], amx):
             _mm(a, b, height)  # oneDNN builds (JIT-compiles) the primitive of each new shape
             best = float("inf")
             for _ in range(REPEATS):

@@ -42,7 +42,10 @@ import torch
 logger = logging.getLogger("tunesmith")
 
 ENV = "TUNESMITH_NATIVE"
-SOURCE = Path(__file__).with_name("kernels.cpp")
+SOURCES = (
+    Path(__file__).with_name("kernels.cpp"),
+    Path(__file__).with_name("amx_gemm.cpp"),  # the frozen products on AMX tiles
+)
 BUILD_COMMAND = "python -m tunesmith.train.fastpath.native"
 LORA_MAX_RANK = 64  # the LoRA kernels' limit on a node's total rank (its branches' ranks summed)
 
@@ -76,7 +79,8 @@ def compile_flags() -> list[str]:
 
 def extension_name() -> str:
     """The build's name: changes with the source, torch's version and the compiler flags."""
-    ident = SOURCE.read_bytes() + f"|{torch.__version__}|{' '.join(compile_flags())}".encode()
+    source = b"".join(path.read_bytes() for path in SOURCES)
+    ident = source + f"|{torch.__version__}|{' '.join(compile_flags())}".encode()
     return f"tunesmith_cpu_{hashlib.sha256(ident).hexdigest()[:12]}"
 
 
@@ -130,7 +134,7 @@ def _load(name: str) -> ModuleType:
     with _ninja_on_path():
         return load(
             name,
-            [str(SOURCE)],
+            [str(path) for path in SOURCES],
             extra_cflags=compile_flags(),
             extra_ldflags=["-fopenmp"],  # resolves to the libgomp torch has loaded (same soname)
             verbose=False,
@@ -173,6 +177,20 @@ def kernels() -> ModuleType | None:
     return _kernels() if enabled() else None
 
 
+@functools.cache
+def amx() -> bool:
+    """Whether the kernels' frozen products on AMX tiles (``amx_gemm.cpp``) run here: the built
+    kernels load, the CPU has AMX-BF16, Linux grants the tiles and oneDNN's ISA cap (if set)
+    allows AMX. Fixed for the process; the kernels' switch is read apart (:func:`kernels`)."""
+    from tunesmith.precision import cpu_info, onednn_isa_cap
+
+    cap = onednn_isa_cap()
+    if "amx_bf16" not in cpu_info()[1] or (cap is not None and "AMX" not in cap.upper()):
+        return False  # no tiles, or oneDNN held below them (an AVX512-BF16 CPU's emulation)
+    module = _kernels()
+    return module is not None and bool(module.amx_ready())
+
+
 def why_not() -> str:
     """Why :func:`kernels` is None, as one line for the fast paths' log."""
     if not enabled():
@@ -193,4 +211,5 @@ def build() -> Path:
     name = extension_name()
     _load(name)
     _kernels.cache_clear()
+    amx.cache_clear()
     return _build_dir(name)

@@ -1,0 +1,284 @@
+// A frozen weight's bf16 products on AMX tiles: ``out (+)= a @ b`` with ``b`` a weight
+// ``W^T`` (the forward ``x W^T``) or ``W`` (the input gradient ``g W``).
+//
+// oneDNN runs these products well on large squares but leaves time on a training step's
+// shapes (a few hundred rows, K and N of 192-1536): on the 2-core AMX Xeon a
+// (416, 576) x (576, 192) product took it 174 us where this kernel takes 65, a (480, 576) x
+// (576, 576) one 269 against 199 (benchmarks/RESULTS.md, "The frozen products on AMX tiles").
+// The scheme is the plainest AMX one: each thread takes a range of 32-column panels of ``b``,
+// packs one panel at a time into the tiles' pair-interleaved layout (a 16 x 16 transpose of
+// pairs for ``W^T``, an interleave of two rows for ``W``), small enough to stay in L1/L2, and
+// runs every 32-row block of ``a`` against it with a 2 x 2 block of accumulator tiles over
+// the whole K; sums are fp32 (started from ``out`` when accumulating) and rounded to bf16
+// once, as oneDNN's bf16 products round. Where a product is faster this way is measured per
+// shape on the machine (row_split.py), never assumed.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__linux__) && (defined(__clang__) || __GNUC__ >= 11)
+#define TUNESMITH_AMX 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace {
+
+using bf16 = c10::BFloat16;
+
+void check_operand(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kBFloat16 && t.dim() == 2,
+              "amx_mm_: ", name, " must be a 2-D bf16 CPU tensor, got ", t.scalar_type(), " ",
+              t.sizes());
+}
+
+#ifdef TUNESMITH_AMX
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+
+constexpr int64_t kPanel = 32;  // columns of b per panel: two 16-column tiles
+
+// The Linux AMX permission for this process (the kernel refuses tile data without it).
+bool request_tiles() {
+  static const bool granted = [] {
+    constexpr long kReqPerm = 0x1023;  // ARCH_REQ_XCOMP_PERM
+    constexpr long kTileData = 18;     // XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, kReqPerm, kTileData) == 0;
+  }();
+  return granted;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Panel layout: [2 column tiles][K / 32][16 k-pairs][16 columns][2] bf16, one tile per 1 KiB.
+// From W (N x K rows, b = W^T): a tile's row r holds, per column c, W[c][2r], W[c][2r + 1],
+// i.e. a 16 x 16 transpose of 32-bit pairs.
+AMX_TARGET void pack_transposed(const bf16* w, int64_t ldw, int64_t k_blocks, bf16* panel) {
+  static const int order[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
+  for (int half = 0; half < 2; half++) {
+    for (int64_t kb = 0; kb < k_blocks; kb++) {
+      __m512i r[16], t[16];
+      for (int c = 0; c < 16; c++)
+        r[c] = _mm512_loadu_si512(w + (half * 16 + c) * ldw + kb * 32);
+      for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+      }
+      for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 2; j++) {
+          r[4 * i + j] = _mm512_unpacklo_epi64(t[4 * i + j], t[4 * i + 2 + j]);
+          r[4 * i + 2 + j] = _mm512_unpackhi_epi64(t[4 * i + j], t[4 * i + 2 + j]);
+        }
+      for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) {
+          t[8 * i + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+          t[8 * i + 4 + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
+        }
+      bf16* tile = panel + (half * k_blocks + kb) * 512;
+      for (int j = 0; j < 8; j++) {
+        _mm512_storeu_si512(tile + order[j] * 32, _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88));
+        _mm512_storeu_si512(tile + order[8 + j] * 32, _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd));
+      }
+    }
+  }
+}
+
+// From b itself (K rows, row stride ldb), panels [first, last) to dst (panel_elems apart): a
+// tile's row r interleaves b's rows 2r and 2r + 1 element by element. Row by row across the
+// panels, so that b's rows are read in order (panel by panel, each row's 64 bytes come from a
+// new page: 1.3x oneDNN's time on a 576 x 1536 weight).
+AMX_TARGET void pack_plain(const bf16* b, int64_t ldb, int64_t k_blocks, int64_t first,
+                           int64_t last, bf16* dst, int64_t panel_elems) {
+  alignas(64) static const int16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                 8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i lo = _mm512_load_si512(lo_idx);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  for (int64_t kb = 0; kb < k_blocks; kb++) {
+    for (int r = 0; r < 16; r++) {
+      const bf16* row = b + (kb * 32 + 2 * r) * ldb;
+      for (int64_t q = first; q < last; q++) {
+        bf16* panel = dst + (q - first) * panel_elems;
+        __m512i even = _mm512_loadu_si512(row + q * 32), odd = _mm512_loadu_si512(row + ldb + q * 32);
+        _mm512_storeu_si512(panel + (kb * 16 + r) * 32, _mm512_permutex2var_epi16(even, lo, odd));
+        _mm512_storeu_si512(panel + ((k_blocks + kb) * 16 + r) * 32,
+                            _mm512_permutex2var_epi16(even, hi, odd));
+      }
+    }
+  }
+}
+
+// Rows [0, rows) of a 16 x 16 fp32 tile from / to bf16 (row stride ld): the start of a sum
+// that accumulates into ``out``, and its one rounding.
+AMX_TARGET void widen(const bf16* src, int64_t ld, int rows, float* tile) {
+  for (int r = 0; r < rows; r++) {
+    __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + r * ld));
+    _mm512_store_ps(tile + r * 16, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  }
+}
+
+AMX_TARGET void narrow(const float* tile, bf16* dst, int64_t ld, int rows) {
+  for (int r = 0; r < rows; r++)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + r * ld),
+                        (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(tile + r * 16)));
+}
+
+struct Product {
+  const bf16* a;
+  int64_t lda;
+  const bf16* b;  // W (transposed: b = W^T) or b itself
+  int64_t ldb;
+  bool transposed;
+  bf16* out;
+  int64_t ldo;
+  int64_t m, k, n;
+  bool accumulate;
+};
+
+// One 32-row block (``rows`` <= 32 of them real; a short block's rows come from a zeroed copy)
+// against one packed panel, into out's columns [n0, n0 + 32).
+AMX_TARGET void block(const Product& p, const bf16* a, int64_t lda, int rows, int64_t row0,
+                      const bf16* panel, int64_t k_blocks, int64_t n0, float (*acc)[256]) {
+  const bf16* b0 = panel;
+  const bf16* b1 = panel + k_blocks * 512;
+  const int top = std::min(rows, 16), bottom = std::max(rows - 16, 0);
+  if (p.accumulate) {
+    bf16* o = p.out + row0 * p.ldo + n0;
+    std::memset(acc, 0, 4 * 256 * sizeof(float));
+    widen(o, p.ldo, top, acc[0]);
+    widen(o + 16, p.ldo, top, acc[1]);
+    widen(o + 16 * p.ldo, p.ldo, bottom, acc[2]);
+    widen(o + 16 * p.ldo + 16, p.ldo, bottom, acc[3]);
+    _tile_loadd(0, acc[0], 64);
+    _tile_loadd(1, acc[1], 64);
+    _tile_loadd(2, acc[2], 64);
+    _tile_loadd(3, acc[3], 64);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  const bf16* a1 = a + 16 * lda;
+  for (int64_t kb = 0; kb < k_blocks; kb++) {
+    _tile_loadd(4, a + kb * 32, lda * 2);
+    _tile_loadd(6, b0 + kb * 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b1 + kb * 512, 64);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, a1 + kb * 32, lda * 2);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, acc[0], 64);
+  _tile_stored(1, acc[1], 64);
+  _tile_stored(2, acc[2], 64);
+  _tile_stored(3, acc[3], 64);
+  bf16* o = p.out + row0 * p.ldo + n0;
+  narrow(acc[0], o, p.ldo, top);
+  narrow(acc[1], o + 16, p.ldo, top);
+  narrow(acc[2], o + 16 * p.ldo, p.ldo, bottom);
+  narrow(acc[3], o + 16 * p.ldo + 16, p.ldo, bottom);
+}
+
+// A thread packs its whole range of b's panels first where they fit this (reading W's rows
+// once, in order: packing ``W`` panel by panel reads 64 bytes per row at a large stride, 1.3x
+// oneDNN's time on a 1536 x 576 weight), then runs blocks of rows against them.
+constexpr int64_t kPackedBytes = 2 << 20;
+constexpr int64_t kRowsPerPass = 64;  // two 32-row blocks share each panel while it is in L1
+
+// Panels [first, last) of b, panel_elems apart from dst.
+AMX_TARGET void pack(const Product& p, int64_t first, int64_t last, int64_t k_blocks, bf16* dst,
+                     int64_t panel_elems) {
+  if (!p.transposed) return pack_plain(p.b, p.ldb, k_blocks, first, last, dst, panel_elems);
+  for (int64_t q = first; q < last; q++)
+    pack_transposed(p.b + q * kPanel * p.ldb, p.ldb, k_blocks, dst + (q - first) * panel_elems);
+}
+
+AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
+  TileConfig config;
+  for (int t = 0; t < 8; t++) {
+    config.rows[t] = 16;
+    config.colsb[t] = 64;
+  }
+  _tile_loadconfig(&config);
+  const int64_t k_blocks = p.k / 32, panel_elems = 2 * k_blocks * 512;
+  const bool whole = (last - first) * panel_elems * 2 <= kPackedBytes;
+  bf16* packed = static_cast<bf16*>(
+      std::aligned_alloc(64, (whole ? last - first : 1) * panel_elems * sizeof(bf16)));
+  if (whole) pack(p, first, last, k_blocks, packed, panel_elems);
+  bf16* tail = nullptr;  // the last rows of a, zero-padded to 32
+  alignas(64) float acc[4][256];
+  const int64_t full = p.m / 32 * 32;
+  if (full < p.m) {
+    tail = static_cast<bf16*>(std::aligned_alloc(64, 32 * p.k * sizeof(bf16)));
+    std::memset(tail, 0, 32 * p.k * sizeof(bf16));
+    for (int64_t r = full; r < p.m; r++)
+      std::memcpy(tail + (r - full) * p.k, p.a + r * p.lda, p.k * sizeof(bf16));
+  }
+  // Unpacked, each panel is packed once and meets all rows; packed, rows go in passes.
+  const int64_t step = whole ? kRowsPerPass : (p.m + 31) / 32 * 32;
+  for (int64_t m0 = 0; m0 < p.m; m0 += step) {
+    const int64_t m1 = std::min(p.m, m0 + step);
+    for (int64_t q = first; q < last; q++) {
+      const bf16* panel = packed + (whole ? (q - first) * panel_elems : 0);
+      if (!whole) pack(p, q, q + 1, k_blocks, packed, panel_elems);
+      for (int64_t r = m0; r + 32 <= m1; r += 32)
+        block(p, p.a + r * p.lda, p.lda, 32, r, panel, k_blocks, q * kPanel, acc);
+      if (tail != nullptr && m1 == p.m)
+        block(p, tail, p.k, static_cast<int>(p.m - full), full, panel, k_blocks, q * kPanel, acc);
+    }
+  }
+  std::free(packed);
+  std::free(tail);
+  _tile_release();
+}
+#endif
+
+bool amx_ready() {
+#ifdef TUNESMITH_AMX
+  return __builtin_cpu_supports("avx512bf16") && request_tiles();
+#else
+  return false;
+#endif
+}
+
+// out (+)= a @ b. a: (m, k), b: (k, n) given as a view of W^T (W (n, k) row-major) or row-major
+// itself; out: (m, n); each with unit column stride, k and n multiples of 32.
+void amx_mm_(torch::Tensor out, torch::Tensor a, torch::Tensor b, bool accumulate) {
+  check_operand(out, "out");
+  check_operand(a, "a");
+  check_operand(b, "b");
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  TORCH_CHECK(b.size(0) == k && out.size(0) == m && out.size(1) == n, "amx_mm_: shapes ",
+              a.sizes(), " @ ", b.sizes(), " -> ", out.sizes(), " do not match");
+  TORCH_CHECK(k % 32 == 0 && n % 32 == 0, "amx_mm_: k and n must be multiples of 32, got ", k,
+              " and ", n);
+  TORCH_CHECK(a.stride(1) == 1 && out.stride(1) == 1, "amx_mm_: a and out need unit column stride");
+  const bool transposed = b.stride(0) == 1 && b.stride(1) >= k;
+  TORCH_CHECK(transposed || b.stride(1) == 1, "amx_mm_: b must be W^T of a row-major W, or row-major");
+  TORCH_CHECK(amx_ready(), "amx_mm_: this CPU or kernel gives no AMX bf16 tiles");
+#ifdef TUNESMITH_AMX
+  if (m == 0) return;
+  const Product p{a.data_ptr<bf16>(), a.stride(0), b.data_ptr<bf16>(),
+                  transposed ? b.stride(1) : b.stride(0), transposed, out.data_ptr<bf16>(),
+                  out.stride(0), m, k, n, accumulate};
+  const int64_t count = n / kPanel;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
+  at::parallel_for(0, count, (count + threads - 1) / threads,
+                   [&](int64_t first, int64_t last) { panels(p, first, last); });
+#endif
+}
+
+}  // namespace
+
+void register_amx_gemm(pybind11::module& m) {
+  m.def("amx_ready", &amx_ready);
+  m.def("amx_mm_", &amx_mm_);
+}
