@@ -49,6 +49,35 @@ def test_output_and_input_gradient_match_f_linear(split, dtype, tol, bias):
     assert fast.weight.grad is None  # frozen: no weight gradient is ever built
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_through_the_amx_kernel_output_and_input_gradient_match_f_linear(
+    monkeypatch, cpu_kernels, bias
+):
+    """Forward ``x W^T`` (+ bias) and backward ``g W`` both in the AMX kernel (bf16, K and N
+    multiples of 32), as a model of 576-wide layers takes them on an AMX CPU."""
+    if cpu_kernels is None or not row_split.native.amx():
+        pytest.skip("no AMX-BF16 tiles, or tunesmith's CPU kernels are not built")
+    monkeypatch.setattr(row_split, "MIN_ROWS", 8)
+    monkeypatch.setattr(row_split, "MIN_WEIGHT", 1)
+    monkeypatch.setattr(row_split, "_measure", lambda a, b: row_split.AMX)
+    monkeypatch.setattr(row_split, "_SPLITS", row_split.RowSplits(None))
+    torch.manual_seed(0)
+    ref = nn.Linear(64, 96, bias=bias).to(torch.bfloat16).requires_grad_(False)
+    fast = copy.deepcopy(ref)
+    install(fast)
+    x = torch.randn(3, 21, 64).to(torch.bfloat16).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out, want = fast(x), ref(x_ref)
+    assert row_split.splits().height(x.view(-1, 64), fast.weight.t()) == row_split.AMX
+    g = torch.randn_like(want)
+    out.backward(g)
+    want.backward(g)
+    for got, expected in ((out, want), (x.grad, x_ref.grad)):
+        torch.testing.assert_close(
+            got, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item()
+        )
+
+
 def test_without_cuts_it_is_f_linear_bit_for_bit(monkeypatch, split):
     monkeypatch.setenv(row_split.ENV, "0")
     ref = _frozen(torch.bfloat16)

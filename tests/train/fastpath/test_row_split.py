@@ -165,7 +165,9 @@ def amx_chosen(monkeypatch, cpu_kernels):
         pytest.skip("no AMX-BF16 tiles, or tunesmith's CPU kernels are not built")
     monkeypatch.setattr(row_split, "MIN_ROWS", 8)
     monkeypatch.setattr(row_split, "MIN_WEIGHT", 1)
-    monkeypatch.setattr(row_split, "_measure", lambda a, b: row_split.AMX)
+    monkeypatch.setattr(
+        row_split, "_measure", lambda a, b: row_split.AMX if row_split.amx_takes(a, b) else 0
+    )
 
 
 @pytest.mark.parametrize("transposed", [True, False], ids=["W.t()", "row-major"])
@@ -183,6 +185,15 @@ def test_products_in_the_amx_kernel_equal_torchs_within_a_rounding(amx_chosen, t
     ]:
         assert got.shape == want.shape and got.dtype == torch.bfloat16 and got.is_contiguous()
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+
+
+def test_a_product_the_kernel_cannot_read_keeps_torchs_after_one_it_could(amx_chosen):
+    a, b = _operands(torch.bfloat16, rows=64, k=96, n=64)
+    rows = RowSplits(None)
+    assert rows.height(a, b) == row_split.AMX
+    strided = a.t().contiguous().t()  # same shape, columns not contiguous
+    assert rows.height(strided, b) == 0  # another signature: its own (torch's) choice
+    torch.testing.assert_close(rows.mm(strided, b), a @ b)
 
 
 def test_a_recorder_of_dispatched_ops_sees_the_amx_products_through_torch(amx_chosen, monkeypatch):

@@ -1,12 +1,13 @@
-"""Frozen ``nn.Linear`` layers whose two GEMMs run in the row blocks this CPU runs fastest.
+"""Frozen ``nn.Linear`` layers whose two GEMMs run the way this CPU runs them fastest.
 
 A frozen projection (what the LoRA family, IA3, prefix and prompt tuning and the frozen blocks
 of ``--method freeze`` leave alone) costs two GEMMs a step: ``x Wᵀ`` forward and the input
 gradient ``g W`` backward, each one whole product under ``F.linear``. Here one autograd function
 runs both through :mod:`~tunesmith.train.fastpath.row_split` (which cuts a product into row
-blocks only where that measured faster on this machine) and, the weight being frozen, saves
-only the weight for the backward, as ``F.linear`` does. Values equal ``F.linear``'s where no
-cut is taken and within bf16 rounding where one is (``tests/train/fastpath/test_frozen_linear.py``).
+blocks, or runs it in tunesmith's AMX kernel, only where that measured faster on this machine)
+and, the weight being frozen, saves only the weight for the backward, as ``F.linear`` does.
+Values equal ``F.linear``'s where no cut is taken and within bf16 rounding where one is
+(``tests/train/fastpath/test_frozen_linear.py``).
 
 Per call, only a product big enough to qualify takes it, in the weight's own dtype (under
 autocast to another dtype, ``F.linear``'s casts decide), so generation (one row at a time) and

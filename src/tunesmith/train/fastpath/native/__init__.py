@@ -1,5 +1,6 @@
 """tunesmith's CPU kernels (``kernels.cpp``): RMSNorm, SwiGLU, RoPE, dropout, causal softmax, and
-a LoRA branch's rank-r products.
+a LoRA branch's rank-r products; and frozen products on AMX tiles (``amx_gemm.cpp``, where the
+CPU has them; :mod:`~tunesmith.train.fastpath.row_split` takes them where they measure faster).
 
 Each runs in one pass each way (and packed attention's row placement in one gather).
 

@@ -3,15 +3,17 @@
 //
 // oneDNN runs these products well on large squares but leaves time on a training step's
 // shapes (a few hundred rows, K and N of 192-1536): on the 2-core AMX Xeon a
-// (416, 576) x (576, 192) product took it 174 us where this kernel takes 65, a (480, 576) x
-// (576, 576) one 269 against 199 (benchmarks/RESULTS.md, "The frozen products on AMX tiles").
-// The scheme is the plainest AMX one: each thread takes a range of 32-column panels of ``b``,
-// packs one panel at a time into the tiles' pair-interleaved layout (a 16 x 16 transpose of
-// pairs for ``W^T``, an interleave of two rows for ``W``), small enough to stay in L1/L2, and
-// runs every 32-row block of ``a`` against it with a 2 x 2 block of accumulator tiles over
-// the whole K; sums are fp32 (started from ``out`` when accumulating) and rounded to bf16
-// once, as oneDNN's bf16 products round. Where a product is faster this way is measured per
-// shape on the machine (row_split.py), never assumed.
+// (416, 576) x (576, 192) product took it 150 us where this kernel takes 67, a (480, 576) x
+// (576, 576) one 247 against 229 (benchmarks/RESULTS.md, "The frozen products on AMX tiles").
+// The scheme is the plainest AMX one: each thread takes a range of 32-column panels of ``b``
+// and packs them into the tiles' pair-interleaved layout (a 16 x 16 transpose of pairs for
+// ``W^T``, an interleave of two rows for ``W``): all of its range ahead where that fits 2 MiB
+// (then rows go in passes of 64, two 32-row blocks per panel while it is in L1), else one
+// panel at a time against all rows. Each 32-row block of ``a`` meets a panel with a 2 x 2
+// block of accumulator tiles over the whole K; sums are fp32 (started from ``out`` when
+// accumulating) and rounded to bf16 once, as oneDNN's bf16 products round. No weight is kept
+// packed between calls (that would be a second copy of every frozen weight). Where a product
+// is faster this way is measured per shape on the machine (row_split.py), never assumed.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -212,17 +214,24 @@ AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
   const bool whole = (last - first) * panel_elems * 2 <= kPackedBytes;
   bf16* packed = static_cast<bf16*>(
       std::aligned_alloc(64, (whole ? last - first : 1) * panel_elems * sizeof(bf16)));
-  if (whole) pack(p, first, last, k_blocks, packed, panel_elems);
-  bf16* tail = nullptr;  // the last rows of a, zero-padded to 32
-  alignas(64) float acc[4][256];
   const int64_t full = p.m / 32 * 32;
-  if (full < p.m) {
-    tail = static_cast<bf16*>(std::aligned_alloc(64, 32 * p.k * sizeof(bf16)));
+  bf16* tail = full < p.m  // the last rows of a, zero-padded to 32
+                   ? static_cast<bf16*>(std::aligned_alloc(64, 32 * p.k * sizeof(bf16)))
+                   : nullptr;
+  if (packed == nullptr || (full < p.m && tail == nullptr)) {
+    std::free(packed);
+    std::free(tail);
+    _tile_release();
+    TORCH_CHECK(false, "amx_mm_: no memory for the packed panels");
+  }
+  if (whole) pack(p, first, last, k_blocks, packed, panel_elems);
+  alignas(64) float acc[4][256];
+  if (tail != nullptr) {
     std::memset(tail, 0, 32 * p.k * sizeof(bf16));
     for (int64_t r = full; r < p.m; r++)
       std::memcpy(tail + (r - full) * p.k, p.a + r * p.lda, p.k * sizeof(bf16));
   }
-  // Unpacked, each panel is packed once and meets all rows; packed, rows go in passes.
+  // Packed ahead, rows go in passes against all panels; else each panel, packed once, meets all rows.
   const int64_t step = whole ? kRowsPerPass : (p.m + 31) / 32 * 32;
   for (int64_t m0 = 0; m0 < p.m; m0 += step) {
     const int64_t m1 = std::min(p.m, m0 + step);
