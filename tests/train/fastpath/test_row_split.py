@@ -217,3 +217,16 @@ def test_the_table_is_per_cpu_and_onednn_isa_cap(monkeypatch, tmp_path):
     assert plain.parent == tmp_path / "row-split"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # AMX off: other kernels
     assert row_split.table_path() != plain
+
+
+def test_the_table_is_per_build_of_the_amx_kernel(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path))
+    monkeypatch.setattr(row_split.native, "amx", lambda: True)
+    monkeypatch.setattr(row_split.native, "extension_name", lambda: "tunesmith_cpu_a")
+    first = row_split.table_path()
+    monkeypatch.setattr(row_split.native, "extension_name", lambda: "tunesmith_cpu_b")
+    assert row_split.table_path() != first  # a changed kernel is timed again
+    monkeypatch.setattr(row_split.native, "amx", lambda: False)
+    without = row_split.table_path()
+    monkeypatch.setattr(row_split.native, "extension_name", lambda: "tunesmith_cpu_c")
+    assert row_split.table_path() == without  # no tiles: the kernel's build does not matter

@@ -288,13 +288,16 @@ def _save(path: Path | None, table: dict[str, int]) -> None:
 
 
 def table_path() -> Path:
-    """``<tunesmith cache>/row-split/<CPU, ISA flags, oneDNN ISA cap, torch version>.json``."""
+    """``<tunesmith cache>/row-split/<CPU, ISA flags, oneDNN ISA cap, torch version, AMX kernel's
+    build>.json``: a changed kernel is a new candidate, measured again."""
     from tunesmith.models.embedded import cache_root
     from tunesmith.precision import cpu_info, onednn_isa_cap
 
     model, flags = cpu_info()
     # oneDNN's ISA cap (e.g. AVX512_CORE_BF16 on an AMX CPU) changes the kernels, so the choices.
     ident = f"{model}|{' '.join(sorted(flags))}|{onednn_isa_cap() or ''}|{torch.__version__}"
+    if native.amx():
+        ident += f"|{native.extension_name()}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return cache_root() / "row-split" / f"{digest}.json"
 

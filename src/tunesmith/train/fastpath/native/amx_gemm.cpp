@@ -7,9 +7,9 @@
 // (576, 576) one 247 against 229 (benchmarks/RESULTS.md, "The frozen products on AMX tiles").
 // The scheme is the plainest AMX one: each thread takes a range of 32-column panels of ``b``
 // and packs them into the tiles' pair-interleaved layout (a 16 x 16 transpose of pairs for
-// ``W^T``, an interleave of two rows for ``W``): all of its range ahead where that fits 2 MiB
-// (then rows go in passes of 64, two 32-row blocks per panel while it is in L1), else one
-// panel at a time against all rows. Each 32-row block of ``a`` meets a panel with a 2 x 2
+// ``W^T``, an interleave of two rows for ``W``): one panel at a time against all rows where a
+// panel of ``W^T`` fits L1, else all of its range ahead where that fits 2 MiB (then rows go
+// in passes of 64, two 32-row blocks per panel while it is in L1), else one at a time. Each 32-row block of ``a`` meets a panel with a 2 x 2
 // block of accumulator tiles over the whole K; sums are fp32 (started from ``out`` when
 // accumulating) and rounded to bf16 once, as oneDNN's bf16 products round. No weight is kept
 // packed between calls (that would be a second copy of every frozen weight). Where a product
@@ -191,8 +191,11 @@ AMX_TARGET void block(const Product& p, const bf16* a, int64_t lda, int rows, in
 
 // A thread packs its whole range of b's panels first where they fit this (reading W's rows
 // once, in order: packing ``W`` panel by panel reads 64 bytes per row at a large stride, 1.3x
-// oneDNN's time on a 1536 x 576 weight), then runs blocks of rows against them.
+// oneDNN's time on a 1536 x 576 weight), then runs blocks of rows against them. A panel of
+// ``W^T`` is 32 whole rows of W, read in order either way: where it fits L1 it is packed just
+// before all rows meet it (576 x 576 weights: 170-185 us against 210-213 packed ahead).
 constexpr int64_t kPackedBytes = 2 << 20;
+constexpr int64_t kL1PanelBytes = 40 << 10;
 constexpr int64_t kRowsPerPass = 64;  // two 32-row blocks share each panel while it is in L1
 
 // Panels [first, last) of b, panel_elems apart from dst.
@@ -211,7 +214,8 @@ AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
   }
   _tile_loadconfig(&config);
   const int64_t k_blocks = p.k / 32, panel_elems = 2 * k_blocks * 512;
-  const bool whole = (last - first) * panel_elems * 2 <= kPackedBytes;
+  const bool in_l1 = p.transposed && panel_elems * 2 <= kL1PanelBytes;
+  const bool whole = !in_l1 && (last - first) * panel_elems * 2 <= kPackedBytes;
   bf16* packed = static_cast<bf16*>(
       std::aligned_alloc(64, (whole ? last - first : 1) * panel_elems * sizeof(bf16)));
   const int64_t full = p.m / 32 * 32;
