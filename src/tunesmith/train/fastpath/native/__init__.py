@@ -9,7 +9,7 @@ reductions; each a pass over the activations and an allocation), and on an AMX C
 matmuls are fast, those chains are a large part of a training step. torch.compile fuses them
 too, but costs 13 s (cold) or 3 s (warm) of compilation per run and per model shape
 (benchmarks/RESULTS.md, "torch.compile on the AMX CPU"); these kernels are compiled once per
-machine and torch version (~20 s, ``python -m tunesmith.train.fastpath.native``; ``make``
+machine and torch version (~35 s, ``python -m tunesmith.train.fastpath.native``; ``make``
 does it at install) and load in milliseconds afterwards. Measured on the AMX Xeon: a bench step
 (SmolLM2-135M, LoRA q/v with dropout) 0.86-0.87x, a demo step 0.92-0.93x the time of the eager
 ops (benchmarks/RESULTS.md, "tunesmith's CPU kernels"); the dropout words computed in the kernel
@@ -200,7 +200,7 @@ def why_not() -> str:
     if reason is not None:
         return reason
     if not built():
-        return f"not built on this machine yet (~20 s once: `{BUILD_COMMAND}`)"
+        return f"not built on this machine yet (~35 s once: `{BUILD_COMMAND}`)"
     return "the build did not load (see the warning above)"
 
 

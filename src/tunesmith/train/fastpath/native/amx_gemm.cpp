@@ -95,7 +95,7 @@ AMX_TARGET void pack_transposed(const bf16* w, int64_t ldw, int64_t k_blocks, bf
 // From b itself (K rows, row stride ldb), panels [first, last) to dst (panel_elems apart): a
 // tile's row r interleaves b's rows 2r and 2r + 1 element by element. Row by row across the
 // panels, so that b's rows are read in order (panel by panel, each row's 64 bytes come from a
-// new page: 1.3x oneDNN's time on a 576 x 1536 weight).
+// new page: 1.3x oneDNN's time on a 576 x 1536 b).
 AMX_TARGET void pack_plain(const bf16* b, int64_t ldb, int64_t k_blocks, int64_t first,
                            int64_t last, bf16* dst, int64_t panel_elems) {
   alignas(64) static const int16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
@@ -191,7 +191,7 @@ AMX_TARGET void block(const Product& p, const bf16* a, int64_t lda, int rows, in
 
 // A thread packs its whole range of b's panels first where they fit this (reading W's rows
 // once, in order: packing ``W`` panel by panel reads 64 bytes per row at a large stride, 1.3x
-// oneDNN's time on a 1536 x 576 weight), then runs blocks of rows against them. A panel of
+// oneDNN's time on a 576 x 1536 b), then runs blocks of rows against them. A panel of
 // ``W^T`` is 32 whole rows of W, read in order either way: where it fits L1 it is packed just
 // before all rows meet it (576 x 576 weights: 170-185 us against 210-213 packed ahead).
 constexpr int64_t kPackedBytes = 2 << 20;
