@@ -81,7 +81,7 @@ def test_refuses_what_it_does_not_handle(kernels):
         kernels.amx_mm_(out, a, torch.randn(64, 128).bfloat16()[:, ::2], False)
 
 
-def test_an_isa_cap_below_amx_keeps_the_tiles_off(monkeypatch):
+def test_an_isa_cap_below_amx_keeps_the_tiles_off(kernels, monkeypatch):
     """Under ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` (an AVX512-BF16 CPU's emulation) the
     kernel stays off, as oneDNN's do."""
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")

@@ -77,6 +77,15 @@ def test_through_the_amx_kernel_output_and_input_gradient_match_f_linear(
             got, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item()
         )
 
+    from tunesmith.bench.train.gemm_limit import record_gemms
+
+    def step():
+        fast(x).backward(g)
+
+    assert not record_gemms(step)  # both products in the kernel: nothing dispatched
+    with row_split.through_torch():  # as the bench records a step: forward and backward seen
+        assert sum(record_gemms(step).values()) == 2
+
 
 def test_without_cuts_it_is_f_linear_bit_for_bit(monkeypatch, split):
     monkeypatch.setenv(row_split.ENV, "0")

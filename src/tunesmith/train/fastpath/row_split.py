@@ -15,7 +15,7 @@ from the whole product in bf16 rounding only (the kernel's K blocking follows th
 On a CPU with AMX tiles one more candidate is timed: the whole product in tunesmith's own AMX
 kernel (``native/amx_gemm.cpp``), which packs the weight's panels itself and beats oneDNN on
 the thin products of a small model (a (416, 576) x (576, 192) product 0.47x its time, a
-(480, 576) x (576, 576) one 0.93-0.95x) but not on every shape (the vocabulary head: 1.2-1.8x), so
+(480, 576) x (576, 576) one 0.82x) but not on every shape (the vocabulary head: 1.2-1.8x), so
 it too is taken only where it measured faster. Such a product's key says the kernel was a
 candidate, so choices made without it (another CPU, the kernels switched off) stay apart.
 

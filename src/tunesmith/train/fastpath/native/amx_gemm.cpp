@@ -4,7 +4,7 @@
 // oneDNN runs these products well on large squares but leaves time on a training step's
 // shapes (a few hundred rows, K and N of 192-1536): on the 2-core AMX Xeon a
 // (416, 576) x (576, 192) product took it 150 us where this kernel takes 67, a (480, 576) x
-// (576, 576) one 247 against 229 (benchmarks/RESULTS.md, "The frozen products on AMX tiles").
+// (576, 576) one 251 against 205 (benchmarks/RESULTS.md, "The frozen products on AMX tiles").
 // The scheme is the plainest AMX one: each thread takes a range of 32-column panels of ``b``
 // and packs them into the tiles' pair-interleaved layout (a 16 x 16 transpose of pairs for
 // ``W^T``, an interleave of two rows for ``W``): one panel at a time against all rows where a
