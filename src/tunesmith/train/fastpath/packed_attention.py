@@ -87,9 +87,10 @@ class _PlaceRows(torch.autograd.Function):
     The backward of the plain placement is an ``index_select``. A prefix row's gradient is the
     sum over all its copies, added in fp32 (or wider) and rounded once; autograd's chain would
     round after each. ``shared_rows`` come sorted, a row's copies adjacent (the kernels' sum
-    walks them as runs; :func:`_shared_prefix_slots` sorts them). (The shared row's bf16 gradients are still ~10% further from fp32 than
-    the unshared row's: the prefix carries one rounded sum where the copies carried separately
-    rounded parts; benchmarks/RESULTS.md, "A shared prompt prefix stored once".)
+    walks them as runs; :func:`_shared_prefix_slots` sorts them). (The shared row's bf16
+    gradients are still ~10% further from fp32 than the unshared row's: the prefix carries one
+    rounded sum where the copies carried separately rounded parts; benchmarks/RESULTS.md, "A
+    shared prompt prefix stored once".)
     """
 
     @staticmethod

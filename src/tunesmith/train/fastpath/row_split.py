@@ -196,7 +196,7 @@ class RowSplits:
             out = a.new_empty((a.shape[0], b.shape[1])).copy_(c)  # never c itself: a new tensor
             _amx_mm_(out, a, b, accumulate=True)  # fp32(c) + the product, rounded once
             return out
-        blocks = _blocks(a.shape[0], height if height != AMX else 0)
+        blocks = _blocks(a.shape[0], height)  # AMX (-1): whole
         if len(blocks) == 1:
             return torch.addmm(c, a, b)
         out = a.new_empty((a.shape[0], b.shape[1]))
@@ -215,7 +215,7 @@ class RowSplits:
         if height == AMX and c.stride(1) == 1:
             _amx_mm_(c, a, b, accumulate=True)
             return c
-        for s in _blocks(a.shape[0], height if height != AMX else 0):
+        for s in _blocks(a.shape[0], height):  # AMX (-1) here: whole, torch's
             c[s].addmm_(a[s], b)
         return c
 
