@@ -4,6 +4,7 @@ builds them at install; a run of these tests alone builds them once, ~35 s)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tunesmith.train.fastpath import native
 
@@ -15,3 +16,47 @@ def cpu_kernels():
         return None
     native.build()
     return native.kernels()
+
+
+@pytest.fixture
+def amx_kernels(cpu_kernels):
+    """The built kernels where their AMX products run (native.amx()); the test skips elsewhere."""
+    if cpu_kernels is None:
+        pytest.skip(f"tunesmith's CPU kernels: {native.why_not()}")
+    if not native.amx():
+        pytest.skip("no AMX-BF16 tiles on this CPU")
+    return cpu_kernels
+
+
+# One packed row: examples of 5, 40, 1 and 23 tokens; a shared prefix of 9 tokens continued by
+# three examples (positions restart at 9: data/shared_prefix.py), the layout's copied slots.
+PACKED_ROWS = [
+    [p for n in (5, 40, 1, 23) for p in range(n)],
+    [*range(20), *range(9, 30), *range(9, 17), *range(4)],
+]
+
+
+@pytest.fixture
+def packed_pass(monkeypatch):
+    """``run(positions, switch, dtype)``: grouped_attention, training, over one packed row of
+    (1, T, 6 | 2, 64) q, k, v (bf16 values in ``dtype``) with the kernels' switch set; returns
+    the output, (dq, dk, dv) for a fixed output gradient."""
+    from tunesmith.data.packing import block_causal_mask
+    from tunesmith.train.fastpath import attention
+
+    def run(positions, switch: str = "1", dtype=torch.bfloat16):
+        monkeypatch.setenv(native.ENV, switch)
+        module = torch.nn.Module().train()
+        module.num_key_value_groups = 3
+        pos = torch.tensor([positions])
+        T = len(positions)
+        gen = torch.Generator().manual_seed(2)
+        shapes = [(1, T, 6, 64), (1, T, 2, 64), (1, T, 2, 64)]
+        q, k, v = (torch.randn(s, generator=gen).bfloat16().to(dtype).transpose(1, 2).requires_grad_()
+                   for s in shapes)  # fmt: skip
+        grad = torch.randn(1, T, 6, 64, generator=gen).bfloat16().to(dtype)
+        mask = block_causal_mask(pos, dtype)
+        out, _ = attention.grouped_attention(module, q, k, v, mask, 0.125, position_ids=pos)
+        return out, torch.autograd.grad(out, (q, k, v), grad)
+
+    return run

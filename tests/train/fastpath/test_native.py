@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.train.fastpath.conftest import PACKED_ROWS
 from tunesmith.train.fastpath import dropout, native, rmsnorm, rope
 from tunesmith.train.fastpath.packed_attention import _CausalSoftmax
 from tunesmith.train.fastpath.swiglu import _SwiGLU
@@ -251,37 +252,19 @@ def test_causal_softmax_never_reads_the_keys_a_query_does_not_see(kernels):
     assert torch.equal(_CausalSoftmax.apply(poisoned, 0.125), _CausalSoftmax.apply(raw, 0.125))
 
 
-# Examples of 5, 40, 1 and 23 tokens; and a 9-token prompt prefix stored once, continued by
-# two examples (positions restart at 9: data/shared_prefix.py), the layout's copied slots.
-@pytest.mark.parametrize(
-    "positions",
-    [
-        [p for n in (5, 40, 1, 23) for p in range(n)],
-        [*range(20), *range(9, 30), *range(9, 17), *range(4)],
-    ],
-)
-def test_packed_attention_with_and_without_the_kernels_is_the_same(kernels, monkeypatch, positions):
-    from tunesmith.data.packing import block_causal_mask
-    from tunesmith.train.fastpath import attention
+@pytest.mark.parametrize("positions", PACKED_ROWS)
+def test_packed_attention_with_and_without_the_kernels_is_the_same(
+    kernels, monkeypatch, packed_pass, positions
+):
+    from tunesmith.train.fastpath import packed_attention
 
-    module = torch.nn.Module().train()
-    module.num_key_value_groups = 3
-    pos = torch.tensor([positions])
-    T = len(positions)
-    gen = torch.Generator().manual_seed(2)
-    shapes = [(1, T, 6, 64), (1, T, 2, 64), (1, T, 2, 64)]
-    qkv = [torch.randn(s, generator=gen).bfloat16().transpose(1, 2) for s in shapes]
-    grad = torch.randn(1, T, 6, 64, generator=gen).bfloat16()
-    results = []
-    for switch in ("1", "0"):
-        monkeypatch.setenv(native.ENV, switch)
-        q, k, v = (t.detach().requires_grad_() for t in qkv)
-        mask = block_causal_mask(pos, torch.bfloat16)
-        out, _ = attention.grouped_attention(module, q, k, v, mask, 0.125, position_ids=pos)
-        assert (_node_named(out.grad_fn, "_CausalSoftmaxBackward") is not None) == (switch == "1")
-        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
-    kernels_run, eager = results
-    for got, want in zip(kernels_run, eager, strict=True):
+    # The products through torch and the softmax kernel (test_amx_attention.py: the AMX kernel).
+    monkeypatch.setattr(packed_attention, "on_tiles", lambda q, scale: False)
+    out, grads = packed_pass(positions, "1")
+    assert _node_named(out.grad_fn, "_CausalSoftmaxBackward") is not None
+    eager_out, eager_grads = packed_pass(positions, "0")
+    assert _node_named(eager_out.grad_fn, "_CausalSoftmaxBackward") is None
+    for got, want in zip((out, *grads), (eager_out, *eager_grads), strict=True):
         torch.testing.assert_close(got.float(), want.float(), rtol=BF16_STEP, atol=1e-3)
 
 

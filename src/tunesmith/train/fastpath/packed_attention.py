@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.data.packing import Segments, block_causal, segments
-from tunesmith.train.fastpath import native
+from tunesmith.train.fastpath import native, row_split
 
 
 class _SelectRows(torch.autograd.Function):
@@ -141,11 +141,43 @@ class _CausalSoftmax(torch.autograd.Function):
         return native.kernels().causal_softmax_backward(grad.contiguous(), probs, ctx.scale), None
 
 
+class _TileAttention(torch.autograd.Function):
+    """The layout's causal attention in one kernel call each way on AMX tiles
+    (``native/amx_attention.cpp``): the scores and probabilities stay in cache; the backward
+    recomputes the probabilities from each query's log-sum-exp, the one thing kept besides the
+    inputs."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+        out, lse = native.kernels().amx_causal_attention(q, k, v, scale)
+        ctx.save_for_backward(q, k, v, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, k, v, lse = ctx.saved_tensors
+        kernels = native.kernels()
+        dq, dk, dv = kernels.amx_causal_attention_backward(
+            grad.contiguous(), q, k, v, lse, ctx.scale
+        )
+        return dq, dk, dv, None
+
+
+def on_tiles(q: torch.Tensor, scale: float) -> bool:
+    """Whether :func:`causal_attention` takes the AMX kernel for these queries: the CPU has the
+    tiles (:func:`~tunesmith.train.fastpath.native.amx`), the head width is a multiple of 32,
+    and no recorder of dispatched products is listening (``row_split.through_torch``)."""
+    return q.shape[-1] % 32 == 0 and scale > 0 and native.amx() and not row_split.torch_only()
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
     """The layout's attention, ``(n*kv, g*L, d)`` from :meth:`PackedLayout.gather`'s q, k, v,
     by the kernels; None where they do not run (not built, or not bf16 on CPU)."""
     if not native.runs_on(q, k, v):
         return None
+    if on_tiles(q, scale):
+        return _TileAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), scale)
     return torch.bmm(_CausalSoftmax.apply(torch.bmm(q, k.transpose(1, 2)), scale), v)
 
 

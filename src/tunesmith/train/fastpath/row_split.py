@@ -167,7 +167,7 @@ class RowSplits:
         # A cut is taken only while the switch is on (read per call: tests and A/B runs flip it).
         if not height or not enabled():
             return 0
-        if height == AMX and (native.kernels() is None or getattr(_STATE, "torch_only", False)):
+        if height == AMX and (native.kernels() is None or torch_only()):
             return 0  # the kernels switched off, or a recorder that sees only torch's ops
         return height
 
@@ -226,13 +226,19 @@ _STATE = threading.local()
 @contextlib.contextmanager
 def through_torch():
     """Every product in torch's own ops while active, as a recorder of dispatched ops needs
-    (the bench's shape-matched limit): the AMX kernel's products are not dispatched."""
+    (the bench's shape-matched limit): the AMX kernels' products (these frozen products, and
+    packed attention's, ``packed_attention.on_tiles``) are not dispatched."""
     saved = getattr(_STATE, "torch_only", False)
     _STATE.torch_only = True
     try:
         yield
     finally:
         _STATE.torch_only = saved
+
+
+def torch_only() -> bool:
+    """Whether :func:`through_torch` is active on this thread."""
+    return getattr(_STATE, "torch_only", False)
 
 
 def measuring() -> bool:

@@ -46,7 +46,9 @@ ENV = "TUNESMITH_NATIVE"
 SOURCES = (
     Path(__file__).with_name("kernels.cpp"),
     Path(__file__).with_name("amx_gemm.cpp"),  # the frozen products on AMX tiles
+    Path(__file__).with_name("amx_attention.cpp"),  # packed attention's causal attention on them
 )
+HEADERS = (Path(__file__).with_name("amx.h"),)  # included by the AMX sources: part of the name
 BUILD_COMMAND = "python -m tunesmith.train.fastpath.native"
 LORA_MAX_RANK = 64  # the LoRA kernels' limit on a node's total rank (its branches' ranks summed)
 
@@ -80,7 +82,7 @@ def compile_flags() -> list[str]:
 
 def extension_name() -> str:
     """The build's name: changes with the source, torch's version and the compiler flags."""
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     ident = source + f"|{torch.__version__}|{' '.join(compile_flags())}".encode()
     return f"tunesmith_cpu_{hashlib.sha256(ident).hexdigest()[:12]}"
 

@@ -21,12 +21,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__linux__) && (defined(__clang__) || __GNUC__ >= 11)
-#define TUNESMITH_AMX 1
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
+#include "amx.h"
 
 namespace {
 
@@ -39,25 +34,7 @@ void check_operand(const torch::Tensor& t, const char* name) {
 }
 
 #ifdef TUNESMITH_AMX
-#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
-
 constexpr int64_t kPanel = 32;  // columns of b per panel: two 16-column tiles
-
-// The Linux AMX permission for this process (the kernel refuses tile data without it).
-bool request_tiles() {
-  static const bool granted = [] {
-    constexpr long kReqPerm = 0x1023;  // ARCH_REQ_XCOMP_PERM
-    constexpr long kTileData = 18;     // XFEATURE_XTILEDATA
-    return syscall(SYS_arch_prctl, kReqPerm, kTileData) == 0;
-  }();
-  return granted;
-}
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 // Panel layout: [2 column tiles][K / 32][16 k-pairs][16 columns][2] bf16, one tile per 1 KiB.
 // From W (N x K rows, b = W^T): a tile's row r holds, per column c, W[c][2r], W[c][2r + 1],
@@ -207,12 +184,7 @@ AMX_TARGET void pack(const Product& p, int64_t first, int64_t last, int64_t k_bl
 }
 
 AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
-  TileConfig config;
-  for (int t = 0; t < 8; t++) {
-    config.rows[t] = 16;
-    config.colsb[t] = 64;
-  }
-  _tile_loadconfig(&config);
+  tunesmith_amx::configure_tiles();
   const int64_t k_blocks = p.k / 32, panel_elems = 2 * k_blocks * 512;
   const bool in_l1 = p.transposed && panel_elems * 2 <= kL1PanelBytes;
   const bool whole = !in_l1 && (last - first) * panel_elems * 2 <= kPackedBytes;
@@ -256,7 +228,7 @@ AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
 
 bool amx_ready() {
 #ifdef TUNESMITH_AMX
-  return __builtin_cpu_supports("avx512bf16") && request_tiles();
+  return tunesmith_amx::ready();
 #else
   return false;
 #endif

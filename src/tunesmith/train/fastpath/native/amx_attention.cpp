@@ -1,0 +1,426 @@
+// Packed attention's causal attention (packed_attention.py's layout) in one pass each way on
+// AMX tiles, without the scores ever leaving the cache.
+//
+// Through torch it is three batched products and a softmax: bmm(q, k^T) writes the scores,
+// the softmax reads them and writes the probabilities, bmm(p, v) reads those; the backward
+// writes and reads three more tensors of that size. Each is (blocks, g*L, L) bf16, larger than
+// L2 for a training pass, so each product and each softmax pass streams it through memory,
+// and oneDNN runs the small batched products far below the tiles' rate: on the 2-core AMX
+// Xeon the bench step's attention took ~57 ms of a ~420 ms step (benchmarks/RESULTS.md, "Causal
+// attention on AMX tiles"). Here each 32-query chunk of a block computes its scores into a
+// cache-resident fp32 buffer, its causal softmax and its output; the backward recomputes the
+// probabilities from the forward's row log-sum-exp (as flash attention does) and forms the
+// gradients per chunk, the keys' and values' summed in fp32 over the chunks. Only the keys a
+// chunk's queries see are computed.
+//
+// Layout (packed_attention.py): q is (blocks, g*L, d), k and v (blocks, L, d); query row r of
+// a block is slot r % L and sees keys 0 .. r % L. Values: the scores stay fp32 (torch rounds
+// them to bf16 between its ops), the probabilities are rounded to bf16 for the product with v
+// as torch's are, every product sums in fp32 and rounds once. So outputs and gradients are
+// within a bf16 rounding or two of torch's, not equal bit for bit (test_amx_attention.py).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "amx.h"
+
+namespace {
+
+using bf16 = c10::BFloat16;
+constexpr int64_t kChunk = 32;  // queries per chunk: two rows of tiles
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+void check_input(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kBFloat16 && t.dim() == 3 &&
+                  t.is_contiguous(),
+              "amx causal attention: ", name, " must be a contiguous 3-D bf16 CPU tensor");
+}
+
+#ifdef TUNESMITH_AMX
+
+// dst's rows [0, 16) get the 32-bit columns of src's rows [0, rows) (16 words each; the
+// rest zeros): a 16 x 16 transpose in three rounds of shuffles.
+AMX_TARGET void transpose16(const uint32_t* src, int64_t lds, int64_t rows, uint32_t* dst, int64_t ldd) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; i++) r[i] = i < rows ? _mm512_loadu_si512(src + i * lds) : _mm512_setzero_si512();
+  for (int i = 0; i < 8; i++) {  // pairs of rows, per 128-bit lane
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; g++) {  // r[4g + c], lane L: rows 4g .. 4g + 3 of column 4L + c
+    r[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+    r[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+    r[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    r[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int c = 0; c < 4; c++) {  // column 4L + c gathers lane L of r[c], r[4 + c], r[8 + c], r[12 + c]
+    const __m512i v = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88), w = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xdd);
+    const __m512i v2 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88), w2 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xdd);
+    _mm512_storeu_si512(dst + c * ldd, _mm512_shuffle_i32x4(v, v2, 0x88));
+    _mm512_storeu_si512(dst + (4 + c) * ldd, _mm512_shuffle_i32x4(w, w2, 0x88));
+    _mm512_storeu_si512(dst + (8 + c) * ldd, _mm512_shuffle_i32x4(v, v2, 0xdd));
+    _mm512_storeu_si512(dst + (12 + c) * ldd, _mm512_shuffle_i32x4(w, w2, 0xdd));
+  }
+}
+
+// The tiles' B operand of x^T, for x with n rows of k elements (k a multiple of 32): element
+// (kk, j) of x^T is x[j][kk], stored [k/2][n_pad][2], i.e. a transpose of x's 32-bit pairs;
+// rows of x from n to n_pad (a multiple of 16) are zeros.
+AMX_TARGET void pack_pairs_transposed(const bf16* x, int64_t ld, int64_t n, int64_t k, int64_t n_pad,
+                                      bf16* out) {
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(x);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out);
+  for (int64_t j = 0; j < n_pad; j += 16)
+    for (int64_t p = 0; p < k / 2; p += 16)
+      transpose16(src + j * ld / 2 + p, ld / 2, std::max<int64_t>(0, n - j), dst + p * n_pad + j, n_pad);
+}
+
+// The tiles' B operand of x itself (n rows of k elements, the rows summed over): stored
+// [n_pad/2][k][2], rows 2t and 2t + 1 interleaved element by element; rows from n on are zeros.
+AMX_TARGET void pack_row_pairs(const bf16* x, int64_t ld, int64_t n, int64_t k, int64_t n_pad,
+                               bf16* out) {
+  alignas(64) static const int16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                                 8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i lo = _mm512_load_si512(lo_idx);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  for (int64_t t = 0; t < n_pad / 2; t++) {
+    bf16* o = out + t * 2 * k;
+    for (int64_t e = 0; e < k; e += 32) {
+      const __m512i even = 2 * t < n ? _mm512_loadu_si512(x + 2 * t * ld + e) : _mm512_setzero_si512();
+      const __m512i odd = 2 * t + 1 < n ? _mm512_loadu_si512(x + (2 * t + 1) * ld + e) : _mm512_setzero_si512();
+      _mm512_storeu_si512(o + 2 * e, _mm512_permutex2var_epi16(even, lo, odd));
+      _mm512_storeu_si512(o + 2 * e + 32, _mm512_permutex2var_epi16(even, hi, odd));
+    }
+  }
+}
+
+// c (m x n fp32, row stride ldc) (+)= a (m x k bf16, row stride lda) times b (a packed B
+// operand, ldb bf16 per pair row), with 2 x 2 accumulator tiles; m, n multiples of 32, k of 32.
+AMX_TARGET void tile_mm(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, float* c,
+                        int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
+  for (int64_t i = 0; i < m; i += 32)
+    for (int64_t j = 0; j < n; j += 32) {
+      float* c0 = c + i * ldc + j;
+      float* c1 = c0 + 16 * ldc;
+      if (accumulate) {
+        _tile_loadd(0, c0, ldc * 4);
+        _tile_loadd(1, c0 + 16, ldc * 4);
+        _tile_loadd(2, c1, ldc * 4);
+        _tile_loadd(3, c1 + 16, ldc * 4);
+      } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+      }
+      for (int64_t kk = 0; kk < k; kk += 32) {
+        const bf16* bk = b + kk / 2 * ldb + 2 * j;
+        _tile_loadd(4, a + i * lda + kk, lda * 2);
+        _tile_loadd(6, bk, ldb * 2);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, bk + 32, ldb * 2);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(5, a + (i + 16) * lda + kk, lda * 2);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      _tile_stored(0, c0, ldc * 4);
+      _tile_stored(1, c0 + 16, ldc * 4);
+      _tile_stored(2, c1, ldc * 4);
+      _tile_stored(3, c1 + 16, ldc * 4);
+    }
+}
+
+// exp(x) for the softmax's x <= 0: Cephes' expf (range reduction by ln 2 in two parts, a
+// degree-6 polynomial), within 2 ulp; an underflow gives 0, as std::exp does.
+AMX_TARGET inline __m512 exp_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+AMX_TARGET inline __mmask16 first(int64_t count) {  // lanes [0, count), count clamped to 16
+  return count >= 16 ? __mmask16(0xffff) : __mmask16((1u << std::max<int64_t>(count, 0)) - 1);
+}
+
+AMX_TARGET inline void store_bf16(bf16* dst, __m512 x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(x));
+}
+
+// One query's probabilities over its n keys (zeros from n to width, a multiple of 16), as bf16
+// into pb, and the log-sum-exp of its scaled scores: exp(scale * s[j] - m) / sum with m the
+// row's scaled maximum (taken before the scale, which is positive).
+AMX_TARGET float row_softmax(const float* s, int64_t n, int64_t width, float scale, float* e, bf16* pb) {
+  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t j = 0; j < n; j += 16) vmax = _mm512_mask_max_ps(vmax, first(n - j), vmax, _mm512_loadu_ps(s + j));
+  const float m = _mm512_reduce_max_ps(vmax) * scale;
+  const __m512 sc = _mm512_set1_ps(scale), mx = _mm512_set1_ps(m);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += 16) {
+    const __m512 x = _mm512_maskz_mov_ps(first(n - j), exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, mx)));
+    _mm512_storeu_ps(e + j, x);
+    sum = _mm512_add_ps(sum, x);
+  }
+  const float total = _mm512_reduce_add_ps(sum);
+  const __m512 inv = _mm512_set1_ps(1.f / total);
+  int64_t j = 0;
+  for (; j < n; j += 16) store_bf16(pb + j, _mm512_mul_ps(_mm512_loadu_ps(e + j), inv));
+  for (; j < width; j += 16) store_bf16(pb + j, _mm512_setzero_ps());
+  return m + std::log(total);
+}
+
+// The backward's probabilities exp(scale * s[j] - lse) of one query's row, fp32 into pf (zeros
+// from n to width, a multiple of 16).
+AMX_TARGET void row_probs(const float* s, int64_t n, int64_t width, float scale, float lse, float* pf) {
+  const __m512 sc = _mm512_set1_ps(scale), l = _mm512_set1_ps(lse);
+  int64_t j = 0;
+  for (; j < n; j += 16)
+    _mm512_storeu_ps(pf + j, _mm512_maskz_mov_ps(first(n - j), exp_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, l))));
+  for (; j < width; j += 16) _mm512_storeu_ps(pf + j, _mm512_setzero_ps());
+}
+
+// Rows [0, rows) of a (32 x width) fp32 buffer to bf16 rows of dst (row stride ld).
+AMX_TARGET void narrow_rows(const float* src, int64_t lds, int64_t rows, int64_t width, bf16* dst,
+                            int64_t ld) {
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < width; j += 16) store_bf16(dst + i * ld + j, _mm512_loadu_ps(src + i * lds + j));
+}
+
+// One chunk's rows of x (32 rows of d from row c0 of a block of `total` rows): a pointer into x
+// where all 32 exist, else a zero-padded copy in pad.
+const bf16* chunk_rows(const bf16* x, int64_t c0, int64_t total, int64_t d, bf16* pad) {
+  if (c0 + kChunk <= total) return x + c0 * d;
+  std::memset(pad, 0, kChunk * d * sizeof(bf16));
+  std::memcpy(pad, x + c0 * d, (total - c0) * d * sizeof(bf16));
+  return pad;
+}
+
+struct Block {
+  int64_t rows, keys, d;  // g*L queries, L keys, head width
+  int64_t keys_pad;       // L rounded up to 32
+  float scale;
+  // The keys a chunk's queries see (one past the last slot among them), rounded up to 32.
+  int64_t seen(int64_t c0, int64_t n) const {
+    const int64_t last = c0 + n - 1;
+    const int64_t top = last / keys == c0 / keys ? last % keys + 1 : keys;
+    return round_up(top, 32);
+  }
+};
+
+// A thread's buffers for the blocks it takes (all in cache for a training pass's blocks).
+struct ForwardScratch {
+  std::vector<bf16> kt, vv, qpad, p;
+  std::vector<float> s, o, e;
+  ForwardScratch(int64_t lp, int64_t d)
+      : kt(d * lp), vv(lp * d), qpad(kChunk * d), p(kChunk * lp), s(kChunk * lp), o(kChunk * d), e(lp) {}
+};
+
+AMX_TARGET void forward_block(const Block& b, const bf16* q, const bf16* k, const bf16* v,
+                              bf16* out, float* lse, ForwardScratch& w) {
+  const int64_t d = b.d, lp = b.keys_pad;
+  auto& [kt, vv, qpad, p, s, o, e] = w;
+  pack_pairs_transposed(k, d, b.keys, d, lp, kt.data());
+  pack_row_pairs(v, d, b.keys, d, lp, vv.data());
+  for (int64_t c0 = 0; c0 < b.rows; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, b.rows - c0), kc = b.seen(c0, n);
+    const bf16* qc = chunk_rows(q, c0, b.rows, d, qpad.data());
+    tile_mm(qc, d, kt.data(), 2 * lp, s.data(), lp, kChunk, kc, d, false);
+    for (int64_t i = 0; i < kChunk; i++) {
+      bf16* pi = p.data() + i * lp;
+      if (i >= n) {
+        std::memset(pi, 0, kc * sizeof(bf16));
+        continue;
+      }
+      lse[c0 + i] = row_softmax(s.data() + i * lp, (c0 + i) % b.keys + 1, kc, b.scale, e.data(), pi);
+    }
+    tile_mm(p.data(), lp, vv.data(), 2 * d, o.data(), d, kChunk, d, kc, false);
+    narrow_rows(o.data(), d, n, d, out + c0 * d, d);
+  }
+}
+
+// The backward per chunk: the probabilities again from the forward's lse, each query's
+// D = sum(p * dp) and dS = scale * p * (dp - D) row by row (fp32), the queries' gradient dS k;
+// then p and dS transposed (32-bit transposes of the fp32 rows, so both orientations hold the
+// same values) as the key-major A operands of the keys' and values' gradients dS^T q and
+// p^T dO, summed over the chunks in fp32.
+struct BackwardScratch {
+  std::vector<bf16> kt, vt, kv, qpad, dpad, qv, dv2, ds, pT, dsT;
+  std::vector<float> s, dp, pf, dsf, tf, o, dk_acc, dv_acc;
+  BackwardScratch(int64_t lp, int64_t d)
+      : kt(d * lp), vt(d * lp), kv(lp * d), qpad(kChunk * d), dpad(kChunk * d), qv(kChunk * d),
+        dv2(kChunk * d), ds(kChunk * lp), pT(lp * kChunk), dsT(lp * kChunk), s(kChunk * lp),
+        dp(kChunk * lp), pf(kChunk * lp), dsf(kChunk * lp), tf(lp * kChunk), o(kChunk * d),
+        dk_acc(lp * d), dv_acc(lp * d) {}
+};
+
+// The first kc columns of a (32 x kc) fp32 buffer (row stride ld) as a (kc x 32) bf16 one.
+AMX_TARGET void transpose_chunk(const float* src, int64_t ld, int64_t kc, float* tmp, bf16* dst) {
+  for (int64_t j = 0; j < kc; j += 16)
+    for (int64_t i = 0; i < kChunk; i += 16)
+      transpose16(reinterpret_cast<const uint32_t*>(src + i * ld + j), ld, 16,
+                  reinterpret_cast<uint32_t*>(tmp + j * kChunk + i), kChunk);
+  for (int64_t e = 0; e < kc * kChunk; e += 16) store_bf16(dst + e, _mm512_loadu_ps(tmp + e));
+}
+
+AMX_TARGET void backward_block(const Block& b, const bf16* dout, const bf16* q, const bf16* k,
+                               const bf16* v, const float* lse, bf16* dq, bf16* dk, bf16* dv,
+                               BackwardScratch& w) {
+  const int64_t d = b.d, lp = b.keys_pad;
+  auto& [kt, vt, kv, qpad, dpad, qv, dv2, ds, pT, dsT, s, dp, pf, dsf, tf, o, dk_acc, dv_acc] = w;
+  std::fill(dk_acc.begin(), dk_acc.end(), 0.f);
+  std::fill(dv_acc.begin(), dv_acc.end(), 0.f);
+  pack_pairs_transposed(k, d, b.keys, d, lp, kt.data());
+  pack_pairs_transposed(v, d, b.keys, d, lp, vt.data());
+  pack_row_pairs(k, d, b.keys, d, lp, kv.data());
+  const __m512 sc = _mm512_set1_ps(b.scale);
+  for (int64_t c0 = 0; c0 < b.rows; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, b.rows - c0), kc = b.seen(c0, n);
+    const bf16* qc = chunk_rows(q, c0, b.rows, d, qpad.data());
+    const bf16* dc = chunk_rows(dout, c0, b.rows, d, dpad.data());
+    tile_mm(qc, d, kt.data(), 2 * lp, s.data(), lp, kChunk, kc, d, false);
+    tile_mm(dc, d, vt.data(), 2 * lp, dp.data(), lp, kChunk, kc, d, false);
+    for (int64_t i = 0; i < kChunk; i++) {
+      float* pi = pf.data() + i * lp;
+      float* gi = dsf.data() + i * lp;
+      bf16* dsi = ds.data() + i * lp;
+      if (i >= n) {  // a padding row of the last chunk: no probabilities, no gradient
+        std::memset(pi, 0, kc * sizeof(float));
+        std::memset(gi, 0, kc * sizeof(float));
+        std::memset(dsi, 0, kc * sizeof(bf16));
+        continue;
+      }
+      const float* dpi = dp.data() + i * lp;
+      row_probs(s.data() + i * lp, (c0 + i) % b.keys + 1, kc, b.scale, lse[c0 + i], pi);
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t j = 0; j < kc; j += 16)  // p is 0 past the row's keys
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(pi + j), _mm512_loadu_ps(dpi + j), acc);
+      const __m512 dd = _mm512_set1_ps(_mm512_reduce_add_ps(acc));
+      for (int64_t j = 0; j < kc; j += 16) {
+        const __m512 g = _mm512_mul_ps(sc, _mm512_mul_ps(_mm512_loadu_ps(pi + j),
+                                                         _mm512_sub_ps(_mm512_loadu_ps(dpi + j), dd)));
+        _mm512_storeu_ps(gi + j, g);
+        store_bf16(dsi + j, g);
+      }
+    }
+    tile_mm(ds.data(), lp, kv.data(), 2 * d, o.data(), d, kChunk, d, kc, false);
+    narrow_rows(o.data(), d, n, d, dq + c0 * d, d);
+    transpose_chunk(pf.data(), lp, kc, tf.data(), pT.data());
+    transpose_chunk(dsf.data(), lp, kc, tf.data(), dsT.data());
+    pack_row_pairs(qc, d, kChunk, d, kChunk, qv.data());
+    pack_row_pairs(dc, d, kChunk, d, kChunk, dv2.data());
+    tile_mm(pT.data(), kChunk, dv2.data(), 2 * d, dv_acc.data(), d, kc, d, kChunk, true);
+    tile_mm(dsT.data(), kChunk, qv.data(), 2 * d, dk_acc.data(), d, kc, d, kChunk, true);
+  }
+  for (int64_t j = 0; j < b.keys; j++)
+    for (int64_t e = 0; e < d; e += 16) {
+      store_bf16(dk + j * d + e, _mm512_loadu_ps(dk_acc.data() + j * d + e));
+      store_bf16(dv + j * d + e, _mm512_loadu_ps(dv_acc.data() + j * d + e));
+    }
+}
+
+AMX_TARGET void forward_blocks(const Block& b, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, torch::Tensor& out, torch::Tensor& lse,
+                               int64_t first, int64_t last) {
+  tunesmith_amx::configure_tiles();
+  ForwardScratch w(b.keys_pad, b.d);
+  for (int64_t i = first; i < last; i++)
+    forward_block(b, q.data_ptr<bf16>() + i * b.rows * b.d, k.data_ptr<bf16>() + i * b.keys * b.d,
+                  v.data_ptr<bf16>() + i * b.keys * b.d, out.data_ptr<bf16>() + i * b.rows * b.d,
+                  lse.data_ptr<float>() + i * b.rows, w);
+  _tile_release();
+}
+
+AMX_TARGET void backward_blocks(const Block& b, const torch::Tensor& dout, const torch::Tensor& q,
+                                const torch::Tensor& k, const torch::Tensor& v,
+                                const torch::Tensor& lse, torch::Tensor& dq, torch::Tensor& dk,
+                                torch::Tensor& dv, int64_t first, int64_t last) {
+  tunesmith_amx::configure_tiles();
+  BackwardScratch w(b.keys_pad, b.d);
+  for (int64_t i = first; i < last; i++) {
+    const int64_t qo = i * b.rows * b.d, ko = i * b.keys * b.d;
+    backward_block(b, dout.data_ptr<bf16>() + qo, q.data_ptr<bf16>() + qo, k.data_ptr<bf16>() + ko,
+                   v.data_ptr<bf16>() + ko, lse.data_ptr<float>() + i * b.rows,
+                   dq.data_ptr<bf16>() + qo, dk.data_ptr<bf16>() + ko, dv.data_ptr<bf16>() + ko, w);
+  }
+  _tile_release();
+}
+#endif
+
+Block describe(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+               double scale) {
+  check_input(q, "q");
+  check_input(k, "k");
+  check_input(v, "v");
+  const int64_t rows = q.size(1), keys = k.size(1), d = q.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(2) == d,
+              "amx causal attention: q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes(),
+              " do not match");
+  TORCH_CHECK(keys > 0 && rows % keys == 0, "amx causal attention: q's rows (", rows,
+              ") must be whole groups of the ", keys, " key slots");
+  TORCH_CHECK(d % 32 == 0, "amx causal attention: the head width must be a multiple of 32, got ", d);
+  TORCH_CHECK(scale > 0, "amx causal attention: the scale must be positive");
+#ifdef TUNESMITH_AMX
+  TORCH_CHECK(tunesmith_amx::ready(), "amx causal attention: this CPU or kernel gives no AMX bf16 tiles");
+#else
+  TORCH_CHECK(false, "amx causal attention: not built with AMX");
+#endif
+  return Block{rows, keys, d, round_up(keys, 32), static_cast<float>(scale)};
+}
+
+// (out, lse): out (blocks, g*L, d) bf16, lse (blocks, g*L) fp32, the log-sum-exp of each
+// query's scaled scores, which the backward recomputes the probabilities from.
+std::vector<torch::Tensor> amx_causal_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                                double scale) {
+  const Block b = describe(q, k, v, scale);
+  auto out = torch::empty_like(q);
+  auto lse = torch::empty({q.size(0), b.rows}, q.options().dtype(at::kFloat));
+#ifdef TUNESMITH_AMX
+  at::parallel_for(0, q.size(0), 1, [&](int64_t first, int64_t last) {
+    forward_blocks(b, q, k, v, out, lse, first, last);
+  });
+#endif
+  return {out, lse};
+}
+
+// (dq, dk, dv) from the output's gradient and the forward's inputs and lse.
+std::vector<torch::Tensor> amx_causal_attention_backward(torch::Tensor dout, torch::Tensor q,
+                                                         torch::Tensor k, torch::Tensor v,
+                                                         torch::Tensor lse, double scale) {
+  const Block b = describe(q, k, v, scale);
+  check_input(dout, "grad");
+  TORCH_CHECK(dout.sizes() == q.sizes(), "amx causal attention: grad ", dout.sizes(), " is not q's ", q.sizes());
+  TORCH_CHECK(lse.device().is_cpu() && lse.scalar_type() == at::kFloat && lse.is_contiguous() &&
+                  lse.dim() == 2 && lse.size(0) == q.size(0) && lse.size(1) == b.rows,
+              "amx causal attention: lse must be the forward's (blocks, rows) fp32 tensor");
+  auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+#ifdef TUNESMITH_AMX
+  at::parallel_for(0, q.size(0), 1, [&](int64_t first, int64_t last) {
+    backward_blocks(b, dout, q, k, v, lse, dq, dk, dv, first, last);
+  });
+#endif
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+void register_amx_attention(pybind11::module& m) {
+  m.def("amx_causal_attention", &amx_causal_attention);
+  m.def("amx_causal_attention_backward", &amx_causal_attention_backward);
+}

@@ -1,0 +1,144 @@
+"""Packed attention's causal attention on AMX tiles (``native/amx_attention.cpp``) against an
+fp64 reference and against torch's bf16 path (products through torch, softmax in fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.train.fastpath.conftest import PACKED_ROWS
+from tunesmith.train.fastpath import native, packed_attention, row_split
+
+# (blocks, g, L, d): a bench pass's blocks; chunks that cross a group's end; a narrow head and
+# fewer rows than two chunks; one key; a wide head with keys past 128; exactly one chunk.
+SHAPES = [(24, 3, 100, 64), (3, 3, 83, 64), (2, 1, 37, 32), (5, 2, 1, 64), (4, 3, 130, 128),
+          (1, 1, 32, 64)]  # fmt: skip
+
+
+def _inputs(blocks, g, L, d, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(blocks, g * L, d, generator=gen).bfloat16()
+    k = torch.randn(blocks, L, d, generator=gen).bfloat16()
+    v = torch.randn(blocks, L, d, generator=gen).bfloat16()
+    grad = torch.randn(blocks, g * L, d, generator=gen).bfloat16()
+    return q, k, v, grad
+
+
+def _hidden(rows: int, keys: int) -> torch.Tensor:
+    """The layout's causal mask: query row r is slot r % keys and sees keys 0 .. r % keys."""
+    return torch.arange(keys)[None, :] > (torch.arange(rows) % keys)[:, None]
+
+
+def _attend(q, k, v, grad, scale, dtype):
+    """Output and (dq, dk, dv): in fp64 (the reference), or bf16 as torch's path runs it."""
+    q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, v))
+    s = torch.bmm(q, k.transpose(1, 2)) * scale
+    s = s.masked_fill(_hidden(q.shape[1], k.shape[1]), float("-inf"))
+    p = torch.softmax(s.double(), -1).to(dtype)
+    out = torch.bmm(p, v)
+    return (out, *torch.autograd.grad(out, (q, k, v), grad.to(dtype)))
+
+
+def _tiles(kernels, q, k, v, grad, scale):
+    out, lse = kernels.amx_causal_attention(q, k, v, scale)
+    return (out, *kernels.amx_causal_attention_backward(grad, q, k, v, lse, scale)), lse
+
+
+def _error(got, want) -> float:
+    got, want = got.detach().double(), want.detach().double()
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@pytest.mark.parametrize(("blocks", "g", "L", "d"), SHAPES)
+def test_tiles_are_as_close_to_fp64_as_torchs_bf16_path(amx_kernels, blocks, g, L, d):
+    q, k, v, grad = _inputs(blocks, g, L, d)
+    scale = d**-0.5
+    want = _attend(q, k, v, grad, scale, torch.float64)
+    torch_path = _attend(q, k, v, grad, scale, torch.bfloat16)
+    got, _ = _tiles(amx_kernels, q, k, v, grad, scale)
+    for name, g_, t_, w_ in zip(("out", "dq", "dk", "dv"), got, torch_path, want, strict=True):
+        if not w_.abs().max():  # one key: the scores' gradients are exactly 0
+            assert not g_.abs().max(), name
+            continue
+        assert _error(g_, w_) <= max(1.25 * _error(t_, w_), 2.0**-9), name
+
+
+@pytest.mark.parametrize(("blocks", "g", "L", "d"), SHAPES[:3])
+def test_lse_is_the_log_sum_exp_of_each_querys_seen_scores(amx_kernels, blocks, g, L, d):
+    q, k, v, grad = _inputs(blocks, g, L, d)
+    _, lse = _tiles(amx_kernels, q, k, v, grad, 0.125)
+    s = torch.bmm(q.double(), k.double().transpose(1, 2)) * 0.125
+    want = s.masked_fill(_hidden(g * L, L), float("-inf")).logsumexp(-1)
+    torch.testing.assert_close(lse.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_query_reads_no_key_past_its_own_slot(amx_kernels):
+    """Changing the last key and value leaves every query before that slot, and every key and
+    value gradient but theirs, exactly as they were (the chunks skip the keys none sees)."""
+    q, k, v, grad = _inputs(2, 3, 70, 64)
+    before, _ = _tiles(amx_kernels, q, k, v, grad, 0.125)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, -1] *= 3
+    v2[:, -1] = -v2[:, -1]
+    after, _ = _tiles(amx_kernels, q, k2, v2, grad, 0.125)
+    blind = _hidden(3 * 70, 70)[:, -1]  # the queries that do not see the last key
+    for name, b, a in zip(("out", "dq"), before[:2], after[:2], strict=True):
+        assert torch.equal(b[:, blind], a[:, blind]), name
+        assert not torch.equal(b[:, ~blind], a[:, ~blind]), name  # the others do change
+    assert not torch.equal(before[2][:, :-1], after[2][:, :-1])  # dk: the change reaches q's side
+
+
+def test_bad_inputs_are_refused_with_the_reason(amx_kernels):
+    q, k, v, grad = _inputs(2, 3, 40, 64)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        amx_kernels.amx_causal_attention(q[..., :48].contiguous(), k[..., :48].contiguous(),
+                                         v[..., :48].contiguous(), 0.125)  # fmt: skip
+    with pytest.raises(RuntimeError, match="whole groups"):
+        amx_kernels.amx_causal_attention(q[:, :100].contiguous(), k, v, 0.125)
+    with pytest.raises(RuntimeError, match="bf16"):
+        amx_kernels.amx_causal_attention(q.float(), k, v, 0.125)
+    with pytest.raises(RuntimeError, match="positive"):
+        amx_kernels.amx_causal_attention(q, k, v, -0.125)
+    _, lse = amx_kernels.amx_causal_attention(q, k, v, 0.125)
+    with pytest.raises(RuntimeError, match="lse"):
+        amx_kernels.amx_causal_attention_backward(grad, q, k, v, lse[:, 1:].contiguous(), 0.125)
+
+
+def _nodes(node) -> set[str]:
+    seen, todo, names = set(), [node], set()
+    while todo:
+        n = todo.pop()
+        if n is not None and n not in seen:
+            seen.add(n)
+            names.add(type(n).__name__)
+            todo.extend(f for f, _ in n.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("positions", PACKED_ROWS)
+def test_packed_rows_take_the_tiles_and_attend_as_eager(amx_kernels, packed_pass, positions):
+    """As close to fp64 attention under the block mask as torch's bf16 path with the kernels
+    off (the scores rounded to bf16, the softmax in fp32)."""
+    out, grads = packed_pass(positions, "1")
+    assert "_TileAttentionBackward" in _nodes(out.grad_fn)
+    eager_out, eager_grads = packed_pass(positions, "0")
+    want_out, want_grads = packed_pass(positions, "0", dtype=torch.float64)
+    for got, eager, want in zip(
+        (out, *grads), (eager_out, *eager_grads), (want_out, *want_grads), strict=True
+    ):
+        assert _error(got, want) <= max(1.25 * _error(eager, want), 2.0**-9)
+
+
+def test_a_recorder_of_dispatched_products_sees_torchs_attention(amx_kernels, packed_pass):
+    with row_split.through_torch():
+        out, _ = packed_pass([p for n in (30, 12) for p in range(n)], "1")
+    names = _nodes(out.grad_fn)
+    assert "_TileAttentionBackward" not in names and "BmmBackward0" in names
+
+
+def test_tiles_need_a_head_width_of_32s_and_the_amx_cpu(monkeypatch):
+    q = torch.zeros(2, 30, 64, dtype=torch.bfloat16)
+    assert packed_attention.on_tiles(q, 0.125) == native.amx()
+    assert not packed_attention.on_tiles(q[..., :48], 0.125)
+    monkeypatch.setattr(native, "amx", lambda: False)  # an AVX512-BF16 CPU, or oneDNN capped
+    assert not packed_attention.on_tiles(q, 0.125)
