@@ -43,6 +43,14 @@ scale is a power of two (``1/sqrt(64)``) the scaled scores are the same as
 rounding of ``softmax``'s (its row sums may be added in another order; on the AMX Xeon they were
 equal bit for bit); elsewhere within the rounding of the scaled scores, which eager rounds to
 bf16 first (``tests/train/fastpath/test_native.py``).
+
+On a CPU with AMX tiles (:func:`on_tiles`) the whole attention is one kernel call each way
+instead (``native/amx_attention.cpp``): each 32-query chunk's scores stay in an fp32 buffer in
+cache, only the keys the chunk sees are computed, and the backward recomputes the
+probabilities from each query's log-sum-exp, which is all it keeps besides q, k and v. The
+scores are not rounded to bf16 on the way, so the results are within a rounding of the
+products-and-softmax path, not equal to it; they are at least as close to fp64 attention
+(``tests/train/fastpath/test_amx_attention.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """tunesmith's CPU kernels (``kernels.cpp``): RMSNorm, SwiGLU, RoPE, dropout, causal softmax, and
-a LoRA branch's rank-r products; and frozen products on AMX tiles (``amx_gemm.cpp``, where the
-CPU has them; :mod:`~tunesmith.train.fastpath.row_split` takes them where they measure faster).
+a LoRA branch's rank-r products; and, where the CPU has AMX tiles, frozen products on them
+(``amx_gemm.cpp``; :mod:`~tunesmith.train.fastpath.row_split` takes them where they measure
+faster) and packed attention's whole causal attention (``amx_attention.cpp``; see
+:func:`~tunesmith.train.fastpath.packed_attention.on_tiles`).
 
 Each runs in one pass each way (and packed attention's row placement in one gather).
 
@@ -182,7 +184,7 @@ def kernels() -> ModuleType | None:
 
 @functools.cache
 def amx() -> bool:
-    """Whether the kernels' frozen products on AMX tiles (``amx_gemm.cpp``) run here: the built
+    """Whether the kernels' AMX code (``amx_gemm.cpp``, ``amx_attention.cpp``) runs here: the built
     kernels load, the CPU has AMX-BF16, Linux grants the tiles and oneDNN's ISA cap (if set)
     allows AMX. Fixed for the process; the kernels' switch is read apart (:func:`kernels`)."""
     from tunesmith.precision import cpu_info, onednn_isa_cap
