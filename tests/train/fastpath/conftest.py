@@ -52,8 +52,8 @@ def packed_pass(monkeypatch):
         T = len(positions)
         gen = torch.Generator().manual_seed(2)
         shapes = [(1, T, 6, 64), (1, T, 2, 64), (1, T, 2, 64)]
-        q, k, v = (torch.randn(s, generator=gen).bfloat16().to(dtype).transpose(1, 2).requires_grad_()
-                   for s in shapes)  # fmt: skip
+        values = [torch.randn(s, generator=gen).bfloat16().to(dtype) for s in shapes]
+        q, k, v = (t.transpose(1, 2).requires_grad_() for t in values)
         grad = torch.randn(1, T, 6, 64, generator=gen).bfloat16().to(dtype)
         mask = block_causal_mask(pos, dtype)
         out, _ = attention.grouped_attention(module, q, k, v, mask, 0.125, position_ids=pos)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.train.fastpath.conftest import PACKED_ROWS
-from tunesmith.train.fastpath import native, packed_attention, row_split
+from tunesmith.train.fastpath import native, row_split, tile_attention
 
 # (blocks, g, L, d): a bench pass's blocks; chunks that cross a group's end; a narrow head and
 # fewer rows than two chunks; one key; a wide head with keys past 128; exactly one chunk.
@@ -138,7 +138,7 @@ def test_a_recorder_of_dispatched_products_sees_torchs_attention(amx_kernels, pa
 
 def test_tiles_need_a_head_width_of_32s_and_the_amx_cpu(monkeypatch):
     q = torch.zeros(2, 30, 64, dtype=torch.bfloat16)
-    assert packed_attention.on_tiles(q, 0.125) == native.amx()
-    assert not packed_attention.on_tiles(q[..., :48], 0.125)
+    assert tile_attention.on_tiles(q, 0.125) == native.amx()
+    assert not tile_attention.on_tiles(q[..., :48], 0.125)
     monkeypatch.setattr(native, "amx", lambda: False)  # an AVX512-BF16 CPU, or oneDNN capped
-    assert not packed_attention.on_tiles(q, 0.125)
+    assert not tile_attention.on_tiles(q, 0.125)

@@ -44,13 +44,10 @@ rounding of ``softmax``'s (its row sums may be added in another order; on the AM
 equal bit for bit); elsewhere within the rounding of the scaled scores, which eager rounds to
 bf16 first (``tests/train/fastpath/test_native.py``).
 
-On a CPU with AMX tiles (:func:`on_tiles`) the whole attention is one kernel call each way
-instead (``native/amx_attention.cpp``): each 32-query chunk's scores stay in an fp32 buffer in
-cache, only the keys the chunk sees are computed, and the backward recomputes the
-probabilities from each query's log-sum-exp, which is all it keeps besides q, k and v. The
-scores are not rounded to bf16 on the way, so the results are within a rounding of the
-products-and-softmax path, not equal to it; they are at least as close to fp64 attention
-(``tests/train/fastpath/test_amx_attention.py``).
+On a CPU with AMX tiles the whole attention is one kernel call each way instead
+(:mod:`~tunesmith.train.fastpath.tile_attention`): each 32-query chunk's scores stay in an fp32
+buffer in cache, and the backward recomputes the probabilities from each query's
+log-sum-exp.
 """
 
 from __future__ import annotations
@@ -60,7 +57,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.data.packing import Segments, block_causal, segments
-from tunesmith.train.fastpath import native, row_split
+from tunesmith.train.fastpath import native, tile_attention
 
 
 class _SelectRows(torch.autograd.Function):
@@ -149,43 +146,13 @@ class _CausalSoftmax(torch.autograd.Function):
         return native.kernels().causal_softmax_backward(grad.contiguous(), probs, ctx.scale), None
 
 
-class _TileAttention(torch.autograd.Function):
-    """The layout's causal attention in one kernel call each way on AMX tiles
-    (``native/amx_attention.cpp``): the scores and probabilities stay in cache; the backward
-    recomputes the probabilities from each query's log-sum-exp, the one thing kept besides the
-    inputs."""
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
-        out, lse = native.kernels().amx_causal_attention(q, k, v, scale)
-        ctx.save_for_backward(q, k, v, lse)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        q, k, v, lse = ctx.saved_tensors
-        kernels = native.kernels()
-        dq, dk, dv = kernels.amx_causal_attention_backward(
-            grad.contiguous(), q, k, v, lse, ctx.scale
-        )
-        return dq, dk, dv, None
-
-
-def on_tiles(q: torch.Tensor, scale: float) -> bool:
-    """Whether :func:`causal_attention` takes the AMX kernel for these queries: the CPU has the
-    tiles (:func:`~tunesmith.train.fastpath.native.amx`), the head width is a multiple of 32,
-    and no recorder of dispatched products is listening (``row_split.through_torch``)."""
-    return q.shape[-1] % 32 == 0 and scale > 0 and native.amx() and not row_split.torch_only()
-
-
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
     """The layout's attention, ``(n*kv, g*L, d)`` from :meth:`PackedLayout.gather`'s q, k, v,
     by the kernels; None where they do not run (not built, or not bf16 on CPU)."""
     if not native.runs_on(q, k, v):
         return None
-    if on_tiles(q, scale):
-        return _TileAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), scale)
+    if tile_attention.on_tiles(q, scale):
+        return tile_attention.attend(q, k, v, scale)
     return torch.bmm(_CausalSoftmax.apply(torch.bmm(q, k.transpose(1, 2)), scale), v)
 
 

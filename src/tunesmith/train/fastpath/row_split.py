@@ -227,7 +227,7 @@ _STATE = threading.local()
 def through_torch():
     """Every product in torch's own ops while active, as a recorder of dispatched ops needs
     (the bench's shape-matched limit): the AMX kernels' products (these frozen products, and
-    packed attention's, ``packed_attention.on_tiles``) are not dispatched."""
+    packed attention's, ``tile_attention.on_tiles``) are not dispatched."""
     saved = getattr(_STATE, "torch_only", False)
     _STATE.torch_only = True
     try:

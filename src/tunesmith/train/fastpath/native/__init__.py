@@ -2,7 +2,7 @@
 a LoRA branch's rank-r products; and, where the CPU has AMX tiles, frozen products on them
 (``amx_gemm.cpp``; :mod:`~tunesmith.train.fastpath.row_split` takes them where they measure
 faster) and packed attention's whole causal attention (``amx_attention.cpp``; see
-:func:`~tunesmith.train.fastpath.packed_attention.on_tiles`).
+:mod:`~tunesmith.train.fastpath.tile_attention`).
 
 Each runs in one pass each way (and packed attention's row placement in one gather).
 
