@@ -39,9 +39,32 @@ def _attend(q, k, v, grad, scale, dtype):
     return (out, *torch.autograd.grad(out, (q, k, v), grad.to(dtype)))
 
 
-def _tiles(kernels, q, k, v, grad, scale):
-    out, lse = kernels.amx_causal_attention(q, k, v, scale)
-    return (out, *kernels.amx_causal_attention_backward(grad, q, k, v, lse, scale)), lse
+def _tiles(kernels, q, k, v, grad, scale, source=None):
+    """The kernel on the layout's (blocks, g*L, d) q and its gradient, each slot its own row
+    (or the rows ``source`` names); results in the layout's shape."""
+    shape, d = q.shape, q.shape[-1]
+    if source is None:
+        source = torch.arange(q.shape[0] * q.shape[1])
+    rows, grad_rows = _rows(q, source), _rows(grad, source)
+    out, lse = kernels.amx_causal_attention(rows, source, k, v, scale)
+    dq, dk, dv = kernels.amx_causal_attention_backward(grad_rows, rows, source, k, v, lse, scale)
+    placed = source >= 0
+
+    def layout(x):
+        back = torch.zeros(shape[0] * shape[1], d, dtype=x.dtype)
+        return back.index_copy(0, placed.nonzero()[:, 0], x[source[placed]]).view(shape)
+
+    return (layout(out), layout(dq), dk, dv), lse
+
+
+def _rows(x, source):
+    """The rows ``source`` reads, in their own order: row source[r] holds slot r's (padding
+    slots, -1, have no row)."""
+    flat = x.reshape(-1, x.shape[-1])
+    placed = source >= 0
+    rows = torch.empty(int(placed.sum()), x.shape[-1], dtype=x.dtype)
+    rows[source[placed]] = flat[placed]
+    return rows
 
 
 def _error(got, want) -> float:
@@ -88,20 +111,45 @@ def test_a_query_reads_no_key_past_its_own_slot(amx_kernels):
     assert not torch.equal(before[2][:, :-1], after[2][:, :-1])  # dk: the change reaches q's side
 
 
+def test_queries_are_read_and_written_in_the_rows_the_slots_name(amx_kernels):
+    """Rows in another order than the slots, and padding slots (-1) that read zeros: the same
+    results as each slot's own row with zeros at the padding."""
+    q, k, v, grad = _inputs(3, 3, 45, 64)
+    source = torch.randperm(3 * 135, generator=torch.Generator().manual_seed(3))
+    source[torch.tensor([5, 44, 140, 300])] = -1  # padding slots
+    placed = source >= 0
+    source[placed] = torch.argsort(torch.argsort(source[placed]))  # rows 0 .. n-1, shuffled
+    padding = (~placed).view(3, 135)
+    q[padding], grad[padding] = 0, 0  # what the layout's padding slots hold
+    want, want_lse = _tiles(amx_kernels, q, k, v, grad, 0.125)
+    got, lse = _tiles(amx_kernels, q, k, v, grad, 0.125, source)
+    assert torch.equal(lse, want_lse)
+    for name, g_, w_ in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+        if name in ("out", "dq"):  # a padding slot's output is no row's: compare the rest
+            g_, w_ = g_[~padding], w_[~padding]
+        assert torch.equal(g_, w_), name
+
+
 def test_bad_inputs_are_refused_with_the_reason(amx_kernels):
     q, k, v, grad = _inputs(2, 3, 40, 64)
+    rows, source = q.view(-1, 64), torch.arange(240)
     with pytest.raises(RuntimeError, match="multiple of 32"):
-        amx_kernels.amx_causal_attention(q[..., :48].contiguous(), k[..., :48].contiguous(),
-                                         v[..., :48].contiguous(), 0.125)  # fmt: skip
+        narrow = [x[..., :48].contiguous() for x in (rows, k, v)]
+        amx_kernels.amx_causal_attention(narrow[0], source, narrow[1], narrow[2], 0.125)
     with pytest.raises(RuntimeError, match="whole groups"):
-        amx_kernels.amx_causal_attention(q[:, :100].contiguous(), k, v, 0.125)
+        amx_kernels.amx_causal_attention(rows[:200], source[:200], k, v, 0.125)
+    with pytest.raises(RuntimeError, match="reads row"):
+        amx_kernels.amx_causal_attention(rows, torch.where(source == 7, 240, source), k, v, 0.125)
+    with pytest.raises(RuntimeError, match="one slot"):
+        amx_kernels.amx_causal_attention(rows, torch.where(source == 7, -1, source), k, v, 0.125)
     with pytest.raises(RuntimeError, match="bf16"):
-        amx_kernels.amx_causal_attention(q.float(), k, v, 0.125)
+        amx_kernels.amx_causal_attention(rows.float(), source, k, v, 0.125)
     with pytest.raises(RuntimeError, match="positive"):
-        amx_kernels.amx_causal_attention(q, k, v, -0.125)
-    _, lse = amx_kernels.amx_causal_attention(q, k, v, 0.125)
+        amx_kernels.amx_causal_attention(rows, source, k, v, -0.125)
+    _, lse = amx_kernels.amx_causal_attention(rows, source, k, v, 0.125)
     with pytest.raises(RuntimeError, match="lse"):
-        amx_kernels.amx_causal_attention_backward(grad, q, k, v, lse[:, 1:].contiguous(), 0.125)
+        amx_kernels.amx_causal_attention_backward(grad.view(-1, 64), rows, source, k, v,
+                                                  lse[:, 1:].contiguous(), 0.125)  # fmt: skip
 
 
 def _nodes(node) -> set[str]:

@@ -97,11 +97,13 @@ def _with_padding(rows: list[list[int]], pads: list[int]):
         (torch.tensor(SHARED[0]), torch.tensor([[1] * 11 + [0] * 2]), 3),  # shared prefix
     ],
 )
+# A head width of 64 takes the AMX kernel in bf16 where the CPU has the tiles (tile_attention.py).
+@pytest.mark.parametrize("width", [16, 64])
 def test_padding_goes_after_the_shortest_example_and_no_real_token_changes(
-    dtype, pos, tokens, real_examples
+    dtype, pos, tokens, real_examples, width
 ):
     module = _Module().train()
-    q, k, v = _qkv(*pos.shape, dtype)
+    q, k, v = _qkv(*pos.shape, dtype, d=width)
     mask = block_causal_mask(pos, dtype)
     ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.25)
     caches = attention.AttentionCaches()

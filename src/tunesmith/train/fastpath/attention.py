@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 
 from tunesmith.data.packing import PADDING_KWARG
+from tunesmith.train.fastpath import tile_attention
 from tunesmith.train.fastpath.packed_attention import LayoutCache, causal_attention
 from tunesmith.train.fastpath.patch import Patch, skipped
 
@@ -109,6 +110,8 @@ def grouped_attention(
             attention_mask, position_ids, heads, kv_heads, query.dtype, tokens
         )
         if layout is not None:  # packed rows: attend per example (packed_attention.py)
+            if not (dropout and module.training) and tile_attention.on_tiles(query, scaling):
+                return layout.attend_on_tiles(query, key, value, scaling), None
             q, k, v = layout.gather(query, key, value)
             out = None if dropout and module.training else causal_attention(q, k, v, scaling)
             if out is None:

@@ -151,8 +151,6 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     by the kernels; None where they do not run (not built, or not bf16 on CPU)."""
     if not native.runs_on(q, k, v):
         return None
-    if tile_attention.on_tiles(q, scale):
-        return tile_attention.attend(q, k, v, scale)
     return torch.bmm(_CausalSoftmax.apply(torch.bmm(q, k.transpose(1, 2)), scale), v)
 
 
@@ -196,20 +194,33 @@ class PackedLayout:
 
     def gather(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
         """``(B, H, T, d)`` / ``(B, kv, T, d)`` -> ``(n*kv, g*L, d)``, ``(n*kv, L, d)`` x2."""
-        d = query.shape[-1]
-        kv = key.shape[1]
+        k, v = self._keys(key, value)
+        return (
+            self._placed(query, self.q_slots, self.q_source, False).view(
+                k.shape[0], -1, k.shape[-1]
+            ),
+            k,
+            v,
+        )
 
-        def padded(x: torch.Tensor, slots: torch.Tensor, source: torch.Tensor, shared: bool):
-            # (B, heads, T, d) -> (B*T*heads, d) rows: a view when heads are laid out per token.
-            rows = x.transpose(1, 2).reshape(-1, d)
-            copies = (self.shared_rows, self.shared_slots) if shared else (None, None)
-            return _PlaceRows.apply(rows, slots.view(-1), *copies, source)
+    def attend_on_tiles(self, query, key, value, scale: float) -> torch.Tensor:
+        """The causal attention where ``tile_attention.on_tiles``, ``(B, T, H, d)``: the keys and
+        values placed, the queries and the output read and written in the tokens' own rows."""
+        k, v = self._keys(key, value)
+        B, H, T, d = query.shape
+        rows = query.transpose(1, 2).reshape(-1, d)  # (B*T*H, d): a view of the projection
+        return tile_attention.attend(rows, self.q_source, k, v, scale).view(B, T, H, d)
 
-        rows = self.n * kv
-        q = padded(query, self.q_slots, self.q_source, False).view(rows, -1, d)
-        k = padded(key, self.kv_slots, self.kv_source, True).view(rows, -1, d)
-        v = padded(value, self.kv_slots, self.kv_source, True).view(rows, -1, d)
-        return q, k, v
+    def _keys(self, key: torch.Tensor, value: torch.Tensor):
+        rows, d = self.n * key.shape[1], key.shape[-1]
+        k = self._placed(key, self.kv_slots, self.kv_source, True).view(rows, -1, d)
+        return k, self._placed(value, self.kv_slots, self.kv_source, True).view(rows, -1, d)
+
+    def _placed(self, x: torch.Tensor, slots: torch.Tensor, source: torch.Tensor, shared: bool):
+        # (B, heads, T, d) -> (B*T*heads, d) rows: a view when heads are laid out per token.
+        rows = x.transpose(1, 2).reshape(-1, x.shape[-1])
+        copies = (self.shared_rows, self.shared_slots) if shared else (None, None)
+        return _PlaceRows.apply(rows, slots.view(-1), *copies, source)
 
     def scatter(self, out: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
         """``(n*kv, g*L, d)`` attention output -> ``(B, T, H, d)`` (transformers' layout)."""

@@ -203,14 +203,31 @@ AMX_TARGET void narrow_rows(const float* src, int64_t lds, int64_t rows, int64_t
     for (int64_t j = 0; j < width; j += 16) store_bf16(dst + i * ld + j, _mm512_loadu_ps(src + i * lds + j));
 }
 
-// One chunk's rows of x (32 rows of d from row c0 of a block of `total` rows): a pointer into x
-// where all 32 exist, else a zero-padded copy in pad.
-const bf16* chunk_rows(const bf16* x, int64_t c0, int64_t total, int64_t d, bf16* pad) {
-  if (c0 + kChunk <= total) return x + c0 * d;
-  std::memset(pad, 0, kChunk * d * sizeof(bf16));
-  std::memcpy(pad, x + c0 * d, (total - c0) * d * sizeof(bf16));
-  return pad;
-}
+// The queries, their output and its gradient are the tokens' own rows (one per token and head,
+// as the projections give them): source[r] is the row of a block's query slot r, -1 for a
+// padding slot. Reading them through it saves the layout's copies of q and of the output, each
+// way (packed_attention.py).
+struct Rows {
+  const int64_t* source;  // this block's slots
+  int64_t d;
+  // Slots [c0, c0 + 32) of x's rows into pad, zeros for padding slots and past the block's end.
+  void gather(const bf16* x, int64_t c0, int64_t total, bf16* pad) const {
+    for (int64_t i = 0; i < kChunk; i++) {
+      const int64_t row = c0 + i < total ? source[c0 + i] : -1;
+      if (row < 0)
+        std::memset(pad + i * d, 0, d * sizeof(bf16));
+      else
+        std::memcpy(pad + i * d, x + row * d, d * sizeof(bf16));
+    }
+  }
+  // Rows [0, n) of a (32 x d) fp32 buffer to the rows of slots [c0, c0 + n) in dst, rounded.
+  AMX_TARGET void scatter(const float* src, int64_t c0, int64_t n, bf16* dst) const {
+    for (int64_t i = 0; i < n; i++) {
+      const int64_t row = source[c0 + i];
+      if (row >= 0) narrow_rows(src + i * d, d, 1, d, dst + row * d, d);
+    }
+  }
+};
 
 struct Block {
   int64_t rows, keys, d;  // g*L queries, L keys, head width
@@ -232,16 +249,16 @@ struct ForwardScratch {
       : kt(d * lp), vv(lp * d), qpad(kChunk * d), p(kChunk * lp), s(kChunk * lp), o(kChunk * d), e(lp) {}
 };
 
-AMX_TARGET void forward_block(const Block& b, const bf16* q, const bf16* k, const bf16* v,
-                              bf16* out, float* lse, ForwardScratch& w) {
+AMX_TARGET void forward_block(const Block& b, const Rows& slots, const bf16* q, const bf16* k,
+                              const bf16* v, bf16* out, float* lse, ForwardScratch& w) {
   const int64_t d = b.d, lp = b.keys_pad;
   auto& [kt, vv, qpad, p, s, o, e] = w;
   pack_pairs_transposed(k, d, b.keys, d, lp, kt.data());
   pack_row_pairs(v, d, b.keys, d, lp, vv.data());
   for (int64_t c0 = 0; c0 < b.rows; c0 += kChunk) {
     const int64_t n = std::min(kChunk, b.rows - c0), kc = b.seen(c0, n);
-    const bf16* qc = chunk_rows(q, c0, b.rows, d, qpad.data());
-    tile_mm(qc, d, kt.data(), 2 * lp, s.data(), lp, kChunk, kc, d, false);
+    slots.gather(q, c0, b.rows, qpad.data());
+    tile_mm(qpad.data(), d, kt.data(), 2 * lp, s.data(), lp, kChunk, kc, d, false);
     for (int64_t i = 0; i < kChunk; i++) {
       bf16* pi = p.data() + i * lp;
       if (i >= n) {
@@ -251,7 +268,7 @@ AMX_TARGET void forward_block(const Block& b, const bf16* q, const bf16* k, cons
       lse[c0 + i] = row_softmax(s.data() + i * lp, (c0 + i) % b.keys + 1, kc, b.scale, e.data(), pi);
     }
     tile_mm(p.data(), lp, vv.data(), 2 * d, o.data(), d, kChunk, d, kc, false);
-    narrow_rows(o.data(), d, n, d, out + c0 * d, d);
+    slots.scatter(o.data(), c0, n, out);
   }
 }
 
@@ -279,9 +296,9 @@ AMX_TARGET void transpose_chunk(const float* src, int64_t ld, int64_t kc, float*
   for (int64_t e = 0; e < kc * kChunk; e += 16) store_bf16(dst + e, _mm512_loadu_ps(tmp + e));
 }
 
-AMX_TARGET void backward_block(const Block& b, const bf16* dout, const bf16* q, const bf16* k,
-                               const bf16* v, const float* lse, bf16* dq, bf16* dk, bf16* dv,
-                               BackwardScratch& w) {
+AMX_TARGET void backward_block(const Block& b, const Rows& slots, const bf16* dout, const bf16* q,
+                               const bf16* k, const bf16* v, const float* lse, bf16* dq, bf16* dk,
+                               bf16* dv, BackwardScratch& w) {
   const int64_t d = b.d, lp = b.keys_pad;
   auto& [kt, vt, kv, qpad, dpad, qv, dv2, ds, pT, dsT, s, dp, pf, dsf, tf, o, dk_acc, dv_acc] = w;
   std::fill(dk_acc.begin(), dk_acc.end(), 0.f);
@@ -292,8 +309,10 @@ AMX_TARGET void backward_block(const Block& b, const bf16* dout, const bf16* q, 
   const __m512 sc = _mm512_set1_ps(b.scale);
   for (int64_t c0 = 0; c0 < b.rows; c0 += kChunk) {
     const int64_t n = std::min(kChunk, b.rows - c0), kc = b.seen(c0, n);
-    const bf16* qc = chunk_rows(q, c0, b.rows, d, qpad.data());
-    const bf16* dc = chunk_rows(dout, c0, b.rows, d, dpad.data());
+    slots.gather(q, c0, b.rows, qpad.data());
+    slots.gather(dout, c0, b.rows, dpad.data());
+    const bf16* qc = qpad.data();
+    const bf16* dc = dpad.data();
     tile_mm(qc, d, kt.data(), 2 * lp, s.data(), lp, kChunk, kc, d, false);
     tile_mm(dc, d, vt.data(), 2 * lp, dp.data(), lp, kChunk, kc, d, false);
     for (int64_t i = 0; i < kChunk; i++) {
@@ -320,7 +339,7 @@ AMX_TARGET void backward_block(const Block& b, const bf16* dout, const bf16* q, 
       }
     }
     tile_mm(ds.data(), lp, kv.data(), 2 * d, o.data(), d, kChunk, d, kc, false);
-    narrow_rows(o.data(), d, n, d, dq + c0 * d, d);
+    slots.scatter(o.data(), c0, n, dq);
     transpose_chunk(pf.data(), lp, kc, tf.data(), pT.data());
     transpose_chunk(dsf.data(), lp, kc, tf.data(), dsT.data());
     pack_row_pairs(qc, d, kChunk, d, kChunk, qv.data());
@@ -335,45 +354,68 @@ AMX_TARGET void backward_block(const Block& b, const bf16* dout, const bf16* q, 
     }
 }
 
-AMX_TARGET void forward_blocks(const Block& b, const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v, torch::Tensor& out, torch::Tensor& lse,
-                               int64_t first, int64_t last) {
+AMX_TARGET void forward_blocks(const Block& b, const torch::Tensor& q, const torch::Tensor& source,
+                               const torch::Tensor& k, const torch::Tensor& v, torch::Tensor& out,
+                               torch::Tensor& lse, int64_t first, int64_t last) {
   tunesmith_amx::configure_tiles();
   ForwardScratch w(b.keys_pad, b.d);
-  for (int64_t i = first; i < last; i++)
-    forward_block(b, q.data_ptr<bf16>() + i * b.rows * b.d, k.data_ptr<bf16>() + i * b.keys * b.d,
-                  v.data_ptr<bf16>() + i * b.keys * b.d, out.data_ptr<bf16>() + i * b.rows * b.d,
+  for (int64_t i = first; i < last; i++) {
+    const Rows slots{source.data_ptr<int64_t>() + i * b.rows, b.d};
+    forward_block(b, slots, q.data_ptr<bf16>(), k.data_ptr<bf16>() + i * b.keys * b.d,
+                  v.data_ptr<bf16>() + i * b.keys * b.d, out.data_ptr<bf16>(),
                   lse.data_ptr<float>() + i * b.rows, w);
+  }
   _tile_release();
 }
 
 AMX_TARGET void backward_blocks(const Block& b, const torch::Tensor& dout, const torch::Tensor& q,
-                                const torch::Tensor& k, const torch::Tensor& v,
-                                const torch::Tensor& lse, torch::Tensor& dq, torch::Tensor& dk,
-                                torch::Tensor& dv, int64_t first, int64_t last) {
+                                const torch::Tensor& source, const torch::Tensor& k,
+                                const torch::Tensor& v, const torch::Tensor& lse, torch::Tensor& dq,
+                                torch::Tensor& dk, torch::Tensor& dv, int64_t first, int64_t last) {
   tunesmith_amx::configure_tiles();
   BackwardScratch w(b.keys_pad, b.d);
   for (int64_t i = first; i < last; i++) {
-    const int64_t qo = i * b.rows * b.d, ko = i * b.keys * b.d;
-    backward_block(b, dout.data_ptr<bf16>() + qo, q.data_ptr<bf16>() + qo, k.data_ptr<bf16>() + ko,
-                   v.data_ptr<bf16>() + ko, lse.data_ptr<float>() + i * b.rows,
-                   dq.data_ptr<bf16>() + qo, dk.data_ptr<bf16>() + ko, dv.data_ptr<bf16>() + ko, w);
+    const int64_t ko = i * b.keys * b.d;
+    const Rows slots{source.data_ptr<int64_t>() + i * b.rows, b.d};
+    backward_block(b, slots, dout.data_ptr<bf16>(), q.data_ptr<bf16>(), k.data_ptr<bf16>() + ko,
+                   v.data_ptr<bf16>() + ko, lse.data_ptr<float>() + i * b.rows, dq.data_ptr<bf16>(),
+                   dk.data_ptr<bf16>() + ko, dv.data_ptr<bf16>() + ko, w);
   }
   _tile_release();
 }
 #endif
 
-Block describe(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-               double scale) {
-  check_input(q, "q");
+void check_rows(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kBFloat16 && t.dim() == 2 &&
+                  t.is_contiguous(),
+              "amx causal attention: ", name, " must be contiguous 2-D bf16 CPU rows");
+}
+
+// q: (tokens, d) rows; source: (blocks * g*L) int64, each slot's row of q or -1, every row of q
+// in exactly one slot (packed_attention.PackedLayout.q_source); k, v: (blocks, L, d).
+Block describe(const torch::Tensor& q, const torch::Tensor& source, const torch::Tensor& k,
+               const torch::Tensor& v, double scale) {
+  check_rows(q, "q");
   check_input(k, "k");
   check_input(v, "v");
-  const int64_t rows = q.size(1), keys = k.size(1), d = q.size(2);
-  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(2) == d,
-              "amx causal attention: q ", q.sizes(), ", k ", k.sizes(), ", v ", v.sizes(),
-              " do not match");
-  TORCH_CHECK(keys > 0 && rows % keys == 0, "amx causal attention: q's rows (", rows,
-              ") must be whole groups of the ", keys, " key slots");
+  TORCH_CHECK(source.device().is_cpu() && source.scalar_type() == at::kLong && source.dim() == 1 &&
+                  source.is_contiguous(),
+              "amx causal attention: source must be a contiguous 1-D int64 CPU tensor");
+  const int64_t blocks = k.size(0), keys = k.size(1), d = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && q.size(1) == d, "amx causal attention: q ", q.sizes(),
+              ", k ", k.sizes(), ", v ", v.sizes(), " do not match");
+  TORCH_CHECK(keys > 0 && blocks > 0 && source.size(0) % (blocks * keys) == 0,
+              "amx causal attention: the slots (", source.size(0), ") must be whole groups of the ",
+              keys, " key slots in each of ", blocks, " blocks");
+  const int64_t* src = source.data_ptr<int64_t>();
+  int64_t placed = 0;
+  for (int64_t r = 0; r < source.size(0); r++) {
+    TORCH_CHECK(src[r] >= -1 && src[r] < q.size(0), "amx causal attention: slot ", r,
+                " reads row ", src[r], " of ", q.size(0));
+    placed += src[r] >= 0;
+  }
+  TORCH_CHECK(placed == q.size(0), "amx causal attention: ", placed, " slots for ", q.size(0),
+              " rows of q: each row must have one slot");
   TORCH_CHECK(d % 32 == 0, "amx causal attention: the head width must be a multiple of 32, got ", d);
   TORCH_CHECK(scale > 0, "amx causal attention: the scale must be positive");
 #ifdef TUNESMITH_AMX
@@ -381,38 +423,39 @@ Block describe(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
 #else
   TORCH_CHECK(false, "amx causal attention: not built with AMX");
 #endif
-  return Block{rows, keys, d, round_up(keys, 32), static_cast<float>(scale)};
+  return Block{source.size(0) / blocks, keys, d, round_up(keys, 32), static_cast<float>(scale)};
 }
 
-// (out, lse): out (blocks, g*L, d) bf16, lse (blocks, g*L) fp32, the log-sum-exp of each
-// query's scaled scores, which the backward recomputes the probabilities from.
-std::vector<torch::Tensor> amx_causal_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                                double scale) {
-  const Block b = describe(q, k, v, scale);
+// (out, lse): out, q's shape, each row its query's output; lse (blocks, g*L) fp32, the
+// log-sum-exp of each slot's scaled scores, which the backward recomputes the probabilities from.
+std::vector<torch::Tensor> amx_causal_attention(torch::Tensor q, torch::Tensor source,
+                                                torch::Tensor k, torch::Tensor v, double scale) {
+  const Block b = describe(q, source, k, v, scale);
   auto out = torch::empty_like(q);
-  auto lse = torch::empty({q.size(0), b.rows}, q.options().dtype(at::kFloat));
+  auto lse = torch::empty({k.size(0), b.rows}, q.options().dtype(at::kFloat));
 #ifdef TUNESMITH_AMX
-  at::parallel_for(0, q.size(0), 1, [&](int64_t first, int64_t last) {
-    forward_blocks(b, q, k, v, out, lse, first, last);
+  at::parallel_for(0, k.size(0), 1, [&](int64_t first, int64_t last) {
+    forward_blocks(b, q, source, k, v, out, lse, first, last);
   });
 #endif
   return {out, lse};
 }
 
-// (dq, dk, dv) from the output's gradient and the forward's inputs and lse.
+// (dq, dk, dv) from the output's gradient (q's shape) and the forward's inputs and lse.
 std::vector<torch::Tensor> amx_causal_attention_backward(torch::Tensor dout, torch::Tensor q,
-                                                         torch::Tensor k, torch::Tensor v,
-                                                         torch::Tensor lse, double scale) {
-  const Block b = describe(q, k, v, scale);
-  check_input(dout, "grad");
+                                                         torch::Tensor source, torch::Tensor k,
+                                                         torch::Tensor v, torch::Tensor lse,
+                                                         double scale) {
+  const Block b = describe(q, source, k, v, scale);
+  check_rows(dout, "grad");
   TORCH_CHECK(dout.sizes() == q.sizes(), "amx causal attention: grad ", dout.sizes(), " is not q's ", q.sizes());
   TORCH_CHECK(lse.device().is_cpu() && lse.scalar_type() == at::kFloat && lse.is_contiguous() &&
-                  lse.dim() == 2 && lse.size(0) == q.size(0) && lse.size(1) == b.rows,
+                  lse.dim() == 2 && lse.size(0) == k.size(0) && lse.size(1) == b.rows,
               "amx causal attention: lse must be the forward's (blocks, rows) fp32 tensor");
   auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
 #ifdef TUNESMITH_AMX
-  at::parallel_for(0, q.size(0), 1, [&](int64_t first, int64_t last) {
-    backward_blocks(b, dout, q, k, v, lse, dq, dk, dv, first, last);
+  at::parallel_for(0, k.size(0), 1, [&](int64_t first, int64_t last) {
+    backward_blocks(b, dout, q, source, k, v, lse, dq, dk, dv, first, last);
   });
 #endif
   return {dq, dk, dv};
