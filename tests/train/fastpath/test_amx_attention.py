@@ -34,7 +34,7 @@ def _attend(q, k, v, grad, scale, dtype):
     q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, v))
     s = torch.bmm(q, k.transpose(1, 2)) * scale
     s = s.masked_fill(_hidden(q.shape[1], k.shape[1]), float("-inf"))
-    p = torch.softmax(s.double(), -1).to(dtype)
+    p = torch.softmax(s, -1, dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
     out = torch.bmm(p, v)
     return (out, *torch.autograd.grad(out, (q, k, v), grad.to(dtype)))
 
@@ -186,7 +186,7 @@ def test_a_recorder_of_dispatched_products_sees_torchs_attention(amx_kernels, pa
 
 def test_tiles_need_a_head_width_of_32s_and_the_amx_cpu(monkeypatch):
     q = torch.zeros(2, 30, 64, dtype=torch.bfloat16)
-    assert tile_attention.on_tiles(q, 0.125) == native.amx()
-    assert not tile_attention.on_tiles(q[..., :48], 0.125)
+    assert tile_attention.on_tiles(q, q, q, 0.125) == native.amx()
+    assert not tile_attention.on_tiles(*[q[..., :48]] * 3, 0.125)
     monkeypatch.setattr(native, "amx", lambda: False)  # an AVX512-BF16 CPU, or oneDNN capped
-    assert not tile_attention.on_tiles(q, 0.125)
+    assert not tile_attention.on_tiles(q, q, q, 0.125)

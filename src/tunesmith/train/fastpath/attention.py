@@ -110,7 +110,8 @@ def grouped_attention(
             attention_mask, position_ids, heads, kv_heads, query.dtype, tokens
         )
         if layout is not None:  # packed rows: attend per example (packed_attention.py)
-            if not (dropout and module.training) and tile_attention.on_tiles(query, scaling):
+            on_tiles = tile_attention.on_tiles(query, key, value, scaling)
+            if on_tiles and not (dropout and module.training):
                 return layout.attend_on_tiles(query, key, value, scaling), None
             q, k, v = layout.gather(query, key, value)
             out = None if dropout and module.training else causal_attention(q, k, v, scaling)

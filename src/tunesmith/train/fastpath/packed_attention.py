@@ -195,15 +195,12 @@ class PackedLayout:
     def gather(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
         """``(B, H, T, d)`` / ``(B, kv, T, d)`` -> ``(n*kv, g*L, d)``, ``(n*kv, L, d)`` x2."""
         k, v = self._keys(key, value)
-        return (
-            self._placed(query, self.q_slots, self.q_source, False).view(
-                k.shape[0], -1, k.shape[-1]
-            ),
-            k,
-            v,
-        )
+        q = self._placed(query, self.q_slots, self.q_source, False)
+        return q.view(k.shape[0], -1, k.shape[-1]), k, v
 
-    def attend_on_tiles(self, query, key, value, scale: float) -> torch.Tensor:
+    def attend_on_tiles(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         """The causal attention where ``tile_attention.on_tiles``, ``(B, T, H, d)``: the keys and
         values placed, the queries and the output read and written in the tokens' own rows."""
         k, v = self._keys(key, value)

@@ -40,8 +40,8 @@ class _TileAttention(torch.autograd.Function):
         return dq, None, dk, dv, None
 
 
-def on_tiles(query: torch.Tensor, scale: float) -> bool:
-    """Whether these queries' attention runs on the tiles: bf16 on CPU with the kernels on, the
+def on_tiles(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> bool:
+    """Whether this attention runs on the tiles: bf16 on CPU with the kernels on, the
     kernels' AMX code runs here (:func:`~tunesmith.train.fastpath.native.amx`), the head width
     is a multiple of 32, and no recorder of dispatched products listens
     (``row_split.through_torch``: the bench's shape-matched limit counts the attention's
@@ -49,7 +49,7 @@ def on_tiles(query: torch.Tensor, scale: float) -> bool:
     return (
         query.shape[-1] % 32 == 0
         and scale > 0
-        and native.runs_on(query)
+        and native.runs_on(query, key, value)
         and native.amx()
         and not row_split.torch_only()
     )

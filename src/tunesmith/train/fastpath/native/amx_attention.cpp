@@ -13,8 +13,9 @@
 // gradients per chunk, the keys' and values' summed in fp32 over the chunks. Only the keys a
 // chunk's queries see are computed.
 //
-// Layout (packed_attention.py): q is (blocks, g*L, d), k and v (blocks, L, d); query row r of
-// a block is slot r % L and sees keys 0 .. r % L. Values: the scores stay fp32 (torch rounds
+// Layout (packed_attention.py): k and v are (blocks, L, d); a block has g*L query slots, slot r
+// sees keys 0 .. r % L, and reads its query from the tokens' own rows (source[r], -1 for a
+// padding slot), where its output and gradient go too. Values: the scores stay fp32 (torch rounds
 // them to bf16 between its ops), the probabilities are rounded to bf16 for the product with v
 // as torch's are, every product sums in fp32 and rounds once. So outputs and gradients are
 // within a bf16 rounding or two of torch's, not equal bit for bit (test_amx_attention.py).
