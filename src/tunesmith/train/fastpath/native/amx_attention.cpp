@@ -45,59 +45,34 @@ void check_input(const torch::Tensor& t, const char* name) {
 }
 
 #ifdef TUNESMITH_AMX
-
-// dst's rows [0, 16) get the 32-bit columns of src's rows [0, rows) (16 words each; the
-// rest zeros): a 16 x 16 transpose in three rounds of shuffles.
-AMX_TARGET void transpose16(const uint32_t* src, int64_t lds, int64_t rows, uint32_t* dst, int64_t ldd) {
-  __m512i r[16], t[16];
-  for (int i = 0; i < 16; i++) r[i] = i < rows ? _mm512_loadu_si512(src + i * lds) : _mm512_setzero_si512();
-  for (int i = 0; i < 8; i++) {  // pairs of rows, per 128-bit lane
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int g = 0; g < 4; g++) {  // r[4g + c], lane L: rows 4g .. 4g + 3 of column 4L + c
-    r[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
-    r[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
-    r[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
-    r[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
-  }
-  for (int c = 0; c < 4; c++) {  // column 4L + c gathers lane L of r[c], r[4 + c], r[8 + c], r[12 + c]
-    const __m512i v = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88), w = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xdd);
-    const __m512i v2 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88), w2 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xdd);
-    _mm512_storeu_si512(dst + c * ldd, _mm512_shuffle_i32x4(v, v2, 0x88));
-    _mm512_storeu_si512(dst + (4 + c) * ldd, _mm512_shuffle_i32x4(w, w2, 0x88));
-    _mm512_storeu_si512(dst + (8 + c) * ldd, _mm512_shuffle_i32x4(v, v2, 0xdd));
-    _mm512_storeu_si512(dst + (12 + c) * ldd, _mm512_shuffle_i32x4(w, w2, 0xdd));
-  }
-}
+using tunesmith_amx::interleave_rows;
+using tunesmith_amx::store_bf16;
+using tunesmith_amx::transpose16;
 
 // The tiles' B operand of x^T, for x with n rows of k elements (k a multiple of 32): element
 // (kk, j) of x^T is x[j][kk], stored [k/2][n_pad][2], i.e. a transpose of x's 32-bit pairs;
 // rows of x from n to n_pad (a multiple of 16) are zeros.
 AMX_TARGET void pack_pairs_transposed(const bf16* x, int64_t ld, int64_t n, int64_t k, int64_t n_pad,
                                       bf16* out) {
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(x);
-  uint32_t* dst = reinterpret_cast<uint32_t*>(out);
   for (int64_t j = 0; j < n_pad; j += 16)
-    for (int64_t p = 0; p < k / 2; p += 16)
-      transpose16(src + j * ld / 2 + p, ld / 2, std::max<int64_t>(0, n - j), dst + p * n_pad + j, n_pad);
+    for (int64_t p = 0; p < k / 2; p += 16)  // 16 rows x 16 pairs -> 16 pair rows x 16 columns
+      transpose16(x + j * ld + 2 * p, ld * 2, std::max<int64_t>(0, n - j), out + (p * n_pad + j) * 2,
+                  n_pad * 4);
 }
 
 // The tiles' B operand of x itself (n rows of k elements, the rows summed over): stored
 // [n_pad/2][k][2], rows 2t and 2t + 1 interleaved element by element; rows from n on are zeros.
 AMX_TARGET void pack_row_pairs(const bf16* x, int64_t ld, int64_t n, int64_t k, int64_t n_pad,
                                bf16* out) {
-  alignas(64) static const int16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
-                                                 8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  const __m512i lo = _mm512_load_si512(lo_idx);
-  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
   for (int64_t t = 0; t < n_pad / 2; t++) {
     bf16* o = out + t * 2 * k;
     for (int64_t e = 0; e < k; e += 32) {
       const __m512i even = 2 * t < n ? _mm512_loadu_si512(x + 2 * t * ld + e) : _mm512_setzero_si512();
       const __m512i odd = 2 * t + 1 < n ? _mm512_loadu_si512(x + (2 * t + 1) * ld + e) : _mm512_setzero_si512();
-      _mm512_storeu_si512(o + 2 * e, _mm512_permutex2var_epi16(even, lo, odd));
-      _mm512_storeu_si512(o + 2 * e + 32, _mm512_permutex2var_epi16(even, hi, odd));
+      __m512i lo, hi;
+      interleave_rows(even, odd, lo, hi);
+      _mm512_storeu_si512(o + 2 * e, lo);
+      _mm512_storeu_si512(o + 2 * e + 32, hi);
     }
   }
 }
@@ -159,10 +134,6 @@ AMX_TARGET inline __m512 exp_ps(__m512 x) {
 
 AMX_TARGET inline __mmask16 first(int64_t count) {  // lanes [0, count), count clamped to 16
   return count >= 16 ? __mmask16(0xffff) : __mmask16((1u << std::max<int64_t>(count, 0)) - 1);
-}
-
-AMX_TARGET inline void store_bf16(bf16* dst, __m512 x) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(x));
 }
 
 // One query's probabilities over its n keys (zeros from n to width, a multiple of 16), as bf16
@@ -292,8 +263,7 @@ struct BackwardScratch {
 AMX_TARGET void transpose_chunk(const float* src, int64_t ld, int64_t kc, float* tmp, bf16* dst) {
   for (int64_t j = 0; j < kc; j += 16)
     for (int64_t i = 0; i < kChunk; i += 16)
-      transpose16(reinterpret_cast<const uint32_t*>(src + i * ld + j), ld, 16,
-                  reinterpret_cast<uint32_t*>(tmp + j * kChunk + i), kChunk);
+      transpose16(src + i * ld + j, ld * 4, 16, tmp + j * kChunk + i, kChunk * 4);
   for (int64_t e = 0; e < kc * kChunk; e += 16) store_bf16(dst + e, _mm512_loadu_ps(tmp + e));
 }
 

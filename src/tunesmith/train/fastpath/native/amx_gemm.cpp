@@ -40,33 +40,10 @@ constexpr int64_t kPanel = 32;  // columns of b per panel: two 16-column tiles
 // From W (N x K rows, b = W^T): a tile's row r holds, per column c, W[c][2r], W[c][2r + 1],
 // i.e. a 16 x 16 transpose of 32-bit pairs.
 AMX_TARGET void pack_transposed(const bf16* w, int64_t ldw, int64_t k_blocks, bf16* panel) {
-  static const int order[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
-  for (int half = 0; half < 2; half++) {
-    for (int64_t kb = 0; kb < k_blocks; kb++) {
-      __m512i r[16], t[16];
-      for (int c = 0; c < 16; c++)
-        r[c] = _mm512_loadu_si512(w + (half * 16 + c) * ldw + kb * 32);
-      for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-      }
-      for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 2; j++) {
-          r[4 * i + j] = _mm512_unpacklo_epi64(t[4 * i + j], t[4 * i + 2 + j]);
-          r[4 * i + 2 + j] = _mm512_unpackhi_epi64(t[4 * i + j], t[4 * i + 2 + j]);
-        }
-      for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 4; j++) {
-          t[8 * i + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
-          t[8 * i + 4 + j] = _mm512_shuffle_i32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
-        }
-      bf16* tile = panel + (half * k_blocks + kb) * 512;
-      for (int j = 0; j < 8; j++) {
-        _mm512_storeu_si512(tile + order[j] * 32, _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88));
-        _mm512_storeu_si512(tile + order[8 + j] * 32, _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd));
-      }
-    }
-  }
+  for (int half = 0; half < 2; half++)
+    for (int64_t kb = 0; kb < k_blocks; kb++)
+      tunesmith_amx::transpose16(w + half * 16 * ldw + kb * 32, ldw * 2, 16,
+                                 panel + (half * k_blocks + kb) * 512, 64);
 }
 
 // From b itself (K rows, row stride ldb), panels [first, last) to dst (panel_elems apart): a
@@ -75,19 +52,16 @@ AMX_TARGET void pack_transposed(const bf16* w, int64_t ldw, int64_t k_blocks, bf
 // new page: 1.3x oneDNN's time on a 576 x 1536 b).
 AMX_TARGET void pack_plain(const bf16* b, int64_t ldb, int64_t k_blocks, int64_t first,
                            int64_t last, bf16* dst, int64_t panel_elems) {
-  alignas(64) static const int16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
-                                                 8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  const __m512i lo = _mm512_load_si512(lo_idx);
-  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
   for (int64_t kb = 0; kb < k_blocks; kb++) {
     for (int r = 0; r < 16; r++) {
       const bf16* row = b + (kb * 32 + 2 * r) * ldb;
       for (int64_t q = first; q < last; q++) {
         bf16* panel = dst + (q - first) * panel_elems;
-        __m512i even = _mm512_loadu_si512(row + q * 32), odd = _mm512_loadu_si512(row + ldb + q * 32);
-        _mm512_storeu_si512(panel + (kb * 16 + r) * 32, _mm512_permutex2var_epi16(even, lo, odd));
-        _mm512_storeu_si512(panel + ((k_blocks + kb) * 16 + r) * 32,
-                            _mm512_permutex2var_epi16(even, hi, odd));
+        __m512i lo, hi;
+        tunesmith_amx::interleave_rows(_mm512_loadu_si512(row + q * 32),
+                                       _mm512_loadu_si512(row + ldb + q * 32), lo, hi);
+        _mm512_storeu_si512(panel + (kb * 16 + r) * 32, lo);
+        _mm512_storeu_si512(panel + ((k_blocks + kb) * 16 + r) * 32, hi);
       }
     }
   }
@@ -103,9 +77,7 @@ AMX_TARGET void widen(const bf16* src, int64_t ld, int rows, float* tile) {
 }
 
 AMX_TARGET void narrow(const float* tile, bf16* dst, int64_t ld, int rows) {
-  for (int r = 0; r < rows; r++)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + r * ld),
-                        (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(tile + r * 16)));
+  for (int r = 0; r < rows; r++) tunesmith_amx::store_bf16(dst + r * ld, _mm512_load_ps(tile + r * 16));
 }
 
 struct Product {
