@@ -27,7 +27,9 @@ CUDA keep ``head(h)`` and the chunked (or, off CPU, the reference) cross-entropy
 paths pass the row blocks they run every frozen GEMM in (``train/fastpath/row_split.py``), and
 the softmax step is one too (``nll_``): they pass tunesmith's CPU kernel, one read of each bf16
 row instead of an fp32 copy and four passes (bit for bit on the bench's logits; within fp32
-rounding where its sum is added in another order).
+rounding where its sum is added in another order). Or the whole node is one call (``fused``,
+:class:`_FusedHeadNll`): on AMX CPUs the fast paths pass tunesmith's kernel, which never writes
+the logits (``train/fastpath/tile_head.py``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ HALF = (torch.bfloat16, torch.float16)
 # backward's product may round differently for a small count (it did at 42).
 ROW_BUCKET = 32
 Product = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, b) -> a @ b
+# (h (N, C), weight (V, C), targets (N,)) -> (fp32 NLLs (N,), the gradient of their sum for h)
+FusedNll = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # (logits (N, V), targets (N,)) -> fp32 NLLs (N,), the logits overwritten with softmax - onehot
 SoftmaxNll = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -100,6 +104,24 @@ class _HeadNll(torch.autograd.Function):
         return dh.mul_(grad[:, None].to(dh.dtype)), None, None, None, None
 
 
+class _FusedHeadNll(torch.autograd.Function):
+    """:class:`_HeadNll` computed whole by one call that returns the NLLs and the gradient of
+    their sum for ``h`` (the CPU fast paths' AMX kernel): only ``(N, C)`` is kept for the
+    backward, which scales it per row in fp32 and rounds once."""
+
+    @staticmethod
+    @torch.autocast("cpu", enabled=False)
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, fused: FusedNll):
+        nll, dh = fused(h, weight, targets)
+        ctx.save_for_backward(dh)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (dh,) = ctx.saved_tensors
+        return (dh.float() * grad[:, None]).to(dh.dtype), None, None, None
+
+
 def fuses(head: nn.Module, h: torch.Tensor) -> bool:
     """Whether ``head(h)``'s loss can take :class:`_HeadNll` (see the module docstring)."""
     if not (torch.is_grad_enabled() and h.requires_grad and h.dim() == 2):
@@ -132,6 +154,7 @@ def head_cross_entropy_sum(
     targets: torch.Tensor,
     mm: Product = torch.mm,
     nll_: SoftmaxNll = softmax_nll_,
+    fused: FusedNll | None = None,
 ) -> torch.Tensor:
     """Summed token cross-entropy of ``head(h)`` (fp32 scalar): fused where :func:`fuses`,
     else :func:`~tunesmith.loss.chunked_ce.cross_entropy_sum` of ``head(h)``.
@@ -142,8 +165,12 @@ def head_cross_entropy_sum(
         targets: ``(N,)`` next-token ids, no ignore index.
         mm: How the head's two products are computed (``torch.mm``, or row blocks).
         nll_: How the logits become NLLs and ``softmax - onehot`` (:func:`softmax_nll_`).
+        fused: Where given, the whole node in one call instead of ``mm`` and ``nll_`` (the
+            caller checks it takes these tensors).
     """
     if fuses(head, h):
+        if fused is not None:
+            return _FusedHeadNll.apply(h, head.weight, targets, fused).sum()
         return _HeadNll.apply(h, head.weight, targets, mm, nll_).sum()
     return cross_entropy_sum(head(h), targets)
 

@@ -23,7 +23,8 @@ and the loop gets three policies from the same handle: how a micro-batch is cut 
 grouped attention runs; length-sorted padded passes otherwise), the loss's last step (the
 frozen head and its cross-entropy as one node whose gradient is formed in the forward,
 ``loss/head_ce.py``, with the head's products in row blocks and its softmax in tunesmith's
-kernel; else the chunked cross-entropy) and when to give freed heap pages back to the OS
+kernel, or on an AMX CPU the whole node in one kernel, ``tile_head.py``; else the chunked
+cross-entropy) and when to give freed heap pages back to the OS
 (``host_memory.py``). Until ``undo()`` every forward pass of the model, the command's
 evaluations included, also runs on the cores other processes leave free (``core_watch.py``).
 On CUDA the library kernels are fused already and extra passes cost launches, so there the
@@ -58,6 +59,7 @@ from tunesmith.train.fastpath import (
     rope,
     row_split,
     swiglu,
+    tile_head,
 )
 from tunesmith.train.fastpath.attention import AttentionCaches
 from tunesmith.train.fastpath.call_context import several_ranks
@@ -223,7 +225,10 @@ def _pass_policy(fast: FastPaths, model, *, kv_prefix: bool, packed_rows: bool) 
 def fast_head_loss(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The fast paths' last step: :func:`~tunesmith.loss.head_ce.head_cross_entropy_sum` with
     the head's products in the row blocks every frozen GEMM of the fast paths runs in."""
-    return head_cross_entropy_sum(head, h, targets, mm=row_split.splits().mm, nll_=_softmax_nll)
+    fused = tile_head.head_nll if tile_head.on_tiles(h, head.weight) else None
+    return head_cross_entropy_sum(
+        head, h, targets, mm=row_split.splits().mm, nll_=_softmax_nll, fused=fused
+    )
 
 
 def _softmax_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """tunesmith's CPU kernels (``kernels.cpp``): RMSNorm, SwiGLU, RoPE, dropout, causal softmax, and
 a LoRA branch's rank-r products; and, where the CPU has AMX tiles, frozen products on them
 (``amx_gemm.cpp``; :mod:`~tunesmith.train.fastpath.row_split` takes them where they measure
-faster) and packed attention's whole causal attention (``amx_attention.cpp``; see
-:mod:`~tunesmith.train.fastpath.tile_attention`).
+faster), packed attention's whole causal attention (``amx_attention.cpp``; see
+:mod:`~tunesmith.train.fastpath.tile_attention`) and the loss's frozen vocabulary head with its
+cross-entropy and gradient (``amx_head.cpp``; see :mod:`~tunesmith.train.fastpath.tile_head`).
 
 Each runs in one pass each way (and packed attention's row placement in one gather).
 
@@ -49,6 +50,7 @@ SOURCES = (
     Path(__file__).with_name("kernels.cpp"),
     Path(__file__).with_name("amx_gemm.cpp"),  # the frozen products on AMX tiles
     Path(__file__).with_name("amx_attention.cpp"),  # packed attention's causal attention on them
+    Path(__file__).with_name("amx_head.cpp"),  # the vocabulary head and its loss on them
 )
 HEADERS = (Path(__file__).with_name("amx.h"),)  # included by the AMX sources: part of the name
 BUILD_COMMAND = "python -m tunesmith.train.fastpath.native"
@@ -184,7 +186,7 @@ def kernels() -> ModuleType | None:
 
 @functools.cache
 def amx() -> bool:
-    """Whether the kernels' AMX code (``amx_gemm.cpp``, ``amx_attention.cpp``) runs here: the built
+    """Whether the kernels' AMX code (``amx_gemm.cpp``, ``amx_attention.cpp``, ``amx_head.cpp``) runs here: the built
     kernels load, the CPU has AMX-BF16, Linux grants the tiles and oneDNN's ISA cap (if set)
     allows AMX. Fixed for the process; the kernels' switch is read apart (:func:`kernels`)."""
     from tunesmith.precision import cpu_info, onednn_isa_cap

@@ -900,10 +900,12 @@ std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch
 
 void register_amx_gemm(pybind11::module& m);       // amx_gemm.cpp
 void register_amx_attention(pybind11::module& m);  // amx_attention.cpp
+void register_amx_head(pybind11::module& m);       // amx_head.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_amx_gemm(m);
   register_amx_attention(m);
+  register_amx_head(m);
   m.def("swiglu_forward", &swiglu_forward);
   m.def("swiglu_backward", &swiglu_backward);
   m.def("rms_norm_forward", &rms_norm_forward);
