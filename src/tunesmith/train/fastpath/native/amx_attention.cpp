@@ -126,8 +126,8 @@ struct Block {
 
 // A thread's buffers for the blocks it takes (all in cache for a training pass's blocks).
 struct ForwardScratch {
-  std::vector<bf16> kt, vv, qpad, p;
-  std::vector<float> s, o, e;
+  Aligned<bf16> kt, vv, qpad, p;
+  Aligned<float> s, o, e;
   ForwardScratch(int64_t lp, int64_t d)
       : kt(d * lp), vv(lp * d), qpad(kChunk * d), p(kChunk * lp), s(kChunk * lp), o(kChunk * d), e(lp) {}
 };
@@ -161,8 +161,8 @@ AMX_TARGET void forward_block(const Block& b, const Rows& slots, const bf16* q, 
 // same values) as the key-major A operands of the keys' and values' gradients dS^T q and
 // p^T dO, summed over the chunks in fp32.
 struct BackwardScratch {
-  std::vector<bf16> kt, vt, kv, qpad, dpad, qv, dv2, ds, pT, dsT;
-  std::vector<float> s, dp, pf, dsf, tf, o, dk_acc, dv_acc;
+  Aligned<bf16> kt, vt, kv, qpad, dpad, qv, dv2, ds, pT, dsT;
+  Aligned<float> s, dp, pf, dsf, tf, o, dk_acc, dv_acc;
   BackwardScratch(int64_t lp, int64_t d)
       : kt(d * lp), vt(d * lp), kv(lp * d), qpad(kChunk * d), dpad(kChunk * d), qv(kChunk * d),
         dv2(kChunk * d), ds(kChunk * lp), pT(lp * kChunk), dsT(lp * kChunk), s(kChunk * lp),
@@ -183,8 +183,8 @@ AMX_TARGET void backward_block(const Block& b, const Rows& slots, const bf16* do
                                bf16* dv, BackwardScratch& w) {
   const int64_t d = b.d, lp = b.keys_pad;
   auto& [kt, vt, kv, qpad, dpad, qv, dv2, ds, pT, dsT, s, dp, pf, dsf, tf, o, dk_acc, dv_acc] = w;
-  std::fill(dk_acc.begin(), dk_acc.end(), 0.f);
-  std::fill(dv_acc.begin(), dv_acc.end(), 0.f);
+  std::fill_n(dk_acc.data(), lp * d, 0.f);
+  std::fill_n(dv_acc.data(), lp * d, 0.f);
   pack_pairs_transposed(k, d, b.keys, d, lp, kt.data());
   pack_pairs_transposed(v, d, b.keys, d, lp, vt.data());
   pack_row_pairs(k, d, b.keys, d, lp, kv.data());
