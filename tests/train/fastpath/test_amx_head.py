@@ -53,7 +53,7 @@ def test_kernel_is_at_least_as_close_to_fp64_as_torch_path(amx_kernels, shape, t
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # 2: the vocabulary split across threads, then combined
     try:
-        nll, dh = amx_kernels.amx_head_nll(h, weight, targets, amx_kernels.amx_head_pack(weight))
+        nll, dh = amx_kernels.amx_head_nll(h, weight, targets)
     finally:
         torch.set_num_threads(before)
     assert nll.dtype == torch.float32 and dh.dtype == torch.bfloat16
@@ -81,36 +81,19 @@ def test_fast_head_loss_takes_the_kernel_and_scales_the_gradient(amx_kernels):
         assert not tile_head.on_tiles(h, weight)
 
 
-def test_a_changed_weight_is_packed_again(amx_kernels):
-    h, weight, targets = _inputs(40, 515, 64, seed=2)
-    head = _head(weight)
-    first = tile_head.head_nll(h, head.weight, targets)[0]
-    with torch.no_grad():
-        head.weight.mul_(-0.5)  # in place: same tensor and storage, a new version
-    second = tile_head.head_nll(h, head.weight, targets)[0]
-    assert (second.double() - _reference(h, head.weight, targets)[0]).abs().max() < 1e-4
-    assert not torch.allclose(first, second)
-    other = _inputs(40, 515, 64, seed=3)[1]  # another weight of the same shape
-    third = tile_head.head_nll(h, other, targets)[0]
-    assert (third.double() - _reference(h, other, targets)[0]).abs().max() < 1e-4
-
-
 def test_kernel_refuses_bad_inputs(amx_kernels):
     h, weight, targets = _inputs(8, 200, 64)
-    packed = amx_kernels.amx_head_pack(weight)
     with pytest.raises(RuntimeError, match="target 3 is 200, outside the vocabulary"):
         bad = targets.clone()
         bad[3] = 200
-        amx_kernels.amx_head_nll(h, weight, bad, packed)
+        amx_kernels.amx_head_nll(h, weight, bad)
     with pytest.raises(RuntimeError, match="multiple of 32"):
         w = weight[:, :48].contiguous()
-        amx_kernels.amx_head_nll(h[:, :48].contiguous(), w, targets, packed)
-    with pytest.raises(RuntimeError, match="packed must be amx_head_pack"):
-        amx_kernels.amx_head_nll(h, weight, targets, packed[:1])
+        amx_kernels.amx_head_nll(h[:, :48].contiguous(), w, targets)
     with pytest.raises(RuntimeError, match="bf16"):
-        amx_kernels.amx_head_nll(h.float(), weight, targets, packed)
+        amx_kernels.amx_head_nll(h.float(), weight, targets)
     with pytest.raises(RuntimeError, match="do not match"):
-        amx_kernels.amx_head_nll(h, weight, targets[:5], packed)
+        amx_kernels.amx_head_nll(h, weight, targets[:5])
 
 
 def test_on_tiles_needs_bf16_a_hidden_size_of_32s_and_the_kernels(amx_kernels, monkeypatch):

@@ -8,8 +8,8 @@ weight anew for each of the two products. Where the CPU has AMX tiles (:func:`on
 ``native/amx_head.cpp`` reads the weight in chunks of rows instead, keeps each row's online
 softmax (running maximum and sum, as flash attention does) and adds the chunk's exps times its
 weight rows to the row's gradient: one pass over the weight per block of rows, and only
-``(N, C)`` saved for the backward. The weight is read in the products' operand layout, packed
-once per frozen head (:func:`_packing`).
+``(N, C)`` saved for the backward. Each chunk is packed into the products' operand layout as
+it is read, in cache (packed ahead, the layout's copy read from memory measured no faster).
 
 Not bit for bit the torch path (its logits are rounded to bf16 before the softmax; here they
 stay fp32), but closer to fp64: the losses within ~1e-6 where the torch path's are within
@@ -18,18 +18,9 @@ stay fp32), but closer to fp64: the losses within ~1e-6 where the torch path's a
 
 from __future__ import annotations
 
-import threading
-import weakref
-
 import torch
 
 from tunesmith.train.fastpath import native, row_split
-
-# The last head weight packed (a weak reference, its storage and version) and its packing: a
-# frozen head is packed once (+ twice its size in memory, 113 MB for the demo's 49,152 x 576
-# head, while the (N, V) logits it replaces are no longer kept), a changed or new one again.
-_packed: tuple[weakref.ref, int, int, torch.Tensor] | None = None
-_lock = threading.Lock()
 
 
 def on_tiles(h: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -51,21 +42,4 @@ def head_nll(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(nll, dh)`` where :func:`on_tiles`: each row's ``-log_softmax(h Wᵀ)[target]`` (fp32)
     and the gradient of their sum for ``h``, ``softmax(h Wᵀ) W - W[target]`` (bf16)."""
-    kernels = native.kernels()
-    weight = weight.contiguous()
-    return kernels.amx_head_nll(h.contiguous(), weight, targets.contiguous(), _packing(weight))
-
-
-def _packing(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` in the kernel's chunked operand layout, packed once while it is unchanged."""
-    global _packed
-    with _lock:
-        last = _packed
-        if (
-            last is not None and last[0]() is weight
-            and last[1] == weight.data_ptr() and last[2] == weight._version
-        ):  # fmt: skip
-            return last[3]
-        packed = native.kernels().amx_head_pack(weight)
-        _packed = (weakref.ref(weight), weight.data_ptr(), weight._version, packed)
-        return packed
+    return native.kernels().amx_head_nll(h.contiguous(), weight.contiguous(), targets.contiguous())
