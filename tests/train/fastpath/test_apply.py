@@ -174,10 +174,13 @@ def test_training_with_the_fast_paths_matches_the_reference_path(tmp_path, cpu_k
     assert ref_losses[-1] < ref_losses[0]  # it trained
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-2, atol=0)
     # Adam turns a gradient's sign into a full step, so an element whose gradient sits within
-    # bf16 rounding of zero may move the other way: compare each tensor's whole update.
+    # bf16 rounding of zero may move the other way: compare each tensor's whole update. One
+    # such element of a 64 x 8 lora_A flipped at the first step is ~2/sqrt(512) = 0.09 of that
+    # step's update, ~0.05 of eight steps' (and of its lora_B's, which follows it); rounding
+    # alone leaves < 0.03.
     for name, ref in ref_moved.items():
         off = float((moved[name] - ref).norm() / ref.norm())
-        assert off < 0.05, (name, off)
+        assert off < 0.08, (name, off)
 
 
 def test_the_reference_handle_changes_nothing():
