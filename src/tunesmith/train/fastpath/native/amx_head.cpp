@@ -18,8 +18,12 @@
 // rows, packing each chunk into the two products' operand layouts in cache (a copy of the
 // whole weight packed ahead, read from memory instead, measured no faster: 10.8 against
 // 9.5 ms for 128 rows of the demo's head). Scratch rows are 64-byte aligned (malloc's 16
-// bytes put each tile row across two cache lines: 1.1-1.6x the time). Values: logits and the softmax are fp32 (torch's path rounds the logits to bf16
-// first), the exps are rounded to bf16 for the product as torch's path rounds softmax - onehot.
+// bytes put each tile row across two cache lines: 1.1-1.6x the time).
+//
+// Values: logits and the softmax are fp32 (torch's path rounds the logits to bf16 first), the
+// exps are rounded to bf16 for the product as torch's path rounds softmax - onehot. The
+// vocabulary's split follows the thread count, so results differ across thread counts by
+// rounding, as oneDNN's products do.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
