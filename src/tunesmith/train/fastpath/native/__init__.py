@@ -186,9 +186,9 @@ def kernels() -> ModuleType | None:
 
 @functools.cache
 def amx() -> bool:
-    """Whether the kernels' AMX code (``amx_gemm.cpp``, ``amx_attention.cpp``, ``amx_head.cpp``) runs here: the built
-    kernels load, the CPU has AMX-BF16, Linux grants the tiles and oneDNN's ISA cap (if set)
-    allows AMX. Fixed for the process; the kernels' switch is read apart (:func:`kernels`)."""
+    """Whether the kernels' AMX code (``amx_gemm.cpp``, ``amx_attention.cpp``,
+    ``amx_head.cpp``) runs here: the built kernels load, the CPU has AMX-BF16, Linux grants the
+    tiles and oneDNN's ISA cap (if set) allows AMX. Fixed for the process; the kernels' switch is read apart (:func:`kernels`)."""
     from tunesmith.precision import cpu_info, onednn_isa_cap
 
     cap = onednn_isa_cap()
