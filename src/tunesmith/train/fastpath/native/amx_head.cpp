@@ -13,9 +13,10 @@
 //   nll = m + log(sum) - logit[target],   dh = acc / sum - W[target]
 // which is sum_v softmax_v W_v - W_target, the gradient of the row's nll for h.
 //
-// The vocabulary is split across threads (each with its own maxima, sums and accumulators,
-// combined at the end); each thread reads its slice of the weight once per block of kRowBlock
-// rows, packing each chunk into the two products' operand layouts in cache (a copy of the
+// The vocabulary is split into slices, one per thread where memory allows (each with its own
+// maxima, sums and accumulators, combined at the end), and the work into tasks of a slice and
+// a block of kRowBlock rows; a task reads its slice of the weight once, packing each chunk
+// into the two products' operand layouts in cache (a copy of the
 // whole weight packed ahead, read from memory instead, measured no faster: 10.8 against
 // 9.5 ms for 128 rows of the demo's head). Scratch rows are 64-byte aligned (malloc's 16
 // bytes put each tile row across two cache lines: 1.1-1.6x the time).
@@ -126,14 +127,25 @@ AMX_TARGET void slice_block(const bf16* h, const bf16* w, int64_t vocab, const i
   }
 }
 
-// All rows against weight rows [v0, v1), a block of rows at a time.
-AMX_TARGET void slice_rows(const bf16* h, const bf16* w, int64_t vocab, const int64_t* targets, int64_t m, int64_t k,
-                           int64_t v0, int64_t v1, Partial part, float* logit) {
-  tunesmith_amx::configure_tiles();
-  Scratch ws(k);
-  for (int64_t r0 = 0; r0 < m; r0 += kRowBlock) {
-    const Partial block{part.max + r0, part.sum + r0, part.acc + r0 * k};
-    slice_block(h, w, vocab, targets, k, r0, std::min(kRowBlock, m - r0), v0, v1, block, logit, ws);
+// Tasks [first, last) of slices x row blocks: task j is row block j % blocks against slice
+// j / blocks of the vocabulary, [slice_start(t), slice_start(t + 1)).
+struct Tasks {
+  const bf16* h;
+  const bf16* w;
+  const int64_t* targets;
+  int64_t m, m_pad, k, vocab, chunks, slices, blocks;
+  float *max, *sum, *acc, *logit;
+  int64_t slice_start(int64_t t) const { return std::min(vocab, chunks * t / slices * kVocab); }
+};
+
+AMX_TARGET void run_tasks(const Tasks& job, int64_t first, int64_t last) {
+  configure_tiles();
+  Scratch ws(job.k);
+  for (int64_t j = first; j < last; j++) {
+    const int64_t t = j / job.blocks, r0 = j % job.blocks * kRowBlock;
+    const Partial part{job.max + t * job.m + r0, job.sum + t * job.m + r0, job.acc + (t * job.m_pad + r0) * job.k};
+    slice_block(job.h, job.w, job.vocab, job.targets, job.k, r0, std::min(kRowBlock, job.m - r0),
+                job.slice_start(t), job.slice_start(t + 1), part, job.logit, ws);
   }
   _tile_release();
 }
@@ -162,7 +174,7 @@ AMX_TARGET void finish_row(int64_t i, int64_t slices, int64_t m, int64_t m_pad, 
 }
 #endif
 
-constexpr int64_t kMaxSlices = 64;  // finish_row's per-thread factors
+constexpr int64_t kMaxSlices = 64;  // finish_row's per-slice factors
 
 void check_weight(const torch::Tensor& weight) {
   TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kBFloat16 && weight.dim() == 2 &&
@@ -200,7 +212,11 @@ std::vector<torch::Tensor> amx_head_nll(torch::Tensor h, torch::Tensor weight, t
   auto dh = torch::empty_like(h);
   if (m == 0) return {nll, dh};
 #ifdef TUNESMITH_AMX
-  const int64_t slices = std::min({chunks, kMaxSlices, static_cast<int64_t>(at::get_num_threads())});
+  // A slice per thread, but the slices' accumulators (slices x M x K fp32) no larger than the
+  // (M, V) bf16 logits the torch path writes: a wide hidden size takes fewer slices, and its
+  // threads share out the row blocks instead.
+  const int64_t slices = std::max<int64_t>(
+      1, std::min({chunks, kMaxSlices, static_cast<int64_t>(at::get_num_threads()), vocab / (2 * k)}));
   const auto f32 = h.options().dtype(at::kFloat);
   auto max = torch::full({slices, m}, -std::numeric_limits<float>::infinity(), f32);
   auto sum = torch::zeros({slices, m}, f32);
@@ -213,12 +229,9 @@ std::vector<torch::Tensor> amx_head_nll(torch::Tensor h, torch::Tensor weight, t
   float* sm = sum.data_ptr<float>();
   float* ac = acc.data_ptr<float>();
   float* lg = logit.data_ptr<float>();
-  at::parallel_for(0, slices, 1, [&](int64_t first_slice, int64_t last_slice) {
-    for (int64_t t = first_slice; t < last_slice; t++) {
-      const int64_t v0 = chunks * t / slices * kVocab, v1 = std::min(vocab, chunks * (t + 1) / slices * kVocab);
-      slice_rows(hp, w, vocab, tg, m, k, v0, v1, Partial{mx + t * m, sm + t * m, ac + t * m_pad * k}, lg);
-    }
-  });
+  const Tasks job{hp, w, tg, m, m_pad, k, vocab, chunks, slices, (m + kRowBlock - 1) / kRowBlock, mx, sm, ac, lg};
+  at::parallel_for(0, slices * job.blocks, 1,
+                   [&](int64_t first_task, int64_t last_task) { run_tasks(job, first_task, last_task); });
   at::parallel_for(0, m, 16, [&](int64_t first_row, int64_t last_row) {
     for (int64_t i = first_row; i < last_row; i++)
       finish_row(i, slices, m, m_pad, k, mx, sm, ac, lg, w, tg, nll.data_ptr<float>(), dh.data_ptr<bf16>());
