@@ -241,6 +241,14 @@ def torch_only() -> bool:
     return getattr(_STATE, "torch_only", False)
 
 
+def tiles_take(*tensors: torch.Tensor) -> bool:
+    """Whether tunesmith's whole-op AMX kernels (the attention's, the head's) may run on these
+    tensors: bf16 on CPU with the kernels on, their AMX code runs here
+    (:func:`~tunesmith.train.fastpath.native.amx`), and no recorder of dispatched products
+    listens (:func:`through_torch`: the bench's shape-matched limit counts torch's products)."""
+    return native.runs_on(*tensors) and native.amx() and not torch_only()
+
+
 def measuring() -> bool:
     """Whether this thread is timing candidates now (the bench's GEMM recorder skips those)."""
     return getattr(_STATE, "measuring", False)

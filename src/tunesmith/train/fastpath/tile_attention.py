@@ -41,18 +41,10 @@ class _TileAttention(torch.autograd.Function):
 
 
 def on_tiles(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> bool:
-    """Whether this attention runs on the tiles: bf16 on CPU with the kernels on, the
-    kernels' AMX code runs here (:func:`~tunesmith.train.fastpath.native.amx`), the head width
-    is a multiple of 32, and no recorder of dispatched products listens
-    (``row_split.through_torch``: the bench's shape-matched limit counts the attention's
-    products through torch)."""
-    return (
-        query.shape[-1] % 32 == 0
-        and scale > 0
-        and native.runs_on(query, key, value)
-        and native.amx()
-        and not row_split.torch_only()
-    )
+    """Whether this attention runs on the tiles: a head width that is a multiple of 32, a
+    positive scale, and :func:`~tunesmith.train.fastpath.row_split.tiles_take` (bf16 CPU
+    tensors, AMX, no recorder of torch's products)."""
+    return query.shape[-1] % 32 == 0 and scale > 0 and row_split.tiles_take(query, key, value)
 
 
 def attend(

@@ -24,17 +24,10 @@ from tunesmith.train.fastpath import native, row_split
 
 
 def on_tiles(h: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the head's loss runs on the tiles: bf16 on CPU with the kernels on, the kernels'
-    AMX code runs here (:func:`~tunesmith.train.fastpath.native.amx`), the hidden size a
-    multiple of 32, and no recorder of dispatched products listens
-    (``row_split.through_torch``: the bench's shape-matched limit counts the head's products
-    through torch)."""
-    return (
-        h.shape[-1] % 32 == 0
-        and native.runs_on(h, weight)
-        and native.amx()
-        and not row_split.torch_only()
-    )
+    """Whether the head's loss runs on the tiles: a hidden size that is a multiple of 32 and
+    :func:`~tunesmith.train.fastpath.row_split.tiles_take` (bf16 CPU tensors, AMX, no recorder
+    of torch's products: the bench's shape-matched limit counts the head's products)."""
+    return h.shape[-1] % 32 == 0 and row_split.tiles_take(h, weight)
 
 
 def head_nll(

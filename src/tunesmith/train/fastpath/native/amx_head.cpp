@@ -41,11 +41,12 @@ namespace {
 
 using bf16 = c10::BFloat16;
 constexpr int64_t kVocab = 128;     // weight rows per chunk: the gradient product's K
-constexpr int64_t kRowBlock = 256;  // rows of h per pass over a thread's slice of the weight
+constexpr int64_t kRowBlock = 256;  // rows of h per pass over a slice of the weight
+constexpr int64_t kMaxSlices = 64;  // vocabulary slices at most (finish_row's factors)
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// One thread's online softmax state for a block's rows: their running maxima, sums and
+// One vocabulary slice's online softmax state for a block's rows: their running maxima, sums and
 // gradient accumulators (rows x k fp32, rounded up to 32 rows: the products write whole tiles).
 struct Partial {
   float* max;
@@ -150,14 +151,14 @@ AMX_TARGET void run_tasks(const Tasks& job, int64_t first, int64_t last) {
   _tile_release();
 }
 
-// Row i's state from every thread's slice: nll and dh = acc / sum - W[target], rounded once.
+// Row i's state from every slice: nll and dh = acc / sum - W[target], rounded once.
 AMX_TARGET void finish_row(int64_t i, int64_t slices, int64_t m, int64_t m_pad, int64_t k, const float* max,
                            const float* sum, const float* acc, const float* logit, const bf16* w,
                            const int64_t* targets, float* nll, bf16* dh) {
   float top = -std::numeric_limits<float>::infinity();
   for (int64_t t = 0; t < slices; t++) top = std::max(top, max[t * m + i]);
   float total = 0;
-  float f[64];
+  float f[kMaxSlices];
   for (int64_t t = 0; t < slices; t++) {
     f[t] = sum[t * m + i] > 0 ? std::exp(max[t * m + i] - top) : 0.f;
     total += f[t] * sum[t * m + i];
@@ -173,8 +174,6 @@ AMX_TARGET void finish_row(int64_t i, int64_t slices, int64_t m, int64_t m_pad, 
   }
 }
 #endif
-
-constexpr int64_t kMaxSlices = 64;  // finish_row's per-slice factors
 
 void check_weight(const torch::Tensor& weight) {
   TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kBFloat16 && weight.dim() == 2 &&
