@@ -40,10 +40,10 @@ def test_a_frozen_products_row_blocks_count_and_their_timing_runs_do_not(monkeyp
     monkeypatch.setattr(row_split, "candidates", lambda rows, amx=False: [0, 8])
     product = row_split._mm
 
-    def slow_whole(a, b, height):  # real products; the whole one made the slowest
+    def slow_whole(a, b, height, out=None):  # real products; the whole one made the slowest
         if height == 0:
             time.sleep(0.005)
-        return product(a, b, height)
+        return product(a, b, height, out)
 
     monkeypatch.setattr(row_split, "_mm", slow_whole)
     rows = row_split.RowSplits(None)

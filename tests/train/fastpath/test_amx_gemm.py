@@ -62,6 +62,21 @@ def test_row_blocks_of_larger_tensors_are_read_and_written_in_place(kernels):
     assert out_all[:16].eq(0).all() and out_all[80:].eq(0).all() and out_all[:, :32].eq(0).all()
 
 
+def test_a_large_output_written_past_the_cache_equals_one_written_through_it(kernels):
+    """Outputs over 1 MiB with 64-byte aligned rows take non-temporal stores; a view a few
+    elements in (unaligned) takes ordinary ones: the same values, bit for bit."""
+    a, b = _operands(480, 576, 1536, transposed=True)
+    streamed = torch.empty(480, 1536, dtype=torch.bfloat16)
+    assert streamed.data_ptr() % 64 == 0 and streamed.numel() * 2 > 1 << 20
+    kernels.amx_mm_(streamed, a, b, False)
+    wider = torch.zeros(480, 1536 + 16, dtype=torch.bfloat16)
+    unaligned = wider[:, 16:]
+    assert unaligned.data_ptr() % 64 != 0
+    kernels.amx_mm_(unaligned, a, b, False)
+    assert torch.equal(streamed, unaligned) and wider[:, :16].eq(0).all()
+    _within_a_rounding(streamed, a.float() @ b.float())
+
+
 def test_refuses_what_it_does_not_handle(kernels):
     a, b = _operands(64, 64, 64, transposed=False)
     out = torch.empty(64, 64, dtype=torch.bfloat16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 import pytest
 import torch
@@ -84,6 +85,15 @@ def test_kernels_refuse_what_they_do_not_handle(kernels):
     with pytest.raises(RuntimeError, match="contiguous bf16"):
         g = torch.randn(8, 4).bfloat16()
         kernels.swiglu_forward(g.t(), g.t())
+
+
+def test_evicting_a_tensor_from_the_caches_keeps_its_values(kernels):
+    t = torch.randn(3000, 70)  # 840 KB: lines on both threads' shares
+    want = t.clone()
+    view = t[5:2000:3, 1:60]  # a strided view: its whole span
+    evicts = platform.machine() in ("x86_64", "AMD64")  # elsewhere: nothing, and False
+    assert kernels.evict(view) == evicts and kernels.evict(t) == evicts and kernels.evict(t[:0])
+    assert torch.equal(t, want)
 
 
 def test_the_build_follows_the_source_torch_and_the_cpu(monkeypatch):

@@ -4,6 +4,7 @@ and is kept for the machine."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -125,7 +126,7 @@ def test_measurement_picks_a_cut_only_when_it_is_clearly_faster(monkeypatch, cos
     clock = [0.0]
     monkeypatch.setattr(row_split, "_clock", lambda: clock[0])
 
-    def product(a, b, height):  # each call advances the clock by its candidate's cost
+    def product(a, b, height, out=None):  # each call advances the clock by its candidate's cost
         clock[0] += costs[height]
 
     monkeypatch.setattr(row_split, "_mm", product)
@@ -137,13 +138,50 @@ def test_the_amx_kernel_is_chosen_only_when_it_is_clearly_faster(monkeypatch):
     clock = [0.0]
     costs = {0: 1.0, 512: 0.9, 304: 0.8, row_split.AMX: 0.6}
     monkeypatch.setattr(row_split, "_clock", lambda: clock[0])
-    monkeypatch.setattr(row_split, "_mm", lambda a, b, h: clock.__setitem__(0, clock[0] + costs[h]))
+    monkeypatch.setattr(
+        row_split, "_mm", lambda a, b, h, out=None: clock.__setitem__(0, clock[0] + costs[h])
+    )
     monkeypatch.setattr(row_split, "amx_takes", lambda a, b: True)
-    monkeypatch.setattr(row_split.native, "kernels", lambda: object())
+    built = SimpleNamespace(evict=lambda t: True)
+    monkeypatch.setattr(row_split.native, "kernels", lambda: built)
     a, b = _operands(torch.float32, rows=608)
     assert row_split._measure(a, b) == row_split.AMX
     monkeypatch.setattr(row_split.native, "kernels", lambda: None)  # switched off: not a candidate
     assert row_split._measure(a, b) == 304
+
+
+def test_each_timed_call_meets_an_evicted_weight_and_a_new_evicted_output(monkeypatch):
+    """As a step meets them (module doc); the warm-up call that builds a primitive is not timed
+    and evicts nothing."""
+    events = []
+
+    class Kernels:
+        @staticmethod
+        def evict(t):
+            events.append(("evict", t.data_ptr(), tuple(t.shape)))
+            return True
+
+    def product(a, b, height, out=None):
+        events.append(("product", height, None if out is None else out.data_ptr()))
+        return row_split._blocks(a.shape[0], height)  # nothing computed: only the order counts
+
+    monkeypatch.setattr(row_split.native, "kernels", lambda: Kernels)
+    monkeypatch.setattr(row_split, "amx_takes", lambda a, b: False)
+    monkeypatch.setattr(row_split, "_mm", product)
+    a, b = _operands(torch.float32, rows=608)
+    row_split._measure(a, b)
+    timed = [i for i, e in enumerate(events) if e[0] == "product" and e[2] is not None]
+    assert len(timed) == len(candidates(608)) * row_split.REPEATS
+    for i in timed:
+        weight, out = events[i - 2], events[i - 1]
+        assert weight == ("evict", b.data_ptr(), tuple(b.shape))
+        assert out == ("evict", events[i][2], (608, b.shape[1]))
+    untimed = [e for e in events if e[0] == "product" and e[2] is None]
+    assert len(untimed) == len(candidates(608))  # one warm-up per candidate
+    events.clear()
+    monkeypatch.setattr(row_split.native, "kernels", lambda: None)  # not built: nothing evicts
+    row_split._measure(a, b)
+    assert events and all(e[0] == "product" for e in events)
 
 
 def test_the_amx_kernel_takes_only_what_it_computes(monkeypatch):
@@ -217,6 +255,17 @@ def test_the_table_is_per_cpu_and_onednn_isa_cap(monkeypatch, tmp_path):
     assert plain.parent == tmp_path / "row-split"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # AMX off: other kernels
     assert row_split.table_path() != plain
+
+
+def test_the_table_is_per_way_of_measuring(monkeypatch, tmp_path):
+    """Choices timed on cached operands (without the kernels) are not read as ones timed from
+    memory."""
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path))
+    monkeypatch.setattr(row_split.native, "amx", lambda: False)
+    monkeypatch.setattr(row_split.native, "kernels", lambda: None)
+    warm = row_split.table_path()
+    monkeypatch.setattr(row_split.native, "kernels", lambda: object())
+    assert row_split.table_path() != warm
 
 
 def test_the_table_is_per_build_of_the_amx_kernel(monkeypatch, tmp_path):

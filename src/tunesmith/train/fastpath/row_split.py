@@ -12,6 +12,14 @@ choices go to a small JSON file in the tunesmith cache, keyed by CPU, torch vers
 count, so later runs on the machine (and a resumed run) cut the same way; the pieces differ
 from the whole product in bf16 rounding only (the kernel's K blocking follows the row count).
 
+Each timed call meets the operands as a training step does: the weight was last read a whole
+pass ago and the output is new memory, so neither is in any cache, while the input was written
+just before. Where the kernels are built (their ``evict``), the weight and a new output are
+evicted from the caches before each timed call; timed on cached operands, oneDNN won products
+that it lost in the step (the AMX kernel writes large outputs without reading them first), and
+the choices made that way ran a bench step 4-5% slower (benchmarks/RESULTS.md, "Frozen
+products' outputs written past the cache").
+
 On a CPU with AMX tiles one more candidate is timed: the whole product in tunesmith's own AMX
 kernel (``native/amx_gemm.cpp``), which packs the weight's panels itself and beats oneDNN on
 the thin products of a small model (a (416, 576) x (576, 192) product 0.47x its time, a
@@ -49,6 +57,7 @@ KEY_ROWS = 32  # row counts share a choice within 32 (packed passes are bucketed
 MARGIN = 0.95  # a cut must beat the whole product by 5% (timing noise on a busy machine)
 REPEATS = 3  # timed calls per candidate, after one that builds oneDNN's primitive
 AMX = -1  # the "height" of the whole product in tunesmith's AMX kernel
+MEASURED_FROM = "memory"  # candidates timed on an evicted weight and output (module doc)
 _clock = time.perf_counter
 
 
@@ -103,15 +112,18 @@ def _blocks(rows: int, height: int) -> list[slice]:
     return [slice(r, min(r + height, rows)) for r in range(0, rows, height)]
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor, height: int) -> torch.Tensor:
+def _mm(
+    a: torch.Tensor, b: torch.Tensor, height: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``a @ b`` at block height ``height``, into ``out`` where given (the measurement's)."""
     if height == AMX:
-        out = a.new_empty((a.shape[0], b.shape[1]))
+        out = a.new_empty((a.shape[0], b.shape[1])) if out is None else out
         _amx_mm_(out, a, b, accumulate=False)
         return out
     blocks = _blocks(a.shape[0], height)
     if len(blocks) == 1:
-        return a @ b
-    out = a.new_empty((a.shape[0], b.shape[1]))
+        return a @ b if out is None else torch.mm(a, b, out=out)
+    out = a.new_empty((a.shape[0], b.shape[1])) if out is None else out
     for s in blocks:
         torch.mm(a[s], b, out=out[s])
     return out
@@ -265,14 +277,19 @@ def _measure(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def _fastest(a: torch.Tensor, b: torch.Tensor) -> int:
     times = {}
-    amx = amx_takes(a, b) and native.kernels() is not None
+    kernels = native.kernels()
+    amx = amx_takes(a, b) and kernels is not None
     with torch.no_grad():
         for height in candidates(a.shape[0], amx):
             _mm(a, b, height)  # oneDNN builds (JIT-compiles) the primitive of each new shape
             best = float("inf")
             for _ in range(REPEATS):
+                out = a.new_empty((a.shape[0], b.shape[1]))
+                if kernels is not None:  # as a step meets them: from memory (module doc)
+                    kernels.evict(b)
+                    kernels.evict(out)
                 start = _clock()
-                _mm(a, b, height)
+                _mm(a, b, height, out)
                 best = min(best, _clock() - start)
             times[height] = best
     height = min(times, key=times.get)
@@ -310,6 +327,8 @@ def table_path() -> Path:
     model, flags = cpu_info()
     # oneDNN's ISA cap (e.g. AVX512_CORE_BF16 on an AMX CPU) changes the kernels, so the choices.
     ident = f"{model}|{' '.join(sorted(flags))}|{onednn_isa_cap() or ''}|{torch.__version__}"
+    if native.kernels() is not None:
+        ident += f"|{MEASURED_FROM}"
     if native.amx():
         ident += f"|{native.extension_name()}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]

@@ -11,7 +11,8 @@
 // panel of ``W^T`` fits L1, else all of its range ahead where that fits 2 MiB (then rows go
 // in passes of 64, two 32-row blocks per panel while it is in L1), else one at a time. Each 32-row block of ``a`` meets a panel with a 2 x 2
 // block of accumulator tiles over the whole K; sums are fp32 (started from ``out`` when
-// accumulating) and rounded to bf16 once, as oneDNN's bf16 products round. No weight is kept
+// accumulating) and rounded to bf16 once, as oneDNN's bf16 products round, and an output over
+// 1 MiB is written with non-temporal stores (kStreamBytes). No weight is kept
 // packed between calls (that would be a second copy of every frozen weight). Where a product
 // is faster this way is measured per shape on the machine (row_split.py), never assumed.
 #include <torch/extension.h>
@@ -76,8 +77,18 @@ AMX_TARGET void widen(const bf16* src, int64_t ld, int rows, float* tile) {
   }
 }
 
-AMX_TARGET void narrow(const float* tile, bf16* dst, int64_t ld, int rows) {
-  for (int r = 0; r < rows; r++) tunesmith_amx::store_bf16(dst + r * ld, _mm512_load_ps(tile + r * 16));
+// Rows [0, rows) of two side-by-side fp32 tiles (32 columns) rounded to bf16, one 64-byte store
+// per row. ``stream``: non-temporal stores, which write the line without first reading its old
+// contents from memory (see kStreamBytes).
+AMX_TARGET void narrow(const float* left, const float* right, bf16* dst, int64_t ld, int rows,
+                       bool stream) {
+  for (int r = 0; r < rows; r++) {
+    const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(right + r * 16), _mm512_load_ps(left + r * 16));
+    if (stream)
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + r * ld), v);
+    else
+      _mm512_storeu_si512(dst + r * ld, v);
+  }
 }
 
 struct Product {
@@ -90,6 +101,7 @@ struct Product {
   int64_t ldo;
   int64_t m, k, n;
   bool accumulate;
+  bool stream;  // non-temporal stores of out (stream_out)
 };
 
 // One 32-row block (``rows`` <= 32 of them real; a short block's rows come from a zeroed copy)
@@ -132,10 +144,8 @@ AMX_TARGET void block(const Product& p, const bf16* a, int64_t lda, int rows, in
   _tile_stored(2, acc[2], 64);
   _tile_stored(3, acc[3], 64);
   bf16* o = p.out + row0 * p.ldo + n0;
-  narrow(acc[0], o, p.ldo, top);
-  narrow(acc[1], o + 16, p.ldo, top);
-  narrow(acc[2], o + 16 * p.ldo, p.ldo, bottom);
-  narrow(acc[3], o + 16 * p.ldo + 16, p.ldo, bottom);
+  narrow(acc[0], acc[1], o, p.ldo, top, p.stream);
+  narrow(acc[2], acc[3], o + 16 * p.ldo, p.ldo, bottom, p.stream);
 }
 
 // A thread packs its whole range of b's panels first where they fit this (reading W's rows
@@ -192,9 +202,25 @@ AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
         block(p, tail, p.k, static_cast<int>(p.m - full), full, panel, k_blocks, q * kPanel, acc);
     }
   }
+  if (p.stream) _mm_sfence();  // the non-temporal stores visible before the threads join
   std::free(packed);
   std::free(tail);
   _tile_release();
+}
+
+// In a training step the output of a frozen product is new memory that no cache holds: each
+// line written the usual way is first read from memory. Where the output is larger than this,
+// its lines are written non-temporally instead: the products of a demo step's widest outputs
+// (480 x 1536) took 0.55-0.60 ms instead of 0.74-0.82 in the step, and the step was 4% faster,
+// though the next op reads the output from memory; below it (480 x 576 outputs, 0.55 MB, which
+// the next op finds in cache) the step was 5% slower with every output streamed
+// (benchmarks/RESULTS.md, "Frozen products' outputs written past the cache").
+constexpr int64_t kStreamBytes = 1 << 20;
+
+bool stream_out(const torch::Tensor& out, bool accumulate) {
+  // A sum that starts from out has read its lines already; a stream needs 64-byte aligned rows.
+  return !accumulate && out.numel() * 2 > kStreamBytes &&
+         reinterpret_cast<uintptr_t>(out.data_ptr()) % 64 == 0 && out.stride(0) % 32 == 0;
 }
 #endif
 
@@ -225,7 +251,7 @@ void amx_mm_(torch::Tensor out, torch::Tensor a, torch::Tensor b, bool accumulat
   if (m == 0) return;
   const Product p{a.data_ptr<bf16>(), a.stride(0), b.data_ptr<bf16>(),
                   transposed ? b.stride(1) : b.stride(0), transposed, out.data_ptr<bf16>(),
-                  out.stride(0), m, k, n, accumulate};
+                  out.stride(0), m, k, n, accumulate, stream_out(out, accumulate)};
   const int64_t count = n / kPanel;
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
   at::parallel_for(0, count, (count + threads - 1) / threads,
