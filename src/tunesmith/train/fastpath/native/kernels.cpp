@@ -65,7 +65,9 @@ inline float fast_hmax(fV a) { return a.reduce_max(); }
 inline float fast_hsum(fV a) { return hsum(a); }
 inline float fast_hmax(fV a) { return hmax(a); }
 #endif
-inline fV sigmoid(fV g) { return fV(1.f) / (fV(1.f) + g.neg().exp()); }
+// ATen's exp_u20 (within 20 ulp of fp32, Sleef's exp within 1) costs a SiLU pass 17-20% less;
+// the bf16 results equal those of torch's own silu on the tests' and 5.7M random inputs.
+inline fV sigmoid(fV g) { return fV(1.f) / (fV(1.f) + g.neg().exp_u20()); }
 inline float sigmoid(float g) { return 1.f / (1.f + std::exp(-g)); }
 inline std::tuple<fV, fV> load(const bf16* p) { return convert_bfloat16_float(bV::loadu(p)); }
 inline void store(bf16* p, fV a, fV b) { convert_float_bfloat16(a, b).store(p); }
