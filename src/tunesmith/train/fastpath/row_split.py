@@ -275,10 +275,16 @@ def _measure(a: torch.Tensor, b: torch.Tensor) -> int:
         _STATE.measuring = False
 
 
+def _evictor():
+    """The kernels, where their ``evict`` drops memory from the caches here (x86-64); else None."""
+    kernels = native.kernels()
+    return kernels if kernels is not None and kernels.evict(torch.empty(0)) else None
+
+
 def _fastest(a: torch.Tensor, b: torch.Tensor) -> int:
     times = {}
-    kernels = native.kernels()
-    amx = amx_takes(a, b) and kernels is not None
+    amx = amx_takes(a, b) and native.kernels() is not None
+    kernels = _evictor()
     with torch.no_grad():
         for height in candidates(a.shape[0], amx):
             _mm(a, b, height)  # oneDNN builds (JIT-compiles) the primitive of each new shape
@@ -327,7 +333,7 @@ def table_path() -> Path:
     model, flags = cpu_info()
     # oneDNN's ISA cap (e.g. AVX512_CORE_BF16 on an AMX CPU) changes the kernels, so the choices.
     ident = f"{model}|{' '.join(sorted(flags))}|{onednn_isa_cap() or ''}|{torch.__version__}"
-    if native.kernels() is not None:
+    if _evictor() is not None:
         ident += f"|{MEASURED_FROM}"
     if native.amx():
         ident += f"|{native.extension_name()}"
