@@ -14,11 +14,12 @@ from the whole product in bf16 rounding only (the kernel's K blocking follows th
 
 Each timed call meets the operands as a training step does: the weight was last read a whole
 pass ago and the output is new memory, so neither is in any cache, while the input was written
-just before. Where the kernels are built (their ``evict``), the weight and a new output are
-evicted from the caches before each timed call; timed on cached operands, oneDNN won products
-that it lost in the step (the AMX kernel writes large outputs without reading them first), and
-the choices made that way ran a bench step 4-5% slower (benchmarks/RESULTS.md, "Frozen
-products' outputs written past the cache").
+just before. Where the kernels are built on x86-64 (their ``evict``), the weight and a new
+output are evicted from the caches before each timed call; timed on cached operands, oneDNN won
+products that it lost in the step (the AMX kernel writes large outputs without reading them
+first), and with the AMX kernel's streamed outputs a bench step was 4-6% faster than with the
+choices made that way (benchmarks/RESULTS.md, "Frozen products' outputs written past the
+cache").
 
 On a CPU with AMX tiles one more candidate is timed: the whole product in tunesmith's own AMX
 kernel (``native/amx_gemm.cpp``), which packs the weight's panels itself and beats oneDNN on

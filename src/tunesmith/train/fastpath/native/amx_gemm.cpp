@@ -210,10 +210,10 @@ AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
 
 // In a training step the output of a frozen product is new memory that no cache holds: each
 // line written the usual way is first read from memory. Where the output is larger than this,
-// its lines are written non-temporally instead: the products of a demo step's widest outputs
-// (480 x 1536) took 0.55-0.60 ms instead of 0.74-0.82 in the step, and the step was 4% faster,
-// though the next op reads the output from memory; below it (480 x 576 outputs, 0.55 MB, which
-// the next op finds in cache) the step was 5% slower with every output streamed
+// its lines are written non-temporally instead: a bench step's widest product, (480, 576) x
+// (576, 1536), took 0.57 ms instead of 0.85-0.88 alone on cold memory, and the step was 4-6%
+// faster, though the next op reads the output from memory; streaming the smaller outputs too
+// (480 x 576, 0.55 MB, which the next op finds in cache) made the step 5% slower
 // (benchmarks/RESULTS.md, "Frozen products' outputs written past the cache").
 constexpr int64_t kStreamBytes = 1 << 20;
 
