@@ -77,6 +77,26 @@ def test_a_large_output_written_past_the_cache_equals_one_written_through_it(ker
     _within_a_rounding(streamed, a.float() @ b.float())
 
 
+@pytest.mark.parametrize("accumulate", [False, True], ids=["new", "accumulating"])
+@pytest.mark.parametrize("transposed", [True, False], ids=["W.t()", "row-major"])
+@pytest.mark.parametrize(
+    ("m", "k", "n", "k2"), [(37, 576, 192, 32), (480, 64, 1536, 64), (1, 32, 32, 32)]
+)
+def test_a_low_rank_extension_is_summed_with_the_product_before_the_one_rounding(
+    kernels, m, k, n, k2, transposed, accumulate
+):
+    """``a @ b + a2 @ b2t.T`` (a LoRA branch ``h (s B)^T``, its rank padded to k2): tails of rows,
+    both layouts of b, an output large enough for non-temporal stores."""
+    a, b = _operands(m, k, n, transposed)
+    g = torch.Generator().manual_seed(2)
+    a2 = torch.randn(m, k2, generator=g).bfloat16()
+    b2t = torch.randn(n, k2, generator=g).bfloat16()
+    c = torch.randn(m, n, generator=g).bfloat16() if accumulate else torch.zeros(m, n)
+    out = c.bfloat16().clone() if accumulate else torch.full((m, n), float("nan")).bfloat16()
+    kernels.amx_mm_(out, a, b, accumulate, a2, b2t)
+    _within_a_rounding(out, c.float() + a.float() @ b.float() + a2.float() @ b2t.float().t())
+
+
 def test_refuses_what_it_does_not_handle(kernels):
     a, b = _operands(64, 64, 64, transposed=False)
     out = torch.empty(64, 64, dtype=torch.bfloat16)
@@ -90,6 +110,13 @@ def test_refuses_what_it_does_not_handle(kernels):
         kernels.amx_mm_(out, a.t().contiguous().t(), b, False)
     with pytest.raises(RuntimeError, match="row-major"):
         kernels.amx_mm_(out, a, torch.randn(64, 128).bfloat16()[:, ::2], False)
+    h = torch.zeros(64, 32, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="go together"):
+        kernels.amx_mm_(out, a, b, False, h, None)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        kernels.amx_mm_(out, a, b, False, h[:, :16].contiguous(), h[:, :16].contiguous())
+    with pytest.raises(RuntimeError, match="contiguous"):
+        kernels.amx_mm_(out, a, b, False, h, torch.zeros(32, 64, dtype=torch.bfloat16).t())
 
 
 def test_an_isa_cap_below_amx_keeps_the_tiles_off(kernels, monkeypatch):

@@ -274,6 +274,29 @@ def test_a_second_adapter_switched_to_runs_outside_the_stack(dropout, nodes, mon
         _assert_same_fp32_step(ref, fast, ids)
 
 
+def _lora_spy(kernels, ran: list):
+    """What ``native.kernels`` returns: the built module, recording its LoRA calls in ``ran``."""
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(kernels, name)
+            return (lambda *a: ran.append(name) or fn(*a)) if name.startswith("lora_") else fn
+
+    return Spy
+
+
+def _agrees_with_the_step_without_kernels(monkeypatch, ref, ids, loss, grads):
+    """The same step with the kernels off (same masks): loss and gradients within bf16 rounding."""
+    monkeypatch.undo()
+    _fixed_masks(monkeypatch)
+    monkeypatch.setenv(native.ENV, "0")
+    want_loss, want_grads = _step(ref, ids, autocast=True)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-2, atol=1e-2)
+    for name, want in want_grads.items():
+        scale = want.abs().max().clamp_min(1e-6)
+        assert float((grads[name] - want).abs().max() / scale) < 0.05, name
+
+
 @pytest.mark.parametrize(
     ("p", "extra"),
     [(0.0, {"rank_pattern": {"k_proj": 6}}), (0.25, {})],
@@ -294,21 +317,35 @@ def test_bf16_steps_with_and_without_the_rank_r_kernels_agree(monkeypatch, p, ex
 
     ran = []
 
-    class Spy:  # the built module, counting its LoRA calls
-        def __getattr__(self, name):
-            fn = getattr(kernels, name)
-            return (lambda *a: ran.append(name) or fn(*a)) if name.startswith("lora_") else fn
-
     _fixed_masks(monkeypatch)
-    monkeypatch.setattr(native, "kernels", Spy)
+    monkeypatch.setattr(native, "kernels", _lora_spy(kernels, ran))
     loss, grads = _step(ref, ids, autocast=True)
     nodes = 2 * (5 if p == 0 else len(TARGETS))
     assert ran.count("lora_forward_") == ran.count("lora_backward") == nodes
-    monkeypatch.undo()
+    _agrees_with_the_step_without_kernels(monkeypatch, ref, ids, loss, grads)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25], ids=["plain", "dropout"])
+def test_branches_on_amx_tiles_extend_the_frozen_product_and_agree(monkeypatch, amx_kernels, p):
+    """Where the frozen product runs in the AMX kernel, the branch is its low-rank extension
+    (``lora_operands``, no ``lora_forward_`` pass over the output): loss and gradients are
+    those of the step without the kernels, within bf16 rounding (one rounding fewer)."""
+    ref = _peft(torch.bfloat16, dropout=p)
+    if p:
+        dropout.install(ref)
+    install(ref)
+    ids = torch.randint(0, 512, (3, 21), generator=torch.Generator().manual_seed(1))
+    ran = []
+
     _fixed_masks(monkeypatch)
-    monkeypatch.setenv(native.ENV, "0")
-    want_loss, want_grads = _step(ref, ids, autocast=True)
-    torch.testing.assert_close(loss, want_loss, rtol=1e-2, atol=1e-2)
-    for name, want in want_grads.items():
-        scale = want.abs().max().clamp_min(1e-6)
-        assert float((grads[name] - want).abs().max() / scale) < 0.05, name
+    monkeypatch.setattr(native, "kernels", _lora_spy(amx_kernels, ran))
+    monkeypatch.setattr(row_split, "MIN_ROWS", 8)
+    monkeypatch.setattr(row_split, "MIN_WEIGHT", 1)
+    on_tiles = lambda a, b: row_split.AMX if row_split.amx_takes(a, b) else 0  # noqa: E731
+    monkeypatch.setattr(row_split, "_measure", on_tiles)
+    monkeypatch.setattr(row_split, "_SPLITS", row_split.RowSplits(None))
+    loss, grads = _step(ref, ids, autocast=True)
+    nodes = 2 * (5 if p == 0 else len(TARGETS))
+    assert ran.count("lora_operands") == nodes and "lora_forward_" not in ran
+    assert ran.count("lora_backward") == nodes
+    _agrees_with_the_step_without_kernels(monkeypatch, ref, ids, loss, grads)

@@ -8,7 +8,12 @@ and adds the two in one more pass over ``(tokens, d_in)``. A block's q, k and v 
 run three GEMMs of which two (k and v, ``d_out`` = 192 on the demo model) are too narrow to use
 AMX tiles well, and add three input gradients. Here one function does:
 
-- forward: ``out = x Wᵀ (+ bias)``, then ``out += (x Aᵀ)(s B)ᵀ`` in place (one ``addmm_``);
+- forward: ``out = x Wᵀ (+ bias)``, then ``out += (x Aᵀ)(s B)ᵀ`` in place (one ``addmm_``), or,
+  where the frozen product runs in tunesmith's AMX kernel (``row_split``'s measured choice),
+  the branch as that product's low-rank extension: ``x Aᵀ`` and ``(s B)ᵀ``, their rank padded
+  to 32, are more K steps of the same fp32 tile sums, rounded once with the product, and no
+  pass over ``out`` adds them (a demo step ~1% faster; benchmarks/RESULTS.md, "Frozen products'
+  outputs written past the cache");
 - backward: ``dx = g W + (g sB) A``, ``g W`` accumulated in place into ``(g sB) A`` (one
   ``addmm_``), and the rank-r products for A and B.
 
@@ -94,20 +99,25 @@ class LoraLinears(torch.autograd.Function):
         a_weights, b_weights = ab[: len(scales)], ab[len(scales) :]
         x2 = x.reshape(-1, x.shape[-1])
         rows = splits()  # the frozen GEMMs in row blocks where this CPU runs those faster
-        out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
-        ctx.dropout = None
+        x_branch, ctx.dropout = x2, None
         if dropout is not None:  # the branch reads the masked input; the frozen base does not
             mask, keep = dropout
             ctx.dropout = (mask.reshape(x2.shape), keep)
-            x2 = masked_scale(x2, *ctx.dropout)
-        kernels = _kernels(x2, out, weights=ab)
-        if kernels is not None:  # A and sB rounded as below, inside; sB's diagonal blocks only
-            h = kernels.lora_forward_(out, x2, a_weights, b_weights, scales)
+            x_branch = masked_scale(x2, *ctx.dropout)
+        kernels = _kernels(x_branch, weights=ab)
+        if kernels is not None and bias is None and rows.on_tiles(x2, weight.t()):
+            # The branch as the AMX product's low-rank extension: no pass over out to add it.
+            h, h32, sbt = kernels.lora_operands(x_branch, a_weights, b_weights, scales)
+            out = rows.mm_extended(x2, weight.t(), h32, sbt)
+        elif kernels is not None:  # A and sB rounded as below, inside; sB's diagonal blocks only
+            out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
+            h = kernels.lora_forward_(out, x_branch, a_weights, b_weights, scales)
         else:
+            out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
             a, b = _rounded_sides(a_weights, b_weights, scales, x.dtype)
-            h = x2 @ a.t()
+            h = x_branch @ a.t()
             out.addmm_(h, b.t())
-        ctx.save_for_backward(x2, h, weight, *ab)
+        ctx.save_for_backward(x_branch, h, weight, *ab)
         ctx.x_shape, ctx.scales = x.shape, scales
         return out.view(*x.shape[:-1], out.shape[-1])
 

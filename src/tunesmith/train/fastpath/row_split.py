@@ -217,6 +217,19 @@ class RowSplits:
             torch.addmm(c if c.dim() == 1 else c[s], a[s], b, out=out[s])
         return out
 
+    def on_tiles(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Whether ``a @ b`` runs in tunesmith's AMX kernel here (measured faster)."""
+        return self.height(a, b) == AMX
+
+    def mm_extended(
+        self, a: torch.Tensor, b: torch.Tensor, a2: torch.Tensor, b2t: torch.Tensor
+    ) -> torch.Tensor:
+        """``a @ b + a2 @ b2t.T`` in the AMX kernel, summed in fp32 and rounded once (a LoRA
+        branch as a low-rank extension of its frozen product); only where :meth:`on_tiles`."""
+        out = a.new_empty((a.shape[0], b.shape[1]))
+        native._kernels().amx_mm_(out, a, b, False, a2, b2t)
+        return out
+
     def addmm_(self, c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``c += a @ b`` in place, ``c`` ``(rows, N)``, in the row blocks of :meth:`mm`.
 

@@ -11,8 +11,9 @@
 // panel of ``W^T`` fits L1, else all of its range ahead where that fits 2 MiB (then rows go
 // in passes of 64, two 32-row blocks per panel while it is in L1), else one at a time. Each 32-row block of ``a`` meets a panel with a 2 x 2
 // block of accumulator tiles over the whole K; sums are fp32 (started from ``out`` when
-// accumulating) and rounded to bf16 once, as oneDNN's bf16 products round, and an output over
-// 1 MiB is written with non-temporal stores (kStreamBytes). No weight is kept
+// accumulating, and with a LoRA branch's low-rank extension where one is given) and rounded
+// to bf16 once, as oneDNN's bf16 products round; an output over 1 MiB is written with
+// non-temporal stores (kStreamBytes). No weight is kept
 // packed between calls (that would be a second copy of every frozen weight). Where a product
 // is faster this way is measured per shape on the machine (row_split.py), never assumed.
 #include <torch/extension.h>
@@ -40,18 +41,19 @@ constexpr int64_t kPanel = 32;  // columns of b per panel: two 16-column tiles
 // Panel layout: [2 column tiles][K / 32][16 k-pairs][16 columns][2] bf16, one tile per 1 KiB.
 // From W (N x K rows, b = W^T): a tile's row r holds, per column c, W[c][2r], W[c][2r + 1],
 // i.e. a 16 x 16 transpose of 32-bit pairs.
-AMX_TARGET void pack_transposed(const bf16* w, int64_t ldw, int64_t k_blocks, bf16* panel) {
+// A panel holds kbt K blocks per column tile (kbt - k_blocks of them the low-rank extension's).
+AMX_TARGET void pack_transposed(const bf16* w, int64_t ldw, int64_t k_blocks, int64_t kbt, bf16* panel) {
   for (int half = 0; half < 2; half++)
     for (int64_t kb = 0; kb < k_blocks; kb++)
       tunesmith_amx::transpose16(w + half * 16 * ldw + kb * 32, ldw * 2, 16,
-                                 panel + (half * k_blocks + kb) * 512, 64);
+                                 panel + (half * kbt + kb) * 512, 64);
 }
 
 // From b itself (K rows, row stride ldb), panels [first, last) to dst (panel_elems apart): a
 // tile's row r interleaves b's rows 2r and 2r + 1 element by element. Row by row across the
 // panels, so that b's rows are read in order (panel by panel, each row's 64 bytes come from a
 // new page: 1.3x oneDNN's time on a 576 x 1536 b).
-AMX_TARGET void pack_plain(const bf16* b, int64_t ldb, int64_t k_blocks, int64_t first,
+AMX_TARGET void pack_plain(const bf16* b, int64_t ldb, int64_t k_blocks, int64_t kbt, int64_t first,
                            int64_t last, bf16* dst, int64_t panel_elems) {
   for (int64_t kb = 0; kb < k_blocks; kb++) {
     for (int r = 0; r < 16; r++) {
@@ -62,7 +64,7 @@ AMX_TARGET void pack_plain(const bf16* b, int64_t ldb, int64_t k_blocks, int64_t
         tunesmith_amx::interleave_rows(_mm512_loadu_si512(row + q * 32),
                                        _mm512_loadu_si512(row + ldb + q * 32), lo, hi);
         _mm512_storeu_si512(panel + (kb * 16 + r) * 32, lo);
-        _mm512_storeu_si512(panel + ((k_blocks + kb) * 16 + r) * 32, hi);
+        _mm512_storeu_si512(panel + ((kbt + kb) * 16 + r) * 32, hi);
       }
     }
   }
@@ -102,14 +104,22 @@ struct Product {
   int64_t m, k, n;
   bool accumulate;
   bool stream;  // non-temporal stores of out (stream_out)
+  // The low-rank extension a2 @ b2t^T (a2 (m, k2), b2t (n, k2), row-major; k2 = 0: none):
+  // k2 more K steps over the same accumulators, so the sum is rounded once.
+  const bf16* a2;
+  const bf16* b2t;
+  int64_t k2;
 };
 
 // One 32-row block (``rows`` <= 32 of them real; a short block's rows come from a zeroed copy)
 // against one packed panel, into out's columns [n0, n0 + 32).
-AMX_TARGET void block(const Product& p, const bf16* a, int64_t lda, int rows, int64_t row0,
-                      const bf16* panel, int64_t k_blocks, int64_t n0, float (*acc)[256]) {
+// a2: the block's rows of the extension's a2 (row stride p.k2).
+AMX_TARGET void block(const Product& p, const bf16* a, int64_t lda, const bf16* a2, int rows,
+                      int64_t row0, const bf16* panel, int64_t k_blocks, int64_t n0,
+                      float (*acc)[256]) {
+  const int64_t kbt = k_blocks + p.k2 / 32;
   const bf16* b0 = panel;
-  const bf16* b1 = panel + k_blocks * 512;
+  const bf16* b1 = panel + kbt * 512;
   const int top = std::min(rows, 16), bottom = std::max(rows - 16, 0);
   if (p.accumulate) {
     bf16* o = p.out + row0 * p.ldo + n0;
@@ -139,6 +149,17 @@ AMX_TARGET void block(const Product& p, const bf16* a, int64_t lda, int rows, in
     _tile_dpbf16ps(2, 5, 6);
     _tile_dpbf16ps(3, 5, 7);
   }
+  for (int64_t e = 0; e < p.k2; e += 32) {
+    const int64_t kb = k_blocks + e / 32;
+    _tile_loadd(4, a2 + e, p.k2 * 2);
+    _tile_loadd(6, b0 + kb * 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b1 + kb * 512, 64);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, a2 + 16 * p.k2 + e, p.k2 * 2);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
   _tile_stored(0, acc[0], 64);
   _tile_stored(1, acc[1], 64);
   _tile_stored(2, acc[2], 64);
@@ -160,21 +181,28 @@ constexpr int64_t kRowsPerPass = 64;  // two 32-row blocks share each panel whil
 // Panels [first, last) of b, panel_elems apart from dst.
 AMX_TARGET void pack(const Product& p, int64_t first, int64_t last, int64_t k_blocks, bf16* dst,
                      int64_t panel_elems) {
-  if (!p.transposed) return pack_plain(p.b, p.ldb, k_blocks, first, last, dst, panel_elems);
-  for (int64_t q = first; q < last; q++)
-    pack_transposed(p.b + q * kPanel * p.ldb, p.ldb, k_blocks, dst + (q - first) * panel_elems);
+  const int64_t kbt = k_blocks + p.k2 / 32;
+  if (p.transposed) {
+    for (int64_t q = first; q < last; q++)
+      pack_transposed(p.b + q * kPanel * p.ldb, p.ldb, k_blocks, kbt, dst + (q - first) * panel_elems);
+  } else {
+    pack_plain(p.b, p.ldb, k_blocks, kbt, first, last, dst, panel_elems);
+  }
+  for (int64_t q = first; q < last && p.k2 > 0; q++)  // b2t's 32 rows of the panel, after W's
+    pack_transposed(p.b2t + q * kPanel * p.k2, p.k2, p.k2 / 32, kbt,
+                    dst + (q - first) * panel_elems + k_blocks * 512);
 }
 
 AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
   tunesmith_amx::configure_tiles();
-  const int64_t k_blocks = p.k / 32, panel_elems = 2 * k_blocks * 512;
+  const int64_t k_blocks = p.k / 32, panel_elems = 2 * (k_blocks + p.k2 / 32) * 512;
   const bool in_l1 = p.transposed && panel_elems * 2 <= kL1PanelBytes;
   const bool whole = !in_l1 && (last - first) * panel_elems * 2 <= kPackedBytes;
   bf16* packed = static_cast<bf16*>(
       std::aligned_alloc(64, (whole ? last - first : 1) * panel_elems * sizeof(bf16)));
   const int64_t full = p.m / 32 * 32;
-  bf16* tail = full < p.m  // the last rows of a, zero-padded to 32
-                   ? static_cast<bf16*>(std::aligned_alloc(64, 32 * p.k * sizeof(bf16)))
+  bf16* tail = full < p.m  // the last rows of a (then of a2), zero-padded to 32
+                   ? static_cast<bf16*>(std::aligned_alloc(64, 32 * (p.k + p.k2) * sizeof(bf16)))
                    : nullptr;
   if (packed == nullptr || (full < p.m && tail == nullptr)) {
     std::free(packed);
@@ -184,10 +212,13 @@ AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
   }
   if (whole) pack(p, first, last, k_blocks, packed, panel_elems);
   alignas(64) float acc[4][256];
+  bf16* tail2 = tail == nullptr ? nullptr : tail + 32 * p.k;
   if (tail != nullptr) {
-    std::memset(tail, 0, 32 * p.k * sizeof(bf16));
-    for (int64_t r = full; r < p.m; r++)
+    std::memset(tail, 0, 32 * (p.k + p.k2) * sizeof(bf16));
+    for (int64_t r = full; r < p.m; r++) {
       std::memcpy(tail + (r - full) * p.k, p.a + r * p.lda, p.k * sizeof(bf16));
+      if (p.k2 > 0) std::memcpy(tail2 + (r - full) * p.k2, p.a2 + r * p.k2, p.k2 * sizeof(bf16));
+    }
   }
   // Packed ahead, rows go in passes against all panels; else each panel, packed once, meets all rows.
   const int64_t step = whole ? kRowsPerPass : (p.m + 31) / 32 * 32;
@@ -197,9 +228,10 @@ AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
       const bf16* panel = packed + (whole ? (q - first) * panel_elems : 0);
       if (!whole) pack(p, q, q + 1, k_blocks, packed, panel_elems);
       for (int64_t r = m0; r + 32 <= m1; r += 32)
-        block(p, p.a + r * p.lda, p.lda, 32, r, panel, k_blocks, q * kPanel, acc);
+        block(p, p.a + r * p.lda, p.lda, p.k2 > 0 ? p.a2 + r * p.k2 : nullptr, 32, r, panel, k_blocks,
+              q * kPanel, acc);
       if (tail != nullptr && m1 == p.m)
-        block(p, tail, p.k, static_cast<int>(p.m - full), full, panel, k_blocks, q * kPanel, acc);
+        block(p, tail, p.k, tail2, static_cast<int>(p.m - full), full, panel, k_blocks, q * kPanel, acc);
     }
   }
   if (p.stream) _mm_sfence();  // the non-temporal stores visible before the threads join
@@ -232,9 +264,13 @@ bool amx_ready() {
 #endif
 }
 
-// out (+)= a @ b. a: (m, k), b: (k, n) given as a view of W^T (W (n, k) row-major) or row-major
-// itself; out: (m, n); each with unit column stride, k and n multiples of 32.
-void amx_mm_(torch::Tensor out, torch::Tensor a, torch::Tensor b, bool accumulate) {
+// out (+)= a @ b [+ a2 @ b2t^T]. a: (m, k), b: (k, n) given as a view of W^T (W (n, k)
+// row-major) or row-major itself; out: (m, n); each with unit column stride, k and n multiples
+// of 32. The optional low-rank extension (a LoRA branch h (s B)^T with its rank padded to 32):
+// a2 (m, k2) and b2t (n, k2), contiguous, k2 a multiple of 32; summed with the product in fp32
+// and rounded once.
+void amx_mm_(torch::Tensor out, torch::Tensor a, torch::Tensor b, bool accumulate,
+             c10::optional<torch::Tensor> a2, c10::optional<torch::Tensor> b2t) {
   check_operand(out, "out");
   check_operand(a, "a");
   check_operand(b, "b");
@@ -246,12 +282,24 @@ void amx_mm_(torch::Tensor out, torch::Tensor a, torch::Tensor b, bool accumulat
   TORCH_CHECK(a.stride(1) == 1 && out.stride(1) == 1, "amx_mm_: a and out need unit column stride");
   const bool transposed = b.stride(0) == 1 && b.stride(1) >= k;
   TORCH_CHECK(transposed || b.stride(1) == 1, "amx_mm_: b must be W^T of a row-major W, or row-major");
+  TORCH_CHECK(a2.has_value() == b2t.has_value(), "amx_mm_: a2 and b2t go together");
+  int64_t k2 = 0;
+  if (a2.has_value()) {
+    check_operand(*a2, "a2");
+    check_operand(*b2t, "b2t");
+    k2 = a2->size(1);
+    TORCH_CHECK(k2 > 0 && k2 % 32 == 0 && a2->size(0) == m && b2t->size(0) == n && b2t->size(1) == k2 &&
+                    a2->is_contiguous() && b2t->is_contiguous(),
+                "amx_mm_: a2 must be contiguous (", m, ", k2) and b2t (", n, ", k2), k2 a multiple of 32; got ",
+                a2->sizes(), " and ", b2t->sizes());
+  }
   TORCH_CHECK(amx_ready(), "amx_mm_: this CPU or kernel gives no AMX bf16 tiles");
 #ifdef TUNESMITH_AMX
   if (m == 0) return;
   const Product p{a.data_ptr<bf16>(), a.stride(0), b.data_ptr<bf16>(),
                   transposed ? b.stride(1) : b.stride(0), transposed, out.data_ptr<bf16>(),
-                  out.stride(0), m, k, n, accumulate, stream_out(out, accumulate)};
+                  out.stride(0), m, k, n, accumulate, stream_out(out, accumulate),
+                  k2 > 0 ? a2->data_ptr<bf16>() : nullptr, k2 > 0 ? b2t->data_ptr<bf16>() : nullptr, k2};
   const int64_t count = n / kPanel;
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count));
   at::parallel_for(0, count, (count + threads - 1) / threads,
@@ -263,5 +311,7 @@ void amx_mm_(torch::Tensor out, torch::Tensor a, torch::Tensor b, bool accumulat
 
 void register_amx_gemm(pybind11::module& m) {
   m.def("amx_ready", &amx_ready);
-  m.def("amx_mm_", &amx_mm_);
+  m.def("amx_mm_", &amx_mm_, pybind11::arg("out"), pybind11::arg("a"), pybind11::arg("b"),
+        pybind11::arg("accumulate"), pybind11::arg("a2") = pybind11::none(),
+        pybind11::arg("b2t") = pybind11::none());
 }

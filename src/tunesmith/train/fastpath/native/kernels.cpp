@@ -775,19 +775,14 @@ inline void fill(torch::Tensor& t, Fn value) {
 // Forward: h = bf16(x Aᵀ), out += h sBᵀ in place (sB's diagonal blocks only; one rounding).
 // x (m, d_in), the branches' a_t (r_t, d_in), b_t (w_t, r_t) and scales, out (m, Σ w_t).
 // Returns h (m, Σ r_t).
-torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, std::vector<torch::Tensor> a,
-                            std::vector<torch::Tensor> b, std::vector<double> scales) {
-  check(x, "input");
-  TORCH_CHECK(x.dim() == 2, "input must be 2-D, got ", x.sizes());
-  const Branches bl(a, b, scales, x.size(1));
+// Per row of x: h = x A^T, rounded to bf16, into hp (row stride R) and, where h32p is given,
+// into its rows of r32 columns too; where op is given, out += h (s B)^T per branch.
+void lora_rows(const torch::Tensor& x, const Branches& bl, bf16* op, bf16* hp, bf16* h32p,
+               int64_t r32) {
   const int64_t m = x.size(0), d_in = x.size(1), R = bl.R, N = bl.N;
-  check_matrix(out, "output", m, N);
-  auto h = torch::empty({m, R}, x.options());
   const auto& af = bl.af;
   const auto& bt = bl.bt;
   const bf16* xp = x.data_ptr<bf16>();
-  bf16* op = out.data_ptr<bf16>();
-  bf16* hp = h.data_ptr<bf16>();
   auto rows = [&](auto rb, int64_t i, float* xf) {
     constexpr int RB = decltype(rb)::value;
     rows_to_float<RB>(xp + i * d_in, d_in, d_in, xf);
@@ -799,19 +794,50 @@ torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, std::vector<torc
       for (int q = 0; q < RB; q++)
         for (int jj = 0; jj < JB; jj++) {
           hp[(i + q) * R + j + jj] = bf16(d[q * JB + jj]);
+          if (h32p != nullptr) h32p[(i + q) * r32 + j + jj] = hp[(i + q) * R + j + jj];
           hr[q * R + j + jj] = float(hp[(i + q) * R + j + jj]);
         }
     });
-    for (size_t t = 0; t < bl.r.size(); t++)
+    for (size_t t = 0; op != nullptr && t < bl.r.size(); t++)
       combine<RB>(op + i * N + bl.o0[t], hr + bl.r0[t], R, bl.r[t], bt.data() + bl.r0[t] * N + bl.o0[t],
                   N, bl.w[t], op + i * N + bl.o0[t], N);
   };
-  in_row_blocks(m, d_in + N, [&] {
+  in_row_blocks(m, d_in + (op != nullptr ? N : 0), [&] {
     return [&, xf = std::vector<float>(kRows * d_in)](auto rb, int64_t i) mutable {
       rows(rb, i, xf.data());
     };
   });
+}
+
+torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, std::vector<torch::Tensor> a,
+                            std::vector<torch::Tensor> b, std::vector<double> scales) {
+  check(x, "input");
+  TORCH_CHECK(x.dim() == 2, "input must be 2-D, got ", x.sizes());
+  const Branches bl(a, b, scales, x.size(1));
+  check_matrix(out, "output", x.size(0), bl.N);
+  auto h = torch::empty({x.size(0), bl.R}, x.options());
+  lora_rows(x, bl, out.data_ptr<bf16>(), h.data_ptr<bf16>(), nullptr, 0);
   return h;
+}
+
+// The branches as a low-rank extension of the frozen product (amx_gemm.cpp's a2 and b2t): h as
+// lora_forward_ returns it, h again with its R columns padded with zeros to a multiple of 32,
+// and (s B)^T's blocks transposed, (N, R padded), rounded as lora_forward_ rounds them. The
+// product plus the extension equals lora_forward_'s out but for one rounding fewer.
+std::vector<torch::Tensor> lora_operands(torch::Tensor x, std::vector<torch::Tensor> a,
+                                         std::vector<torch::Tensor> b, std::vector<double> scales) {
+  check(x, "input");
+  TORCH_CHECK(x.dim() == 2, "input must be 2-D, got ", x.sizes());
+  const Branches bl(a, b, scales, x.size(1));
+  const int64_t R = bl.R, N = bl.N, r32 = (R + 31) / 32 * 32;
+  auto h = torch::empty({x.size(0), R}, x.options());
+  auto h32 = torch::zeros({x.size(0), r32}, x.options());
+  lora_rows(x, bl, nullptr, h.data_ptr<bf16>(), h32.data_ptr<bf16>(), r32);
+  auto sbt = torch::zeros({N, r32}, x.options());
+  bf16* sp = sbt.data_ptr<bf16>();
+  for (int64_t j = 0; j < R; j++)
+    for (int64_t o = 0; o < N; o++) sp[o * r32 + j] = bf16(bl.bt[j * N + o]);
+  return {h, h32, sbt};
 }
 
 // Backward from g (m, Σ w_t) with the forward's h, x (the branch's input) and branches: returns
@@ -961,6 +987,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_copies_", &add_copies_);
   m.def("softmax_nll_", &softmax_nll_);
   m.def("lora_forward_", &lora_forward_);
+  m.def("lora_operands", &lora_operands);
   m.def("lora_backward", &lora_backward);
   m.def("evict", &evict);
 }
