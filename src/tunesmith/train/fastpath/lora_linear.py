@@ -109,14 +109,14 @@ class LoraLinears(torch.autograd.Function):
             # The branch as the AMX product's low-rank extension: no pass over out to add it.
             h, h32, sbt = kernels.lora_operands(x_branch, a_weights, b_weights, scales)
             out = rows.mm_extended(x2, weight.t(), h32, sbt)
-        elif kernels is not None:  # A and sB rounded as below, inside; sB's diagonal blocks only
-            out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
-            h = kernels.lora_forward_(out, x_branch, a_weights, b_weights, scales)
         else:
             out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
-            a, b = _rounded_sides(a_weights, b_weights, scales, x.dtype)
-            h = x_branch @ a.t()
-            out.addmm_(h, b.t())
+            if kernels is not None:  # A and sB rounded as below, inside; sB's diagonal blocks only
+                h = kernels.lora_forward_(out, x_branch, a_weights, b_weights, scales)
+            else:
+                a, b = _rounded_sides(a_weights, b_weights, scales, x.dtype)
+                h = x_branch @ a.t()
+                out.addmm_(h, b.t())
         ctx.save_for_backward(x_branch, h, weight, *ab)
         ctx.x_shape, ctx.scales = x.shape, scales
         return out.view(*x.shape[:-1], out.shape[-1])

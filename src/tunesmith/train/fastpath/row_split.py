@@ -88,9 +88,9 @@ def amx_takes(a: torch.Tensor, b: torch.Tensor) -> bool:
     return native.amx()
 
 
-def _amx_mm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
+def _amx_mm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool, *extension):
     # The switch was read where the height was chosen (RowSplits.height, _fastest).
-    native._kernels().amx_mm_(out, a, b, accumulate)
+    native._kernels().amx_mm_(out, a, b, accumulate, *extension)
 
 
 def candidates(rows: int, amx: bool = False) -> list[int]:
@@ -227,7 +227,7 @@ class RowSplits:
         """``a @ b + a2 @ b2t.T`` in the AMX kernel, summed in fp32 and rounded once (a LoRA
         branch as a low-rank extension of its frozen product); only where :meth:`on_tiles`."""
         out = a.new_empty((a.shape[0], b.shape[1]))
-        native._kernels().amx_mm_(out, a, b, False, a2, b2t)
+        _amx_mm_(out, a, b, False, a2, b2t)
         return out
 
     def addmm_(self, c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

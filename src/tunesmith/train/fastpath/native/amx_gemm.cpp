@@ -109,7 +109,22 @@ struct Product {
   const bf16* a2;
   const bf16* b2t;
   int64_t k2;
+  int64_t panel_blocks() const { return (k + k2) / 32; }  // K blocks per column tile of a panel
 };
+
+// One K step of the 2 x 2 accumulator tiles: rows [0, 16) and [16, 32) of the A operand (row
+// stride lda_bytes) against a column tile pair's K block.
+AMX_TARGET inline void k_step(const bf16* a0, const bf16* a1, int64_t lda_bytes, const bf16* b0,
+                              const bf16* b1) {
+  _tile_loadd(4, a0, lda_bytes);
+  _tile_loadd(6, b0, 64);
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_loadd(7, b1, 64);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_loadd(5, a1, lda_bytes);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+}
 
 // One 32-row block (``rows`` <= 32 of them real; a short block's rows come from a zeroed copy)
 // against one packed panel, into out's columns [n0, n0 + 32).
@@ -117,9 +132,8 @@ struct Product {
 AMX_TARGET void block(const Product& p, const bf16* a, int64_t lda, const bf16* a2, int rows,
                       int64_t row0, const bf16* panel, int64_t k_blocks, int64_t n0,
                       float (*acc)[256]) {
-  const int64_t kbt = k_blocks + p.k2 / 32;
   const bf16* b0 = panel;
-  const bf16* b1 = panel + kbt * 512;
+  const bf16* b1 = panel + p.panel_blocks() * 512;
   const int top = std::min(rows, 16), bottom = std::max(rows - 16, 0);
   if (p.accumulate) {
     bf16* o = p.out + row0 * p.ldo + n0;
@@ -138,27 +152,11 @@ AMX_TARGET void block(const Product& p, const bf16* a, int64_t lda, const bf16* 
     _tile_zero(2);
     _tile_zero(3);
   }
-  const bf16* a1 = a + 16 * lda;
-  for (int64_t kb = 0; kb < k_blocks; kb++) {
-    _tile_loadd(4, a + kb * 32, lda * 2);
-    _tile_loadd(6, b0 + kb * 512, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_loadd(7, b1 + kb * 512, 64);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_loadd(5, a1 + kb * 32, lda * 2);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
-  for (int64_t e = 0; e < p.k2; e += 32) {
+  for (int64_t kb = 0; kb < k_blocks; kb++)
+    k_step(a + kb * 32, a + 16 * lda + kb * 32, lda * 2, b0 + kb * 512, b1 + kb * 512);
+  for (int64_t e = 0; e < p.k2; e += 32) {  // the extension's K blocks follow W's in the panel
     const int64_t kb = k_blocks + e / 32;
-    _tile_loadd(4, a2 + e, p.k2 * 2);
-    _tile_loadd(6, b0 + kb * 512, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_loadd(7, b1 + kb * 512, 64);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_loadd(5, a2 + 16 * p.k2 + e, p.k2 * 2);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+    k_step(a2 + e, a2 + 16 * p.k2 + e, p.k2 * 2, b0 + kb * 512, b1 + kb * 512);
   }
   _tile_stored(0, acc[0], 64);
   _tile_stored(1, acc[1], 64);
@@ -181,7 +179,7 @@ constexpr int64_t kRowsPerPass = 64;  // two 32-row blocks share each panel whil
 // Panels [first, last) of b, panel_elems apart from dst.
 AMX_TARGET void pack(const Product& p, int64_t first, int64_t last, int64_t k_blocks, bf16* dst,
                      int64_t panel_elems) {
-  const int64_t kbt = k_blocks + p.k2 / 32;
+  const int64_t kbt = p.panel_blocks();
   if (p.transposed) {
     for (int64_t q = first; q < last; q++)
       pack_transposed(p.b + q * kPanel * p.ldb, p.ldb, k_blocks, kbt, dst + (q - first) * panel_elems);
@@ -195,7 +193,7 @@ AMX_TARGET void pack(const Product& p, int64_t first, int64_t last, int64_t k_bl
 
 AMX_TARGET void panels(const Product& p, int64_t first, int64_t last) {
   tunesmith_amx::configure_tiles();
-  const int64_t k_blocks = p.k / 32, panel_elems = 2 * (k_blocks + p.k2 / 32) * 512;
+  const int64_t k_blocks = p.k / 32, panel_elems = 2 * p.panel_blocks() * 512;
   const bool in_l1 = p.transposed && panel_elems * 2 <= kL1PanelBytes;
   const bool whole = !in_l1 && (last - first) * panel_elems * 2 <= kPackedBytes;
   bf16* packed = static_cast<bf16*>(
