@@ -103,6 +103,13 @@ struct Rows {
         std::memcpy(pad + i * d, x + row * d, d * sizeof(bf16));
     }
   }
+  // Slots [c0, c0 + 32)'s rows of x into the cache ahead of their gather: scattered rows,
+  // which the hardware prefetchers do not foresee (kernels.cpp's kAhead).
+  void ahead(const bf16* x, int64_t c0, int64_t total) const {
+    for (int64_t i = c0; i < std::min(c0 + kChunk, total); i++)
+      if (source[i] >= 0)
+        for (int64_t e = 0; e < d; e += 32) __builtin_prefetch(x + source[i] * d + e, 0, 3);
+  }
   // Rows [0, n) of a (32 x d) fp32 buffer to the rows of slots [c0, c0 + n) in dst, rounded.
   AMX_TARGET void scatter(const float* src, int64_t c0, int64_t n, bf16* dst) const {
     for (int64_t i = 0; i < n; i++) {
@@ -141,6 +148,7 @@ AMX_TARGET void forward_block(const Block& b, const Rows& slots, const bf16* q, 
   for (int64_t c0 = 0; c0 < b.rows; c0 += kChunk) {
     const int64_t n = std::min(kChunk, b.rows - c0), kc = b.seen(c0, n);
     slots.gather(q, c0, b.rows, qpad.data());
+    slots.ahead(q, c0 + kChunk, b.rows);
     tile_mm(qpad.data(), d, kt.data(), 2 * lp, s.data(), lp, kChunk, kc, d, false);
     for (int64_t i = 0; i < kChunk; i++) {
       bf16* pi = p.data() + i * lp;
@@ -193,6 +201,8 @@ AMX_TARGET void backward_block(const Block& b, const Rows& slots, const bf16* do
     const int64_t n = std::min(kChunk, b.rows - c0), kc = b.seen(c0, n);
     slots.gather(q, c0, b.rows, qpad.data());
     slots.gather(dout, c0, b.rows, dpad.data());
+    slots.ahead(q, c0 + kChunk, b.rows);
+    slots.ahead(dout, c0 + kChunk, b.rows);
     const bf16* qc = qpad.data();
     const bf16* dc = dpad.data();
     tile_mm(qc, d, kt.data(), 2 * lp, s.data(), lp, kChunk, kc, d, false);
