@@ -111,23 +111,44 @@ def test_a_query_reads_no_key_past_its_own_slot(amx_kernels):
     assert not torch.equal(before[2][:, :-1], after[2][:, :-1])  # dk: the change reaches q's side
 
 
-def test_queries_are_read_and_written_in_the_rows_the_slots_name(amx_kernels):
-    """Rows in another order than the slots, and padding slots (-1) that read zeros: the same
-    results as each slot's own row with zeros at the padding."""
-    q, k, v, grad = _inputs(3, 3, 45, 64)
-    source = torch.randperm(3 * 135, generator=torch.Generator().manual_seed(3))
-    source[torch.tensor([5, 44, 140, 300])] = -1  # padding slots
+def _as_zero_queries(amx_kernels, source, blocks, g, L, d=64):
+    """Slots read through ``source`` (padding: -1) against every slot its own row with zero
+    queries and gradients at the padding: equal outputs and query gradients at the slots that
+    hold a query, equal key and value gradients, and an lse of 0 at the padding."""
+    q, k, v, grad = _inputs(blocks, g, L, d)
     placed = source >= 0
-    source[placed] = torch.argsort(torch.argsort(source[placed]))  # rows 0 .. n-1, shuffled
-    padding = (~placed).view(3, 135)
+    source = source.clone()
+    source[placed] = torch.argsort(torch.argsort(source[placed]))  # rows 0 .. n-1
+    padding = (~placed).view(blocks, g * L)
     q[padding], grad[padding] = 0, 0  # what the layout's padding slots hold
     want, want_lse = _tiles(amx_kernels, q, k, v, grad, 0.125)
     got, lse = _tiles(amx_kernels, q, k, v, grad, 0.125, source)
-    assert torch.equal(lse, want_lse)
+    assert torch.equal(lse[~padding], want_lse[~padding])
+    assert torch.equal(lse[padding], torch.zeros(int(padding.sum())))
     for name, g_, w_ in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
         if name in ("out", "dq"):  # a padding slot's output is no row's: compare the rest
             g_, w_ = g_[~padding], w_[~padding]
         assert torch.equal(g_, w_), name
+
+
+def test_queries_are_read_and_written_in_the_rows_the_slots_name(amx_kernels):
+    """Rows in another order than the slots, and padding slots (-1) that read zeros: the same
+    results as each slot's own row with zeros at the padding."""
+    source = torch.randperm(3 * 135, generator=torch.Generator().manual_seed(3))
+    source[torch.tensor([5, 44, 140, 300])] = -1  # padding slots
+    _as_zero_queries(amx_kernels, source, 3, 3, 45)
+
+
+@pytest.mark.parametrize("lengths", [(70, 20, 45), (70, 1, 33), (64, 64, 31)])
+def test_examples_shorter_than_their_block_compute_only_their_own_slots(amx_kernels, lengths):
+    """A block is padded to its longest example: chunks of padding slots only, chunks that end
+    in padding and chunks that cross into the next query group (which see only their queries'
+    keys) give the results of zero queries at the padding."""
+    L, g = 70, 3
+    position = torch.arange(g * L) % L
+    source = torch.cat([torch.where(position < n, 0, -1) for n in lengths])
+    source[source >= 0] = torch.arange(int((source >= 0).sum()))
+    _as_zero_queries(amx_kernels, source, len(lengths), g, L)
 
 
 def test_bad_inputs_are_refused_with_the_reason(amx_kernels):

@@ -11,7 +11,10 @@
 // cache-resident fp32 buffer, its causal softmax and its output; the backward recomputes the
 // probabilities from the forward's row log-sum-exp (as flash attention does) and forms the
 // gradients per chunk, the keys' and values' summed in fp32 over the chunks. Only the keys a
-// chunk's queries see are computed.
+// chunk's queries see are computed, and no padding slot's: a block is padded to its longest
+// example (a bench pass: 101 slots per group for examples of 68 tokens on average), and the
+// chunks of padding only are skipped (attention 10-15% faster in the step, benchmarks/
+// RESULTS.md "Reads prefetched ahead of the passes").
 //
 // Layout (packed_attention.py): k and v are (blocks, L, d); a block has g*L query slots, slot r
 // sees keys 0 .. r % L, and reads its query from the tokens' own rows (source[r], -1 for a
@@ -110,6 +113,17 @@ struct Rows {
       if (source[i] >= 0)
         for (int64_t e = 0; e < d; e += 32) __builtin_prefetch(x + source[i] * d + e, 0, 3);
   }
+  // The keys that slots [c0, c0 + n)'s queries see (one past the last position among the
+  // slots that hold a query; 0: none does). Padding slots see nothing: a block is padded to
+  // its longest example, so a chunk of padding only costs no work, and one that ends in
+  // padding or crosses into the next query group computes only the keys its queries see.
+  int64_t top(int64_t c0, int64_t n, int64_t keys) const {
+    int64_t t = 0;
+    for (int64_t i = c0; i < c0 + n; i++)
+      if (source[i] >= 0) t = std::max(t, i % keys + 1);
+    return t;
+  }
+  bool query(int64_t slot) const { return source[slot] >= 0; }
   // Rows [0, n) of a (32 x d) fp32 buffer to the rows of slots [c0, c0 + n) in dst, rounded.
   AMX_TARGET void scatter(const float* src, int64_t c0, int64_t n, bf16* dst) const {
     for (int64_t i = 0; i < n; i++) {
@@ -123,12 +137,6 @@ struct Block {
   int64_t rows, keys, d;  // g*L queries, L keys, head width
   int64_t keys_pad;       // L rounded up to 32
   float scale;
-  // The keys a chunk's queries see (one past the last slot among them), rounded up to 32.
-  int64_t seen(int64_t c0, int64_t n) const {
-    const int64_t last = c0 + n - 1;
-    const int64_t top = last / keys == c0 / keys ? last % keys + 1 : keys;
-    return round_up(top, 32);
-  }
 };
 
 // A thread's buffers for the blocks it takes (all in cache for a training pass's blocks).
@@ -146,14 +154,20 @@ AMX_TARGET void forward_block(const Block& b, const Rows& slots, const bf16* q, 
   pack_pairs_transposed(k, d, b.keys, d, lp, kt.data());
   pack_row_pairs(v, d, b.keys, d, lp, vv.data());
   for (int64_t c0 = 0; c0 < b.rows; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, b.rows - c0), kc = b.seen(c0, n);
+    const int64_t n = std::min(kChunk, b.rows - c0), top = slots.top(c0, n, b.keys);
+    if (top == 0) {  // padding slots only: no output, an lse of 0
+      std::fill_n(lse + c0, n, 0.f);
+      continue;
+    }
+    const int64_t kc = round_up(top, 32);
     slots.gather(q, c0, b.rows, qpad.data());
     slots.ahead(q, c0 + kChunk, b.rows);
     tile_mm(qpad.data(), d, kt.data(), 2 * lp, s.data(), lp, kChunk, kc, d, false);
     for (int64_t i = 0; i < kChunk; i++) {
       bf16* pi = p.data() + i * lp;
-      if (i >= n) {
+      if (i >= n || !slots.query(c0 + i)) {  // past the block, or a padding slot (lse 0)
         std::memset(pi, 0, kc * sizeof(bf16));
+        if (i < n) lse[c0 + i] = 0.f;
         continue;
       }
       lse[c0 + i] = row_softmax(s.data() + i * lp, (c0 + i) % b.keys + 1, kc, b.scale, e.data(), pi);
@@ -198,7 +212,9 @@ AMX_TARGET void backward_block(const Block& b, const Rows& slots, const bf16* do
   pack_row_pairs(k, d, b.keys, d, lp, kv.data());
   const __m512 sc = _mm512_set1_ps(b.scale);
   for (int64_t c0 = 0; c0 < b.rows; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, b.rows - c0), kc = b.seen(c0, n);
+    const int64_t n = std::min(kChunk, b.rows - c0), top = slots.top(c0, n, b.keys);
+    if (top == 0) continue;  // padding slots only: no gradient to add anywhere
+    const int64_t kc = round_up(top, 32);
     slots.gather(q, c0, b.rows, qpad.data());
     slots.gather(dout, c0, b.rows, dpad.data());
     slots.ahead(q, c0 + kChunk, b.rows);
@@ -211,7 +227,7 @@ AMX_TARGET void backward_block(const Block& b, const Rows& slots, const bf16* do
       float* pi = pf.data() + i * lp;
       float* gi = dsf.data() + i * lp;
       bf16* dsi = ds.data() + i * lp;
-      if (i >= n) {  // a padding row of the last chunk: no probabilities, no gradient
+      if (i >= n || !slots.query(c0 + i)) {  // past the block, or a padding slot: nothing
         std::memset(pi, 0, kc * sizeof(float));
         std::memset(gi, 0, kc * sizeof(float));
         std::memset(dsi, 0, kc * sizeof(bf16));
@@ -319,7 +335,8 @@ Block describe(const torch::Tensor& q, const torch::Tensor& source, const torch:
 }
 
 // (out, lse): out, q's shape, each row its query's output; lse (blocks, g*L) fp32, the
-// log-sum-exp of each slot's scaled scores, which the backward recomputes the probabilities from.
+// log-sum-exp of each slot's scaled scores, which the backward recomputes the probabilities from
+// (0 for a padding slot: it has no query).
 std::vector<torch::Tensor> amx_causal_attention(torch::Tensor q, torch::Tensor source,
                                                 torch::Tensor k, torch::Tensor v, double scale) {
   const Block b = describe(q, source, k, v, scale);
