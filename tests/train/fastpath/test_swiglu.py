@@ -25,6 +25,17 @@ def _mlp_classes(model) -> set[str]:
     return {type(m).__name__ for m in model.modules() if type(m).__name__.endswith("MLP")}
 
 
+def _nodes(loss) -> set[str]:
+    names, seen, todo = set(), set(), [loss.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and id(fn) not in seen:
+            seen.add(id(fn))
+            names.add(type(fn).__name__)
+            todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_probe_accepts_the_swiglu_mlps(arch):
     model = make_tiny_model(arch)
@@ -69,14 +80,7 @@ def test_fp32_activations_keep_the_module_formula(kernels):
     model = make_tiny_model("llama")  # fp32
     install(model)
     ids = torch.randint(0, 512, (1, 7))
-    out = model.train()(input_ids=ids, labels=ids)
-    names, seen, todo = set(), set(), [out.loss.grad_fn]
-    while todo:  # walk the graph: no kernel node for fp32
-        fn = todo.pop()
-        if fn is not None and id(fn) not in seen:
-            seen.add(id(fn))
-            names.add(type(fn).__name__)
-            todo.extend(f for f, _ in fn.next_functions)
+    names = _nodes(model.train()(input_ids=ids, labels=ids).loss)  # no kernel node for fp32
     assert "_SwiGLUBackward" not in names and "SiluBackward0" in names
 
 
@@ -92,3 +96,35 @@ def test_kernels_that_could_be_built_but_are_not_are_a_warning(monkeypatch):
     monkeypatch.setattr(native, "built", lambda: False)
     patch = install(make_tiny_model("llama"))
     assert patch.count == 0 and native.BUILD_COMMAND in patch.skipped and not patch.expected
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_frozen_gate_and_up_are_one_node_with_one_input_gradient(kernels, monkeypatch, hooked):
+    """Both projections frozen linears: one node computes them and the product, its input
+    gradient one sum (within a rounding of the two products autograd added); a hook on a
+    projection keeps the module's own calls, so the hook still runs."""
+    from tunesmith.train.fastpath import frozen_linear, row_split
+
+    monkeypatch.setattr(row_split, "MIN_ROWS", 8)  # the tiny model's products take the path
+    ref = make_tiny_model("llama").to(torch.bfloat16)
+    for name, p in ref.named_parameters():
+        p.requires_grad_("mlp" not in name)  # frozen MLPs, as LoRA on q and v leaves them
+    fast = copy.deepcopy(ref)
+    frozen_linear.install(fast)
+    install(fast)
+    calls = []
+    if hooked:
+        fast.model.layers[0].mlp.up_proj.register_forward_hook(lambda *a: calls.append(1))
+    ids = torch.randint(0, 512, (2, 11), generator=torch.Generator().manual_seed(0))
+    fast.train()
+    ref.train()
+    loss = fast(input_ids=ids, labels=ids).loss
+    loss_ref = ref(input_ids=ids, labels=ids).loss
+    assert "_FrozenGatedUnitBackward" in _nodes(loss)
+    assert calls == ([1] if hooked else [])  # the hooked layer's MLP took the module calls
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-2, atol=1e-2)
+    loss.backward()
+    loss_ref.backward()
+    for (name, p), p_ref in zip(fast.named_parameters(), ref.parameters(), strict=True):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=0.05, atol=2e-3, msg=name)

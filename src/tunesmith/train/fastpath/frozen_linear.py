@@ -61,6 +61,17 @@ def _takes_path(self: nn.Linear, x: torch.Tensor) -> bool:
     return compute_dtype(x, weight) == weight.dtype  # else F.linear's casts decide
 
 
+def takes(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` is a frozen linear of this path that computes ``x`` through it now,
+    without a bias and with nothing hooked on its calls (so a caller that holds its weight may
+    compute the product itself, as :mod:`~tunesmith.train.fastpath.swiglu` does)."""
+    return (
+        type(module).forward is _fast_forward and module.bias is None
+        and not module._forward_hooks and not module._forward_pre_hooks
+        and _takes_path(module, x)
+    )  # fmt: skip
+
+
 def _fast_forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Linear's name
     if not _takes_path(self, input):
         return super(type(self), self).forward(input)

@@ -5,10 +5,17 @@ multiply, backward two multiplies and ``silu_backward``, each a pass over the ``
 intermediate)`` bf16 activations, the widest of the step, and the node keeps ``silu(gate(x))``
 beside ``gate(x)`` and ``up(x)``. Here the product is one pass of
 :mod:`~tunesmith.train.fastpath.native`'s kernels each way, keeping only ``gate(x)`` and
-``up(x)``. The projections stay the module's own calls, so LoRA branches, the frozen-linear
-path and hooks see them as before. The forward equals the eager one bit for bit; the gradients
+``up(x)``. The projections stay the module's own calls (but for two plain frozen ones, below),
+so LoRA branches and hooks see them as before. The forward equals the eager one bit for bit; the gradients
 are within one bf16 rounding (the eager backward rounds ``g * up`` before ``silu_backward``;
 ``tests/train/fastpath/test_native.py``).
+
+Where the gate and up projections are both frozen linears of
+:mod:`~tunesmith.train.fastpath.frozen_linear` (no LoRA branch, no bias, nothing hooked), one
+node computes them with the product (:class:`_FrozenGatedUnit`): the backward's input gradient
+is ``d_gate W_gate`` with ``d_up W_up`` accumulated into it in place, instead of two products
+that autograd then adds in one more pass over ``(tokens, hidden)``, and two nodes fewer
+(benchmarks/RESULTS.md, "Reads prefetched ahead of the passes").
 
 Which MLPs is decided by what they compute, as for the norms: :func:`why_not_swiglu` runs the
 class's own ``forward`` on a copy whose three projections are small random fp32 layers and
@@ -27,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.train.fastpath import native
+from tunesmith.train.fastpath import frozen_linear, native
 from tunesmith.train.fastpath.patch import Patch, fast_subclass, skipped, swap_probed_classes
+from tunesmith.train.fastpath.row_split import splits
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
@@ -47,8 +55,37 @@ class _SwiGLU(torch.autograd.Function):
         return d_gate, d_up
 
 
+class _FrozenGatedUnit(torch.autograd.Function):
+    """``silu(x W_gateᵀ) * (x W_upᵀ)`` with both weights frozen, as :class:`_SwiGLU` computes
+    the product; the products run as the frozen linears run them (``row_split``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
+        x2, rows = x.reshape(-1, x.shape[-1]), splits()
+        gate, up = rows.mm(x2, w_gate.t()), rows.mm(x2, w_up.t())
+        ctx.save_for_backward(gate, up, w_gate, w_up)
+        ctx.x_shape = x.shape
+        return native.kernels().swiglu_forward(gate, up).view(*x.shape[:-1], gate.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        gate, up, w_gate, w_up = ctx.saved_tensors
+        grad = grad.reshape(gate.shape).contiguous()
+        d_gate, d_up = native.kernels().swiglu_backward(grad, gate, up)
+        rows = splits()
+        dx = rows.addmm_(rows.mm(d_gate, w_gate), d_up, w_up)  # one sum, rounded once
+        return dx.view(ctx.x_shape), None, None
+
+
 def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
-    gate, up = self.gate_proj(x), self.up_proj(x)
+    gate_proj, up_proj = self.gate_proj, self.up_proj
+    if (
+        torch.is_grad_enabled() and x.requires_grad and native.runs_on(x)
+        and frozen_linear.takes(gate_proj, x) and frozen_linear.takes(up_proj, x)
+        and gate_proj.weight.shape == up_proj.weight.shape
+    ):  # fmt: skip
+        return self.down_proj(_FrozenGatedUnit.apply(x, gate_proj.weight, up_proj.weight))
+    gate, up = gate_proj(x), up_proj(x)
     if gate.shape != up.shape or not native.runs_on(gate, up):
         return self.down_proj(self.act_fn(gate) * up)  # the formula the probe checked
     return self.down_proj(_SwiGLU.apply(gate, up))  # no graph node where no gradient is wanted
