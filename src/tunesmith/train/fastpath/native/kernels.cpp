@@ -707,16 +707,19 @@ void check_matrix(const torch::Tensor& t, const char* name, int64_t rows, int64_
 constexpr int kRows = 4;  // rows per block: each A and sB element loaded once per four rows
 constexpr int64_t kMaxRank = 64;  // a node's ranks summed (native.LORA_MAX_RANK)
 
-// A node's branches: A_t (r_t, d_in) and B_t (w_t, r_t), in fp32 (the trained masters) or
-// bf16, and their scales s_t. The products read bf16(A) and bf16(s_t B_t), rounded as the eager
+// A node's branches for its input x (m, d_in), checked here for every LoRA kernel: A_t
+// (r_t, d_in) and B_t (w_t, r_t), in fp32 (the trained masters) or bf16, and their scales s_t. The products read bf16(A) and bf16(s_t B_t), rounded as the eager
 // path's casts (`A.to(bf16)`, `(B * s).to(bf16)`) round them, as fp32 rows: af (R, d_in) and
 // bt, sB transposed (R, N), zero off its diagonal blocks.
 struct Branches {
   std::vector<int64_t> r0, r, o0, w;  // per branch: rank and output width, with their offsets
   int64_t R = 0, N = 0;
   std::vector<float> af, bt;
-  Branches(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b,
-           const std::vector<double>& scales, int64_t d_in) {
+  Branches(const torch::Tensor& x, const std::vector<torch::Tensor>& a,
+           const std::vector<torch::Tensor>& b, const std::vector<double>& scales) {
+    check(x, "input");
+    TORCH_CHECK(x.dim() == 2, "input must be 2-D, got ", x.sizes());
+    const int64_t d_in = x.size(1);
     TORCH_CHECK(!a.empty() && a.size() == b.size() && a.size() == scales.size(),
                 "A, B and scales must pair up");
     for (size_t t = 0; t < a.size(); t++) {
@@ -835,9 +838,7 @@ void lora_rows(const torch::Tensor& x, const Branches& bl, bf16* op, bf16* hp, b
 
 torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, std::vector<torch::Tensor> a,
                             std::vector<torch::Tensor> b, std::vector<double> scales) {
-  check(x, "input");
-  TORCH_CHECK(x.dim() == 2, "input must be 2-D, got ", x.sizes());
-  const Branches bl(a, b, scales, x.size(1));
+  const Branches bl(x, a, b, scales);
   check_matrix(out, "output", x.size(0), bl.N);
   auto h = torch::empty({x.size(0), bl.R}, x.options());
   lora_rows(x, bl, out.data_ptr<bf16>(), h.data_ptr<bf16>(), nullptr, 0);
@@ -850,9 +851,7 @@ torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, std::vector<torc
 // product plus the extension equals lora_forward_'s out but for one rounding fewer.
 std::vector<torch::Tensor> lora_operands(torch::Tensor x, std::vector<torch::Tensor> a,
                                          std::vector<torch::Tensor> b, std::vector<double> scales) {
-  check(x, "input");
-  TORCH_CHECK(x.dim() == 2, "input must be 2-D, got ", x.sizes());
-  const Branches bl(a, b, scales, x.size(1));
+  const Branches bl(x, a, b, scales);
   const int64_t R = bl.R, N = bl.N, r32 = (R + 31) / 32 * 32;
   auto h = torch::empty({x.size(0), R}, x.options());
   auto h32 = torch::zeros({x.size(0), r32}, x.options());
@@ -871,9 +870,7 @@ std::vector<torch::Tensor> lora_operands(torch::Tensor x, std::vector<torch::Ten
 std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch::Tensor x,
                                          std::vector<torch::Tensor> a, std::vector<torch::Tensor> b,
                                          std::vector<double> scales, bool with_branch) {
-  check(x, "input");
-  TORCH_CHECK(x.dim() == 2, "input must be 2-D, got ", x.sizes());
-  const Branches bl(a, b, scales, x.size(1));
+  const Branches bl(x, a, b, scales);
   const int64_t m = x.size(0), d_in = x.size(1), R = bl.R, N = bl.N;
   check_matrix(g, "grad", m, N); check_matrix(h, "h", m, R);
   auto dh = torch::empty({m, R}, x.options());
