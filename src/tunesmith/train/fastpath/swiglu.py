@@ -6,9 +6,9 @@ intermediate)`` bf16 activations, the widest of the step, and the node keeps ``s
 beside ``gate(x)`` and ``up(x)``. Here the product is one pass of
 :mod:`~tunesmith.train.fastpath.native`'s kernels each way, keeping only ``gate(x)`` and
 ``up(x)``. The projections stay the module's own calls (but for two plain frozen ones, below),
-so LoRA branches and hooks see them as before. The forward equals the eager one bit for bit; the gradients
-are within one bf16 rounding (the eager backward rounds ``g * up`` before ``silu_backward``;
-``tests/train/fastpath/test_native.py``).
+so LoRA branches and hooks see them as before. The forward equals the eager one bit for bit;
+the gradients are within one bf16 rounding (the eager backward rounds ``g * up`` before
+``silu_backward``; ``tests/train/fastpath/test_native.py``).
 
 Where the gate and up projections are both frozen linears of
 :mod:`~tunesmith.train.fastpath.frozen_linear` (no LoRA branch, no bias, nothing hooked), one

@@ -106,8 +106,8 @@ struct Rows {
         std::memcpy(pad + i * d, x + row * d, d * sizeof(bf16));
     }
   }
-  // Slots [c0, c0 + 32)'s rows of x into the cache ahead of their gather: scattered rows,
-  // which the hardware prefetchers do not foresee (kernels.cpp's kAhead).
+  // Slots [c0, c0 + 32)'s rows of x into the cache while the chunk before them is computed:
+  // scattered rows, which the hardware prefetchers do not foresee (kernels.cpp's ahead()).
   void ahead(const bf16* x, int64_t c0, int64_t total) const {
     for (int64_t i = c0; i < std::min(c0 + kChunk, total); i++)
       if (source[i] >= 0)

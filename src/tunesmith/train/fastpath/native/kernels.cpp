@@ -708,9 +708,10 @@ constexpr int kRows = 4;  // rows per block: each A and sB element loaded once p
 constexpr int64_t kMaxRank = 64;  // a node's ranks summed (native.LORA_MAX_RANK)
 
 // A node's branches for its input x (m, d_in), checked here for every LoRA kernel: A_t
-// (r_t, d_in) and B_t (w_t, r_t), in fp32 (the trained masters) or bf16, and their scales s_t. The products read bf16(A) and bf16(s_t B_t), rounded as the eager
-// path's casts (`A.to(bf16)`, `(B * s).to(bf16)`) round them, as fp32 rows: af (R, d_in) and
-// bt, sB transposed (R, N), zero off its diagonal blocks.
+// (r_t, d_in) and B_t (w_t, r_t), in fp32 (the trained masters) or bf16, and their scales s_t.
+// The products read bf16(A) and bf16(s_t B_t), rounded as the eager path's casts
+// (`A.to(bf16)`, `(B * s).to(bf16)`) round them, as fp32 rows: af (R, d_in) and bt, sB
+// transposed (R, N), zero off its diagonal blocks.
 struct Branches {
   std::vector<int64_t> r0, r, o0, w;  // per branch: rank and output width, with their offsets
   int64_t R = 0, N = 0;
