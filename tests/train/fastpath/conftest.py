@@ -9,6 +9,18 @@ import torch
 from tunesmith.train.fastpath import native
 
 
+def node_names(node) -> set[str]:
+    """The class names of the autograd nodes in the graph below ``node``."""
+    seen, todo, names = set(), [node], set()
+    while todo:
+        n = todo.pop()
+        if n is not None and n not in seen:
+            seen.add(n)
+            names.add(type(n).__name__)
+            todo.extend(f for f, _ in n.next_functions)
+    return names
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cpu_kernels():
     """The built kernels module, or None where this machine cannot build them."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.train.fastpath.conftest import PACKED_ROWS
+from tests.train.fastpath.conftest import PACKED_ROWS, node_names
 from tunesmith.train.fastpath import native, row_split, tile_attention
 
 # (blocks, g, L, d): a bench pass's blocks; chunks that cross a group's end; a narrow head and
@@ -173,23 +173,12 @@ def test_bad_inputs_are_refused_with_the_reason(amx_kernels):
                                                   lse[:, 1:].contiguous(), 0.125)  # fmt: skip
 
 
-def _nodes(node) -> set[str]:
-    seen, todo, names = set(), [node], set()
-    while todo:
-        n = todo.pop()
-        if n is not None and n not in seen:
-            seen.add(n)
-            names.add(type(n).__name__)
-            todo.extend(f for f, _ in n.next_functions)
-    return names
-
-
 @pytest.mark.parametrize("positions", PACKED_ROWS)
 def test_packed_rows_take_the_tiles_and_attend_as_eager(amx_kernels, packed_pass, positions):
     """As close to fp64 attention under the block mask as torch's bf16 path with the kernels
     off (the scores rounded to bf16, the softmax in fp32)."""
     out, grads = packed_pass(positions, "1")
-    assert "_TileAttentionBackward" in _nodes(out.grad_fn)
+    assert "_TileAttentionBackward" in node_names(out.grad_fn)
     eager_out, eager_grads = packed_pass(positions, "0")
     want_out, want_grads = packed_pass(positions, "0", dtype=torch.float64)
     for got, eager, want in zip(
@@ -201,7 +190,7 @@ def test_packed_rows_take_the_tiles_and_attend_as_eager(amx_kernels, packed_pass
 def test_a_recorder_of_dispatched_products_sees_torchs_attention(amx_kernels, packed_pass):
     with row_split.through_torch():
         out, _ = packed_pass([p for n in (30, 12) for p in range(n)], "1")
-    names = _nodes(out.grad_fn)
+    names = node_names(out.grad_fn)
     assert "_TileAttentionBackward" not in names and "BmmBackward0" in names
 
 

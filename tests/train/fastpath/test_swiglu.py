@@ -10,6 +10,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from tests.tiny import make_tiny_model
+from tests.train.fastpath.conftest import node_names
 from tunesmith.train.fastpath import native
 from tunesmith.train.fastpath.swiglu import install, why_not_swiglu
 
@@ -23,17 +24,6 @@ def kernels(cpu_kernels):
 
 def _mlp_classes(model) -> set[str]:
     return {type(m).__name__ for m in model.modules() if type(m).__name__.endswith("MLP")}
-
-
-def _nodes(loss) -> set[str]:
-    names, seen, todo = set(), set(), [loss.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is not None and id(fn) not in seen:
-            seen.add(id(fn))
-            names.add(type(fn).__name__)
-            todo.extend(f for f, _ in fn.next_functions)
-    return names
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -80,7 +70,9 @@ def test_fp32_activations_keep_the_module_formula(kernels):
     model = make_tiny_model("llama")  # fp32
     install(model)
     ids = torch.randint(0, 512, (1, 7))
-    names = _nodes(model.train()(input_ids=ids, labels=ids).loss)  # no kernel node for fp32
+    names = node_names(
+        model.train()(input_ids=ids, labels=ids).loss.grad_fn
+    )  # no kernel node for fp32
     assert "_SwiGLUBackward" not in names and "SiluBackward0" in names
 
 
@@ -120,7 +112,7 @@ def test_frozen_gate_and_up_are_one_node_with_one_input_gradient(kernels, monkey
     ref.train()
     loss = fast(input_ids=ids, labels=ids).loss
     loss_ref = ref(input_ids=ids, labels=ids).loss
-    assert "_FrozenGatedUnitBackward" in _nodes(loss)
+    assert "_FrozenGatedUnitBackward" in node_names(loss.grad_fn)
     assert calls == ([1] if hooked else [])  # the hooked layer's MLP took the module calls
     torch.testing.assert_close(loss, loss_ref, rtol=1e-2, atol=1e-2)
     loss.backward()
