@@ -79,3 +79,22 @@ def test_bf16_adapter_compute_matches_the_fp32_adapter_path(method):
         assert out["bf16"][1][n].dtype == torch.float32
         cos = torch.nn.functional.cosine_similarity(out["bf16"][1][n].flatten(), g.flatten(), dim=0)
         assert cos > 0.99, (n, float(cos))
+
+
+def test_the_input_cast_is_off_inside_the_context_only_and_a_layer_set_off_stays_off():
+    """compute_context turns peft's input cast off on every tuner layer (the ones found, or
+    the ones a training loop kept) and gives each its own value back afterwards."""
+    from tunesmith.methods import MethodArgs, get_method
+    from tunesmith.train.speed import compute_context, tuner_layers
+
+    args = MethodArgs(rank=4, alpha=8, dropout=0.0, target=("q_proj", "v_proj"))
+    model = get_method("lora").apply(make_tiny_model("llama"), args)
+    layers = tuner_layers(model)
+    assert len(layers) == 2 * model.config.num_hidden_layers
+    layers[0].cast_input_dtype_enabled = False  # a user's own choice
+    for kept in (None, layers):
+        with compute_context(model, CPU, torch.bfloat16, True, kept):
+            assert not any(m.cast_input_dtype_enabled for m in layers)
+        assert [m.cast_input_dtype_enabled for m in layers] == [False] + [True] * (len(layers) - 1)
+    with compute_context(model, CPU, None, False):  # not asked: untouched
+        assert layers[1].cast_input_dtype_enabled

@@ -42,7 +42,7 @@ from tunesmith.train.fastpath import FastPaths
 from tunesmith.train.memory_stats import peak_memory_bytes, reset_peak_memory
 from tunesmith.train.settings import LoopSettings, TrainResult, steps_for_epochs
 from tunesmith.train.signals import Diverged, Interrupted, StopRequest
-from tunesmith.train.speed import compute_context
+from tunesmith.train.speed import compute_context, tuner_layers
 from tunesmith.train.step_batches import StepBatches
 
 # Importers of the loop's inputs and outputs find them here too.
@@ -85,6 +85,7 @@ class TrainLoop:
         self.say = say or (lambda message: None)  # announces retries and skipped steps
         self.fast = settings.fast_loss and fast_path_eligible(model)
         self.forward = None
+        self._layers = tuner_layers(model) if settings.keep_input_dtype else None  # found once
         # DeepSpeed's engine reduces, clips and updates (train/deepspeed_engine.py).
         self.engine = None
         if self.dist.active:
@@ -101,9 +102,7 @@ class TrainLoop:
         from transformers import get_scheduler
 
         self.scheduler = get_scheduler(
-            settings.lr_scheduler
-            if settings.lr_scheduler != "constant"
-            else "constant_with_warmup",
+            {"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
             self.optimizer,
             num_warmup_steps=int(settings.warmup_ratio * settings.max_steps),
             num_training_steps=settings.max_steps,
@@ -145,8 +144,9 @@ class TrainLoop:
         return self.batches.of_step(step, split)
 
     def _compute_context(self):
+        s = self.s
         return compute_context(
-            self.model, self.device, self.s.autocast_dtype, self.s.keep_input_dtype
+            self.model, self.device, s.autocast_dtype, s.keep_input_dtype, self._layers
         )
 
     # -- the loop ----------------------------------------------------------------------
@@ -279,9 +279,8 @@ class TrainLoop:
         scale = self.dist.world_size
         loss_value = 0.0
         for i, b in enumerate(batches):
-            ctx = self._compute_context()
             with self._gradient_sync(i == len(batches) - 1):
-                with ctx:
+                with self._compute_context():
                     loss = self._loss_sum(b) / max(units, 1)
                 self._backward(loss * scale if scale > 1 else loss)
             loss_value += float(loss.detach())
@@ -385,8 +384,8 @@ class TrainLoop:
         total, n = 0.0, 0
         for i in range(0, len(examples), batch_size):
             b = collate(examples[i : i + batch_size], self.pad_id).to(self.device)
-            ctx = self._compute_context()
-            with ctx:  # distributed: every rank computes the same sum (FSDP gathers in step)
+            # distributed: every rank computes the same sum (FSDP gathers in step)
+            with self._compute_context():
                 total += float(self._loss_sum(b))
             n += b.num_trained
         self.model.train()
