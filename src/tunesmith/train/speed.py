@@ -77,8 +77,8 @@ def tuner_layers(model) -> tuple:
 @contextlib.contextmanager
 def _input_casting_off(layers):
     # peft.helpers.disable_input_dtype_casting does this on a walk over every module of the
-    # model on entry and again on exit: 1.7 ms a pass on the bench's ~1,000-module model
-    # (benchmarks/RESULTS.md, "The step's serial time"), for the same flag on the same layers.
+    # model on entry and again on exit: 1.7 ms a pass on the bench's ~1,000-module model for
+    # the same flag on the same layers (benchmarks/RESULTS.md, "Where a bench step's time goes").
     saved = [m.cast_input_dtype_enabled for m in layers]
     for m in layers:
         m.cast_input_dtype_enabled = False
