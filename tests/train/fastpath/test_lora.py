@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from tests.tiny import make_tiny_model
-from tunesmith.train.fastpath import dropout, native, row_split
+from tunesmith.train.fastpath import dropout, lora_linear, native, row_split
 from tunesmith.train.fastpath.lora import install, why_not_plain
 from tunesmith.train.speed import compute_context
 
@@ -280,7 +280,10 @@ def _lora_spy(kernels, ran: list):
     class Spy:
         def __getattr__(self, name):
             fn = getattr(kernels, name)
-            return (lambda *a: ran.append(name) or fn(*a)) if name.startswith("lora_") else fn
+            return (lambda *a: ran.append(_call(name, a)) or fn(*a)) if "lora_" in name else fn
+
+    def _call(name, args):  # lora_backward's last argument: its products on AMX tiles
+        return f"{name} on tiles" if name == "lora_backward" and args[-1] else name
 
     return Spy
 
@@ -319,6 +322,7 @@ def test_bf16_steps_with_and_without_the_rank_r_kernels_agree(monkeypatch, p, ex
 
     _fixed_masks(monkeypatch)
     monkeypatch.setattr(native, "kernels", _lora_spy(kernels, ran))
+    monkeypatch.setattr(lora_linear, "TILES_MIN_RANK", 10**6)  # the vector pass everywhere
     loss, grads = _step(ref, ids, autocast=True)
     nodes = 2 * (5 if p == 0 else len(TARGETS))
     assert ran.count("lora_forward_") == ran.count("lora_backward") == nodes
@@ -341,11 +345,22 @@ def test_branches_on_amx_tiles_extend_the_frozen_product_and_agree(monkeypatch, 
     monkeypatch.setattr(native, "kernels", _lora_spy(amx_kernels, ran))
     monkeypatch.setattr(row_split, "MIN_ROWS", 8)
     monkeypatch.setattr(row_split, "MIN_WEIGHT", 1)
+    monkeypatch.setattr(lora_linear, "TILES_MIN_RANK", 1)  # the backward on tiles at rank 4 too
     on_tiles = lambda a, b: row_split.AMX if row_split.amx_takes(a, b) else 0  # noqa: E731
     monkeypatch.setattr(row_split, "_measure", on_tiles)
     monkeypatch.setattr(row_split, "_SPLITS", row_split.RowSplits(None))
     loss, grads = _step(ref, ids, autocast=True)
     nodes = 2 * (5 if p == 0 else len(TARGETS))
     assert ran.count("lora_operands") == nodes and "lora_forward_" not in ran
-    assert ran.count("lora_backward") == nodes
+    assert ran.count("lora_backward on tiles") == nodes
     _agrees_with_the_step_without_kernels(monkeypatch, ref, ids, loss, grads)
+
+
+def test_the_backward_goes_on_tiles_from_its_minimum_rank_on_widths_of_tiles(amx_kernels):
+    def on_tiles(rank, d_out=64, d_in=64):
+        g, h, x = (torch.zeros(4, w, dtype=torch.bfloat16) for w in (d_out, rank, d_in))
+        return lora_linear._backward_on_tiles(g, h, x)
+
+    low = lora_linear.TILES_MIN_RANK
+    assert on_tiles(low) and on_tiles(4 * low) and not on_tiles(low - 1)
+    assert not on_tiles(low, d_out=48) and not on_tiles(low, d_in=40)

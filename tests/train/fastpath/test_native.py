@@ -360,11 +360,40 @@ LORA_SHAPES = [
 ]
 
 
+# On tiles (widths multiples of 32): a demo q/k/v pass (chunks of 128 rows, a last of 32); a
+# last chunk of 44 rows (a block of 12); ranks of 40 in all (padded to 64, not 16); one row.
+TILE_LORA_SHAPES = [
+    (416, 576, [4, 4, 4], [576, 192, 192]),
+    (300, 96, [3, 5], [32, 64]),
+    (70, 64, [16, 16, 8], [64, 32, 96]),
+    (1, 32, [1], [32]),
+]
+
+
 @pytest.mark.parametrize("master", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("rows", "d_in", "ranks", "widths"), LORA_SHAPES)
 def test_lora_products_are_their_formulas_within_a_rounding(
     kernels, rows, d_in, ranks, widths, master
 ):
+    _lora_products_are_their_formulas(kernels, rows, d_in, ranks, widths, master, tiles=False)
+
+
+@pytest.mark.parametrize("master", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "d_in", "ranks", "widths"), TILE_LORA_SHAPES)
+def test_lora_backward_on_tiles_is_its_formulas_within_a_rounding(
+    amx_kernels, rows, d_in, ranks, widths, master
+):
+    _lora_products_are_their_formulas(amx_kernels, rows, d_in, ranks, widths, master, tiles=True)
+
+
+def test_lora_backward_on_tiles_refuses_widths_off_the_tiles(amx_kernels):
+    x, h, g = torch.zeros(4, 40).bfloat16(), torch.zeros(4, 2).bfloat16(), torch.zeros(4, 32)
+    a, b = torch.zeros(2, 40), torch.zeros(32, 2)
+    with pytest.raises(RuntimeError, match="multiples of 32, got 32 and 40"):
+        amx_kernels.lora_backward(g.bfloat16(), h, x, [a], [b], [1.0], True, True)
+
+
+def _lora_products_are_their_formulas(kernels, rows, d_in, ranks, widths, master, *, tiles):
     torch.manual_seed(4)
     n = sum(widths)
     x = torch.randn(rows, d_in).bfloat16()
@@ -383,7 +412,7 @@ def test_lora_products_are_their_formulas_within_a_rounding(
     _close_within_a_rounding(h, want_h)
     _close_within_a_rounding(out, out0.double() + h.double() @ b.double().t())
 
-    dh, branch, *grads = kernels.lora_backward(g, h, x, a_w, b_w, scales, True)
+    dh, branch, *grads = kernels.lora_backward(g, h, x, a_w, b_w, scales, True, tiles)
     _close_within_a_rounding(dh, g.double() @ b.double())
     _close_within_a_rounding(branch, dh.double() @ a.double())
     d_a = _bf16_exact(dh.double().t() @ x.double())  # from dh as rounded
@@ -396,7 +425,7 @@ def test_lora_products_are_their_formulas_within_a_rounding(
         _close_within_a_rounding(grad_a, d_a[r0 : r0 + k])
         _close_within_a_rounding(grad_b, d_b[o0 : o0 + w, r0 : r0 + k] * scales[i])
         r0, o0 = r0 + k, o0 + w
-    dh2, no_branch, *same = kernels.lora_backward(g, h, x, a_w, b_w, scales, False)
+    dh2, no_branch, *same = kernels.lora_backward(g, h, x, a_w, b_w, scales, False, tiles)
     assert no_branch.numel() == 0
     assert all(torch.equal(p, q) for p, q in zip([dh2, *same], [dh, *grads], strict=True))
 

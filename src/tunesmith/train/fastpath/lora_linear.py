@@ -38,7 +38,8 @@ gradients of A and B) are small for oneDNN: ~900 products, ~16% of a demo step's
 Where tunesmith's CPU kernels are built, they run in one pass over the rows each way
 (``native.kernels().lora_forward_`` / ``lora_backward``), only ``sB``'s diagonal blocks
 computed: a demo step 0.92x the time (benchmarks/RESULTS.md, "The LoRA branch's rank-r
-products in one pass"). The kernels read A and B as the trained weights (fp32 under autocast)
+products in one pass"); on an AMX CPU the backward's products run on the tiles
+(``native/amx_lora.cpp``; RESULTS.md, "LoRA's backward products on AMX tiles"). The kernels read A and B as the trained weights (fp32 under autocast)
 and give their gradients in those dtypes, rounded as :func:`_rounded_sides` and
 :func:`_branch_grads` round them here, so such a node runs no casts, stacking or slicing.
 """
@@ -49,11 +50,17 @@ import torch
 
 from tunesmith.train.fastpath import native
 from tunesmith.train.fastpath.dropout import masked_scale
-from tunesmith.train.fastpath.row_split import splits
+from tunesmith.train.fastpath.row_split import splits, tiles_take
 
 # How many dispatch modes are active (torch's own count; 0 where a torch lacks it).
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 _MASTER_DTYPES = (torch.float32, torch.bfloat16)  # what the kernels read A and B from
+# The smallest rank (a node's ranks summed) whose backward runs on AMX tiles. The vector pass's
+# work grows with the rank, the tiles' does not (ranks are padded to 16 or 32) but they pack the
+# gradient and input once more: in a demo step's backward (480 rows, cold operands) the tiles
+# took 1.07-1.15x the vector pass's time at rank 4, 0.86-0.91x at 8 and 12, 0.73-0.78x at 16 and
+# 48 (benchmarks/RESULTS.md, "LoRA's backward products on AMX tiles").
+TILES_MIN_RANK = 8
 
 
 def _kernels(*tensors: torch.Tensor, weights: tuple[torch.Tensor, ...]):
@@ -71,6 +78,15 @@ def _kernels(*tensors: torch.Tensor, weights: tuple[torch.Tensor, ...]):
     if any(w.dtype not in _MASTER_DTYPES or not w.is_cpu for w in weights) or _dispatch_modes():
         return None
     return native.kernels() if native.runs_on(*tensors) else None
+
+
+def _backward_on_tiles(g2: torch.Tensor, h: torch.Tensor, x2: torch.Tensor) -> bool:
+    """Whether ``lora_backward`` runs its products on AMX tiles (``native/amx_lora.cpp``): a
+    node of :data:`TILES_MIN_RANK` or more, output and input widths multiples of 32, the AMX
+    code running here (:func:`~tunesmith.train.fastpath.row_split.tiles_take`)."""
+    if h.shape[1] < TILES_MIN_RANK or g2.shape[1] % 32 or x2.shape[1] % 32:
+        return False
+    return tiles_take(g2, x2)
 
 
 def _rounded_sides(
@@ -131,7 +147,7 @@ class LoraLinears(torch.autograd.Function):
         kernels = _kernels(g2, h, x2, weights=tuple(ab))
         if kernels is not None:  # gradients in the masters' dtypes, B's scaled, as below
             _, branch, *grads = kernels.lora_backward(
-                g2, h, x2, a_weights, b_weights, ctx.scales, want_dx
+                g2, h, x2, a_weights, b_weights, ctx.scales, want_dx, _backward_on_tiles(g2, h, x2)
             )
         else:
             a, b = _rounded_sides(a_weights, b_weights, ctx.scales, x2.dtype)

@@ -3,7 +3,9 @@ a LoRA branch's rank-r products; and, where the CPU has AMX tiles, frozen produc
 (``amx_gemm.cpp``; :mod:`~tunesmith.train.fastpath.row_split` takes them where they measure
 faster), packed attention's whole causal attention (``amx_attention.cpp``; see
 :mod:`~tunesmith.train.fastpath.tile_attention`) and the loss's frozen vocabulary head with its
-cross-entropy and gradient (``amx_head.cpp``; see :mod:`~tunesmith.train.fastpath.tile_head`).
+cross-entropy and gradient (``amx_head.cpp``; see :mod:`~tunesmith.train.fastpath.tile_head`),
+and a LoRA node's backward products from rank 8 on (``amx_lora.cpp``; see
+:mod:`~tunesmith.train.fastpath.lora_linear`).
 
 Each runs in one pass each way (and packed attention's row placement in one gather).
 
@@ -51,6 +53,7 @@ SOURCES = (
     Path(__file__).with_name("amx_gemm.cpp"),  # the frozen products on AMX tiles
     Path(__file__).with_name("amx_attention.cpp"),  # packed attention's causal attention on them
     Path(__file__).with_name("amx_head.cpp"),  # the vocabulary head and its loss on them
+    Path(__file__).with_name("amx_lora.cpp"),  # LoRA's backward rank-r products on them
 )
 HEADERS = (Path(__file__).with_name("amx.h"),)  # included by the AMX sources: part of the name
 BUILD_COMMAND = "python -m tunesmith.train.fastpath.native"
@@ -187,8 +190,9 @@ def kernels() -> ModuleType | None:
 @functools.cache
 def amx() -> bool:
     """Whether the kernels' AMX code (``amx_gemm.cpp``, ``amx_attention.cpp``,
-    ``amx_head.cpp``) runs here: the built kernels load, the CPU has AMX-BF16, Linux grants the
-    tiles and oneDNN's ISA cap (if set) allows AMX. Fixed for the process; the kernels' switch is read apart (:func:`kernels`)."""
+    ``amx_head.cpp``, ``amx_lora.cpp``) runs here: the built kernels load, the CPU has AMX-BF16,
+    Linux grants the tiles and oneDNN's ISA cap (if set) allows AMX. Fixed for the process; the
+    kernels' switch is read apart (:func:`kernels`)."""
     from tunesmith.precision import cpu_info, onednn_isa_cap
 
     cap = onednn_isa_cap()

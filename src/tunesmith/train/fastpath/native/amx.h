@@ -1,7 +1,8 @@
-// What tunesmith's AMX kernels (amx_gemm.cpp, amx_attention.cpp, amx_head.cpp) share: whether this compiler
-// and OS can build them, the target attribute their functions carry (so that every x86-64
-// build compiles them, whatever its vector ISA flags; they run only where amx_ready() says),
-// the tile configuration, and the permission Linux wants before a process touches tile data.
+// What tunesmith's AMX kernels (amx_gemm.cpp, amx_attention.cpp, amx_head.cpp, amx_lora.cpp)
+// share: whether this compiler and OS can build them, the target attribute their functions
+// carry (so that every x86-64 build compiles them, whatever its vector ISA flags; they run only
+// where amx_ready() says), the tile configuration, and the permission Linux wants before a
+// process touches tile data.
 #pragma once
 
 #include <algorithm>

@@ -31,6 +31,11 @@
 #include <immintrin.h>
 #endif
 
+// amx_lora.cpp: lora_backward's pass over the rows on AMX tiles.
+void amx_lora_rows(const c10::BFloat16* g, const c10::BFloat16* h, const c10::BFloat16* x, int64_t m,
+                   int64_t n, int64_t d_in, int64_t r, const float* bt, const float* af,
+                   c10::BFloat16* dh, c10::BFloat16* branch, float* partial, int64_t per);
+
 namespace {
 
 using at::vec::convert_bfloat16_float;
@@ -868,9 +873,10 @@ std::vector<torch::Tensor> lora_operands(torch::Tensor x, std::vector<torch::Ten
 // dh = bf16(g sB) (m, Σ r_t), with_branch the branch's input gradient bf16(dh A) (m, d_in) (else
 // empty), then each A_t's gradient bf16(dhᵀ x) and each B_t's bf16(gᵀ h) (its diagonal block)
 // times s_t, in their masters' dtypes, as the eager path's casts and scaling give them.
+// tiles: the pass over the rows on AMX tiles (amx_lora.cpp; d_in and Σ w_t multiples of 32).
 std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch::Tensor x,
                                          std::vector<torch::Tensor> a, std::vector<torch::Tensor> b,
-                                         std::vector<double> scales, bool with_branch) {
+                                         std::vector<double> scales, bool with_branch, bool tiles) {
   const Branches bl(x, a, b, scales);
   const int64_t m = x.size(0), d_in = x.size(1), R = bl.R, N = bl.N;
   check_matrix(g, "grad", m, N); check_matrix(h, "h", m, R);
@@ -908,11 +914,15 @@ std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch
     }
     if (with_branch) combine<RB>(nullptr, dr, R, R, af.data(), d_in, d_in, brp + i * d_in, d_in);
   };
-  in_row_blocks(m, d_in + N, [&] {
-    float* da = partial.data() + at::get_thread_num() * per;  // this task's sums
-    return [&, da, gf = std::vector<float>(kRows * N), xf = std::vector<float>(kRows * d_in)](
-               auto rb, int64_t i) mutable { rows(rb, i, gf.data(), xf.data(), da, da + R * d_in); };
-  });
+  if (tiles) {
+    amx_lora_rows(gp, hp, xp, m, N, d_in, R, bt.data(), af.data(), dhp, brp, partial.data(), per);
+  } else {
+    in_row_blocks(m, d_in + N, [&] {
+      float* da = partial.data() + at::get_thread_num() * per;  // this task's sums
+      return [&, da, gf = std::vector<float>(kRows * N), xf = std::vector<float>(kRows * d_in)](
+                 auto rb, int64_t i) mutable { rows(rb, i, gf.data(), xf.data(), da, da + R * d_in); };
+    });
+  }
   // The sums over threads, rounded to bf16 where the eager product rounds them.
   std::vector<float> d_a(R * d_in);
   {
@@ -1010,6 +1020,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_nll_", &softmax_nll_);
   m.def("lora_forward_", &lora_forward_);
   m.def("lora_operands", &lora_operands);
-  m.def("lora_backward", &lora_backward);
+  m.def("lora_backward", &lora_backward, pybind11::arg("g"), pybind11::arg("h"), pybind11::arg("x"),
+        pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("scales"), pybind11::arg("with_branch"),
+        pybind11::arg("tiles") = false);
   m.def("evict", &evict);
 }
