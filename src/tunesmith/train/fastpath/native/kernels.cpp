@@ -740,13 +740,31 @@ struct Branches {
     TORCH_CHECK(R <= kMaxRank, "ranks above ", kMaxRank, " in all are not handled");
     af.resize(R * d_in);
     bt.assign(R * N, 0.f);
+    std::vector<float> sb;
     for (size_t t = 0; t < a.size(); t++) {
-      const float s = static_cast<float>(scales[t]);
-      float* rows_a = af.data() + r0[t] * d_in;  // A_t's rows, in order
-      each_value(a[t], [&](int64_t i, float v) { rows_a[i] = rounded(v); });
-      const int64_t rt = r[t], ot = o0[t];
-      each_value(b[t], [&](int64_t i, float v) { bt[(r0[t] + i % rt) * N + ot + i / rt] = rounded(v * s); });
+      rounded_into(a[t], 1.f, af.data() + r0[t] * d_in);  // A_t's rows, in order
+      sb.resize(b[t].numel());
+      rounded_into(b[t], static_cast<float>(scales[t]), sb.data());
+      const int64_t rt = r[t];
+      float* block = bt.data() + r0[t] * N + o0[t];  // s B_t transposed, its rows of bt
+      for (int64_t o = 0; o < w[t]; o++)
+        for (int64_t j = 0; j < rt; j++) block[j * N + o] = sb[o * rt + j];
     }
+  }
+
+  // dst[i] = t[i] * s rounded to bf16 (in fp32, as a product with the scale rounds once), for
+  // a contiguous fp32 or bf16 tensor; fp32 in vectors (per element, the rounding took most of a
+  // small node's call).
+  static void rounded_into(const torch::Tensor& t, float s, float* dst) {
+    if (t.scalar_type() != at::kFloat) {
+      each_value(t, [&](int64_t i, float v) { dst[i] = rounded(v * s); });
+      return;
+    }
+    const int64_t n = t.numel();
+    const float* p = t.data_ptr<float>();
+    int64_t i = 0;
+    for (; i + fV::size() <= n; i += fV::size()) round_bf16(fV::loadu(p + i) * fV(s)).store(dst + i);
+    for (; i < n; i++) dst[i] = rounded(p[i] * s);
   }
 
   // fn(i, float(t[i])) for every element of a contiguous fp32 or bf16 tensor.
@@ -946,16 +964,29 @@ std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch
     fill(ga, [&](int64_t i) { return rows_t[i]; });
     out.push_back(ga);
   }
+  std::vector<float> d_b;
   for (size_t t = 0; t < bl.r.size(); t++) {  // B_t's diagonal block of d_b, times s_t
-    auto gb = torch::empty_like(b[t]);
     const float scale = static_cast<float>(scales[t]);
-    const int64_t rt = bl.r[t], r0 = bl.r0[t], o0 = bl.o0[t];
-    fill(gb, [&](int64_t i) {  // element (o, j) of B_t, o = i / r_t, j = i % r_t
-      const int64_t idx = (r0 + i % rt) * N + o0 + i / rt;
-      float v = 0.f;
-      for (int64_t th = 0; th < threads; th++) v += partial[th * per + R * d_in + idx];
-      return Branches::rounded(v) * scale;
-    });
+    const int64_t rt = bl.r[t], w = bl.w[t];
+    d_b.resize(w * rt);
+    for (int64_t j = 0; j < rt; j++) {  // row j of the block of d_bᵀ, summed over threads
+      const float* row = partial.data() + R * d_in + (bl.r0[t] + j) * N + bl.o0[t];
+      int64_t o = 0;
+      for (; o + fV::size() <= w; o += fV::size()) {
+        fV v(0.f);
+        for (int64_t th = 0; th < threads; th++) v = v + fV::loadu(row + th * per + o);
+        float sum[fV::size()];
+        (round_bf16(v) * fV(scale)).store(sum);
+        for (int64_t e = 0; e < fV::size(); e++) d_b[(o + e) * rt + j] = sum[e];
+      }
+      for (; o < w; o++) {
+        float v = 0.f;
+        for (int64_t th = 0; th < threads; th++) v += row[th * per + o];
+        d_b[o * rt + j] = Branches::rounded(v) * scale;
+      }
+    }
+    auto gb = torch::empty_like(b[t]);
+    fill(gb, [&](int64_t i) { return d_b[i]; });
     out.push_back(gb);
   }
   return out;
