@@ -32,8 +32,8 @@ namespace {
 #ifdef TUNESMITH_AMX
 
 // Rows per chunk: the K of d_a's and d_bᵀ's tile products, so each load and store of their
-// fp32 sums carries four K steps; a chunk's g in row pairs (128 x 3072 bf16 at most on the
-// demo, 768 KiB) stays in L2.
+// fp32 sums carries four K steps; a chunk's g in row pairs (128 x 1536 bf16 on the demo's gate
+// or up, 384 KiB) stays in L2.
 constexpr int64_t kChunk = 128;
 constexpr int64_t kMaxRank = 64;  // kernels.cpp's limit on a node's ranks summed
 
@@ -46,9 +46,9 @@ struct Operands {
   bf16* branch;  // or nullptr
 };
 
-// At least n elements of T, 64-byte aligned, that this thread keeps between calls (one buffer
-// per Slot): fresh pages each call (1.5 MiB on the demo's gate + up) cost more page faults than
-// the products take.
+// At least n elements of T, 64-byte aligned, that this thread keeps between calls and for the
+// process's life (one buffer per Slot; ~0.8 MiB a thread on the demo's gate): fresh pages each
+// call would cost page faults on every call.
 template <typename T, int Slot>
 T* kept(int64_t n) {
   static thread_local std::vector<char> buffer;
@@ -58,8 +58,7 @@ T* kept(int64_t n) {
 }
 
 // bf16 copies of n fp32 values that are bf16 values already (the kernels' rounded A and s B):
-// their upper halves, exact, in a loop the compiler vectorizes (a rounding conversion each
-// was most of a call's serial part).
+// their upper halves, exact, with no rounding to do.
 void upper_halves(const float* src, int64_t n, bf16* dst) {
   uint16_t* out = reinterpret_cast<uint16_t*>(dst);
   for (int64_t i = 0; i < n; i++) {

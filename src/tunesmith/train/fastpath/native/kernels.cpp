@@ -32,8 +32,8 @@
 #endif
 
 // amx_lora.cpp: lora_backward's pass over the rows on AMX tiles.
-void amx_lora_rows(const c10::BFloat16* g, const c10::BFloat16* h, const c10::BFloat16* x, int64_t m,
-                   int64_t n, int64_t d_in, int64_t r, const float* bt, const float* af,
+void amx_lora_rows(const c10::BFloat16* g, const c10::BFloat16* h, const c10::BFloat16* x,
+                   int64_t m, int64_t n, int64_t d_in, int64_t r, const float* bt, const float* af,
                    c10::BFloat16* dh, c10::BFloat16* branch, float* partial, int64_t per);
 
 namespace {
@@ -753,8 +753,8 @@ struct Branches {
   }
 
   // dst[i] = t[i] * s rounded to bf16 (in fp32, as a product with the scale rounds once), for
-  // a contiguous fp32 or bf16 tensor; fp32 in vectors (per element, the rounding took most of a
-  // small node's call).
+  // a contiguous fp32 or bf16 tensor; fp32 in vectors (a scalar rounding and a division to place
+  // each element of B were most of a small node's call).
   static void rounded_into(const torch::Tensor& t, float s, float* dst) {
     if (t.scalar_type() != at::kFloat) {
       each_value(t, [&](int64_t i, float v) { dst[i] = rounded(v * s); });
@@ -763,7 +763,8 @@ struct Branches {
     const int64_t n = t.numel();
     const float* p = t.data_ptr<float>();
     int64_t i = 0;
-    for (; i + fV::size() <= n; i += fV::size()) round_bf16(fV::loadu(p + i) * fV(s)).store(dst + i);
+    for (; i + fV::size() <= n; i += fV::size())
+      round_bf16(fV::loadu(p + i) * fV(s)).store(dst + i);
     for (; i < n; i++) dst[i] = rounded(p[i] * s);
   }
 
@@ -938,7 +939,9 @@ std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch
     in_row_blocks(m, d_in + N, [&] {
       float* da = partial.data() + at::get_thread_num() * per;  // this task's sums
       return [&, da, gf = std::vector<float>(kRows * N), xf = std::vector<float>(kRows * d_in)](
-                 auto rb, int64_t i) mutable { rows(rb, i, gf.data(), xf.data(), da, da + R * d_in); };
+                 auto rb, int64_t i) mutable {
+        rows(rb, i, gf.data(), xf.data(), da, da + R * d_in);
+      };
     });
   }
   // The sums over threads, rounded to bf16 where the eager product rounds them.
@@ -1051,8 +1054,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softmax_nll_", &softmax_nll_);
   m.def("lora_forward_", &lora_forward_);
   m.def("lora_operands", &lora_operands);
-  m.def("lora_backward", &lora_backward, pybind11::arg("g"), pybind11::arg("h"), pybind11::arg("x"),
-        pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("scales"), pybind11::arg("with_branch"),
-        pybind11::arg("tiles") = false);
+  m.def("lora_backward", &lora_backward, pybind11::arg("g"), pybind11::arg("h"),
+        pybind11::arg("x"), pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("scales"),
+        pybind11::arg("with_branch"), pybind11::arg("tiles") = false);
   m.def("evict", &evict);
 }
