@@ -12,6 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from tunesmith.bench.machine import one_line
 from tunesmith.bench.train.data import prepare_data
 from tunesmith.bench.train.measure import (
     BenchSettings,
@@ -20,10 +21,11 @@ from tunesmith.bench.train.measure import (
     matmul_ceiling,
     useful_flops,
 )
-from tunesmith.bench.train.runner import run_child
+from tunesmith.bench.train.runner import machine_of, run_child
 from tunesmith.bench.train.summary import FINAL_KEYS, final_lines, parse_final_lines, summarize
 from tunesmith.data.records import Conversation, Turn
 from tunesmith.models import load_model_and_tokenizer
+from tunesmith.train.fastpath import native
 
 
 def _lora(model, r=4):
@@ -167,6 +169,7 @@ def test_child_runner_tunesmith_and_trl_default(tiny_llama_dir, tmp_path):
         assert abs(row["eval_loss"] - math.log(512)) < 0.5
     # Both pad each micro-batch to its longest record (length grouping is off by default).
     assert ours["padded_tokens"] >= 0 and trl["padded_tokens"] >= 0
+    assert ours["cpu_kernels"] == native.described() and "cpu_kernels" not in trl
     lines = final_lines(summarize(rows))
     parsed = parse_final_lines("\n".join(lines))
     assert parsed["speedup_vs_trl_default"] == pytest.approx(
@@ -232,3 +235,14 @@ def test_the_tunesmith_child_waits_as_tunesmith_train_does():
         capture_output=True, text=True, timeout=120,
     ).stdout  # fmt: skip
     assert out.strip().splitlines()[-1] == str(cpu_share.SPIN_WATCHED)
+
+
+def test_the_machine_line_names_the_kernels_and_the_rounds_that_ran_without_them():
+    on, off = "on, AMX tiles", "off (not built on this machine yet)"
+    peer = {"variant": "trl-default", "rep": 0, "omp_wait": "libgomp default"}
+    ours = [{"variant": "tunesmith", "rep": r, "omp_wait": "x", "cpu_kernels": on} for r in (0, 1)]
+    assert machine_of([*ours, peer])["cpu_kernels"] == on
+    assert "tunesmith's CPU kernels on, AMX tiles" in one_line(machine_of([*ours, peer]))
+    mixed = [ours[0], {**ours[1], "cpu_kernels": off}, {**ours[1], "rep": 2, "cpu_kernels": off}]
+    assert machine_of(mixed)["cpu_kernels"] == f"{on} (rounds 0); {off} (rounds 1, 2)"
+    assert "cpu_kernels" not in machine_of([peer])

@@ -280,7 +280,9 @@ def _lora_spy(kernels, ran: list):
     class Spy:
         def __getattr__(self, name):
             fn = getattr(kernels, name)
-            return (lambda *a: ran.append(_call(name, a)) or fn(*a)) if "lora_" in name else fn
+            if not name.startswith("lora_"):
+                return fn
+            return lambda *a: ran.append(_call(name, a)) or fn(*a)
 
     def _call(name, args):  # lora_backward's last argument: its products on AMX tiles
         return f"{name} on tiles" if name == "lora_backward" and args[-1] else name

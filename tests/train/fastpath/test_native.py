@@ -361,10 +361,11 @@ LORA_SHAPES = [
 
 
 # On tiles (widths multiples of 32): a demo q/k/v pass (chunks of 128 rows, a last of 32); a
-# last chunk of 44 rows (a block of 12); ranks of 40 in all (padded to 64, not 16); one row.
+# last chunk of 94 rows (three K blocks, the last of 30 rows); ranks of 40 in all (padded to 64,
+# not 16); one row.
 TILE_LORA_SHAPES = [
     (416, 576, [4, 4, 4], [576, 192, 192]),
-    (300, 96, [3, 5], [32, 64]),
+    (350, 96, [3, 5], [32, 64]),
     (70, 64, [16, 16, 8], [64, 32, 96]),
     (1, 32, [1], [32]),
 ]

@@ -43,6 +43,11 @@ same workload's limits per trained token.
 
 Eval loss is the same for all variants: tunesmith's rendering of the held-out set, mean
 token loss over assistant tokens, computed with each model in the precision it trained in.
+
+The table's machine line names the CPU, its bf16 instruction sets, the threads, each
+variant's OpenMP wait setting and whether tunesmith's CPU kernels ran (``on, AMX tiles``,
+``on`` or ``off (why)``), per round where the rounds differ: a kernel source edited while the
+bench runs renames their build, and the later rounds run without it.
 """
 
 # This module is the subcommand (its docstring is the --help text); the parts: measure (rows,

@@ -49,7 +49,9 @@ def child_env(variant: str, environ: dict[str, str]) -> dict[str, str]:
 
 
 def machine_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The machine the children ran on, with each variant's OpenMP wait setting."""
+    """The machine the children ran on, with each variant's OpenMP wait setting and, where the
+    rows say, tunesmith's CPU kernels (per round where the rounds differ: a source edited while
+    the bench runs renames the build, and the later rounds would run without it)."""
     from tunesmith.bench.machine import describe
 
     waits: dict[str, list[str]] = {}
@@ -57,7 +59,18 @@ def machine_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
         names = waits.setdefault(row.get("omp_wait", "unknown wait setting"), [])
         if row["variant"] not in names:
             names.append(row["variant"])
-    return describe() | {"omp_wait": "; ".join(f"{'/'.join(v)}: {w}" for w, v in waits.items())}
+    machine = describe() | {"omp_wait": "; ".join(f"{'/'.join(v)}: {w}" for w, v in waits.items())}
+    states: dict[str, list[str]] = {}
+    for row in rows:
+        if "cpu_kernels" in row:
+            states.setdefault(row["cpu_kernels"], []).append(str(row.get("rep", "?")))
+    if len(states) == 1:
+        machine["cpu_kernels"] = next(iter(states))
+    elif states:
+        machine["cpu_kernels"] = "; ".join(
+            f"{s} (rounds {', '.join(r)})" for s, r in states.items()
+        )
+    return machine
 
 
 def run_spec(argv: list[str], settings_type: type, tunesmith_side, trl_side) -> int:

@@ -202,6 +202,14 @@ def amx() -> bool:
     return module is not None and bool(module.amx_ready())
 
 
+def described() -> str:
+    """The kernels' state in this process, for a benchmark's machine line: ``on, AMX tiles``,
+    ``on`` or ``off (why)``."""
+    if kernels() is None:
+        return f"off ({why_not()})"
+    return "on, AMX tiles" if amx() else "on"
+
+
 def why_not() -> str:
     """Why :func:`kernels` is None, as one line for the fast paths' log."""
     if not enabled():
