@@ -351,13 +351,26 @@ def _bf16_exact(t: torch.Tensor) -> torch.Tensor:
 
 # (rows, d_in, ranks, widths): a demo q/k/v pass stacked; rows, widths and a rank with tails
 # after the last block of four rows, the last vector and the last block of four ranks; two
-# branches of their own ranks; one element.
+# branches of their own ranks; one element; for the dot products, columns past a block of 64
+# by more and by less than 32 and odd ranks past a block of four; ranks of 41 in all and the
+# largest node's 64 (32 pairs).
 LORA_SHAPES = [
     (416, 576, [4, 4, 4], [576, 192, 192]),
     (63, 45, [6], [33]),
     (7, 40, [3, 5], [20, 9]),
     (1, 1, [1], [1]),
+    (130, 100, [5, 7], [70, 90]),
+    (33, 64, [20, 21], [64, 40]),
+    (9, 70, [64], [50]),
 ]
+# The LoRA kernels' two vector passes: fp32 FMAs, and AVX512-BF16 dot products where the CPU has
+# them (dp_lora.cpp; what such a CPU runs).
+DOTS = pytest.mark.parametrize("bf16_dots", [False, True], ids=["fp32", "bf16-dots"])
+
+
+def _dots_or_skip(kernels, bf16_dots):
+    if bf16_dots and not kernels.dp_ready():
+        pytest.skip("no AVX512-BF16 on this CPU")
 
 
 # On tiles (widths multiples of 32): a demo q/k/v pass (chunks of 128 rows, a last of 32); a
@@ -371,12 +384,16 @@ TILE_LORA_SHAPES = [
 ]
 
 
+@DOTS
 @pytest.mark.parametrize("master", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("rows", "d_in", "ranks", "widths"), LORA_SHAPES)
 def test_lora_products_are_their_formulas_within_a_rounding(
-    kernels, rows, d_in, ranks, widths, master
+    kernels, rows, d_in, ranks, widths, master, bf16_dots
 ):
-    _lora_products_are_their_formulas(kernels, rows, d_in, ranks, widths, master, tiles=False)
+    _dots_or_skip(kernels, bf16_dots)
+    _lora_products_are_their_formulas(
+        kernels, rows, d_in, ranks, widths, master, tiles=False, bf16_dots=bf16_dots
+    )
 
 
 @pytest.mark.parametrize("master", [torch.float32, torch.bfloat16])
@@ -394,7 +411,9 @@ def test_lora_backward_on_tiles_refuses_widths_off_the_tiles(amx_kernels):
         amx_kernels.lora_backward(g.bfloat16(), h, x, [a], [b], [1.0], True, True)
 
 
-def _lora_products_are_their_formulas(kernels, rows, d_in, ranks, widths, master, *, tiles):
+def _lora_products_are_their_formulas(
+    kernels, rows, d_in, ranks, widths, master, *, tiles, bf16_dots=True
+):
     torch.manual_seed(4)
     n = sum(widths)
     x = torch.randn(rows, d_in).bfloat16()
@@ -408,12 +427,18 @@ def _lora_products_are_their_formulas(kernels, rows, d_in, ranks, widths, master
     g = torch.randn(rows, n).bfloat16()
 
     out = out0.clone()
-    h = kernels.lora_forward_(out, x, a_w, b_w, scales)
+    h = kernels.lora_forward_(out, x, a_w, b_w, scales, bf16_dots=bf16_dots)
     want_h = _bf16_exact(x.double() @ a.double().t())
     _close_within_a_rounding(h, want_h)
     _close_within_a_rounding(out, out0.double() + h.double() @ b.double().t())
+    same_h, h32, sbt = kernels.lora_operands(x, a_w, b_w, scales, bf16_dots=bf16_dots)
+    r = sum(ranks)
+    assert torch.equal(same_h, h) and torch.equal(h32[:, :r], h) and not h32[:, r:].any()
+    assert torch.equal(sbt[:, :r], b) and not sbt[:, r:].any()
 
-    dh, branch, *grads = kernels.lora_backward(g, h, x, a_w, b_w, scales, True, tiles)
+    dh, branch, *grads = kernels.lora_backward(
+        g, h, x, a_w, b_w, scales, True, tiles, bf16_dots=bf16_dots
+    )
     _close_within_a_rounding(dh, g.double() @ b.double())
     _close_within_a_rounding(branch, dh.double() @ a.double())
     d_a = _bf16_exact(dh.double().t() @ x.double())  # from dh as rounded
@@ -426,24 +451,30 @@ def _lora_products_are_their_formulas(kernels, rows, d_in, ranks, widths, master
         _close_within_a_rounding(grad_a, d_a[r0 : r0 + k])
         _close_within_a_rounding(grad_b, d_b[o0 : o0 + w, r0 : r0 + k] * scales[i])
         r0, o0 = r0 + k, o0 + w
-    dh2, no_branch, *same = kernels.lora_backward(g, h, x, a_w, b_w, scales, False, tiles)
+    dh2, no_branch, *same = kernels.lora_backward(
+        g, h, x, a_w, b_w, scales, False, tiles, bf16_dots=bf16_dots
+    )
     assert no_branch.numel() == 0
     assert all(torch.equal(p, q) for p, q in zip([dh2, *same], [dh, *grads], strict=True))
 
 
-def test_lora_kernels_round_the_masters_as_the_eager_casts_do(kernels):
+@DOTS
+def test_lora_kernels_round_the_masters_as_the_eager_casts_do(kernels, bf16_dots):
     """A and sB from fp32 masters are rounded to bf16 as ``A.to(bf16)`` and ``(B * s).to(bf16)``
     round them, and a gradient is its bf16 sum widened, then scaled in fp32: with one row, one
     input and rank one, every product but ``g sB`` is a single term, so bit for bit."""
+    _dots_or_skip(kernels, bf16_dots)
     torch.manual_seed(5)
     x = torch.randn(1, 1).bfloat16()
     a_w, b_w, s = [torch.randn(1, 1)], [torch.randn(3, 1)], 1.7
     out = torch.zeros(1, 3).bfloat16()
-    h = kernels.lora_forward_(out, x, a_w, b_w, [s])
+    h = kernels.lora_forward_(out, x, a_w, b_w, [s], bf16_dots=bf16_dots)
     assert torch.equal(h, x @ a_w[0].bfloat16().t())
     assert torch.equal(out, h @ (b_w[0] * s).bfloat16().t())
     g = torch.randn(1, 3).bfloat16()
-    dh, _, grad_a, grad_b = kernels.lora_backward(g, h, x, a_w, b_w, [s], False)
+    dh, _, grad_a, grad_b = kernels.lora_backward(
+        g, h, x, a_w, b_w, [s], False, bf16_dots=bf16_dots
+    )
     assert torch.equal(grad_a, (dh.t() @ x).float())
     assert torch.equal(grad_b, (g.t() @ h).float().mul_(s))
 

@@ -38,9 +38,11 @@ gradients of A and B) are small for oneDNN: ~900 products, ~16% of a demo step's
 Where tunesmith's CPU kernels are built, they run in one pass over the rows each way
 (``native.kernels().lora_forward_`` / ``lora_backward``), only ``sB``'s diagonal blocks
 computed: a demo step 0.92x the time (benchmarks/RESULTS.md, "The LoRA branch's rank-r
-products in one pass"); on an AMX CPU the backward's products run on the tiles from a rank
-of :data:`TILES_MIN_RANK` on (``native/amx_lora.cpp``; RESULTS.md, "LoRA's backward products
-on AMX tiles"). The kernels read A and B as the trained weights (fp32 under autocast) and give
+products in one pass"); on a CPU with AVX512-BF16 those passes sum in its bf16 dot products
+(``native/dp_lora.cpp``: the demo's LoRA kernels ~55 -> ~35 ms a step on the AMD EPYC;
+RESULTS.md, "The LoRA products in AVX512-BF16 dot products"), and on an AMX CPU the backward's
+products run on the tiles from a rank of :data:`TILES_MIN_RANK` on (``native/amx_lora.cpp``;
+RESULTS.md, "LoRA's backward products on AMX tiles"). The kernels read A and B as the trained weights (fp32 under autocast) and give
 their gradients in those dtypes, rounded as :func:`_rounded_sides` and :func:`_branch_grads`
 round them here, so such a node runs no casts, stacking or slicing.
 """

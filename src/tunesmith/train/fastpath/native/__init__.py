@@ -5,7 +5,8 @@ faster), packed attention's whole causal attention (``amx_attention.cpp``; see
 :mod:`~tunesmith.train.fastpath.tile_attention`) and the loss's frozen vocabulary head with its
 cross-entropy and gradient (``amx_head.cpp``; see :mod:`~tunesmith.train.fastpath.tile_head`),
 and a LoRA node's backward products from rank 8 on (``amx_lora.cpp``; see
-:mod:`~tunesmith.train.fastpath.lora_linear`).
+:mod:`~tunesmith.train.fastpath.lora_linear`); where the CPU has AVX512-BF16, the LoRA kernels'
+passes in its bf16 dot products (``dp_lora.cpp``), in fp32 FMAs elsewhere.
 
 Each runs in one pass each way (and packed attention's row placement in one gather).
 
@@ -54,8 +55,10 @@ SOURCES = (
     Path(__file__).with_name("amx_attention.cpp"),  # packed attention's causal attention on them
     Path(__file__).with_name("amx_head.cpp"),  # the vocabulary head and its loss on them
     Path(__file__).with_name("amx_lora.cpp"),  # LoRA's backward rank-r products on them
+    Path(__file__).with_name("dp_lora.cpp"),  # LoRA's products in AVX512-BF16 dot products
 )
-HEADERS = (Path(__file__).with_name("amx.h"),)  # included by the AMX sources: part of the name
+# included by the sources: part of the name
+HEADERS = (Path(__file__).with_name("amx.h"), Path(__file__).with_name("lora.h"))
 BUILD_COMMAND = "python -m tunesmith.train.fastpath.native"
 LORA_MAX_RANK = 64  # the LoRA kernels' limit on a node's total rank (its branches' ranks summed)
 

@@ -31,6 +31,8 @@
 #include <immintrin.h>
 #endif
 
+#include "lora.h"
+
 // amx_lora.cpp: lora_backward's pass over the rows on AMX tiles.
 void amx_lora_rows(const c10::BFloat16* g, const c10::BFloat16* h, const c10::BFloat16* x,
                    int64_t m, int64_t n, int64_t d_in, int64_t r, const float* bt, const float* af,
@@ -593,6 +595,8 @@ torch::Tensor softmax_nll_(torch::Tensor logits, torch::Tensor targets) {
 // round (the order of a sum differs: test_native.py). A and B come as the trained weights
 // (fp32 masters under autocast) and their gradients go back in those dtypes, rounded and
 // scaled as the eager path's casts round them, so a node runs no cast or slice ops of its own.
+// Where the CPU has AVX512-BF16 the passes run in its bf16 dot products instead (dp_lora.cpp,
+// bf16_dots); the fp32 pass here is the path elsewhere and their reference.
 
 // dst[q][0:n] = fp32 of src rows q (row stride ld), for RB rows.
 template <int RB>
@@ -660,14 +664,6 @@ inline void accumulate(const float* c, const float* rows, int64_t ld, int64_t n,
       for (int q = 0; q < RB; q++) acc[jj * lda + k] += c[q * JB + jj] * rows[q * ld + k];
 }
 
-// fn(std::integral_constant<int, JB>, j) over [j0, j0 + r) in blocks of 4, then one at a time.
-template <typename Fn>
-inline void in_blocks_of_4(int64_t j0, int64_t r, Fn fn) {
-  int64_t j = j0;
-  for (; j + 4 <= j0 + r; j += 4) fn(std::integral_constant<int, 4>(), j);
-  for (; j < j0 + r; j++) fn(std::integral_constant<int, 1>(), j);
-}
-
 // out[q][0:n] = bf16(base[q][0:n] + sum_j c[q][j] w[j][0:n]) for RB rows (base may be null);
 // c is (RB, rc) with row stride ldc, w is (rc, n) with row stride ldw, out/base row stride ld.
 template <int RB>
@@ -709,7 +705,9 @@ void check_matrix(const torch::Tensor& t, const char* name, int64_t rows, int64_
               ", ", cols, "), got ", t.sizes());
 }
 
-constexpr int kRows = 4;  // rows per block: each A and sB element loaded once per four rows
+using lora::in_blocks_of_4;
+using lora::in_row_blocks;
+using lora::kRows;
 constexpr int64_t kMaxRank = 64;  // a node's ranks summed (native.LORA_MAX_RANK)
 
 // A node's branches for its input x (m, d_in), checked here for every LoRA kernel: A_t
@@ -719,13 +717,13 @@ constexpr int64_t kMaxRank = 64;  // a node's ranks summed (native.LORA_MAX_RANK
 // transposed (R, N), zero off its diagonal blocks.
 struct Branches {
   std::vector<int64_t> r0, r, o0, w;  // per branch: rank and output width, with their offsets
-  int64_t R = 0, N = 0;
+  int64_t R = 0, N = 0, d_in = 0;
   std::vector<float> af, bt;
   Branches(const torch::Tensor& x, const std::vector<torch::Tensor>& a,
            const std::vector<torch::Tensor>& b, const std::vector<double>& scales) {
     check(x, "input");
     TORCH_CHECK(x.dim() == 2, "input must be 2-D, got ", x.sizes());
-    const int64_t d_in = x.size(1);
+    d_in = x.size(1);
     TORCH_CHECK(!a.empty() && a.size() == b.size() && a.size() == scales.size(),
                 "A, B and scales must pair up");
     for (size_t t = 0; t < a.size(); t++) {
@@ -746,9 +744,12 @@ struct Branches {
       sb.resize(b[t].numel());
       rounded_into(b[t], static_cast<float>(scales[t]), sb.data());
       const int64_t rt = r[t];
-      float* block = bt.data() + r0[t] * N + o0[t];  // s B_t transposed, its rows of bt
-      for (int64_t o = 0; o < w[t]; o++)
-        for (int64_t j = 0; j < rt; j++) block[j * N + o] = sb[o * rt + j];
+      // s B_t transposed into its rows of bt, a row at a time: stored a column at a time, the
+      // rows' lines 4 KiB apart (N = 3072) share one L1 set, and a rank-16 gate + up node spent
+      // ~150 us a call evicting them.
+      float* block = bt.data() + r0[t] * N + o0[t];
+      for (int64_t j = 0; j < rt; j++)
+        for (int64_t o = 0; o < w[t]; o++) block[j * N + o] = sb[o * rt + j];
     }
   }
 
@@ -784,31 +785,14 @@ struct Branches {
   // rounds once too).
   static float rounded(float v) { return float(bf16(v)); }
 
+  LoraNode node(int64_t m) const { return {m, d_in, R, N, r0, r, o0, w}; }
+
   static void check_master(const torch::Tensor& t, const char* name) {
     TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() &&
                 (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16),
                 name, " must be a contiguous fp32 or bf16 CPU tensor");
   }
 };
-
-// m rows of `width` elements in blocks of kRows over the thread pool: each task calls
-// rows_of_task() once for its function fn, then fn(std::integral_constant<int, RB>, i) per
-// block (the last block's rows one at a time where m is not a multiple of kRows).
-template <typename Task>
-inline void in_row_blocks(int64_t m, int64_t width, Task rows_of_task) {
-  at::parallel_for(0, (m + kRows - 1) / kRows, std::max<int64_t>(1, kGrain / (kRows * width)),
-                   [&](int64_t lo, int64_t hi) {
-    auto fn = rows_of_task();
-    for (int64_t blk = lo; blk < hi; blk++) {
-      const int64_t i = blk * kRows;
-      if (i + kRows <= m) {
-        fn(std::integral_constant<int, kRows>(), i);
-      } else {
-        for (int64_t ii = i; ii < m; ii++) fn(std::integral_constant<int, 1>(), ii);
-      }
-    }
-  });
-}
 
 // t[i] = value(i) for every element of a contiguous fp32 or bf16 tensor (bf16 rounded once,
 // as a bf16 product with a scale rounds).
@@ -830,8 +814,12 @@ inline void fill(torch::Tensor& t, Fn value) {
 // Per row of x: h = x A^T, rounded to bf16, into hp (row stride R) and, where h32p is given,
 // into its rows of r32 columns too; where op is given, out += h (s B)^T per branch.
 void lora_rows(const torch::Tensor& x, const Branches& bl, bf16* op, bf16* hp, bf16* h32p,
-               int64_t r32) {
+               int64_t r32, bool bf16_dots) {
   const int64_t m = x.size(0), d_in = x.size(1), R = bl.R, N = bl.N;
+  if (bf16_dots && dp_lora_ready()) {
+    dp_lora_forward(x.data_ptr<bf16>(), bl.node(m), bl.af.data(), bl.bt.data(), op, hp, h32p, r32);
+    return;
+  }
   const auto& af = bl.af;
   const auto& bt = bl.bt;
   const bf16* xp = x.data_ptr<bf16>();
@@ -862,11 +850,12 @@ void lora_rows(const torch::Tensor& x, const Branches& bl, bf16* op, bf16* hp, b
 }
 
 torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, std::vector<torch::Tensor> a,
-                            std::vector<torch::Tensor> b, std::vector<double> scales) {
+                            std::vector<torch::Tensor> b, std::vector<double> scales,
+                            bool bf16_dots) {
   const Branches bl(x, a, b, scales);
   check_matrix(out, "output", x.size(0), bl.N);
   auto h = torch::empty({x.size(0), bl.R}, x.options());
-  lora_rows(x, bl, out.data_ptr<bf16>(), h.data_ptr<bf16>(), nullptr, 0);
+  lora_rows(x, bl, out.data_ptr<bf16>(), h.data_ptr<bf16>(), nullptr, 0, bf16_dots);
   return h;
 }
 
@@ -875,18 +864,20 @@ torch::Tensor lora_forward_(torch::Tensor out, torch::Tensor x, std::vector<torc
 // and (s B)^T's blocks transposed, (N, R padded), rounded as lora_forward_ rounds them. The
 // product plus the extension equals lora_forward_'s out but for one rounding fewer.
 std::vector<torch::Tensor> lora_operands(torch::Tensor x, std::vector<torch::Tensor> a,
-                                         std::vector<torch::Tensor> b, std::vector<double> scales) {
+                                         std::vector<torch::Tensor> b, std::vector<double> scales,
+                                         bool bf16_dots) {
   const Branches bl(x, a, b, scales);
   const int64_t R = bl.R, N = bl.N, r32 = (R + 31) / 32 * 32;
   auto h = torch::empty({x.size(0), R}, x.options());
   auto h32 = torch::zeros({x.size(0), r32}, x.options());
-  lora_rows(x, bl, nullptr, h.data_ptr<bf16>(), h32.data_ptr<bf16>(), r32);
+  lora_rows(x, bl, nullptr, h.data_ptr<bf16>(), h32.data_ptr<bf16>(), r32, bf16_dots);
   auto sbt = torch::zeros({N, r32}, x.options());
   // bt's values are bf16 values already: their upper halves are exact, with no rounding to do
   // (a call on one row for a rank-16 node of 1536 outputs: 66 -> 49 us).
+  // Read a row of bt at a time (a column at a time, its lines 4 KiB apart share an L1 set).
   uint16_t* sp = reinterpret_cast<uint16_t*>(sbt.data_ptr<bf16>());
-  for (int64_t o = 0; o < N; o++)
-    for (int64_t j = 0; j < R; j++) {
+  for (int64_t j = 0; j < R; j++)
+    for (int64_t o = 0; o < N; o++) {
       uint32_t bits;
       std::memcpy(&bits, &bl.bt[j * N + o], sizeof bits);
       sp[o * r32 + j] = static_cast<uint16_t>(bits >> 16);
@@ -901,7 +892,8 @@ std::vector<torch::Tensor> lora_operands(torch::Tensor x, std::vector<torch::Ten
 // tiles: the pass over the rows on AMX tiles (amx_lora.cpp; d_in and Σ w_t multiples of 32).
 std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch::Tensor x,
                                          std::vector<torch::Tensor> a, std::vector<torch::Tensor> b,
-                                         std::vector<double> scales, bool with_branch, bool tiles) {
+                                         std::vector<double> scales, bool with_branch, bool tiles,
+                                         bool bf16_dots) {
   const Branches bl(x, a, b, scales);
   const int64_t m = x.size(0), d_in = x.size(1), R = bl.R, N = bl.N;
   check_matrix(g, "grad", m, N); check_matrix(h, "h", m, R);
@@ -909,8 +901,10 @@ std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch
   auto branch = torch::empty({with_branch ? m : 0, d_in}, x.options());
   const auto& af = bl.af;
   const auto& bt = bl.bt;
-  const int64_t threads = at::get_num_threads(), per = R * (d_in + N);
-  std::vector<float> partial(threads * per, 0.f);  // per thread: d_a (R, d_in), then d_bᵀ (R, N)
+  const bool dp = bf16_dots && !tiles && dp_lora_ready();
+  // per thread (the dot products' sums are whole: one part): d_a (R, d_in), then d_bᵀ (R, N)
+  const int64_t threads = dp ? 1 : at::get_num_threads(), per = R * (d_in + N);
+  std::vector<float> partial(threads * per, 0.f);
   const bf16* gp = g.data_ptr<bf16>();
   const bf16* hp = h.data_ptr<bf16>();
   const bf16* xp = x.data_ptr<bf16>();
@@ -939,7 +933,10 @@ std::vector<torch::Tensor> lora_backward(torch::Tensor g, torch::Tensor h, torch
     }
     if (with_branch) combine<RB>(nullptr, dr, R, R, af.data(), d_in, d_in, brp + i * d_in, d_in);
   };
-  if (tiles) {
+  if (dp) {
+    dp_lora_backward(gp, hp, xp, bl.node(m), af.data(), bt.data(), dhp, brp, partial.data(),
+                     partial.data() + R * d_in);
+  } else if (tiles) {
     amx_lora_rows(gp, hp, xp, m, N, d_in, R, bt.data(), af.data(), dhp, brp, partial.data(), per);
   } else {
     in_row_blocks(m, d_in + N, [&] {
@@ -1058,10 +1055,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_rows", &gather_rows);
   m.def("add_copies_", &add_copies_);
   m.def("softmax_nll_", &softmax_nll_);
-  m.def("lora_forward_", &lora_forward_);
-  m.def("lora_operands", &lora_operands);
+  // bf16_dots: AVX512-BF16 dot products where the CPU has them (dp_lora.cpp); False, the fp32 pass.
+  m.def("lora_forward_", &lora_forward_, pybind11::arg("out"), pybind11::arg("x"),
+        pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("scales"),
+        pybind11::arg("bf16_dots") = true);
+  m.def("lora_operands", &lora_operands, pybind11::arg("x"), pybind11::arg("a"), pybind11::arg("b"),
+        pybind11::arg("scales"), pybind11::arg("bf16_dots") = true);
   m.def("lora_backward", &lora_backward, pybind11::arg("g"), pybind11::arg("h"),
         pybind11::arg("x"), pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("scales"),
-        pybind11::arg("with_branch"), pybind11::arg("tiles") = false);
+        pybind11::arg("with_branch"), pybind11::arg("tiles") = false,
+        pybind11::arg("bf16_dots") = true);
+  m.def("dp_ready", &dp_lora_ready);
   m.def("evict", &evict);
 }
