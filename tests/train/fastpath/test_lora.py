@@ -282,7 +282,7 @@ def _lora_spy(kernels, ran: list):
             fn = getattr(kernels, name)
             if not name.startswith("lora_"):
                 return fn
-            return lambda *a: ran.append(_call(name, a)) or fn(*a)
+            return lambda *a, **kw: ran.append(_call(name, a)) or fn(*a, **kw)
 
     def _call(name, args):  # lora_backward's last argument: its products on AMX tiles
         return f"{name} on tiles" if name == "lora_backward" and args[-1] else name
@@ -356,6 +356,13 @@ def test_branches_on_amx_tiles_extend_the_frozen_product_and_agree(monkeypatch, 
     assert ran.count("lora_operands") == nodes and "lora_forward_" not in ran
     assert ran.count("lora_backward on tiles") == nodes
     _agrees_with_the_step_without_kernels(monkeypatch, ref, ids, loss, grads)
+
+
+def test_the_vector_passes_take_the_bf16_dot_products_where_no_amx_runs(monkeypatch):
+    monkeypatch.setattr(native, "amx", lambda: True)  # measured paths until timed on AMX CPUs
+    assert not lora_linear._bf16_dots()
+    monkeypatch.setattr(native, "amx", lambda: False)
+    assert lora_linear._bf16_dots()
 
 
 def test_the_backward_goes_on_tiles_from_its_minimum_rank_on_widths_of_tiles(amx_kernels):

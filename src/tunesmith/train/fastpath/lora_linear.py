@@ -38,13 +38,14 @@ gradients of A and B) are small for oneDNN: ~900 products, ~16% of a demo step's
 Where tunesmith's CPU kernels are built, they run in one pass over the rows each way
 (``native.kernels().lora_forward_`` / ``lora_backward``), only ``sB``'s diagonal blocks
 computed: a demo step 0.92x the time (benchmarks/RESULTS.md, "The LoRA branch's rank-r
-products in one pass"); on a CPU with AVX512-BF16 those passes sum in its bf16 dot products
-(``native/dp_lora.cpp``: the demo's LoRA kernels ~55 -> ~35 ms a step on the AMD EPYC;
-RESULTS.md, "The LoRA products in AVX512-BF16 dot products"), and on an AMX CPU the backward's
-products run on the tiles from a rank of :data:`TILES_MIN_RANK` on (``native/amx_lora.cpp``;
-RESULTS.md, "LoRA's backward products on AMX tiles"). The kernels read A and B as the trained weights (fp32 under autocast) and give
-their gradients in those dtypes, rounded as :func:`_rounded_sides` and :func:`_branch_grads`
-round them here, so such a node runs no casts, stacking or slicing.
+products in one pass"); on a CPU with AVX512-BF16 and no AMX those passes sum in its bf16
+dot products (:func:`_bf16_dots`, ``native/dp_lora.cpp``: the demo's LoRA kernels ~55 -> ~36
+ms a step on the AMD EPYC; RESULTS.md, "The LoRA products in AVX512-BF16 dot products"), and on
+an AMX CPU the backward's products run on the tiles from a rank of :data:`TILES_MIN_RANK` on
+(``native/amx_lora.cpp``; RESULTS.md, "LoRA's backward products on AMX tiles"). The kernels
+read A and B as the trained weights (fp32 under autocast) and give their gradients in those
+dtypes, rounded as :func:`_rounded_sides` and :func:`_branch_grads` round them here, so such a
+node runs no casts, stacking or slicing.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ _MASTER_DTYPES = (torch.float32, torch.bfloat16)  # what the kernels read A and 
 # took 1.07-1.15x the vector pass's time at rank 4, 0.86-0.91x at 8 and 12, 0.73-0.78x at 16 and
 # 48 (benchmarks/RESULTS.md, "LoRA's backward products on AMX tiles").
 TILES_MIN_RANK = 8
+
+
+def _bf16_dots() -> bool:
+    """Whether the kernels' vector passes sum in AVX512-BF16 dot products (``native/dp_lora.cpp``,
+    where the CPU has them) rather than fp32 FMAs. Measured on the AMD EPYC (Zen 4, no AMX): the
+    demo's calls 0.43-0.54x the time, warm. Not yet measured on an AMX Xeon, whose FMA and
+    dot-product units are balanced otherwise and whose tiles' rank rule (:data:`TILES_MIN_RANK`)
+    was measured against the fp32 pass: there the measured paths stay until the dot products are
+    timed."""
+    return not native.amx()
 
 
 def _kernels(*tensors: torch.Tensor, weights: tuple[torch.Tensor, ...]):
@@ -126,12 +137,16 @@ class LoraLinears(torch.autograd.Function):
         kernels = _kernels(x_branch, weights=ab)
         if kernels is not None and bias is None and rows.on_tiles(x2, weight.t()):
             # The branch as the AMX product's low-rank extension: no pass over out to add it.
-            h, h32, sbt = kernels.lora_operands(x_branch, a_weights, b_weights, scales)
+            h, h32, sbt = kernels.lora_operands(
+                x_branch, a_weights, b_weights, scales, bf16_dots=_bf16_dots()
+            )
             out = rows.mm_extended(x2, weight.t(), h32, sbt)
         else:
             out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
             if kernels is not None:  # A and sB rounded as below, inside; sB's diagonal blocks only
-                h = kernels.lora_forward_(out, x_branch, a_weights, b_weights, scales)
+                h = kernels.lora_forward_(
+                    out, x_branch, a_weights, b_weights, scales, bf16_dots=_bf16_dots()
+                )
             else:
                 a, b = _rounded_sides(a_weights, b_weights, scales, x.dtype)
                 h = x_branch @ a.t()
@@ -149,8 +164,17 @@ class LoraLinears(torch.autograd.Function):
         want_dx = ctx.needs_input_grad[0]
         kernels = _kernels(g2, h, x2, weights=tuple(ab))
         if kernels is not None:  # gradients in the masters' dtypes, B's scaled, as below
+            on_tiles = _backward_on_tiles(g2, h, x2)
             _, branch, *grads = kernels.lora_backward(
-                g2, h, x2, a_weights, b_weights, ctx.scales, want_dx, _backward_on_tiles(g2, h, x2)
+                g2,
+                h,
+                x2,
+                a_weights,
+                b_weights,
+                ctx.scales,
+                want_dx,
+                on_tiles,
+                bf16_dots=_bf16_dots(),
             )
         else:
             a, b = _rounded_sides(a_weights, b_weights, ctx.scales, x2.dtype)

@@ -6,7 +6,8 @@ faster), packed attention's whole causal attention (``amx_attention.cpp``; see
 cross-entropy and gradient (``amx_head.cpp``; see :mod:`~tunesmith.train.fastpath.tile_head`),
 and a LoRA node's backward products from rank 8 on (``amx_lora.cpp``; see
 :mod:`~tunesmith.train.fastpath.lora_linear`); where the CPU has AVX512-BF16, the LoRA kernels'
-passes in its bf16 dot products (``dp_lora.cpp``), in fp32 FMAs elsewhere.
+passes in its bf16 dot products (``dp_lora.cpp``; the fast paths take them where no AMX runs:
+:func:`~tunesmith.train.fastpath.lora_linear._bf16_dots`), in fp32 FMAs elsewhere.
 
 Each runs in one pass each way (and packed attention's row placement in one gather).
 

@@ -595,8 +595,8 @@ torch::Tensor softmax_nll_(torch::Tensor logits, torch::Tensor targets) {
 // round (the order of a sum differs: test_native.py). A and B come as the trained weights
 // (fp32 masters under autocast) and their gradients go back in those dtypes, rounded and
 // scaled as the eager path's casts round them, so a node runs no cast or slice ops of its own.
-// Where the CPU has AVX512-BF16 the passes run in its bf16 dot products instead (dp_lora.cpp,
-// bf16_dots); the fp32 pass here is the path elsewhere and their reference.
+// Where the CPU has AVX512-BF16 the passes can run in its bf16 dot products instead
+// (dp_lora.cpp, bf16_dots); the fp32 pass here is the path elsewhere and their reference.
 
 // dst[q][0:n] = fp32 of src rows q (row stride ld), for RB rows.
 template <int RB>
@@ -1055,7 +1055,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_rows", &gather_rows);
   m.def("add_copies_", &add_copies_);
   m.def("softmax_nll_", &softmax_nll_);
-  // bf16_dots: AVX512-BF16 dot products where the CPU has them (dp_lora.cpp); False, the fp32 pass.
+  // bf16_dots: AVX512-BF16 dot products where the CPU has them (dp_lora.cpp); False, the fp32
+  // pass. The fast paths choose (lora_linear._bf16_dots).
   m.def("lora_forward_", &lora_forward_, pybind11::arg("out"), pybind11::arg("x"),
         pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("scales"),
         pybind11::arg("bf16_dots") = true);
