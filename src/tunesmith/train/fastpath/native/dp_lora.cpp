@@ -172,7 +172,8 @@ DP_TARGET void over_rows(const u16* rows, int64_t ld, int64_t m, const u32* cp, 
   for (int64_t i = 0, p = 0; i < m; i += 2, p++) {
     const u16* r0 = rows + i * ld;
     const bool two = i + 1 < m;
-    const __m512i a0 = _mm512_maskz_loadu_epi16(m0, r0), a1 = _mm512_maskz_loadu_epi16(m1, r0 + 32);
+    const __m512i a0 = _mm512_maskz_loadu_epi16(m0, r0);
+    const __m512i a1 = _mm512_maskz_loadu_epi16(m1, r0 + 32);
     const __m512i b0 = two ? _mm512_maskz_loadu_epi16(m0, r0 + ld) : _mm512_setzero_si512();
     const __m512i b1 = two ? _mm512_maskz_loadu_epi16(m1, r0 + ld + 32) : _mm512_setzero_si512();
     const __m512i v[4] = {_mm512_unpacklo_epi16(a0, b0), _mm512_unpackhi_epi16(a0, b0),
@@ -191,9 +192,10 @@ DP_TARGET void over_rows(const u16* rows, int64_t ld, int64_t m, const u32* cp, 
     UNROLL for (int half = 0; half < 2; half++) {
       const __m512 lo = acc[j][2 * half], hi = acc[j][2 * half + 1];
       const int64_t c0 = 32 * half;
-      _mm512_mask_storeu_ps(out + j * ldo + c0, first16(std::max<int64_t>(0, ncol - c0)),
+      float* o = out + j * ldo + c0;
+      _mm512_mask_storeu_ps(o, first16(std::max<int64_t>(0, ncol - c0)),
                             _mm512_permutex2var_ps(lo, first, hi));
-      _mm512_mask_storeu_ps(out + j * ldo + c0 + 16, first16(std::max<int64_t>(0, ncol - c0 - 16)),
+      _mm512_mask_storeu_ps(o + 16, first16(std::max<int64_t>(0, ncol - c0 - 16)),
                             _mm512_permutex2var_ps(lo, second, hi));
     }
 }
