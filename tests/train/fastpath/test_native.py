@@ -364,7 +364,7 @@ LORA_SHAPES = [
     (9, 70, [64], [50]),
 ]
 # The LoRA kernels' two vector passes: fp32 FMAs, and AVX512-BF16 dot products where the CPU has
-# them (dp_lora.cpp; what such a CPU runs).
+# them (dp_lora.cpp; what such a CPU runs where no AMX does: lora_linear._bf16_dots).
 DOTS = pytest.mark.parametrize("bf16_dots", [False, True], ids=["fp32", "bf16-dots"])
 
 
