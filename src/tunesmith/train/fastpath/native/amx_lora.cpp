@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "amx.h"
+#include "lora.h"
 
 using bf16 = c10::BFloat16;
 
@@ -61,11 +62,7 @@ T* kept(int64_t n) {
 // their upper halves, exact, with no rounding to do.
 void upper_halves(const float* src, int64_t n, bf16* dst) {
   uint16_t* out = reinterpret_cast<uint16_t*>(dst);
-  for (int64_t i = 0; i < n; i++) {
-    uint32_t bits;
-    std::memcpy(&bits, src + i, sizeof bits);
-    out[i] = static_cast<uint16_t>(bits >> 16);
-  }
+  for (int64_t i = 0; i < n; i++) out[i] = lora::upper_half(src[i]);
 }
 
 // x's rows [0, rows) of r columns (row stride ld) transposed into (rq, k) bf16; zeros elsewhere.

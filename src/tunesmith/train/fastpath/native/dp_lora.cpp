@@ -50,12 +50,7 @@ using u32 = uint32_t;
 constexpr int kPairsMax = 32;   // pairs of a node's rank (kernels.cpp's limit of 64, halved)
 constexpr int64_t kCols = 64;   // columns of a d_a / d_bᵀ task: four vectors of sums per rank
 
-// The bf16 bits of a float that holds a bf16 value (A and s B as rounded): exact.
-inline u16 bits(float v) {
-  u32 b;
-  std::memcpy(&b, &v, sizeof b);
-  return static_cast<u16>(b >> 16);
-}
+using lora::upper_half;
 inline u32 pair(u16 lo, u16 hi) { return lo | (static_cast<u32>(hi) << 16); }
 
 // The masks of a vector's first n lanes.
@@ -221,14 +216,15 @@ std::vector<u32> rank_pairs(const float* src, int64_t ld, int64_t j0, int64_t r,
   for (int64_t p = 0; p < np; p++) {
     const float* a = src + (j0 + 2 * p) * ld + c0;
     const bool two = 2 * p + 1 < r;
-    for (int64_t k = 0; k < n; k++) wp[p * n + k] = pair(bits(a[k]), two ? bits(a[ld + k]) : 0);
+    for (int64_t k = 0; k < n; k++)
+      wp[p * n + k] = pair(upper_half(a[k]), two ? upper_half(a[ld + k]) : 0);
   }
   return wp;
 }
 
 std::vector<u16> bf16_bits(const float* src, int64_t n) {
   std::vector<u16> out(n);
-  for (int64_t i = 0; i < n; i++) out[i] = bits(src[i]);
+  for (int64_t i = 0; i < n; i++) out[i] = upper_half(src[i]);
   return out;
 }
 

@@ -877,11 +877,7 @@ std::vector<torch::Tensor> lora_operands(torch::Tensor x, std::vector<torch::Ten
   // Read a row of bt at a time (a column at a time, its lines 4 KiB apart share an L1 set).
   uint16_t* sp = reinterpret_cast<uint16_t*>(sbt.data_ptr<bf16>());
   for (int64_t j = 0; j < R; j++)
-    for (int64_t o = 0; o < N; o++) {
-      uint32_t bits;
-      std::memcpy(&bits, &bl.bt[j * N + o], sizeof bits);
-      sp[o * r32 + j] = static_cast<uint16_t>(bits >> 16);
-    }
+    for (int64_t o = 0; o < N; o++) sp[o * r32 + j] = lora::upper_half(bl.bt[j * N + o]);
   return {h, h32, sbt};
 }
 

@@ -8,10 +8,19 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
 namespace lora {
+
+// The bf16 bits of a float that holds a bf16 value (the kernels' rounded A and s B): its upper
+// half, exact, with no rounding to do.
+inline uint16_t upper_half(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return static_cast<uint16_t>(bits >> 16);
+}
 
 constexpr int kRows = 4;  // rows per block: each A and s B vector loaded once per four rows
 constexpr int64_t kGrain = 16384;  // elements per task (ATen's own kernels take 32768)
