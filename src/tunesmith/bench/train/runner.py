@@ -54,16 +54,9 @@ def machine_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     the bench runs renames the build, and the later rounds would run without it)."""
     from tunesmith.bench.machine import describe
 
-    waits: dict[str, list[str]] = {}
-    for row in rows:
-        names = waits.setdefault(row.get("omp_wait", "unknown wait setting"), [])
-        if row["variant"] not in names:
-            names.append(row["variant"])
+    waits = _grouped(rows, "omp_wait", lambda row: row["variant"], "unknown wait setting")
     machine = describe() | {"omp_wait": "; ".join(f"{'/'.join(v)}: {w}" for w, v in waits.items())}
-    states: dict[str, list[str]] = {}
-    for row in rows:
-        if "cpu_kernels" in row:
-            states.setdefault(row["cpu_kernels"], []).append(str(row.get("rep", "?")))
+    states = _grouped(rows, "cpu_kernels", lambda row: str(row.get("rep", "?")))
     if len(states) == 1:
         machine["cpu_kernels"] = next(iter(states))
     elif states:
@@ -71,6 +64,20 @@ def machine_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
             f"{s} (rounds {', '.join(r)})" for s, r in states.items()
         )
     return machine
+
+
+def _grouped(rows, field: str, member, default: str | None = None) -> dict[str, list[str]]:
+    """Each value of ``field`` in the rows (``default`` where a row has none; rows without it are
+    left out when there is no default), with the distinct ``member(row)`` of its rows, in order."""
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        value = row.get(field, default)
+        if value is None:
+            continue
+        names = groups.setdefault(value, [])
+        if member(row) not in names:
+            names.append(member(row))
+    return groups
 
 
 def run_spec(argv: list[str], settings_type: type, tunesmith_side, trl_side) -> int:
