@@ -266,10 +266,10 @@ def test_causal_softmax_never_reads_the_keys_a_query_does_not_see(kernels):
 def test_packed_attention_with_and_without_the_kernels_is_the_same(
     kernels, monkeypatch, packed_pass, positions
 ):
-    from tunesmith.train.fastpath import tile_attention
+    from tunesmith.train.fastpath import fused_attention
 
-    # The products through torch and the softmax kernel (test_amx_attention.py: the AMX kernel).
-    monkeypatch.setattr(tile_attention, "on_tiles", lambda *tensors_and_scale: False)
+    # The products through torch and the softmax kernel (test_fused_attention.py: the kernel).
+    monkeypatch.setattr(fused_attention, "runs", lambda *tensors_and_scale: False)
     out, grads = packed_pass(positions, "1")
     assert _node_named(out.grad_fn, "_CausalSoftmaxBackward") is not None
     eager_out, eager_grads = packed_pass(positions, "0")

@@ -97,7 +97,7 @@ def _with_padding(rows: list[list[int]], pads: list[int]):
         (torch.tensor(SHARED[0]), torch.tensor([[1] * 11 + [0] * 2]), 3),  # shared prefix
     ],
 )
-# A head width of 64 takes the AMX kernel in bf16 where the CPU has the tiles (tile_attention.py).
+# A head width of 64 takes the fused kernel in bf16 where the CPU has it (fused_attention.py).
 @pytest.mark.parametrize("width", [16, 64])
 def test_padding_goes_after_the_shortest_example_and_no_real_token_changes(
     dtype, pos, tokens, real_examples, width

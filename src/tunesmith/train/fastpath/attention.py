@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 
 from tunesmith.data.packing import PADDING_KWARG
-from tunesmith.train.fastpath import tile_attention
+from tunesmith.train.fastpath import fused_attention
 from tunesmith.train.fastpath.packed_attention import LayoutCache, causal_attention
 from tunesmith.train.fastpath.patch import Patch, skipped
 
@@ -110,9 +110,9 @@ def grouped_attention(
             attention_mask, position_ids, heads, kv_heads, query.dtype, tokens
         )
         if layout is not None:  # packed rows: attend per example (packed_attention.py)
-            on_tiles = tile_attention.on_tiles(query, key, value, scaling)
-            if on_tiles and not (dropout and module.training):
-                return layout.attend_on_tiles(query, key, value, scaling), None
+            fused = fused_attention.runs(query, key, value, scaling)
+            if fused and not (dropout and module.training):
+                return layout.attend_fused(query, key, value, scaling), None
             q, k, v = layout.gather(query, key, value)
             out = None if dropout and module.training else causal_attention(q, k, v, scaling)
             if out is None:

@@ -44,8 +44,8 @@ rounding of ``softmax``'s (its row sums may be added in another order; on the AM
 equal bit for bit); elsewhere within the rounding of the scaled scores, which eager rounds to
 bf16 first (``tests/train/fastpath/test_native.py``).
 
-On a CPU with AMX tiles the whole attention is one kernel call each way instead
-(:mod:`~tunesmith.train.fastpath.tile_attention`): each 32-query chunk's scores stay in an fp32
+On a CPU with AMX tiles or AVX512-BF16 the whole attention is one kernel call each way instead
+(:mod:`~tunesmith.train.fastpath.fused_attention`): each 32-query chunk's scores stay in an fp32
 buffer in cache, and the backward recomputes the probabilities from each query's
 log-sum-exp.
 """
@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.data.packing import Segments, block_causal, segments
-from tunesmith.train.fastpath import native, tile_attention
+from tunesmith.train.fastpath import fused_attention, native
 
 
 class _SelectRows(torch.autograd.Function):
@@ -198,15 +198,15 @@ class PackedLayout:
         q = self._placed(query, self.q_slots, self.q_source, False)
         return q.view(k.shape[0], -1, k.shape[-1]), k, v
 
-    def attend_on_tiles(
+    def attend_fused(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
     ) -> torch.Tensor:
-        """The causal attention where ``tile_attention.on_tiles``, ``(B, T, H, d)``: the keys and
+        """The causal attention where ``fused_attention.runs``, ``(B, T, H, d)``: the keys and
         values placed, the queries and the output read and written in the tokens' own rows."""
         k, v = self._keys(key, value)
         B, H, T, d = query.shape
         rows = query.transpose(1, 2).reshape(-1, d)  # (B*T*H, d): a view of the projection
-        return tile_attention.attend(rows, self.q_source, k, v, scale).view(B, T, H, d)
+        return fused_attention.attend(rows, self.q_source, k, v, scale).view(B, T, H, d)
 
     def _keys(self, key: torch.Tensor, value: torch.Tensor):
         rows, d = self.n * key.shape[1], key.shape[-1]

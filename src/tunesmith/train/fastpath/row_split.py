@@ -252,8 +252,8 @@ _STATE = threading.local()
 @contextlib.contextmanager
 def through_torch():
     """Every product in torch's own ops while active, as a recorder of dispatched ops needs
-    (the bench's shape-matched limit): the AMX kernels' products (these frozen products, and
-    packed attention's, ``tile_attention.on_tiles``) are not dispatched."""
+    (the bench's shape-matched limit): the kernels' own products (these frozen products on AMX
+    tiles, and packed attention's, ``fused_attention.runs``) are not dispatched."""
     saved = getattr(_STATE, "torch_only", False)
     _STATE.torch_only = True
     try:
@@ -268,7 +268,7 @@ def torch_only() -> bool:
 
 
 def tiles_take(*tensors: torch.Tensor) -> bool:
-    """Whether tunesmith's whole-op AMX kernels (the attention's, the head's) may run on these
+    """Whether tunesmith's AMX kernels (the head's, the LoRA backward's) may run on these
     tensors: bf16 on CPU with the kernels on, their AMX code runs here
     (:func:`~tunesmith.train.fastpath.native.amx`), and no recorder of dispatched products
     listens (:func:`through_torch`: the bench's shape-matched limit counts torch's products)."""

@@ -1,13 +1,14 @@
 """tunesmith's CPU kernels (``kernels.cpp``): RMSNorm, SwiGLU, RoPE, dropout, causal softmax, and
 a LoRA branch's rank-r products; and, where the CPU has AMX tiles, frozen products on them
 (``amx_gemm.cpp``; :mod:`~tunesmith.train.fastpath.row_split` takes them where they measure
-faster), packed attention's whole causal attention (``amx_attention.cpp``; see
-:mod:`~tunesmith.train.fastpath.tile_attention`) and the loss's frozen vocabulary head with its
+faster), packed attention's whole causal attention (``causal_attention.cpp``; see
+:mod:`~tunesmith.train.fastpath.fused_attention`) and the loss's frozen vocabulary head with its
 cross-entropy and gradient (``amx_head.cpp``; see :mod:`~tunesmith.train.fastpath.tile_head`),
 and a LoRA node's backward products from rank 8 on (``amx_lora.cpp``; see
-:mod:`~tunesmith.train.fastpath.lora_linear`); where the CPU has AVX512-BF16, the LoRA kernels'
-passes in its bf16 dot products (``dp_lora.cpp``; the fast paths take them where no AMX runs:
-:func:`~tunesmith.train.fastpath.lora_linear._bf16_dots`), in fp32 FMAs elsewhere.
+:mod:`~tunesmith.train.fastpath.lora_linear`); where the CPU has AVX512-BF16 and no AMX
+(:func:`bf16_dots`), that attention and the LoRA kernels' passes in its bf16 dot products
+(``causal_attention.cpp``, ``dp_lora.cpp``; :func:`~tunesmith.train.fastpath.lora_linear._bf16_dots`),
+the LoRA passes in fp32 FMAs elsewhere.
 
 Each runs in one pass each way (and packed attention's row placement in one gather).
 
@@ -53,8 +54,8 @@ ENV = "TUNESMITH_NATIVE"
 SOURCES = (
     Path(__file__).with_name("kernels.cpp"),
     Path(__file__).with_name("amx_gemm.cpp"),  # the frozen products on AMX tiles
-    Path(__file__).with_name("amx_attention.cpp"),  # packed attention's causal attention on them
-    Path(__file__).with_name("amx_head.cpp"),  # the vocabulary head and its loss on them
+    Path(__file__).with_name("causal_attention.cpp"),  # packed attention's, on tiles or dots
+    Path(__file__).with_name("amx_head.cpp"),  # the vocabulary head and its loss on AMX tiles
     Path(__file__).with_name("amx_lora.cpp"),  # LoRA's backward rank-r products on them
     Path(__file__).with_name("dp_lora.cpp"),  # LoRA's products in AVX512-BF16 dot products
 )
@@ -193,7 +194,7 @@ def kernels() -> ModuleType | None:
 
 @functools.cache
 def amx() -> bool:
-    """Whether the kernels' AMX code (``amx_gemm.cpp``, ``amx_attention.cpp``,
+    """Whether the kernels' AMX code (``amx_gemm.cpp``, ``causal_attention.cpp``,
     ``amx_head.cpp``, ``amx_lora.cpp``) runs here: the built kernels load, the CPU has AMX-BF16,
     Linux grants the tiles and oneDNN's ISA cap (if set) allows AMX. Fixed for the process; the
     kernels' switch is read apart (:func:`kernels`)."""
@@ -206,12 +207,22 @@ def amx() -> bool:
     return module is not None and bool(module.amx_ready())
 
 
+@functools.cache
+def bf16_dots() -> bool:
+    """Whether the kernels' AVX512-BF16 dot products (``causal_attention.cpp``, ``dp_lora.cpp``)
+    run here: the built kernels load and the CPU has AVX512-BF16. Fixed for the process."""
+    module = _kernels()
+    return module is not None and bool(module.dp_ready())
+
+
 def described() -> str:
     """The kernels' state in this process, for a benchmark's machine line: ``on, AMX tiles``,
-    ``on`` or ``off (why)``."""
+    ``on, AVX512-BF16 dot products``, ``on`` or ``off (why)``."""
     if kernels() is None:
         return f"off ({why_not()})"
-    return "on, AMX tiles" if amx() else "on"
+    if amx():
+        return "on, AMX tiles"
+    return "on, AVX512-BF16 dot products" if bf16_dots() else "on"
 
 
 def why_not() -> str:
@@ -235,4 +246,5 @@ def build() -> Path:
     _load(name)
     _kernels.cache_clear()
     amx.cache_clear()
+    bf16_dots.cache_clear()
     return _build_dir(name)

@@ -1033,12 +1033,12 @@ bool evict(torch::Tensor t) {
 }  // namespace
 
 void register_amx_gemm(pybind11::module& m);       // amx_gemm.cpp
-void register_amx_attention(pybind11::module& m);  // amx_attention.cpp
+void register_causal_attention(pybind11::module& m);  // causal_attention.cpp
 void register_amx_head(pybind11::module& m);       // amx_head.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_amx_gemm(m);
-  register_amx_attention(m);
+  register_causal_attention(m);
   register_amx_head(m);
   m.def("swiglu_forward", &swiglu_forward);
   m.def("swiglu_backward", &swiglu_backward);
