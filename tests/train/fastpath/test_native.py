@@ -498,3 +498,18 @@ def test_lora_kernels_refuse_shapes_that_do_not_pair_up(kernels):
         kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x.float(), [a], [b], [1.0])
     with pytest.raises(RuntimeError, match="contiguous fp32 or bf16"):
         kernels.lora_forward_(torch.zeros(4, 6).bfloat16(), x, [a.half()], [b], [1.0])
+
+
+def test_bf16_dots_is_the_cpus_avx512_bf16_and_described_names_the_path(kernels, monkeypatch):
+    from tunesmith.precision import cpu_info
+
+    assert native.bf16_dots() == ("avx512_bf16" in cpu_info()[1]) == bool(kernels.dp_ready())
+    monkeypatch.setattr(native, "amx", lambda: True)
+    assert native.described() == "on, AMX tiles"
+    monkeypatch.setattr(native, "amx", lambda: False)
+    monkeypatch.setattr(native, "bf16_dots", lambda: True)
+    assert native.described() == "on, AVX512-BF16 dot products"
+    monkeypatch.setattr(native, "bf16_dots", lambda: False)
+    assert native.described() == "on"
+    monkeypatch.setenv(native.ENV, "0")
+    assert native.described() == f"off ({native.ENV}=0)"
