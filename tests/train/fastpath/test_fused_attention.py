@@ -255,7 +255,9 @@ def test_the_kernel_needs_a_head_width_of_32s_and_tiles_or_dots(monkeypatch):
     assert not fused_attention.runs(q, q, q, 0.125)
 
 
-def test_the_fast_path_takes_the_tiles_where_the_cpu_has_them(fused, packed_pass, monkeypatch):
+def test_the_fast_path_takes_the_tiles_where_amx_runs_else_the_dots(
+    fused, packed_pass, monkeypatch
+):
     """The tiles on an AMX CPU (measured there), the dot products on any other with AVX512-BF16."""
     calls = []
     real = fused.causal_attention

@@ -1,8 +1,9 @@
-// What tunesmith's AMX kernels (amx_gemm.cpp, amx_attention.cpp, amx_head.cpp, amx_lora.cpp)
+// What tunesmith's AMX kernels (amx_gemm.cpp, causal_attention.cpp, amx_head.cpp, amx_lora.cpp)
 // share: whether this compiler and OS can build them, the target attribute their functions
-// carry (so that every x86-64 build compiles them, whatever its vector ISA flags; they run only
-// where amx_ready() says), the tile configuration, and the permission Linux wants before a
-// process touches tile data.
+// carry (so that every x86-64 build compiles them, whatever its vector ISA flags; their tile
+// code runs only where amx_ready() says, causal_attention.cpp's dot products wherever the CPU
+// has AVX512-BF16), the tile configuration, and the permission Linux wants before a process
+// touches tile data.
 #pragma once
 
 #include <algorithm>
