@@ -167,36 +167,43 @@ struct Causal {
   }
 };
 
-// dot_mm's block of 8 rows x 32 columns where only the first 16 columns are needed: those
-// summed over pairs [k0, k1) of a (from ai) and b (from bj), the other 16 written 0.
-AMX_TARGET void half_block(const bf16* ai, int64_t lda, const bf16* bj, int64_t ldb, float* ci,
-                           int64_t ldc, int64_t k0, int64_t k1) {
+// One block of dot_mm: 8 rows x 16 * V columns of c, from ci, (+)= the sums over pairs
+// [k0, k1) of a's rows (from ai) times b's pair rows (from bj). 8 * V sums in registers; each
+// step broadcasts a row's pair of a and multiplies it into V vectors of b's pair row.
+template <int V>
+AMX_TARGET void dot_block(const bf16* ai, int64_t lda, const bf16* bj, int64_t ldb, float* ci,
+                          int64_t ldc, int64_t k0, int64_t k1, bool accumulate) {
   constexpr int kRows = 8;
-  __m512 acc[kRows];
+  __m512 acc[kRows][V];
 #pragma GCC unroll 8
-  for (int r = 0; r < kRows; r++) acc[r] = _mm512_setzero_ps();
+  for (int r = 0; r < kRows; r++)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; v++)
+      acc[r][v] = accumulate ? _mm512_loadu_ps(ci + r * ldc + 16 * v) : _mm512_setzero_ps();
   for (int64_t p = k0 / 2; p < k1 / 2; p++) {
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bj + p * ldb);
+    __m512bh bv[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; v++) bv[v] = (__m512bh)_mm512_loadu_si512(bj + p * ldb + 32 * v);
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; r++) {
       int32_t pair;
       std::memcpy(&pair, ai + r * lda + 2 * p, sizeof pair);
-      acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(pair), b0);
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 2
+      for (int v = 0; v < V; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], x, bv[v]);
     }
   }
 #pragma GCC unroll 8
-  for (int r = 0; r < kRows; r++) {
-    _mm512_storeu_ps(ci + r * ldc, acc[r]);
-    _mm512_storeu_ps(ci + r * ldc + 16, _mm512_setzero_ps());
-  }
+  for (int r = 0; r < kRows; r++)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; v++) _mm512_storeu_ps(ci + r * ldc + 16 * v, acc[r][v]);
 }
 
 // c (m x n fp32, row stride ldc) (+)= a (m x k bf16, row stride lda) times b (tile_mm's packed
 // B operand), in AVX512-BF16 dot products: tile_mm's operands and result on a CPU without AMX,
 // computing only what `causal` says the rows need (the columns past a block's are written 0
-// unless accumulating). Blocks of 8 rows x 32 columns, 16 sums in registers; each step
-// broadcasts a row's pair of a and multiplies it into two vectors of b's pair row. m a
-// multiple of 8, n of 32, k even.
+// unless accumulating). Blocks of 8 rows x 32 columns, or 16 where the scores' last 16 columns
+// are unseen. m a multiple of 8, n of 32, k even.
 AMX_TARGET void dot_mm(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, float* c,
                        int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate,
                        const Causal& causal) {
@@ -204,42 +211,18 @@ AMX_TARGET void dot_mm(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, f
   for (int64_t i = 0; i < m; i += kRows) {
     int64_t cols, k0, k1;
     causal.of(i, n, k, cols, k0, k1);
+    const bf16* ai = a + i * lda;
     for (int64_t j = 0; j < n; j += 32) {
       float* ci = c + i * ldc + j;
-      if (j >= cols || k0 >= k1) {  // nothing to add: zeros, or the sums as they are
+      const bool none = j >= cols || k0 >= k1, half = !none && cols - j <= 16 && !accumulate;
+      if (none || half) {  // nothing to add (zeros, or the sums as they are), or 16 columns
         if (!accumulate)
-          for (int r = 0; r < kRows; r++) std::memset(ci + r * ldc, 0, 32 * sizeof(float));
+          for (int r = 0; r < kRows; r++)
+            std::memset(ci + r * ldc + (half ? 16 : 0), 0, (half ? 16 : 32) * sizeof(float));
+        if (half) dot_block<1>(ai, lda, b + 2 * j, ldb, ci, ldc, k0, k1, false);
         continue;
       }
-      const bf16* ai = a + i * lda;
-      if (cols - j <= 16 && !accumulate) {  // the scores' last 16 keys unseen: half the block
-        half_block(ai, lda, b + 2 * j, ldb, ci, ldc, k0, k1);
-        continue;
-      }
-      __m512 acc[kRows][2];
-#pragma GCC unroll 8
-      for (int r = 0; r < kRows; r++) {
-        acc[r][0] = accumulate ? _mm512_loadu_ps(ci + r * ldc) : _mm512_setzero_ps();
-        acc[r][1] = accumulate ? _mm512_loadu_ps(ci + r * ldc + 16) : _mm512_setzero_ps();
-      }
-      for (int64_t p = k0 / 2; p < k1 / 2; p++) {
-        const bf16* bp = b + p * ldb + 2 * j;
-        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp);
-        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bp + 32);
-#pragma GCC unroll 8
-        for (int r = 0; r < kRows; r++) {
-          int32_t pair;
-          std::memcpy(&pair, ai + r * lda + 2 * p, sizeof pair);
-          const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
-          acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
-          acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
-        }
-      }
-#pragma GCC unroll 8
-      for (int r = 0; r < kRows; r++) {
-        _mm512_storeu_ps(ci + r * ldc, acc[r][0]);
-        _mm512_storeu_ps(ci + r * ldc + 16, acc[r][1]);
-      }
+      dot_block<2>(ai, lda, b + 2 * j, ldb, ci, ldc, k0, k1, accumulate);
     }
   }
 }
