@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.train.fastpath.conftest import PACKED_ROWS, node_names
-from tunesmith.train.fastpath import fused_attention, native, row_split
+from tunesmith.train.fastpath import fused_attention, kernel_choice, native, row_split
 
 # (blocks, g, L, d): a bench pass's blocks; chunks that cross a group's end; a narrow head and
 # fewer rows than two chunks; one key; a wide head with keys past 128; exactly one chunk.
@@ -273,3 +273,37 @@ def test_the_fast_path_takes_the_tiles_where_amx_runs_else_the_dots(
     monkeypatch.setattr(native, "kernels", lambda: Spy())
     packed_pass([p for n in (30, 12) for p in range(n)], "1")
     assert calls and set(calls) == {native.amx()}
+
+
+@pytest.mark.parametrize("measured", ["tiles", "dots"])
+def test_on_an_amx_cpu_the_fast_path_takes_the_path_measured_for_its_layout(
+    fused, packed_pass, monkeypatch, tmp_path, measured
+):
+    """Both paths run on an AMX CPU: a large enough call takes the one measured faster there
+    (``kernel_choice``), forward and backward."""
+    if not native.amx():
+        pytest.skip("one path (the dot products) without AMX tiles")
+    monkeypatch.setattr(kernel_choice, "_CHOICES", kernel_choice.Choices(tmp_path / "c.json"))
+    monkeypatch.setattr(kernel_choice, "worth_measuring", lambda rows, width: True)
+    monkeypatch.setattr(kernel_choice.Choices, "measure", lambda *a, **kw: measured)
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(fused, name)
+            if name.startswith("causal_attention"):
+                return lambda *a, **kw: calls.append(kw["tiles"]) or fn(*a, **kw)
+            return fn
+
+    monkeypatch.setattr(native, "kernels", lambda: Spy())
+    out, _ = packed_pass([p for n in (30, 12) for p in range(n)], "1")
+    assert calls and set(calls) == {measured == "tiles"}
+
+
+def test_without_amx_the_dot_products_run_unmeasured(monkeypatch, tmp_path):
+    choices = kernel_choice.Choices(tmp_path / "c.json")
+    monkeypatch.setattr(kernel_choice, "_CHOICES", choices)
+    monkeypatch.setattr(native, "amx", lambda: False)
+    q, k = torch.zeros(4096, 64, dtype=torch.bfloat16), torch.zeros(24, 100, 64).bfloat16()
+    assert not fused_attention._on_tiles(q, None, k, k, 0.125)
+    assert choices.memo == {} and not choices.path.exists()

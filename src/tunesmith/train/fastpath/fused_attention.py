@@ -9,7 +9,8 @@ oneDNN computes the full squares, the masked half too. Where :func:`runs`,
 ``native/causal_attention.cpp`` does the whole attention per 32-query chunk in cache instead,
 reading the queries from the tokens' rows and writing the output back to them (no layout copies
 of either), on AMX tiles where the CPU has them (a step 0.95-0.96x the time on the AMX Xeon;
-benchmarks/RESULTS.md, "Causal attention on AMX tiles"), else in AVX512-BF16 dot products, which
+benchmarks/RESULTS.md, "Causal attention on AMX tiles"; an AMX CPU has the dot products too, and
+times both at a large call: :func:`_on_tiles`), else in AVX512-BF16 dot products, which
 also skip the keys a block of 8 queries does not see (a demo step's attention ~90 -> ~41 ms on
 the AMD EPYC; RESULTS.md, "Causal attention in AVX512-BF16 dot products"). The backward keeps
 only each query's log-sum-exp besides q, k and v, and recomputes the probabilities from it.
@@ -22,13 +23,13 @@ from __future__ import annotations
 
 import torch
 
-from tunesmith.train.fastpath import native, row_split
+from tunesmith.train.fastpath import kernel_choice, native, row_split
 
 
 class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, source, k, v, scale: float):
-        tiles = native.amx()
+        tiles = _on_tiles(q, source, k, v, scale)
         out, lse = native.kernels().causal_attention(q, source, k, v, scale, tiles=tiles)
         ctx.save_for_backward(q, source, k, v, lse)
         ctx.scale, ctx.tiles = scale, tiles
@@ -42,6 +43,31 @@ class _FusedAttention(torch.autograd.Function):
             grad.contiguous(), q, source, k, v, lse, ctx.scale, tiles=ctx.tiles
         )
         return dq, None, dk, dv, None
+
+
+def _on_tiles(q, source, k, v, scale: float) -> bool:
+    """Whether this attention (forward, and so its backward) runs on AMX tiles: where the CPU
+    has both tiles and dot products, the path measured faster, forward and backward together,
+    for this head width and layout's block count
+    (:mod:`~tunesmith.train.fastpath.kernel_choice`); else the tiles wherever they run."""
+    tiles = native.amx()
+    if not (tiles and native.bf16_dots()):
+        return tiles
+    kernels = native.kernels()
+
+    def both_ways(on_tiles: bool) -> None:
+        out, lse = kernels.causal_attention(q, source, k, v, scale, tiles=on_tiles)
+        kernels.causal_attention_backward(out, q, source, k, v, lse, scale, tiles=on_tiles)
+
+    def paths():
+        return {"tiles": lambda: both_ways(True), "dots": lambda: both_ways(False)}
+
+    key = ("attention", q.shape[1], k.shape[0], torch.get_num_threads())
+
+    def large() -> bool:
+        return kernel_choice.worth_measuring(q.shape[0], q.shape[1] * k.shape[0])
+
+    return kernel_choice.choose(key, ("tiles", "dots"), "tiles", large, paths) == "tiles"
 
 
 def runs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> bool:

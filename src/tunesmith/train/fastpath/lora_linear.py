@@ -42,7 +42,11 @@ products in one pass"); on a CPU with AVX512-BF16 and no AMX those passes sum in
 dot products (:func:`_bf16_dots`, ``native/dp_lora.cpp``: the demo's LoRA kernels ~55 -> ~36
 ms a step on the AMD EPYC; RESULTS.md, "The LoRA products in AVX512-BF16 dot products"), and on
 an AMX CPU the backward's products run on the tiles from a rank of :data:`TILES_MIN_RANK` on
-(``native/amx_lora.cpp``; RESULTS.md, "LoRA's backward products on AMX tiles"). The kernels
+(``native/amx_lora.cpp``; RESULTS.md, "LoRA's backward products on AMX tiles"). Those are the
+rules; where a node's pass has more than one path on this CPU and is large, the first call of
+its shape times them and the fastest runs from then on
+(:mod:`~tunesmith.train.fastpath.kernel_choice`; the same paths on the AMD EPYC, ~30 ms once on
+the demo; RESULTS.md, "Kernel paths measured per machine"). The kernels
 read A and B as the trained weights (fp32 under autocast) and give their gradients in those
 dtypes, rounded as :func:`_rounded_sides` and :func:`_branch_grads` round them here, so such a
 node runs no casts, stacking or slicing.
@@ -50,9 +54,11 @@ node runs no casts, stacking or slicing.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from tunesmith.train.fastpath import native
+from tunesmith.train.fastpath import kernel_choice, native, row_split
 from tunesmith.train.fastpath.dropout import masked_scale
 from tunesmith.train.fastpath.row_split import splits, tiles_take
 
@@ -68,12 +74,13 @@ TILES_MIN_RANK = 8
 
 
 def _bf16_dots() -> bool:
-    """Whether the kernels' vector passes sum in AVX512-BF16 dot products (``native/dp_lora.cpp``,
-    where the CPU has them) rather than fp32 FMAs. Measured on the AMD EPYC (Zen 4, no AMX): the
-    demo's calls 0.43-0.54x the time, warm. Not yet measured on an AMX Xeon, whose FMA and
-    dot-product units are balanced otherwise and whose tiles' rank rule (:data:`TILES_MIN_RANK`)
-    was measured against the fp32 pass: there the measured paths stay until the dot products are
-    timed."""
+    """The rule for a call whose path is not measured (small, or the switch off: see
+    :mod:`~tunesmith.train.fastpath.kernel_choice`): the kernels' vector passes sum in AVX512-BF16
+    dot products (``native/dp_lora.cpp``, where the CPU has them) rather than fp32 FMAs on CPUs
+    without AMX. Measured on the AMD EPYC (Zen 4, no AMX): the demo's calls 0.43-0.54x the time,
+    warm. On an AMX Xeon, whose FMA and dot-product units are balanced otherwise and whose
+    tiles' rank rule (:data:`TILES_MIN_RANK`) was measured against the fp32 pass, the rule keeps
+    the fp32 pass; a large call there times all three paths."""
     return not native.amx()
 
 
@@ -94,13 +101,82 @@ def _kernels(*tensors: torch.Tensor, weights: tuple[torch.Tensor, ...]):
     return native.kernels() if native.runs_on(*tensors) else None
 
 
+def _tiles_fit(g2: torch.Tensor, x2: torch.Tensor) -> bool:
+    """Whether ``lora_backward`` can run its products on AMX tiles (``native/amx_lora.cpp``):
+    output and input widths multiples of 32, the AMX code running here
+    (:func:`~tunesmith.train.fastpath.row_split.tiles_take`)."""
+    return not (g2.shape[1] % 32 or x2.shape[1] % 32) and tiles_take(g2, x2)
+
+
 def _backward_on_tiles(g2: torch.Tensor, h: torch.Tensor, x2: torch.Tensor) -> bool:
-    """Whether ``lora_backward`` runs its products on AMX tiles (``native/amx_lora.cpp``): a
-    node of :data:`TILES_MIN_RANK` or more, output and input widths multiples of 32, the AMX
-    code running here (:func:`~tunesmith.train.fastpath.row_split.tiles_take`)."""
-    if h.shape[1] < TILES_MIN_RANK or g2.shape[1] % 32 or x2.shape[1] % 32:
+    """The rule for an unmeasured backward: on tiles where they fit and the node's rank is
+    :data:`TILES_MIN_RANK` or more."""
+    return h.shape[1] >= TILES_MIN_RANK and _tiles_fit(g2, x2)
+
+
+def _key(kind: str, x: torch.Tensor, a_weights, b_weights) -> tuple:
+    """A node's shape for its measured paths: input width, output widths, ranks, threads."""
+    widths = tuple(b.shape[0] for b in b_weights)
+    ranks = tuple(a.shape[0] for a in a_weights)
+    return (f"lora-{kind}", x.shape[1], widths, ranks, torch.get_num_threads())
+
+
+def _large(x: torch.Tensor, b_weights) -> bool:
+    width = max(x.shape[1], sum(b.shape[0] for b in b_weights))
+    return kernel_choice.worth_measuring(x.shape[0], width)
+
+
+def _forward_dots(kernels, out, x, a_weights, b_weights, scales) -> bool:
+    """Whether the forward's rank-r pass (``lora_forward_`` into ``out``, or ``lora_operands``
+    where ``out`` is None) sums in dot products: where the CPU has them, the path measured
+    faster for this shape (:mod:`~tunesmith.train.fastpath.kernel_choice`), else
+    :func:`_bf16_dots`'s rule."""
+    if not native.bf16_dots():
         return False
-    return tiles_take(g2, x2)
+    names = ("dots", "fp32")
+
+    def paths():
+        if out is None:
+            run = functools.partial(kernels.lora_operands, x, a_weights, b_weights, scales)
+        else:  # the pass adds into its output: a scratch copy of it
+            run = functools.partial(
+                kernels.lora_forward_, out.clone(), x, a_weights, b_weights, scales
+            )
+        return {name: functools.partial(run, bf16_dots=name == "dots") for name in names}
+
+    key = _key("operands" if out is None else "forward", x, a_weights, b_weights)
+    default = "dots" if _bf16_dots() else "fp32"
+    large = functools.partial(_large, x, b_weights)
+    return kernel_choice.choose(key, names, default, large, paths) == "dots"
+
+
+def _backward_path(kernels, args) -> tuple[bool, bool]:
+    """(on AMX tiles, in dot products) for ``lora_backward(*args, ...)``: of the paths this node
+    and CPU have (the tiles where they fit at any rank, dot products, the fp32 pass), the one
+    measured fastest for this shape (:mod:`~tunesmith.train.fastpath.kernel_choice`), else the
+    rules (:func:`_backward_on_tiles`, :func:`_bf16_dots`)."""
+    g2, h, x2, a_weights, b_weights = args[:5]
+    fits = _tiles_fit(g2, x2)
+    names = (("tiles",) if fits else ()) + (("dots", "fp32") if native.bf16_dots() else ("fp32",))
+    if len(names) == 1:
+        return False, False
+    if fits and h.shape[1] >= TILES_MIN_RANK:  # _backward_on_tiles
+        default = "tiles"
+    else:
+        default = "dots" if _bf16_dots() and "dots" in names else "fp32"
+
+    def paths():
+        run = functools.partial(kernels.lora_backward, *args)
+        return {n: functools.partial(run, n == "tiles", bf16_dots=n == "dots") for n in names}
+
+    def before() -> None:  # a step reads x from memory (it was saved a pass ago)
+        if (evictor := row_split.evictor()) is not None:
+            evictor.evict(x2)
+
+    key = _key("backward-dx" if args[6] else "backward", x2, a_weights, b_weights)
+    large = functools.partial(_large, x2, b_weights)
+    name = kernel_choice.choose(key, names, default, large, paths, before)
+    return name == "tiles", name == "dots"
 
 
 def _rounded_sides(
@@ -137,15 +213,17 @@ class LoraLinears(torch.autograd.Function):
         kernels = _kernels(x_branch, weights=ab)
         if kernels is not None and bias is None and rows.on_tiles(x2, weight.t()):
             # The branch as the AMX product's low-rank extension: no pass over out to add it.
+            dots = _forward_dots(kernels, None, x_branch, a_weights, b_weights, scales)
             h, h32, sbt = kernels.lora_operands(
-                x_branch, a_weights, b_weights, scales, bf16_dots=_bf16_dots()
+                x_branch, a_weights, b_weights, scales, bf16_dots=dots
             )
             out = rows.mm_extended(x2, weight.t(), h32, sbt)
         else:
             out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
             if kernels is not None:  # A and sB rounded as below, inside; sB's diagonal blocks only
+                dots = _forward_dots(kernels, out, x_branch, a_weights, b_weights, scales)
                 h = kernels.lora_forward_(
-                    out, x_branch, a_weights, b_weights, scales, bf16_dots=_bf16_dots()
+                    out, x_branch, a_weights, b_weights, scales, bf16_dots=dots
                 )
             else:
                 a, b = _rounded_sides(a_weights, b_weights, scales, x.dtype)
@@ -164,18 +242,9 @@ class LoraLinears(torch.autograd.Function):
         want_dx = ctx.needs_input_grad[0]
         kernels = _kernels(g2, h, x2, weights=tuple(ab))
         if kernels is not None:  # gradients in the masters' dtypes, B's scaled, as below
-            on_tiles = _backward_on_tiles(g2, h, x2)
-            _, branch, *grads = kernels.lora_backward(
-                g2,
-                h,
-                x2,
-                a_weights,
-                b_weights,
-                ctx.scales,
-                want_dx,
-                on_tiles,
-                bf16_dots=_bf16_dots(),
-            )
+            args = (g2, h, x2, a_weights, b_weights, ctx.scales, want_dx)
+            on_tiles, dots = _backward_path(kernels, args)
+            _, branch, *grads = kernels.lora_backward(*args, on_tiles, bf16_dots=dots)
         else:
             a, b = _rounded_sides(a_weights, b_weights, ctx.scales, x2.dtype)
             dh = g2 @ b  # (tokens, Σ r)

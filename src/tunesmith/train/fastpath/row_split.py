@@ -36,9 +36,6 @@ the kernel off (the reference path, for A/B runs); ``TUNESMITH_NATIVE=0`` the ke
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import logging
 import os
 import threading
 import time
@@ -47,8 +44,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.train.fastpath import native
-
-logger = logging.getLogger("tunesmith")
+from tunesmith.train.fastpath.kernel_choice import cache_file, load_table, machine_ident, save_table
 
 ENV = "TUNESMITH_ROW_SPLIT"
 BLOCK = 512  # rows per block: the largest height at which the measured bad shapes run well
@@ -149,7 +145,7 @@ class RowSplits:
 
     def _table(self) -> dict[str, int]:
         if self._heights is None:
-            self._heights = _load(self.path)
+            self._heights = load_table(self.path, int)
         return self._heights
 
     @staticmethod
@@ -195,7 +191,7 @@ class RowSplits:
                 if not enabled() or (key.endswith("-amx") and native.kernels() is None):
                     return None
                 table[key] = _measure(a, b)
-                _save(self.path, table)
+                save_table(self.path, table)
             return table[key]
 
     def mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -272,7 +268,7 @@ def tiles_take(*tensors: torch.Tensor) -> bool:
     tensors: bf16 on CPU with the kernels on, their AMX code runs here
     (:func:`~tunesmith.train.fastpath.native.amx`), and no recorder of dispatched products
     listens (:func:`through_torch`: the bench's shape-matched limit counts torch's products)."""
-    return native.runs_on(*tensors) and native.amx() and not torch_only()
+    return native.amx() and native.runs_on(*tensors) and not torch_only()  # amx(): cached
 
 
 def measuring() -> bool:
@@ -289,7 +285,7 @@ def _measure(a: torch.Tensor, b: torch.Tensor) -> int:
         _STATE.measuring = False
 
 
-def _evictor():
+def evictor():
     """The kernels, where their ``evict`` drops memory from the caches here (x86-64); else None."""
     kernels = native.kernels()
     return kernels if kernels is not None and kernels.evict(torch.empty(0)) else None
@@ -298,7 +294,7 @@ def _evictor():
 def _fastest(a: torch.Tensor, b: torch.Tensor) -> int:
     times = {}
     amx = amx_takes(a, b) and native.kernels() is not None
-    kernels = _evictor()
+    kernels = evictor()
     with torch.no_grad():
         for height in candidates(a.shape[0], amx):
             _mm(a, b, height)  # oneDNN builds (JIT-compiles) the primitive of each new shape
@@ -316,43 +312,15 @@ def _fastest(a: torch.Tensor, b: torch.Tensor) -> int:
     return height if times[height] < MARGIN * times[0] else 0
 
 
-def _load(path: Path | None) -> dict[str, int]:
-    if path is None:
-        return {}
-    try:
-        data = json.loads(path.read_text())
-        return {str(k): int(v) for k, v in data.items()}
-    except (OSError, ValueError, TypeError, AttributeError):
-        return {}  # none yet, or unreadable: measured again
-
-
-def _save(path: Path | None, table: dict[str, int]) -> None:
-    if path is None:
-        return
-    try:
-        from tunesmith.atomic import write_json
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, dict(sorted(table.items())))
-    except OSError as exc:  # a cache that cannot be written never fails a run
-        logger.debug("row-split choices not saved to %s: %s", path, exc)
-
-
 def table_path() -> Path:
     """``<tunesmith cache>/row-split/<CPU, ISA flags, oneDNN ISA cap, torch version, AMX kernel's
     build>.json``: a changed kernel is a new candidate, measured again."""
-    from tunesmith.models.embedded import cache_root
-    from tunesmith.precision import cpu_info, onednn_isa_cap
-
-    model, flags = cpu_info()
-    # oneDNN's ISA cap (e.g. AVX512_CORE_BF16 on an AMX CPU) changes the kernels, so the choices.
-    ident = f"{model}|{' '.join(sorted(flags))}|{onednn_isa_cap() or ''}|{torch.__version__}"
-    if _evictor() is not None:
+    ident = machine_ident()
+    if evictor() is not None:
         ident += f"|{MEASURED_FROM}"
     if native.amx():
         ident += f"|{native.extension_name()}"
-    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    return cache_root() / "row-split" / f"{digest}.json"
+    return cache_file("row-split", ident)
 
 
 _SPLITS: RowSplits | None = None

@@ -8,7 +8,9 @@ and a LoRA node's backward products from rank 8 on (``amx_lora.cpp``; see
 :mod:`~tunesmith.train.fastpath.lora_linear`); where the CPU has AVX512-BF16 and no AMX
 (:func:`bf16_dots`), that attention and the LoRA kernels' passes in its bf16 dot products
 (``causal_attention.cpp``, ``dp_lora.cpp``; :func:`~tunesmith.train.fastpath.lora_linear._bf16_dots`),
-the LoRA passes in fp32 FMAs elsewhere.
+the LoRA passes in fp32 FMAs elsewhere. Where a large call has several of these paths (an AMX
+CPU has all three), the one it takes is measured per machine
+(:mod:`~tunesmith.train.fastpath.kernel_choice`).
 
 Each runs in one pass each way (and packed attention's row placement in one gather).
 

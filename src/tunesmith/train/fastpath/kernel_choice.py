@@ -1,0 +1,199 @@
+"""Which of a kernel's interchangeable paths runs, measured on this machine the first time.
+
+Several of tunesmith's CPU kernels compute the same values by more than one path: the LoRA
+passes sum in fp32 FMAs or in AVX512-BF16 dot products, the LoRA backward's products also run on
+AMX tiles, and the fused attention runs on tiles or in dot products. Which is fastest depends on
+the CPU, not only on its ISA: on the AMD EPYC (Zen 4) the dot products took 0.43-0.54x the fp32
+pass's time (benchmarks/RESULTS.md, "The LoRA products in AVX512-BF16 dot products"), while an
+AMX Xeon's FMA and dot-product units are balanced otherwise and its tiles won the LoRA backward
+from a rank of 8 only. A rule per ISA measured on one machine is a guess on the next, so where a
+call has more than one path and is large enough to be worth a measurement, the first such call
+of a shape times each path on its real operands (one call that warms up, then the best of
+:data:`REPEATS`) and keeps the fastest; the path the rule would take (``default``) stays unless
+another beats it by :data:`MARGIN`. Choices go to a small JSON file in the tunesmith cache keyed
+by CPU, ISA flags, oneDNN's ISA cap, torch's version and the kernels' build (a changed kernel is
+measured again), so later runs on the machine, and a resumed run, take the same paths.
+
+The paths differ in the order of their fp32 sums only (each path's values are tested against the
+others and the eager formulas); small calls (the tests' tiny models) and a process with the
+switch off (``TUNESMITH_KERNEL_CHOICE=0``: the rules alone, for A/B runs) never measure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tunesmith.train.fastpath import native
+
+logger = logging.getLogger("tunesmith")
+
+ENV = "TUNESMITH_KERNEL_CHOICE"
+MIN_ROWS = 256  # fewer rows: a call too small to time reliably; the rule decides meanwhile
+MIN_WIDTH = 256  # narrower: a small model's call (the tests' tiny models), never measured
+REPEATS = 3  # timed calls per path, after one that warms it up
+MARGIN = 0.95  # another path must beat the default by 5% (timing noise on a busy machine)
+_clock = time.perf_counter
+
+
+def worth_measuring(rows: int, width: int) -> bool:
+    """Whether a call over ``rows`` rows of ``width`` (its widest operand's columns) is large
+    enough to time reliably."""
+    return rows >= MIN_ROWS and width >= MIN_WIDTH
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def machine_ident() -> str:
+    """What a measured choice depends on besides its shape: the CPU, its ISA flags, oneDNN's
+    ISA cap (e.g. AVX512_CORE_BF16 on an AMX CPU) and torch's version."""
+    from tunesmith.precision import cpu_info, onednn_isa_cap
+
+    model, flags = cpu_info()
+    return f"{model}|{' '.join(sorted(flags))}|{onednn_isa_cap() or ''}|{torch.__version__}"
+
+
+def load_table(path: Path | None, cast: Callable[[object], object] = str) -> dict:
+    """The choices saved at ``path``, values through ``cast``; empty where there are none or the
+    file is unreadable (then they are measured again)."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {str(k): cast(v) for k, v in data.items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def save_table(path: Path | None, table: dict) -> None:
+    """``table`` written atomically to ``path``; a cache that cannot be written never fails a
+    run."""
+    if path is None:
+        return
+    try:
+        from tunesmith.atomic import write_json
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, dict(sorted(table.items())))
+    except OSError as exc:
+        logger.debug("measured choices not saved to %s: %s", path, exc)
+
+
+class Choices:
+    """The measured path per call shape, for this machine and kernels' build.
+
+    Args:
+        path: The JSON file the choices are kept in; None keeps them in this process only.
+    """
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._table: dict[str, str] | None = None
+        self.memo: dict[tuple, str] = {}  # (key, names) -> the table's choice, once looked up
+
+    def known(self, key: str) -> str | None:
+        """The path chosen for ``key`` (here or by an earlier run), or None if not yet measured."""
+        if self._table is None:
+            with self._lock:
+                if self._table is None:
+                    self._table = load_table(self.path)
+        return self._table.get(key)
+
+    def measure(
+        self,
+        key: str,
+        paths: dict[str, Callable[[], object]],
+        default: str,
+        before: Callable[[], None] | None = None,
+    ) -> str:
+        """Time each of ``paths`` (name -> one call of it) and keep the fastest for ``key``;
+        ``default`` unless another is :data:`MARGIN` faster. ``before`` runs untimed before
+        each timed call (e.g. evicting an operand that a step reads from memory)."""
+        times = {}
+        with torch.no_grad():
+            for name, call in paths.items():
+                call()  # builds, faults in its scratch memory, warms its code
+                best = float("inf")
+                for _ in range(REPEATS):
+                    if before is not None:
+                        before()
+                    start = _clock()
+                    call()
+                    best = min(best, _clock() - start)
+                times[name] = best
+        fastest = min(times, key=times.get)
+        choice = fastest if times[fastest] < MARGIN * times[default] else default
+        logger.debug("kernel choice %s: %s (%s)", key, choice, _described(times))
+        with self._lock:
+            table = self._table if self._table is not None else load_table(self.path)
+            table[key] = choice
+            self._table = table
+            save_table(self.path, table)
+        return choice
+
+
+def _described(times: dict[str, float]) -> str:
+    return ", ".join(f"{name} {1e6 * t:.0f} us" for name, t in times.items())
+
+
+def choose(
+    key: tuple,
+    names: tuple[str, ...],
+    default: str,
+    large: Callable[[], bool],
+    paths: Callable[[], dict[str, Callable[[], object]]],
+    before: Callable[[], None] | None = None,
+) -> str:
+    """The path to run, of ``names`` (those this call can take; ``default`` among them): the
+    one measured for ``key`` (the call's shape) and these names; else, where ``large()``
+    (:func:`worth_measuring`), measured now (``paths()`` builds name -> one call of that path on
+    the call's operands), else ``default``. Only ``default`` with the switch off."""
+    if len(names) < 2 or not enabled():
+        return default
+    table = choices()
+    seen = (key, names)
+    known = table.memo.get(seen)  # a step makes ~300 such calls: one lookup, no formatting
+    if known is None:
+        text = "|".join((*(str(part) for part in key), "/".join(names)))
+        known = table.known(text)
+        if known is None:
+            if not large():
+                return default
+            known = table.measure(text, paths(), default, before)
+        table.memo[seen] = known
+    return known if known in names else default
+
+
+def cache_file(folder: str, ident: str) -> Path:
+    """``<tunesmith cache>/<folder>/<digest of ident>.json``: a table of measured choices."""
+    from tunesmith.models.embedded import cache_root
+
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return cache_root() / folder / f"{digest}.json"
+
+
+def table_path() -> Path:
+    """``<tunesmith cache>/kernel-choice/<machine, kernels' build>.json``."""
+    return cache_file("kernel-choice", f"{machine_ident()}|{native.extension_name()}")
+
+
+_CHOICES: Choices | None = None
+
+
+def choices() -> Choices:
+    """This process's choices, read from and kept in :func:`table_path`."""
+    global _CHOICES
+    if _CHOICES is None:
+        _CHOICES = Choices(table_path())
+    return _CHOICES
