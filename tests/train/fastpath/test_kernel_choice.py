@@ -99,6 +99,21 @@ def test_a_choice_is_per_set_of_paths_and_one_not_offered_now_is_not_taken(monke
     assert kernel_choice.choose(("j",), ("dots", "fp32"), "fp32", _LARGE, clock.paths) == "fp32"
 
 
+def test_a_path_that_refuses_the_call_is_never_taken(monkeypatch, table, caplog):
+    clock = _Clock(monkeypatch, {"fp32": 2.0, "dots": 1.0})
+
+    def refuses():
+        raise RuntimeError("widths off the tiles")
+
+    paths = lambda: {**clock.paths(), "tiles": refuses}  # noqa: E731
+    names = ("tiles", "dots", "fp32")
+    assert kernel_choice.choose(("k",), names, "fp32", _LARGE, paths) == "dots"
+    assert "tiles failed" in caplog.text and "widths off the tiles" in caplog.text
+    # the rule's own path failing is the call's error, not hidden
+    with pytest.raises(RuntimeError, match="widths off the tiles"):
+        kernel_choice.choose(("j",), names, "tiles", _LARGE, paths)
+
+
 @pytest.mark.parametrize("content", ["{not json", '["a list"]', ""])
 def test_an_unreadable_table_is_measured_again_and_rewritten(monkeypatch, table, content):
     table.path.write_text(content)

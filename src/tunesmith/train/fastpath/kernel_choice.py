@@ -123,15 +123,12 @@ class Choices:
         times = {}
         with torch.no_grad():
             for name, call in paths.items():
-                call()  # builds, faults in its scratch memory, warms its code
-                best = float("inf")
-                for _ in range(REPEATS):
-                    if before is not None:
-                        before()
-                    start = _clock()
-                    call()
-                    best = min(best, _clock() - start)
-                times[name] = best
+                try:
+                    times[name] = _best_time(call, before)
+                except Exception as exc:  # noqa: BLE001 - a path refusing this call never runs
+                    if name == default:
+                        raise  # the call itself would fail the same way
+                    logger.warning("kernel path %s failed on %s (%s); not taken", name, key, exc)
         fastest = min(times, key=times.get)
         choice = fastest if times[fastest] < MARGIN * times[default] else default
         logger.debug("kernel choice %s: %s (%s)", key, choice, _described(times))
@@ -141,6 +138,18 @@ class Choices:
             self._table = table
             save_table(self.path, table)
         return choice
+
+
+def _best_time(call: Callable[[], object], before: Callable[[], None] | None) -> float:
+    call()  # builds, faults in its scratch memory, warms its code
+    best = float("inf")
+    for _ in range(REPEATS):
+        if before is not None:
+            before()
+        start = _clock()
+        call()
+        best = min(best, _clock() - start)
+    return best
 
 
 def _described(times: dict[str, float]) -> str:
