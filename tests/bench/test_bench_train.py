@@ -244,5 +244,16 @@ def test_the_machine_line_names_the_kernels_and_the_rounds_that_ran_without_them
     assert machine_of([*ours, peer])["cpu_kernels"] == on
     assert "tunesmith's CPU kernels on, AMX tiles" in one_line(machine_of([*ours, peer]))
     mixed = [ours[0], {**ours[1], "cpu_kernels": off}, {**ours[1], "rep": 2, "cpu_kernels": off}]
-    assert machine_of(mixed)["cpu_kernels"] == f"{on} (rounds 0); {off} (rounds 1, 2)"
+    assert machine_of(mixed)["cpu_kernels"] == f"{on} (rounds 0) / {off} (rounds 1, 2)"
     assert "cpu_kernels" not in machine_of([peer])
+
+
+def test_the_machine_line_names_the_kernel_paths_the_measured_calls_took():
+    paths = "lora-backward: 3 tiles, 1 dots; lora-forward: 4 dots"
+    peer = {"variant": "trl-default", "rep": 0, "omp_wait": "libgomp default"}
+    ours = [
+        {"variant": "tunesmith", "rep": r, "omp_wait": "x", "kernel_paths": paths} for r in (0, 1)
+    ]
+    assert machine_of([*ours, peer])["kernel_paths"] == paths
+    assert f"| measured kernel paths: {paths}" in one_line(machine_of([*ours, peer]))
+    assert "measured kernel paths" not in one_line(machine_of([peer]))

@@ -46,9 +46,10 @@ def one_line(machine: dict[str, Any]) -> str:
     )
     if machine.get("onednn_isa_cap"):
         isa += f" (oneDNN capped at {machine['onednn_isa_cap']})"
-    kernels = machine.get("cpu_kernels")
+    kernels, paths = machine.get("cpu_kernels"), machine.get("kernel_paths")
     return (
         f"{machine['cpu']} | {isa} | {machine['cores']} cores, {machine['torch_threads']} threads,"
         f" {machine['omp_wait']} | torch {machine['torch']}, oneDNN {machine['onednn']}"
         + (f" | tunesmith's CPU kernels {kernels}" if kernels else "")
+        + (f" | measured kernel paths: {paths}" if paths else "")
     )

@@ -132,6 +132,16 @@ def test_a_table_that_cannot_be_written_never_fails_the_call(monkeypatch, tmp_pa
     assert choices.known("k|dots/fp32") == "dots"  # kept in this process
 
 
+def test_the_summary_counts_this_processs_paths_per_kind_of_call(monkeypatch, table):
+    assert kernel_choice.summary() is None  # no call had a choice yet
+    clock = _Clock(monkeypatch, {"fp32": 2.0, "dots": 1.0})
+    for key in (("lora-forward", 576), ("lora-forward", 1536), ("lora-backward", 576)):
+        kernel_choice.choose(key, ("dots", "fp32"), "fp32", _LARGE, clock.paths)
+    clock.costs["fp32"] = 0.5
+    kernel_choice.choose(("lora-backward", 64), ("dots", "fp32"), "dots", _LARGE, clock.paths)
+    assert kernel_choice.summary() == "lora-backward: 1 dots, 1 fp32; lora-forward: 2 dots"
+
+
 def test_the_table_is_per_machine_and_kernels_build(monkeypatch):
     first = kernel_choice.table_path()
     assert first.parent.name == "kernel-choice"

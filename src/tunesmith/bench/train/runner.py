@@ -50,19 +50,19 @@ def child_env(variant: str, environ: dict[str, str]) -> dict[str, str]:
 
 def machine_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The machine the children ran on, with each variant's OpenMP wait setting and, where the
-    rows say, tunesmith's CPU kernels (per round where the rounds differ: a source edited while
-    the bench runs renames the build, and the later rounds would run without it)."""
+    rows say, tunesmith's CPU kernels and the paths its measured calls took (per round where the
+    rounds differ: a source edited while the bench runs renames the build, and the later rounds
+    would run without it)."""
     from tunesmith.bench.machine import describe
 
     waits = _grouped(rows, "omp_wait", lambda row: row["variant"], "unknown wait setting")
     machine = describe() | {"omp_wait": "; ".join(f"{'/'.join(v)}: {w}" for w, v in waits.items())}
-    states = _grouped(rows, "cpu_kernels", lambda row: str(row.get("rep", "?")))
-    if len(states) == 1:
-        machine["cpu_kernels"] = next(iter(states))
-    elif states:
-        machine["cpu_kernels"] = "; ".join(
-            f"{s} (rounds {', '.join(r)})" for s, r in states.items()
-        )
+    for field in ("cpu_kernels", "kernel_paths"):
+        states = _grouped(rows, field, lambda row: str(row.get("rep", "?")))
+        if len(states) == 1:
+            machine[field] = next(iter(states))
+        elif states:
+            machine[field] = " / ".join(f"{s} (rounds {', '.join(r)})" for s, r in states.items())
     return machine
 
 

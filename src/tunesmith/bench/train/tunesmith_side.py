@@ -107,7 +107,7 @@ def step_limit(loop, steps: range):
 def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) -> dict[str, Any]:
     """Train ``settings.steps`` steps with :func:`prepare_loop`'s loop; returns the run's row."""
     from tunesmith.precision import default_device
-    from tunesmith.train.fastpath import native
+    from tunesmith.train.fastpath import kernel_choice, native
 
     t0 = time.perf_counter()
     ready = prepare_loop(settings, data["train_messages"], workdir, default_device())
@@ -144,4 +144,6 @@ def run_tunesmith(settings: BenchSettings, data: dict[str, str], workdir: Path) 
     limit = step_limit(ready.loop, range(1, len(clock.ends)))  # the timed steps
     row.update(limit_fields(limit, row["timed_steps"], row["wall_s"]))
     row["cpu_kernels"] = native.described()  # a round without them is another workload
+    if (paths := kernel_choice.summary()) is not None:  # which of a kernel's paths ran here
+        row["kernel_paths"] = paths
     return row

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -206,3 +207,18 @@ def choices() -> Choices:
     if _CHOICES is None:
         _CHOICES = Choices(table_path())
     return _CHOICES
+
+
+def summary() -> str | None:
+    """The paths this process's calls took, per kind of call, e.g. ``lora-backward: 3 dots,
+    1 tiles; lora-forward: 4 dots`` (for a bench's machine line); None where no call had a
+    choice (one path each, small calls, the switch off)."""
+    if _CHOICES is None or not _CHOICES.memo:
+        return None
+    kinds: dict[str, Counter] = {}
+    for (key, _names), choice in _CHOICES.memo.items():
+        kinds.setdefault(str(key[0]), Counter())[choice] += 1
+    return "; ".join(
+        f"{kind}: " + ", ".join(f"{n} {name}" for name, n in counts.most_common())
+        for kind, counts in sorted(kinds.items())
+    )
