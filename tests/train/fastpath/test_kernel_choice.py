@@ -95,7 +95,7 @@ def test_a_choice_is_per_set_of_paths_and_one_not_offered_now_is_not_taken(monke
     # the same shape where the tiles cannot run: measured apart, never the tiles
     del clock.costs["tiles"]
     assert kernel_choice.choose(("k",), ("dots", "fp32"), "fp32", _LARGE, clock.paths) == "dots"
-    table._table["j|dots/fp32"] = "tiles"  # e.g. a file written by hand
+    table.entries()["j|dots/fp32"] = "tiles"  # e.g. a file written by hand
     assert kernel_choice.choose(("j",), ("dots", "fp32"), "fp32", _LARGE, clock.paths) == "fp32"
 
 

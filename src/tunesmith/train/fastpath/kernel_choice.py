@@ -64,7 +64,7 @@ def machine_ident() -> str:
     return f"{model}|{' '.join(sorted(flags))}|{onednn_isa_cap() or ''}|{torch.__version__}"
 
 
-def load_table(path: Path | None, cast: Callable[[object], object] = str) -> dict:
+def _load(path: Path | None, cast: Callable[[object], object]) -> dict:
     """The choices saved at ``path``, values through ``cast``; empty where there are none or the
     file is unreadable (then they are measured again)."""
     if path is None:
@@ -76,40 +76,53 @@ def load_table(path: Path | None, cast: Callable[[object], object] = str) -> dic
         return {}
 
 
-def save_table(path: Path | None, table: dict) -> None:
-    """``table`` written atomically to ``path``; a cache that cannot be written never fails a
-    run."""
-    if path is None:
-        return
-    try:
-        from tunesmith.atomic import write_json
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, dict(sorted(table.items())))
-    except OSError as exc:
-        logger.debug("measured choices not saved to %s: %s", path, exc)
-
-
-class Choices:
-    """The measured path per call shape, for this machine and kernels' build.
+class SavedTable:
+    """Measured choices by key, read from a JSON file on first use and written back atomically
+    with each new one (a cache that cannot be written never fails a run; the choices then stay
+    in this process). Shared with :class:`~tunesmith.train.fastpath.row_split.RowSplits`.
 
     Args:
         path: The JSON file the choices are kept in; None keeps them in this process only.
+        cast: What each saved value is read back as.
     """
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, cast: Callable[[object], object] = str):
         self.path = path
-        self._lock = threading.Lock()
-        self._table: dict[str, str] | None = None
+        self.lock = threading.Lock()
+        self._cast = cast
+        self._entries: dict | None = None
+
+    def entries(self) -> dict:
+        """The choices, read from the file the first time."""
+        if self._entries is None:
+            self._entries = _load(self.path, self._cast)
+        return self._entries
+
+    def put(self, key: str, value: object) -> None:
+        """Keep ``value`` for ``key`` and save the table; call with :attr:`lock` held."""
+        self.entries()[key] = value
+        if self.path is None:
+            return
+        try:
+            from tunesmith.atomic import write_json
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.path, dict(sorted(self._entries.items())))
+        except OSError as exc:
+            logger.debug("measured choices not saved to %s: %s", self.path, exc)
+
+
+class Choices(SavedTable):
+    """The measured path per call shape, for this machine and kernels' build."""
+
+    def __init__(self, path: Path | None):
+        super().__init__(path)
         self.memo: dict[tuple, str] = {}  # (key, names) -> the table's choice, once looked up
 
     def known(self, key: str) -> str | None:
         """The path chosen for ``key`` (here or by an earlier run), or None if not yet measured."""
-        if self._table is None:
-            with self._lock:
-                if self._table is None:
-                    self._table = load_table(self.path)
-        return self._table.get(key)
+        with self.lock:
+            return self.entries().get(key)
 
     def measure(
         self,
@@ -133,11 +146,8 @@ class Choices:
         fastest = min(times, key=times.get)
         choice = fastest if times[fastest] < MARGIN * times[default] else default
         logger.debug("kernel choice %s: %s (%s)", key, choice, _described(times))
-        with self._lock:
-            table = self._table if self._table is not None else load_table(self.path)
-            table[key] = choice
-            self._table = table
-            save_table(self.path, table)
+        with self.lock:
+            self.put(key, choice)
         return choice
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.train.fastpath import native
-from tunesmith.train.fastpath.kernel_choice import cache_file, load_table, machine_ident, save_table
+from tunesmith.train.fastpath.kernel_choice import SavedTable, cache_file, machine_ident
 
 ENV = "TUNESMITH_ROW_SPLIT"
 BLOCK = 512  # rows per block: the largest height at which the measured bad shapes run well
@@ -126,7 +126,7 @@ def _mm(
     return out
 
 
-class RowSplits:
+class RowSplits(SavedTable):
     """The measured block height per product shape, for this CPU, torch and thread count.
 
     Args:
@@ -134,19 +134,12 @@ class RowSplits:
     """
 
     def __init__(self, path: Path | None):
-        self.path = path
-        self._lock = threading.Lock()
-        self._heights: dict[str, int] | None = None
+        super().__init__(path, int)
         # The answer per exact operand signature, so that a product met again costs one tuple
         # and one lookup instead of the key's formatting, the switch's read and the lock: in a
         # loop of products the full lookup added 43 µs to a 0.23 ms product, the memo 11
         # (benchmarks/RESULTS.md, "A LoRA node without casts, ..."); a step makes ~450.
         self._seen: dict[tuple, int] = {}
-
-    def _table(self) -> dict[str, int]:
-        if self._heights is None:
-            self._heights = load_table(self.path, int)
-        return self._heights
 
     @staticmethod
     def key(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -185,13 +178,12 @@ class RowSplits:
         if not qualifies(a, b):
             return 0
         key = self.key(a, b)
-        with self._lock:
-            table = self._table()
+        with self.lock:
+            table = self.entries()
             if key not in table:
                 if not enabled() or (key.endswith("-amx") and native.kernels() is None):
                     return None
-                table[key] = _measure(a, b)
-                save_table(self.path, table)
+                self.put(key, _measure(a, b))
             return table[key]
 
     def mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
