@@ -13,10 +13,13 @@ examples independent, so that the packed loss equals the sum of the unpacked los
 * the label of each example's first token is ``IGNORE_INDEX``: it would be predicted from the
   previous example's last token.
 
-A row may also store the examples' common prompt prefix once (``data/shared_prefix.py``): an
-example whose positions start at ``p > 0`` continues the row's first ``p`` tokens, and the
-mask lets it see them (:class:`Segments`, :func:`block_causal`). transformers knows no
-such rows, so they always get the explicit 4D mask.
+A row may also store a prompt prefix once for the examples that share it: an example whose
+positions start at ``p > 0`` continues the first ``p`` tokens of its group, the row's last
+example before it that starts at position 0, and the mask lets it see them (:class:`Segments`,
+:func:`block_causal`). ``data/shared_prefix.py`` makes SFT rows of one group (the examples'
+common template opening); ``objectives/packed_rows.py`` makes preference rows of one group
+per prompt (a pair's chosen and rejected completions). transformers knows no such rows, so
+they always get the explicit 4D mask.
 
 Packing is a pure function of the example lengths, so a resumed run sees the same rows.
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import bisect
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -128,10 +131,12 @@ class Segments:
     """The examples of a ``(B, T)`` batch of packed rows, per token, from its position ids.
 
     ``starts``: a new example starts here (:func:`segment_starts`); ``ids``: the example's
-    0-based index in its row; ``shared``: how many of the row's first tokens the example
-    shares. An example other than the row's first that starts at position ``p > 0`` continues
-    the row's first ``p`` tokens, a prefix its examples have in common, stored once
-    (``data/shared_prefix.py``); every other example, the first included, shares nothing.
+    0-based index in its row; ``shared``: how many tokens of its group's first example the
+    example continues; ``heads``: the row index where those tokens begin. A group is an
+    example that starts at position 0 (or the row's first example) and the examples after it
+    that start at a position ``p > 0``: each of those continues the group's first ``p``
+    tokens, a prompt prefix they have in common, stored once (``data/shared_prefix.py``,
+    ``objectives/packed_rows.py``); an example that starts a group shares nothing.
     ``offsets``: the token's index among the keys its example attends to, the shared prefix
     first, then the example's own tokens from its start.
     """
@@ -139,6 +144,7 @@ class Segments:
     starts: torch.Tensor
     ids: torch.Tensor
     shared: torch.Tensor
+    heads: torch.Tensor
     offsets: torch.Tensor
 
 
@@ -148,8 +154,13 @@ def segments(position_ids: torch.Tensor) -> Segments:
     index = torch.arange(position_ids.shape[1], device=position_ids.device)
     start_index = torch.where(starts, index, 0).cummax(-1).values
     start_position = position_ids.gather(-1, start_index)
-    shared = torch.where(start_index > 0, start_position.clamp(min=0), 0)
-    return Segments(starts, starts.cumsum(-1) - 1, shared, index - start_index + shared)
+    # Each token's group: the last example at or before it that starts at position 0 (the
+    # row's first example heads one whatever its position).
+    leads = starts & ((position_ids == 0) | (index == 0))
+    heads = torch.where(leads, index, 0).cummax(-1).values
+    shared = torch.where(start_index > heads, start_position.clamp(min=0), 0)
+    offsets = index - start_index + shared
+    return Segments(starts, starts.cumsum(-1) - 1, shared, heads, offsets)
 
 
 def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
@@ -158,23 +169,25 @@ def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
 
 
 def shares_prefix(position_ids: torch.Tensor | None) -> bool:
-    """Whether any example of a (B, T) batch continues its row's first tokens."""
+    """Whether any example of a (B, T) batch continues the first tokens of its group."""
     return position_ids is not None and bool(segments(position_ids).shared.any())
 
 
 def block_causal(position_ids: torch.Tensor) -> torch.Tensor:
     """(B, T) position ids -> (B, T, T) bool: True where a token may attend (its own example,
-    causally, and the row's first tokens that its example shares, :class:`Segments`)."""
+    causally, and the first tokens of its group that its example shares, :class:`Segments`)."""
     seg = segments(position_ids)
     T = position_ids.shape[1]
     causal = torch.ones((T, T), dtype=torch.bool, device=position_ids.device).tril()
     allowed = (seg.ids[:, :, None] == seg.ids[:, None, :]) & causal
     if bool(seg.shared.any()):
-        keys = torch.arange(T, device=position_ids.device)
-        # The first example holds at least the shared tokens when the row was built by
-        # shared_prefix.py; a key outside it is never shared, whatever the positions say.
-        prefix = (keys[None, None, :] < seg.shared[:, :, None]) & (seg.ids[:, None, :] == 0)
-        allowed |= prefix
+        keys = torch.arange(T, device=position_ids.device)[None, None, :]
+        first, end = seg.heads[:, :, None], (seg.heads + seg.shared)[:, :, None]
+        # The group's first example holds the shared tokens when the row was built by
+        # shared_prefix.py or packed_rows.py; a key outside it is never shared, whatever the
+        # positions say.
+        lead = seg.ids.gather(-1, seg.heads)[:, :, None] == seg.ids[:, None, :]
+        allowed |= (keys >= first) & (keys < end) & lead
     return allowed
 
 
@@ -227,6 +240,29 @@ def attention_inputs(model, attention_mask: torch.Tensor, position_ids: torch.Te
         "use_cache": False,
         **padding,
     }
+
+
+# Set on a causal LM (its base model under peft) by the CPU fast paths where they pack passes.
+PACKS_SEQUENCES = "_tunesmith_packs_sequences"
+
+
+def packs_sequences(model) -> bool:
+    """Whether ``model``'s passes run as packed rows: the CPU fast paths' packed passes are on
+    (:func:`allow_packed_sequences`), which they choose where the grouped attention runs and
+    :func:`packable` holds."""
+    return bool(getattr(_causal_lm(model), PACKS_SEQUENCES, False))
+
+
+def allow_packed_sequences(model) -> Callable[[], None]:
+    """Mark ``model`` as :func:`packs_sequences`; returns the undo."""
+    lm = _causal_lm(model)
+    setattr(lm, PACKS_SEQUENCES, True)
+
+    def undo() -> None:
+        if PACKS_SEQUENCES in vars(lm):
+            delattr(lm, PACKS_SEQUENCES)
+
+    return undo
 
 
 def packable(model, *, kv_prefix: bool = False) -> bool:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from tunesmith.data.packing import attention_inputs, packs_sequences
 from tunesmith.loss.causal_lm import causal_lm_module
 from tunesmith.loss.head_ce import head_token_nll
 from tunesmith.objectives.batch import SequenceBatch
+from tunesmith.objectives.packed_rows import pack_sequences
 
 
 @dataclass
@@ -62,7 +64,9 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
     row chunks: the (N, T, V) logits of a pair batch, and their fp32 copy, were most of a
     DPO step's peak memory. A frozen half-precision head on CPU, with grad enabled, forms
     its gradient in the forward (:mod:`tunesmith.loss.head_ce`). Models the fast
-    path does not fit take the full forward.
+    path does not fit take the full forward. Where the CPU fast paths pack passes
+    (:func:`~tunesmith.data.packing.packs_sequences`), the batch runs as one packed row, each
+    prompt stored once for its completions (:mod:`~tunesmith.objectives.packed_rows`).
     """
     mask = batch.completion_mask[:, 1:]
     lm = causal_lm_module(model)
@@ -71,11 +75,19 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
         per_token = token_logps(out.logits, batch.input_ids)  # (N, T-1)
         weights = mask.to(per_token.dtype)
         return SequenceLogps(total=(per_token * weights).sum(-1), tokens=weights.sum(-1))
-    hidden = lm.model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-    ).last_hidden_state  # (N, T, C)
     keep = mask.bool()
-    logps = -head_token_nll(lm.lm_head, hidden[:, :-1][keep], batch.input_ids[:, 1:][keep])
-    rows = keep.nonzero()[:, 0]
+    if packs_sequences(model):
+        packed = pack_sequences(batch)
+        attn = attention_inputs(model, packed.attention_mask, packed.position_ids)
+        attn.setdefault("use_cache", False)
+        hidden = lm.model(input_ids=packed.input_ids, **attn).last_hidden_state[0]  # (T, C)
+        h, targets, rows = hidden[packed.positions], packed.targets, packed.owners
+    else:
+        hidden = lm.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).last_hidden_state  # (N, T, C)
+        h, targets = hidden[:, :-1][keep], batch.input_ids[:, 1:][keep]
+        rows = keep.nonzero()[:, 0]
+    logps = -head_token_nll(lm.lm_head, h, targets)
     total = torch.zeros(keep.shape[0], dtype=logps.dtype, device=logps.device)
     return SequenceLogps(total=total.index_add(0, rows, logps), tokens=keep.sum(-1).to(logps.dtype))

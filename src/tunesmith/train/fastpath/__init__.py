@@ -20,7 +20,8 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
 
 and the loop gets three policies from the same handle: how a micro-batch is cut into passes
 (``passes.py``: packed rows, with the examples' common prompt prefix stored once, where the
-grouped attention runs; length-sorted padded passes otherwise), the loss's last step (the
+grouped attention runs, and then the preference objectives' batches as one packed row too,
+``objectives/packed_rows.py``; length-sorted padded passes otherwise), the loss's last step (the
 frozen head and its cross-entropy as one node whose gradient is formed in the forward,
 ``loss/head_ce.py``, with the head's products in row blocks and its softmax in tunesmith's
 kernel, or on an AMX CPU the whole node in one kernel, ``tile_head.py``; else the chunked
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.core_watch import CoreWatch, watch_cores
+from tunesmith.data.packing import allow_packed_sequences
 from tunesmith.loss.head_ce import (
     head_cross_entropy_sum,
     reference_head_cross_entropy,
@@ -181,6 +183,8 @@ def apply_fast_paths(
     if "attention" not in fast.installed:
         fast.caches = None  # nothing reads them
     fast.pass_policy = _pass_policy(fast, model, kv_prefix=kv_prefix, packed_rows=packed_rows)
+    if isinstance(fast.pass_policy, PackedPasses):  # the preference objectives' batches too
+        fast._undo.append(allow_packed_sequences(model))
     if heap_trim_available():
         fast.trimmer = HeapTrimmer()
     else:

@@ -21,15 +21,16 @@ causal mask hides them from all real queries, and what their own queries compute
 read (no loss is taken there, so their gradients are zero). A pass of eight examples then
 lays out eight, not nine.
 
-A row that stores its examples' common prefix once (``data/shared_prefix.py``) is laid out
-the same way, each example continuing the prefix getting the prefix's keys and values copied
-into its first slots: its attention is then the one it has in its own unshared row.
+A row that stores a prompt prefix once (``data/shared_prefix.py``; a preference pair's prompt,
+``objectives/packed_rows.py``) is laid out the same way, each example continuing a prefix
+getting the prefix's keys and values copied into its first slots: its attention is then the
+one it has in its own unshared row.
 
 It applies only where it computes exactly what the given mask says for every real token (the
 padding tokens' own outputs, above, are the one exception): the mask must equal the
 block-causal mask of the row's position ids (a new example starts where positions do not
 advance by one, transformers' ``find_packed_sequence_indices`` rule; one after the first that
-starts at ``p > 0`` also sees the row's first ``p`` tokens, ``packing.block_causal``). That is
+starts at ``p > 0`` also sees its group's first ``p`` tokens, ``packing.block_causal``). That is
 checked once per forward pass, and any other mask (padding, a key prefix, a cache) keeps the reference
 path of :func:`tunesmith.train.fastpath.attention.grouped_attention`.
 
@@ -321,9 +322,10 @@ def _shared_prefix_slots(seg: Segments, example, kv_heads: int, L: int):
         return None, None
     b, t = starts.nonzero(as_tuple=True)
     count = seg.shared[b, t]  # (m,) prefix length of each continuing example
+    first = b * T + seg.heads[b, t]  # (m,) where its group's first example starts, flat
     prefix = torch.arange(int(count.max()), device=example.device)
     take = prefix[None, :] < count[:, None]  # (m, longest prefix)
-    token = (b[:, None] * T + prefix[None, :])[take]  # the prefix tokens, flat over B*T
+    token = (first[:, None] + prefix[None, :])[take]  # the prefix tokens, flat over B*T
     owner = example.view(B, T)[b, t][:, None].expand_as(take)[take]
     slot = prefix[None, :].expand_as(take)[take]
     kv_head = torch.arange(kv_heads, device=example.device)
