@@ -139,3 +139,30 @@ def test_the_products_run_on_a_bucketed_row_count():
     padded = -(-ROWS // ROW_BUCKET) * ROW_BUCKET
     assert padded != ROWS and shapes == [(padded, 48), (padded, 300)]
     assert h.grad.shape == (ROWS, 48)
+
+
+def test_token_nlls_without_gradients_take_the_given_products_and_softmax():
+    """The preference reference's scoring (no gradient): the logits by ``mm`` on a bucketed row
+    count and ``nll_`` over them, the same NLLs as the chunked path's."""
+    head, h, t = _head(torch.bfloat16, vocab=4096, width=64)
+    shapes, softmaxes = [], []
+
+    def mm(a, b):
+        shapes.append(tuple(a.shape))
+        return torch.mm(a, b)
+
+    def nll_(logits, targets):
+        softmaxes.append(tuple(logits.shape))
+        return softmax_nll_(logits, targets)
+
+    with torch.no_grad():
+        got = head_token_nll(head, h, t, mm=mm, nll_=nll_)
+        want = token_nll(head(h), t)
+        fp32_head, fp32_h, fp32_t = _head(torch.float32)
+        assert torch.equal(
+            head_token_nll(fp32_head, fp32_h, fp32_t, mm=mm, nll_=nll_),
+            token_nll(fp32_head(fp32_h), fp32_t),
+        )
+    assert torch.equal(got, want)
+    padded = -(-ROWS // ROW_BUCKET) * ROW_BUCKET
+    assert shapes == [(padded, 64)] and softmaxes == [(ROWS, 4096)]  # the fp32 head: untouched

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.tiny import make_tiny_model, make_tokenizer
-from tunesmith.data.packing import block_causal, packs_sequences, segments
+from tunesmith.data.packing import block_causal, packed_scoring, segments
 from tunesmith.objectives import (
     PairIds,
     UnpairedIds,
@@ -81,7 +81,7 @@ def test_packed_log_probs_and_gradients_equal_the_padded_rows(dtype):
     results = []
     for fast in (False, True):
         handle = apply_fast_paths(model, torch.device("cpu")) if fast else None
-        assert packs_sequences(model) == fast
+        assert (packed_scoring(model) is not None) == fast
         model.zero_grad()
         got = sequence_logps(model, batch)
         (got.total * torch.linspace(1.0, 2.0, got.total.shape[0])).sum().backward()
@@ -89,7 +89,7 @@ def test_packed_log_probs_and_gradients_equal_the_padded_rows(dtype):
         if fast:  # the packed layout ran, each rejected side continuing its prompt
             assert handle.caches.layouts.layout.shared_rows is not None
             handle.undo()
-            assert not packs_sequences(model)
+            assert packed_scoring(model) is None
         results.append((got, grads))
     (want, want_grads), (got, grads) = results
     assert torch.equal(got.tokens, want.tokens)
@@ -113,3 +113,9 @@ def test_packed_log_probs_without_gradients():
         got = sequence_logps(model, batch).total
         handle.undo()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_the_scored_indices_are_contiguous():
+    """The head's kernels take the targets as one contiguous int64 tensor."""
+    packed = pack_sequences(collate_pairs([PairIds([1, 2], [3], [4, 5])], pad_id=0))
+    assert all(t.is_contiguous() for t in (packed.positions, packed.targets, packed.owners))

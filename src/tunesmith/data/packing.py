@@ -242,25 +242,28 @@ def attention_inputs(model, attention_mask: torch.Tensor, position_ids: torch.Te
     }
 
 
-# Set on a causal LM (its base model under peft) by the CPU fast paths where they pack passes.
-PACKS_SEQUENCES = "_tunesmith_packs_sequences"
+# Set on a causal LM (its base model under peft) by the CPU fast paths where they pack passes:
+# the per-token head loss that scores its packed rows.
+PACKED_SCORING = "_tunesmith_packed_scoring"
+TokenNll = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def packs_sequences(model) -> bool:
-    """Whether ``model``'s passes run as packed rows: the CPU fast paths' packed passes are on
-    (:func:`allow_packed_sequences`), which they choose where the grouped attention runs and
-    :func:`packable` holds."""
-    return bool(getattr(_causal_lm(model), PACKS_SEQUENCES, False))
+def packed_scoring(model) -> TokenNll | None:
+    """Where ``model``'s scoring passes run as packed rows (the CPU fast paths' packed passes
+    are on, which they choose where the grouped attention runs and :func:`packable` holds):
+    ``(head, hidden (N, C), targets (N,)) -> fp32 NLLs (N,)``, the head they run; else None."""
+    return getattr(_causal_lm(model), PACKED_SCORING, None)
 
 
-def allow_packed_sequences(model) -> Callable[[], None]:
-    """Mark ``model`` as :func:`packs_sequences`; returns the undo."""
+def allow_packed_scoring(model, token_nll: TokenNll) -> Callable[[], None]:
+    """Make ``model``'s scoring passes packed rows with ``token_nll`` as their head (see
+    :func:`packed_scoring`); returns the undo."""
     lm = _causal_lm(model)
-    setattr(lm, PACKS_SEQUENCES, True)
+    setattr(lm, PACKED_SCORING, token_nll)
 
     def undo() -> None:
-        if PACKS_SEQUENCES in vars(lm):
-            delattr(lm, PACKS_SEQUENCES)
+        if PACKED_SCORING in vars(lm):
+            delattr(lm, PACKED_SCORING)
 
     return undo
 

@@ -75,6 +75,15 @@ def softmax_nll_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return nll
 
 
+def _bucketed_logits(h: torch.Tensor, weight: torch.Tensor, mm: Product) -> torch.Tensor:
+    """``h Wᵀ`` over ``h``'s rows and zero rows up to a multiple of :data:`ROW_BUCKET`."""
+    rows = h.shape[0]
+    padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
+    if padded != rows:  # zero rows: their logits are computed, and never read as a loss
+        h = torch.cat([h, h.new_zeros((padded - rows, h.shape[1]))])
+    return mm(h, weight.t())
+
+
 class _HeadNll(torch.autograd.Function):
     """Per-row ``-log_softmax(h Wᵀ)[i, targets[i]]`` with ``W`` frozen; gradient for ``h``."""
 
@@ -87,10 +96,7 @@ class _HeadNll(torch.autograd.Function):
         nll_: SoftmaxNll,
     ):  # fmt: skip
         rows = h.shape[0]
-        padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
-        if padded != rows:  # zero rows: their logits are computed, then zeroed below
-            h = torch.cat([h, h.new_zeros((padded - rows, h.shape[1]))])
-        logits = mm(h, weight.t())  # (padded, V), becomes softmax - onehot in place
+        logits = _bucketed_logits(h, weight, mm)  # (padded, V), becomes softmax - onehot
         nll = nll_(logits[:rows], targets)  # real rows only
         logits[rows:].zero_()  # the padding rows take no gradient
         ctx.save_for_backward(logits, weight)
@@ -124,7 +130,13 @@ class _FusedHeadNll(torch.autograd.Function):
 
 def fuses(head: nn.Module, h: torch.Tensor) -> bool:
     """Whether ``head(h)``'s loss can take :class:`_HeadNll` (see the module docstring)."""
-    if not (torch.is_grad_enabled() and h.requires_grad and h.dim() == 2):
+    return torch.is_grad_enabled() and h.requires_grad and plain_head(head, h)
+
+
+def plain_head(head: nn.Module, h: torch.Tensor) -> bool:
+    """Whether ``head`` is a frozen ``nn.Linear`` without bias in ``h``'s half dtype on CPU, and
+    ``h`` ``(N, C)``: its logits can be ``h Wᵀ`` by any product, outside the module's call."""
+    if h.dim() != 2:
         return False
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # DDP, FSDP and DeepSpeed (ZeRO-3 even on one rank) decide where the head's weight
@@ -139,12 +151,25 @@ def fuses(head: nn.Module, h: torch.Tensor) -> bool:
 
 
 def head_token_nll(
-    head: nn.Module, h: torch.Tensor, targets: torch.Tensor, mm: Product = torch.mm
+    head: nn.Module,
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    mm: Product = torch.mm,
+    nll_: SoftmaxNll = softmax_nll_,
+    fused: FusedNll | None = None,
 ) -> torch.Tensor:
-    """``(N,)`` fp32 token NLLs of ``head(h)`` (the preference log-probs), fused where
-    :func:`fuses`, else :func:`~tunesmith.loss.chunked_ce.token_nll` of ``head(h)``."""
+    """``(N,)`` fp32 token NLLs of ``head(h)`` (the preference log-probs): fused where
+    :func:`fuses` (by ``fused`` where given, else ``mm`` and ``nll_``, as
+    :func:`head_cross_entropy_sum`); without gradients, a :func:`plain_head`'s logits by ``mm``
+    and ``nll_`` (a scratch it overwrites); else :func:`~tunesmith.loss.chunked_ce.token_nll`
+    of ``head(h)``."""
     if fuses(head, h):
-        return _HeadNll.apply(h, head.weight, targets, mm, softmax_nll_)
+        if fused is not None:
+            return _FusedHeadNll.apply(h, head.weight, targets, fused)
+        return _HeadNll.apply(h, head.weight, targets, mm, nll_)
+    if not torch.is_grad_enabled() and plain_head(head, h):
+        with torch.autocast("cpu", enabled=False):  # the head's own dtype, as _HeadNll
+            return nll_(_bucketed_logits(h, head.weight, mm)[: h.shape[0]], targets)
     return token_nll(head(h), targets)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from tunesmith.data.packing import attention_inputs, packs_sequences
+from tunesmith.data.packing import attention_inputs, packed_scoring
 from tunesmith.loss.causal_lm import causal_lm_module
 from tunesmith.loss.head_ce import head_token_nll
 from tunesmith.objectives.batch import SequenceBatch
@@ -65,8 +65,9 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
     DPO step's peak memory. A frozen half-precision head on CPU, with grad enabled, forms
     its gradient in the forward (:mod:`tunesmith.loss.head_ce`). Models the fast
     path does not fit take the full forward. Where the CPU fast paths pack passes
-    (:func:`~tunesmith.data.packing.packs_sequences`), the batch runs as one packed row, each
-    prompt stored once for its completions (:mod:`~tunesmith.objectives.packed_rows`).
+    (:func:`~tunesmith.data.packing.packed_scoring`), the batch runs as one packed row, each
+    prompt stored once for its completions (:mod:`~tunesmith.objectives.packed_rows`), and the
+    head as they run it.
     """
     mask = batch.completion_mask[:, 1:]
     lm = causal_lm_module(model)
@@ -76,7 +77,8 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
         weights = mask.to(per_token.dtype)
         return SequenceLogps(total=(per_token * weights).sum(-1), tokens=weights.sum(-1))
     keep = mask.bool()
-    if packs_sequences(model):
+    token_nll = packed_scoring(model)
+    if token_nll is not None:
         packed = pack_sequences(batch)
         attn = attention_inputs(model, packed.attention_mask, packed.position_ids)
         attn.setdefault("use_cache", False)
@@ -88,6 +90,7 @@ def sequence_logps(model: nn.Module, batch: SequenceBatch) -> SequenceLogps:
         ).last_hidden_state  # (N, T, C)
         h, targets = hidden[:, :-1][keep], batch.input_ids[:, 1:][keep]
         rows = keep.nonzero()[:, 0]
-    logps = -head_token_nll(lm.lm_head, h, targets)
+        token_nll = head_token_nll
+    logps = -token_nll(lm.lm_head, h, targets)
     total = torch.zeros(keep.shape[0], dtype=logps.dtype, device=logps.device)
     return SequenceLogps(total=total.index_add(0, rows, logps), tokens=keep.sum(-1).to(logps.dtype))

@@ -85,7 +85,7 @@ def pack_sequences(batch: SequenceBatch, bucket: int = CPU_PASS_BUCKET_TOKENS) -
     attention_mask = torch.zeros((1, width), dtype=torch.long)
     attention_mask[0, :real] = 1
     position_ids = torch.tensor([positions + list(range(width - real))], dtype=torch.long)
-    where = torch.tensor(scored, dtype=torch.long).view(-1, 3).t()
+    where = torch.tensor(scored, dtype=torch.long).view(-1, 3).t().contiguous()  # 3 rows
     device = batch.input_ids.device
     return PackedSequences(
         *(t.to(device) for t in (input_ids, attention_mask, position_ids, *where))

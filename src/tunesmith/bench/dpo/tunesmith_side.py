@@ -24,6 +24,8 @@ def run_tunesmith(settings: DpoSettings, data: dict[str, str], workdir: Path) ->
     import torch
 
     from tunesmith.config import make_config
+    from tunesmith.data.packing import packed_scoring
+    from tunesmith.objectives.packed_rows import pack_sequences
     from tunesmith.precision import default_device
     from tunesmith.rundir import RunDir
     from tunesmith.train.loop import TrainLoop
@@ -61,6 +63,10 @@ def run_tunesmith(settings: DpoSettings, data: dict[str, str], workdir: Path) ->
         run.path, device, fast_paths=built.fast_paths,
         **pref.loop_inputs(pairs, tok.pad_token_id),
     )  # fmt: skip
+    # The tokens the forward passes see: one packed row per micro-batch where the fast paths
+    # pack them (each prompt once, padded to a length bucket), else the padded rows. Asked
+    # now: the loop gives the fast paths back when it ends.
+    packed = packed_scoring(built.model) is not None
     clock = StepClock()
     setup_s = time.perf_counter() - t0
     # The loop restarts the resident high-water mark (its own peak is training's); the bench
@@ -71,7 +77,10 @@ def run_tunesmith(settings: DpoSettings, data: dict[str, str], workdir: Path) ->
     per_step = []
     for step in range(settings.steps):  # the batch plan is a pure function of the step
         passes = loop.micro_batches(step)
-        masks = [mb.rows.attention_mask for mb in passes]
+        masks = [
+            pack_sequences(mb.rows).attention_mask if packed else mb.rows.attention_mask
+            for mb in passes
+        ]
         per_step.append(
             (
                 sum(

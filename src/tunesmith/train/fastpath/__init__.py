@@ -45,9 +45,10 @@ from dataclasses import dataclass, field
 import torch
 
 from tunesmith.core_watch import CoreWatch, watch_cores
-from tunesmith.data.packing import allow_packed_sequences
+from tunesmith.data.packing import allow_packed_scoring
 from tunesmith.loss.head_ce import (
     head_cross_entropy_sum,
+    head_token_nll,
     reference_head_cross_entropy,
     softmax_nll_,
 )
@@ -184,7 +185,7 @@ def apply_fast_paths(
         fast.caches = None  # nothing reads them
     fast.pass_policy = _pass_policy(fast, model, kv_prefix=kv_prefix, packed_rows=packed_rows)
     if isinstance(fast.pass_policy, PackedPasses):  # the preference objectives' batches too
-        fast._undo.append(allow_packed_sequences(model))
+        fast._undo.append(allow_packed_scoring(model, fast_token_nll))
     if heap_trim_available():
         fast.trimmer = HeapTrimmer()
     else:
@@ -229,10 +230,18 @@ def _pass_policy(fast: FastPaths, model, *, kv_prefix: bool, packed_rows: bool) 
 def fast_head_loss(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The fast paths' last step: :func:`~tunesmith.loss.head_ce.head_cross_entropy_sum` with
     the head's products in the row blocks every frozen GEMM of the fast paths runs in."""
+    return head_cross_entropy_sum(head, h, targets, **_head_parts(head, h))
+
+
+def fast_token_nll(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The preference log-probs' head on the fast paths: :func:`~tunesmith.loss.head_ce.
+    head_token_nll` with :func:`fast_head_loss`'s products, softmax and AMX kernel."""
+    return head_token_nll(head, h, targets, **_head_parts(head, h))
+
+
+def _head_parts(head: torch.nn.Module, h: torch.Tensor) -> dict:
     fused = tile_head.head_nll if tile_head.on_tiles(h, head.weight) else None
-    return head_cross_entropy_sum(
-        head, h, targets, mm=row_split.splits().mm, nll_=_softmax_nll, fused=fused
-    )
+    return {"mm": row_split.splits().mm, "nll_": _softmax_nll, "fused": fused}
 
 
 def _softmax_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
