@@ -11,6 +11,7 @@ from torch import nn
 from tunesmith.loss.chunked_ce import CHUNK, cross_entropy_sum, token_nll
 from tunesmith.loss.head_ce import (
     ROW_BUCKET,
+    HeadKernels,
     _HeadNll,
     fuses,
     head_cross_entropy_sum,
@@ -135,7 +136,7 @@ def test_the_products_run_on_a_bucketed_row_count():
         shapes.append(tuple(a.shape))
         return torch.mm(a, b)
 
-    head_cross_entropy_sum(head, h, t, mm=mm).backward()
+    head_cross_entropy_sum(head, h, t, HeadKernels(mm=mm)).backward()
     padded = -(-ROWS // ROW_BUCKET) * ROW_BUCKET
     assert padded != ROWS and shapes == [(padded, 48), (padded, 300)]
     assert h.grad.shape == (ROWS, 48)
@@ -156,11 +157,12 @@ def test_token_nlls_without_gradients_take_the_given_products_and_softmax():
         return softmax_nll_(logits, targets)
 
     with torch.no_grad():
-        got = head_token_nll(head, h, t, mm=mm, nll_=nll_)
+        kernels = HeadKernels(mm=mm, nll_=nll_)
+        got = head_token_nll(head, h, t, kernels)
         want = token_nll(head(h), t)
         fp32_head, fp32_h, fp32_t = _head(torch.float32)
         assert torch.equal(
-            head_token_nll(fp32_head, fp32_h, fp32_t, mm=mm, nll_=nll_),
+            head_token_nll(fp32_head, fp32_h, fp32_t, kernels),
             token_nll(fp32_head(fp32_h), fp32_t),
         )
     assert torch.equal(got, want)

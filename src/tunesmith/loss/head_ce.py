@@ -23,18 +23,21 @@ Taken only where it is the same math and pays: on CPU, grad enabled on a half-pr
 the head a frozen ``nn.Linear`` without bias in the input's dtype, no distributed engine.
 Evaluation, a trained head (full fine-tuning), a LoRA-wrapped head, fp32 models, torchrun and
 CUDA keep ``head(h)`` and the chunked (or, off CPU, the reference) cross-entropy of
-:mod:`~tunesmith.loss.chunked_ce`. The two products are a parameter (``mm``): the CPU fast
-paths pass the row blocks they run every frozen GEMM in (``train/fastpath/row_split.py``), and
-the softmax step is one too (``nll_``): they pass tunesmith's CPU kernel, one read of each bf16
-row instead of an fp32 copy and four passes (bit for bit on the bench's logits; within fp32
-rounding where its sum is added in another order). Or the whole node is one call (``fused``,
-:class:`_FusedHeadNll`): on AMX CPUs the fast paths pass tunesmith's kernel, which never writes
-the logits (``train/fastpath/tile_head.py``).
+:mod:`~tunesmith.loss.chunked_ce`. How the node runs is a parameter (:class:`HeadKernels`):
+its two products (``mm``; the CPU fast paths pass the row blocks they run every frozen GEMM in,
+``train/fastpath/row_split.py``) and its softmax step (``nll_``; they pass tunesmith's CPU
+kernel, one read of each bf16 row instead of an fp32 copy and four passes: bit for bit on the
+bench's logits, within fp32 rounding where its sum is added in another order), or the whole
+node in one call (``fused``, :class:`_FusedHeadNll`: on AMX CPUs the fast paths pass
+tunesmith's kernel, which never writes the logits, ``train/fastpath/tile_head.py``). The
+preference log-probs take the same node per token (:func:`head_token_nll`), and without
+gradients (their reference) the same products and softmax step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -73,6 +76,26 @@ def softmax_nll_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         probs = log_probs.exp_().scatter_add_(1, t, minus_one[: end - r])
         logits[r:end] = probs
     return nll
+
+
+@dataclass(frozen=True)
+class HeadKernels:
+    """How the fused head's pieces run.
+
+    Attributes:
+        mm: Its two products (``torch.mm``, or the CPU fast paths' row blocks).
+        nll_: How the logits become NLLs and ``softmax - onehot`` (:func:`softmax_nll_`, or
+            the fast paths' kernel).
+        fused: Where given, the whole node in one call instead of ``mm`` and ``nll_`` (the
+            caller checks it takes the tensors: the fast paths' AMX kernel).
+    """
+
+    mm: Product = torch.mm
+    nll_: SoftmaxNll = softmax_nll_
+    fused: FusedNll | None = None
+
+
+TORCH = HeadKernels()  # torch's products and the softmax step above
 
 
 def _bucketed_logits(h: torch.Tensor, weight: torch.Tensor, mm: Product) -> torch.Tensor:
@@ -151,52 +174,37 @@ def plain_head(head: nn.Module, h: torch.Tensor) -> bool:
 
 
 def head_token_nll(
-    head: nn.Module,
-    h: torch.Tensor,
-    targets: torch.Tensor,
-    mm: Product = torch.mm,
-    nll_: SoftmaxNll = softmax_nll_,
-    fused: FusedNll | None = None,
+    head: nn.Module, h: torch.Tensor, targets: torch.Tensor, kernels: HeadKernels = TORCH
 ) -> torch.Tensor:
-    """``(N,)`` fp32 token NLLs of ``head(h)`` (the preference log-probs): fused where
-    :func:`fuses` (by ``fused`` where given, else ``mm`` and ``nll_``, as
-    :func:`head_cross_entropy_sum`); without gradients, a :func:`plain_head`'s logits by ``mm``
-    and ``nll_`` (a scratch it overwrites); else :func:`~tunesmith.loss.chunked_ce.token_nll`
-    of ``head(h)``."""
+    """``(N,)`` fp32 token NLLs of ``head(h)`` (the preference log-probs): fused by ``kernels``
+    where :func:`fuses`; without gradients, a :func:`plain_head`'s logits by ``kernels.mm`` and
+    ``kernels.nll_`` (a scratch it overwrites); else
+    :func:`~tunesmith.loss.chunked_ce.token_nll` of ``head(h)``."""
     if fuses(head, h):
-        if fused is not None:
-            return _FusedHeadNll.apply(h, head.weight, targets, fused)
-        return _HeadNll.apply(h, head.weight, targets, mm, nll_)
+        if kernels.fused is not None:
+            return _FusedHeadNll.apply(h, head.weight, targets, kernels.fused)
+        return _HeadNll.apply(h, head.weight, targets, kernels.mm, kernels.nll_)
     if not torch.is_grad_enabled() and plain_head(head, h):
         with torch.autocast("cpu", enabled=False):  # the head's own dtype, as _HeadNll
-            return nll_(_bucketed_logits(h, head.weight, mm)[: h.shape[0]], targets)
+            logits = _bucketed_logits(h, head.weight, kernels.mm)[: h.shape[0]]
+            return kernels.nll_(logits, targets)
     return token_nll(head(h), targets)
 
 
 def head_cross_entropy_sum(
-    head: nn.Module,
-    h: torch.Tensor,
-    targets: torch.Tensor,
-    mm: Product = torch.mm,
-    nll_: SoftmaxNll = softmax_nll_,
-    fused: FusedNll | None = None,
+    head: nn.Module, h: torch.Tensor, targets: torch.Tensor, kernels: HeadKernels = TORCH
 ) -> torch.Tensor:
-    """Summed token cross-entropy of ``head(h)`` (fp32 scalar): fused where :func:`fuses`,
-    else :func:`~tunesmith.loss.chunked_ce.cross_entropy_sum` of ``head(h)``.
+    """Summed token cross-entropy of ``head(h)`` (fp32 scalar): fused by ``kernels`` where
+    :func:`fuses`, else :func:`~tunesmith.loss.chunked_ce.cross_entropy_sum` of ``head(h)``.
 
     Args:
         head: The vocabulary projection (``lm_head``).
         h: ``(N, C)`` hidden states of the trained positions.
         targets: ``(N,)`` next-token ids, no ignore index.
-        mm: How the head's two products are computed (``torch.mm``, or row blocks).
-        nll_: How the logits become NLLs and ``softmax - onehot`` (:func:`softmax_nll_`).
-        fused: Where given, the whole node in one call instead of ``mm`` and ``nll_`` (the
-            caller checks it takes these tensors).
+        kernels: How the fused node runs (:class:`HeadKernels`).
     """
     if fuses(head, h):
-        if fused is not None:
-            return _FusedHeadNll.apply(h, head.weight, targets, fused).sum()
-        return _HeadNll.apply(h, head.weight, targets, mm, nll_).sum()
+        return head_token_nll(head, h, targets, kernels).sum()
     return cross_entropy_sum(head(h), targets)
 
 

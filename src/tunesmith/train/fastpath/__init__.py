@@ -47,6 +47,7 @@ import torch
 from tunesmith.core_watch import CoreWatch, watch_cores
 from tunesmith.data.packing import allow_packed_scoring
 from tunesmith.loss.head_ce import (
+    HeadKernels,
     head_cross_entropy_sum,
     head_token_nll,
     reference_head_cross_entropy,
@@ -230,18 +231,18 @@ def _pass_policy(fast: FastPaths, model, *, kv_prefix: bool, packed_rows: bool) 
 def fast_head_loss(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The fast paths' last step: :func:`~tunesmith.loss.head_ce.head_cross_entropy_sum` with
     the head's products in the row blocks every frozen GEMM of the fast paths runs in."""
-    return head_cross_entropy_sum(head, h, targets, **_head_parts(head, h))
+    return head_cross_entropy_sum(head, h, targets, _head_kernels(head, h))
 
 
 def fast_token_nll(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The preference log-probs' head on the fast paths: :func:`~tunesmith.loss.head_ce.
     head_token_nll` with :func:`fast_head_loss`'s products, softmax and AMX kernel."""
-    return head_token_nll(head, h, targets, **_head_parts(head, h))
+    return head_token_nll(head, h, targets, _head_kernels(head, h))
 
 
-def _head_parts(head: torch.nn.Module, h: torch.Tensor) -> dict:
+def _head_kernels(head: torch.nn.Module, h: torch.Tensor) -> HeadKernels:
     fused = tile_head.head_nll if tile_head.on_tiles(h, head.weight) else None
-    return {"mm": row_split.splits().mm, "nll_": _softmax_nll, "fused": fused}
+    return HeadKernels(row_split.splits().mm, _softmax_nll, fused)
 
 
 def _softmax_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
