@@ -45,6 +45,20 @@ PADDING_KWARG = "tunesmith_token_mask"
 PADDING_AWARE_ATTENTION = frozenset({"tunesmith_cpu"})
 
 
+# Packed rows are padded up to a multiple of this many tokens. oneDNN builds (JIT-compiles)
+# a matmul primitive per shape and keeps 1024 in its cache; a packed row of a new length every
+# step means new primitives for every projection, forward and backward, every step (with the
+# cache off a demo step ran 3.7x slower: building them is that dear). With every length its
+# own, 70 demo steps slowed ~12% from the first half to the second and peak RSS grew 1.3 ->
+# 2.6 GB; with lengths bucketed to 32 tokens (~2.5% padding) the 70 steps took 7% less time,
+# the second half 11% less, at 24% less peak RSS (16 and 64 gained less: more shapes, more
+# padding). Padded passes (LengthSortedPasses) are not bucketed: their ~3 short rows per pass
+# would carry 25% more tokens, which cost more than the reuse saves (measured, prefix tuning).
+# Measurements: benchmarks/RESULTS.md, "Bucketed pass lengths". The CPU fast paths' packed passes
+# (train/fastpath/passes.py) and the preference objectives' packed rows use it.
+CPU_PASS_BUCKET_TOKENS = 32
+
+
 @dataclass(frozen=True)
 class PackedRow(Rendered):
     """Examples concatenated into one row; ``position_ids`` restart at each example."""
@@ -73,6 +87,15 @@ def pack_row(parts: Sequence[Rendered], shared: int = 0) -> PackedRow:
     if lengths:
         lengths[0] += shared
     return PackedRow(ids, labels, positions, tuple(lengths))
+
+
+def bucketed_length(n: int, bucket: int, cap: int | None) -> int:
+    """``n`` rounded up to a multiple of ``bucket``, never past ``cap`` (the bound the memory
+    plan allows a pass); a row over ``cap`` already (one long example) keeps its length."""
+    rounded = -(-n // bucket) * bucket
+    if cap is None:
+        return rounded
+    return n if n > cap else min(rounded, cap)
 
 
 def pack_examples(examples: Sequence[Rendered], seq_len: int) -> list[PackedRow]:

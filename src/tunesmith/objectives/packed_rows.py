@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunesmith.data.packing import CPU_PASS_BUCKET_TOKENS, bucketed_length
 from tunesmith.objectives.batch import SequenceBatch
-from tunesmith.train.fastpath.passes import CPU_PASS_BUCKET_TOKENS, bucketed_length
 
 
 @dataclass

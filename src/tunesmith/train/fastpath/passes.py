@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tunesmith.data.dataset import Batch, collate
-from tunesmith.data.packing import pack_row
+from tunesmith.data.packing import CPU_PASS_BUCKET_TOKENS, bucketed_length, pack_row
 from tunesmith.data.render import Rendered
 from tunesmith.data.shared_prefix import pack_shared_row
 
@@ -42,17 +42,7 @@ CPU_PASS_OVERHEAD_TOKENS = 32.0  # measured: 16 and 48 were equally fast, 128 lo
 # 768 made the demo's 13 of 110 steps of 672-768 tokens one pass instead of two (those steps
 # 15.6 -> 12.7 s) at the bench's peak RSS within 1% (RESULTS.md, "Passes of up to 768 tokens").
 CPU_PASS_MAX_TOKENS = 768
-# Packed rows are padded up to a multiple of this many tokens. oneDNN builds (JIT-compiles)
-# a matmul primitive per shape and keeps 1024 in its cache; a packed row of a new length every
-# step means new primitives for every projection, forward and backward, every step (with the
-# cache off a demo step ran 3.7x slower: building them is that dear). With every length its
-# own, 70 demo steps slowed ~12% from the first half to the second and peak RSS grew 1.3 ->
-# 2.6 GB; with lengths bucketed to 32 tokens (~2.5% padding) the 70 steps took 7% less time,
-# the second half 11% less, at 24% less peak RSS (16 and 64 gained less: more shapes, more
-# padding). Padded passes (LengthSortedPasses) are not bucketed: their ~3 short rows per pass
-# would carry 25% more tokens, which cost more than the reuse saves (measured, prefix tuning).
-# Measurements: benchmarks/RESULTS.md, "Bucketed pass lengths".
-CPU_PASS_BUCKET_TOKENS = 32
+# Rows are padded to a multiple of CPU_PASS_BUCKET_TOKENS (data/packing.py says why).
 
 
 @dataclass(frozen=True)
@@ -116,15 +106,6 @@ class PackedPasses(PassPolicy):
         return collate(
             [row], pad_id, bucketed_length(len(row.input_ids), self.bucket, self.max_tokens)
         )
-
-
-def bucketed_length(n: int, bucket: int, cap: int | None) -> int:
-    """``n`` rounded up to a multiple of ``bucket``, never past ``cap`` (the bound the memory
-    plan allows a pass); a row over ``cap`` already (one long example) keeps its length."""
-    rounded = -(-n // bucket) * bucket
-    if cap is None:
-        return rounded
-    return n if n > cap else min(rounded, cap)
 
 
 def split_by_length(
