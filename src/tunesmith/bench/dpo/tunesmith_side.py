@@ -64,8 +64,7 @@ def run_tunesmith(settings: DpoSettings, data: dict[str, str], workdir: Path) ->
         **pref.loop_inputs(pairs, tok.pad_token_id),
     )  # fmt: skip
     # The tokens the forward passes see: one packed row per micro-batch where the fast paths
-    # pack them (each prompt once, padded to a length bucket), else the padded rows. Asked
-    # now: the loop gives the fast paths back when it ends.
+    # pack them (each prompt once, padded to a length bucket), else the padded rows.
     packed = packed_scoring(built.model) is not None
     clock = StepClock()
     setup_s = time.perf_counter() - t0
