@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tunesmith.data.packing import CPU_PASS_BUCKET_TOKENS, bucketed_length
+from tunesmith.data.packing import CPU_PASS_BUCKET_TOKENS, bucketed_length, pack_row
+from tunesmith.data.render import IGNORE_INDEX, Rendered
 from tunesmith.objectives.batch import SequenceBatch
 
 
@@ -60,23 +61,27 @@ def pack_sequences(batch: SequenceBatch, bucket: int = CPU_PASS_BUCKET_TOKENS) -
     masks = batch.completion_mask.bool().tolist()
     # Rows by prompt (the tokens before the first scored one), in order of first appearance:
     # a group's completions follow its first one in the row.
-    groups: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    groups: dict[tuple[int, ...], list[int]] = {}
     for row, (n, mask) in enumerate(zip(lengths, masks, strict=True)):
         first = next((i for i in range(1, n) if mask[i]), n)
-        groups.setdefault(tuple(rows[row][:first]), []).append((row, n))
+        groups.setdefault(tuple(rows[row][:first]), []).append(row)
     ids: list[int] = []
+    labels: list[int] = []
     positions: list[int] = []
-    scored: list[tuple[int, int, int]] = []  # (row position, target, batch row)
+    owners: list[int] = []  # the batch row of each row token
     for prompt, members in groups.items():
-        shared = max(len(prompt) - 1, 0)  # the prompt but its last token, stored once
-        for k, (row, n) in enumerate(members):
-            skip = shared if k else 0
-            tokens, mask, start = rows[row], masks[row], len(ids)
-            ids += tokens[skip:n]
-            positions += range(skip, n)
-            scored += [
-                (start + i - skip, tokens[i + 1], row) for i in range(skip, n - 1) if mask[i + 1]
-            ]
+        parts = [_example(rows[r][: lengths[r]], masks[r][: lengths[r]]) for r in members]
+        # The prompt but its last token, stored once (its last scores each first completion
+        # token); pack_row ignores each part's first label, never a completion token here.
+        group = pack_row(parts, max(len(prompt) - 1, 0))
+        ids += group.input_ids
+        labels += group.labels
+        positions += group.position_ids
+        owners += [r for r, n in zip(members, group.lengths, strict=True) for _ in range(n)]
+    # A hidden state scores the next token of its own example: where that token has a label.
+    scored = [
+        (i, labels[i + 1], owners[i]) for i in range(len(ids) - 1) if labels[i + 1] != IGNORE_INDEX
+    ]
     real = len(ids)
     width = bucketed_length(real, bucket, batch.input_ids.numel())
     # The padding's token ids are never read by a real token nor scored: any id will do.
@@ -90,3 +95,8 @@ def pack_sequences(batch: SequenceBatch, bucket: int = CPU_PASS_BUCKET_TOKENS) -
     return PackedSequences(
         *(t.to(device) for t in (input_ids, attention_mask, position_ids, *where))
     )
+
+
+def _example(tokens: list[int], scored: list[bool]) -> Rendered:
+    """One row's tokens, labelled where scored (the completion), ``IGNORE_INDEX`` elsewhere."""
+    return Rendered(tokens, [t if m else IGNORE_INDEX for t, m in zip(tokens, scored, strict=True)])
