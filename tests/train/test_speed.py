@@ -47,14 +47,15 @@ def test_the_memory_plan_counts_the_eager_probabilities():
     assert eager.total_bytes > sdpa.total_bytes
 
 
-@pytest.mark.parametrize("method", ["lora", "rslora"])
+@pytest.mark.parametrize("method", ["lora", "rslora", "dora"])
 def test_bf16_adapter_compute_matches_the_fp32_adapter_path(method):
-    """LoRA under autocast with peft's input cast off: bf16 math, fp32 master weights and grads."""
+    """LoRA (and DoRA) under autocast with peft's input cast off: bf16 math, fp32 master weights
+    and grads."""
     from tunesmith.methods import MethodArgs, get_method
     from tunesmith.train.speed import adapter_autocast, compute_context
 
     assert adapter_autocast(method, "bf16") and not adapter_autocast(method, "fp32")
-    assert not adapter_autocast("dora", "bf16") and not adapter_autocast("houlsby", "bf16")
+    assert not adapter_autocast("houlsby", "bf16") and not adapter_autocast("ia3", "bf16")
     tok = make_tokenizer()
     batch = collate(_varied_examples(tok, n=6), tok.pad_token_id)
     out = {}

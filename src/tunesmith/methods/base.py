@@ -93,8 +93,9 @@ class MethodSpec:
         preference_refusal: why the preference objectives (DPO, ORPO, SimPO, KTO) are refused
             for this method, or None where they work (the reference is the model with the
             adapter off, or a frozen copy for methods that train base weights).
-        autocast_adapters: the adapters run the plain ``B(A(dropout(x)))·scale`` forward, safe
-            to compute in bf16 under autocast with peft's fp32 input cast off.
+        autocast_adapters: the adapters run the plain ``B(A(dropout(x)))·scale`` forward (or
+            DoRA's, whose weight norm peft then computes in the compute dtype), safe to compute
+            in bf16 under autocast with peft's fp32 input cast off.
         default_lr: the peak learning rate ``compare`` uses when the user sets none (None: the
             config's ``lr`` default).
         cheaper_alternatives: ``(method name, relative step time)`` the planner's recommender

@@ -46,6 +46,7 @@ register(
         count_trainable=count_dora,
         count_tensors=count_dora_tensors,
         mergeable=True,
+        autocast_adapters=True,
         **LORA_FAMILY,
     )
 )

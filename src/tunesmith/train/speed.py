@@ -34,7 +34,7 @@ def adapter_autocast(method: MethodSpec | str, precision: str) -> bool:
 
     ``method`` is a :class:`~tunesmith.methods.base.MethodSpec` or a registered name; only
     methods whose spec says ``autocast_adapters`` (the plain ``B(A(dropout(x)))·scale``
-    forward; DoRA's weight-norm path and the other tuners keep peft's own casting) qualify.
+    forward, and DoRA's; the other tuners keep peft's own casting) qualify.
 
     peft casts every adapter input to the adapter's fp32 dtype, so each targeted projection
     pays a cast of its input, an fp32 dropout and fp32 matmuls, and keeps the fp32 copy for the

@@ -21,6 +21,22 @@ def node_names(node) -> set[str]:
     return names
 
 
+def adapter_step(model, ids, autocast: bool):
+    """Loss and every adapter gradient of one forward + backward, as tunesmith trains (bf16
+    under autocast with peft's input cast off where ``autocast``)."""
+    from tunesmith.train.speed import compute_context
+
+    ctx = compute_context(
+        model, torch.device("cpu"), torch.bfloat16 if autocast else None, autocast
+    )
+    with ctx:
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cpu_kernels():
     """The built kernels module, or None where this machine cannot build them."""

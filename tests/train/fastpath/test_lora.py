@@ -10,9 +10,9 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from tests.tiny import make_tiny_model
+from tests.train.fastpath.conftest import adapter_step as _step
 from tunesmith.train.fastpath import dropout, lora_linear, native, row_split
 from tunesmith.train.fastpath.lora import install, why_not_plain
-from tunesmith.train.speed import compute_context
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -26,19 +26,6 @@ def _peft(dtype=torch.float32, dropout=0.0, **extra):
         if "lora_B" in name:  # B starts at zero: give the branch something to add
             p.data.normal_(0, 0.05)
     return model.train()
-
-
-def _step(model, ids, autocast):
-    """Loss and every adapter gradient of one forward + backward, as tunesmith trains."""
-    ctx = compute_context(
-        model, torch.device("cpu"), torch.bfloat16 if autocast else None, autocast
-    )
-    with ctx:
-        loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return loss.detach(), grads
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
   64-bit draw instead of a Bernoulli number each;
 - ``lora``: a LoRA projection and its frozen base as one autograd node, a block's q, k and v
   stacked into one (``lora.py``, ``lora_linear.py``, ``lora_siblings.py``);
+- ``dora``: a DoRA projection as that node and one column scale, its weight norm computed once
+  per optimizer step from a ``(d_out, r)`` product (``dora.py``);
 - ``frozen_linear``: every other frozen ``nn.Linear`` as one autograd function without a
   weight gradient (``frozen_linear.py``); it and ``lora`` run their frozen GEMMs in the row
   blocks this CPU measured fastest for the shape (``row_split.py``);
@@ -55,6 +57,7 @@ from tunesmith.loss.head_ce import (
 )
 from tunesmith.train.fastpath import (
     attention,
+    dora,
     dropout,
     frozen_linear,
     lora,
@@ -170,6 +173,7 @@ def apply_fast_paths(
     installs = {  # in order: lora's fused node takes the masks of the FastDropout modules
         "dropout": dropout.install,
         "lora": lora.install,
+        "dora": dora.install,
         "frozen_linear": frozen_linear.install,
         "rmsnorm": rmsnorm.install,
         "rope": rope.install,

@@ -85,7 +85,7 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 def _why_branch_not_plain(module: nn.Module, name: str) -> str | None:
     """Why adapter ``name``'s branch is not the plain one this path computes, or None."""
     if name in module.lora_variant or module.use_dora.get(name, False):
-        return "a LoRA variant (DoRA) computes its own branch"
+        return "a LoRA variant (DoRA: the dora path's) computes its own branch"
     if module.lora_B[name].bias is not None:
         return "it has a LoRA bias"
     if not isinstance(module.lora_dropout[name], (nn.Identity, FastDropout)):
@@ -95,19 +95,50 @@ def _why_branch_not_plain(module: nn.Module, name: str) -> str | None:
 
 def why_not_plain(module: nn.Module) -> str | None:
     """Why ``module`` (a peft LoRA ``Linear``) keeps peft's forward, or None if it qualifies."""
+    return why_not_one_frozen_linear(module, _why_branch_not_plain)
+
+
+def why_not_one_frozen_linear(module: nn.Module, branch_check) -> str | None:
+    """Why ``module`` is not one adapter on a frozen, untransposed ``nn.Linear`` whose branch
+    passes ``branch_check(module, name)`` (None, or why not), or None where it is."""
     names = list(module.lora_A.keys())
     if len(names) != 1:
         return f"{len(names)} adapters"
-    name = names[0]
     if not isinstance(module.base_layer, nn.Linear):
         return f"its base layer is a {type(module.base_layer).__name__}"
-    if (why := _why_branch_not_plain(module, name)) is not None:
+    if (why := branch_check(module, names[0])) is not None:
         return why
     if getattr(module, "fan_in_fan_out", False):
         return "its weights are stored transposed (fan_in_fan_out)"
     if any(p.requires_grad for p in module.base_layer.parameters()):
         return "its base layer trains"
     return None
+
+
+def swap_lora_linears(model: nn.Module, why_not, fast_class, wanted=lambda module: True):
+    """Give each peft LoRA ``Linear`` of ``model`` that is ``wanted`` and that ``why_not``
+    passes (returns None) the class ``fast_class(LoraLinear)``.
+
+    Returns:
+        ``(changed, reasons)``: ``(module, its class)`` per module changed and why the others
+        were not; None where peft's LoRA layers are not importable.
+    """
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return None
+    changed: list[tuple[nn.Module, type]] = []
+    reasons: set[str] = set()
+    for module in model.modules():
+        if type(module) is not LoraLinear or not wanted(module):
+            continue
+        why = why_not(module)
+        if why is not None:
+            reasons.add(why)
+            continue
+        module.__class__ = fast_class(LoraLinear)
+        changed.append((module, LoraLinear))
+    return changed, reasons
 
 
 @functools.cache
@@ -124,21 +155,10 @@ def install(model: nn.Module) -> Patch:
     ``undo`` gives every changed module its class back and each stacked weight storage of its
     own; weight values and state dicts are untouched.
     """
-    try:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-    except ImportError:
+    swapped = swap_lora_linears(model, why_not_plain, _fast_class)
+    if swapped is None:
         return skipped("peft's LoRA layers are not importable")
-    changed: list[tuple[nn.Module, type]] = []
-    reasons: set[str] = set()
-    for module in model.modules():
-        if type(module) is not LoraLinear:
-            continue
-        why = why_not_plain(module)
-        if why is not None:
-            reasons.add(why)
-            continue
-        module.__class__ = _fast_class(LoraLinear)
-        changed.append((module, LoraLinear))
+    changed, reasons = swapped
     # A branch left to peft is a choice by design (torch's dropout, DoRA), never an unknown model.
     none = "; ".join(sorted(reasons)) if reasons else "the model has no LoRA Linear layer"
     patch = class_swaps(changed, [], none=none)

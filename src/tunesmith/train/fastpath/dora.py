@@ -1,0 +1,172 @@
+"""A DoRA projection on the LoRA node: the branch fused with its frozen base, the magnitude as
+one column scale, and the weight's norm computed once per update of the adapter.
+
+peft's DoRA (``DoraLinearVariant``, Liu et al. 2024, Eq. 5) computes, per call,
+``m / ||W + s B A||`` from the whole ``(d_out, d_in)`` weight: it builds ``B A`` by running an
+identity matrix of ``d_in`` rows through the branch, adds it to ``W`` and takes each row's norm,
+then adds ``(c - 1) base + c s B A x`` to the base's output over ``(tokens, d_out)`` in fp32.
+On the demo (every projection adapted, 2-core AMD EPYC) a step took 1.88x LoRA's time,
+nearly all of it in those per-call passes over the weights (benchmarks/RESULTS.md, "DoRA on the
+LoRA node"). Without dropout (peft then reuses the base's output: ``result + (c - 1) result +
+c s B A x``) that is ``out = c (x Wᵀ + s x Aᵀ Bᵀ) + bias`` with ``c = m / n``, and here:
+
+- the product and branch are :class:`~tunesmith.train.fastpath.lora_linear.LoraLinears`
+  (one node, tunesmith's kernels), and :class:`DoraScale` scales its output by ``c`` and adds
+  the bias; its backward gives the LoRA node ``g c`` and the magnitude ``sum_t g y / n``;
+- the norm ``n`` (no gradient: peft detaches it, as the paper's Section 4.3 does) comes from
+  ``||W_j||^2 + 2 s <B_j, (W Aᵀ)_j> + s^2 B_j (A Aᵀ) B_jᵀ``: one ``(d_out, r)`` product a
+  projection instead of passes over ``(d_out, d_in)``; ``||W_j||`` once per run, the rest once
+  per optimizer step (the weights' version counters say when), rounded to the compute dtype
+  where peft's norm is computed in it, so that ``c`` is exactly 1 at the start as it is there.
+
+A branch with dropout keeps peft's forward: its base term reads the masked input, a second
+frozen product. Values equal peft's within bf16 rounding (``tests/train/fastpath/test_dora.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from tunesmith.train.fastpath.call_context import compute_dtype
+from tunesmith.train.fastpath.lora import swap_lora_linears, why_not_one_frozen_linear
+from tunesmith.train.fastpath.lora_linear import LoraLinears
+from tunesmith.train.fastpath.patch import Patch, class_swaps, fast_subclass, skipped
+
+ATTR = "_tunesmith_dora_norm"  # the module's WeightNorm while the path is installed
+
+
+class WeightNorm:
+    """``||W_j + s (B A)_j||`` for each output row j of one DoRA projection, kept until its
+    weights change (an optimizer step bumps their version counters)."""
+
+    def __init__(self) -> None:
+        self._w_key: tuple | None = None
+        self._w_sq: torch.Tensor | None = None
+        self._key: tuple | None = None
+        self._norm: torch.Tensor | None = None
+
+    def get(self, weight, a, b, scale: float, dtype: torch.dtype) -> torch.Tensor:
+        """The fp32 norms (``(d_out,)``), rounded to ``dtype`` first as peft's are."""
+        w_key = (weight.data_ptr(), weight._version, weight.dtype)
+        key = (w_key, a.data_ptr(), a._version, b.data_ptr(), b._version, scale, dtype)
+        if key == self._key:
+            return self._norm
+        with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
+            if w_key != self._w_key:  # frozen: once
+                # vector_norm in fp32 reduces as peft's norm of the same rows does, and
+                # sqrt(fl(v * v)) == v: at B = 0 the norm below is peft's to the bit.
+                w_norm = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32)
+                self._w_sq, self._w_key = w_norm * w_norm, w_key
+            a32, b32 = a.float(), b.float()
+            # W Aᵀ in W's dtype: its rounding moves n by far less than n's own rounding below.
+            wa = torch.mm(weight, a.to(weight.dtype).t()).float()
+            cross = (b32 * wa).sum(1)
+            quad = ((b32 @ (a32 @ a32.t())) * b32).sum(1)
+            sq = self._w_sq + (2 * scale) * cross + (scale * scale) * quad
+            self._norm = sq.clamp_min(0).sqrt().to(dtype).float()
+        self._key = key
+        return self._norm
+
+
+class DoraScale(torch.autograd.Function):
+    """``y -> y * (m / n) + bias`` by columns; ``n`` carries no gradient (see the module doc).
+
+    ``y`` is the LoRA node's ``x Wᵀ + s x Aᵀ Bᵀ``; the product by the fp32 scale is rounded
+    once into ``y``'s dtype, as peft's fp32 sum is rounded once into its output.
+    """
+
+    @staticmethod
+    def forward(ctx, y, magnitude, norm, bias):
+        c = magnitude.float() / norm
+        out = torch.mul(y, c, out=torch.empty_like(y))
+        if bias is not None:
+            out.add_(bias)
+        ctx.save_for_backward(y, c, norm)
+        ctx.m_dtype = magnitude.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, c, norm = ctx.saved_tensors
+        dy = dm = db = None
+        if ctx.needs_input_grad[0]:
+            dy = torch.mul(grad, c, out=torch.empty_like(grad))
+        if ctx.needs_input_grad[1]:
+            g2, y2 = grad.reshape(-1, grad.shape[-1]), y.reshape(-1, y.shape[-1])
+            dm = ((g2 * y2).sum(0, dtype=torch.float32) / norm).to(ctx.m_dtype)
+        if ctx.needs_input_grad[3]:
+            db = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return dy, dm, None, db
+
+
+def why_not_fast(module: nn.Module) -> str | None:
+    """Why ``module`` (a peft LoRA ``Linear`` with DoRA) keeps peft's forward, or None."""
+    return why_not_one_frozen_linear(module, _why_branch_not_dora)
+
+
+def _why_branch_not_dora(module: nn.Module, name: str) -> str | None:
+    if not module.use_dora.get(name, False):
+        return "not DoRA"
+    if not isinstance(module.lora_dropout[name], nn.Identity):
+        return "DoRA with dropout reads the masked input in its base term (a second product)"
+    if module.lora_B[name].bias is not None:
+        return "it has a LoRA bias"
+    return None
+
+
+def _takes_fast_path(self, x: torch.Tensor) -> bool:
+    """Per call: training with gradients, its one DoRA adapter on, in its base weight's dtype."""
+    active = self.active_adapters
+    if not (
+        self.training and torch.is_grad_enabled() and not self.disable_adapters
+        and not self.merged and len(active) == 1 and active[0] in self.lora_A
+        and isinstance(self.lora_dropout[active[0]], nn.Identity)
+    ):  # fmt: skip
+        return False
+    a = self.lora_A[active[0]].weight
+    return compute_dtype(x, a) == self.base_layer.weight.dtype
+
+
+def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    if args or kwargs or not _takes_fast_path(self, x):
+        return super(type(self), self).forward(x, *args, **kwargs)
+    name = self.active_adapters[0]
+    a, b = self.lora_A[name].weight, self.lora_B[name].weight
+    scale = float(self.scaling[name])
+    weight, bias = self.base_layer.weight, self.base_layer.bias
+    y = LoraLinears.apply(x, weight, None, (scale,), None, a, b)
+    norm = self.__dict__[ATTR].get(weight, a, b, scale, x.dtype)
+    return DoraScale.apply(y, self.lora_magnitude_vector[name].weight, norm, bias)
+
+
+@functools.cache
+def _fast_class(cls: type) -> type:
+    return fast_subclass(cls, _fast_forward, globals())
+
+
+def install(model: nn.Module) -> Patch:
+    """Give every DoRA ``Linear`` without dropout (one adapter, frozen ``nn.Linear`` base) the
+    forward above. ``undo`` gives each its class back and drops its cached norms."""
+    swapped = swap_lora_linears(
+        model, why_not_fast, _fast_class, lambda m: any(m.use_dora.values())
+    )
+    if swapped is None:
+        return skipped("peft's LoRA layers are not importable")
+    changed, reasons = swapped
+    for module, _ in changed:
+        module.__dict__[ATTR] = WeightNorm()
+    if not changed and not reasons:
+        return Patch()  # no DoRA layer: nothing to say in a LoRA (or any other) run's log
+    patch = class_swaps(changed, [], none="; ".join(sorted(reasons)))
+    swaps = patch.undo
+
+    def undo() -> None:
+        for module, _ in changed:
+            module.__dict__.pop(ATTR, None)
+        swaps()
+
+    patch.undo = undo
+    return patch
