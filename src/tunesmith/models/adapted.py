@@ -9,7 +9,8 @@ The one loader behind ``eval``, ``chat``, ``compare``, ``merge``, ``export`` and
 * the tokenizer saved beside the weights wins over the base's: it carries the chat template
   the model was trained with;
 * adapters attach with stock ``PeftModel.from_pretrained`` after
-  :func:`tunesmith.methods.load_all` has registered tunesmith's own peft types;
+  :func:`tunesmith.methods.load_all` has registered tunesmith's own peft types; DoRA layers
+  then evaluate with their weight norm kept between calls (:mod:`tunesmith.methods.dora_norm`);
 * :func:`load_merged` folds the adapter into the base (QLoRA: into the base dequantized from
   4-bit, the weights the adapter was trained against), NaN-checked.
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UserInputError, WorkFailed
+from tunesmith.methods import dora_norm
 from tunesmith.models.artifact import ADAPTER_WEIGHTS, Artifact, locate
 from tunesmith.models.loading import ModelSource, load_model_and_tokenizer, load_tokenizer
 
@@ -151,6 +153,7 @@ def attach_adapter(model, adapter_dir: str | Path, adapter_name: str = "default"
         model = PeftModel.from_pretrained(
             model, str(adapter_dir), adapter_name=adapter_name, is_trainable=False
         )
+    dora_norm.install(model)  # DoRA's weight norm once, not at every call
     return model.eval()
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UserInputError
+from tunesmith.methods import dora_norm
 from tunesmith.models.adapted import (
     adapter_load_errors,
     as_artifact,
@@ -139,6 +140,7 @@ def load_shared(
     for name, art in list(named.items())[1:]:
         with adapter_load_errors(art.dir):
             model.load_adapter(str(art.dir), adapter_name=name, is_trainable=False)
+        dora_norm.install(model)
         tokenizers[name] = (
             load_tokenizer(str(art.dir), trust_remote_code=trust_remote_code)
             if art.has_tokenizer

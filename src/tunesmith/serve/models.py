@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UserInputError
+from tunesmith.methods import dora_norm
 
 BASE_ROW = "__base__"  # peft's adapter name for "no adapter" in a mixed batch
 DEFAULT_CONTEXT = 2048  # when neither the config nor the tokenizer states a context length
@@ -183,6 +184,7 @@ def _load_group(base: str, members: list[tuple[str, Any]], dtype: Any) -> list[S
     for i, (name, art) in enumerate(members[1:], start=1):
         internal[name] = f"served_{i}"
         lm.load_adapter(str(art.dir), adapter_name=internal[name])
+    dora_norm.install(lm)  # layers holding a DoRA adapter only the later ones brought
     lm.eval()
     backend = _backend(lm, base_tok, mixed=True, label=base)
     served = [_served(base, backend, BASE_ROW, base_tok, "base", base)]

@@ -14,12 +14,14 @@ c s B A x``) that is ``out = c (x Wᵀ + s x Aᵀ Bᵀ) + bias`` with ``c = m / 
   (one node, tunesmith's kernels), and :class:`DoraScale` scales its output by ``c`` and adds
   the bias; its backward gives the LoRA node ``g c`` and the magnitude ``sum_t g y / n``;
 - the norm ``n`` (no gradient: peft detaches it, as the paper's Section 4.3 does) comes from
-  ``||W_j||^2 + 2 s <B_j, (W Aᵀ)_j> + s^2 B_j (A Aᵀ) B_jᵀ``: one ``(d_out, r)`` product a
-  projection instead of passes over ``(d_out, d_in)``; ``||W_j||`` once per run, the rest once
-  per optimizer step (the weights' version counters say when), rounded to the compute dtype
-  where peft's norm is computed in it, so that ``c`` is exactly 1 at the start as it is there.
+  :class:`~tunesmith.methods.dora_norm.WeightNorm`: ``||W_j||^2 + 2 s <B_j, (W Aᵀ)_j> + s^2
+  B_j (A Aᵀ) B_jᵀ``, one ``(d_out, r)`` product a projection instead of passes over ``(d_out,
+  d_in)``; ``||W_j||`` once per run, the rest once per optimizer step (the weights' version
+  counters say when), rounded to the compute dtype where peft's norm is computed in it, so
+  that ``c`` is exactly 1 at the start as it is there.
 
-A branch with dropout keeps peft's forward: its base term reads the masked input, a second
+Outside training (the run's evaluations) the same modules run the evaluation forward of
+:mod:`~tunesmith.methods.dora_norm`, which reads the same norms. A branch with dropout keeps peft's forward: its base term reads the masked input, a second
 frozen product. Values equal peft's within bf16 rounding (``tests/train/fastpath/test_dora.py``).
 """
 
@@ -30,45 +32,11 @@ import functools
 import torch
 from torch import nn
 
+from tunesmith.methods.dora_norm import ATTR, eval_class, weight_norm
 from tunesmith.train.fastpath.call_context import compute_dtype
 from tunesmith.train.fastpath.lora import swap_lora_linears, why_not_one_frozen_linear
 from tunesmith.train.fastpath.lora_linear import LoraLinears
 from tunesmith.train.fastpath.patch import Patch, class_swaps, fast_subclass, skipped
-
-ATTR = "_tunesmith_dora_norm"  # the module's WeightNorm while the path is installed
-
-
-class WeightNorm:
-    """``||W_j + s (B A)_j||`` for each output row j of one DoRA projection, kept until its
-    weights change (an optimizer step bumps their version counters)."""
-
-    def __init__(self) -> None:
-        self._w_key: tuple | None = None
-        self._w_sq: torch.Tensor | None = None
-        self._key: tuple | None = None
-        self._norm: torch.Tensor | None = None
-
-    def get(self, weight, a, b, scale: float, dtype: torch.dtype) -> torch.Tensor:
-        """The fp32 norms (``(d_out,)``), rounded to ``dtype`` first as peft's are."""
-        w_key = (weight.data_ptr(), weight._version, weight.dtype)
-        key = (w_key, a.data_ptr(), a._version, b.data_ptr(), b._version, scale, dtype)
-        if key == self._key:
-            return self._norm
-        with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
-            if w_key != self._w_key:  # frozen: once
-                # vector_norm in fp32 reduces as peft's norm of the same rows does, and
-                # sqrt(fl(v * v)) == v: at B = 0 the norm below is peft's to the bit.
-                w_norm = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32)
-                self._w_sq, self._w_key = w_norm * w_norm, w_key
-            a32, b32 = a.float(), b.float()
-            # W Aᵀ in W's dtype: its rounding moves n by far less than n's own rounding below.
-            wa = torch.mm(weight, a.to(weight.dtype).t()).float()
-            cross = (b32 * wa).sum(1)
-            quad = ((b32 @ (a32 @ a32.t())) * b32).sum(1)
-            sq = self._w_sq + (2 * scale) * cross + (scale * scale) * quad
-            self._norm = sq.clamp_min(0).sqrt().to(dtype).float()
-        self._key = key
-        return self._norm
 
 
 class DoraScale(torch.autograd.Function):
@@ -138,33 +106,38 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     scale = float(self.scaling[name])
     weight, bias = self.base_layer.weight, self.base_layer.bias
     y = LoraLinears.apply(x, weight, None, (scale,), None, a, b)
-    norm = self.__dict__[ATTR].get(weight, a, b, scale, x.dtype)
+    norm = weight_norm(self, name, x.dtype)
     return DoraScale.apply(y, self.lora_magnitude_vector[name].weight, norm, bias)
 
 
 @functools.cache
 def _fast_class(cls: type) -> type:
-    return fast_subclass(cls, _fast_forward, globals())
+    """Its calls outside training go to the evaluation forward of ``methods/dora_norm.py``."""
+    return fast_subclass(eval_class(cls), _fast_forward, globals())
 
 
 def install(model: nn.Module) -> Patch:
     """Give every DoRA ``Linear`` without dropout (one adapter, frozen ``nn.Linear`` base) the
-    forward above. ``undo`` gives each its class back and drops its cached norms."""
-    swapped = swap_lora_linears(
-        model, why_not_fast, _fast_class, lambda m: any(m.use_dora.values())
-    )
-    if swapped is None:
+    forward above, a model's evaluation forward included (one loaded with
+    :func:`~tunesmith.methods.dora_norm.install`, as ``--init-from`` loads). ``undo`` gives
+    each its class back and drops the norms it kept."""
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
         return skipped("peft's LoRA layers are not importable")
-    changed, reasons = swapped
-    for module, _ in changed:
-        module.__dict__[ATTR] = WeightNorm()
+    classes = (LoraLinear, eval_class(LoraLinear))
+    wanted = lambda m: any(m.use_dora.values())  # noqa: E731
+    changed, reasons = swap_lora_linears(model, why_not_fast, _fast_class, wanted, classes)
     if not changed and not reasons:
         return Patch()  # no DoRA layer: nothing to say in a LoRA (or any other) run's log
+    added = [m for m, _ in changed if ATTR not in m.__dict__]
+    for module in added:
+        module.__dict__[ATTR] = {}
     patch = class_swaps(changed, [], none="; ".join(sorted(reasons)))
     swaps = patch.undo
 
     def undo() -> None:
-        for module, _ in changed:
+        for module in added:
             module.__dict__.pop(ATTR, None)
         swaps()
 

@@ -115,29 +115,27 @@ def why_not_one_frozen_linear(module: nn.Module, branch_check) -> str | None:
     return None
 
 
-def swap_lora_linears(model: nn.Module, why_not, fast_class, wanted=lambda module: True):
-    """Give each peft LoRA ``Linear`` of ``model`` that is ``wanted`` and that ``why_not``
-    passes (returns None) the class ``fast_class(LoraLinear)``.
+def swap_lora_linears(model: nn.Module, why_not, fast_class, wanted, classes: tuple[type, ...]):
+    """Give each module of ``model`` whose class is one of ``classes`` (peft's LoRA ``Linear``,
+    or a subclass given at load), that is ``wanted`` and that ``why_not`` passes (returns None)
+    the class ``fast_class(classes[0])``.
 
     Returns:
-        ``(changed, reasons)``: ``(module, its class)`` per module changed and why the others
-        were not; None where peft's LoRA layers are not importable.
+        ``(changed, reasons)``: ``(module, its class)`` per module changed, and why the others
+        were not.
     """
-    try:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-    except ImportError:
-        return None
     changed: list[tuple[nn.Module, type]] = []
     reasons: set[str] = set()
     for module in model.modules():
-        if type(module) is not LoraLinear or not wanted(module):
+        cls = type(module)
+        if cls not in classes or not wanted(module):
             continue
         why = why_not(module)
         if why is not None:
             reasons.add(why)
             continue
-        module.__class__ = fast_class(LoraLinear)
-        changed.append((module, LoraLinear))
+        module.__class__ = fast_class(classes[0])
+        changed.append((module, cls))
     return changed, reasons
 
 
@@ -155,10 +153,12 @@ def install(model: nn.Module) -> Patch:
     ``undo`` gives every changed module its class back and each stacked weight storage of its
     own; weight values and state dicts are untouched.
     """
-    swapped = swap_lora_linears(model, why_not_plain, _fast_class)
-    if swapped is None:
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
         return skipped("peft's LoRA layers are not importable")
-    changed, reasons = swapped
+    every = lambda m: True  # noqa: E731
+    changed, reasons = swap_lora_linears(model, why_not_plain, _fast_class, every, (LoraLinear,))
     # A branch left to peft is a choice by design (torch's dropout, DoRA), never an unknown model.
     none = "; ".join(sorted(reasons)) if reasons else "the model has no LoRA Linear layer"
     patch = class_swaps(changed, [], none=none)
