@@ -12,7 +12,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from tests.tiny import make_tiny_model
 from tests.train.fastpath.conftest import adapter_step as _step
 from tunesmith.methods import dora_norm
-from tunesmith.train.fastpath import dora
+from tunesmith.train.fastpath import dora, native
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -135,3 +135,45 @@ def test_dropout_and_no_grad_keep_pefts_forward_and_undo_restores():
     merged = fast.merge_and_unload().state_dict()  # peft's merge, the class given back
     want = ref.merge_and_unload().state_dict()
     assert all(torch.equal(merged[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("width", [576, 200, 7], ids=["blocks", "tails", "narrow"])
+def test_the_column_scale_kernel_is_the_fp32_formula_rounded_once(cpu_kernels, width):
+    if cpu_kernels is None:
+        pytest.skip("tunesmith's CPU kernels are not built here")
+    gen = torch.Generator().manual_seed(width)
+    y = torch.randn(37, width, generator=gen).bfloat16()
+    g = torch.randn(37, width, generator=gen).bfloat16()
+    c = torch.rand(width, generator=gen) + 0.5
+    assert torch.equal(cpu_kernels.dora_scale(y, c), (y.float() * c).bfloat16())
+    dy, sums = cpu_kernels.dora_scale_backward(g, y, c, True)
+    assert torch.equal(dy, (g.float() * c).bfloat16())
+    want = (g.double() * y.double()).sum(0)
+    torch.testing.assert_close(sums.double(), want, rtol=1e-5, atol=1e-5)
+    empty, again = cpu_kernels.dora_scale_backward(g, y, c, False)
+    assert empty.numel() == 0 and torch.equal(again, sums)
+
+
+def test_the_bf16_step_takes_the_kernel_and_equals_the_torch_ops(monkeypatch, cpu_kernels):
+    if cpu_kernels is None:
+        pytest.skip("tunesmith's CPU kernels are not built here")
+    model = _peft(torch.bfloat16)
+    dora.install(model)
+    ids = torch.randint(0, 512, (3, 21), generator=torch.Generator().manual_seed(4))
+    calls = []
+    real = native.kernels
+
+    class Counting:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(real(), name)
+
+    monkeypatch.setattr(native, "kernels", lambda: Counting())
+    loss, grads = _step(model, ids, autocast=True)
+    assert calls.count("dora_scale") == calls.count("dora_scale_backward") == 2 * len(TARGETS)
+    monkeypatch.setattr(native, "kernels", lambda: None)  # torch's ops, the same formula
+    want_loss, want_grads = _step(model, ids, autocast=True)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-3, atol=1e-3)
+    for name, want in want_grads.items():
+        scale = want.abs().max().clamp_min(1e-6)
+        assert float((grads[name] - want).abs().max() / scale) < 2e-2, name

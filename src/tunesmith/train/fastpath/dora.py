@@ -21,8 +21,8 @@ c s B A x``) that is ``out = c (x Wᵀ + s x Aᵀ Bᵀ) + bias`` with ``c = m / 
   that ``c`` is exactly 1 at the start as it is there.
 
 Outside training (the run's evaluations) the same modules run the evaluation forward of
-:mod:`~tunesmith.methods.dora_norm`, which reads the same norms. A branch with dropout keeps peft's forward: its base term reads the masked input, a second
-frozen product. Values equal peft's within bf16 rounding (``tests/train/fastpath/test_dora.py``).
+:mod:`~tunesmith.methods.dora_norm`, which reads the same norms. A branch with dropout keeps
+peft's forward: its base term reads the masked input, a second frozen product. Values equal peft's within bf16 rounding (``tests/train/fastpath/test_dora.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from tunesmith.methods.dora_norm import ATTR, eval_class, weight_norm
+from tunesmith.train.fastpath import native
 from tunesmith.train.fastpath.call_context import compute_dtype
 from tunesmith.train.fastpath.lora import swap_lora_linears, why_not_one_frozen_linear
 from tunesmith.train.fastpath.lora_linear import LoraLinears
@@ -43,30 +44,45 @@ class DoraScale(torch.autograd.Function):
     """``y -> y * (m / n) + bias`` by columns; ``n`` carries no gradient (see the module doc).
 
     ``y`` is the LoRA node's ``x Wᵀ + s x Aᵀ Bᵀ``; the product by the fp32 scale is rounded
-    once into ``y``'s dtype, as peft's fp32 sum is rounded once into its output.
+    once into ``y``'s dtype, as peft's fp32 sum is rounded once into its output. Where
+    tunesmith's CPU kernels take ``y`` (bf16, no bias) each direction is one pass
+    (``native/kernels.cpp``: torch's bf16-by-fp32 product runs a per-element cast loop and a copy
+    back, ~160 ms of a ~1.1 s demo step), the magnitude's sum over the rows in fp32.
     """
 
     @staticmethod
     def forward(ctx, y, magnitude, norm, bias):
         c = magnitude.float() / norm
-        out = torch.mul(y, c, out=torch.empty_like(y))
-        if bias is not None:
-            out.add_(bias)
+        y2 = y.reshape(-1, y.shape[-1])
+        kernels = native.kernels() if bias is None and native.runs_on(y2) else None
+        if kernels is not None:
+            out = kernels.dora_scale(y2, c).view(y.shape)
+        else:
+            out = torch.mul(y, c, out=torch.empty_like(y))
+            if bias is not None:
+                out.add_(bias)
         ctx.save_for_backward(y, c, norm)
-        ctx.m_dtype = magnitude.dtype
+        ctx.m_dtype, ctx.kernels = magnitude.dtype, kernels is not None
         return out
 
     @staticmethod
     def backward(ctx, grad):
         y, c, norm = ctx.saved_tensors
+        want_dy, want_dm = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        g2, y2 = grad.reshape(-1, grad.shape[-1]), y.reshape(-1, y.shape[-1])
         dy = dm = db = None
-        if ctx.needs_input_grad[0]:
-            dy = torch.mul(grad, c, out=torch.empty_like(grad))
-        if ctx.needs_input_grad[1]:
-            g2, y2 = grad.reshape(-1, grad.shape[-1]), y.reshape(-1, y.shape[-1])
-            dm = ((g2 * y2).sum(0, dtype=torch.float32) / norm).to(ctx.m_dtype)
+        kernels = native.kernels() if ctx.kernels and g2.is_contiguous() else None
+        if kernels is not None and (want_dy or want_dm):
+            dy2, sums = kernels.dora_scale_backward(g2, y2, c, want_dy)
+            dy = dy2.view(grad.shape) if want_dy else None
+            dm = (sums / norm).to(ctx.m_dtype) if want_dm else None
+        else:
+            if want_dy:
+                dy = torch.mul(grad, c, out=torch.empty_like(grad))
+            if want_dm:
+                dm = ((g2 * y2).sum(0, dtype=torch.float32) / norm).to(ctx.m_dtype)
         if ctx.needs_input_grad[3]:
-            db = grad.reshape(-1, grad.shape[-1]).sum(0)
+            db = g2.sum(0)
         return dy, dm, None, db
 
 
