@@ -66,15 +66,17 @@ def weight_norm(module: nn.Module, name: str, dtype: torch.dtype) -> torch.Tenso
 
 def evaluates_here(module: nn.Module) -> bool:
     """Whether a call of ``module`` is one :func:`install`'s forward computes: evaluation mode,
-    one active DoRA adapter on a plain, unmerged ``nn.Linear``."""
+    one active DoRA adapter on a plain, unmerged ``nn.Linear`` whose weight is in place (no
+    accelerate hook moving it in for the call, as a ``device_map`` offload adds)."""
     active = module.active_adapters
     if module.training or module.disable_adapters or module.merged or len(active) != 1:
         return False
-    name = active[0]
+    name, base = active[0], module.base_layer
     return (
         name in module.lora_A and module.use_dora.get(name, False)
-        and isinstance(module.base_layer, nn.Linear) and module.lora_B[name].bias is None
+        and isinstance(base, nn.Linear) and module.lora_B[name].bias is None
         and not getattr(module, "fan_in_fan_out", False)
+        and getattr(base, "_hf_hook", None) is None and base.weight.device.type != "meta"
     )  # fmt: skip
 
 

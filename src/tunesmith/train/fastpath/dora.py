@@ -5,8 +5,8 @@ peft's DoRA (``DoraLinearVariant``, Liu et al. 2024, Eq. 5) computes, per call,
 ``m / ||W + s B A||`` from the whole ``(d_out, d_in)`` weight: it builds ``B A`` by running an
 identity matrix of ``d_in`` rows through the branch, adds it to ``W`` and takes each row's norm,
 then adds ``(c - 1) base + c s B A x`` to the base's output over ``(tokens, d_out)`` in fp32.
-On the demo (every projection adapted, 2-core AMD EPYC) a step took 1.88x LoRA's time,
-nearly all of it in those per-call passes over the weights (benchmarks/RESULTS.md, "DoRA on the
+On the demo (every projection adapted, 2-core AMD EPYC) a step took 1.88x LoRA's time, in
+those per-call passes over the weights and its fp32 branch (benchmarks/RESULTS.md, "DoRA on the
 LoRA node"). Without dropout (peft then reuses the base's output: ``result + (c - 1) result +
 c s B A x``) that is ``out = c (x Wᵀ + s x Aᵀ Bᵀ) + bias`` with ``c = m / n``, and here:
 
@@ -22,7 +22,8 @@ c s B A x``) that is ``out = c (x Wᵀ + s x Aᵀ Bᵀ) + bias`` with ``c = m / 
 
 Outside training (the run's evaluations) the same modules run the evaluation forward of
 :mod:`~tunesmith.methods.dora_norm`, which reads the same norms. A branch with dropout keeps
-peft's forward: its base term reads the masked input, a second frozen product. Values equal peft's within bf16 rounding (``tests/train/fastpath/test_dora.py``).
+peft's forward: its base term reads the masked input, a second frozen product. Values equal
+peft's within bf16 rounding (``tests/train/fastpath/test_dora.py``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class DoraScale(torch.autograd.Function):
     """``y -> y * (m / n) + bias`` by columns; ``n`` carries no gradient (see the module doc).
 
     ``y`` is the LoRA node's ``x Wᵀ + s x Aᵀ Bᵀ``; the product by the fp32 scale is rounded
-    once into ``y``'s dtype, as peft's fp32 sum is rounded once into its output. Where
+    once into ``y``'s dtype, as peft's fp32 sum is rounded once into its output (a bias, rare
+    in the models tunesmith knows, is added after that rounding). Where
     tunesmith's CPU kernels take ``y`` (bf16, no bias) each direction is one pass
     (``native/kernels.cpp``: torch's bf16-by-fp32 product runs a per-element cast loop and a copy
     back, ~160 ms of a ~1.1 s demo step), the magnitude's sum over the rows in fp32.
@@ -134,9 +136,9 @@ def _fast_class(cls: type) -> type:
 
 def install(model: nn.Module) -> Patch:
     """Give every DoRA ``Linear`` without dropout (one adapter, frozen ``nn.Linear`` base) the
-    forward above, a model's evaluation forward included (one loaded with
-    :func:`~tunesmith.methods.dora_norm.install`, as ``--init-from`` loads). ``undo`` gives
-    each its class back and drops the norms it kept."""
+    forward above, those given the evaluation forward at load included
+    (:func:`~tunesmith.methods.dora_norm.install`). ``undo`` gives each its class back and drops
+    the norms it kept."""
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:

@@ -85,7 +85,7 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 def _why_branch_not_plain(module: nn.Module, name: str) -> str | None:
     """Why adapter ``name``'s branch is not the plain one this path computes, or None."""
     if name in module.lora_variant or module.use_dora.get(name, False):
-        return "a LoRA variant (DoRA: the dora path's) computes its own branch"
+        return "DoRA (the dora path's) or another LoRA variant computes its own branch"
     if module.lora_B[name].bias is not None:
         return "it has a LoRA bias"
     if not isinstance(module.lora_dropout[name], (nn.Identity, FastDropout)):

@@ -1,17 +1,17 @@
 // tunesmith's CPU kernels: elementwise chains that torch runs as many ops, as one pass each.
 //
-// RMSNorm, the SwiGLU product, RoPE, dropout's masked scaling, packed attention's causal
-// softmax, the loss head's softmax and NLL and DoRA's column scale are memory-bound chains of
-// 2-12 eager ops forward and backward (casts to fp32 and back, products, reductions, integer mask arithmetic, an
-// additive mask), each a pass over the activations and an allocation; packed attention's
-// placement of rows in its per-example layout is a zero fill and scattered copies. Here each
-// direction reads its inputs once and writes its outputs once, in fp32 inside and bf16 outside,
-// with ATen's vector types and its thread pool (so torch.set_num_threads governs them too).
-// Values follow the eager formulas (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP,
-// attention.py, head_ce.py), rounding to bf16 where they round; where a row's sum is added in
-// another order, results are within one bf16 rounding of theirs (test_native.py). A LoRA
-// branch's rank-r products (lora_linear.py) are small products, not a chain; they are here
-// because oneDNN runs them far below its rate, and one pass over the rows serves all of them.
+// RMSNorm, the SwiGLU product, RoPE, dropout's masked scaling, packed attention's causal softmax,
+// the loss head's softmax and NLL and DoRA's column scale are memory-bound chains of 2-12 eager ops
+// forward and backward (casts to fp32 and back, products, reductions, integer mask arithmetic, an
+// additive mask), each a pass over the activations and an allocation; packed attention's placement
+// of rows in its per-example layout is a zero fill and scattered copies. Here each direction reads
+// its inputs once and writes its outputs once, in fp32 inside and bf16 outside, with ATen's vector
+// types and its thread pool (so torch.set_num_threads governs them too). Values follow the eager
+// formulas (rmsnorm.py, rope.py, dropout.py, transformers' LlamaMLP, attention.py, head_ce.py),
+// rounding to bf16 where they round; where a row's sum is added in another order, results are
+// within one bf16 rounding of theirs (test_native.py). A LoRA branch's rank-r products
+// (lora_linear.py) are small products, not a chain; they are here because oneDNN runs them far
+// below its rate, and one pass over the rows serves all of them.
 // ``evict`` drops a tensor from the caches for row_split's timing of products.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -1047,8 +1047,8 @@ void check_scale(const torch::Tensor& c, int64_t n) {
 
 // DoRA's column scale (dora.py's DoraScale): out = bf16(y * c), c fp32 per column; backward
 // dy = bf16(g * c) and the magnitude's fp32 sum over the rows of g * y. torch runs bf16 times
-// fp32 as a per-element cast loop into an fp32 result and a copy back (a demo DoRA step 0.97x
-// the time with these).
+// fp32 as a per-element cast loop into an fp32 result and a copy back (a demo DoRA step
+// 0.92-0.97x the time with these).
 torch::Tensor dora_scale(torch::Tensor y, torch::Tensor c) {
   check_rows(y, "y");
   const int64_t m = y.size(0), n = y.size(1), W = bV::size(), H = fV::size();
@@ -1057,7 +1057,8 @@ torch::Tensor dora_scale(torch::Tensor y, torch::Tensor c) {
   const bf16* yp = y.data_ptr<bf16>();
   const float* cp = c.data_ptr<float>();
   bf16* op = out.data_ptr<bf16>();
-  at::parallel_for(0, m, std::max<int64_t>(1, kGrain / std::max<int64_t>(n, 1)), [&](int64_t b, int64_t e) {
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(n, 1));
+  at::parallel_for(0, m, grain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i++) {
       const bf16* yr = yp + i * n;
       bf16* orow = op + i * n;
