@@ -35,8 +35,11 @@ from torch import nn
 
 from tunesmith.methods.dora_norm import ATTR, eval_class, weight_norm
 from tunesmith.train.fastpath import native
-from tunesmith.train.fastpath.call_context import compute_dtype
-from tunesmith.train.fastpath.lora import swap_lora_linears, why_not_one_frozen_linear
+from tunesmith.train.fastpath.lora import (
+    swap_lora_linears,
+    takes_fused_path,
+    why_not_one_frozen_linear,
+)
 from tunesmith.train.fastpath.lora_linear import LoraLinears
 from tunesmith.train.fastpath.patch import Patch, class_swaps, fast_subclass, skipped
 
@@ -103,21 +106,8 @@ def _why_branch_not_dora(module: nn.Module, name: str) -> str | None:
     return None
 
 
-def _takes_fast_path(self, x: torch.Tensor) -> bool:
-    """Per call: training with gradients, its one DoRA adapter on, in its base weight's dtype."""
-    active = self.active_adapters
-    if not (
-        self.training and torch.is_grad_enabled() and not self.disable_adapters
-        and not self.merged and len(active) == 1 and active[0] in self.lora_A
-        and isinstance(self.lora_dropout[active[0]], nn.Identity)
-    ):  # fmt: skip
-        return False
-    a = self.lora_A[active[0]].weight
-    return compute_dtype(x, a) == self.base_layer.weight.dtype
-
-
 def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    if args or kwargs or not _takes_fast_path(self, x):
+    if args or kwargs or not takes_fused_path(self, x, _why_branch_not_dora):
         return super(type(self), self).forward(x, *args, **kwargs)
     name = self.active_adapters[0]
     a, b = self.lora_A[name].weight, self.lora_B[name].weight

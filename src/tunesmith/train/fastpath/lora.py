@@ -44,24 +44,24 @@ from tunesmith.train.fastpath.lora_siblings import ATTR, group_siblings, ungroup
 from tunesmith.train.fastpath.patch import Patch, class_swaps, fast_subclass, skipped
 
 
-def _ready(self) -> bool:
-    """Whether this module's call takes the fused path (checked per call: modes change, and an
-    adapter added after install may have dropout or a bias)."""
+def takes_fused_path(self, x: torch.Tensor, branch_check) -> bool:
+    """Per call (modes change, and an adapter added after install may have dropout or a bias):
+    training with gradients, its one adapter on and passing ``branch_check(module, name)``
+    (None, or why not), computing in its base weight's dtype (else peft's casts decide)."""
     active = self.active_adapters
     if not (
         self.training and torch.is_grad_enabled() and not self.disable_adapters
         and not self.merged and len(active) == 1 and active[0] in self.lora_A
     ):  # fmt: skip
         return False
-    return _why_branch_not_plain(self, active[0]) is None
+    if branch_check(self, active[0]) is not None:
+        return False
+    a = self.lora_A[active[0]].weight
+    return compute_dtype(x, a) == self.base_layer.weight.dtype
 
 
 def _takes_fast_path(self, x: torch.Tensor) -> bool:
-    """Per call: in training with its one adapter on, computing in its base weight's dtype."""
-    if not _ready(self):
-        return False
-    a = self.lora_A[self.active_adapters[0]].weight
-    return compute_dtype(x, a) == self.base_layer.weight.dtype  # else peft's casts decide
+    return takes_fused_path(self, x, _why_branch_not_plain)
 
 
 def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
