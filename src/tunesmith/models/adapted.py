@@ -157,6 +157,14 @@ def attach_adapter(model, adapter_dir: str | Path, adapter_name: str = "default"
     return model.eval()
 
 
+def add_adapter(model, adapter_dir: str | Path, adapter_name: str):
+    """One more adapter onto a loaded ``PeftModel`` (several on one base), in inference mode and
+    with the DoRA evaluation forward, as :func:`attach_adapter` attaches the first."""
+    with adapter_load_errors(adapter_dir):
+        model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=False)
+    dora_norm.install(model)  # the layers only this adapter made DoRA ones
+
+
 @contextlib.contextmanager
 def adapter_load_errors(adapter_dir: str | Path):
     """Turn peft's and safetensors' load errors into one ``UserInputError`` naming the adapter."""

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UserInputError
-from tunesmith.methods import dora_norm
 from tunesmith.models.adapted import (
-    adapter_load_errors,
+    add_adapter,
     as_artifact,
     attach_adapter,
     base_of,
@@ -138,9 +137,7 @@ def load_shared(
     model = attach_adapter(loaded.model, arts[0].dir, adapter_name=first)
     tokenizers = {first: loaded.tokenizer}
     for name, art in list(named.items())[1:]:
-        with adapter_load_errors(art.dir):
-            model.load_adapter(str(art.dir), adapter_name=name, is_trainable=False)
-        dora_norm.install(model)
+        add_adapter(model, art.dir, name)
         tokenizers[name] = (
             load_tokenizer(str(art.dir), trust_remote_code=trust_remote_code)
             if art.has_tokenizer

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UserInputError
-from tunesmith.methods import dora_norm
 
 BASE_ROW = "__base__"  # peft's adapter name for "no adapter" in a mixed batch
 DEFAULT_CONTEXT = 2048  # when neither the config nor the tokenizer states a context length
@@ -169,6 +168,7 @@ def _load_own(name: str, path: str, base: str | None, dtype: Any, *, kind: str) 
 def _load_group(base: str, members: list[tuple[str, Any]], dtype: Any) -> list[ServedModel]:
     """One base and every mixable adapter on it, as one backend."""
     from tunesmith.models import load_adapted
+    from tunesmith.models.adapted import add_adapter
     from tunesmith.models.loading import load_model_and_tokenizer, load_tokenizer
 
     if not members:
@@ -183,8 +183,7 @@ def _load_group(base: str, members: list[tuple[str, Any]], dtype: Any) -> list[S
     internal = {first_name: lm.active_adapter}
     for i, (name, art) in enumerate(members[1:], start=1):
         internal[name] = f"served_{i}"
-        lm.load_adapter(str(art.dir), adapter_name=internal[name])
-    dora_norm.install(lm)  # layers holding a DoRA adapter only the later ones brought
+        add_adapter(lm, art.dir, internal[name])
     lm.eval()
     backend = _backend(lm, base_tok, mixed=True, label=base)
     served = [_served(base, backend, BASE_ROW, base_tok, "base", base)]
