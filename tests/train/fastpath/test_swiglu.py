@@ -90,11 +90,12 @@ def test_kernels_that_could_be_built_but_are_not_are_a_warning(monkeypatch):
     assert patch.count == 0 and native.BUILD_COMMAND in patch.skipped and not patch.expected
 
 
-@pytest.mark.parametrize("hooked", [False, True])
+@pytest.mark.parametrize("hooked", [None, "up_proj", "down_proj"])
 def test_frozen_gate_and_up_are_one_node_with_one_input_gradient(kernels, monkeypatch, hooked):
-    """Both projections frozen linears: one node computes them and the product, its input
-    gradient one sum (within a rounding of the two products autograd added); a hook on a
-    projection keeps the module's own calls, so the hook still runs."""
+    """Both projections frozen linears: one node computes them and the product (with the down
+    projection: gated_mlp's node), its input gradient one sum (within a rounding of the two
+    products autograd added); a hook on a projection keeps that projection's module call, so
+    the hook still runs."""
     from tunesmith.train.fastpath import frozen_linear, row_split
 
     monkeypatch.setattr(row_split, "MIN_ROWS", 8)  # the tiny model's products take the path
@@ -106,14 +107,16 @@ def test_frozen_gate_and_up_are_one_node_with_one_input_gradient(kernels, monkey
     install(fast)
     calls = []
     if hooked:
-        fast.model.layers[0].mlp.up_proj.register_forward_hook(lambda *a: calls.append(1))
+        getattr(fast.model.layers[0].mlp, hooked).register_forward_hook(lambda *a: calls.append(1))
     ids = torch.randint(0, 512, (2, 11), generator=torch.Generator().manual_seed(0))
     fast.train()
     ref.train()
     loss = fast(input_ids=ids, labels=ids).loss
     loss_ref = ref(input_ids=ids, labels=ids).loss
-    assert "_FrozenGatedUnitBackward" in node_names(loss.grad_fn)
-    assert calls == ([1] if hooked else [])  # the hooked layer's MLP took the module calls
+    nodes = node_names(loss.grad_fn)
+    assert "GatedMlpBackward" in nodes  # the second layer's MLP, not hooked
+    assert ("_FrozenGatedUnitBackward" in nodes) == (hooked == "down_proj")
+    assert calls == ([1] if hooked else [])  # the hooked layer's projection ran as a module
     torch.testing.assert_close(loss, loss_ref, rtol=1e-2, atol=1e-2)
     loss.backward()
     loss_ref.backward()

@@ -15,8 +15,10 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
 - ``rmsnorm``: Llama-formula RMSNorm as one autograd function (``rmsnorm.py``);
 - ``rope``: the rotary position embedding in four ops per direction, bit for bit (``rope.py``);
 - ``swiglu``: the gated MLP's ``silu(gate) * up`` as one node in tunesmith's CPU kernels
-  (``swiglu.py``), which also run bf16 RoPE, the RMSNorm of bf16 norms with frozen weights and
-  the dropout masks' scaling; built once per machine (``native/``), off where not built;
+  (``swiglu.py``), the whole MLP where its three projections take the paths above
+  (``gated_mlp.py``); the kernels also run bf16 RoPE, the RMSNorm of bf16 norms with frozen
+  weights and the dropout masks' scaling; built once per machine (``native/``), off where not
+  built;
 - ``attention``: grouped eager attention, per example inside packed rows (``attention.py``,
   ``packed_attention.py``);
 

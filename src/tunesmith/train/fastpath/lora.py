@@ -64,6 +64,17 @@ def _takes_fast_path(self, x: torch.Tensor) -> bool:
     return takes_fused_path(self, x, _why_branch_not_plain)
 
 
+def takes(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` is a LoRA projection of this path that computes ``x`` through its
+    fused node now, stacked with no siblings and with nothing hooked on its calls (so a caller
+    may run its node's code itself, as :mod:`~tunesmith.train.fastpath.gated_mlp` does)."""
+    return (
+        type(module).forward is _fast_forward and module.__dict__.get(ATTR) is None
+        and not module._forward_hooks and not module._forward_pre_hooks
+        and _takes_fast_path(module, x)
+    )  # fmt: skip
+
+
 def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if args or kwargs or not _takes_fast_path(self, x):
         return super(type(self), self).forward(x, *args, **kwargs)

@@ -190,6 +190,58 @@ def _rounded_sides(
     return torch.cat([w.to(dtype) for w in a_weights]), torch.block_diag(*scaled)
 
 
+def fused_forward(x2, weight, bias, scales: tuple[float, ...], dropout, ab):
+    """:class:`LoraLinears`' forward on 2-D ``x2``: ``(out, x_branch, h, dropout)``, where the
+    backward (:func:`fused_backward`) needs ``x_branch`` (the masked input under dropout), ``h
+    = x_branch Aᵀ`` and ``dropout`` (None, or the mask and scale, reshaped to ``x2``)."""
+    a_weights, b_weights = ab[: len(scales)], ab[len(scales) :]
+    rows = splits()  # the frozen GEMMs in row blocks where this CPU runs those faster
+    x_branch = x2
+    if dropout is not None:  # the branch reads the masked input; the frozen base does not
+        mask, keep = dropout
+        dropout = (mask.reshape(x2.shape), keep)
+        x_branch = masked_scale(x2, *dropout)
+    kernels = _kernels(x_branch, weights=ab)
+    if kernels is not None and bias is None and rows.on_tiles(x2, weight.t()):
+        # The branch as the AMX product's low-rank extension: no pass over out to add it.
+        dots = _forward_dots(kernels, None, x_branch, a_weights, b_weights, scales)
+        h, h32, sbt = kernels.lora_operands(x_branch, a_weights, b_weights, scales, bf16_dots=dots)
+        out = rows.mm_extended(x2, weight.t(), h32, sbt)
+    else:
+        out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
+        if kernels is not None:  # A and sB rounded as below, inside; sB's diagonal blocks only
+            dots = _forward_dots(kernels, out, x_branch, a_weights, b_weights, scales)
+            h = kernels.lora_forward_(out, x_branch, a_weights, b_weights, scales, bf16_dots=dots)
+        else:
+            a, b = _rounded_sides(a_weights, b_weights, scales, x2.dtype)
+            h = x_branch @ a.t()
+            out.addmm_(h, b.t())
+    return out, x_branch, h, dropout
+
+
+def fused_backward(g2, x2, h, weight, ab, scales, dropout, want_dx: bool):
+    """:class:`LoraLinears`' backward on 2-D ``g2`` from what :func:`fused_forward` gave
+    (``x2`` its ``x_branch``): ``(dx2 or None, [grad of each A, then of each B])``."""
+    k = len(scales)
+    a_weights, b_weights = ab[:k], ab[k:]
+    kernels = _kernels(g2, h, x2, weights=tuple(ab))
+    if kernels is not None:  # gradients in the masters' dtypes, B's scaled, as below
+        args = (g2, h, x2, a_weights, b_weights, scales, want_dx)
+        on_tiles, dots = _backward_path(kernels, args)
+        _, branch, *grads = kernels.lora_backward(*args, on_tiles, bf16_dots=dots)
+    else:
+        a, b = _rounded_sides(a_weights, b_weights, scales, x2.dtype)
+        dh = g2 @ b  # (tokens, Σ r)
+        branch = dh @ a if want_dx else None
+        grads = _branch_grads(dh.t() @ x2, g2.t() @ h, a_weights, b_weights, scales)
+    dx = None
+    if want_dx:
+        if dropout is not None:
+            branch = masked_scale(branch, *dropout)
+        dx = splits().addmm_(branch, g2, weight)  # into the fresh branch
+    return dx, grads
+
+
 class LoraLinears(torch.autograd.Function):
     """``x -> x Wᵀ + bias + (x Aᵀ)(s B)ᵀ`` for k stacked projections; see the module doc.
 
@@ -202,33 +254,8 @@ class LoraLinears(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, scales: tuple[float, ...], dropout, *ab):
-        a_weights, b_weights = ab[: len(scales)], ab[len(scales) :]
         x2 = x.reshape(-1, x.shape[-1])
-        rows = splits()  # the frozen GEMMs in row blocks where this CPU runs those faster
-        x_branch, ctx.dropout = x2, None
-        if dropout is not None:  # the branch reads the masked input; the frozen base does not
-            mask, keep = dropout
-            ctx.dropout = (mask.reshape(x2.shape), keep)
-            x_branch = masked_scale(x2, *ctx.dropout)
-        kernels = _kernels(x_branch, weights=ab)
-        if kernels is not None and bias is None and rows.on_tiles(x2, weight.t()):
-            # The branch as the AMX product's low-rank extension: no pass over out to add it.
-            dots = _forward_dots(kernels, None, x_branch, a_weights, b_weights, scales)
-            h, h32, sbt = kernels.lora_operands(
-                x_branch, a_weights, b_weights, scales, bf16_dots=dots
-            )
-            out = rows.mm_extended(x2, weight.t(), h32, sbt)
-        else:
-            out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
-            if kernels is not None:  # A and sB rounded as below, inside; sB's diagonal blocks only
-                dots = _forward_dots(kernels, out, x_branch, a_weights, b_weights, scales)
-                h = kernels.lora_forward_(
-                    out, x_branch, a_weights, b_weights, scales, bf16_dots=dots
-                )
-            else:
-                a, b = _rounded_sides(a_weights, b_weights, scales, x.dtype)
-                h = x_branch @ a.t()
-                out.addmm_(h, b.t())
+        out, x_branch, h, ctx.dropout = fused_forward(x2, weight, bias, scales, dropout, ab)
         ctx.save_for_backward(x_branch, h, weight, *ab)
         ctx.x_shape, ctx.scales = x.shape, scales
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -236,25 +263,10 @@ class LoraLinears(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x2, h, weight, *ab = ctx.saved_tensors
-        k = len(ctx.scales)
-        a_weights, b_weights = ab[:k], ab[k:]
         g2 = grad.reshape(-1, grad.shape[-1])
         want_dx = ctx.needs_input_grad[0]
-        kernels = _kernels(g2, h, x2, weights=tuple(ab))
-        if kernels is not None:  # gradients in the masters' dtypes, B's scaled, as below
-            args = (g2, h, x2, a_weights, b_weights, ctx.scales, want_dx)
-            on_tiles, dots = _backward_path(kernels, args)
-            _, branch, *grads = kernels.lora_backward(*args, on_tiles, bf16_dots=dots)
-        else:
-            a, b = _rounded_sides(a_weights, b_weights, ctx.scales, x2.dtype)
-            dh = g2 @ b  # (tokens, Σ r)
-            branch = dh @ a if want_dx else None
-            grads = _branch_grads(dh.t() @ x2, g2.t() @ h, a_weights, b_weights, ctx.scales)
-        dx = None
-        if want_dx:
-            if ctx.dropout is not None:
-                branch = masked_scale(branch, *ctx.dropout)
-            dx = splits().addmm_(branch, g2, weight).view(ctx.x_shape)  # into the fresh branch
+        dx, grads = fused_backward(g2, x2, h, weight, ab, ctx.scales, ctx.dropout, want_dx)
+        dx = None if dx is None else dx.view(ctx.x_shape)
         return dx, None, None, None, None, *grads
 
 

@@ -15,7 +15,10 @@ Where the gate and up projections are both frozen linears of
 node computes them with the product (:class:`_FrozenGatedUnit`): the backward's input gradient
 is ``d_gate W_gate`` with ``d_up W_up`` accumulated into it in place, instead of two products
 that autograd then adds in one more pass over ``(tokens, hidden)``, and two nodes fewer
-(benchmarks/RESULTS.md, "Reads prefetched ahead of the passes").
+(benchmarks/RESULTS.md, "Reads prefetched ahead of the passes"). Where the down projection takes
+a fast path too, and LoRA projections without dropout as well, the whole MLP is one node
+(:mod:`~tunesmith.train.fastpath.gated_mlp`); this pair's node stays for a down projection that
+does not (hooked, DoRA, a dropout branch).
 
 Which MLPs is decided by what they compute, as for the norms: :func:`why_not_swiglu` runs the
 class's own ``forward`` on a copy whose three projections are small random fp32 layers and
@@ -34,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.train.fastpath import frozen_linear, native
+from tunesmith.train.fastpath import frozen_linear, gated_mlp, native
 from tunesmith.train.fastpath.patch import Patch, fast_subclass, skipped, swap_probed_classes
 from tunesmith.train.fastpath.row_split import splits
 
@@ -78,6 +81,8 @@ class _FrozenGatedUnit(torch.autograd.Function):
 
 
 def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+    if (whole := gated_mlp.plan(self, x)) is not None:
+        return gated_mlp.GatedMlp.apply(x, *whole[:2], *whole[2])
     gate_proj, up_proj = self.gate_proj, self.up_proj
     if (
         torch.is_grad_enabled() and x.requires_grad and native.runs_on(x)
