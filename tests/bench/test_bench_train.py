@@ -257,3 +257,27 @@ def test_the_machine_line_names_the_kernel_paths_the_measured_calls_took():
     assert machine_of([*ours, peer])["kernel_paths"] == paths
     assert f"| measured kernel paths: {paths}" in one_line(machine_of([*ours, peer]))
     assert "measured kernel paths" not in one_line(machine_of([peer]))
+
+
+@pytest.mark.parametrize("adapter", ["qv", "all", "dora"])
+def test_the_adapter_is_the_same_on_both_sides(tiny_llama_dir, tmp_path, adapter):
+    """``--adapter``: tunesmith's loop and TRL's ``peft_config`` train the same adapter."""
+    from tunesmith.bench.train import trl_peer
+    from tunesmith.bench.train.measure import ADAPTERS
+    from tunesmith.bench.train.tunesmith_side import prepare_loop
+
+    settings = BenchSettings(
+        model=str(tiny_llama_dir), steps=2, n_train=60, n_eval=16, eval_limit=8, adapter=adapter
+    )
+    data = prepare_data(tmp_path / "data", settings)
+    ours = prepare_loop(settings, data["train_messages"], tmp_path, torch.device("cpu"))
+    theirs = trl_peer.lora_config(ADAPTERS[adapter])
+    cfg = ours.model.peft_config["default"]
+    for got in (cfg, theirs):
+        assert set(got.target_modules) == set(ADAPTERS[adapter]["target"])
+        assert (got.r, got.lora_alpha, got.lora_dropout) == (
+            ADAPTERS[adapter]["rank"],
+            ADAPTERS[adapter]["alpha"],
+            ADAPTERS[adapter]["dropout"],
+        )
+        assert got.use_dora == (adapter == "dora")

@@ -1,7 +1,9 @@
 """Training throughput against the TRL peer: same model, data, adapter, batch, steps and seed.
 
-Three variants train the same LoRA (r=8, alpha=32, q_proj/v_proj, dropout 0.05) on the same
-cleaned clinic demo data, each in its own child process (so imports, caches and peak RSS are
+Three variants train the same adapter on the same cleaned clinic demo data (``--adapter``:
+``qv``, the default, LoRA r=8, alpha=32, q_proj/v_proj, dropout 0.05; ``all``, the demo's
+recipe, LoRA r=4, alpha=32 on every linear projection, no dropout; ``dora``, that recipe as
+DoRA, peft's ``use_dora`` on the TRL side), each in its own child process (so imports, caches and peak RSS are
 its own), alternated ``tunesmith, trl-default, trl-tuned, tunesmith, ...`` so that drift in
 machine load hits all of them alike:
 
@@ -63,7 +65,7 @@ import sys
 
 from tunesmith.bench.run_options import add_run_arguments, print_report, steps_and_reps
 from tunesmith.bench.train import trl_peer
-from tunesmith.bench.train.measure import BenchSettings
+from tunesmith.bench.train.measure import ADAPTERS, BenchSettings
 from tunesmith.bench.train.runner import VARIANTS, bench_train
 from tunesmith.bench.train.summary import final_lines, results_table
 
@@ -78,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         variants=VARIANTS,
     )
     parser.add_argument("--eval-limit", type=int, default=64, help="held-out records for eval loss")
+    parser.add_argument(
+        "--adapter",
+        choices=tuple(ADAPTERS),
+        default="qv",
+        help="what every variant trains: qv (LoRA r=8 on q/v, dropout 0.05; the default), all "
+        "(the demo's LoRA r=4 on every linear projection) or dora (that as DoRA)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         eval_limit=args.eval_limit,
         threads=args.threads,
+        adapter=args.adapter,
     )
     report = bench_train(
         settings,

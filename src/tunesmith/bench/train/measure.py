@@ -11,7 +11,20 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-LORA = {"rank": 8, "alpha": 32.0, "dropout": 0.05, "target": ("q_proj", "v_proj")}
+_SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The adapters the bench can train (``--adapter``), the same on every variant. ``qv`` is the
+# TRL-matched config of the bench's history; ``all`` the demo's default recipe
+# (examples/smollm2_lora.yaml: every linear projection, rank 4, no dropout); ``dora`` that
+# recipe as DoRA (peft's ``use_dora``; without dropout, as tunesmith's DoRA node computes it).
+ADAPTERS: dict[str, dict[str, Any]] = {
+    "qv": {"method": "lora", "rank": 8, "alpha": 32.0, "dropout": 0.05,
+           "target": ("q_proj", "v_proj"), "label": "LoRA r=8 q/v"},
+    "all": {"method": "lora", "rank": 4, "alpha": 32.0, "dropout": 0.0, "target": _SEVEN,
+            "label": "LoRA r=4 all linear"},
+    "dora": {"method": "dora", "rank": 4, "alpha": 32.0, "dropout": 0.0, "target": _SEVEN,
+             "label": "DoRA r=4 all linear"},
+}  # fmt: skip
+LORA = ADAPTERS["qv"]  # the preference bench's adapter
 LAST_LOSSES = 5  # final train loss = mean of this many last step losses
 
 
@@ -28,6 +41,7 @@ class BenchSettings:
     seed: int = 42
     eval_limit: int = 64
     threads: int = 0  # torch intra-op threads in every process; 0 keeps torch's default
+    adapter: str = "qv"  # a key of ADAPTERS
     n_train: int = 3000  # raw demo records before cleaning
     n_eval: int = 200
 

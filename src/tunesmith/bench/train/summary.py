@@ -10,6 +10,8 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from tunesmith.bench.train.measure import ADAPTERS
+
 FINAL_KEYS: tuple[str, ...] = (
     "speedup_vs_trl_default",
     "speedup_vs_trl_tuned",
@@ -110,7 +112,8 @@ def results_table(report: dict[str, Any]):
     s = report["settings"]
     c = report["ceilings"]
     title = (
-        f"training, {s['model']}, LoRA r=8 q/v, batch {s['batch_size']}, "
+        f"training, {s['model']}, {ADAPTERS[s.get('adapter', 'qv')]['label']}, "
+        f"batch {s['batch_size']}, "
         f"{s['steps']} steps (1 warm-up), ceilings bf16 {c['bf16'] / 1e9:.0f} / "
         f"fp32 {c['fp32'] / 1e9:.0f} GFLOP/s"
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from tunesmith.bench.train.data import read_conversations
 from tunesmith.bench.train.measure import (
+    ADAPTERS,
     LORA,
     BenchSettings,
     StepClock,
@@ -76,15 +77,17 @@ def trainer_args(settings, out_dir: Path) -> dict[str, Any]:
     )
 
 
-def lora_config():
-    """The bench's adapter (:data:`LORA`) as a peft ``LoraConfig`` for TRL's ``peft_config``."""
+def lora_config(adapter: dict[str, Any] = LORA):
+    """The bench's adapter (one of :data:`ADAPTERS`) as a peft ``LoraConfig`` for TRL's
+    ``peft_config``."""
     from peft import LoraConfig
 
     return LoraConfig(
-        r=LORA["rank"],
-        lora_alpha=LORA["alpha"],
-        lora_dropout=LORA["dropout"],
-        target_modules=list(LORA["target"]),
+        r=adapter["rank"],
+        lora_alpha=adapter["alpha"],
+        lora_dropout=adapter["dropout"],
+        target_modules=list(adapter["target"]),
+        use_dora=adapter["method"] == "dora",
         task_type="CAUSAL_LM",
     )
 
@@ -105,11 +108,12 @@ def step_recorder(clock: StepClock, losses: list[float]):
 
 
 def build_trainer(
-    trainer_type, model_name: str, args, rows_path: str, clock: StepClock, losses: list[float]
-):
+    trainer_type, model_name: str, args, rows_path: str, clock: StepClock, losses: list[float],
+    adapter: dict[str, Any] = LORA,
+):  # fmt: skip
     """A TRL trainer of ``trainer_type`` on the loaded model and a JSONL file's rows (offline).
 
-    The bench's adapter (:func:`lora_config`) and :func:`step_recorder` are attached.
+    ``adapter`` (:func:`lora_config`) and :func:`step_recorder` are attached.
 
     Returns:
         ``(trainer, tokenizer)``.
@@ -128,7 +132,7 @@ def build_trainer(
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
-        peft_config=lora_config(),
+        peft_config=lora_config(adapter),
         callbacks=[step_recorder(clock, losses)],
     )
     return trainer, tok
@@ -171,8 +175,9 @@ def run_trl(
     args = trl_config(settings, workdir / "trl", tuned)
     clock, losses, counts = StepClock(), [], []
     trainer, tok = build_trainer(
-        SFTTrainer, settings.model, args, data["train_prompt_completion"], clock, losses
-    )
+        SFTTrainer, settings.model, args, data["train_prompt_completion"], clock, losses,
+        ADAPTERS[settings.adapter],
+    )  # fmt: skip
     trainer.data_collator = _CountingCollator(trainer.data_collator, counts)
     setup_s = time.perf_counter() - t0
     trainer.train()

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from tunesmith.bench.train.data import read_conversations
 from tunesmith.bench.train.measure import (
-    LORA,
+    ADAPTERS,
     BenchSettings,
     StepClock,
     eval_loss,
@@ -52,14 +52,15 @@ def prepare_loop(settings: BenchSettings, train_path: str, workdir: Path, device
     from tunesmith.train.steps import build_model, loop_settings
 
     torch.manual_seed(settings.seed)
+    adapter = ADAPTERS[settings.adapter]
     cfg = make_config(
         {
             "model": settings.model,
-            "method": "lora",
-            "target": ",".join(LORA["target"]),
-            "rank": LORA["rank"],
-            "alpha": LORA["alpha"],
-            "dropout": LORA["dropout"],
+            "method": adapter["method"],
+            "target": ",".join(adapter["target"]),
+            "rank": adapter["rank"],
+            "alpha": adapter["alpha"],
+            "dropout": adapter["dropout"],
             "lr": settings.lr,
             "batch_size": settings.batch_size,
             "seq_len": settings.seq_len,
