@@ -116,6 +116,7 @@ class GatedMlp(torch.autograd.Function):
         kernels = native.kernels()
         gate, h_gate = _project(x2, weights[0], scales[0], sides[0])
         up, h_up = _project(x2, weights[1], scales[1], sides[1])
+        gate, up = gate.contiguous(), up.contiguous()  # no-ops: the products write in order
         product = kernels.swiglu_forward(gate, up)
         out, h_down = _project(product, weights[2], scales[2], sides[2])
         lora_gate_up = scales[0] is not None or scales[1] is not None
