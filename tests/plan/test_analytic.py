@@ -99,6 +99,8 @@ CASES = [
     ("qwen2", "lora", ALL, False, "eager", 2, 128),
     ("llama", "full", (), False, "sdpa", 4, 64),
     ("qwen2", "full", (), True, "sdpa", 2, 128),
+    ("llama", "dora", ALL, False, "sdpa", 2, 128),  # the rescaled outputs: a quarter of it
+    ("qwen2", "dora", ("q_proj", "v_proj"), True, "eager", 1, 256),
 ]
 
 

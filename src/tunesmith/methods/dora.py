@@ -47,6 +47,7 @@ register(
         count_tensors=count_dora_tensors,
         mergeable=True,
         autocast_adapters=True,
+        rescaled_outputs=True,
         **LORA_FAMILY,
     )
 )
