@@ -88,10 +88,9 @@ class MethodSpec:
             the others sit at positions fixed by the method, and ``--target`` is ignored.
         lora_branches: a low-rank branch beside each targeted linear saves its (dropout) input
             and its rank-r intermediate for the backward; the planner counts them.
-        rescaled_outputs: each targeted linear's output is rescaled per output feature by a
-            trained factor (DoRA's magnitude over the weight norm): peft's forward saves the
-            base output and the branch's output per target for that factor's gradient; the
-            planner counts them.
+        saved_per_output: what the forward saves beyond a LoRA branch per targeted linear,
+            output feature and token, as ``(a, b)``: ``a`` times the compute dtype's bytes plus
+            ``b`` bytes (DoRA: its base and fp32 branch outputs); the planner counts it.
         kv_prefix: virtual tokens or keys/values are put in front of every row (prefix,
             prompt, MAM), shared by all examples of a packed row: packing is refused.
         preference_refusal: why the preference objectives (DPO, ORPO, SimPO, KTO) are refused
@@ -124,7 +123,7 @@ class MethodSpec:
     trains_lm_head: bool = False
     targets_modules: bool = False
     lora_branches: bool = False
-    rescaled_outputs: bool = False
+    saved_per_output: tuple[int, int] = (0, 0)
     kv_prefix: bool = False
     preference_refusal: str | None = None
     autocast_adapters: bool = False

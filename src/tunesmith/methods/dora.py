@@ -47,7 +47,11 @@ register(
         count_tensors=count_dora_tensors,
         mergeable=True,
         autocast_adapters=True,
-        rescaled_outputs=True,
+        # peft's forward, (c - 1) * base + c * s * lora_B(lora_A(x)) with the fp32 scale c =
+        # m / ||W + s B A||, saves base (compute dtype) and the branch's output (fp32) for m's
+        # gradient: p + 4 bytes per output feature, as a traced step measures (6 in bf16, 8 in
+        # fp32; tests/plan/test_analytic.py). tunesmith's CPU DoRA node saves less.
+        saved_per_output=(1, 4),
         **LORA_FAMILY,
     )
 )

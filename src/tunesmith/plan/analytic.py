@@ -222,20 +222,6 @@ def _lora_saved_inputs(shape: ModelShape, settings: StepSettings) -> int:
     return total
 
 
-def _rescaled_outputs(shape: ModelShape, settings: StepSettings) -> int:
-    """Bytes per token that DoRA's rescaled outputs save, beside the LoRA branch's.
-
-    peft's DoRA forward (``peft/tuners/lora/dora.py``) returns ``(c - 1) * base + c * s *
-    lora_B(lora_A(x))`` with the fp32 scale ``c = m / ||W + s B A||``: for ``m``'s gradient
-    the first product saves ``base`` (the base output, compute dtype) and the second the
-    branch's output (fp32: the adapters' dtype). Per target and output feature: p + 4 bytes,
-    as a traced step measures (6 in bf16, 8 in fp32; tests/plan/test_analytic.py). tunesmith's
-    CPU DoRA node saves less (each projection's output, bf16): an upper bound there.
-    """
-    every_block = sum(d_out for _, d_out in shape.target_shapes(settings.targets))
-    return (_p(settings) + 4) * every_block // max(shape.layers, 1)
-
-
 def layer_activation_bytes(shape: ModelShape, settings: StepSettings) -> int:
     """Bytes one decoder layer saves for the backward (no checkpointing), per micro-batch.
 
@@ -265,8 +251,9 @@ def layer_activation_bytes(shape: ModelShape, settings: StepSettings) -> int:
     per_token += 3 * p * inter
     if _spec(settings).lora_branches:
         per_token += _lora_saved_inputs(shape, settings)
-    if _spec(settings).rescaled_outputs:
-        per_token += _rescaled_outputs(shape, settings)
+    if any(per_output := _spec(settings).saved_per_output):  # e.g. DoRA's rescaled outputs
+        outputs = sum(d_out for _, d_out in shape.target_shapes(settings.targets))
+        per_token += (per_output[0] * p + per_output[1]) * outputs // max(shape.layers, 1)
     tokens = settings.batch_size * settings.seq_len
     total = per_token * tokens
     if settings.attn == "eager":
