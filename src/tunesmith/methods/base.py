@@ -91,6 +91,9 @@ class MethodSpec:
         saved_per_output: what the forward saves beyond a LoRA branch per targeted linear,
             output feature and token, as ``(a, b)``: ``a`` times the compute dtype's bytes plus
             ``b`` bytes (DoRA: its base and fp32 branch outputs); the planner counts it.
+        forward_transient: bytes alive during one targeted linear's forward, per ``d_in^2``
+            and per ``d_in d_out`` of the largest target (DoRA: its weight norm's products);
+            the planner adds it where that forward runs (the last block's, or the recompute).
         kv_prefix: virtual tokens or keys/values are put in front of every row (prefix,
             prompt, MAM), shared by all examples of a packed row: packing is refused.
         preference_refusal: why the preference objectives (DPO, ORPO, SimPO, KTO) are refused
@@ -124,6 +127,7 @@ class MethodSpec:
     targets_modules: bool = False
     lora_branches: bool = False
     saved_per_output: tuple[int, int] = (0, 0)
+    forward_transient: tuple[int, int] = (0, 0)
     kv_prefix: bool = False
     preference_refusal: str | None = None
     autocast_adapters: bool = False

@@ -52,6 +52,10 @@ register(
         # gradient: p + 4 bytes per output feature, as a traced step measures (6 in bf16, 8 in
         # fp32; tests/plan/test_analytic.py). tunesmith's CPU DoRA node saves less.
         saved_per_output=(1, 4),
+        # Its weight norm runs lora_B(lora_A(eye(d_in))) each forward: an fp32 d_in x d_in
+        # identity and fp32 / bf16 d_out x d_in products alive until the forward returns
+        # (traced: 4 d_in^2 + 7-15 bytes per d_in d_out above LoRA's peak).
+        forward_transient=(4, 16),
         **LORA_FAMILY,
     )
 )

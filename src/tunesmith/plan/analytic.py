@@ -310,13 +310,16 @@ def step_terms(
     opt = optimizer_bytes(n_trainable, n_tensors, tb, settings.optimizer)
     layer = layer_activation_bytes(shape, settings)
     act = activation_bytes_per_element(settings)
+    square, per_weight = spec.forward_transient  # beside the saved activations, once
+    shapes = shape.target_shapes(settings.targets) if square or per_weight else []
+    transient = max((square * i * i + per_weight * i * o for i, o in shapes), default=0)
     if settings.gradient_checkpointing:
         # Non-reentrant checkpointing (torch.utils.checkpoint) saves each block's input; the
         # backward recomputes one block at a time (Chen et al. 2016, arXiv:1604.06174).
         saved = shape.layers * tokens * act * shape.hidden
-        recompute = layer
+        recompute = layer + transient
     else:
-        saved, recompute = shape.layers * layer, 0
+        saved, recompute = shape.layers * layer, transient
     # The final norm's fp32 input and the embedding output live outside the blocks.
     saved += tokens * (4 + act) * shape.hidden
     # Under autocast every linear's weight is cast to the compute dtype and the cast is saved
