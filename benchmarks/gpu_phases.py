@@ -205,15 +205,12 @@ def _short(r: dict[str, Any]) -> str:
 def prepare_trl(ctx: Context) -> Prepared:
     import importlib.util
 
-    from tunesmith.bench.train.measure import LORA, BenchSettings
+    from tunesmith.bench.train.measure import LORA, BenchSettings, adapter_config
     from tunesmith.bench.train.trl_peer import trl_config
     from tunesmith.config import make_config
 
     settings = BenchSettings(model="embedded", steps=TRL_STEPS)
-    make_config(
-        {"model": "embedded", "method": "lora", "target": ",".join(LORA["target"]),
-         "rank": LORA["rank"], "alpha": LORA["alpha"], "batch_size": settings.batch_size}
-    )  # fmt: skip
+    make_config({"model": "embedded", **adapter_config(LORA), "batch_size": settings.batch_size})
     configs = {}
     for tuned in (False, True):
         args = trl_config(settings, ctx.work / "trl-args", tuned)

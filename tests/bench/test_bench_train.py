@@ -265,16 +265,18 @@ def test_the_adapter_is_the_same_on_both_sides(tiny_llama_dir, tmp_path, adapter
     from tunesmith.bench.train import trl_peer
     from tunesmith.bench.train.measure import ADAPTERS
     from tunesmith.bench.train.tunesmith_side import prepare_loop
+    from tunesmith.methods.targets import resolve_targets
 
     settings = BenchSettings(
         model=str(tiny_llama_dir), steps=2, n_train=60, n_eval=16, eval_limit=8, adapter=adapter
     )
     data = prepare_data(tmp_path / "data", settings)
     ours = prepare_loop(settings, data["train_messages"], tmp_path, torch.device("cpu"))
-    theirs = trl_peer.lora_config(ADAPTERS[adapter])
+    theirs = trl_peer.lora_config(ADAPTERS[adapter], ours.model.config)
     cfg = ours.model.peft_config["default"]
+    want = resolve_targets(ADAPTERS[adapter]["target"], ours.model.config)
     for got in (cfg, theirs):
-        assert set(got.target_modules) == set(ADAPTERS[adapter]["target"])
+        assert set(got.target_modules) == set(want)
         assert (got.r, got.lora_alpha, got.lora_dropout) == (
             ADAPTERS[adapter]["rank"],
             ADAPTERS[adapter]["alpha"],

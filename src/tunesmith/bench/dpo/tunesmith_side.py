@@ -16,7 +16,13 @@ from typing import Any
 
 from tunesmith.bench.dpo.data import read_pairs
 from tunesmith.bench.dpo.measure import DpoSettings, pair_tokens
-from tunesmith.bench.train.measure import LORA, StepClock, finish_row, peak_rss_bytes
+from tunesmith.bench.train.measure import (
+    LORA,
+    StepClock,
+    adapter_config,
+    finish_row,
+    peak_rss_bytes,
+)
 
 
 def run_tunesmith(settings: DpoSettings, data: dict[str, str], workdir: Path) -> dict[str, Any]:
@@ -37,13 +43,9 @@ def run_tunesmith(settings: DpoSettings, data: dict[str, str], workdir: Path) ->
     cfg = make_config(
         {
             "model": settings.model,
-            "method": "lora",
+            **adapter_config(LORA),
             "objective": "dpo",
             "beta": settings.beta,
-            "target": ",".join(LORA["target"]),
-            "rank": LORA["rank"],
-            "alpha": LORA["alpha"],
-            "dropout": LORA["dropout"],
             "lr": settings.lr,
             "lr_scheduler": "cosine",
             "warmup_ratio": settings.warmup_ratio,

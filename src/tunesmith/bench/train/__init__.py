@@ -1,10 +1,10 @@
 """Training throughput against the TRL peer: same model, data, adapter, batch, steps and seed.
 
 Three variants train the same adapter on the same cleaned clinic demo data (``--adapter``:
-``qv``, the default, LoRA r=8, alpha=32, q_proj/v_proj, dropout 0.05; ``all``, the demo's
-recipe, LoRA r=4, alpha=32 on every linear projection, no dropout; ``dora``, that recipe as
-DoRA, peft's ``use_dora`` on the TRL side), each in its own child process (so imports, caches and peak RSS are
-its own), alternated ``tunesmith, trl-default, trl-tuned, tunesmith, ...`` so that drift in
+``qv``, the default, the ``seed`` recipe: LoRA r=8, alpha=32, q_proj/v_proj, dropout 0.05;
+``all``, the ``default`` recipe, the demo's: LoRA r=4, alpha=32 on every linear projection, no
+dropout; ``dora``, that recipe as DoRA, peft's ``use_dora`` on the TRL side), each in its own
+child process (so imports, caches and peak RSS are its own), alternated ``tunesmith, trl-default, trl-tuned, tunesmith, ...`` so that drift in
 machine load hits all of them alike:
 
 tunesmith    :class:`tunesmith.train.loop.TrainLoop` as ``tunesmith train`` drives it

@@ -11,20 +11,30 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-_SEVEN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# The adapters the bench can train (``--adapter``), the same on every variant. ``qv`` is the
-# TRL-matched config of the bench's history; ``all`` the demo's default recipe
-# (examples/smollm2_lora.yaml: every linear projection, rank 4, no dropout); ``dora`` that
-# recipe as DoRA (peft's ``use_dora``; without dropout, as tunesmith's DoRA node computes it).
+from tunesmith.methods.recipes import RECIPES
+
+
+def _adapter(method: str, recipe: str, label: str) -> dict[str, Any]:
+    return {"method": method, **RECIPES[recipe], "label": label}
+
+
+# The adapters the bench can train (``--adapter``), the same on every variant: ``qv`` the
+# ``seed`` recipe (the TRL-matched config of the bench's history), ``all`` the ``default``
+# recipe (the demo's), ``dora`` that recipe as DoRA (without dropout, as tunesmith's DoRA node
+# computes it). Targets are the recipes' presets (methods/targets.py), resolved per model.
 ADAPTERS: dict[str, dict[str, Any]] = {
-    "qv": {"method": "lora", "rank": 8, "alpha": 32.0, "dropout": 0.05,
-           "target": ("q_proj", "v_proj"), "label": "LoRA r=8 q/v"},
-    "all": {"method": "lora", "rank": 4, "alpha": 32.0, "dropout": 0.0, "target": _SEVEN,
-            "label": "LoRA r=4 all linear"},
-    "dora": {"method": "dora", "rank": 4, "alpha": 32.0, "dropout": 0.0, "target": _SEVEN,
-             "label": "DoRA r=4 all linear"},
-}  # fmt: skip
+    "qv": _adapter("lora", "seed", "LoRA r=8 q/v"),
+    "all": _adapter("lora", "default", "LoRA r=4 all linear"),
+    "dora": _adapter("dora", "default", "DoRA r=4 all linear"),
+}
 LORA = ADAPTERS["qv"]  # the preference bench's adapter
+
+
+def adapter_config(adapter: dict[str, Any]) -> dict[str, Any]:
+    """``adapter``'s keys of a ``tunesmith train`` config (``make_config``)."""
+    return {k: adapter[k] for k in ("method", "target", "rank", "alpha", "dropout")}
+
+
 LAST_LOSSES = 5  # final train loss = mean of this many last step losses
 
 

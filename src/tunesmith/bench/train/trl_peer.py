@@ -77,16 +77,18 @@ def trainer_args(settings, out_dir: Path) -> dict[str, Any]:
     )
 
 
-def lora_config(adapter: dict[str, Any] = LORA):
+def lora_config(adapter: dict[str, Any], model_config):
     """The bench's adapter (one of :data:`ADAPTERS`) as a peft ``LoraConfig`` for TRL's
-    ``peft_config``."""
+    ``peft_config``, its target preset resolved for ``model_config``'s architecture."""
     from peft import LoraConfig
+
+    from tunesmith.methods.targets import resolve_targets
 
     return LoraConfig(
         r=adapter["rank"],
         lora_alpha=adapter["alpha"],
         lora_dropout=adapter["dropout"],
-        target_modules=list(adapter["target"]),
+        target_modules=list(resolve_targets(adapter["target"], model_config)),
         use_dora=adapter["method"] == "dora",
         task_type="CAUSAL_LM",
     )
@@ -132,7 +134,7 @@ def build_trainer(
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
-        peft_config=lora_config(adapter),
+        peft_config=lora_config(adapter, model.config),
         callbacks=[step_recorder(clock, losses)],
     )
     return trainer, tok

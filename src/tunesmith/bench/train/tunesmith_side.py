@@ -18,6 +18,7 @@ from tunesmith.bench.train.measure import (
     ADAPTERS,
     BenchSettings,
     StepClock,
+    adapter_config,
     eval_loss,
     finish_row,
     limit_fields,
@@ -52,15 +53,10 @@ def prepare_loop(settings: BenchSettings, train_path: str, workdir: Path, device
     from tunesmith.train.steps import build_model, loop_settings
 
     torch.manual_seed(settings.seed)
-    adapter = ADAPTERS[settings.adapter]
     cfg = make_config(
         {
             "model": settings.model,
-            "method": adapter["method"],
-            "target": ",".join(adapter["target"]),
-            "rank": adapter["rank"],
-            "alpha": adapter["alpha"],
-            "dropout": adapter["dropout"],
+            **adapter_config(ADAPTERS[settings.adapter]),
             "lr": settings.lr,
             "batch_size": settings.batch_size,
             "seq_len": settings.seq_len,
