@@ -96,6 +96,13 @@ def _project_back(g2, x2, h, weight, scale, ab, want_dx: bool):
     return fused_backward(g2, x2, h, weight, ab, scale, None, want_dx)
 
 
+def frozen_pair_dx(d_gate, d_up, w_gate, w_up) -> torch.Tensor:
+    """The input gradient of two frozen projections of one input: ``d_gate W_gate`` with ``d_up
+    W_up`` accumulated into it in place (one sum, rounded once)."""
+    rows = splits()
+    return rows.addmm_(rows.mm(d_gate, w_gate), d_up, w_up)
+
+
 def _sides(scales, ab) -> list[tuple]:
     """Each projection's ``(A, B)`` from ``ab``; ``()`` where it is frozen."""
     sides, i = [], 0
@@ -146,11 +153,10 @@ class GatedMlp(torch.autograd.Function):
         )
         grads_gate = grads_up = []
         dx = None
-        if frozen_pair:  # one sum, rounded once
+        if frozen_pair:
             if want_dx:
                 d_gate, d_up = kernels.swiglu_backward(d_product, gate, up)
-                rows = splits()
-                dx = rows.addmm_(rows.mm(d_gate, weights[0]), d_up, weights[1])
+                dx = frozen_pair_dx(d_gate, d_up, weights[0], weights[1])
         else:
             d_gate, d_up = kernels.swiglu_backward(d_product, gate, up)
             dx, grads_gate = _project_back(

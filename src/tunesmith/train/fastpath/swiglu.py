@@ -75,8 +75,7 @@ class _FrozenGatedUnit(torch.autograd.Function):
         gate, up, w_gate, w_up = ctx.saved_tensors
         grad = grad.reshape(gate.shape).contiguous()
         d_gate, d_up = native.kernels().swiglu_backward(grad, gate, up)
-        rows = splits()
-        dx = rows.addmm_(rows.mm(d_gate, w_gate), d_up, w_up)  # one sum, rounded once
+        dx = gated_mlp.frozen_pair_dx(d_gate, d_up, w_gate, w_up)
         return dx.view(ctx.x_shape), None, None
 
 
