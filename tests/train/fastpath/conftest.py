@@ -21,6 +21,32 @@ def node_names(node) -> set[str]:
     return names
 
 
+def lora_model(base, targets, dropout: float = 0.0):
+    """``base`` (bf16) with LoRA r=4 on ``targets`` in training mode: fp32 adapters, as tunesmith
+    trains them, and B given values (it starts at zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, lora_alpha=32, lora_dropout=dropout, target_modules=targets)
+    model = get_peft_model(base, config)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            p.data = p.data.float().normal_(0, 0.05) if "lora_B" in name else p.data.float()
+    return model.train()
+
+
+def saved_bytes(forward) -> int:
+    """The bytes of the distinct storages autograd saves while ``forward()`` runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(seen.values())
+
+
 def adapter_step(model, ids, autocast: bool):
     """Loss and every adapter gradient of one forward + backward, as tunesmith trains (bf16
     under autocast with peft's input cast off where ``autocast``)."""

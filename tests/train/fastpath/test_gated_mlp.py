@@ -6,10 +6,9 @@ import copy
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 from tests.tiny import make_tiny_model
-from tests.train.fastpath.conftest import adapter_step, node_names
+from tests.train.fastpath.conftest import adapter_step, lora_model, node_names, saved_bytes
 from tunesmith.train.fastpath import apply_fast_paths, gated_mlp, native, row_split
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -25,14 +24,7 @@ def kernels(cpu_kernels, monkeypatch):
 
 def _model(targets, dropout=0.0):
     torch.manual_seed(0)
-    model = make_tiny_model().to(torch.bfloat16)
-    model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=32, lora_dropout=dropout, target_modules=targets)
-    )
-    for name, p in model.named_parameters():
-        if p.requires_grad:  # adapters train in fp32; B starts at zero: give it values
-            p.data = p.data.float().normal_(0, 0.05) if "lora_B" in name else p.data.float()
-    return model.train()
+    return lora_model(make_tiny_model().to(torch.bfloat16), targets, dropout)
 
 
 def _step_without_the_node(model, ids, monkeypatch):
@@ -77,21 +69,10 @@ def test_the_node_keeps_what_the_module_calls_kept(kernels, monkeypatch):
     apply_fast_paths(model, torch.device("cpu"))
     ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(1))
 
-    def saved_bytes() -> int:
-        seen: dict[int, int] = {}
-
-        def pack(t):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            _mlp_nodes(model, ids)
-        return sum(seen.values())
-
-    fused = saved_bytes()
+    fused = saved_bytes(lambda: _mlp_nodes(model, ids))
     with monkeypatch.context() as m:
         m.setattr(gated_mlp, "plan", lambda mlp, x: None)
-        assert fused <= saved_bytes()
+        assert fused <= saved_bytes(lambda: _mlp_nodes(model, ids))
 
 
 def test_a_dropout_branch_or_a_hook_keeps_the_module_calls(kernels):

@@ -29,8 +29,7 @@ from tunesmith.train.fastpath import kernel_choice, native, row_split
 class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, source, k, v, scale: float):
-        tiles = _on_tiles(q, source, k, v, scale)
-        out, lse = native.kernels().causal_attention(q, source, k, v, scale, tiles=tiles)
+        out, lse, tiles = forward(q, source, k, v, scale)
         ctx.save_for_backward(q, source, k, v, lse)
         ctx.scale, ctx.tiles = scale, tiles
         return out
@@ -38,11 +37,24 @@ class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         q, source, k, v, lse = ctx.saved_tensors
-        kernels = native.kernels()
-        dq, dk, dv = kernels.causal_attention_backward(
-            grad.contiguous(), q, source, k, v, lse, ctx.scale, tiles=ctx.tiles
-        )
+        dq, dk, dv = backward(grad, q, source, k, v, lse, ctx.scale, ctx.tiles)
         return dq, None, dk, dv, None
+
+
+def forward(q, source, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The kernel's forward on contiguous operands (:func:`attend`'s): ``(out, lse, on
+    tiles)``, what :func:`backward` takes besides the operands."""
+    tiles = _on_tiles(q, source, k, v, scale)
+    out, lse = native.kernels().causal_attention(q, source, k, v, scale, tiles=tiles)
+    return out, lse, tiles
+
+
+def backward(grad, q, source, k, v, lse, scale: float, tiles: bool):
+    """The kernel's backward: ``(dq, dk, dv)`` for the output's gradient ``grad``."""
+    kernels = native.kernels()
+    return kernels.causal_attention_backward(
+        grad.contiguous(), q, source, k, v, lse, scale, tiles=tiles
+    )
 
 
 def _on_tiles(q, source, k, v, scale: float) -> bool:

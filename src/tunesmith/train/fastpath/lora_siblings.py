@@ -63,6 +63,18 @@ class SiblingGroup:
                 self._x = None
             return out
         self._waiting, self._x = {}, None
+        if (stack := self.stacked(x)) is None:
+            return None
+        weight, bias, scales, ab = stack
+        out = LoraLinears.apply(x, weight, bias, scales, None, *ab)
+        parts = out.split(self.widths, dim=-1)
+        self._waiting = {j: p for j, p in enumerate(parts) if j != i}
+        self._x, self._version = x, x._version
+        return parts[i]
+
+    def stacked(self, x: torch.Tensor) -> tuple | None:
+        """``(weight, bias, scales, ab)`` of the members' one node for ``x`` (``ab`` each A,
+        then each B), where every member takes the fast path now; else None."""
         name = self.adapter
         if x.dtype != self.weight.dtype or not all(self.ready(m, x) for m in self.members):
             return None
@@ -71,11 +83,7 @@ class SiblingGroup:
         a = [m.lora_A[name].weight for m in self.members]
         b = [m.lora_B[name].weight for m in self.members]
         scales = tuple(float(m.scaling[name]) for m in self.members)
-        out = LoraLinears.apply(x, self.weight, self.bias, scales, None, *a, *b)
-        parts = out.split(self.widths, dim=-1)
-        self._waiting = {j: p for j, p in enumerate(parts) if j != i}
-        self._x, self._version = x, x._version
-        return parts[i]
+        return self.weight, self.bias, scales, (*a, *b)
 
     def release(self) -> None:
         """Give each member a weight (and bias) of its own again, and drop waiting outputs."""

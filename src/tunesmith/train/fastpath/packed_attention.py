@@ -102,32 +102,40 @@ class _PlaceRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, slots, shared_rows, shared_slots, source):
         ctx.save_for_backward(slots, shared_rows, shared_slots)
-        if native.runs_on(x, any_dtype=True):
-            return native.kernels().gather_rows(x.contiguous(), source)
-        out = x.new_zeros((source.shape[0], x.shape[1]))
-        out.index_copy_(0, slots, x)
-        if shared_rows is not None:
-            out.index_copy_(0, shared_slots, x.index_select(0, shared_rows))
-        return out
+        return place_rows(x, slots, shared_rows, shared_slots, source)
 
     @staticmethod
     def backward(ctx, grad):
-        slots, shared_rows, shared_slots = ctx.saved_tensors
-        kernels = native.kernels() if native.runs_on(grad, any_dtype=True) else None
-        if kernels is not None:
-            grad = grad.contiguous()
-            g = kernels.gather_rows(grad, slots)
-        else:
-            g = grad.index_select(0, slots)
-        if shared_rows is None:
-            return g, None, None, None, None
-        if kernels is not None and grad.dtype == torch.bfloat16:  # the same sums, bit for bit
-            kernels.add_copies_(g, grad, shared_rows, shared_slots)
-            return g, None, None, None, None
-        wide = torch.promote_types(grad.dtype, torch.float32)  # fp32, or fp64 if given
-        copies = grad.index_select(0, shared_slots).to(wide)
-        g = g.to(wide).index_add_(0, shared_rows, copies).to(grad.dtype)
-        return g, None, None, None, None
+        return place_rows_backward(grad, *ctx.saved_tensors), None, None, None, None
+
+
+def place_rows(x, slots, shared_rows, shared_slots, source) -> torch.Tensor:
+    """:class:`_PlaceRows`' forward: ``x``'s rows at their slots (and the shared copies)."""
+    if native.runs_on(x, any_dtype=True):
+        return native.kernels().gather_rows(x.contiguous(), source)
+    out = x.new_zeros((source.shape[0], x.shape[1]))
+    out.index_copy_(0, slots, x)
+    if shared_rows is not None:
+        out.index_copy_(0, shared_slots, x.index_select(0, shared_rows))
+    return out
+
+
+def place_rows_backward(grad, slots, shared_rows, shared_slots) -> torch.Tensor:
+    """:class:`_PlaceRows`' backward: each row's gradient, its shared copies' summed in."""
+    kernels = native.kernels() if native.runs_on(grad, any_dtype=True) else None
+    if kernels is not None:
+        grad = grad.contiguous()
+        g = kernels.gather_rows(grad, slots)
+    else:
+        g = grad.index_select(0, slots)
+    if shared_rows is None:
+        return g
+    if kernels is not None and grad.dtype == torch.bfloat16:  # the same sums, bit for bit
+        kernels.add_copies_(g, grad, shared_rows, shared_slots)
+        return g
+    wide = torch.promote_types(grad.dtype, torch.float32)  # fp32, or fp64 if given
+    copies = grad.index_select(0, shared_slots).to(wide)
+    return g.to(wide).index_add_(0, shared_rows, copies).to(grad.dtype)
 
 
 class _CausalSoftmax(torch.autograd.Function):

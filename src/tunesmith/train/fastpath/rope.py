@@ -26,6 +26,9 @@ is not built for (no gradient wanted, mixed dtypes, a rotary width other than th
 
 Where tunesmith's CPU kernels are built (:mod:`~tunesmith.train.fastpath.native`), bf16 RoPE
 runs the same formulas, with the same roundings, in one pass each way (still bit for bit).
+The swapped class's forward first offers the call to
+:mod:`~tunesmith.train.fastpath.attention_block`, which runs a Llama attention block's whole
+forward, this kernel included, as one autograd node where it applies.
 """
 
 from __future__ import annotations
@@ -71,13 +74,18 @@ class _NativeRope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cos, sin):
         ctx.save_for_backward(cos, sin)
-        return native.kernels().rope(x, cos, sin, False)
+        return native_rope(x, cos, sin)
 
     @staticmethod
     def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        grad = grad if grad.stride(-1) == 1 else grad.contiguous()
-        return native.kernels().rope(grad, cos, sin, True), None, None
+        return native_rope(grad, *ctx.saved_tensors, backward=True), None, None
+
+
+def native_rope(x: torch.Tensor, cos, sin, backward: bool = False) -> torch.Tensor:
+    """The kernel's RoPE of ``x`` (b, heads, t, d), or its backward (``x`` the gradient);
+    the result keeps ``x``'s layout where it is dense."""
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    return native.kernels().rope(x, cos, sin, backward)
 
 
 def _native(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
@@ -172,12 +180,16 @@ def why_not_standard_rope(function: Callable) -> str | None:
 def _fast_class(cls: type, original: Callable) -> type:
     """A subclass of attention class ``cls`` whose forward runs with the fused RoPE in place of
     ``original``: ``isinstance`` checks keep working, and only this model's layers see it."""
+    from tunesmith.train.fastpath import attention_block  # it calls this module's kernel
+
     owner = sys.modules[cls.__module__]
     fused = _fused(original)
 
     def forward(self, *args, **kwargs):
         if owner.__dict__.get(FUNCTION) is not original:  # replaced since: leave it be
             return cls.forward(self, *args, **kwargs)
+        if (whole := attention_block.run(self, cls, args, kwargs)) is not None:
+            return whole  # the whole block as one node (the same kernels, bit for bit)
         setattr(owner, FUNCTION, fused)  # cls.forward looks the function up in owner
         try:
             return cls.forward(self, *args, **kwargs)
