@@ -40,11 +40,11 @@ from torch import nn
 from tunesmith.data.packing import PADDING_KWARG
 from tunesmith.train.fastpath import attention, frozen_linear, fused_attention, lora, native
 from tunesmith.train.fastpath.dropout import FastDropout
-from tunesmith.train.fastpath.lora_linear import fused_backward, fused_forward
+from tunesmith.train.fastpath.lora_linear import project, project_back
 from tunesmith.train.fastpath.lora_siblings import ATTR as SIBLINGS
 from tunesmith.train.fastpath.packed_attention import PackedLayout, place_rows, place_rows_backward
 from tunesmith.train.fastpath.rope import native_rope
-from tunesmith.train.fastpath.row_split import splits, torch_only
+from tunesmith.train.fastpath.row_split import torch_only
 
 INPUTS = ("q_proj", "k_proj", "v_proj")
 
@@ -189,22 +189,6 @@ def _split(projections, ab) -> list[tuple]:
     return sides
 
 
-def _forward(x2, p: _Projection, ab) -> tuple[torch.Tensor, torch.Tensor, object, object]:
-    """One projection forward, as its module's node: ``(out, x_branch, h, dropout)``."""
-    if p.scales is None:
-        rows = splits()
-        out = rows.mm(x2, p.weight.t()) if p.bias is None else rows.addmm(p.bias, x2, p.weight.t())
-        return out, None, None, None
-    return fused_forward(x2, p.weight, p.bias, p.scales, p.dropout, ab)
-
-
-def _backward(g2, x_branch, h, dropout, p: _Projection, ab, want_dx: bool):
-    """One projection backward: ``(dx2 or None, [grad of each A, then each B])``."""
-    if p.scales is None:
-        return (splits().mm(g2, p.weight) if want_dx else None), []
-    return fused_backward(g2, x_branch, h, p.weight, ab, p.scales, dropout, want_dx)
-
-
 class AttentionBlock(torch.autograd.Function):
     """``x -> o(attend(rope(q(x)), rope(k(x)), v(x)))`` on a packed pass; see the module doc.
 
@@ -219,7 +203,7 @@ class AttentionBlock(torch.autograd.Function):
         sides = _split((*block.inputs, block.output), ab)
         kept, drops, parts = [], [], []
         for p, side in zip(block.inputs, sides, strict=False):
-            out, x_branch, h, drop = _forward(x2, p, side)
+            out, x_branch, h, drop = project(x2, p.weight, p.bias, p.scales, p.dropout, side)
             kept += [x_branch, h]
             drops.append(drop)
             out = out.view(B, T, -1)
@@ -236,7 +220,8 @@ class AttentionBlock(torch.autograd.Function):
         q = q.transpose(1, 2).reshape(-1, d).contiguous()
         out, lse, ctx.tiles = fused_attention.forward(q, layout.q_source, k, v, block.scale)
         a2 = out.view(B, T, -1).contiguous().view(B * T, -1)
-        out, a_branch, h_o, drop_o = _forward(a2, block.output, sides[-1])
+        o = block.output
+        out, a_branch, h_o, drop_o = project(a2, o.weight, o.bias, o.scales, o.dropout, sides[-1])
         ctx.save_for_backward(
             *kept, q, k, v, lse, cos, sin, layout.q_source, slots, *shared, a_branch, h_o, *ab
         )  # the frozen weights are the block's (parameters: saving them keeps nothing more)
@@ -256,7 +241,10 @@ class AttentionBlock(torch.autograd.Function):
         B, T, _ = ctx.x_shape
         d = block.head_dim
         g2 = grad.reshape(-1, grad.shape[-1])
-        d_a, grads_o = _backward(g2, a_branch, h_o, ctx.drop_o, block.output, sides[-1], True)
+        o = block.output
+        d_a, grads_o = project_back(
+            g2, a_branch, h_o, o.weight, o.scales, ctx.drop_o, sides[-1], True
+        )
         dq, dk, dv = fused_attention.backward(
             d_a.view(-1, d), q, q_source, k, v, lse, block.scale, ctx.tiles
         )
@@ -274,7 +262,9 @@ class AttentionBlock(torch.autograd.Function):
         for i in reversed(range(n_in)):  # autograd's order: the last projection's first
             x_branch, h = kept[2 * i], kept[2 * i + 1]
             p = block.inputs[i]
-            dxi, g = _backward(parts[i], x_branch, h, ctx.drops[i], p, sides[i], want_dx)
+            dxi, g = project_back(
+                parts[i], x_branch, h, p.weight, p.scales, ctx.drops[i], sides[i], want_dx
+            )
             grads = g + grads
             if want_dx:
                 dx = dxi if dx is None else dx.add_(dxi)

@@ -242,6 +242,24 @@ def fused_backward(g2, x2, h, weight, ab, scales, dropout, want_dx: bool):
     return dx, grads
 
 
+def project(x2, weight, bias, scales, dropout, ab):
+    """One projection of a larger node, as its module's own node computes it:
+    :func:`fused_forward` for a LoRA projection, the frozen product where ``scales`` is None;
+    ``(out, x_branch, h, dropout)`` (the last three None where frozen)."""
+    if scales is not None:
+        return fused_forward(x2, weight, bias, scales, dropout, ab)
+    rows = splits()
+    out = rows.mm(x2, weight.t()) if bias is None else rows.addmm(bias, x2, weight.t())
+    return out, None, None, None
+
+
+def project_back(g2, x_branch, h, weight, scales, dropout, ab, want_dx: bool):
+    """:func:`project`'s backward: ``(dx2 or None, [grad of each A, then of each B])``."""
+    if scales is None:
+        return (splits().mm(g2, weight) if want_dx else None), []
+    return fused_backward(g2, x_branch, h, weight, ab, scales, dropout, want_dx)
+
+
 class LoraLinears(torch.autograd.Function):
     """``x -> x Wᵀ + bias + (x Aᵀ)(s B)ᵀ`` for k stacked projections; see the module doc.
 

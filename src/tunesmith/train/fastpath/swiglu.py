@@ -81,7 +81,7 @@ class _FrozenGatedUnit(torch.autograd.Function):
 
 def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
     if (whole := gated_mlp.plan(self, x)) is not None:
-        return gated_mlp.GatedMlp.apply(x, *whole[:2], *whole[2])
+        return gated_mlp.GatedMlp.apply(x, *whole[:3], *whole[3])
     gate_proj, up_proj = self.gate_proj, self.up_proj
     if (
         torch.is_grad_enabled() and x.requires_grad and native.runs_on(x)
