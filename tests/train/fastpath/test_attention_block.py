@@ -33,6 +33,9 @@ def _model(targets, dropout=0.0, arch="llama", attn="eager"):
         arch, hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
         attn_implementation=attn,
     ).to(torch.bfloat16)  # fmt: skip
+    for name, p in base.named_parameters():
+        if name.endswith("bias"):  # Qwen2's q/k/v biases start at zero: give them values
+            p.data.normal_(0, 0.5)
     return lora_model(base, targets, dropout)
 
 
@@ -77,10 +80,11 @@ def _step(model, batch):
     ids=["stacked", "q-v-dropout", "all-dropout", "o", "frozen"],
 )
 @pytest.mark.parametrize("kind", ["plain", "shared", "padded"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # Qwen2: biases on q, k and v
 def test_loss_and_every_gradient_equal_the_module_calls(
-    kernels, monkeypatch, targets, dropout, kind
+    kernels, monkeypatch, targets, dropout, kind, arch
 ):
-    model = _model(targets, dropout)
+    model = _model(targets, dropout, arch)
     fast = apply_fast_paths(model, torch.device("cpu"))
     batch = _batch(kind)
     loss, grads, names = _step(model, batch)
@@ -148,8 +152,18 @@ def test_unpacked_passes_other_attention_and_evaluation_keep_the_module_calls(ke
     assert NODE not in _step(sdpa, (pos, ids, tokens))[2]
 
 
-def test_only_llamas_own_forward_takes_the_node(kernels):
-    """Another architecture's attention (Qwen2's biases and sliding window) keeps its own calls."""
-    model = _model(ATTENTION, arch="qwen2")
-    apply_fast_paths(model, torch.device("cpu"))
-    assert NODE not in _step(model, _batch("plain"))[2]
+def test_another_attention_forward_keeps_its_module_calls(kernels):
+    """Qwen3's attention normalizes q and k before RoPE: not the forward the node computes."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    config = Qwen3Config(
+        vocab_size=512, hidden_size=128, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, attn_implementation="eager",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    model = lora_model(base, ATTENTION)
+    fast = apply_fast_paths(model, torch.device("cpu"))
+    assert fast.installed.get("rope") and fast.installed.get("attention")
+    names = _step(model, _batch("plain"))[2]
+    assert NODE not in names and "_FusedAttentionBackward" in names

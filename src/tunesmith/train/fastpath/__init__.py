@@ -20,9 +20,9 @@ On CPU the library kernels behind a training step are not fused, so tunesmith sw
   weights and the dropout masks' scaling; built once per machine (``native/``), off where not
   built;
 - ``attention``: grouped eager attention, per example inside packed rows (``attention.py``,
-  ``packed_attention.py``), and on a packed pass whose attention runs fused a Llama attention
-  block, its projections and RoPE, as one node (``attention_block.py``, tried by ``rope``'s
-  class swap);
+  ``packed_attention.py``), and on a packed pass whose attention runs fused a Llama-formula
+  attention block, its projections and RoPE, as one node (``attention_block.py``, tried by
+  ``rope``'s class swap);
 
 and the loop gets three policies from the same handle: how a micro-batch is cut into passes
 (``passes.py``: packed rows, with the examples' common prompt prefix stored once, where the

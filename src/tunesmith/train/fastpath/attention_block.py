@@ -1,32 +1,35 @@
-"""A Llama attention block's projections, RoPE and packed causal attention as one autograd node.
+"""An attention block's projections, RoPE and packed causal attention as one autograd node.
 
-transformers' ``LlamaAttention.forward`` is ``o(attend(rope(q(x)), rope(k(x)), v(x)))``. With the
-other fast paths on a packed training pass that is four or five module calls (each projection a
-peft layer or frozen linear with the fast path's per-call checks), the attention interface's
-lookup and the layout's placements, and 24-25 autograd nodes: the q/k/v node (or three), two
-RoPE nodes, two placements of the keys and values, the fused attention, the o node, and the
-views, transposes and split between them, each replayed backward. On CPU each costs Python, dispatch
-and autograd bookkeeping between the kernels, which on an AMX CPU are a third of a step
-(benchmarks/RESULTS.md, "Where a bench step's time goes"). Here one node runs the same kernels
-in the same order on the same operands: the projections as
-:func:`~tunesmith.train.fastpath.lora_linear.fused_forward` / ``fused_backward`` (the LoRA node's
-own code; q, k and v stacked where :mod:`~tunesmith.train.fastpath.lora_siblings` stacks them)
-or ``row_split``'s products for frozen ones, RoPE in its kernel
+transformers' ``LlamaAttention.forward`` is ``o(attend(rope(q(x)), rope(k(x)), v(x)))``. With
+the other fast paths on a packed training pass that is four or five module calls (each
+projection a peft layer or frozen linear with the fast path's per-call checks), the attention
+interface's lookup and the layout's placements, and 24-25 autograd nodes: the q/k/v node (or
+three), two RoPE nodes, two placements of the keys and values, the fused attention, the o node,
+and the views, transposes and split between them, each replayed backward. On CPU each costs
+Python, dispatch and autograd bookkeeping between the kernels, which on an AMX CPU are a third
+of a step (benchmarks/RESULTS.md, "Where a bench step's time goes"). Here one node runs the
+same kernels in the same order on the same operands: the projections as their modules' nodes
+compute them (:func:`~tunesmith.train.fastpath.lora_linear.project`; q, k and v stacked where
+:mod:`~tunesmith.train.fastpath.lora_siblings` stacks them), RoPE in its kernel
 (:func:`~tunesmith.train.fastpath.rope.native_rope`), the keys and values placed as
 :func:`~tunesmith.train.fastpath.packed_attention.place_rows` places them, and the attention in
-:mod:`~tunesmith.train.fastpath.fused_attention`'s kernel; the three input gradients of separate
-projections are added in autograd's order. Outputs and every gradient equal the module calls'
-bit for bit, and it keeps what they kept (``tests/train/fastpath/test_attention_block.py``).
+:mod:`~tunesmith.train.fastpath.fused_attention`'s kernel; the dropout masks are drawn in the
+module calls' order and the input gradients of separate projections added in autograd's. Outputs
+and every gradient equal the module calls' bit for bit, and it keeps what they kept
+(``tests/train/fastpath/test_attention_block.py``). Measured (benchmarks/RESULTS.md, "An
+attention block as one node"): a block's forward and backward 0.79-0.85x the time at narrow
+widths, 0.94-0.96x at the demo's; ~11-20 ms of per-call work off a 30-layer step.
 
 Per call (:func:`plan`), only where all of that is what the module calls would run: a
-``LlamaAttention`` (its class's own forward, under RoPE's class swap, which calls
-:func:`run`), training with gradients, bf16 on CPU, tunesmith's grouped attention on a packed
-pass whose layout applies and whose attention runs fused (AMX or AVX512-BF16, head widths of
+``LlamaAttention``, ``MistralAttention`` or ``Qwen2Attention`` (that class's own forward, under
+RoPE's class swap, which calls :func:`run`; Qwen3's q/k norms and other classes keep their
+calls), training with gradients, bf16 on CPU, tunesmith's grouped attention on a packed pass
+whose layout applies and whose attention runs fused (AMX or AVX512-BF16, head widths of
 multiples of 32), no attention dropout or cache, RoPE's kernel taking ``cos`` and ``sin``, and
-every projection frozen (:func:`~tunesmith.train.fastpath.frozen_linear.takes`) or a LoRA
-projection of the fast path (:func:`~tunesmith.train.fastpath.lora.takes`, with its dropout
-mask drawn in the module calls' order), none hooked. Anything else keeps the module calls,
-which are also the reference path.
+every projection frozen (:func:`~tunesmith.train.fastpath.frozen_linear.takes`, a bias
+allowed) or a LoRA projection of the fast path (:func:`~tunesmith.train.fastpath.lora.takes`,
+no dropout or tunesmith's), none hooked. Anything else keeps the module calls, which are also
+the reference path.
 """
 
 from __future__ import annotations
@@ -50,10 +53,15 @@ INPUTS = ("q_proj", "k_proj", "v_proj")
 
 
 @functools.cache
-def _llama_forward():
+def _forwards() -> frozenset:
+    """The attention forwards this node computes: Llama's, and Mistral's and Qwen2's, which
+    differ from it only in handing the attention function a ``sliding_window`` that the
+    grouped attention does not read (a sliding mask is the mask it is given)."""
     from transformers.models.llama.modeling_llama import LlamaAttention
+    from transformers.models.mistral.modeling_mistral import MistralAttention
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
 
-    return LlamaAttention.forward
+    return frozenset(c.forward for c in (LlamaAttention, MistralAttention, Qwen2Attention))
 
 
 @dataclass
@@ -86,8 +94,8 @@ class Block:
 def _projection(module: nn.Module, x: torch.Tensor) -> tuple[_Projection, tuple] | None:
     """``module`` as a projection of the node for input ``x`` and its ``(A, B)``; None where it
     takes no fast path now (or a mask its dropout would not draw)."""
-    if frozen_linear.takes(module, x):
-        return _Projection(module.weight), ()
+    if frozen_linear.takes(module, x, bias=True):
+        return _Projection(module.weight, module.bias), ()
     if not lora.takes(module, x):
         return None
     name = module.active_adapters[0]
@@ -122,15 +130,15 @@ def _inputs(module: nn.Module, x: torch.Tensor) -> tuple | None:
 
 
 def plan(module: nn.Module, kwargs: dict) -> tuple[Block, tuple] | None:
-    """``(block, ab)`` for :class:`AttentionBlock` where ``module`` (a ``LlamaAttention``
+    """``(block, ab)`` for :class:`AttentionBlock` where ``module`` (an attention module
     called with ``kwargs``, as a decoder layer calls it) runs its whole forward through it now,
     every dropout mask drawn; None to run the module calls (nothing drawn)."""
     x = kwargs.get("hidden_states")
     mask, position_ids = kwargs.get("attention_mask"), kwargs.get("position_ids")
     if any(v is None for v in (x, mask, position_ids, kwargs.get("position_embeddings"))):
         return None
-    if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
-        return None
+    if any(kwargs.get(k) is not None for k in ("cache", "past_key_values", "past_key_value")):
+        return None  # the names transformers gave the cache over its versions
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         return None  # grouped attention refuses these
     if not (module.training and torch.is_grad_enabled() and x.dim() == 3 and native.runs_on(x)):
@@ -274,9 +282,9 @@ class AttentionBlock(torch.autograd.Function):
 
 def run(module: nn.Module, cls: type, args: tuple, kwargs: dict):
     """``module``'s forward through :class:`AttentionBlock` where ``cls`` (its class under
-    RoPE's swap) is ``LlamaAttention``'s own forward and :func:`plan` takes the call:
+    RoPE's swap) has one of :func:`_forwards` and :func:`plan` takes the call:
     ``(output, None)`` as the forward returns it; else None."""
-    if args or cls.forward is not _llama_forward():
+    if args or cls.forward not in _forwards():
         return None
     found = plan(module, kwargs)
     if found is None:

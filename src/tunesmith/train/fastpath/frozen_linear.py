@@ -61,12 +61,13 @@ def _takes_path(self: nn.Linear, x: torch.Tensor) -> bool:
     return compute_dtype(x, weight) == weight.dtype  # else F.linear's casts decide
 
 
-def takes(module: nn.Module, x: torch.Tensor) -> bool:
+def takes(module: nn.Module, x: torch.Tensor, bias: bool = False) -> bool:
     """Whether ``module`` is a frozen linear of this path that computes ``x`` through it now,
-    without a bias and with nothing hooked on its calls (so a caller that holds its weight may
-    compute the product itself, as :mod:`~tunesmith.train.fastpath.swiglu` does)."""
+    without a bias (unless ``bias``: the caller adds it as this path does) and with nothing
+    hooked on its calls (so a caller that holds its weight may compute the product itself, as
+    :mod:`~tunesmith.train.fastpath.swiglu` does)."""
     return (
-        type(module).forward is _fast_forward and module.bias is None
+        type(module).forward is _fast_forward and (bias or module.bias is None)
         and not module._forward_hooks and not module._forward_pre_hooks
         and _takes_path(module, x)
     )  # fmt: skip
