@@ -167,3 +167,22 @@ def test_another_attention_forward_keeps_its_module_calls(kernels):
     assert fast.installed.get("rope") and fast.installed.get("attention")
     names = _step(model, _batch("plain"))[2]
     assert NODE not in names and "_FusedAttentionBackward" in names
+
+
+def test_under_checkpointing_the_recomputed_node_gives_the_same_gradients(kernels, monkeypatch):
+    """The recompute draws the same masks (checkpointing restores the generator) and keeps
+    the values: the same loss and gradients as without checkpointing and as the module calls."""
+    model = _model(ATTENTION, dropout=0.1)
+    fast = apply_fast_paths(model, torch.device("cpu"))
+    batch = _batch("shared")
+    plain = _step(model, batch)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = _step(model, batch)
+    assert NODE in checkpointed[2]
+    with monkeypatch.context() as m:
+        m.setattr(attention_block, "plan", lambda module, kwargs: None)
+        calls = _step(model, batch)
+    for other in (plain, calls):
+        assert torch.equal(checkpointed[0], other[0])
+        assert all(torch.equal(g, other[1][n]) for n, g in checkpointed[1].items())
+    fast.undo()
