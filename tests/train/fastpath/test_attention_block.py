@@ -186,3 +186,19 @@ def test_under_checkpointing_the_recomputed_node_gives_the_same_gradients(kernel
         assert torch.equal(checkpointed[0], other[0])
         assert all(torch.equal(g, other[1][n]) for n, g in checkpointed[1].items())
     fast.undo()
+
+
+def test_no_attention_backward_where_only_o_trains_and_no_input_gradient_is_wanted(
+    kernels, monkeypatch
+):
+    """Layer 0 with frozen q, k, v reads the embeddings, which want no gradient: as in the
+    module calls, o's node gives no input gradient and the attention is not differentiated."""
+    from tunesmith.train.fastpath import fused_attention
+
+    model = _model(["o_proj"])
+    apply_fast_paths(model, torch.device("cpu"))
+    calls = []
+    backward = fused_attention.backward
+    monkeypatch.setattr(fused_attention, "backward", lambda *a: calls.append(1) or backward(*a))
+    assert NODE in _step(model, _batch("plain"))[2]
+    assert len(calls) == 1  # layer 1's, whose input comes from layer 0's trained o

@@ -250,9 +250,15 @@ class AttentionBlock(torch.autograd.Function):
         d = block.head_dim
         g2 = grad.reshape(-1, grad.shape[-1])
         o = block.output
+        want_dx = ctx.needs_input_grad[0]
+        # The attention's gradient is wanted where q, k or v train or x wants one: as in the
+        # module calls, where o's node then has no input gradient to give.
+        wanted = want_dx or any(p.scales is not None for p in block.inputs)
         d_a, grads_o = project_back(
-            g2, a_branch, h_o, o.weight, o.scales, ctx.drop_o, sides[-1], True
+            g2, a_branch, h_o, o.weight, o.scales, ctx.drop_o, sides[-1], wanted
         )
+        if not wanted:
+            return None, None, None, None, *grads_o
         dq, dk, dv = fused_attention.backward(
             d_a.view(-1, d), q, q_source, k, v, lse, block.scale, ctx.tiles
         )
@@ -263,7 +269,6 @@ class AttentionBlock(torch.autograd.Function):
         dq = native_rope(dq.view(B, T, -1, d).transpose(1, 2), cos, sin, backward=True)
         dk = native_rope(dk.view(B, T, -1, d).transpose(1, 2), cos, sin, backward=True)
         parts = [t.transpose(1, 2).reshape(B * T, -1) for t in (dq, dk)] + [dv.view(B * T, -1)]
-        want_dx = ctx.needs_input_grad[0]
         if block.widths:  # one stacked projection: its gradient is the parts side by side
             parts = [torch.cat(parts, dim=-1)]
         dx, grads = None, []
