@@ -7,13 +7,13 @@ node; the product a :mod:`~tunesmith.train.fastpath.swiglu` node), and autograd 
 and the up projection's input gradients as a fifth step. On CPU each costs Python, dispatch and
 autograd bookkeeping between the kernels. Here one node runs the same kernels in the same order:
 each projection frozen (``row_split``'s products) or a plain LoRA projection
-(:func:`~tunesmith.train.fastpath.lora_linear.project` and ``project_back``, the
-LoRA node's own code), the product in the SwiGLU kernels, and the two input gradients added as
-autograd adds them; a branch's dropout mask is drawn by its own module, in the module calls'
-order (gate, up, down), before the node runs. So outputs and every gradient equal the module calls' bit for bit
-(``tests/train/fastpath/test_gated_mlp.py``); where gate and up are both frozen, the input
-gradient is one sum (``d_gate W_gate`` with ``d_up W_up`` accumulated into it in place), as the
-frozen pair's node computed it. The tensors kept for the backward are those the separate nodes
+(:func:`~tunesmith.train.fastpath.lora_linear.project` and ``project_back``, the LoRA node's
+own code), the product in the SwiGLU kernels, and the two input gradients added as autograd
+adds them; a branch's dropout mask is drawn by its own module, in the module calls' order
+(gate, up, down), before the node runs. So outputs and every gradient equal the module calls'
+bit for bit (``tests/train/fastpath/test_gated_mlp.py``); where gate and up are both frozen,
+the input gradient is one sum (``d_gate W_gate`` with ``d_up W_up`` accumulated into it in
+place), as the frozen pair's node computed it. The tensors kept for the backward are those the separate nodes
 kept. Measured (benchmarks/RESULTS.md, "The gated MLP as one node; ..."): ~15 ms of per-call
 work off a 30-layer step, a step 0.89-0.94x where that work dominates (a model of the demo's
 depth and narrow widths), 0.90-0.97x on the seed recipe's frozen MLPs, within the noise on the
