@@ -42,12 +42,11 @@ from torch import nn
 
 from tunesmith.data.packing import PADDING_KWARG
 from tunesmith.train.fastpath import attention, frozen_linear, fused_attention, lora, native
-from tunesmith.train.fastpath.dropout import FastDropout
 from tunesmith.train.fastpath.lora_linear import project, project_back
+from tunesmith.train.fastpath.lora_linear import sides as lora_sides
 from tunesmith.train.fastpath.lora_siblings import ATTR as SIBLINGS
 from tunesmith.train.fastpath.packed_attention import PackedLayout, place_rows, place_rows_backward
 from tunesmith.train.fastpath.rope import native_rope
-from tunesmith.train.fastpath.row_split import torch_only
 
 INPUTS = ("q_proj", "k_proj", "v_proj")
 
@@ -93,21 +92,13 @@ class Block:
 
 def _projection(module: nn.Module, x: torch.Tensor) -> tuple[_Projection, tuple] | None:
     """``module`` as a projection of the node for input ``x`` and its ``(A, B)``; None where it
-    takes no fast path now (or a mask its dropout would not draw)."""
+    takes no fast path now."""
     if frozen_linear.takes(module, x, bias=True):
         return _Projection(module.weight, module.bias), ()
-    if not lora.takes(module, x):
+    if (side := lora.branch(module, x)) is None:
         return None
-    name = module.active_adapters[0]
-    drop = module.lora_dropout[name]
-    if isinstance(drop, nn.Identity):
-        drop = None
-    elif not (isinstance(drop, FastDropout) and 0.0 < drop.p < 1.0):
-        return None  # p of 1: peft's own forward (lora's fast forward steps aside)
-    base = module.base_layer
-    scale = (float(module.scaling[name]),)
-    ab = (module.lora_A[name].weight, module.lora_B[name].weight)
-    return _Projection(base.weight, base.bias, scale, 2, drop), ab
+    weight, bias, scale, ab, drop = side
+    return _Projection(weight, bias, scale, len(ab), drop), ab
 
 
 def _inputs(module: nn.Module, x: torch.Tensor) -> tuple | None:
@@ -146,14 +137,15 @@ def plan(module: nn.Module, kwargs: dict) -> tuple[Block, tuple] | None:
     caches = getattr(module, attention.CACHES, None)
     if caches is None or module.config._attn_implementation != attention.NAME:
         return None
-    if module.attention_dropout or not (module.scaling > 0) or torch_only():
+    if module.attention_dropout:
         return None
-    if not (native.amx() or native.bf16_dots()):
-        return None  # the fused attention's kernels do not run here
     d = module.head_dim
+    head = x.new_empty(()).expand(d)  # a head's row, as a shape
+    if not fused_attention.runs(head, head, head, module.scaling):
+        return None  # the grouped attention would not run the fused kernel
     cos, sin = kwargs["position_embeddings"]
     B, T, _ = x.shape
-    if d % 32 or not _rope_takes(cos, sin, x, B, T, d):
+    if not _rope_takes(cos, sin, x, B, T, d):
         return None
     if (found := _inputs(module, x)) is None:
         return None
@@ -188,15 +180,6 @@ def _rope_takes(cos, sin, x, B: int, T: int, d: int) -> bool:
     )  # fmt: skip
 
 
-def _split(projections, ab) -> list[tuple]:
-    """Each projection's ``(A..., B...)`` from ``ab``."""
-    sides, i = [], 0
-    for p in projections:
-        sides.append(tuple(ab[i : i + p.n_ab]))
-        i += p.n_ab
-    return sides
-
-
 class AttentionBlock(torch.autograd.Function):
     """``x -> o(attend(rope(q(x)), rope(k(x)), v(x)))`` on a packed pass; see the module doc.
 
@@ -208,7 +191,7 @@ class AttentionBlock(torch.autograd.Function):
         B, T, _ = x.shape
         d, layout = block.head_dim, block.layout
         x2 = x.reshape(-1, x.shape[-1])
-        sides = _split((*block.inputs, block.output), ab)
+        sides = lora_sides([p.n_ab for p in (*block.inputs, block.output)], ab)
         kept, drops, parts = [], [], []
         for p, side in zip(block.inputs, sides, strict=False):
             out, x_branch, h, drop = project(x2, p.weight, p.bias, p.scales, p.dropout, side)
@@ -245,7 +228,7 @@ class AttentionBlock(torch.autograd.Function):
         q, k, v, lse, cos, sin, q_source, slots, shared_rows, shared_slots = saved[:10]
         a_branch, h_o = saved[10:12]
         ab = saved[12:]
-        sides = _split((*block.inputs, block.output), ab)
+        sides = lora_sides([p.n_ab for p in (*block.inputs, block.output)], ab)
         B, T, _ = ctx.x_shape
         d = block.head_dim
         g2 = grad.reshape(-1, grad.shape[-1])

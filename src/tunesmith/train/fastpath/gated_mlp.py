@@ -33,31 +33,11 @@ import torch
 from torch import nn
 
 from tunesmith.train.fastpath import frozen_linear, lora, native
-from tunesmith.train.fastpath.dropout import FastDropout
 from tunesmith.train.fastpath.lora_linear import project, project_back
+from tunesmith.train.fastpath.lora_linear import sides as lora_sides
 from tunesmith.train.fastpath.row_split import splits
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
-
-
-def _lora_side(module: nn.Module, x: torch.Tensor):
-    """``(weight, (scale,), A, B, dropout)`` where ``module`` is a LoRA projection of the lora
-    fast path taking it for ``x`` now (:func:`~tunesmith.train.fastpath.lora.takes`) without a
-    base bias, ``dropout`` its :class:`~tunesmith.train.fastpath.dropout.FastDropout` or None;
-    else None."""
-    if not lora.takes(module, x):
-        return None
-    name = module.active_adapters[0]
-    base = module.base_layer
-    drop = module.lora_dropout[name]
-    if isinstance(drop, nn.Identity):
-        drop = None
-    elif not (isinstance(drop, FastDropout) and 0.0 < drop.p < 1.0):
-        return None  # p of 1: peft's own forward (lora's fast forward steps aside)
-    if base.bias is not None:
-        return None
-    scale = (float(module.scaling[name]),)
-    return base.weight, scale, module.lora_A[name].weight, module.lora_B[name].weight, drop
 
 
 def plan(mlp: nn.Module, x: torch.Tensor):
@@ -79,10 +59,10 @@ def plan(mlp: nn.Module, x: torch.Tensor):
             weights.append(module.weight)
             scales.append(None)
             drops.append(None)
-        elif (side := _lora_side(module, x)) is not None:
+        elif (side := lora.branch(module, x)) is not None and side[1] is None:  # no bias
             weights.append(side[0])
-            scales.append(side[1])
-            ab += side[2:4]
+            scales.append(side[2])
+            ab += side[3]
             drops.append(side[4])
         else:
             return None
@@ -105,16 +85,6 @@ def frozen_pair_dx(d_gate, d_up, w_gate, w_up) -> torch.Tensor:
     return rows.addmm_(rows.mm(d_gate, w_gate), d_up, w_up)
 
 
-def _sides(scales, ab) -> list[tuple]:
-    """Each projection's ``(A, B)`` from ``ab``; ``()`` where it is frozen."""
-    sides, i = [], 0
-    for scale in scales:
-        n = 0 if scale is None else 2
-        sides.append(tuple(ab[i : i + n]))
-        i += n
-    return sides
-
-
 class GatedMlp(torch.autograd.Function):
     """``x -> down(silu(gate(x)) * up(x))``; see the module doc.
 
@@ -124,7 +94,7 @@ class GatedMlp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weights, scales, dropouts, *ab):
         x2 = x.reshape(-1, x.shape[-1])
-        sides = _sides(scales, ab)
+        sides = lora_sides([0 if s is None else 2 for s in scales], ab)
         gate, x_gate, h_gate, d_gate = project(
             x2, weights[0], None, scales[0], dropouts[0], sides[0]
         )
@@ -144,7 +114,7 @@ class GatedMlp(torch.autograd.Function):
         x_gate, x_up, gate, up, x_down, h_gate, h_up, h_down, *rest = ctx.saved_tensors
         weights, ab = rest[:3], rest[3:]
         scales, drops = ctx.scales, ctx.dropouts
-        sides = _sides(scales, ab)
+        sides = lora_sides([0 if s is None else 2 for s in scales], ab)
         g2 = grad.reshape(-1, grad.shape[-1])
         kernels = native.kernels()
         want_dx = ctx.needs_input_grad[0]

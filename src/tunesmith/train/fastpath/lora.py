@@ -75,6 +75,24 @@ def takes(module: nn.Module, x: torch.Tensor) -> bool:
     )  # fmt: skip
 
 
+def branch(module: nn.Module, x: torch.Tensor) -> tuple | None:
+    """``(base weight, base bias, (scale,), (A, B), dropout)`` where ``module`` :func:`takes`
+    ``x`` now and a caller's node can draw its mask (``dropout`` its
+    :class:`~tunesmith.train.fastpath.dropout.FastDropout`, or None without dropout); else None
+    (a ``p`` of 1 runs peft's own forward)."""
+    if not takes(module, x):
+        return None
+    name = module.active_adapters[0]
+    drop = module.lora_dropout[name]
+    if isinstance(drop, nn.Identity):
+        drop = None
+    elif not (isinstance(drop, FastDropout) and 0.0 < drop.p < 1.0):
+        return None
+    base = module.base_layer
+    ab = (module.lora_A[name].weight, module.lora_B[name].weight)
+    return base.weight, base.bias, (float(module.scaling[name]),), ab, drop
+
+
 def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if args or kwargs or not _takes_fast_path(self, x):
         return super(type(self), self).forward(x, *args, **kwargs)

@@ -260,6 +260,16 @@ def project_back(g2, x_branch, h, weight, scales, dropout, ab, want_dx: bool):
     return fused_backward(g2, x_branch, h, weight, ab, scales, dropout, want_dx)
 
 
+def sides(counts, ab) -> list[tuple]:
+    """``ab`` (each projection's A and B weights, in order) cut into each projection's, given
+    how many each has (``counts``; 0 for a frozen one)."""
+    out, i = [], 0
+    for n in counts:
+        out.append(tuple(ab[i : i + n]))
+        i += n
+    return out
+
+
 class LoraLinears(torch.autograd.Function):
     """``x -> x Wᵀ + bias + (x Aᵀ)(s B)ᵀ`` for k stacked projections; see the module doc.
 
