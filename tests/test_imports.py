@@ -24,7 +24,17 @@ ROOT = "tunesmith"
 # (the CLI and its command modules) sits on top and may import anything, itself included.
 LAYERS: list[set[str]] = [
     # no tunesmith imports (but errors)
-    {"errors", "_callable", "precision", "shape", "cpu_share", "heap", "adamw", "vector_math"},
+    {
+        "errors",
+        "_callable",
+        "precision",
+        "shape",
+        "cpu_share",
+        "heap",
+        "adamw",
+        "vector_math",
+        "switches",
+    },
     {
         "atomic",
         "disk",

@@ -39,6 +39,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from tunesmith.cpu_share import BUSY_CORES_SHARED, cpu_jiffies
+from tunesmith.switches import Switch
 
 logger = logging.getLogger("tunesmith")
 
@@ -139,8 +140,7 @@ class CoreWatch:
             self.threads = self.most
 
 
-def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+enabled = Switch(ENV)  # on unless ENV is 0, off, false or no
 
 
 def watch_cores() -> CoreWatch | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.atomic import write_json
+from tunesmith.switches import Switch
 
 if TYPE_CHECKING:
     from tunesmith.config import TrainConfig
@@ -44,8 +45,7 @@ TRAINING_ONLY = frozenset(
 )  # fmt: skip
 
 
-def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+enabled = Switch(ENV)  # on unless ENV is 0, off, false or no
 
 
 def cache_dir() -> Path:

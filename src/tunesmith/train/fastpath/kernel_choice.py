@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.switches import Switch
 from tunesmith.train.fastpath import native
 
 logger = logging.getLogger("tunesmith")
@@ -51,8 +51,7 @@ def worth_measuring(rows: int, width: int) -> bool:
     return rows >= MIN_ROWS and width >= MIN_WIDTH
 
 
-def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+enabled = Switch(ENV)  # on unless ENV is 0, off, false or no
 
 
 def machine_ident() -> str:

@@ -36,13 +36,13 @@ the kernel off (the reference path, for A/B runs); ``TUNESMITH_NATIVE=0`` the ke
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from pathlib import Path
 
 import torch
 
+from tunesmith.switches import Switch
 from tunesmith.train.fastpath import native
 from tunesmith.train.fastpath.kernel_choice import SavedTable, cache_file, machine_ident
 
@@ -58,8 +58,7 @@ MEASURED_FROM = "memory"  # candidates timed on an evicted weight and output (mo
 _clock = time.perf_counter
 
 
-def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+enabled = Switch(ENV)  # on unless ENV is 0, off, false or no
 
 
 def qualifies(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -50,6 +50,8 @@ from types import ModuleType
 
 import torch
 
+from tunesmith.switches import Switch
+
 logger = logging.getLogger("tunesmith")
 
 ENV = "TUNESMITH_NATIVE"
@@ -81,8 +83,7 @@ _ISAS = (
 )  # fmt: skip
 
 
-def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+enabled = Switch(ENV)  # on unless ENV is 0, off, false or no
 
 
 def compile_flags() -> list[str]:
