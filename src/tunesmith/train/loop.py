@@ -37,7 +37,7 @@ from tunesmith.errors import WorkFailed
 from tunesmith.loss import fast_path_eligible, loss_sum
 from tunesmith.report.metrics import MetricsLog
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train import guard
+from tunesmith.train import grad_clip, guard
 from tunesmith.train.fastpath import FastPaths
 from tunesmith.train.memory_stats import peak_memory_bytes, reset_peak_memory
 from tunesmith.train.settings import LoopSettings, TrainResult, steps_for_epochs
@@ -99,6 +99,7 @@ class TrainLoop:
             self.params, lr=settings.lr, weight_decay=settings.weight_decay,
             **adamw_kernel(device.type, self.dist.active),
         )  # fmt: skip
+        self._clip = grad_clip.clipper(device, self.dist.active)
         from transformers import get_scheduler
 
         self.scheduler = get_scheduler(
@@ -291,7 +292,7 @@ class TrainLoop:
 
             grad_norm = engine_step(self.engine)
         else:
-            grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(self.params, self.s.max_grad_norm))
+            grad_norm = _as_float(self._clip(self.params, self.s.max_grad_norm))
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             what = (
                 f"loss {loss_value}"

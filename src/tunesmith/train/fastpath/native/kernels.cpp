@@ -1118,6 +1118,52 @@ std::tuple<torch::Tensor, torch::Tensor> dora_scale_backward(torch::Tensor g, to
   return {dy, sums};
 }
 
+
+// The gradient-norm clip's two passes over a step's trainable gradients (train/grad_clip.py).
+// torch's clip_grad_norm_ on CPU dispatches a norm per tensor and a multiply per tensor
+// (~840 ops for the demo's 420 LoRA tensors); here each pass is one call over all of them.
+// Grads that are not all contiguous fp32 CPU tensors: -1 (the caller runs torch's).
+double grad_sum_squares(const std::vector<torch::Tensor>& grads) {
+  for (const auto& g : grads)
+    if (!g.device().is_cpu() || g.scalar_type() != at::kFloat || !g.is_contiguous()) return -1.0;
+  const int64_t n = static_cast<int64_t>(grads.size());
+  std::vector<double> sums(n, 0.0);
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; t++) {
+      const float* p = grads[t].data_ptr<float>();
+      const int64_t m = grads[t].numel();
+      fV a0(0.f), a1(0.f);  // two chains: an FMA's latency is two of its issue slots
+      int64_t i = 0;
+      for (; i + 2 * fV::size() <= m; i += 2 * fV::size()) {
+        fV x0 = fV::loadu(p + i), x1 = fV::loadu(p + i + fV::size());
+        a0 = at::vec::fmadd(x0, x0, a0);
+        a1 = at::vec::fmadd(x1, x1, a1);
+      }
+      double s = hsum(a0 + a1);
+      for (; i < m; i++) s += double(p[i]) * p[i];
+      sums[t] = s;
+    }
+  });
+  double total = 0.0;
+  for (double s : sums) total += s;  // in the tensors' order: the same sum on every run
+  return total;
+}
+
+// g *= c for every gradient (fp32 contiguous CPU, as grad_sum_squares took them).
+void grad_scale_(const std::vector<torch::Tensor>& grads, double c) {
+  const float cf = static_cast<float>(c);
+  const int64_t n = static_cast<int64_t>(grads.size());
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; t++) {
+      float* p = grads[t].data_ptr<float>();
+      const int64_t m = grads[t].numel();
+      int64_t i = 0;
+      for (; i + fV::size() <= m; i += fV::size()) (fV::loadu(p + i) * fV(cf)).store(p + i);
+      for (; i < m; i++) p[i] *= cf;
+    }
+  });
+}
+
 }  // namespace
 
 void register_amx_gemm(pybind11::module& m);       // amx_gemm.cpp
@@ -1154,4 +1200,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("bf16_dots") = true);
   m.def("dp_ready", &dp_lora_ready);
   m.def("evict", &evict);
+  m.def("grad_sum_squares", &grad_sum_squares);
+  m.def("grad_scale_", &grad_scale_);
 }
