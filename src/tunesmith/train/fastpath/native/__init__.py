@@ -1,5 +1,6 @@
 """tunesmith's CPU kernels (``kernels.cpp``): RMSNorm, SwiGLU, RoPE, dropout, causal softmax,
-DoRA's column scale, and a LoRA branch's rank-r products; and, where the CPU has AMX tiles, frozen products on them
+DoRA's column scale, a LoRA branch's rank-r products and the gradient clip's two passes
+(:mod:`~tunesmith.train.grad_clip`); and, where the CPU has AMX tiles, frozen products on them
 (``amx_gemm.cpp``; :mod:`~tunesmith.train.fastpath.row_split` takes them where they measure
 faster), packed attention's whole causal attention (``causal_attention.cpp``; see
 :mod:`~tunesmith.train.fastpath.fused_attention`) and the loss's frozen vocabulary head with its
