@@ -2,13 +2,13 @@
 
 The CPU fast paths ask their switches on every call, ~1,700 times a training step, so that a
 switch set between two calls (a test's ``monkeypatch.setenv``, an A/B run) takes effect at
-the next call. ``os.environ.get`` costs ~1 µs a read (the key encoded, the value decoded),
-~2 ms a step: 3% of a step of a 30-layer, hidden-64 model, where little else is left
-(benchmarks/RESULTS.md, "Switches read once per value"). Here a
-switch reads CPython's own store behind ``os.environ`` (every write through ``os.environ``,
-``monkeypatch.setenv`` included, goes through it) and parses a value again only when it is
-another object than the last one parsed. Where that store is not there (another Python),
-``os.environ.get`` as before.
+the next call. ``os.environ.get`` costs ~0.8 µs a read (the key encoded, the value decoded),
+~1.5 ms a step: 3% of a step of a 30-layer hidden-64 model, where little else is left (paired
+A/B, benchmarks/RESULTS.md, "Switches read once per value, the gradient clip in two kernel
+calls"). Here a switch reads CPython's own store behind ``os.environ`` (every write through
+``os.environ``, ``monkeypatch.setenv`` included, goes through it; 0.1 µs) and parses a value
+again only when it is another object than the last one parsed. Where that store is not there
+(another Python), ``os.environ.get`` as before.
 """
 
 from __future__ import annotations

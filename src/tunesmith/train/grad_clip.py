@@ -3,12 +3,12 @@ kernels where the gradients are all fp32 CPU tensors.
 
 On CPU ``torch.nn.utils.clip_grad_norm_`` dispatches a norm and a multiply per gradient and
 moves each norm to one device in Python: for the demo's 420 LoRA tensors (30 layers, seven
-projections, A and B) ~850 ops, 1.7 ms warm and ~4.7 ms a step after the backward (3% of a
-step of a 30-layer hidden-64 model). Here the squared norms are summed in one kernel call (fp32
-lanes per tensor, the tensors added in double in their order) and the gradients scaled in one
-more, only when the norm is over ``max_norm``: ``clip_grad_norm_`` multiplies by
-``min(max_norm / (norm + 1e-6), 1)`` even when that is 1, which changes nothing. Measured in
-benchmarks/RESULTS.md, "The gradient clip in two kernel calls".
+projections, A and B) ~850 ops, 1.56 ms warm and ~4.7 ms a step after the backward. Here the
+squared norms are summed in one kernel call (fp32 lanes per tensor, the tensors added in double
+in their order) and the gradients scaled in one more, only when the norm is over ``max_norm``:
+``clip_grad_norm_`` multiplies by ``min(max_norm / (norm + 1e-6), 1)`` even when that is 1,
+which changes nothing. 0.115 ms warm; ~2% of a step of a 30-layer hidden-64 model (paired A/B,
+benchmarks/RESULTS.md, "Switches read once per value, the gradient clip in two kernel calls").
 
 The norm equals torch's within fp32 rounding (its per-tensor norms sum in another order), so a
 clipped step's gradients differ from torch's by that rounding of the scale. Distributed runs
