@@ -1118,10 +1118,9 @@ std::tuple<torch::Tensor, torch::Tensor> dora_scale_backward(torch::Tensor g, to
   return {dy, sums};
 }
 
-
 // The gradient-norm clip's two passes over a step's trainable gradients (train/grad_clip.py).
 // torch's clip_grad_norm_ on CPU dispatches a norm per tensor and a multiply per tensor
-// (~840 ops for the demo's 420 LoRA tensors); here each pass is one call over all of them.
+// (~850 ops for the demo's 420 LoRA tensors); here each pass is one call over all of them.
 // Grads that are not all contiguous fp32 CPU tensors: -1 (the caller runs torch's).
 double grad_sum_squares(const std::vector<torch::Tensor>& grads) {
   for (const auto& g : grads)
@@ -1132,7 +1131,7 @@ double grad_sum_squares(const std::vector<torch::Tensor>& grads) {
     for (int64_t t = b; t < e; t++) {
       const float* p = grads[t].data_ptr<float>();
       const int64_t m = grads[t].numel();
-      fV a0(0.f), a1(0.f);  // two chains: an FMA's latency is two of its issue slots
+      fV a0(0.f), a1(0.f);  // two chains, so that each FMA need not wait for the last
       int64_t i = 0;
       for (; i + 2 * fV::size() <= m; i += 2 * fV::size()) {
         fV x0 = fV::loadu(p + i), x1 = fV::loadu(p + i + fV::size());
