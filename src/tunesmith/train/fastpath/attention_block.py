@@ -66,13 +66,14 @@ def _forwards() -> frozenset:
 @dataclass
 class _Projection:
     """One node's projection: frozen (``scales`` None) or LoRA with ``n_ab`` A and B weights;
-    ``dropout`` the module that draws its branch's mask, then the drawn ``(mask, scale)``."""
+    ``dropout`` the module that draws its branch's mask, ``mask`` the drawn ``(mask, scale)``."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None = None
     scales: tuple[float, ...] | None = None
     n_ab: int = 0
     dropout: object = None
+    mask: object = None
 
 
 @dataclass
@@ -162,10 +163,9 @@ def plan(module: nn.Module, kwargs: dict) -> tuple[Block, tuple] | None:
     layout = caches.layouts.get(mask, position_ids, heads, kv_heads, x.dtype, tokens)
     if layout is None:
         return None
-    for p in inputs:  # the masks, in the module calls' order (o's last)
-        p.dropout = None if p.dropout is None else p.dropout.draw(x)
-    if out[0].dropout is not None:
-        out[0].dropout = out[0].dropout.draw(probe)
+    drawn = [(p, x) for p in inputs] + [(out[0], probe)]  # the module calls' order, o last
+    for p, at in drawn:
+        p.mask = None if p.dropout is None else p.dropout.draw(at)
     block = Block(inputs, stacked, out[0], heads, kv_heads, d, float(module.scaling), layout)
     return block, (*ab, *out[1])
 
@@ -194,7 +194,7 @@ class AttentionBlock(torch.autograd.Function):
         sides = lora_sides([p.n_ab for p in (*block.inputs, block.output)], ab)
         kept, drops, parts = [], [], []
         for p, side in zip(block.inputs, sides, strict=False):
-            out, x_branch, h, drop = project(x2, p.weight, p.bias, p.scales, p.dropout, side)
+            out, x_branch, h, drop = project(x2, p.weight, p.bias, p.scales, p.mask, side)
             kept += [x_branch, h]
             drops.append(drop)
             out = out.view(B, T, -1)
@@ -212,7 +212,7 @@ class AttentionBlock(torch.autograd.Function):
         out, lse, ctx.tiles = fused_attention.forward(q, layout.q_source, k, v, block.scale)
         a2 = out.view(B, T, -1).contiguous().view(B * T, -1)
         o = block.output
-        out, a_branch, h_o, drop_o = project(a2, o.weight, o.bias, o.scales, o.dropout, sides[-1])
+        out, a_branch, h_o, drop_o = project(a2, o.weight, o.bias, o.scales, o.mask, sides[-1])
         ctx.save_for_backward(
             *kept, q, k, v, lse, cos, sin, layout.q_source, slots, *shared, a_branch, h_o, *ab
         )  # the frozen weights are the block's (parameters: saving them keeps nothing more)
